@@ -1,0 +1,1 @@
+"""Identity: API tokens, magic-link accounts, sessions, anonymous viewers."""

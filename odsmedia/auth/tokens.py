@@ -1,0 +1,79 @@
+"""Bearer API tokens scoped to one room and one role.
+
+A token is ``ods_`` + 43 characters of url-safe base64 (32 random bytes).
+Only its SHA-256 is stored; lookups are by hash, so comparing is a B-tree
+probe on a digest rather than a string comparison an attacker can time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+import asyncpg
+
+PREFIX = "ods_"
+ROLES = ("host", "moderator", "viewer")
+
+
+@dataclass(frozen=True)
+class TokenGrant:
+    token_id: int
+    room_id: int
+    role: str
+    account_id: int | None
+    expires_at: datetime
+
+
+def digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+async def mint(
+    db: asyncpg.Pool | asyncpg.Connection,
+    *,
+    room_id: int,
+    role: str,
+    ttl_seconds: float,
+    account_id: int | None = None,
+    label: str = "",
+) -> tuple[str, int]:
+    """Create a token; returns (token, id). The token is not recoverable later."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    if ttl_seconds <= 0:
+        raise ValueError("ttl must be positive")
+    token = PREFIX + secrets.token_urlsafe(32)
+    expires = datetime.now(timezone.utc) + timedelta(seconds=ttl_seconds)
+    token_id = await db.fetchval(
+        """INSERT INTO api_tokens (token_hash, account_id, room_id, role, label, expires_at)
+           VALUES ($1, $2, $3, $4, $5, $6) RETURNING id""",
+        digest(token), account_id, room_id, role, label, expires,
+    )
+    return token, token_id
+
+
+async def resolve(db: asyncpg.Pool | asyncpg.Connection, token: str) -> TokenGrant | None:
+    """The grant behind a live token, or None (unknown, expired or revoked)."""
+    if not token.startswith(PREFIX) or len(token) > 100:
+        return None
+    row = await db.fetchrow(
+        """UPDATE api_tokens SET last_used_at = now()
+           WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > now()
+           RETURNING id, room_id, role, account_id, expires_at""",
+        digest(token),
+    )
+    if row is None:
+        return None
+    return TokenGrant(row["id"], row["room_id"], row["role"], row["account_id"], row["expires_at"])
+
+
+async def revoke(db: asyncpg.Pool | asyncpg.Connection, token_id: int, *, account_id: int | None) -> bool:
+    status = await db.execute(
+        """UPDATE api_tokens SET revoked_at = now()
+           WHERE id = $1 AND revoked_at IS NULL AND account_id IS NOT DISTINCT FROM $2""",
+        token_id, account_id,
+    )
+    return status.endswith(" 1")

@@ -1,0 +1,316 @@
+"""Typed configuration: defaults, an optional TOML file, then the environment.
+
+Every setting is declared once in ``SETTINGS``: its dotted key (the TOML
+location), its environment variable, its type and its default.  The table
+drives loading, validation, ``config/default.toml`` (a test keeps the two
+equal) and docs/configuration.md.  A bad value raises ``ConfigError`` whose
+message is one line naming the key and what was expected, which the CLI
+prints before exiting with status 2.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+
+class ConfigError(ValueError):
+    """A setting has a value of the wrong shape; the message names it."""
+
+
+def _bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("a boolean (true/false)")
+
+
+def _int(raw: Any) -> int:
+    if isinstance(raw, bool):
+        raise ValueError("an integer")
+    if isinstance(raw, int):
+        return raw
+    try:
+        return int(str(raw).strip())
+    except ValueError:
+        raise ValueError("an integer") from None
+
+
+def _float(raw: Any) -> float:
+    if isinstance(raw, bool):
+        raise ValueError("a number")
+    try:
+        return float(raw)
+    except (TypeError, ValueError):
+        raise ValueError("a number") from None
+
+
+def _port(raw: Any) -> int:
+    value = _int(raw)
+    if not 0 <= value <= 65535:
+        raise ValueError("a port number 0-65535")
+    return value
+
+
+def _str(raw: Any) -> str:
+    if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):
+        raise ValueError("a string")
+    return str(raw)
+
+
+def _list(raw: Any) -> tuple[str, ...]:
+    if isinstance(raw, str):
+        return tuple(item.strip() for item in raw.split(",") if item.strip())
+    if isinstance(raw, (list, tuple)) and all(isinstance(i, str) for i in raw):
+        return tuple(raw)
+    raise ValueError("a list of strings (comma-separated in the environment)")
+
+
+def _ip_list(raw: Any) -> tuple[str, ...]:
+    items = _list(raw)
+    for item in items:
+        try:
+            ipaddress.ip_address(item)
+        except ValueError:
+            raise ValueError(f"a comma-separated list of IP addresses ({item!r} is not one)") from None
+    return items
+
+
+def _network_list(raw: Any) -> tuple[str, ...]:
+    items = _list(raw)
+    for item in items:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ValueError(f"a comma-separated list of networks in CIDR form ({item!r} is not one)") from None
+    return items
+
+
+def _optional_ip(raw: Any) -> str:
+    text = _str(raw)
+    if text:
+        try:
+            ipaddress.ip_address(text)
+        except ValueError:
+            raise ValueError("an IP address or empty") from None
+    return text
+
+
+def _choice(*options: str) -> Callable[[Any], str]:
+    def parse(raw: Any) -> str:
+        text = _str(raw)
+        if text not in options:
+            raise ValueError("one of " + ", ".join(options))
+        return text
+
+    return parse
+
+
+def _url(*schemes: str) -> Callable[[Any], str]:
+    def parse(raw: Any) -> str:
+        text = _str(raw)
+        if text and not any(text.startswith(s + "://") or text.startswith(s + ":") for s in schemes):
+            raise ValueError("a URL starting with " + " or ".join(s + "://" for s in schemes))
+        return text
+
+    return parse
+
+
+def _duration(raw: Any) -> float:
+    """Seconds, or a number with a unit suffix s/m/h/d ("15m")."""
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        if raw < 0:
+            raise ValueError("a non-negative duration")
+        return float(raw)
+    text = str(raw).strip().lower()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text and text[-1] in units:
+            value = float(text[:-1]) * units[text[-1]]
+        else:
+            value = float(text)
+    except ValueError:
+        raise ValueError("a duration such as 30, 15m, 1h or 7d") from None
+    if value < 0:
+        raise ValueError("a non-negative duration")
+    return value
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    env: str
+    parse: Callable[[Any], Any]
+    default: Any
+    doc: str
+    secret: bool = False
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("http.host", "ODS_HTTP_HOST", _str, "127.0.0.1", "Address the HTTP server binds."),
+    Setting("http.port", "ODS_HTTP_PORT", _port, 8080, "Port the HTTP server binds (0 picks a free one)."),
+    Setting("http.public_url", "ODS_PUBLIC_URL", _url("http", "https"), "",
+            "Externally visible base URL (links in e-mail, WHIP Location). Empty: derived from host and port."),
+    Setting("http.trusted_proxies", "ODS_TRUSTED_PROXIES", _network_list, (),
+            "Networks whose X-Forwarded-For is believed when deriving a client's region."),
+    Setting("data.dir", "ODS_DATA_DIR", _str, "./.ods-data",
+            "Directory for episodes, the dev outbox, dev secrets and embedded services."),
+    Setting("database.url", "DATABASE_URL", _url("postgresql", "postgres"), "",
+            "PostgreSQL DSN. Empty: `odsmedia dev` runs an embedded PostgreSQL under the data dir."),
+    Setting("database.pool_size", "ODS_DATABASE_POOL_SIZE", _int, 10, "Largest asyncpg pool size."),
+    Setting("redis.url", "REDIS_URL", _url("redis", "rediss", "unix"), "",
+            "Redis URL. Empty: `odsmedia dev` runs an embedded Redis-compatible server (Valkey)."),
+    Setting("redis.prefix", "ODS_REDIS_PREFIX", _str, "ods:",
+            "Prefix of every Redis key and channel, so deployments can share one Redis."),
+    Setting("log.level", "ODS_LOG_LEVEL", _choice("debug", "info", "warning", "error"), "info", "Log level."),
+    Setting("log.format", "ODS_LOG_FORMAT", _choice("auto", "json", "text"), "auto",
+            "Log format; auto is text under `odsmedia dev` and JSON otherwise."),
+    Setting("secret.key", "ODS_SECRET_KEY", _str, "",
+            "Key signing cookies and anonymous ids (>= 32 characters). Required by `serve`; "
+            "`dev` generates one and keeps it in the data dir.", secret=True),
+    Setting("ice.addresses", "ODS_ICE_ADDRESSES", _ip_list, (),
+            "Host addresses offered as ICE candidates. Empty: every interface (aioice's default)."),
+    Setting("ice.announced_address", "ODS_ICE_ANNOUNCED_ADDRESS", _optional_ip, "",
+            "Public address announced in place of the host address (1:1 NAT)."),
+    Setting("ice.allowed_networks", "ODS_ICE_ALLOWED_NETWORKS", _network_list, (),
+            "Remote candidates outside these networks are ignored. Empty: the networks of ice.addresses "
+            "when those are loopback, else any."),
+    Setting("ice.stun_urls", "ODS_ICE_STUN_URLS", _list, (), "STUN URLs handed to browser clients."),
+    Setting("ice.turn_urls", "ODS_ICE_TURN_URLS", _list, (), "TURN URLs handed to browser clients."),
+    Setting("ice.turn_username", "ODS_ICE_TURN_USERNAME", _str, "", "TURN username for browser clients."),
+    Setting("ice.turn_credential", "ODS_ICE_TURN_CREDENTIAL", _str, "", "TURN credential.", secret=True),
+    Setting("media.subscriber_queue", "ODS_MEDIA_SUBSCRIBER_QUEUE", _int, 256,
+            "Packets a subscriber may lag behind before it is resynced at the next keyframe."),
+    Setting("media.pli_interval", "ODS_MEDIA_PLI_INTERVAL", _duration, 0.5,
+            "Shortest interval between keyframe requests sent to one publisher (seconds)."),
+    Setting("recording.enabled", "ODS_RECORDING_ENABLED", _bool, True, "Record every live session to an episode."),
+    Setting("recording.segment_seconds", "ODS_RECORDING_SEGMENT_SECONDS", _float, 4.0,
+            "Target HLS segment duration."),
+    Setting("recording.segment_type", "ODS_RECORDING_SEGMENT_TYPE", _choice("fmp4", "mpegts"), "fmp4",
+            "HLS segment container."),
+    Setting("chat.max_length", "ODS_CHAT_MAX_LENGTH", _int, 500, "Longest chat message, in characters."),
+    Setting("chat.rate_per_10s", "ODS_CHAT_RATE_PER_10S", _int, 10, "Messages one user may post per 10 seconds."),
+    Setting("chat.history", "ODS_CHAT_HISTORY", _int, 50, "Items sent to a client when it joins."),
+    Setting("auth.link_ttl", "ODS_AUTH_LINK_TTL", _duration, 900.0, "Magic link lifetime."),
+    Setting("auth.session_idle", "ODS_AUTH_SESSION_IDLE", _duration, 14 * 86400.0, "Session idle expiry."),
+    Setting("auth.session_absolute", "ODS_AUTH_SESSION_ABSOLUTE", _duration, 30 * 86400.0,
+            "Session absolute expiry."),
+    Setting("auth.token_ttl", "ODS_AUTH_TOKEN_TTL", _duration, 86400.0, "Default API token lifetime."),
+    Setting("mail.backend", "ODS_MAIL_BACKEND", _choice("outbox", "smtp", "mailersend"), "outbox",
+            "How e-mail leaves: .eml files under <data dir>/outbox, SMTP, or MailerSend's API."),
+    Setting("mail.from", "ODS_MAIL_FROM", _str, "ODS Media <no-reply@localhost>", "Sender of e-mail."),
+    Setting("mail.smtp_host", "ODS_MAIL_SMTP_HOST", _str, "127.0.0.1", "SMTP host."),
+    Setting("mail.smtp_port", "ODS_MAIL_SMTP_PORT", _port, 25, "SMTP port."),
+    Setting("mail.mailersend_api_key", "MAILERSEND_API_KEY", _str, "", "MailerSend API key.", secret=True),
+    Setting("mail.mailersend_base_url", "ODS_MAILERSEND_BASE_URL", _url("http", "https"),
+            "https://api.mailersend.com", "MailerSend API base URL."),
+    Setting("billing.stripe_secret_key", "STRIPE_SECRET_KEY", _str, "", "Stripe secret API key.", secret=True),
+    Setting("billing.stripe_webhook_secret", "STRIPE_WEBHOOK_SECRET", _str, "",
+            "Stripe webhook signing secret.", secret=True),
+    Setting("billing.stripe_api_base", "ODS_STRIPE_API_BASE", _url("http", "https"), "",
+            "Override of Stripe's API base (tests point it at a local stand-in)."),
+    Setting("billing.past_due_grace", "ODS_BILLING_PAST_DUE_GRACE", _duration, 3 * 86400.0,
+            "How long a past_due subscription keeps access."),
+)
+
+_BY_KEY = {s.key: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Config:
+    """Validated settings; read with ``config["http.port"]`` or ``config.get``."""
+
+    values: Mapping[str, Any]
+    plans: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    dev: bool = False
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.values.get(key, default)
+
+    def replace(self, **changes: Any) -> "Config":
+        """A copy with some keys changed (dotted keys via ``**{"a.b": v}``), validated."""
+        values = dict(self.values)
+        for key, raw in changes.items():
+            values[key] = _parse(_BY_KEY[key], raw, source="override")
+        return Config(values=values, plans=self.plans, dev=self.dev)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.values["data.dir"]).resolve()
+
+    @property
+    def public_url(self) -> str:
+        url = self.values["http.public_url"]
+        if url:
+            return url.rstrip("/")
+        return f"http://{self.values['http.host']}:{self.values['http.port']}"
+
+
+def _parse(setting: Setting, raw: Any, *, source: str) -> Any:
+    try:
+        return setting.parse(raw)
+    except ValueError as exc:
+        where = setting.env if source == "env" else setting.key
+        raise ConfigError(f"invalid {where}={raw!r}: expected {exc}") from None
+
+
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def load(
+    environ: Mapping[str, str] | None = None,
+    file: str | os.PathLike[str] | None = None,
+    *,
+    dev: bool = False,
+) -> Config:
+    """Defaults, then the TOML file (``file`` or ODS_CONFIG), then the environment."""
+    env = os.environ if environ is None else environ
+    values = {s.key: s.default for s in SETTINGS}
+    plans: dict[str, Mapping[str, Any]] = {}
+    path = file if file is not None else env.get("ODS_CONFIG") or None
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                table = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"invalid ODS_CONFIG={str(path)!r}: expected an existing TOML file") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"invalid ODS_CONFIG={str(path)!r}: expected valid TOML ({exc})") from None
+        raw_plans = table.pop("plans", {})
+        if not isinstance(raw_plans, Mapping):
+            raise ConfigError("invalid plans: expected a table of plan tables")
+        for code, plan in raw_plans.items():
+            if not isinstance(plan, Mapping) or not isinstance(plan.get("price"), str):
+                raise ConfigError(f"invalid plans.{code}: expected a table with a price (Stripe price id)")
+            plans[code] = dict(plan)
+        for key, raw in _flatten(table).items():
+            setting = _BY_KEY.get(key)
+            if setting is None:
+                raise ConfigError(f"invalid {key}: expected one of the documented keys (unknown key)")
+            values[key] = _parse(setting, raw, source="file")
+    for setting in SETTINGS:
+        if setting.env in env:
+            values[setting.key] = _parse(setting, env[setting.env], source="env")
+    secret = values["secret.key"]
+    if secret and len(secret) < 32:
+        raise ConfigError("invalid ODS_SECRET_KEY: expected at least 32 characters")
+    return Config(values=values, plans=plans, dev=dev)

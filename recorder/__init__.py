@@ -1,0 +1,1 @@
+"""Recording live sessions to segmented HLS episodes, and serving them back."""

@@ -1,0 +1,1 @@
+"""aiohttp routes that speak to media clients: WebSocket signaling, WHIP, WHEP."""

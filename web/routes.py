@@ -1,0 +1,56 @@
+"""Serves the pages and their assets.
+
+Pages are plain HTML files; each page's script reads what it needs (room
+slug, episode id) from the URL.  Responses carry a strict CSP: every script
+is a same-origin file, no inline script runs, so chat text that slips
+through escaping still cannot execute.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from . import STATIC_DIR
+
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "media-src 'self' blob:; connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'"
+)
+
+# URL pattern -> page file under static/.
+PAGES: dict[str, str] = {
+    "/": "index.html",
+    "/rooms/{slug}": "viewer.html",
+    "/rooms/{slug}/host": "host.html",
+    "/rooms/{slug}/episodes": "replay.html",
+    "/episodes/{episode_id}/watch": "replay.html",
+    "/signin": "signin.html",
+    "/auth/confirm": "confirm.html",
+    "/account": "account.html",
+    "/plans": "plans.html",
+    "/orgs/{org_id}": "org.html",
+}
+
+
+def _page(filename: str):
+    async def handler(request: web.Request) -> web.StreamResponse:
+        path = STATIC_DIR / filename
+        if not path.is_file():
+            raise web.HTTPNotFound()
+        return web.FileResponse(
+            path,
+            headers={
+                "Content-Security-Policy": CSP,
+                "Cache-Control": "no-cache",
+                "X-Content-Type-Options": "nosniff",
+                "Referrer-Policy": "same-origin",
+            },
+        )
+
+    return handler
+
+
+def setup(app: web.Application) -> None:
+    for pattern, filename in PAGES.items():
+        app.router.add_get(pattern, _page(filename))
+    app.router.add_static("/static/", STATIC_DIR, append_version=False)
