@@ -237,6 +237,14 @@ def cmd_token(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def cmd_config(args: argparse.Namespace, config: Config) -> int:
+    if args.docs:
+        print(configmod.markdown_table(), end="")
+    else:
+        print(json.dumps(configmod.describe(config), indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="odsmedia", description="ODS Media: live rooms, recording, chat.")
     parser.add_argument("--config", help="TOML configuration file (default: $ODS_CONFIG)")
@@ -248,6 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_dev)
     p = sub.add_parser("migrate", help="apply pending schema migrations")
     p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("config", help="print the effective configuration (secrets masked)")
+    p.add_argument("--docs", action="store_true", help="print the settings table of docs/configuration.md")
+    p.set_defaults(func=cmd_config)
 
     room = sub.add_parser("room", help="manage rooms")
     room_sub = room.add_subparsers(dest="room_command", required=True, metavar="ACTION")

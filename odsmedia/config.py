@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,6 +218,12 @@ SETTINGS: tuple[Setting, ...] = (
             "Stripe webhook signing secret.", secret=True),
     Setting("billing.stripe_api_base", "ODS_STRIPE_API_BASE", _url("http", "https"), "",
             "Override of Stripe's API base (tests point it at a local stand-in)."),
+    Setting("privacy.request_log_days", "ODS_PRIVACY_REQUEST_LOG_DAYS", _int, 30,
+            "Days raw request logs (region, never IP) are kept before rotating into daily aggregates."),
+    Setting("privacy.session_event_days", "ODS_PRIVACY_SESSION_EVENT_DAYS", _int, 180,
+            "Days sign-in audit events are kept."),
+    Setting("privacy.sweep_interval", "ODS_PRIVACY_SWEEP_INTERVAL", _duration, 3600.0,
+            "How often expired tokens, sessions and old logs are deleted."),
     Setting("billing.past_due_grace", "ODS_BILLING_PAST_DUE_GRACE", _duration, 3 * 86400.0,
             "How long a past_due subscription keeps access."),
 )
@@ -314,3 +321,33 @@ def load(
     if secret and len(secret) < 32:
         raise ConfigError("invalid ODS_SECRET_KEY: expected at least 32 characters")
     return Config(values=values, plans=plans, dev=dev)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ", ".join(value) if value else "(empty)"
+    return str(value) if value != "" else "(empty)"
+
+
+def markdown_table() -> str:
+    """The settings table of docs/configuration.md (a test keeps the doc in step)."""
+    lines = ["| key | environment | default | meaning |", "|---|---|---|---|"]
+    for s in SETTINGS:
+        default = "(none)" if s.secret else _show(s.default)
+        lines.append(f"| `{s.key}` | `{s.env}` | `{default}` | {s.doc.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
+
+
+def describe(config: Config) -> dict[str, Any]:
+    """Effective settings with secrets masked, for `odsmedia config`."""
+    shown: dict[str, Any] = {}
+    for s in SETTINGS:
+        value = config[s.key]
+        if s.secret and value:
+            value = "***"
+        elif s.key in ("database.url", "redis.url") and value:
+            value = re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", value)
+        shown[s.key] = list(value) if isinstance(value, tuple) else value
+    return shown

@@ -136,6 +136,8 @@ class Gate:
             metrics.gate_decisions.labels(entry.value, exc.reason).inc()
             raise
         metrics.gate_decisions.labels(entry.value, "allowed").inc()
+        # The request log keeps this identifier (never the address).
+        request["ods_subject"] = admission.identity.subject
         return admission
 
     async def decide(self, room: RoomRecord, identity: Identity, role: str, entry: Entry) -> Admission:

@@ -64,3 +64,8 @@ def test_no_secret_has_a_usable_default():
     for setting in configmod.SETTINGS:
         if setting.secret:
             assert setting.default == "", setting.key
+
+
+def test_configuration_doc_lists_every_setting():
+    doc = (REPO / "docs" / "configuration.md").read_text()
+    assert configmod.markdown_table() in doc, "regenerate with `odsmedia config --docs`"

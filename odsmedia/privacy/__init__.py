@@ -1,0 +1,2 @@
+"""What the privacy policy promises, in code: regions instead of IPs,
+retention, export and deletion."""

@@ -1,0 +1,44 @@
+"""Wires the privacy feature: request log middleware, flusher, retention sweep."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import AsyncIterator
+
+from aiohttp import web
+
+from ..keys import CONFIG, DB, FEATURES
+from . import retention
+from .requestlog import RequestLog
+
+
+def setup(app: web.Application) -> None:
+    config = app[CONFIG]
+    request_log = RequestLog(config["http.trusted_proxies"])
+    app[FEATURES]["request_log"] = request_log
+    app.middlewares.append(request_log.middleware)
+
+    async def background(app: web.Application) -> AsyncIterator[None]:
+        tasks = [
+            asyncio.create_task(request_log.run(app[DB]), name="request-log-flush"),
+            asyncio.create_task(
+                retention.run(
+                    app[DB],
+                    config["privacy.sweep_interval"],
+                    request_log_days=config["privacy.request_log_days"],
+                    session_event_days=config["privacy.session_event_days"],
+                ),
+                name="retention-sweep",
+            ),
+        ]
+        yield
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        with contextlib.suppress(Exception):
+            await request_log.flush(app[DB])
+
+    app.cleanup_ctx.append(background)

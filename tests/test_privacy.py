@@ -1,0 +1,60 @@
+"""Privacy promises: regions not addresses, retention."""
+
+from datetime import datetime, timedelta, timezone
+
+from aiohttp import web
+
+from odsmedia.keys import FEATURES
+from odsmedia.privacy import retention
+from odsmedia.privacy.region import client_ip, region_of
+
+
+def test_region_of_addresses():
+    assert region_of("127.0.0.1") == "loopback"
+    assert region_of("::1") == "loopback"
+    assert region_of("10.1.2.3") == "private"
+    assert region_of("8.8.8.8") == "US"
+    assert region_of("not an ip") == "unknown"
+
+
+class _Req:
+    def __init__(self, remote, xff=""):
+        self.remote = remote
+        self.headers = {"X-Forwarded-For": xff} if xff else {}
+
+
+def test_forwarded_for_only_from_trusted_proxies():
+    assert client_ip(_Req("127.0.0.1", "8.8.8.8"), ()) == "127.0.0.1"
+    assert client_ip(_Req("127.0.0.1", "8.8.8.8"), ("127.0.0.0/8",)) == "8.8.8.8"
+    # A spoofed leftmost hop behind a real client is ignored: the first untrusted hop from the right wins.
+    assert client_ip(_Req("127.0.0.1", "1.1.1.1, 8.8.8.8"), ("127.0.0.0/8",)) == "8.8.8.8"
+    assert client_ip(_Req("9.9.9.9", "8.8.8.8"), ("127.0.0.0/8",)) == "9.9.9.9"
+
+
+async def test_request_log_keeps_region_never_the_address(client, db):
+    resp = await client.get("/api/does-not-exist")
+    assert resp.status == 404
+    request_log = client.app[FEATURES]["request_log"]
+    assert await request_log.flush(db) >= 1
+    rows = await db.fetch("SELECT * FROM request_logs WHERE route = 'unmatched' ORDER BY at DESC LIMIT 5")
+    assert rows and rows[0]["region"] == "loopback" and rows[0]["status"] == 404
+    # No column anywhere in the schema holds an address.
+    cols = await db.fetch(
+        "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'public'"
+    )
+    assert not [c for c in cols if "ip" in c["column_name"].split("_") or c["column_name"] in ("ip", "address", "remote_addr")]
+
+
+async def test_retention_folds_old_request_logs_into_daily_aggregates(db):
+    old = datetime.now(timezone.utc) - timedelta(days=40)
+    route = "/retention-test"
+    await db.executemany(
+        "INSERT INTO request_logs (at, method, route, status, duration_ms, region) VALUES ($1, 'GET', $2, $3, 1, 'GB')",
+        [(old, route, 200), (old, route, 500), (datetime.now(timezone.utc), route, 200)],
+    )
+    removed = await retention.sweep(db, request_log_days=30, session_event_days=180)
+    assert removed["request_logs"] >= 2
+    left = await db.fetchval("SELECT count(*) FROM request_logs WHERE route = $1", route)
+    assert left == 1
+    agg = await db.fetchrow("SELECT requests, errors FROM analytics_daily WHERE route = $1 AND day = $2", route, old.date())
+    assert (agg["requests"], agg["errors"]) == (2, 1)
