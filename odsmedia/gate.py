@@ -95,6 +95,9 @@ class Gate:
     db: asyncpg.Pool
     resolvers: list[IdentityResolver] = field(default_factory=list)
     entitlements: EntitlementChecker | None = None
+    # Refusals features add after the policy decision (the chat ban table):
+    # each raises ApiError to refuse an admission that policy allowed.
+    checks: list[Callable[[Admission, Entry], Awaitable[None]]] = field(default_factory=list)
 
     async def identify(self, request: web.Request) -> Identity:
         header = request.headers.get("Authorization", "")
@@ -132,12 +135,34 @@ class Gate:
             identity = await self.identify(request)
             role = await self.role_of(identity, room)
             admission = await self.decide(room, identity, role, entry)
+            for check in self.checks:
+                await check(admission, entry)
         except ApiError as exc:
             metrics.gate_decisions.labels(entry.value, exc.reason).inc()
             raise
         metrics.gate_decisions.labels(entry.value, "allowed").inc()
         # The request log keeps this identifier (never the address).
         request["ods_subject"] = admission.identity.subject
+        return admission
+
+    async def admit_token(self, token: str, room: RoomRecord | str, entry: Entry) -> Admission:
+        """``admit`` for a bearer token carried in a message (browsers cannot set
+        headers on a WebSocket): the same lookup and the same decision."""
+        try:
+            if isinstance(room, str):
+                room = await directory.require(self.db, room)
+            grant = await tokens.resolve(self.db, token.strip()) if isinstance(token, str) else None
+            if grant is None:
+                raise ApiError(401, "invalid_token", "token unknown, expired or revoked")
+            identity = Identity(account_id=grant.account_id, token=grant)
+            role = await self.role_of(identity, room)
+            admission = await self.decide(room, identity, role, entry)
+            for check in self.checks:
+                await check(admission, entry)
+        except ApiError as exc:
+            metrics.gate_decisions.labels(entry.value, exc.reason).inc()
+            raise
+        metrics.gate_decisions.labels(entry.value, "allowed").inc()
         return admission
 
     async def decide(self, room: RoomRecord, identity: Identity, role: str, entry: Entry) -> Admission:

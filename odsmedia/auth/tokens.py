@@ -77,3 +77,24 @@ async def revoke(db: asyncpg.Pool | asyncpg.Connection, token_id: int, *, accoun
         token_id, account_id,
     )
     return status.endswith(" 1")
+
+
+async def list_for(db: asyncpg.Pool | asyncpg.Connection, account_id: int, *, limit: int = 200) -> list[dict]:
+    """The owner's tokens, newest first, live and dead (the token itself is never shown again)."""
+    rows = await db.fetch(
+        """SELECT t.id, r.slug, t.role, t.label, t.created_at, t.expires_at, t.last_used_at, t.revoked_at,
+                  (t.revoked_at IS NULL AND t.expires_at > now()) AS active
+           FROM api_tokens t JOIN rooms r ON r.id = t.room_id
+           WHERE t.account_id = $1 ORDER BY t.created_at DESC, t.id DESC LIMIT $2""",
+        account_id, limit,
+    )
+
+    def iso(value: datetime | None) -> str | None:
+        return value.isoformat() if value is not None else None
+
+    return [
+        {"id": r["id"], "room": r["slug"], "role": r["role"], "label": r["label"],
+         "created_at": iso(r["created_at"]), "expires_at": iso(r["expires_at"]),
+         "last_used_at": iso(r["last_used_at"]), "revoked_at": iso(r["revoked_at"]), "active": r["active"]}
+        for r in rows
+    ]

@@ -1,0 +1,88 @@
+"""Accounts: looked up and created by e-mail address, display names."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from ..errors import ApiError
+
+# Deliberately loose: the real check is that the link arrives.
+_EMAIL = re.compile(r"^[^@\s<>\"',;]{1,64}@[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$")
+MAX_NAME = 80
+
+
+@dataclass(frozen=True)
+class Account:
+    id: int
+    email: str
+    display_name: str
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> "Account":
+        return cls(row["id"], row["email"], row["display_name"], row["created_at"])
+
+    def public(self) -> dict:
+        return {
+            "id": self.id,
+            "subject": f"a:{self.id}",
+            "email": self.email,
+            "display_name": self.display_name,
+            "created_at": self.created_at.isoformat(),
+        }
+
+
+def normalize_email(raw: object) -> str:
+    """Lower-cased address, or ApiError 400 invalid_email."""
+    if not isinstance(raw, str):
+        raise ApiError(400, "invalid_email", "email must be a string")
+    email = raw.strip().lower()
+    if len(email) > 254 or not _EMAIL.match(email):
+        raise ApiError(400, "invalid_email", "that does not look like an e-mail address")
+    return email
+
+
+def clean_display_name(raw: object) -> str:
+    if not isinstance(raw, str):
+        raise ApiError(400, "invalid_display_name", "display_name must be a string")
+    name = unicodedata.normalize("NFC", raw).strip()
+    if not name or len(name) > MAX_NAME:
+        raise ApiError(400, "invalid_display_name", f"display_name must be 1-{MAX_NAME} characters")
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in name):
+        raise ApiError(400, "invalid_display_name", "display_name must not contain control characters")
+    return name
+
+
+async def by_email(db: asyncpg.Pool | asyncpg.Connection, email: str) -> Account | None:
+    row = await db.fetchrow("SELECT * FROM accounts WHERE email = $1", email)
+    return Account.from_row(row) if row else None
+
+
+async def get(db: asyncpg.Pool | asyncpg.Connection, account_id: int) -> Account | None:
+    row = await db.fetchrow("SELECT * FROM accounts WHERE id = $1", account_id)
+    return Account.from_row(row) if row else None
+
+
+async def create_verified(conn: asyncpg.Connection, email: str) -> Account:
+    """Create (or find, if a concurrent sign-in won) a verified, age-confirmed account."""
+    row = await conn.fetchrow(
+        """INSERT INTO accounts (email, display_name, email_verified_at, age_confirmed_at)
+           VALUES ($1, $2, now(), now())
+           ON CONFLICT (email) DO NOTHING RETURNING *""",
+        email, email.partition("@")[0][:MAX_NAME],
+    )
+    if row is None:
+        row = await conn.fetchrow("SELECT * FROM accounts WHERE email = $1", email)
+    return Account.from_row(row)
+
+
+async def set_display_name(db: asyncpg.Pool | asyncpg.Connection, account_id: int, name: str) -> Account:
+    row = await db.fetchrow("UPDATE accounts SET display_name = $2 WHERE id = $1 RETURNING *", account_id, name)
+    if row is None:
+        raise ApiError(404, "account_not_found", "this account no longer exists")
+    return Account.from_row(row)

@@ -1,0 +1,426 @@
+"""HTTP side of identity: magic links, sessions, /api/me, API tokens, gate resolvers.
+
+Routes
+  POST   /auth/magic-link      {"email"} -> 202, the same answer for every address
+  POST   /auth/confirm         {"token", "age_confirmed"?} -> session cookies
+  POST   /auth/sign-out        revoke this session
+  GET    /api/me               the signed-in account (401 not_signed_in)
+  PATCH  /api/me               {"display_name"}
+  GET    /api/me/events        this account's sign-in audit
+  GET    /api/sessions         live sessions;  DELETE /api/sessions/{id} revokes one
+  GET    /api/tokens           the owner's API tokens
+  POST   /api/tokens           {"room", "role", "ttl"?, "label"?} -> the token, shown once
+  DELETE /api/tokens/{id}      revoke
+
+The gate learns two identity resolvers from here (session cookie, then the
+anonymous-viewer cookie); they are registered once the gate exists, in a
+cleanup context that runs after the app's services context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets as pysecrets
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from .. import config as configmod
+from ..config import Config
+from ..errors import ApiError, json_response, read_json
+from ..gate import ROLE_RANK, Identity
+from ..keys import BUS, CONFIG, DB, FEATURES, GATE
+from ..mail import MailError, Mailer, Message, make_mailer, render
+from ..privacy.region import client_ip, client_region
+from ..rooms import directory
+from . import accounts, anonymous, events, links, ratelimit, sessions, tokens
+from .csrf import csrf_guard, is_cross_origin, require_same_origin
+
+log = logging.getLogger("odsmedia.auth")
+
+_SESSION = web.RequestKey("ods_session", object)     # the resolved Session, or None
+_NEW_ANON = web.RequestKey("ods_new_anon", str)      # anonymous id to set in a cookie
+MAX_TOKEN_TTL = 365 * 86400.0
+
+# Extra fields for GET /api/me contributed by other features (billing: plan and status).
+MeExtra = Callable[[web.Request, int], Awaitable[dict]]
+
+
+@dataclass
+class AuthService:
+    config: Config
+    mailer: Mailer
+    secret: str
+    me_extras: list[MeExtra] = field(default_factory=list)
+    _pending: set[asyncio.Task] = field(default_factory=set)
+
+    def send_later(self, message: Message) -> None:
+        """Send without holding up the response, so its timing says nothing about the address."""
+        task = asyncio.get_running_loop().create_task(self._send(message))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _send(self, message: Message) -> None:
+        try:
+            await self.mailer.send(message)
+        except MailError:
+            log.warning("mail not sent", extra={"template": message.tag}, exc_info=True)
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Wait for mail in flight (shutdown, and tests reading the outbox)."""
+        if self._pending:
+            await asyncio.wait(list(self._pending), timeout=timeout)
+
+    async def close(self) -> None:
+        await self.drain()
+        await self.mailer.close()
+
+
+def service(app: web.Application) -> AuthService:
+    return app[FEATURES]["auth"]
+
+
+def region(request: web.Request) -> str:
+    return client_region(request, request.app[CONFIG]["http.trusted_proxies"])
+
+
+def link_base(request: web.Request) -> str:
+    config = request.app[CONFIG]
+    # Outside dev the Host header is never trusted for links: a forged one would mail out
+    # a valid token pointing at someone else's site.
+    if config["http.public_url"] or not config.dev:
+        return config.public_url
+    return f"{request.scheme}://{request.host}"
+
+
+# ---- session lookup shared by handlers, the gate and billing -------------------------------
+
+async def current_session(request: web.Request) -> sessions.Session | None:
+    if _SESSION in request:
+        return request[_SESSION]
+    token = request.cookies.get(sessions.COOKIE, "")
+    found = None
+    if token:
+        config = request.app[CONFIG]
+        found = await sessions.resolve(request.app[DB], token, idle_seconds=config["auth.session_idle"])
+    request[_SESSION] = found
+    return found
+
+
+async def require_session(request: web.Request) -> sessions.Session:
+    found = await current_session(request)
+    if found is None:
+        raise ApiError(401, "not_signed_in", "sign in first")
+    return found
+
+
+async def session_identity(request: web.Request) -> Identity | None:
+    # A cross-site page may open a WebSocket to us with the user's cookie attached; such a
+    # handshake gets no session identity (WebSockets have no CORS to stop it otherwise).
+    if request.headers.get("Upgrade", "").lower() == "websocket" and is_cross_origin(request):
+        return None
+    found = await current_session(request)
+    if found is None:
+        return None
+    return Identity(account_id=found.account_id, display_name=found.display_name, session_id=found.id)
+
+
+async def anonymous_identity(request: web.Request) -> Identity | None:
+    secret = service(request.app).secret
+    anon_id = anonymous.verify(secret, request.cookies.get(anonymous.COOKIE, ""))
+    if anon_id is None:
+        # Only reads (page loads, WebSocket joins, playlists) mint an id; a write without the
+        # cookie stays identity-less so bans cannot be dodged by dropping cookies.
+        if request.method not in ("GET", "HEAD"):
+            return None
+        anon_id = anonymous.new_id()
+        request[_NEW_ANON] = anon_id
+    return Identity(anon_id=anon_id)
+
+
+async def _set_anon_cookie(request: web.Request, response: web.StreamResponse) -> None:
+    # Runs after aiohttp has turned response.cookies into headers (WebSocket handshakes
+    # included), so the header is added directly. The value is url-safe base64 and a dot.
+    anon_id = request.get(_NEW_ANON)
+    if anon_id:
+        value = anonymous.sign(service(request.app).secret, anon_id)
+        secure = "" if request.app[CONFIG].dev else "; Secure"
+        response.headers.add(
+            "Set-Cookie",
+            f"{anonymous.COOKIE}={value}; Max-Age={anonymous.MAX_AGE}; Path=/; HttpOnly; SameSite=Lax{secure}",
+        )
+
+
+def _set_session_cookies(response: web.StreamResponse, config: Config, secret: str, token: str) -> None:
+    secure = not config.dev
+    max_age = int(config["auth.session_absolute"])
+    response.set_cookie(sessions.COOKIE, token, max_age=max_age, path="/", httponly=True, secure=secure,
+                        samesite="Lax")
+    # Readable by our scripts so they can echo it in X-CSRF-Token.
+    response.set_cookie(sessions.CSRF_COOKIE, sessions.csrf_token(secret, token), max_age=max_age, path="/",
+                        httponly=False, secure=secure, samesite="Lax")
+
+
+def _clear_session_cookies(response: web.StreamResponse, config: Config) -> None:
+    for name in (sessions.COOKIE, sessions.CSRF_COOKIE):
+        response.del_cookie(name, path="/", secure=not config.dev, samesite="Lax")
+
+
+# ---- magic links ------------------------------------------------------------------------
+
+LINK_SENT = {
+    "status": "sent",
+    "message": "If this address can receive mail, a sign-in link is on its way. It works once and expires soon.",
+}
+
+
+async def request_link(request: web.Request) -> web.Response:
+    require_same_origin(request)
+    body = await read_json(request, limit=4096)
+    email = accounts.normalize_email(body.get("email"))
+    config = request.app[CONFIG]
+    svc = service(request.app)
+    bus = request.app[BUS]
+    window = config["auth.link_rate_window"]
+    network = ratelimit.network_of(client_ip(request, config["http.trusted_proxies"]))
+    wait = max(
+        await ratelimit.hit(bus.redis, bus.key("rl", "link", "net", ratelimit.opaque(svc.secret, network)),
+                            limit=config["auth.link_rate_per_network"], window=window),
+        await ratelimit.hit(bus.redis, bus.key("rl", "link", "addr", ratelimit.opaque(svc.secret, email)),
+                            limit=config["auth.link_rate_per_address"], window=window),
+    )
+    if wait:
+        err = ApiError(429, "rate_limited", "too many sign-in links requested; try again later",
+                       retry_after=int(wait))
+        err.headers["Retry-After"] = str(int(wait))
+        raise err
+    # Whether an account exists is never consulted: the answer, the work done and the
+    # message sent are the same for every address (a first sign-in creates the account).
+    token = await links.create(request.app[DB], email, config["auth.link_ttl"])
+    url = f"{link_base(request)}/auth/confirm#token={token}"
+    svc.send_later(render("magic_link", email, url=url, minutes=max(1, round(config["auth.link_ttl"] / 60))))
+    return json_response(LINK_SENT, status=202)
+
+
+_LINK_MESSAGES = {
+    "invalid_link": "this sign-in link is not valid; request a new one",
+    "link_used": "this sign-in link was already used; request a new one",
+    "link_expired": "this sign-in link has expired; request a new one",
+}
+
+
+async def confirm_link(request: web.Request) -> web.Response:
+    require_same_origin(request)
+    body = await read_json(request, limit=4096)
+    token = body.get("token")
+    age_confirmed = body.get("age_confirmed") is True
+    config = request.app[CONFIG]
+    svc = service(request.app)
+    where = region(request)
+    db = request.app[DB]
+    new_account = False
+    try:
+        async with db.acquire() as conn:
+            async with conn.transaction():
+                link = await links.check(conn, token)
+                row = await conn.fetchrow(
+                    "SELECT id, age_confirmed_at IS NOT NULL AS aged FROM accounts WHERE email = $1", link.email
+                )
+                if row is None or not row["aged"]:
+                    # The policy's children clause: nobody gets an account without saying they are 16+.
+                    if not age_confirmed:
+                        raise ApiError(400, "age_confirmation_required",
+                                       "confirm that you are 16 or older to create your account", new_account=True)
+                    if row is None:
+                        account = await accounts.create_verified(conn, link.email)
+                        new_account = True
+                    else:
+                        await conn.execute(
+                            """UPDATE accounts SET age_confirmed_at = now(),
+                                      email_verified_at = coalesce(email_verified_at, now()) WHERE id = $1""",
+                            row["id"],
+                        )
+                        account = await accounts.get(conn, row["id"])
+                else:
+                    await conn.execute(
+                        "UPDATE accounts SET email_verified_at = coalesce(email_verified_at, now()) WHERE id = $1",
+                        row["id"],
+                    )
+                    account = await accounts.get(conn, row["id"])
+                await links.consume(conn, link)
+                session_token, session_id = await sessions.create(
+                    conn, account.id, absolute_seconds=config["auth.session_absolute"], region=where
+                )
+                await events.record(conn, "sign_in", region=where, account_id=account.id, session_id=session_id)
+    except links.LinkError as exc:
+        known = await accounts.by_email(db, exc.email) if exc.email else None
+        kind = "link_expired" if exc.reason == "link_expired" else "link_failed"
+        await events.record(db, kind, region=where, account_id=known.id if known else None)
+        raise ApiError(400, exc.reason, _LINK_MESSAGES[exc.reason]) from None
+    response = json_response({
+        "account": account.public(),
+        "new_account": new_account,
+        "csrf_token": sessions.csrf_token(svc.secret, session_token),
+    })
+    _set_session_cookies(response, config, svc.secret, session_token)
+    return response
+
+
+async def sign_out(request: web.Request) -> web.Response:
+    found = await current_session(request)
+    if found is not None:
+        if await sessions.revoke(request.app[DB], found.id, account_id=found.account_id):
+            await events.record(request.app[DB], "sign_out", region=region(request),
+                                account_id=found.account_id, session_id=found.id)
+    response = json_response({"status": "signed_out"})
+    _clear_session_cookies(response, request.app[CONFIG])
+    return response
+
+
+# ---- the signed-in account --------------------------------------------------------------
+
+async def _me_body(request: web.Request, found: sessions.Session) -> dict:
+    account = await accounts.get(request.app[DB], found.account_id)
+    if account is None:
+        raise ApiError(401, "not_signed_in", "this account no longer exists")
+    svc = service(request.app)
+    body = account.public()
+    body["csrf_token"] = sessions.csrf_token(svc.secret, request.cookies[sessions.COOKIE])
+    for extra in svc.me_extras:
+        body.update(await extra(request, account.id))
+    return body
+
+
+async def get_me(request: web.Request) -> web.Response:
+    return json_response(await _me_body(request, await require_session(request)))
+
+
+async def patch_me(request: web.Request) -> web.Response:
+    found = await require_session(request)
+    body = await read_json(request, limit=4096)
+    unknown = set(body) - {"display_name"}
+    if unknown:
+        raise ApiError(400, "unknown_field", f"cannot change {', '.join(sorted(unknown))}")
+    if "display_name" in body:
+        name = accounts.clean_display_name(body["display_name"])
+        await accounts.set_display_name(request.app[DB], found.account_id, name)
+    return json_response(await _me_body(request, found))
+
+
+async def my_events(request: web.Request) -> web.Response:
+    found = await require_session(request)
+    return json_response({"events": await events.recent(request.app[DB], found.account_id)})
+
+
+async def list_sessions(request: web.Request) -> web.Response:
+    found = await require_session(request)
+    rows = await sessions.list_for(request.app[DB], found.account_id,
+                                   idle_seconds=request.app[CONFIG]["auth.session_idle"])
+    for row in rows:
+        row["current"] = row["id"] == found.id
+    return json_response({"sessions": rows})
+
+
+def _path_id(request: web.Request, name: str = "id") -> int:
+    try:
+        value = int(request.match_info[name])
+    except ValueError:
+        raise ApiError(404, "not_found", "no such item") from None
+    if not 0 < value < 2**63:
+        raise ApiError(404, "not_found", "no such item")
+    return value
+
+
+async def revoke_session(request: web.Request) -> web.Response:
+    found = await require_session(request)
+    target = _path_id(request)
+    db = request.app[DB]
+    if not await sessions.revoke(db, target, account_id=found.account_id):
+        raise ApiError(404, "session_not_found", "no such live session of yours")
+    await events.record(db, "revoked", region=region(request), account_id=found.account_id, session_id=target)
+    return web.Response(status=204)
+
+
+# ---- API tokens ---------------------------------------------------------------------------
+
+async def list_tokens(request: web.Request) -> web.Response:
+    found = await require_session(request)
+    return json_response({"tokens": await tokens.list_for(request.app[DB], found.account_id)})
+
+
+async def create_token(request: web.Request) -> web.Response:
+    found = await require_session(request)
+    body = await read_json(request, limit=4096)
+    config = request.app[CONFIG]
+    role = body.get("role")
+    if role not in tokens.ROLES:
+        raise ApiError(400, "invalid_role", "role must be host, moderator or viewer")
+    slug = body.get("room")
+    if not isinstance(slug, str):
+        raise ApiError(400, "invalid_room", "room must be a room slug")
+    label = body.get("label", "")
+    if not isinstance(label, str) or len(label) > 80:
+        raise ApiError(400, "invalid_label", "label must be a string of at most 80 characters")
+    raw_ttl = body.get("ttl", config["auth.token_ttl"])
+    try:
+        ttl = configmod._duration(raw_ttl)
+    except ValueError:
+        raise ApiError(400, "invalid_ttl", "ttl must be seconds or a duration such as 1h or 30d") from None
+    if not 0 < ttl <= MAX_TOKEN_TTL:
+        raise ApiError(400, "invalid_ttl", "ttl must be positive and at most 365 days")
+    db = request.app[DB]
+    room = await directory.require(db, slug)
+    # Nobody hands out more than they hold: a host may mint any role, a moderator
+    # moderator or viewer tokens, anyone else viewer tokens (the gate still checks plans).
+    own = await request.app[GATE].role_of(Identity(account_id=found.account_id), room)
+    if ROLE_RANK[own] < ROLE_RANK[role]:
+        raise ApiError(403, "role_too_high", f"you are {own} in this room and cannot mint a {role} token")
+    token, token_id = await tokens.mint(db, room_id=room.id, role=role, ttl_seconds=ttl,
+                                        account_id=found.account_id, label=label)
+    listed = next(t for t in await tokens.list_for(db, found.account_id) if t["id"] == token_id)
+    return json_response({**listed, "token": token}, status=201)
+
+
+async def delete_token(request: web.Request) -> web.Response:
+    found = await require_session(request)
+    if not await tokens.revoke(request.app[DB], _path_id(request), account_id=found.account_id):
+        raise ApiError(404, "token_not_found", "no such live token of yours")
+    return web.Response(status=204)
+
+
+# ---- wiring -------------------------------------------------------------------------------
+
+def setup(app: web.Application) -> None:
+    config = app[CONFIG]
+    secret = config["secret.key"]
+    if not secret:
+        # make_app without a key (some tools): cookies then only live as long as the process.
+        log.warning("secret.key is empty; signing with a per-process random key")
+        secret = pysecrets.token_urlsafe(48)
+    app[FEATURES]["auth"] = AuthService(config=config, mailer=make_mailer(config), secret=secret)
+    app.middlewares.append(csrf_guard)
+    app.on_response_prepare.append(_set_anon_cookie)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        # Runs after the services context: the gate exists now.
+        gate = app[GATE]
+        gate.resolvers.append(session_identity)
+        gate.resolvers.append(anonymous_identity)
+        yield
+        await service(app).close()
+
+    app.cleanup_ctx.append(lifecycle)
+    r = app.router
+    r.add_post("/auth/magic-link", request_link)
+    r.add_post("/auth/confirm", confirm_link)
+    r.add_post("/auth/sign-out", sign_out)
+    r.add_get("/api/me", get_me)
+    r.add_patch("/api/me", patch_me)
+    r.add_get("/api/me/events", my_events)
+    r.add_get("/api/sessions", list_sessions)
+    r.add_delete("/api/sessions/{id}", revoke_session)
+    r.add_get("/api/tokens", list_tokens)
+    r.add_post("/api/tokens", create_token)
+    r.add_delete("/api/tokens/{id}", delete_token)

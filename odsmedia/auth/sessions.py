@@ -1,0 +1,105 @@
+"""Browser sessions: an opaque cookie, stored hashed, with idle and absolute expiry.
+
+The cookie value is 32 random bytes (url-safe base64); the database keeps
+only its SHA-256.  A session is live while it is not revoked, younger than
+its absolute expiry, and seen within the idle window.  ``last_seen_at`` is
+refreshed at most once a minute so that a busy client does not write on
+every request.
+
+CSRF: the double-submit value is an HMAC of the session cookie under the
+server's secret, so it cannot be forged without the cookie and needs no
+storage.  It is handed to scripts in a readable cookie and in /api/me.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+import asyncpg
+
+COOKIE = "ods_session"
+CSRF_COOKIE = "ods_csrf"
+CSRF_HEADER = "X-CSRF-Token"
+TOUCH_INTERVAL = 60.0
+
+
+@dataclass(frozen=True)
+class Session:
+    id: int
+    account_id: int
+    display_name: str
+    created_at: datetime
+    expires_at: datetime
+
+
+def digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def csrf_token(secret: str, session_token: str) -> str:
+    mac = hmac.new(secret.encode(), b"csrf:" + session_token.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac[:24]).decode()
+
+
+def csrf_valid(secret: str, session_token: str, presented: str) -> bool:
+    return hmac.compare_digest(csrf_token(secret, session_token).encode(), presented.encode())
+
+
+async def create(
+    conn: asyncpg.Pool | asyncpg.Connection, account_id: int, *, absolute_seconds: float, region: str
+) -> tuple[str, int]:
+    """A new session; returns (cookie value, session id)."""
+    token = secrets.token_urlsafe(32)
+    expires = datetime.now(timezone.utc) + timedelta(seconds=absolute_seconds)
+    session_id = await conn.fetchval(
+        """INSERT INTO sessions (token_hash, account_id, expires_at, region)
+           VALUES ($1, $2, $3, $4) RETURNING id""",
+        digest(token), account_id, expires, region,
+    )
+    return token, session_id
+
+
+async def resolve(db: asyncpg.Pool | asyncpg.Connection, token: str, *, idle_seconds: float) -> Session | None:
+    if not token or len(token) > 100:
+        return None
+    row = await db.fetchrow(
+        """SELECT s.id, s.account_id, s.created_at, s.expires_at,
+                  s.last_seen_at < now() - make_interval(secs => $3) AS stale, a.display_name
+           FROM sessions s JOIN accounts a ON a.id = s.account_id
+           WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > now()
+             AND s.last_seen_at > now() - make_interval(secs => $2)""",
+        digest(token), idle_seconds, TOUCH_INTERVAL,
+    )
+    if row is None:
+        return None
+    if row["stale"]:
+        await db.execute("UPDATE sessions SET last_seen_at = now() WHERE id = $1", row["id"])
+    return Session(row["id"], row["account_id"], row["display_name"], row["created_at"], row["expires_at"])
+
+
+async def revoke(db: asyncpg.Pool | asyncpg.Connection, session_id: int, *, account_id: int) -> bool:
+    status = await db.execute(
+        "UPDATE sessions SET revoked_at = now() WHERE id = $1 AND account_id = $2 AND revoked_at IS NULL",
+        session_id, account_id,
+    )
+    return status.endswith(" 1")
+
+
+async def list_for(db: asyncpg.Pool | asyncpg.Connection, account_id: int, *, idle_seconds: float) -> list[dict]:
+    rows = await db.fetch(
+        """SELECT id, created_at, last_seen_at, expires_at, region FROM sessions
+           WHERE account_id = $1 AND revoked_at IS NULL AND expires_at > now()
+             AND last_seen_at > now() - make_interval(secs => $2)
+           ORDER BY last_seen_at DESC""",
+        account_id, idle_seconds,
+    )
+    return [
+        {"id": r["id"], "created_at": r["created_at"].isoformat(), "last_seen_at": r["last_seen_at"].isoformat(),
+         "expires_at": r["expires_at"].isoformat(), "region": r["region"]}
+        for r in rows
+    ]

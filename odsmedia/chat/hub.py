@@ -1,0 +1,335 @@
+"""Per-node fan-out: the chat clients connected to this process, per room.
+
+Each room with local clients has one ``RoomChannel`` subscribed to the bus
+channel ``room:{slug}:chat``.  Sequenced events (``seq``) are delivered to
+local clients strictly in seq order, each exactly once: duplicates (the
+poster's node sees its own event twice, locally and from Redis) are dropped,
+and a gap (Redis reordered or lost a message, or restarted) is filled from
+Postgres after a short wait.  Postgres is the system of record, Redis only
+makes delivery fast.
+
+Sending does not queue per client on the hot path: a client whose socket
+buffer is nearly empty gets the frame written at once (no await suspends);
+one that falls behind gets a small backlog and its own writer, and one whose
+backlog overflows is disconnected with ``too_slow`` and resumes from its
+last seq when it reconnects, losing nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Any, Callable
+
+import asyncpg
+import orjson
+from aiohttp import web
+
+from ..bus import Bus
+from . import store
+
+log = logging.getLogger("odsmedia.chat")
+
+# How long an out-of-order event waits for the ones before it to arrive from
+# Redis before the gap is read from Postgres.
+GAP_WAIT = 0.15
+# Every RECONCILE_INTERVAL the rooms' sequence heads are read from Postgres; a
+# room still behind a head seen one interval earlier catches up (lost messages).
+RECONCILE_INTERVAL = 1.0
+# A socket with more than this many bytes unsent is served by its own writer.
+FAST_PATH_BYTES = 32 * 1024
+MAX_BACKLOG = 2000
+
+CLOSE_KICKED = 4003
+CLOSE_TOO_SLOW = 4008
+CLOSE_BANNED = 4403
+
+
+def chat_channel(slug: str) -> str:
+    return f"room:{slug}:chat"
+
+
+def control_channel(slug: str) -> str:
+    return f"room:{slug}:control"
+
+
+class ChatClient:
+    """One chat WebSocket: its identity, role and delivery position."""
+
+    def __init__(self, ws: web.WebSocketResponse, request: web.Request, *, subject: str, name: str,
+                 role: str, can_post: bool) -> None:
+        self.ws = ws
+        self.request = request
+        self.subject = subject
+        self.name = name
+        self.role = role
+        self.can_post = can_post
+        self.last_seq = 0
+        self.ready = False
+        self.closed = False
+        self._pending: list[tuple[int, str]] = []
+        self._backlog: deque[str] | None = None
+        self._writer: asyncio.Task[None] | None = None
+
+    @property
+    def is_moderator(self) -> bool:
+        return self.role in ("host", "moderator")
+
+    async def start(self, cursor: int) -> None:
+        """The client has its snapshot up to ``cursor``: release what queued meanwhile."""
+        self.last_seq = cursor
+        self.ready = True
+        pending, self._pending = self._pending, []
+        for seq, text in pending:
+            await self.deliver(seq, text)
+
+    async def deliver(self, seq: int | None, text: str) -> None:
+        if self.closed:
+            return
+        if seq is not None:
+            if not self.ready:
+                self._pending.append((seq, text))
+                return
+            if seq <= self.last_seq:
+                return
+            self.last_seq = seq
+        await self.send(text)
+
+    async def send(self, text: str) -> None:
+        if self.closed:
+            return
+        if self._backlog is not None:
+            if len(self._backlog) >= MAX_BACKLOG:
+                self.close(CLOSE_TOO_SLOW, {"type": "error", "error": "too_slow",
+                                            "message": "connection too slow; reconnect to resume"})
+                return
+            self._backlog.append(text)
+            return
+        transport = self.request.transport
+        if transport is None or self.ws.closed:
+            self.closed = True
+            return
+        if transport.get_write_buffer_size() > FAST_PATH_BYTES:
+            self._backlog = deque([text])
+            self._writer = asyncio.get_running_loop().create_task(self._drain())
+            return
+        try:
+            # Uncompressed frames are written synchronously; with the buffer below
+            # the high-water mark this await never suspends.
+            await self.ws.send_str(text)
+        except (ConnectionError, RuntimeError):
+            self.closed = True
+
+    async def _drain(self) -> None:
+        try:
+            while self._backlog:
+                await self.ws.send_str(self._backlog.popleft())
+            self._backlog = None
+        except (ConnectionError, RuntimeError):
+            self.closed = True
+
+    def close(self, code: int, event: dict[str, Any] | None = None) -> None:
+        """Close from the hub (kick, ban, too slow); does not wait."""
+        if self.closed:
+            return
+        self.closed = True
+        asyncio.get_running_loop().create_task(self._close(code, event))
+
+    async def _close(self, code: int, event: dict[str, Any] | None) -> None:
+        try:
+            if event is not None and not self.ws.closed:
+                await self.ws.send_str(orjson.dumps(event).decode())
+            await self.ws.close(code=code, message=(event or {}).get("error", "").encode()[:120])
+        except (ConnectionError, RuntimeError):
+            pass
+
+
+class RoomChannel:
+    """This node's subscription to one room's chat and its local clients."""
+
+    def __init__(self, hub: "ChatHub", slug: str, room_id: int) -> None:
+        self.hub = hub
+        self.slug = slug
+        self.room_id = room_id
+        self.clients: set[ChatClient] = set()
+        self.delivered = 0
+        self.opened = asyncio.Event()
+        self.suspect_head = 0
+        self._pending: dict[int, dict[str, Any]] = {}
+        self._gap_timer: asyncio.TimerHandle | None = None
+        self._lock = asyncio.Lock()
+        self._unsubscribe: Callable[[], Any] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def open(self) -> None:
+        self._unsubscribe = await self.hub.bus.subscribe(chat_channel(self.slug), self.handle)
+        # Read the head after subscribing: anything published before is at or below it.
+        self.delivered = await store.last_seq(self.hub.db, self.room_id)
+        self.opened.set()
+
+    async def close(self) -> None:
+        if self._gap_timer is not None:
+            self._gap_timer.cancel()
+        if self._unsubscribe is not None:
+            await self._unsubscribe()
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def handle(self, event: dict[str, Any]) -> None:
+        """One event from the bus or from this node: deliver in seq order, once."""
+        if not self.opened.is_set():
+            return  # at or below the head open() reads
+        seq = event.get("seq")
+        if seq is None:
+            await self.hub.notice(self, event)
+            return
+        async with self._lock:
+            if seq <= self.delivered or seq in self._pending:
+                return
+            if seq != self.delivered + 1:
+                self._pending[seq] = event
+                if self._gap_timer is None:
+                    self._gap_timer = asyncio.get_running_loop().call_later(GAP_WAIT, self._spawn_catch_up)
+                return
+            await self._emit(event)
+            while self.delivered + 1 in self._pending:
+                await self._emit(self._pending.pop(self.delivered + 1))
+            if not self._pending and self._gap_timer is not None:
+                self._gap_timer.cancel()
+                self._gap_timer = None
+
+    async def _emit(self, event: dict[str, Any]) -> None:
+        seq = event["seq"]
+        self.delivered = seq
+        text = orjson.dumps(event).decode()
+        for client in list(self.clients):
+            await client.deliver(seq, text)
+
+    def _spawn_catch_up(self) -> None:
+        self._gap_timer = None
+        task = asyncio.get_running_loop().create_task(self.catch_up())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def catch_up(self) -> None:
+        """Deliver from Postgres everything after what this node delivered."""
+        try:
+            async with self._lock:
+                if self._gap_timer is not None:
+                    self._gap_timer.cancel()
+                    self._gap_timer = None
+                changes = await store.changes_after(self.hub.db, self.room_id, self.delivered)
+                for event in store.events_of(changes):
+                    if event["seq"] > self.delivered:
+                        await self._emit(event)
+                # Pending events were committed before they were published, so the
+                # rows read above already hold them (in their latest state).
+                if self._pending:
+                    self.delivered = max(self.delivered, max(self._pending))
+                    self._pending.clear()
+        except (asyncpg.PostgresError, OSError, asyncio.TimeoutError):
+            log.warning("chat catch-up failed", extra={"room": self.slug}, exc_info=True)
+
+
+class ChatHub:
+    def __init__(self, db: asyncpg.Pool, bus: Bus) -> None:
+        self.db = db
+        self.bus = bus
+        self.rooms: dict[str, RoomChannel] = {}
+        self._reconciler: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.bus.on_reconnect(self.catch_up_all)
+        self._reconciler = asyncio.get_running_loop().create_task(self._reconcile_loop(), name="chat-reconcile")
+
+    async def stop(self) -> None:
+        if self._reconciler is not None:
+            self._reconciler.cancel()
+            try:
+                await self._reconciler
+            except asyncio.CancelledError:
+                pass
+        for channel in list(self.rooms.values()):
+            for client in list(channel.clients):
+                client.close(1001, {"type": "error", "error": "shutting_down", "message": "server restarting"})
+            await channel.close()
+        self.rooms.clear()
+
+    async def attach(self, slug: str, room_id: int, client: ChatClient) -> RoomChannel:
+        channel = self.rooms.get(slug)
+        if channel is None:
+            channel = RoomChannel(self, slug, room_id)
+            self.rooms[slug] = channel
+            channel.clients.add(client)
+            try:
+                await channel.open()
+            except BaseException:
+                self.rooms.pop(slug, None)
+                raise
+        else:
+            channel.clients.add(client)
+            await channel.opened.wait()
+        return channel
+
+    async def detach(self, slug: str, client: ChatClient) -> None:
+        channel = self.rooms.get(slug)
+        if channel is None:
+            return
+        channel.clients.discard(client)
+        if not channel.clients and channel.opened.is_set():
+            del self.rooms[slug]
+            await channel.close()
+
+    async def dispatch(self, slug: str, event: dict[str, Any]) -> None:
+        """Deliver an event this node produced to its local clients, then to the other nodes."""
+        channel = self.rooms.get(slug)
+        if channel is not None:
+            await channel.handle(event)
+        try:
+            await self.bus.publish(chat_channel(slug), event)
+        except Exception:
+            # Persisted already: other nodes catch up from Postgres (reconcile, reconnect).
+            log.warning("chat publish failed", extra={"room": slug}, exc_info=True)
+
+    async def notice(self, channel: RoomChannel, event: dict[str, Any]) -> None:
+        """Unsequenced events: settings, sanctions, kicks, role changes."""
+        kind = event.get("type")
+        target = event.get("target")
+        text = orjson.dumps(event).decode()
+        if kind in ("kicked", "banned"):
+            for client in list(channel.clients):
+                if client.subject == target:
+                    client.close(CLOSE_BANNED if kind == "banned" else CLOSE_KICKED, event)
+        elif kind == "role":
+            for client in list(channel.clients):
+                if client.subject == target:
+                    client.role = event["role"]
+                    client.can_post = client.can_post or client.is_moderator
+                    await client.send(orjson.dumps({"type": "you", **you(client)}).decode())
+        if kind != "role":
+            for client in list(channel.clients):
+                if client.ready:
+                    await client.send(text)
+
+    async def catch_up_all(self) -> None:
+        await asyncio.gather(*(c.catch_up() for c in list(self.rooms.values()) if c.opened.is_set()))
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await asyncio.sleep(RECONCILE_INTERVAL)
+            channels = [c for c in self.rooms.values() if c.opened.is_set()]
+            if not channels:
+                continue
+            try:
+                heads = await store.last_seqs(self.db, {c.room_id for c in channels})
+            except (asyncpg.PostgresError, OSError, asyncio.TimeoutError):
+                continue
+            for channel in channels:
+                if channel.delivered < channel.suspect_head:
+                    await channel.catch_up()
+                channel.suspect_head = heads.get(channel.room_id, 0)
+
+
+def you(client: ChatClient) -> dict[str, Any]:
+    return {"subject": client.subject, "name": client.name, "role": client.role, "can_post": client.can_post}

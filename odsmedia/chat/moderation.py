@@ -1,0 +1,257 @@
+"""Moderation by room role: what a host or moderator may do, to whom, and its audit.
+
+Each action checks the actor's role and the target's, changes state in one
+transaction together with its ``moderation_actions`` row, then tells every
+node: chat-side effects on the room's chat channel, media-side ones (mute,
+kick, ban) on ``room:{slug}:control`` for the node that holds the room's SFU
+state (docs/architecture.md, "Moderation across nodes").
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import orjson
+
+from ..bus import Bus
+from ..gate import ROLE_RANK
+from ..rooms import directory
+from ..rooms.directory import RoomRecord
+from . import store
+from .hub import ChatHub, control_channel
+from .items import ChatError
+
+SUBJECT = re.compile(r"^(a:\d{1,18}|t:\d{1,18}|v:[A-Za-z0-9_-]{1,64})$")
+MAX_TIMEOUT_MINUTES = 7 * 24 * 60
+MAX_SLOW_MODE = 3600
+REASON_MAX = 200
+
+
+@dataclass(frozen=True)
+class Actor:
+    subject: str
+    role: str
+
+    @property
+    def rank(self) -> int:
+        return ROLE_RANK[self.role]
+
+
+async def audit(conn: asyncpg.Connection, room: RoomRecord, actor: Actor, action: str, target: str = "",
+                **detail: Any) -> None:
+    await conn.execute(
+        "INSERT INTO moderation_actions (room_id, actor, action, target, detail) VALUES ($1, $2, $3, $4, $5)",
+        room.id, actor.subject, action, target, detail)
+
+
+async def role_of_subject(db: store.Db, room: RoomRecord, subject: str) -> str:
+    """The room role a subject holds (what the gate would give it)."""
+    kind, _, value = subject.partition(":")
+    if kind == "a":
+        account_id = int(value)
+        if room.owner_id == account_id:
+            return "host"
+        return await directory.member_role(db, room.id, account_id) or "viewer"
+    if kind == "t":
+        return await db.fetchval("SELECT role FROM api_tokens WHERE id = $1 AND room_id = $2",
+                                 int(value), room.id) or "viewer"
+    return "viewer"
+
+
+def _target(raw: Any) -> str:
+    if not isinstance(raw, str) or not SUBJECT.match(raw):
+        raise ChatError("invalid_target", "target must be a subject such as a:12, t:3 or v:abc")
+    return raw
+
+
+def _reason(raw: Any) -> str:
+    if raw is None:
+        return ""
+    if not isinstance(raw, str) or len(raw) > REASON_MAX:
+        raise ChatError("invalid_reason", f"reason must be text of at most {REASON_MAX} characters")
+    return raw.strip()
+
+
+def _int(raw: Any, name: str, low: int, high: int) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int) or not low <= raw <= high:
+        raise ChatError(f"invalid_{name}", f"{name} must be an integer from {low} to {high}")
+    return raw
+
+
+class Moderation:
+    def __init__(self, db: asyncpg.Pool, bus: Bus, hub: ChatHub) -> None:
+        self.db = db
+        self.bus = bus
+        self.hub = hub
+
+    # -- checks ----------------------------------------------------------------
+
+    @staticmethod
+    def require_moderator(actor: Actor) -> None:
+        if actor.rank < ROLE_RANK["moderator"]:
+            raise ChatError("not_a_moderator", "only the host and moderators may do this")
+
+    async def _outranked_target(self, room: RoomRecord, actor: Actor, raw: Any) -> str:
+        """A target the actor may act on: someone of lower rank, never oneself."""
+        self.require_moderator(actor)
+        target = _target(raw)
+        if target == actor.subject:
+            raise ChatError("invalid_target", "you cannot do this to yourself")
+        if ROLE_RANK[await role_of_subject(self.db, room, target)] >= actor.rank:
+            raise ChatError("target_outranks", "the target's role is not below yours")
+        return target
+
+    async def _control(self, room: RoomRecord, message: dict[str, Any]) -> None:
+        await self.bus.publish(control_channel(room.slug), message)
+
+    # -- items -------------------------------------------------------------------
+
+    async def delete(self, room: RoomRecord, actor: Actor, item_id: Any) -> dict[str, Any]:
+        item_id = _int(item_id, "id", 1, 2**62)
+        async with store.transaction(self.db) as conn:
+            item = await store.get(conn, room.id, item_id)
+            if item is None or item.deleted:
+                raise ChatError("item_not_found", f"no item {item_id} in this room")
+            own = item.author == actor.subject
+            if not own:
+                self.require_moderator(actor)
+            item = await store.delete(conn, room.id, item_id, actor.subject)
+            if not own:
+                await audit(conn, room, actor, "delete", item.author, item_id=item_id)
+        await self.hub.dispatch(room.slug, item.event())
+        return {"id": item_id}
+
+    async def answer(self, room: RoomRecord, actor: Actor, item_id: Any, answered: Any = True) -> dict[str, Any]:
+        self.require_moderator(actor)
+        item_id = _int(item_id, "id", 1, 2**62)
+        item = await store.mark_answered(self.db, room.id, item_id, answered is not False)
+        await self.hub.dispatch(room.slug, item.event())
+        return {"id": item_id}
+
+    async def clear(self, room: RoomRecord, actor: Actor) -> dict[str, Any]:
+        self.require_moderator(actor)
+        async with store.transaction(self.db) as conn:
+            seq, ids = await store.clear(conn, room.id, actor.subject)
+            await audit(conn, room, actor, "clear", count=len(ids))
+        await self.hub.dispatch(room.slug, {"type": "deleted", "seq": seq, "ids": ids, "cleared": True})
+        return {"count": len(ids)}
+
+    # -- people ----------------------------------------------------------------------
+
+    async def timeout(self, room: RoomRecord, actor: Actor, target: Any, minutes: Any,
+                      reason: Any = None) -> dict[str, Any]:
+        target = await self._outranked_target(room, actor, target)
+        minutes = _int(minutes, "minutes", 1, MAX_TIMEOUT_MINUTES)
+        reason = _reason(reason)
+        async with store.transaction(self.db) as conn:
+            until = await conn.fetchval(
+                """INSERT INTO chat_sanctions (room_id, subject, kind, until, by_subject, reason)
+                   VALUES ($1, $2, 'timeout', now() + make_interval(mins => $3), $4, $5)
+                   ON CONFLICT (room_id, subject, kind) DO UPDATE
+                   SET until = excluded.until, by_subject = excluded.by_subject, reason = excluded.reason,
+                       created_at = now()
+                   RETURNING until""", room.id, target, minutes, actor.subject, reason)
+            await audit(conn, room, actor, "timeout", target, minutes=minutes, reason=reason)
+        await self.hub.dispatch(room.slug, {"type": "sanction", "sanction": "timeout", "target": target,
+                                            "until": until.isoformat(), "by": actor.subject})
+        return {"target": target, "until": until.isoformat()}
+
+    async def ban(self, room: RoomRecord, actor: Actor, target: Any, reason: Any = None) -> dict[str, Any]:
+        target = await self._outranked_target(room, actor, target)
+        reason = _reason(reason)
+        async with store.transaction(self.db) as conn:
+            await conn.execute(
+                """INSERT INTO chat_sanctions (room_id, subject, kind, until, by_subject, reason)
+                   VALUES ($1, $2, 'ban', NULL, $3, $4)
+                   ON CONFLICT (room_id, subject, kind) DO UPDATE
+                   SET by_subject = excluded.by_subject, reason = excluded.reason, created_at = now()""",
+                room.id, target, actor.subject, reason)
+            await audit(conn, room, actor, "ban", target, reason=reason)
+        await self.hub.dispatch(room.slug, {"type": "banned", "target": target, "by": actor.subject,
+                                            "error": "banned", "message": "you are banned from this room"})
+        await self._control(room, {"action": "ban", "target": target, "by": actor.subject, "reason": reason})
+        return {"target": target}
+
+    async def lift(self, room: RoomRecord, actor: Actor, target: Any, kind: str) -> dict[str, Any]:
+        """Unban or end a timeout."""
+        self.require_moderator(actor)
+        target = _target(target)
+        async with store.transaction(self.db) as conn:
+            status = await conn.execute(
+                "DELETE FROM chat_sanctions WHERE room_id = $1 AND subject = $2 AND kind = $3",
+                room.id, target, kind)
+            if status.endswith(" 0"):
+                raise ChatError("not_sanctioned", f"the target has no {kind}")
+            await audit(conn, room, actor, "unban" if kind == "ban" else "end_timeout", target)
+        await self.hub.dispatch(room.slug, {"type": "sanction_lifted", "sanction": kind, "target": target,
+                                            "by": actor.subject})
+        return {"target": target}
+
+    async def slow_mode(self, room: RoomRecord, actor: Actor, seconds: Any) -> dict[str, Any]:
+        self.require_moderator(actor)
+        seconds = _int(seconds, "seconds", 0, MAX_SLOW_MODE)
+        async with store.transaction(self.db) as conn:
+            await conn.execute(
+                """INSERT INTO chat_rooms (room_id, slow_mode_seconds) VALUES ($1, $2)
+                   ON CONFLICT (room_id) DO UPDATE SET slow_mode_seconds = excluded.slow_mode_seconds""",
+                room.id, seconds)
+            await audit(conn, room, actor, "slow_mode", seconds=seconds)
+        await self.hub.dispatch(room.slug, {"type": "settings", "slow_mode": seconds, "by": actor.subject})
+        return {"slow_mode": seconds}
+
+    async def set_role(self, room: RoomRecord, actor: Actor, target: Any, promote: bool) -> dict[str, Any]:
+        if actor.role != "host":
+            raise ChatError("not_the_host", "only the host may promote or demote moderators")
+        target = _target(target)
+        if not target.startswith("a:"):
+            raise ChatError("invalid_target", "only signed-in accounts can be moderators")
+        account_id = int(target[2:])
+        if account_id == room.owner_id or target == actor.subject:
+            raise ChatError("invalid_target", "the host's role cannot change")
+        async with store.transaction(self.db) as conn:
+            current = await directory.member_role(conn, room.id, account_id)
+            if current == "host":
+                raise ChatError("invalid_target", "the host's role cannot change")
+            if promote:
+                try:
+                    await conn.execute(
+                        "INSERT INTO room_members (room_id, account_id, role) VALUES ($1, $2, 'moderator') "
+                        "ON CONFLICT DO NOTHING", room.id, account_id)
+                except asyncpg.ForeignKeyViolationError:
+                    raise ChatError("invalid_target", "no such account") from None
+            elif current != "moderator":
+                raise ChatError("not_a_moderator_target", "the target is not a moderator")
+            else:
+                await conn.execute("DELETE FROM room_members WHERE room_id = $1 AND account_id = $2",
+                                   room.id, account_id)
+            await audit(conn, room, actor, "promote" if promote else "demote", target)
+        role = "moderator" if promote else "viewer"
+        await self.hub.dispatch(room.slug, {"type": "role", "target": target, "role": role, "by": actor.subject})
+        return {"target": target, "role": role}
+
+    async def mute(self, room: RoomRecord, actor: Actor, target: Any, kind: Any, mute: bool) -> dict[str, Any]:
+        target = await self._outranked_target(room, actor, target)
+        if kind not in ("audio", "video"):
+            raise ChatError("invalid_kind", "kind must be audio or video")
+        action = "mute" if mute else "unmute"
+        async with store.transaction(self.db) as conn:
+            await audit(conn, room, actor, action, target, kind=kind)
+        await self._control(room, {"action": action, "target": target, "kind": kind, "by": actor.subject})
+        return {"target": target, "kind": kind}
+
+    async def kick(self, room: RoomRecord, actor: Actor, target: Any, reason: Any = None) -> dict[str, Any]:
+        target = await self._outranked_target(room, actor, target)
+        reason = _reason(reason)
+        async with store.transaction(self.db) as conn:
+            await audit(conn, room, actor, "kick", target, reason=reason)
+        await self.hub.dispatch(room.slug, {"type": "kicked", "target": target, "by": actor.subject,
+                                            "error": "kicked", "message": reason or "removed by a moderator"})
+        await self._control(room, {"action": "kick", "target": target, "by": actor.subject, "reason": reason})
+        return {"target": target}
+
+
+def dumps(event: dict[str, Any]) -> str:
+    return orjson.dumps(event).decode()

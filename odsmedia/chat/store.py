@@ -1,0 +1,235 @@
+"""Chat persistence in Postgres (asyncpg).
+
+Every write takes the room's next sequence number in the same statement
+(see migrations/0003_chat.sql for why that makes Postgres the source of
+order); the hub publishes only what this module has committed.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, AsyncIterator, Iterable
+
+import asyncpg
+
+from .items import ChatError, ChatItem
+
+Db = asyncpg.Pool | asyncpg.Connection
+
+# Bumps (or creates) the room's sequence row; the row lock it takes is held
+# until commit, which serializes writers of one room.
+_NEXT_SEQ = """
+    INSERT INTO chat_rooms (room_id, last_seq) VALUES ($1, 1)
+    ON CONFLICT (room_id) DO UPDATE SET last_seq = chat_rooms.last_seq + 1
+    RETURNING last_seq"""
+
+_POST = f"""
+    WITH s AS ({_NEXT_SEQ}),
+         e AS (SELECT id, started_at FROM episodes WHERE room_id = $1 AND status = 'live')
+    INSERT INTO chat_items (room_id, id, changed_seq, kind, author, author_name, body,
+                            episode_id, episode_offset)
+    SELECT $1, s.last_seq, s.last_seq, $2, $3, $4, $5,
+           e.id, greatest(0, extract(epoch FROM (now() - e.started_at)))::double precision
+    FROM s LEFT JOIN e ON true
+    RETURNING *"""
+
+
+@asynccontextmanager
+async def transaction(db: Db) -> AsyncIterator[asyncpg.Connection]:
+    """A transaction on a pool connection, or a savepoint inside the caller's."""
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire() as conn, conn.transaction():
+            yield conn
+    else:
+        async with db.transaction():
+            yield db
+
+
+@dataclass
+class Snapshot:
+    """What a joining client starts from: items, deletions it must apply, and the cursor."""
+
+    cursor: int
+    items: list[ChatItem] = field(default_factory=list)
+    deleted: list[int] = field(default_factory=list)
+    reset: bool = False
+
+
+async def live_episode(db: Db, room_id: int) -> int | None:
+    return await db.fetchval("SELECT id FROM episodes WHERE room_id = $1 AND status = 'live'", room_id)
+
+
+async def post(db: Db, room_id: int, *, kind: str, author: str, author_name: str, text: str) -> ChatItem:
+    row = await db.fetchrow(_POST, room_id, kind, author, author_name[:80], text)
+    return ChatItem.from_row(row)
+
+
+async def get(db: Db, room_id: int, item_id: int) -> ChatItem | None:
+    row = await db.fetchrow("SELECT * FROM chat_items WHERE room_id = $1 AND id = $2", room_id, item_id)
+    return ChatItem.from_row(row) if row else None
+
+
+async def _require_live(conn: asyncpg.Connection, room_id: int, item_id: int) -> asyncpg.Record:
+    # Callers take the room's seq first (lock order: chat_rooms row, then items),
+    # and a refusal rolls that seq back with the transaction.
+    row = await conn.fetchrow(
+        "SELECT * FROM chat_items WHERE room_id = $1 AND id = $2 FOR UPDATE", room_id, item_id)
+    if row is None or row["deleted_at"] is not None:
+        raise ChatError("item_not_found", f"no item {item_id} in this room")
+    return row
+
+
+async def upvote(db: Db, room_id: int, item_id: int, subject: str) -> ChatItem:
+    async with transaction(db) as conn:
+        seq = await conn.fetchval(_NEXT_SEQ, room_id)
+        row = await _require_live(conn, room_id, item_id)
+        if row["kind"] != "question":
+            raise ChatError("not_a_question", "only questions can be upvoted")
+        inserted = await conn.fetchval(
+            "INSERT INTO chat_votes (room_id, item_id, subject) VALUES ($1, $2, $3) "
+            "ON CONFLICT DO NOTHING RETURNING 1", room_id, item_id, subject)
+        if not inserted:
+            raise ChatError("already_voted", "you upvoted this question already")
+        row = await conn.fetchrow(
+            "UPDATE chat_items SET votes = votes + 1, changed_seq = $3 WHERE room_id = $1 AND id = $2 RETURNING *",
+            room_id, item_id, seq)
+    return ChatItem.from_row(row)
+
+
+async def mark_answered(db: Db, room_id: int, item_id: int, answered: bool = True) -> ChatItem:
+    async with transaction(db) as conn:
+        seq = await conn.fetchval(_NEXT_SEQ, room_id)
+        row = await _require_live(conn, room_id, item_id)
+        if row["kind"] != "question":
+            raise ChatError("not_a_question", "only questions can be marked answered")
+        row = await conn.fetchrow(
+            "UPDATE chat_items SET answered_at = CASE WHEN $4 THEN coalesce(answered_at, now()) END, "
+            "changed_seq = $3 WHERE room_id = $1 AND id = $2 RETURNING *",
+            room_id, item_id, seq, answered)
+    return ChatItem.from_row(row)
+
+
+async def delete(db: Db, room_id: int, item_id: int, by: str) -> ChatItem:
+    """Tombstone one item: its text is gone from history, replay and search."""
+    async with transaction(db) as conn:
+        seq = await conn.fetchval(_NEXT_SEQ, room_id)
+        await _require_live(conn, room_id, item_id)
+        row = await conn.fetchrow(
+            "UPDATE chat_items SET body = '', deleted_at = now(), deleted_by = $4, changed_seq = $3 "
+            "WHERE room_id = $1 AND id = $2 RETURNING *", room_id, item_id, seq, by)
+        await conn.execute("DELETE FROM chat_votes WHERE room_id = $1 AND item_id = $2", room_id, item_id)
+    return ChatItem.from_row(row)
+
+
+async def clear(db: Db, room_id: int, by: str) -> tuple[int, list[int]]:
+    """Tombstone every live item of the room under one seq; returns (seq, ids)."""
+    async with transaction(db) as conn:
+        seq = await conn.fetchval(_NEXT_SEQ, room_id)
+        rows = await conn.fetch(
+            "UPDATE chat_items SET body = '', deleted_at = now(), deleted_by = $3, changed_seq = $2 "
+            "WHERE room_id = $1 AND deleted_at IS NULL RETURNING id", room_id, seq, by)
+        await conn.execute("DELETE FROM chat_votes WHERE room_id = $1", room_id)
+    return seq, sorted(r["id"] for r in rows)
+
+
+async def last_seq(db: Db, room_id: int) -> int:
+    return await db.fetchval("SELECT last_seq FROM chat_rooms WHERE room_id = $1", room_id) or 0
+
+
+async def last_seqs(db: Db, room_ids: Iterable[int]) -> dict[int, int]:
+    rows = await db.fetch("SELECT room_id, last_seq FROM chat_rooms WHERE room_id = ANY($1)", list(room_ids))
+    return {r["room_id"]: r["last_seq"] for r in rows}
+
+
+async def changes_after(db: Db, room_id: int, after: int, limit: int = 5000) -> list[ChatItem]:
+    rows = await db.fetch(
+        "SELECT * FROM chat_items WHERE room_id = $1 AND changed_seq > $2 ORDER BY changed_seq, id LIMIT $3",
+        room_id, after, limit)
+    return [ChatItem.from_row(r) for r in rows]
+
+
+def events_of(changes: list[ChatItem]) -> list[dict[str, Any]]:
+    """Stream events for changed rows, in seq order; one ``deleted`` event per seq."""
+    events: list[dict[str, Any]] = []
+    for item in changes:
+        if item.deleted and events and events[-1]["type"] == "deleted" and events[-1]["seq"] == item.changed_seq:
+            events[-1]["ids"].append(item.id)
+        else:
+            events.append(item.event())
+    return events
+
+
+async def snapshot(pool: asyncpg.Pool, room_id: int, *, after: int | None, history: int,
+                   resume_limit: int = 5000) -> Snapshot:
+    """History for a new client, or everything after ``after`` for a resuming one.
+
+    Read in one repeatable-read snapshot so the cursor matches the items exactly.
+    """
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        cursor = await last_seq(conn, room_id)
+        if after is not None and 0 <= after <= cursor:
+            changes = await changes_after(conn, room_id, after, resume_limit + 1)
+            if len(changes) <= resume_limit:
+                snap = Snapshot(cursor)
+                for item in changes:
+                    if item.deleted:
+                        if item.id <= after:  # a client never saw items posted after its cursor
+                            snap.deleted.append(item.id)
+                    else:
+                        snap.items.append(item)
+                snap.items.sort(key=lambda i: i.id)
+                return snap
+        rows = await conn.fetch(
+            "SELECT * FROM chat_items WHERE room_id = $1 AND deleted_at IS NULL ORDER BY id DESC LIMIT $2",
+            room_id, history)
+        # A cursor from the future (another database) or too far behind: start over.
+        return Snapshot(cursor, [ChatItem.from_row(r) for r in reversed(rows)], reset=after is not None)
+
+
+# -- sanctions and settings ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Sanction:
+    kind: str
+    until: datetime | None
+
+
+async def active_sanction(db: Db, room_id: int, subject: str) -> Sanction | None:
+    """The subject's ban, else its running timeout, else None."""
+    row = await db.fetchrow(
+        "SELECT kind, until FROM chat_sanctions WHERE room_id = $1 AND subject = $2 "
+        "AND (until IS NULL OR until > now()) ORDER BY (kind = 'ban') DESC LIMIT 1", room_id, subject)
+    return Sanction(row["kind"], row["until"]) if row else None
+
+
+async def slow_mode(db: Db, room_id: int) -> int:
+    return await db.fetchval("SELECT slow_mode_seconds FROM chat_rooms WHERE room_id = $1", room_id) or 0
+
+
+# -- replay and search --------------------------------------------------------------
+
+async def episode_window(db: Db, episode_id: int, start: float, end: float, limit: int) -> list[ChatItem]:
+    rows = await db.fetch(
+        "SELECT * FROM chat_items WHERE episode_id = $1 AND deleted_at IS NULL "
+        "AND episode_offset >= $2 AND episode_offset <= $3 ORDER BY episode_offset, id LIMIT $4",
+        episode_id, start, end, limit)
+    return [ChatItem.from_row(r) for r in rows]
+
+
+async def episode_highlights(db: Db, episode_id: int, limit: int = 1000) -> list[ChatItem]:
+    rows = await db.fetch(
+        "SELECT * FROM chat_items WHERE episode_id = $1 AND deleted_at IS NULL AND kind = 'highlight' "
+        "ORDER BY episode_offset, id LIMIT $2", episode_id, limit)
+    return [ChatItem.from_row(r) for r in rows]
+
+
+async def search(db: Db, room_id: int, query: str, limit: int) -> list[ChatItem]:
+    rows = await db.fetch(
+        """SELECT i.* FROM chat_items i, websearch_to_tsquery('english', $2) q
+           WHERE i.room_id = $1 AND i.deleted_at IS NULL AND i.kind IN ('message', 'question')
+             AND i.search @@ q
+           ORDER BY ts_rank(i.search, q) DESC, i.id DESC LIMIT $3""",
+        room_id, query, limit)
+    return [ChatItem.from_row(r) for r in rows]

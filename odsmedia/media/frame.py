@@ -1,0 +1,41 @@
+"""The encoded media unit that travels from a publisher to every sink."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class MediaFrame:
+    kind: str          # "audio" | "video"
+    codec: str         # "H264" | "VP8" | "opus"  (aiortc codec names)
+    data: bytes        # H.264: Annex B with start codes; VP8: raw frame; Opus: one packet
+    timestamp: int     # RTP timestamp units, relative to the publication's first frame
+    clock_rate: int    # 90000 video, 48000 Opus
+    keyframe: bool
+    arrival: float     # time.monotonic() when the frame left the receiver hook
+
+
+def h264_is_keyframe(data: bytes) -> bool:
+    """True when an Annex B access unit holds an IDR slice (NAL type 5)."""
+    find = data.find
+    pos = find(b"\x00\x00\x01")
+    end = len(data) - 3
+    # Parameter sets and SEI come first; the loop stops at the first slice.
+    while 0 <= pos < end:
+        nal_type = data[pos + 3] & 0x1F
+        if nal_type == 5:
+            return True
+        if nal_type == 1:
+            return False
+        pos = find(b"\x00\x00\x01", pos + 3)
+    return False
+
+
+def is_keyframe(codec: str, data: bytes) -> bool:
+    if codec == "H264":
+        return h264_is_keyframe(data)
+    if codec == "VP8":
+        # VP8 frame tag, RFC 6386 9.1: bit 0 is 0 on a key frame.
+        return bool(data) and data[0] & 1 == 0
+    return True  # audio: every packet decodes on its own

@@ -1,0 +1,113 @@
+"""Which addresses ICE uses, in one place, for the server and test clients.
+
+aioice gathers host candidates from every interface (skipping exactly
+127.0.0.1) through ``aioice.ice.get_host_addresses`` and checks every remote
+candidate with ``aioice.ice.validate_remote_candidate`` -- SDP, trickled and
+mDNS-resolved ones alike.  ``configure`` wraps both once per process:
+host candidates come from ``ice.addresses`` and remote candidates outside
+``ice.allowed_networks`` are dropped, so nobody can steer the server into
+sending connectivity checks elsewhere.  ``announce`` rewrites host
+candidates in an SDP to the public address of a 1:1 NAT.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import aioice.ice
+from aiortc import RTCConfiguration, RTCIceServer
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_original_get_host_addresses = aioice.ice.get_host_addresses
+_original_validate = aioice.ice.validate_remote_candidate
+
+
+@dataclass(frozen=True)
+class IcePolicy:
+    addresses: tuple[str, ...] = ()             # empty: aioice's default (every interface)
+    allowed: tuple[IpNetwork, ...] = ()         # empty: any remote address
+
+    def allows(self, host: str) -> bool:
+        if not self.allowed:
+            return True
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.allowed)
+
+
+_policy = IcePolicy()
+
+
+def policy_for(addresses: Iterable[str], allowed_networks: Iterable[str] = ()) -> IcePolicy:
+    addresses = tuple(addresses)
+    nets = tuple(ipaddress.ip_network(n, strict=False) for n in allowed_networks)
+    if not nets and addresses and all(ipaddress.ip_address(a).is_loopback for a in addresses):
+        # A loopback-only server can only ever reach loopback peers.
+        nets = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+    return IcePolicy(addresses, nets)
+
+
+def configure(addresses: Iterable[str], allowed_networks: Iterable[str] = ()) -> IcePolicy:
+    """Install the policy for every RTCPeerConnection in this process."""
+    global _policy
+    _policy = policy_for(addresses, allowed_networks)
+    aioice.ice.get_host_addresses = _host_addresses
+    aioice.ice.validate_remote_candidate = _validate_remote_candidate
+    return _policy
+
+
+def current() -> IcePolicy:
+    return _policy
+
+
+def _host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+    if not _policy.addresses:
+        return _original_get_host_addresses(use_ipv4, use_ipv6)
+    out = []
+    for addr in _policy.addresses:
+        version = ipaddress.ip_address(addr).version
+        if (version == 4 and use_ipv4) or (version == 6 and use_ipv6):
+            out.append(addr)
+    return out
+
+
+def _validate_remote_candidate(candidate: Any, network_host: str) -> str:
+    host = _original_validate(candidate, network_host)
+    if not _policy.allows(host):
+        raise ValueError("outside ice.allowed_networks")
+    return host
+
+
+_CANDIDATE = re.compile(r"^(a=candidate:\S+ \d+ \S+ \d+ )(\S+)( \d+ typ host.*)$", re.M)
+_CONNECTION = re.compile(r"^c=IN (IP4|IP6) (\S+)(\r?)$", re.M)
+
+
+def announce(sdp: str, announced: str) -> str:
+    """Replace host candidate addresses (and c= lines) with ``announced``."""
+    if not announced:
+        return sdp
+    family = "IP6" if ipaddress.ip_address(announced).version == 6 else "IP4"
+    sdp = _CANDIDATE.sub(lambda m: m.group(1) + announced + m.group(3), sdp)
+    return _CONNECTION.sub(lambda m: f"c=IN {family} {announced}{m.group(3)}", sdp)
+
+
+def rtc_configuration() -> RTCConfiguration:
+    # No STUN on the server: its addresses are configured, not discovered.
+    return RTCConfiguration(iceServers=[])
+
+
+def browser_ice_servers(config: Any) -> list[dict[str, Any]]:
+    """The iceServers list handed to browsers (RTCConfiguration shape)."""
+    servers: list[dict[str, Any]] = []
+    if config["ice.stun_urls"]:
+        servers.append({"urls": list(config["ice.stun_urls"])})
+    if config["ice.turn_urls"]:
+        servers.append({"urls": list(config["ice.turn_urls"]), "username": config["ice.turn_username"],
+                        "credential": config["ice.turn_credential"]})
+    return servers

@@ -1,0 +1,81 @@
+"""Encoded frames out of an aiortc RTCRtpReceiver, with no decoding.
+
+aiortc's receiver puts every reassembled ``(codec, JitterFrame)`` on a
+private ``queue.Queue`` that a decoder thread drains.  ``tap`` replaces that
+queue with an ``EncodedFrameTap`` before ``receive()`` starts the thread: the
+tap turns each frame into a ``MediaFrame`` and calls back on the event loop
+(``_handle_rtp_packet`` runs there), so nothing reaches the decoder.  The
+``None`` stop sentinel goes to a real queue that the idle decoder thread
+waits on, so stopping the receiver still joins the thread, and the tap
+reports the end of the track.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from typing import Any, Callable
+
+from aiortc import RTCRtpReceiver
+
+from .frame import MediaFrame, is_keyframe
+
+QUEUE_ATTR = "_RTCRtpReceiver__decoder_queue"
+STARTED_ATTR = "_RTCRtpReceiver__started"
+
+FrameCallback = Callable[[MediaFrame], None]
+
+
+class EncodedFrameTap:
+    """Stands in for the receiver's decoder queue (``put`` and ``get`` only)."""
+
+    __slots__ = ("kind", "on_frame", "on_end", "frames", "_idle", "_ended")
+
+    def __init__(self, kind: str, on_frame: FrameCallback, on_end: Callable[[], None]) -> None:
+        self.kind = kind
+        self.on_frame = on_frame
+        self.on_end = on_end
+        self.frames = 0
+        self._idle: queue.Queue[Any] = queue.Queue()
+        self._ended = False
+
+    def put(self, item: Any) -> None:
+        if item is None:
+            self._idle.put(None)
+            if not self._ended:
+                self._ended = True
+                self.on_end()
+            return
+        codec, jitter_frame = item
+        name = codec.name
+        data = jitter_frame.data
+        self.frames += 1
+        self.on_frame(MediaFrame(self.kind, name, data, jitter_frame.timestamp, codec.clockRate,
+                                 is_keyframe(name, data), time.monotonic()))
+
+    def get(self, *args: Any, **kwargs: Any) -> Any:
+        # Only the decoder thread calls this; it sees nothing but the stop sentinel.
+        return self._idle.get(*args, **kwargs)
+
+
+def tap(receiver: RTCRtpReceiver, on_frame: FrameCallback, on_end: Callable[[], None]) -> EncodedFrameTap:
+    """Route ``receiver``'s encoded frames to ``on_frame``; call before it starts."""
+    if not hasattr(receiver, QUEUE_ATTR) or not hasattr(receiver, STARTED_ATTR):
+        raise RuntimeError("aiortc's RTCRtpReceiver changed: the decoder queue hook is gone")
+    if getattr(receiver, STARTED_ATTR):
+        raise RuntimeError("receiver already started; tap it before receive()")
+    hook = EncodedFrameTap(receiver.track.kind, on_frame, on_end)
+    setattr(receiver, QUEUE_ATTR, hook)
+    return hook
+
+
+def send_pli(receiver: RTCRtpReceiver) -> Callable[[], None]:
+    """A callable that sends an RTCP PLI for the receiver's current media SSRC."""
+    import asyncio
+
+    def request() -> None:
+        sources = receiver.getSynchronizationSources()
+        if sources:
+            asyncio.ensure_future(receiver._send_rtcp_pli(sources[0].source))
+
+    return request

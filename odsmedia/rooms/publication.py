@@ -1,0 +1,149 @@
+"""Publication: one track a participant publishes, fanned out to sinks.
+
+The receiver hook calls ``deliver`` with every encoded frame; the
+publication hands it to each sink (one per Subscription, one for the
+recorder).  Sinks must not block: they queue and return.  Keyframe requests
+from every sink meet here and reach the publisher at most once per
+``pli_interval``; a request inside the interval is folded into one trailing
+request so a late joiner never waits on a lost PLI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+from ..media.frame import MediaFrame
+
+if TYPE_CHECKING:
+    from aiortc import RTCRtpCodecParameters
+
+    from .participant import Participant
+
+__all__ = ["MediaFrame", "Publication", "Sink"]
+
+log = logging.getLogger("odsmedia.sfu")
+
+
+class Sink(Protocol):
+    def on_frame(self, frame: MediaFrame) -> None: ...
+
+    def on_end(self) -> None: ...
+
+
+class Publication:
+    def __init__(
+        self,
+        participant: "Participant",
+        kind: str,
+        codec: "RTCRtpCodecParameters",
+        *,
+        source: str,
+        pli_interval: float = 0.5,
+        request_pli: Callable[[], None] | None = None,
+    ) -> None:
+        self.id = "PU" + secrets.token_hex(5)
+        self.participant = participant
+        self.kind = kind
+        self.codec = codec                      # negotiated with the publisher; subscribers get the same
+        self.codec_name = codec.name
+        self.source = source
+        self.muted = False                      # by its owner
+        self.moderator_muted = False
+        self.ended = False
+        self.frames = 0
+        self.keyframes_requested = 0
+        self._sinks: list[Sink] = []
+        self._pli_interval = pli_interval
+        self._request_pli = request_pli
+        self._last_pli = -1e9
+        self._trailing: asyncio.TimerHandle | None = None
+
+    # --- sinks ------------------------------------------------------------------------------
+
+    def add_sink(self, sink: Sink) -> None:
+        if self.ended:
+            sink.on_end()
+            return
+        if sink not in self._sinks:
+            # Copy on write: deliver() iterates the list without guarding against edits.
+            self._sinks = [*self._sinks, sink]
+
+    def remove_sink(self, sink: Sink) -> None:
+        if sink in self._sinks:
+            self._sinks = [s for s in self._sinks if s is not sink]
+
+    @property
+    def sinks(self) -> tuple[Sink, ...]:
+        return tuple(self._sinks)
+
+    @property
+    def forwarding(self) -> bool:
+        return not (self.muted or self.moderator_muted or self.ended)
+
+    def deliver(self, frame: MediaFrame) -> None:
+        """Hot path: called by the receiver hook for every encoded frame."""
+        self.frames += 1
+        if self.muted or self.moderator_muted:
+            return
+        for sink in self._sinks:
+            try:
+                sink.on_frame(frame)
+            except Exception:
+                log.exception("sink failed; removed", extra={"publication": self.id})
+                self.remove_sink(sink)
+
+    def end(self) -> None:
+        """The publisher is gone: tell every sink once."""
+        if self.ended:
+            return
+        self.ended = True
+        if self._trailing is not None:
+            self._trailing.cancel()
+            self._trailing = None
+        sinks, self._sinks = self._sinks, []
+        for sink in sinks:
+            try:
+                sink.on_end()
+            except Exception:
+                log.exception("sink on_end failed", extra={"publication": self.id})
+
+    # --- keyframes --------------------------------------------------------------------------
+
+    def request_keyframe(self, reason: str = "") -> None:
+        """Ask the publisher for a keyframe (PLI), rate limited by media.pli_interval."""
+        if self.kind != "video" or self.ended or self._request_pli is None:
+            return
+        now = time.monotonic()
+        wait = self._last_pli + self._pli_interval - now
+        if wait <= 0:
+            self._send_pli(now)
+        elif self._trailing is None:
+            self._trailing = asyncio.get_running_loop().call_later(wait, self._fire_trailing)
+
+    def _fire_trailing(self) -> None:
+        self._trailing = None
+        if not self.ended:
+            self._send_pli(time.monotonic())
+
+    def _send_pli(self, now: float) -> None:
+        self._last_pli = now
+        self.keyframes_requested += 1
+        assert self._request_pli is not None
+        self._request_pli()
+
+    # --- views ------------------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "participant": self.participant.id,
+            "kind": self.kind,
+            "codec": self.codec_name,
+            "source": self.source,
+            "muted": self.muted or self.moderator_muted,
+            "muted_by": "moderator" if self.moderator_muted else ("self" if self.muted else None),
+        }

@@ -1,0 +1,65 @@
+"""Rooms HTTP API and the SFU's place in the application.
+
+``setup`` creates the node's ``Sfu`` at ``app[FEATURES]["sfu"]`` right away
+(other features' setup may add observers), hands it the bus once services
+are up, and closes every peer connection and socket on shutdown.
+"""
+
+from __future__ import annotations
+
+from typing import AsyncIterator
+
+from aiohttp import web
+
+from ..errors import json_response
+from ..gate import Entry
+from ..keys import BUS, CONFIG, DB, FEATURES, GATE
+from ..media.ice import browser_ice_servers
+from . import directory
+from .sfu import Sfu
+
+SFU = "sfu"
+
+
+def sfu_of(app: web.Application) -> Sfu:
+    return app[FEATURES][SFU]
+
+
+async def room_info(request: web.Request) -> web.Response:
+    """Public room facts a page needs before joining: title, access, liveness, ICE servers."""
+    record = await directory.require(request.app[DB], request.match_info["slug"])
+    room = sfu_of(request.app).get(record.slug)
+    publications = list(room.publications.values()) if room else []
+    return json_response({
+        **record.public(),
+        "live": bool(publications),
+        "publications": len(publications),
+        "ice_servers": browser_ice_servers(request.app[CONFIG]),
+    }, headers={"Cache-Control": "no-store"})
+
+
+async def participants(request: web.Request) -> web.Response:
+    """Who is in the room now (needs the same admission as joining)."""
+    await request.app[GATE].admit(request, request.match_info["slug"], Entry.JOIN)
+    room = sfu_of(request.app).get(request.match_info["slug"])
+    snapshot = room.snapshot() if room else {"participants": [], "publications": []}
+    return json_response(snapshot, headers={"Cache-Control": "no-store"})
+
+
+def setup(app: web.Application) -> None:
+    sfu = Sfu(app[CONFIG])
+    app[FEATURES][SFU] = sfu
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        sfu.bus = app[BUS]
+        yield
+        await sfu.close()
+
+    async def on_shutdown(app: web.Application) -> None:
+        # Before cleanup: peers and sockets close while the bus and pool still exist.
+        await sfu.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(on_shutdown)
+    app.router.add_get("/api/rooms/{slug}", room_info)
+    app.router.add_get("/api/rooms/{slug}/participants", participants)

@@ -1,0 +1,98 @@
+"""The SFU of this node: its live rooms, observers and moderation channel.
+
+``app[FEATURES]["sfu"]`` holds one ``Sfu``.  A room is live here while it
+has participants; while live, the node listens on the bus channel
+``room:{slug}:control`` so moderation issued on any node reaches the media.
+Observers (the recorder) get sync callbacks when publications come and go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..media import ice
+from .room import Room
+
+if TYPE_CHECKING:
+    from ..bus import Bus
+    from ..config import Config
+    from .directory import RoomRecord
+    from .participant import Participant
+    from .publication import Publication
+
+log = logging.getLogger("odsmedia.sfu")
+
+
+class Observer(Protocol):
+    def on_publication_added(self, room: Room, publication: "Publication") -> None: ...
+
+    def on_publication_removed(self, room: Room, publication: "Publication") -> None: ...
+
+
+def control_channel(slug: str) -> str:
+    return f"room:{slug}:control"
+
+
+class Sfu:
+    def __init__(self, config: "Config", bus: "Bus | None" = None) -> None:
+        self.config = config
+        self.bus = bus
+        self.rooms: dict[str, Room] = {}
+        self.observers: list[Observer] = []
+        self._lock = asyncio.Lock()
+        ice.configure(config["ice.addresses"], config["ice.allowed_networks"])
+
+    def add_observer(self, observer: Observer) -> None:
+        self.observers.append(observer)
+
+    def remove_observer(self, observer: Observer) -> None:
+        if observer in self.observers:
+            self.observers.remove(observer)
+
+    async def enter(self, record: "RoomRecord", participant: "Participant") -> Room:
+        """Join ``participant`` to the live room, created (and its control channel joined) on first use."""
+        async with self._lock:
+            room = self.rooms.get(record.slug)
+            if room is None:
+                room = Room(self, record)
+                self.rooms[record.slug] = room
+                if self.bus is not None:
+                    async def on_control(message: dict[str, Any], room: Room = room) -> None:
+                        await room.apply_control(message)
+
+                    room.unsubscribe_control = await self.bus.subscribe(control_channel(record.slug), on_control)
+            # Joined under the lock, so a room emptying concurrently is never joined after removal.
+            room.join(participant)
+            return room
+
+    def get(self, slug: str) -> Room | None:
+        return self.rooms.get(slug)
+
+    async def room_empty(self, room: Room) -> None:
+        if self.rooms.get(room.slug) is room and not room.participants:
+            del self.rooms[room.slug]
+            unsubscribe, room.unsubscribe_control = room.unsubscribe_control, None
+            if unsubscribe is not None:
+                await unsubscribe()
+
+    def publication_added(self, room: Room, publication: "Publication") -> None:
+        for observer in list(self.observers):
+            try:
+                observer.on_publication_added(room, publication)
+            except Exception:
+                log.exception("observer failed on publication added")
+
+    def publication_removed(self, room: Room, publication: "Publication") -> None:
+        for observer in list(self.observers):
+            try:
+                observer.on_publication_removed(room, publication)
+            except Exception:
+                log.exception("observer failed on publication removed")
+
+    async def close(self) -> None:
+        """Shutdown: every room, participant, transport and socket."""
+        for room in list(self.rooms.values()):
+            await room.close()
+            await self.room_empty(room)

@@ -1,0 +1,70 @@
+"""HLS media playlists (RFC 8216) for one episode.
+
+While the session is live the playlist is an EVENT playlist that only grows;
+when it ends it becomes a VOD playlist with EXT-X-ENDLIST.  fMP4 segments
+reference their initialization section with EXT-X-MAP; a new section (the
+publisher reconnected with other parameters) starts with
+EXT-X-DISCONTINUITY so players reset their decoders there.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+CONTENT_TYPE = "application/vnd.apple.mpegurl"
+ENDLIST = "#EXT-X-ENDLIST"
+
+
+@dataclass(frozen=True, slots=True)
+class PlaylistEntry:
+    name: str
+    duration: float
+    init: str | None = None        # EXT-X-MAP URI (fMP4); None for MPEG-TS
+    discontinuity: bool = False
+
+
+@dataclass(slots=True)
+class Playlist:
+    target: float
+    entries: list[PlaylistEntry] = field(default_factory=list)
+    ended: bool = False
+
+    def add(self, entry: PlaylistEntry) -> None:
+        self.entries.append(entry)
+
+    @property
+    def target_duration(self) -> int:
+        # Every EXTINF rounded to the nearest integer must be <= the target
+        # duration; a publisher that ignores keyframe requests makes longer segments.
+        longest = max((round(e.duration) for e in self.entries), default=0)
+        return max(1, math.ceil(self.target - 1e-6), longest)
+
+    def render(self) -> str:
+        lines = [
+            "#EXTM3U",
+            "#EXT-X-VERSION:7",
+            f"#EXT-X-TARGETDURATION:{self.target_duration}",
+            "#EXT-X-MEDIA-SEQUENCE:0",
+            f"#EXT-X-PLAYLIST-TYPE:{'VOD' if self.ended else 'EVENT'}",
+            "#EXT-X-INDEPENDENT-SEGMENTS",
+        ]
+        current_map = None
+        for index, entry in enumerate(self.entries):
+            if entry.discontinuity and index:
+                lines.append("#EXT-X-DISCONTINUITY")
+            if entry.init is not None and entry.init != current_map:
+                lines.append(f'#EXT-X-MAP:URI="{entry.init}"')
+                current_map = entry.init
+            lines.append(f"#EXTINF:{entry.duration:.6f},")
+            lines.append(entry.name)
+        if self.ended:
+            lines.append(ENDLIST)
+        return "\n".join(lines) + "\n"
+
+
+def with_endlist(text: str) -> str:
+    """A playlist of an episode that is no longer live always ends (interrupted ones too)."""
+    if ENDLIST in text:
+        return text
+    return text.rstrip("\n") + "\n" + ENDLIST + "\n"

@@ -1,0 +1,149 @@
+"""WHIP (RFC 9725) publishing and WHEP playback, one resource model.
+
+POST an SDP offer -> 201 Created, ``Location`` of the session, the SDP
+answer.  DELETE on the Location ends the session.  OPTIONS answers CORS
+preflights.  Candidates travel in the SDP (no trickle: PATCH gets 405).
+WHIP needs a host bearer token; WHEP admits like the viewer page (viewer
+token, cookies, or nothing in a public room) and answers 409
+``nothing_published`` when the room has nothing live.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from odsmedia.errors import ApiError
+from odsmedia.gate import Entry
+from odsmedia.keys import CONFIG, GATE
+from odsmedia.rooms.errors import SfuError
+from odsmedia.rooms.participant import Participant
+from odsmedia.rooms.room import Room
+from odsmedia.rooms.routes import sfu_of
+from odsmedia.rooms.transport import MAX_SDP, Transport
+
+CORS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "POST, DELETE, OPTIONS",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type",
+    "Access-Control-Expose-Headers": "Location, Link",
+    "Access-Control-Max-Age": "600",
+}
+
+
+def _with_cors(exc: ApiError) -> ApiError:
+    exc.headers.update(CORS)
+    return exc
+
+
+async def _read_sdp(request: web.Request) -> str:
+    if request.content_type != "application/sdp":
+        raise SfuError(415, "unsupported_media_type", "the body must be application/sdp")
+    if request.content_length is not None and request.content_length > MAX_SDP:
+        raise SfuError(413, "body_too_large", f"SDP over {MAX_SDP} bytes")
+    raw = await request.content.read(MAX_SDP + 1)
+    if len(raw) > MAX_SDP:
+        raise SfuError(413, "body_too_large", f"SDP over {MAX_SDP} bytes")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SfuError(400, "invalid_sdp", "SDP is not UTF-8") from None
+
+
+def _ice_links(request: web.Request) -> list[str]:
+    config = request.app[CONFIG]
+    links = [f'<{url}>; rel="ice-server"' for url in config["ice.stun_urls"]]
+    for url in config["ice.turn_urls"]:
+        links.append(f'<{url}>; rel="ice-server"; username="{config["ice.turn_username"]}"; '
+                     f'credential="{config["ice.turn_credential"]}"; credential-type="password"')
+    return links
+
+
+def _find(request: web.Request, via: str) -> tuple[Room, Participant, Transport]:
+    room = sfu_of(request.app).get(request.match_info["slug"])
+    tid = request.match_info["session"]
+    if room is not None:
+        for participant in room.participants.values():
+            transport = participant.transports.get(tid)
+            if transport is not None and participant.via == via:
+                return room, participant, transport
+    raise SfuError(404, "unknown_session", "no such session")
+
+
+def _created(request: web.Request, via: str, transport: Transport) -> web.Response:
+    response = web.Response(status=201, text=transport.local_sdp(), content_type="application/sdp",
+                            headers={**CORS, "Location": f"/rooms/{request.match_info['slug']}/{via}/{transport.id}"})
+    for link in _ice_links(request):
+        response.headers.add("Link", link)
+    return response
+
+
+async def whip_post(request: web.Request) -> web.Response:
+    try:
+        admission = await request.app[GATE].admit(request, request.match_info["slug"], Entry.PUBLISH)
+        offer = await _read_sdp(request)
+        participant = Participant(admission.identity.subject, admission.identity.display_name or "WHIP publisher",
+                                  admission.role, via="whip")
+        room = await sfu_of(request.app).enter(admission.room, participant)
+        try:
+            transport = await room.publish(participant, offer)
+        except BaseException:
+            await room.leave(participant, reason="publish_failed")
+            raise
+        return _created(request, "whip", transport)
+    except ApiError as exc:
+        raise _with_cors(exc) from None
+
+
+async def whep_post(request: web.Request) -> web.Response:
+    try:
+        admission = await request.app[GATE].admit(request, request.match_info["slug"], Entry.PLAY)
+        offer = await _read_sdp(request)
+        live = sfu_of(request.app).get(admission.room.slug)
+        if live is None or not live.publications:
+            raise SfuError(409, "nothing_published", "nothing is published in this room yet")
+        participant = Participant(admission.identity.subject, admission.identity.display_name or "WHEP viewer",
+                                  admission.role, via="whep")
+        room = await sfu_of(request.app).enter(admission.room, participant)
+        try:
+            transport = await room.subscribe(participant, None, offer=offer)
+        except BaseException:
+            await room.leave(participant, reason="play_failed")
+            raise
+        return _created(request, "whep", transport)
+    except ApiError as exc:
+        raise _with_cors(exc) from None
+
+
+def _delete(via: str):
+    async def handler(request: web.Request) -> web.Response:
+        try:
+            room, participant, transport = _find(request, via)
+            if participant.subject != "none" or request.headers.get("Authorization"):
+                # A session made with credentials is ended only by the same identity.
+                identity = await request.app[GATE].identify(request)
+                if identity.subject != participant.subject:
+                    raise SfuError(403, "not_your_session", "this session belongs to someone else")
+            await transport.close()
+            return web.Response(status=200, headers=CORS)
+        except ApiError as exc:
+            raise _with_cors(exc) from None
+
+    return handler
+
+
+async def options(request: web.Request) -> web.Response:
+    return web.Response(status=204, headers={**CORS, "Accept-Post": "application/sdp"})
+
+
+async def patch(request: web.Request) -> web.Response:
+    raise _with_cors(SfuError(405, "trickle_not_supported",
+                              "candidates travel in the SDP; trickle ICE is not supported"))
+
+
+def setup_routes(app: web.Application) -> None:
+    for via, post in (("whip", whip_post), ("whep", whep_post)):
+        app.router.add_post(f"/rooms/{{slug}}/{via}", post)
+        app.router.add_route("OPTIONS", f"/rooms/{{slug}}/{via}", options)
+        app.router.add_delete(f"/rooms/{{slug}}/{via}/{{session}}", _delete(via))
+        app.router.add_route("OPTIONS", f"/rooms/{{slug}}/{via}/{{session}}", options)
+        app.router.add_route("PATCH", f"/rooms/{{slug}}/{via}/{{session}}", patch)
