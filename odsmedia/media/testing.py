@@ -1,0 +1,276 @@
+"""Peers for tests and benchmarks: a frame-counter video source, a
+signaling client, and viewers that decode (or just count) what they get.
+
+The video source writes its frame index into the picture as 16 black/white
+16x64 blocks, which survive H.264/VP8 compression, so a viewer can check
+that no frame went missing on the way through the SFU.  Everything here
+runs on loopback with the process-wide ICE policy of ``media.ice``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import itertools
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import av
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import AUDIO_PTIME, MediaStreamError
+
+from . import ice
+
+BITS = 16
+BLOCK = 16
+WIDTH, HEIGHT = BITS * BLOCK, 64
+
+
+class CounterVideoTrack(MediaStreamTrack):
+    """Video whose frame N shows N in binary; ``fps`` frames per second, real time."""
+
+    kind = "video"
+
+    def __init__(self, fps: int = 15, width: int = WIDTH, height: int = HEIGHT) -> None:
+        super().__init__()
+        self.fps = fps
+        self.width = max(width, WIDTH)
+        self.height = max(height, HEIGHT)
+        self.index = 0
+        self._start: float | None = None
+
+    async def recv(self) -> av.VideoFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.monotonic()
+        else:
+            wait = self._start + self.index / self.fps - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        frame = av.VideoFrame(self.width, self.height, "yuv420p")
+        frame.planes[0].update(counter_luma(self.index, self.width, self.height))
+        for plane in frame.planes[1:]:
+            plane.update(bytes([128]) * plane.buffer_size)
+        frame.pts = self.index * (90000 // self.fps)
+        frame.time_base = fractions.Fraction(1, 90000)
+        self.index += 1
+        return frame
+
+
+def counter_luma(index: int, width: int, height: int) -> bytes:
+    row = bytearray()
+    for bit in range(BITS):
+        row += bytes([235 if index >> (BITS - 1 - bit) & 1 else 16]) * BLOCK
+    row += bytes([16]) * (width - len(row))
+    return bytes(row) * height
+
+
+def read_counter(frame: av.VideoFrame) -> int:
+    plane = frame.planes[0]
+    data = bytes(plane)
+    y = min(frame.height, HEIGHT) // 2
+    value = 0
+    for bit in range(BITS):
+        value = value << 1 | (1 if data[y * plane.line_size + bit * BLOCK + BLOCK // 2] > 128 else 0)
+    return value
+
+
+def peer() -> RTCPeerConnection:
+    """A client peer connection; candidates follow the process ICE policy (loopback in tests)."""
+    return RTCPeerConnection(ice.rtc_configuration())
+
+
+class SignalingError(Exception):
+    def __init__(self, message: dict[str, Any]) -> None:
+        super().__init__(f"{message.get('code')}: {message.get('message')}")
+        self.code = message.get("code")
+        self.status = message.get("status")
+        self.message = message
+
+
+class SignalingClient:
+    """A participant over GET /rooms/{slug}/ws: requests by ref, events in a queue."""
+
+    def __init__(self, base_url: str, slug: str, session: aiohttp.ClientSession | None = None) -> None:
+        self.url = base_url.rstrip("/") + f"/rooms/{slug}/ws"
+        self._own_session = session is None
+        self.session = session or aiohttp.ClientSession()
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.joined: dict[str, Any] = {}
+        self._refs = itertools.count(1)
+        self._pending: dict[Any, asyncio.Future[dict[str, Any]]] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self.closed = asyncio.Event()
+
+    async def connect(self) -> None:
+        self.ws = await self.session.ws_connect(self.url, timeout=aiohttp.ClientWSTimeout(ws_close=2))
+        self._reader = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        assert self.ws is not None
+        try:
+            async for msg in self.ws:
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    break
+                message = msg.json()
+                future = self._pending.pop(message.get("ref"), None) if message.get("ref") is not None else None
+                if future is not None and not future.done():
+                    future.set_result(message)
+                else:
+                    self.events.put_nowait(message)
+        finally:
+            self.closed.set()
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(ConnectionError("signaling socket closed"))
+
+    async def send(self, message: dict[str, Any]) -> None:
+        assert self.ws is not None
+        await self.ws.send_str(__import__("orjson").dumps(message).decode())
+
+    async def request(self, message: dict[str, Any], timeout: float = 15.0) -> dict[str, Any]:
+        ref = next(self._refs)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[ref] = future
+        await self.send({**message, "ref": ref})
+        reply = await asyncio.wait_for(future, timeout)
+        if reply.get("type") == "error":
+            raise SignalingError(reply)
+        return reply
+
+    async def join(self, token: str | None = None, name: str | None = None) -> dict[str, Any]:
+        message: dict[str, Any] = {"type": "join"}
+        if token:
+            message["token"] = token
+        if name:
+            message["name"] = name
+        self.joined = await self.request(message)
+        return self.joined
+
+    async def next_event(self, type_: str, timeout: float = 10.0) -> dict[str, Any]:
+        """The next event of this type (others seen meanwhile are dropped)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            event = await asyncio.wait_for(self.events.get(), max(0.01, deadline - time.monotonic()))
+            if event.get("type") == type_:
+                return event
+
+    async def close(self) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+        if self._reader is not None:
+            await asyncio.wait([self._reader], timeout=2)
+        if self._own_session:
+            await self.session.close()
+
+
+@dataclass
+class Publisher:
+    """An aiortc publisher over signaling: counter video (+ silence audio)."""
+
+    client: SignalingClient
+    pc: RTCPeerConnection = field(default_factory=peer)
+    video: CounterVideoTrack | None = None
+    transport: str = ""
+    publications: list[dict[str, Any]] = field(default_factory=list)
+
+    async def publish(self, *, fps: int = 15, audio: bool = True, codec: str | None = None,
+                      width: int = WIDTH, height: int = HEIGHT) -> dict[str, Any]:
+        from aiortc import AudioStreamTrack
+        from aiortc.rtcrtpsender import RTCRtpSender
+
+        self.video = CounterVideoTrack(fps, width, height)
+        transceiver = self.pc.addTransceiver(self.video, direction="sendonly")
+        if codec:
+            prefs = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.name in (codec, "rtx")]
+            transceiver.setCodecPreferences(prefs)
+        if audio:
+            self.pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        reply = await self.client.request({"type": "publish", "sdp": self.pc.localDescription.sdp})
+        await self.pc.setRemoteDescription(RTCSessionDescription(reply["sdp"], "answer"))
+        self.transport = reply["transport"]
+        self.publications = reply["publications"]
+        return reply
+
+    async def close(self) -> None:
+        await self.pc.close()
+
+
+@dataclass
+class Received:
+    kind: str
+    frames: int = 0
+    counters: list[int] = field(default_factory=list)
+    first_at: float | None = None
+    first_frame: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Viewer:
+    """An aiortc viewer over signaling; decodes and records counters (or only counts RTP)."""
+
+    def __init__(self, client: SignalingClient, *, decode: bool = True) -> None:
+        self.client = client
+        self.decode = decode
+        self.pcs: list[RTCPeerConnection] = []
+        self.received: dict[str, Received] = {}       # by publication id
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def subscribe(self, publication_ids: list[str] | None = None) -> dict[str, Any]:
+        message: dict[str, Any] = {"type": "subscribe"}
+        if publication_ids:
+            message["publications"] = publication_ids
+        offer = await self.client.request(message)
+        pc = peer()
+        self.pcs.append(pc)
+        by_mid = {p["mid"]: p for p in offer["publications"]}
+
+        @pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            for t in pc.getTransceivers():
+                if t.receiver.track is track and t.mid in by_mid:
+                    info = by_mid[t.mid]
+                    received = self.received.setdefault(info["publication"], Received(info["kind"]))
+                    if self.decode:
+                        self._tasks.append(asyncio.ensure_future(self._consume(track, received)))
+
+        await pc.setRemoteDescription(RTCSessionDescription(offer["sdp"], "offer"))
+        await pc.setLocalDescription(await pc.createAnswer())
+        await self.client.request({"type": "answer", "transport": offer["transport"],
+                                   "sdp": pc.localDescription.sdp})
+        return offer
+
+    async def _consume(self, track: MediaStreamTrack, received: Received) -> None:
+        try:
+            while True:
+                frame = await track.recv()
+                received.frames += 1
+                if received.first_at is None:
+                    received.first_at = time.monotonic()
+                    received.first_frame.set()
+                if received.kind == "video":
+                    received.counters.append(read_counter(frame))
+        except (MediaStreamError, asyncio.CancelledError):
+            pass
+
+    def video(self) -> Received | None:
+        return next((r for r in self.received.values() if r.kind == "video"), None)
+
+    def audio(self) -> Received | None:
+        return next((r for r in self.received.values() if r.kind == "audio"), None)
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for pc in self.pcs:
+            await pc.close()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def audio_ptime() -> float:
+    return AUDIO_PTIME

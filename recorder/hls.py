@@ -1,0 +1,402 @@
+"""The HLS writer: encoded samples in, fMP4 segments cut at keyframes out.
+
+One ``HlsWriter`` per episode runs PyAV's mp4 muxer in its own thread, fed
+by a bounded queue, so muxing never runs on the event loop.  Video is
+remuxed as received (H.264 Annex B; the muxer rewrites it to length-prefixed
+NAL units), never decoded; VP8 video is the one exception and goes through
+``transcode.Vp8ToH264`` in this same thread.
+
+The muxer fragments at every video keyframe (``frag_keyframe``).  Each
+fragment's decode-time span is read back from its ``moof``, and fragments
+are grouped into segments of about ``segment_seconds``: a segment closes at
+the first fragment boundary at or past the target (less a tolerance), or
+before a fragment that would push it well past the target.  A closed segment
+is written atomically through ``Storage`` and reported with
+``on_segment``; the event loop then records it and rewrites the playlist.
+
+A *period* is one muxer instance with one initialization section.  A new
+period (EXT-X-DISCONTINUITY) starts when the video's parameter sets change
+(new resolution, the host reconnected with another encoder), or when a kind
+of track appears that the current period lacks.  Timestamps stay on the
+episode timeline across periods and strictly increase within each stream;
+gaps in audio (mute, packet loss, a reconnect) are filled with Opus silence
+so the audio track stays continuous and in step with the video.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Callable
+
+import av
+
+from .codecs import OPUS_SILENCE, OPUS_SILENCE_SAMPLES, h264_parameter_sets, opus_samples
+from .fmp4 import BoxSplitter, Fragment
+from .storage import Storage
+
+log = logging.getLogger("odsmedia.recorder")
+
+VIDEO_CLOCK = 90000
+AUDIO_CLOCK = 48000
+# Longest audio gap filled with silence (a longer one is left as a gap).
+MAX_SILENCE_FILL = 3600 * AUDIO_CLOCK
+_END = object()
+
+
+@dataclass(slots=True)
+class Sample:
+    """One encoded frame placed on the episode timeline (``pts`` in its clock)."""
+
+    kind: str          # "audio" | "video"
+    codec: str         # "H264" | "VP8" | "opus"
+    data: bytes
+    pts: int
+    clock_rate: int
+    keyframe: bool
+
+    @property
+    def seconds(self) -> float:
+        return self.pts / self.clock_rate
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedSegment:
+    seq: int
+    name: str
+    init: str | None
+    discontinuity: bool
+    start: float        # seconds on the episode timeline
+    duration: float
+    size: int
+    closed_at: float    # time.monotonic() when its last byte was muxed
+
+
+def _startable(sample: Sample) -> bool:
+    """A period can begin only at an H.264 keyframe that carries its SPS and PPS."""
+    return sample.kind == "video" and sample.keyframe and sample.codec == "H264" and bool(
+        h264_parameter_sets(sample.data))
+
+
+def segment_name(seq: int, period: int, segment_type: str = "fmp4") -> str:
+    return f"{seq:05d}-{period}.{'m4s' if segment_type == 'fmp4' else 'ts'}"
+
+
+def init_name(period: int) -> str:
+    return f"init-{period}.mp4"
+
+
+@dataclass
+class _Period:
+    index: int
+    container: av.container.OutputContainer
+    splitter: BoxSplitter
+    video: av.stream.Stream | None
+    audio: av.stream.Stream | None
+    start: float                 # seconds: the timeline position of the first sample
+    params: bytes = b""          # H.264 SPS+PPS of this period
+    init: str | None = None
+    first_tfdt: int | None = None
+    last_video_pts: int = -1
+    video_step: int = 3000
+    audio_end: int | None = None  # pts just after the last audio sample
+    want_restart: bool = False
+    fragments: list[Fragment] = field(default_factory=list)
+    segment_start: float | None = None
+    segment_end: float = 0.0
+    discontinuity: bool = False
+
+
+class HlsWriter:
+    def __init__(
+        self,
+        storage: Storage,
+        prefix: str,
+        *,
+        segment_seconds: float = 4.0,
+        on_segment: Callable[[ClosedSegment], None] = lambda s: None,
+        on_keyframe_wanted: Callable[[], None] = lambda: None,
+        queue_size: int = 1024,
+        start_wait: float = 1.0,
+        first_seq: int = 1,
+        first_period: int = 0,
+    ) -> None:
+        self.storage = storage
+        self.prefix = prefix
+        self.target = segment_seconds
+        # A segment may close this much short of the target at a keyframe.
+        self.tolerance = min(0.5, segment_seconds * 0.25)
+        self.on_segment = on_segment
+        self.on_keyframe_wanted = on_keyframe_wanted
+        self.start_wait = start_wait
+        self.queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self.thread = threading.Thread(target=self._run, name=f"hls-writer:{prefix}", daemon=True)
+        self.error: BaseException | None = None
+        self.segments: list[ClosedSegment] = []
+        self.dropped = 0
+        self._seq = first_seq
+        self._next_period = first_period
+        self._period: _Period | None = None
+        self._pending: list[Sample] = []
+        self._audio_seen = False
+        self._transcoder = None
+
+    # --- called from the event loop ----------------------------------------------------------
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def put(self, sample: Sample) -> bool:
+        """Queue a sample; False when the writer is behind (the caller drops it)."""
+        try:
+            self.queue.put_nowait(sample)
+            return True
+        except queue.Full:
+            self.dropped += 1
+            return False
+
+    def finish(self) -> None:
+        """No more samples: close the last segment and stop the thread."""
+        # Blocking put: the end marker must not be lost to a full queue.
+        self.queue.put(_END)
+
+    def join(self, timeout: float | None = None) -> None:
+        self.thread.join(timeout)
+
+    # --- the worker thread --------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while True:
+                item = self.queue.get()
+                if item is _END:
+                    break
+                self._handle(item)
+            self._close_period()
+        except BaseException as exc:  # reported to the loop, which marks the episode
+            self.error = exc
+            log.exception("HLS writer failed", extra={"prefix": self.prefix})
+            try:
+                self._abandon_period()
+            except Exception:
+                pass
+        finally:
+            if self._transcoder is not None:
+                self._transcoder.close()
+
+    def _handle(self, sample: Sample) -> None:
+        if sample.kind == "video" and sample.codec == "VP8":
+            if self._transcoder is None:
+                from .transcode import Vp8ToH264
+
+                self._transcoder = Vp8ToH264()
+            for converted in self._transcoder.convert(sample):
+                self._handle_one(converted)
+            return
+        self._handle_one(sample)
+
+    def _handle_one(self, sample: Sample) -> None:
+        if sample.kind == "audio":
+            self._audio_seen = True
+        period = self._period
+        if period is None:
+            self._pending.append(sample)
+            self._maybe_open()
+            return
+        if sample.kind == "video":
+            if sample.codec != "H264":
+                return
+            if period.video is None or period.want_restart or (
+                sample.keyframe and h264_parameter_sets(sample.data) not in (b"", period.params)
+            ):
+                if not _startable(sample):
+                    self.on_keyframe_wanted()
+                    return
+                self._close_period()
+                self._pending = [sample]
+                self._open(sample, with_audio=self._audio_seen)
+                return
+            self._mux_video(period, sample)
+        else:
+            if period.audio is None:
+                if period.video is None:
+                    # Audio-only period gained nothing; cannot happen, audio is its only track.
+                    return
+                # The next keyframe opens a period with an audio track.
+                if not period.want_restart:
+                    period.want_restart = True
+                    self.on_keyframe_wanted()
+                return
+            self._mux_audio(period, sample)
+        self._collect(period)
+
+    def _maybe_open(self) -> None:
+        pending = self._pending
+        keyframe = next((s for s in pending if _startable(s)), None)
+        latest = max(s.seconds for s in pending)
+        if keyframe is not None:
+            has_audio = any(s.kind == "audio" and s.seconds >= keyframe.seconds for s in pending)
+            if has_audio or latest - keyframe.seconds >= self.start_wait:
+                self._open(keyframe, with_audio=has_audio)
+            return
+        if any(s.kind == "video" for s in pending):
+            # Video exists but no keyframe yet: keep only the last start_wait of audio.
+            horizon = latest - self.start_wait
+            self._pending = [s for s in pending if s.kind == "audio" and s.seconds >= horizon]
+            self.on_keyframe_wanted()
+            return
+        if latest - pending[0].seconds >= self.start_wait:
+            self._open(pending[0], with_audio=True, audio_only=True)
+
+    def _open(self, first: Sample, *, with_audio: bool, audio_only: bool = False) -> None:
+        index = self._next_period
+        self._next_period += 1
+        splitter = BoxSplitter()
+        options = {
+            "movflags": "frag_keyframe+empty_moov+default_base_moof+skip_trailer",
+            # Audio-only periods fragment on time instead of keyframes.
+            "frag_duration": str(int(self.target * 1_000_000)) if audio_only else "0",
+            # Hold a packet at most this long waiting for the other stream (a muted track
+            # sends nothing), so a segment is never held back for long.
+            "max_interleave_delta": "300000",
+        }
+        container = av.open(splitter, "w", format="mp4", options=options)
+        video = audio = None
+        params = b""
+        if not audio_only:
+            params = h264_parameter_sets(first.data)
+            with av.open(io.BytesIO(first.data), format="h264") as probe:
+                video = container.add_stream_from_template(probe.streams.video[0])
+            video.time_base = Fraction(1, VIDEO_CLOCK)
+        if with_audio:
+            audio = container.add_stream("libopus", rate=AUDIO_CLOCK)
+            audio.layout = "stereo"
+            audio.time_base = Fraction(1, AUDIO_CLOCK)
+        period = _Period(
+            index=index, container=container, splitter=splitter, video=video, audio=audio,
+            start=first.seconds, params=params,
+            discontinuity=index > 0 or self._seq > 1,
+        )
+        if audio is not None:
+            period.audio_end = round(first.seconds * AUDIO_CLOCK)
+        self._period = period
+        pending, self._pending = self._pending, []
+        for sample in pending:
+            if sample.seconds < first.seconds or (sample.kind == "video" and sample is not first and sample.pts < first.pts):
+                continue
+            if sample.kind == "video" and video is not None:
+                self._mux_video(period, sample)
+            elif sample.kind == "audio" and audio is not None:
+                self._mux_audio(period, sample)
+        self._collect(period)
+
+    def _mux_video(self, period: _Period, sample: Sample) -> None:
+        pts = sample.pts
+        if pts <= period.last_video_pts:
+            pts = period.last_video_pts + 1
+        elif period.last_video_pts >= 0:
+            step = pts - period.last_video_pts
+            if step < VIDEO_CLOCK:  # a gap (mute) is not a frame rate
+                period.video_step = step
+        packet = av.Packet(sample.data)
+        packet.pts = packet.dts = pts
+        packet.time_base = period.video.time_base
+        packet.duration = period.video_step
+        packet.is_keyframe = sample.keyframe
+        packet.stream = period.video
+        period.last_video_pts = pts
+        period.container.mux(packet)
+
+    def _mux_audio(self, period: _Period, sample: Sample) -> None:
+        pts = sample.pts
+        end = period.audio_end
+        if end is not None:
+            gap = pts - end
+            if gap >= OPUS_SILENCE_SAMPLES and gap <= MAX_SILENCE_FILL:
+                # Keep the audio timeline continuous: players stall or drift on holes.
+                for fill in range(end, pts - OPUS_SILENCE_SAMPLES // 2, OPUS_SILENCE_SAMPLES):
+                    self._mux_audio_packet(period, OPUS_SILENCE, fill, OPUS_SILENCE_SAMPLES)
+                end = period.audio_end
+            if pts < end:
+                pts = end
+        self._mux_audio_packet(period, sample.data, pts, opus_samples(sample.data))
+
+    def _mux_audio_packet(self, period: _Period, data: bytes, pts: int, duration: int) -> None:
+        packet = av.Packet(data)
+        packet.pts = packet.dts = pts
+        packet.time_base = period.audio.time_base
+        packet.duration = duration
+        packet.stream = period.audio
+        period.audio_end = pts + duration
+        period.container.mux(packet)
+
+    # --- fragments into segments ---------------------------------------------------------------
+
+    def _collect(self, period: _Period) -> None:
+        splitter = period.splitter
+        if period.init is None and splitter.init is not None:
+            period.init = init_name(period.index)
+            self.storage.put(f"{self.prefix}/{period.init}", splitter.init)
+        for fragment in splitter.take():
+            self._add_fragment(period, fragment)
+
+    def _span(self, period: _Period, fragment: Fragment) -> tuple[float, float]:
+        movie = period.splitter.movie
+        span = fragment.tracks.get(1) or next(iter(fragment.tracks.values()))
+        scale = movie.timescales.get(1, VIDEO_CLOCK)
+        if period.first_tfdt is None:
+            period.first_tfdt = span.start
+        start = period.start + (span.start - period.first_tfdt) / scale
+        return start, start + span.duration / scale
+
+    def _add_fragment(self, period: _Period, fragment: Fragment) -> None:
+        start, end = self._span(period, fragment)
+        if period.fragments and end - period.segment_start > self.target + self.tolerance:
+            # This fragment would make the segment too long: close what we have first.
+            self._close_segment(period)
+        if not period.fragments:
+            period.segment_start = start
+        period.fragments.append(fragment)
+        period.segment_end = end
+        if end - period.segment_start >= self.target - self.tolerance:
+            self._close_segment(period)
+
+    def _close_segment(self, period: _Period) -> None:
+        if not period.fragments:
+            return
+        closed_at = time.monotonic()
+        data = b"".join(f.data for f in period.fragments)
+        name = segment_name(self._seq, period.index)
+        self.storage.put(f"{self.prefix}/{name}", data)
+        segment = ClosedSegment(
+            seq=self._seq, name=name, init=period.init, discontinuity=period.discontinuity,
+            start=period.segment_start, duration=max(0.001, period.segment_end - period.segment_start),
+            size=len(data), closed_at=closed_at,
+        )
+        self._seq += 1
+        period.fragments = []
+        period.discontinuity = False
+        self.segments.append(segment)
+        self.on_segment(segment)
+
+    def _close_period(self) -> None:
+        period = self._period
+        if period is None:
+            return
+        self._period = None
+        period.container.close()   # flushes the interleaver and the last fragment
+        self._collect(period)
+        self._close_segment(period)
+
+    def _abandon_period(self) -> None:
+        period, self._period = self._period, None
+        if period is not None:
+            try:
+                period.container.close()
+            except Exception:
+                pass
