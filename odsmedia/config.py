@@ -195,8 +195,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("recording.enabled", "ODS_RECORDING_ENABLED", _bool, True, "Record every live session to an episode."),
     Setting("recording.segment_seconds", "ODS_RECORDING_SEGMENT_SECONDS", _float, 4.0,
             "Target HLS segment duration."),
-    Setting("recording.segment_type", "ODS_RECORDING_SEGMENT_TYPE", _choice("fmp4", "mpegts"), "fmp4",
-            "HLS segment container."),
+    Setting("recording.segment_type", "ODS_RECORDING_SEGMENT_TYPE", _choice("fmp4"), "fmp4",
+            "HLS segment container (fMP4 only; docs/recording.md says why)."),
+    Setting("recording.reconnect_grace", "ODS_RECORDING_RECONNECT_GRACE", _duration, 10.0,
+            "How long an episode waits for the host to publish again before it is finalized (seconds)."),
     Setting("chat.max_length", "ODS_CHAT_MAX_LENGTH", _int, 500, "Longest chat message, in characters."),
     Setting("chat.rate_per_10s", "ODS_CHAT_RATE_PER_10S", _int, 10, "Messages one user may post per 10 seconds."),
     Setting("chat.history", "ODS_CHAT_HISTORY", _int, 50, "Items sent to a client when it joins."),
@@ -235,6 +237,10 @@ SETTINGS: tuple[Setting, ...] = (
             "How often expired tokens, sessions and old logs are deleted."),
     Setting("billing.past_due_grace", "ODS_BILLING_PAST_DUE_GRACE", _duration, 3 * 86400.0,
             "How long a past_due subscription keeps access."),
+    Setting("billing.recheck_interval", "ODS_BILLING_RECHECK_INTERVAL", _duration, 30.0,
+            "How often entitlements of admitted participants are re-checked (those whose access ended are removed)."),
+    Setting("billing.cache_ttl", "ODS_BILLING_CACHE_TTL", _duration, 60.0,
+            "Longest a node trusts a cached entitlement without a webhook invalidating it."),
 )
 
 _BY_KEY = {s.key: s for s in SETTINGS}

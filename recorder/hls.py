@@ -9,8 +9,9 @@ NAL units), never decoded; VP8 video is the one exception and goes through
 The muxer fragments at every video keyframe (``frag_keyframe``).  Each
 fragment's decode-time span is read back from its ``moof``, and fragments
 are grouped into segments of about ``segment_seconds``: a segment closes at
-the first fragment boundary at or past the target (less a tolerance), or
-before a fragment that would push it well past the target.  A closed segment
+the first fragment boundary at or past the target, a little short of it
+when the next fragment would overshoot, or before a fragment that would
+push it well past the target.  A closed segment
 is written atomically through ``Storage`` and reported with
 ``on_segment``; the event loop then records it and rewrites the playlist.
 
@@ -18,7 +19,9 @@ A *period* is one muxer instance with one initialization section.  A new
 period (EXT-X-DISCONTINUITY) starts when the video's parameter sets change
 (new resolution, the host reconnected with another encoder), or when a kind
 of track appears that the current period lacks.  Timestamps stay on the
-episode timeline across periods and strictly increase within each stream;
+episode timeline in the writer's bookkeeping (the mp4 muxer starts each
+period's decode times at zero, which EXT-X-DISCONTINUITY tells players to
+expect) and strictly increase within each stream;
 gaps in audio (mute, packet loss, a reconnect) are filled with Opus silence
 so the audio track stays continuous and in step with the video.
 """
@@ -83,8 +86,9 @@ def _startable(sample: Sample) -> bool:
         h264_parameter_sets(sample.data))
 
 
-def segment_name(seq: int, period: int, segment_type: str = "fmp4") -> str:
-    return f"{seq:05d}-{period}.{'m4s' if segment_type == 'fmp4' else 'ts'}"
+def segment_name(seq: int, period: int) -> str:
+    # The period is in the name so recovery can pair a segment with its init section.
+    return f"{seq:05d}-{period}.m4s"
 
 
 def init_name(period: int) -> str:
@@ -322,7 +326,8 @@ class HlsWriter:
                 for fill in range(end, pts - OPUS_SILENCE_SAMPLES // 2, OPUS_SILENCE_SAMPLES):
                     self._mux_audio_packet(period, OPUS_SILENCE, fill, OPUS_SILENCE_SAMPLES)
                 end = period.audio_end
-            if pts < end:
+            if pts < end or pts - end <= OPUS_SILENCE_SAMPLES // 2:
+                # Overlap, or a sliver too short to fill: butt the packet against the last one.
                 pts = end
         self._mux_audio_packet(period, sample.data, pts, opus_samples(sample.data))
 
@@ -363,7 +368,12 @@ class HlsWriter:
             period.segment_start = start
         period.fragments.append(fragment)
         period.segment_end = end
-        if end - period.segment_start >= self.target - self.tolerance:
+        length = end - period.segment_start
+        # Close at the target, or a little short of it when another fragment as long
+        # as this one (the publisher's keyframe cadence) would overshoot it.
+        if length >= self.target - 1e-3 or (
+            length >= self.target - self.tolerance and length + (end - start) > self.target + 1e-3
+        ):
             self._close_segment(period)
 
     def _close_segment(self, period: _Period) -> None:

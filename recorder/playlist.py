@@ -20,7 +20,7 @@ ENDLIST = "#EXT-X-ENDLIST"
 class PlaylistEntry:
     name: str
     duration: float
-    init: str | None = None        # EXT-X-MAP URI (fMP4); None for MPEG-TS
+    init: str | None = None        # EXT-X-MAP URI: the segment's initialization section
     discontinuity: bool = False
 
 

@@ -79,6 +79,11 @@ def _created(request: web.Request, via: str, transport: Transport) -> web.Respon
 
 async def whip_post(request: web.Request) -> web.Response:
     try:
+        if not request.headers.get("Authorization"):
+            # RFC 9725 section 4.5: WHIP authenticates with a bearer token.
+            exc = SfuError(401, "token_required", "WHIP needs 'Authorization: Bearer <host token>'")
+            exc.headers["WWW-Authenticate"] = 'Bearer realm="odsmedia"'
+            raise exc
         admission = await request.app[GATE].admit(request, request.match_info["slug"], Entry.PUBLISH)
         offer = await _read_sdp(request)
         participant = Participant(admission.identity.subject, admission.identity.display_name or "WHIP publisher",
@@ -136,8 +141,9 @@ async def options(request: web.Request) -> web.Response:
 
 
 async def patch(request: web.Request) -> web.Response:
-    raise _with_cors(SfuError(405, "trickle_not_supported",
-                              "candidates travel in the SDP; trickle ICE is not supported"))
+    exc = SfuError(405, "trickle_not_supported", "candidates travel in the SDP; trickle ICE is not supported")
+    exc.headers["Allow"] = "DELETE, OPTIONS"
+    raise _with_cors(exc)
 
 
 def setup_routes(app: web.Application) -> None:

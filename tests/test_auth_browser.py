@@ -55,8 +55,7 @@ async def test_sign_in_through_the_pages(client, config, db, browser):
     # Change the name (a CSRF-protected PATCH from the page's script), then sign out.
     await page.fill("#display-name", "Browser Person")
     await page.click("#name-form button")
-    await page.wait_for_function("document.getElementById('name-status').textContent === 'Saved'",
-                                 timeout=5000)
+    await page.wait_for_selector("#name-status:has-text('Saved')", timeout=5000)
     assert await db.fetchval("SELECT display_name FROM accounts WHERE email = $1", address) == "Browser Person"
     await page.click("#sign-out")
     await page.wait_for_url("**/signin", timeout=5000)

@@ -40,6 +40,7 @@ RECONCILE_INTERVAL = 1.0
 # A socket with more than this many bytes unsent is served by its own writer.
 FAST_PATH_BYTES = 32 * 1024
 MAX_BACKLOG = 2000
+DRAIN_POLL = 0.02
 
 CLOSE_KICKED = 4003
 CLOSE_TOO_SLOW = 4008
@@ -54,13 +55,41 @@ def control_channel(slug: str) -> str:
     return f"room:{slug}:control"
 
 
+def text_frame(text: str | bytes) -> bytes:
+    """One unmasked, uncompressed WebSocket text frame (RFC 6455 5.2).
+
+    A server's frames carry no mask, so the bytes of one event are the same for
+    every client: a room encodes each event once and writes that frame to every
+    socket, instead of asking aiohttp to build it a thousand times.
+    """
+    payload = text.encode() if isinstance(text, str) else text
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x81, n))
+    elif n < 65536:
+        head = bytes((0x81, 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((0x81, 127)) + n.to_bytes(8, "big")
+    return head + payload
+
+
+def event_frame(event: dict[str, Any]) -> bytes:
+    return text_frame(orjson.dumps(event))
+
+
 class ChatClient:
-    """One chat WebSocket: its identity, role and delivery position."""
+    """One chat WebSocket: its identity, role and delivery position.
+
+    Every data frame to the client goes through ``write`` (events, acks and
+    errors alike, so their order on the wire is the order they were produced);
+    aiohttp writes only control frames (ping, pong, close), which are whole
+    frames too, so the two never interleave inside a frame.
+    """
 
     def __init__(self, ws: web.WebSocketResponse, request: web.Request, *, subject: str, name: str,
                  role: str, can_post: bool) -> None:
         self.ws = ws
-        self.request = request
+        self.transport = request.transport
         self.subject = subject
         self.name = name
         self.role = role
@@ -68,79 +97,84 @@ class ChatClient:
         self.last_seq = 0
         self.ready = False
         self.closed = False
-        self._pending: list[tuple[int, str]] = []
-        self._backlog: deque[str] | None = None
+        self._pending: list[tuple[int, bytes]] = []
+        self._backlog: deque[bytes] | None = None
         self._writer: asyncio.Task[None] | None = None
 
     @property
     def is_moderator(self) -> bool:
         return self.role in ("host", "moderator")
 
-    async def start(self, cursor: int) -> None:
+    def start(self, cursor: int) -> None:
         """The client has its snapshot up to ``cursor``: release what queued meanwhile."""
         self.last_seq = cursor
         self.ready = True
         pending, self._pending = self._pending, []
-        for seq, text in pending:
-            await self.deliver(seq, text)
+        for seq, frame in pending:
+            self.deliver(seq, frame)
 
-    async def deliver(self, seq: int | None, text: str) -> None:
+    def deliver(self, seq: int | None, frame: bytes) -> None:
         if self.closed:
             return
         if seq is not None:
             if not self.ready:
-                self._pending.append((seq, text))
+                self._pending.append((seq, frame))
                 return
             if seq <= self.last_seq:
                 return
             self.last_seq = seq
-        await self.send(text)
+        self.write(frame)
 
-    async def send(self, text: str) -> None:
+    def send(self, event: dict[str, Any]) -> None:
+        self.write(event_frame(event))
+
+    def write(self, frame: bytes) -> None:
         if self.closed:
+            return
+        transport = self.transport
+        if transport is None or transport.is_closing() or self.ws.closed:
+            self.closed = True
             return
         if self._backlog is not None:
             if len(self._backlog) >= MAX_BACKLOG:
                 self.close(CLOSE_TOO_SLOW, {"type": "error", "error": "too_slow",
                                             "message": "connection too slow; reconnect to resume"})
                 return
-            self._backlog.append(text)
-            return
-        transport = self.request.transport
-        if transport is None or self.ws.closed:
-            self.closed = True
+            self._backlog.append(frame)
             return
         if transport.get_write_buffer_size() > FAST_PATH_BYTES:
-            self._backlog = deque([text])
+            self._backlog = deque([frame])
             self._writer = asyncio.get_running_loop().create_task(self._drain())
             return
-        try:
-            # Uncompressed frames are written synchronously; with the buffer below
-            # the high-water mark this await never suspends.
-            await self.ws.send_str(text)
-        except (ConnectionError, RuntimeError):
-            self.closed = True
+        transport.write(frame)
 
     async def _drain(self) -> None:
-        try:
-            while self._backlog:
-                await self.ws.send_str(self._backlog.popleft())
-            self._backlog = None
-        except (ConnectionError, RuntimeError):
-            self.closed = True
+        """Slow client: write the backlog as its socket buffer empties."""
+        transport = self.transport
+        while self._backlog and not self.closed:
+            if transport is None or transport.is_closing():
+                self.closed = True
+                return
+            if transport.get_write_buffer_size() > FAST_PATH_BYTES:
+                await asyncio.sleep(DRAIN_POLL)
+                continue
+            while self._backlog and transport.get_write_buffer_size() <= FAST_PATH_BYTES:
+                transport.write(self._backlog.popleft())
+        self._backlog = None
 
     def close(self, code: int, event: dict[str, Any] | None = None) -> None:
         """Close from the hub (kick, ban, too slow); does not wait."""
         if self.closed:
             return
+        if event is not None and self._backlog is None and self.transport is not None \
+                and not self.transport.is_closing():
+            self.transport.write(event_frame(event))
         self.closed = True
-        asyncio.get_running_loop().create_task(self._close(code, event))
+        asyncio.get_running_loop().create_task(self._close(code, (event or {}).get("error", "")))
 
-    async def _close(self, code: int, event: dict[str, Any] | None) -> None:
+    async def _close(self, code: int, reason: str) -> None:
         try:
-            if event is not None and not self.ws.closed:
-                await self.ws.send_str(orjson.dumps(event).decode())
-            await self.ws.close(code=code, message=(event or {}).get("error", "").encode()[:120])
+            await self.ws.close(code=code, message=reason.encode()[:120])
         except (ConnectionError, RuntimeError):
             pass
 
@@ -202,9 +236,9 @@ class RoomChannel:
     async def _emit(self, event: dict[str, Any]) -> None:
         seq = event["seq"]
         self.delivered = seq
-        text = orjson.dumps(event).decode()
+        frame = event_frame(event)
         for client in list(self.clients):
-            await client.deliver(seq, text)
+            client.deliver(seq, frame)
 
     def _spawn_catch_up(self) -> None:
         self._gap_timer = None
@@ -296,7 +330,7 @@ class ChatHub:
         """Unsequenced events: settings, sanctions, kicks, role changes."""
         kind = event.get("type")
         target = event.get("target")
-        text = orjson.dumps(event).decode()
+        frame = event_frame(event)
         if kind in ("kicked", "banned"):
             for client in list(channel.clients):
                 if client.subject == target:
@@ -306,11 +340,11 @@ class ChatHub:
                 if client.subject == target:
                     client.role = event["role"]
                     client.can_post = client.can_post or client.is_moderator
-                    await client.send(orjson.dumps({"type": "you", **you(client)}).decode())
+                    client.send({"type": "you", **you(client)})
         if kind != "role":
             for client in list(channel.clients):
                 if client.ready:
-                    await client.send(text)
+                    client.write(frame)
 
     async def catch_up_all(self) -> None:
         await asyncio.gather(*(c.catch_up() for c in list(self.rooms.values()) if c.opened.is_set()))

@@ -233,7 +233,12 @@ class Moderation:
         return {"target": target, "role": role}
 
     async def mute(self, room: RoomRecord, actor: Actor, target: Any, kind: Any, mute: bool) -> dict[str, Any]:
-        target = await self._outranked_target(room, actor, target)
+        # Only hosts publish, so muting is the one action a moderator may take on a
+        # host (a co-host's open mic); it is reversible by any moderator.
+        self.require_moderator(actor)
+        target = _target(target)
+        if target == actor.subject:
+            raise ChatError("invalid_target", "use your own controls to mute yourself")
         if kind not in ("audio", "video"):
             raise ChatError("invalid_kind", "kind must be audio or video")
         action = "mute" if mute else "unmute"

@@ -25,6 +25,11 @@ from .items import KINDS, ChatError, clean_name, clean_text
 from .limits import PostLimits
 from .moderation import Actor, Moderation
 
+try:
+    from ..auth.anonymous import COOKIE as ANON_COOKIE
+except ImportError:  # pragma: no cover - auth feature absent
+    ANON_COOKIE = "ods_anon"
+
 JOIN_TIMEOUT = 10.0
 MAX_FRAME = 16 * 1024
 REPLAY_LIMIT = 2000
@@ -196,7 +201,11 @@ async def chat_socket(request: web.Request) -> web.StreamResponse:
     identity = admission.identity
     try:
         await chat.gate.decide(room, identity, admission.role, Entry.CHAT)
-        can_post = identity.kind != "none"
+        # An anonymous id minted on this very handshake (no cookie came with it) is
+        # new on every connection: it may read, but posting needs one that lasts,
+        # or a timeout or ban could be shed by dropping the cookie.
+        can_post = identity.kind != "none" and not (identity.kind == "anonymous"
+                                                    and ANON_COOKIE not in request.cookies)
     except ApiError:
         can_post = False
     client = ChatClient(ws, request, subject=identity.subject, name=await chat.display_name(admission, join.get("name")),

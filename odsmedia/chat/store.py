@@ -31,7 +31,8 @@ _POST = f"""
     INSERT INTO chat_items (room_id, id, changed_seq, kind, author, author_name, body,
                             episode_id, episode_offset)
     SELECT $1, s.last_seq, s.last_seq, $2, $3, $4, $5,
-           e.id, greatest(0, extract(epoch FROM (now() - e.started_at)))::double precision
+           e.id, CASE WHEN e.id IS NOT NULL
+                       THEN greatest(0, extract(epoch FROM (now() - e.started_at)))::double precision END
     FROM s LEFT JOIN e ON true
     RETURNING *"""
 

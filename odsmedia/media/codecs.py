@@ -10,8 +10,8 @@ knows its codec as soon as the answer exists.
 
 from __future__ import annotations
 
-from aiortc import RTCRtpCodecCapability, RTCRtpCodecParameters, RTCRtpTransceiver, sdp
-from aiortc.codecs import CODECS
+from aiortc import RTCRtpCodecParameters, RTCRtpTransceiver, sdp
+from aiortc.codecs import CODECS, get_capabilities
 from aiortc.rtcpeerconnection import find_common_codecs
 
 # H.264 constrained baseline first (remuxes into HLS as is), then baseline, then VP8.
@@ -25,18 +25,6 @@ AUDIO_PREFERENCE = (("audio/opus", None),)
 
 class CodecError(ValueError):
     """The offer has no codec the SFU forwards."""
-
-
-def capability(codec: RTCRtpCodecParameters) -> RTCRtpCodecCapability:
-    return RTCRtpCodecCapability(mimeType=codec.mimeType, clockRate=codec.clockRate,
-                                 channels=codec.channels, parameters=dict(codec.parameters))
-
-
-def _rtx_for(local: RTCRtpCodecParameters) -> list[RTCRtpCodecCapability]:
-    for c in CODECS[local.mimeType.split("/")[0]]:
-        if c.name.lower() == "rtx" and c.parameters.get("apt") == local.payloadType:
-            return [capability(c)]
-    return []
 
 
 def _local(mime: str, profile: str | None) -> RTCRtpCodecParameters | None:
@@ -65,9 +53,11 @@ def choose(media: sdp.MediaDescription) -> RTCRtpCodecParameters:
 
 
 def pin(transceiver: RTCRtpTransceiver, codec: RTCRtpCodecParameters) -> None:
-    """Negotiate only ``codec`` (plus its RTX) on this transceiver."""
-    local = next((c for c in CODECS[transceiver.kind]
-                  if c.mimeType.lower() == codec.mimeType.lower() and c.parameters == codec.parameters), None)
-    if local is None:
+    """Negotiate only ``codec`` (plus RTX for video) on this transceiver."""
+    caps = get_capabilities(transceiver.kind).codecs
+    wanted = next((c for c in caps if c.mimeType.lower() == codec.mimeType.lower()
+                   and c.parameters == codec.parameters), None)
+    if wanted is None:
         raise CodecError(f"codec {codec.mimeType} {codec.parameters} is not forwardable")
-    transceiver.setCodecPreferences([capability(local), *_rtx_for(local)])
+    rtx = [c for c in caps if c.name.lower() == "rtx"]
+    transceiver.setCodecPreferences([wanted, *rtx])

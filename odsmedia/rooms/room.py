@@ -81,7 +81,8 @@ class Room:
             raise SfuError(403, "not_a_publisher", "only a host may publish in this room")
         config = self.sfu.config
         transport = PublisherTransport(participant, pli_interval=config["media.pli_interval"],
-                                       announced=config["ice.announced_address"], on_close=self._transport_closed)
+                                       announced=config["ice.announced_address"], on_close=self._transport_closed,
+                                       connect_timeout=self.sfu.connect_timeout)
         try:
             await transport.answer(offer, sources)
         except BaseException:
@@ -117,7 +118,8 @@ class Room:
             raise SfuError(409, "nothing_published", "nothing is published in this room")
         config = self.sfu.config
         transport = SubscriberTransport(participant, chosen, queue_size=config["media.subscriber_queue"],
-                                        announced=config["ice.announced_address"], on_close=self._transport_closed)
+                                        announced=config["ice.announced_address"], on_close=self._transport_closed,
+                                        connect_timeout=self.sfu.connect_timeout)
         try:
             if offer is None:
                 await transport.offer()

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..media import ice
 from .room import Room
+from .transport import CONNECT_TIMEOUT
 
 if TYPE_CHECKING:
     from ..bus import Bus
@@ -42,6 +43,8 @@ class Sfu:
         self.rooms: dict[str, Room] = {}
         self.observers: list[Observer] = []
         self._lock = asyncio.Lock()
+        # Seconds a transport may take to connect before it is released.
+        self.connect_timeout = CONNECT_TIMEOUT
         ice.configure(config["ice.addresses"], config["ice.allowed_networks"])
 
     def add_observer(self, observer: Observer) -> None:

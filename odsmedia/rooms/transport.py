@@ -33,6 +33,7 @@ log = logging.getLogger("odsmedia.sfu")
 MAX_SDP = 64 * 1024
 MAX_MEDIA = 8
 NEGOTIATION_TIMEOUT = 10.0
+CONNECT_TIMEOUT = 30.0      # a transport that never connects (no answer, ICE never works) is released
 SOURCES = ("camera", "microphone", "screen", "screen-audio")
 
 CloseCallback = Callable[["Transport"], Awaitable[None] | None]
@@ -71,7 +72,7 @@ class Transport:
     role = ""
 
     def __init__(self, participant: "Participant", *, announced: str = "",
-                 on_close: CloseCallback | None = None) -> None:
+                 on_close: CloseCallback | None = None, connect_timeout: float = CONNECT_TIMEOUT) -> None:
         self.id = "TR" + secrets.token_hex(12)  # also the WHIP/WHEP resource capability
         self.participant = participant
         self.pc = RTCPeerConnection(ice.rtc_configuration())
@@ -81,11 +82,21 @@ class Transport:
         self._closing: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
         self.pc.on("connectionstatechange", self._state_changed)
+        self._watchdog: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            connect_timeout, self._connect_timed_out)
+
+    def _connect_timed_out(self) -> None:
+        self._watchdog = None
+        if not self.connected.is_set() and not self.closed:
+            self._closing = asyncio.ensure_future(self.close())
 
     def _state_changed(self) -> None:
         state = self.pc.connectionState
         if state == "connected":
             self.connected.set()
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+                self._watchdog = None
             self.on_connected()
         elif state in ("failed", "closed") and not self.closed:
             # ICE failure or the peer vanished: release everything.
@@ -126,6 +137,9 @@ class Transport:
         if self.closed:
             return
         self.closed = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         self.release()
         try:
             await self.pc.close()
@@ -148,8 +162,8 @@ class PublisherTransport(Transport):
     role = "publish"
 
     def __init__(self, participant: "Participant", *, pli_interval: float, announced: str = "",
-                 on_close: CloseCallback | None = None) -> None:
-        super().__init__(participant, announced=announced, on_close=on_close)
+                 on_close: CloseCallback | None = None, connect_timeout: float = CONNECT_TIMEOUT) -> None:
+        super().__init__(participant, announced=announced, on_close=on_close, connect_timeout=connect_timeout)
         self.publications: list[Publication] = []
         self._pli_interval = pli_interval
 
@@ -197,8 +211,9 @@ class SubscriberTransport(Transport):
     role = "subscribe"
 
     def __init__(self, participant: "Participant", publications: list[Publication], *, queue_size: int,
-                 announced: str = "", on_close: CloseCallback | None = None) -> None:
-        super().__init__(participant, announced=announced, on_close=on_close)
+                 announced: str = "", on_close: CloseCallback | None = None,
+                 connect_timeout: float = CONNECT_TIMEOUT) -> None:
+        super().__init__(participant, announced=announced, on_close=on_close, connect_timeout=connect_timeout)
         self.subscriptions: list[Subscription] = []
         self._publications = publications
         self._queue_size = queue_size

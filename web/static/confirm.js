@@ -38,8 +38,8 @@ document.addEventListener("DOMContentLoaded", () => {
       });
       const body = await resp.json().catch(() => ({}));
       if (resp.ok) {
-        const next = sessionStorage.getItem("ods.after_signin") || "/account";
-        sessionStorage.removeItem("ods.after_signin");
+        const next = localStorage.getItem("ods.after_signin") || "/account";
+        localStorage.removeItem("ods.after_signin");
         location.assign(next.startsWith("/") && !next.startsWith("//") ? next : "/account");
         return;
       }

@@ -23,6 +23,10 @@ CREATE TABLE segments (
     episode_id      bigint NOT NULL REFERENCES episodes(id) ON DELETE CASCADE,
     seq             integer NOT NULL,
     name            text NOT NULL,
+    -- fMP4 initialization section this segment needs (EXT-X-MAP).
+    init_name       text,
+    -- First segment after a change of initialization section (EXT-X-DISCONTINUITY).
+    discontinuity   boolean NOT NULL DEFAULT false,
     duration        double precision NOT NULL,
     start_offset    double precision NOT NULL,   -- seconds from episode start
     size_bytes      bigint NOT NULL,

@@ -30,7 +30,9 @@ CREATE TABLE chat_items (
     -- of the deletion) but loses its text.
     deleted_at      timestamptz,
     deleted_by      text,
-    search          tsvector GENERATED ALWAYS AS (to_tsvector('english', body)) STORED,
+    -- The default parser reads <...> as HTML tags and skips <script> bodies; chat
+    -- text is text, so angle brackets are blanked before parsing.
+    search          tsvector GENERATED ALWAYS AS (to_tsvector('english', translate(body, '<>', '  '))) STORED,
     PRIMARY KEY (room_id, id),
     CHECK (deleted_at IS NULL OR body = '')
 );

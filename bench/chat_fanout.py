@@ -1,0 +1,325 @@
+"""Chat fan-out benchmark: N WebSocket clients in one room over two server processes.
+
+Method: a fresh database (migrated) and Redis prefix; two real ``odsmedia serve``
+processes sharing them; ``--clients`` readers split evenly between the two
+(joined before measuring); ``--posters`` posting clients, also split, together
+posting ``--rate`` messages per second for ``--duration`` seconds. Every message
+carries its send time (CLOCK_MONOTONIC, shared by all processes of the machine);
+each reader records delivery latency for every item it receives. Reported:
+delivered items/s (all readers together), expected deliveries and the ones
+missing, latency p50/p99/max, CPU of each server process (psutil, over the
+measured window) and of the load generator.
+
+The readers are raw asyncio protocols with a minimal WebSocket frame parser
+(no coroutine per message), so the load generator spends as little CPU as
+possible on the cores the servers share. Everything runs on 127.0.0.1 and is
+bounded: connection setup, the run and the drain each have a deadline.
+
+    .venv/bin/python bench/chat_fanout.py [--clients 1000] [--rate 100] [--duration 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import re
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import orjson
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from odsmedia.auth import tokens  # noqa: E402
+from odsmedia.rooms import directory  # noqa: E402
+from odsmedia.storage import migrate  # noqa: E402
+
+ADMIN_DSN = os.environ.get("ODS_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("ODS_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+STAMP = re.compile(rb"@(\d+)@")
+
+
+class Reader(asyncio.Protocol):
+    """A chat reader: handshake, join, then count item frames and their latency."""
+
+    def __init__(self, host: str, port: int, path: str, stats: "Stats") -> None:
+        self.request = (
+            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {base64.b64encode(secrets.token_bytes(16)).decode()}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n").encode()
+        self.stats = stats
+        self.buffer = bytearray()
+        self.upgraded = False
+        self.welcomed = asyncio.get_running_loop().create_future()
+        self.transport: asyncio.Transport | None = None
+        self.items = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.write(self.request)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if not self.upgraded:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            if not self.buffer.startswith(b"HTTP/1.1 101"):
+                self._fail(RuntimeError(self.buffer[:200].decode(errors="replace")))
+                return
+            del self.buffer[:end + 4]
+            self.upgraded = True
+            self.transport.write(_client_frame(b'{"type":"join"}'))
+        buf = self.buffer
+        pos = 0
+        now_ns = None
+        while len(buf) - pos >= 2:
+            length = buf[pos + 1] & 0x7F
+            head = 2
+            if length == 126:
+                if len(buf) - pos < 4:
+                    break
+                length = int.from_bytes(buf[pos + 2:pos + 4], "big")
+                head = 4
+            elif length == 127:
+                if len(buf) - pos < 10:
+                    break
+                length = int.from_bytes(buf[pos + 2:pos + 10], "big")
+                head = 10
+            if len(buf) - pos < head + length:
+                break
+            opcode = buf[pos] & 0x0F
+            payload = bytes(buf[pos + head:pos + head + length])
+            pos += head + length
+            if opcode == 1:
+                if payload.startswith(b'{"type":"item"'):
+                    match = STAMP.search(payload)
+                    if match:
+                        if now_ns is None:
+                            now_ns = time.monotonic_ns()
+                        self.items += 1
+                        self.stats.record(now_ns - int(match.group(1)))
+                elif payload.startswith(b'{"type":"welcome"') and not self.welcomed.done():
+                    self.welcomed.set_result(orjson.loads(payload)["cursor"])
+            elif opcode == 9:  # ping -> pong
+                self.transport.write(_client_frame(payload, opcode=0xA))
+            elif opcode == 8:
+                self.transport.close()
+        del buf[:pos]
+
+    def _fail(self, exc: Exception) -> None:
+        if not self.welcomed.done():
+            self.welcomed.set_exception(exc)
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(ConnectionError("closed"))
+
+
+def _client_frame(payload: bytes, opcode: int = 1) -> bytes:
+    mask = secrets.token_bytes(4)
+    n = len(payload)
+    head = bytes([0x80 | opcode]) + (bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + n.to_bytes(2, "big"))
+    key = (mask * (n // 4 + 1))[:n]
+    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(n, "big") if n else b""
+    return head + mask + masked
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.latencies_ns: list[int] = []
+        self.measuring = False
+
+    def record(self, latency_ns: int) -> None:
+        if self.measuring:
+            self.latencies_ns.append(latency_ns)
+
+
+def start_server(name: str, env: dict[str, str]) -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen([sys.executable, "-m", "odsmedia", "serve"], env=env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline().decode()
+        if not line:
+            break
+        match = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
+        if match:
+            return proc, int(match.group(1))
+    proc.kill()
+    raise RuntimeError(f"server {name} did not start")
+
+
+async def run(args: argparse.Namespace) -> None:
+    dbname = f"ods_bench_{uuid.uuid4().hex[:8]}"
+    prefix = f"odsbench:{uuid.uuid4().hex[:8]}:"
+    admin = await asyncpg.connect(ADMIN_DSN)
+    await admin.execute(f'CREATE DATABASE "{dbname}"')
+    database_url = ADMIN_DSN.rsplit("/", 1)[0] + "/" + dbname
+    procs: list[subprocess.Popen] = []
+    readers: list[Reader] = []
+    try:
+        await migrate(database_url)
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+        room = await directory.create(pool, "bench", title="bench")
+        poster_tokens = [(await tokens.mint(pool, room_id=room.id, role="viewer", ttl_seconds=3600))[0]
+                         for _ in range(args.posters)]
+        await pool.close()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("ODS_", "DATABASE_URL", "REDIS_URL"))}
+        env.update(DATABASE_URL=database_url, REDIS_URL=REDIS_URL, ODS_REDIS_PREFIX=prefix, ODS_HTTP_PORT="0",
+                   ODS_SECRET_KEY="bench-secret-key-0123456789-abcdefghijklmnop", ODS_LOG_LEVEL="warning",
+                   ODS_DATA_DIR=str(Path("/tmp") / dbname), ODS_CHAT_RATE_PER_10S="100000",
+                   ODS_ICE_ADDRESSES="127.0.0.1", PYTHONUNBUFFERED="1")
+        for name in ("A", "B"):
+            proc, port = start_server(name, env)
+            procs.append(proc)
+            procs[-1].port = port  # type: ignore[attr-defined]
+        ports = [p.port for p in procs]  # type: ignore[attr-defined]
+        loop = asyncio.get_running_loop()
+        stats = Stats()
+
+        # Readers, half on each node, joined before measuring.
+        sem = asyncio.Semaphore(50)
+
+        async def connect(i: int) -> None:
+            async with sem:
+                port = ports[i % 2]
+                _, reader = await loop.create_connection(
+                    lambda: Reader("127.0.0.1", port, "/rooms/bench/chat", stats), "127.0.0.1", port)
+                readers.append(reader)
+                await asyncio.wait_for(reader.welcomed, 10)
+
+        t0 = time.monotonic()
+        await asyncio.wait_for(asyncio.gather(*(connect(i) for i in range(args.clients))), 120)
+        setup_s = time.monotonic() - t0
+
+        async with aiohttp.ClientSession() as session:
+            posters = []
+            for i, token in enumerate(poster_tokens):
+                ws = await session.ws_connect(f"http://127.0.0.1:{ports[i % 2]}/rooms/bench/chat")
+                await ws.send_str(orjson.dumps({"type": "join", "token": token}).decode())
+                while (await ws.receive_json())["type"] != "welcome":
+                    pass
+                posters.append(ws)
+
+            async def drain_acks(ws: aiohttp.ClientWebSocketResponse, errors: list) -> None:
+                async for msg in ws:
+                    if msg.type == aiohttp.WSMsgType.TEXT and msg.data.startswith('{"type":"error"'):
+                        errors.append(msg.data)
+
+            errors: list[str] = []
+            drains = [asyncio.create_task(drain_acks(ws, errors)) for ws in posters]
+            server_ps = [psutil.Process(p.pid) for p in procs]
+            me = psutil.Process()
+            await asyncio.sleep(1.0)  # let the joins settle
+            cpu0 = [p.cpu_times() for p in server_ps]
+            me0 = me.cpu_times()
+            stats.measuring = True
+            items_before = sum(r.items for r in readers)
+            start = time.monotonic()
+            sent = 0
+            interval = 1.0 / args.rate
+            filler = "x" * max(0, args.size - 30)
+            while True:
+                due = start + sent * interval
+                now = time.monotonic()
+                if now - start >= args.duration:
+                    break
+                if due > now:
+                    await asyncio.sleep(due - now)
+                ws = posters[sent % len(posters)]
+                await ws.send_str(orjson.dumps({"type": "post", "text": f"@{time.monotonic_ns()}@ {filler}"}).decode())
+                sent += 1
+            elapsed_send = time.monotonic() - start
+            expected = sent * len(readers)
+            deadline = time.monotonic() + 10
+            while sum(r.items for r in readers) - items_before < expected and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            window = time.monotonic() - start
+            cpu1 = [p.cpu_times() for p in server_ps]
+            me1 = me.cpu_times()
+            delivered = sum(r.items for r in readers) - items_before
+            for task in drains:
+                task.cancel()
+            for ws in posters:
+                await ws.close()
+
+        lat_ms = sorted(x / 1e6 for x in stats.latencies_ns)
+
+        def pct(p: float) -> float:
+            return lat_ms[min(len(lat_ms) - 1, int(p * len(lat_ms)))] if lat_ms else float("nan")
+
+        def cpu(a, b) -> float:
+            return (b.user + b.system - a.user - a.system) / window * 100
+
+        print(f"clients {len(readers)} (setup {setup_s:.1f} s), posters {len(posters)}, "
+              f"{sent} messages in {elapsed_send:.1f} s ({sent / elapsed_send:.1f} msg/s in), "
+              f"{len(errors)} post errors")
+        print()
+        print("| metric | value |")
+        print("|---|---|")
+        print(f"| delivered items/s (all readers) | {delivered / elapsed_send:,.0f} |")
+        print(f"| deliveries expected / missing | {expected:,} / {expected - delivered:,} |")
+        print(f"| latency p50 / p99 / max (ms) | {pct(0.5):.1f} / {pct(0.99):.1f} / {lat_ms[-1] if lat_ms else 0:.1f} |")
+        for name, a, b in zip("AB", cpu0, cpu1):
+            print(f"| CPU server {name} (% of one core) | {cpu(a, b):.0f} |")
+        print(f"| CPU servers total (% of one core) | {sum(cpu(a, b) for a, b in zip(cpu0, cpu1)):.0f} |")
+        print(f"| CPU load generator (% of one core) | {cpu(me0, me1):.0f} |")
+        if errors:
+            print("first post error:", errors[0][:200])
+    finally:
+        for reader in readers:
+            if reader.transport is not None:
+                reader.transport.close()
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        await admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+        await admin.close()
+        import redis.asyncio as redis
+
+        client = redis.from_url(REDIS_URL)
+        keys = [k async for k in client.scan_iter(match=prefix + "*", count=500)]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=1000, help="reading clients (split over two servers)")
+    parser.add_argument("--posters", type=int, default=10, help="posting clients (split over two servers)")
+    parser.add_argument("--rate", type=float, default=100.0, help="messages per second in, all posters together")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds of posting")
+    parser.add_argument("--size", type=int, default=80, help="approximate message text length")
+    args = parser.parse_args()
+    if not (1 <= args.clients <= 5000 and 1 <= args.posters <= 200 and 0 < args.rate <= 2000
+            and 0 < args.duration <= 300):
+        parser.error("out of bounds: clients 1-5000, posters 1-200, rate (0, 2000], duration (0, 300]")
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    main()

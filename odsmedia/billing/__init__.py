@@ -1,0 +1,1 @@
+"""Billing: Stripe checkout/portal/webhooks, organizations and seats, entitlements."""

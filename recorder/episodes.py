@@ -1,0 +1,173 @@
+"""Episode and segment rows in Postgres."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+STATUSES = ("live", "finalizing", "ready", "interrupted", "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class Episode:
+    id: int
+    room_id: int
+    room_slug: str
+    title: str
+    status: str
+    started_at: dt.datetime
+    ended_at: dt.datetime | None
+    duration: float
+    segment_count: int
+    storage_key: str
+    node: str
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> "Episode":
+        return cls(
+            id=row["id"], room_id=row["room_id"], room_slug=row["slug"], title=row["title"],
+            status=row["status"], started_at=row["started_at"], ended_at=row["ended_at"],
+            duration=row["duration"], segment_count=row["segment_count"],
+            storage_key=row["storage_key"], node=row["node"],
+        )
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "title": self.title,
+            "status": self.status,
+            "started_at": self.started_at.isoformat(),
+            "ended_at": self.ended_at.isoformat() if self.ended_at else None,
+            "duration": round(self.duration, 3),
+            "segment_count": self.segment_count,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentRow:
+    seq: int
+    name: str
+    init_name: str | None
+    discontinuity: bool
+    duration: float
+    start_offset: float
+    size_bytes: int
+
+
+_SELECT = """SELECT e.*, r.slug FROM episodes e JOIN rooms r ON r.id = e.room_id"""
+
+
+async def create(db: asyncpg.Pool, room_id: int, *, title: str, storage_key: str, node: str) -> Episode:
+    """A new live episode.  A live episode of the same room left by another node
+    (it crashed and has not come back) is marked interrupted first: one room
+    records on one node, and the unique index allows one live episode per room."""
+    async with db.acquire() as conn, conn.transaction():
+        await conn.execute(
+            """UPDATE episodes SET status = 'interrupted', ended_at = coalesce(ended_at, now())
+               WHERE room_id = $1 AND status IN ('live', 'finalizing')""",
+            room_id,
+        )
+        episode_id = await conn.fetchval(
+            """INSERT INTO episodes (room_id, title, storage_key, node) VALUES ($1, $2, $3, $4)
+               RETURNING id""",
+            room_id, title[:200], storage_key, node,
+        )
+        row = await conn.fetchrow(_SELECT + " WHERE e.id = $1", episode_id)
+    return Episode.from_row(row)
+
+
+async def get(db: asyncpg.Pool | asyncpg.Connection, episode_id: int) -> Episode | None:
+    row = await db.fetchrow(_SELECT + " WHERE e.id = $1", episode_id)
+    return Episode.from_row(row) if row else None
+
+
+async def for_room(db: asyncpg.Pool, room_id: int, *, limit: int = 100) -> list[Episode]:
+    rows = await db.fetch(
+        _SELECT + " WHERE e.room_id = $1 ORDER BY e.started_at DESC, e.id DESC LIMIT $2", room_id, limit
+    )
+    return [Episode.from_row(r) for r in rows]
+
+
+async def unfinished_on_node(db: asyncpg.Pool, node: str) -> list[Episode]:
+    rows = await db.fetch(_SELECT + " WHERE e.node = $1 AND e.status IN ('live', 'finalizing') ORDER BY e.id", node)
+    return [Episode.from_row(r) for r in rows]
+
+
+async def add_segment(db: asyncpg.Pool | asyncpg.Connection, episode_id: int, segment: SegmentRow) -> None:
+    """The segment row and the episode's totals, together."""
+    async with (db.acquire() if isinstance(db, asyncpg.Pool) else _Same(db)) as conn, conn.transaction():
+        await conn.execute(
+            """INSERT INTO segments (episode_id, seq, name, init_name, discontinuity, duration,
+                                     start_offset, size_bytes)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
+            episode_id, segment.seq, segment.name, segment.init_name, segment.discontinuity,
+            segment.duration, segment.start_offset, segment.size_bytes,
+        )
+        await conn.execute(
+            """UPDATE episodes SET segment_count = segment_count + 1,
+                                   duration = greatest(duration, $2)
+               WHERE id = $1""",
+            episode_id, segment.start_offset + segment.duration,
+        )
+
+
+async def segments(db: asyncpg.Pool | asyncpg.Connection, episode_id: int) -> list[SegmentRow]:
+    rows = await db.fetch(
+        """SELECT seq, name, init_name, discontinuity, duration, start_offset, size_bytes
+           FROM segments WHERE episode_id = $1 ORDER BY seq""",
+        episode_id,
+    )
+    return [SegmentRow(**dict(r)) for r in rows]
+
+
+async def segment_by_name(db: asyncpg.Pool, episode_id: int, name: str) -> SegmentRow | None:
+    row = await db.fetchrow(
+        """SELECT seq, name, init_name, discontinuity, duration, start_offset, size_bytes
+           FROM segments WHERE episode_id = $1 AND name = $2""",
+        episode_id, name,
+    )
+    return SegmentRow(**dict(row)) if row else None
+
+
+async def init_known(db: asyncpg.Pool, episode_id: int, name: str) -> bool:
+    return bool(await db.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM segments WHERE episode_id = $1 AND init_name = $2)", episode_id, name
+    ))
+
+
+async def set_status(db: asyncpg.Pool | asyncpg.Connection, episode_id: int, status: str, *,
+                     ended: bool = False) -> None:
+    if status not in STATUSES:
+        raise ValueError(f"unknown episode status {status!r}")
+    await db.execute(
+        """UPDATE episodes SET status = $2,
+                  ended_at = CASE WHEN $3 THEN coalesce(ended_at, now()) ELSE ended_at END
+           WHERE id = $1""",
+        episode_id, status, ended,
+    )
+
+
+async def delete(db: asyncpg.Pool, episode_id: int) -> Episode | None:
+    """Remove the episode and (by cascade) its segment rows; returns what was removed."""
+    async with db.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(_SELECT + " WHERE e.id = $1 FOR UPDATE OF e", episode_id)
+        if row is None:
+            return None
+        await conn.execute("DELETE FROM episodes WHERE id = $1", episode_id)
+    return Episode.from_row(row)
+
+
+class _Same:
+    """``async with`` over an existing connection (so callers may pass a pool or a connection)."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    async def __aenter__(self) -> asyncpg.Connection:
+        return self.conn
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None

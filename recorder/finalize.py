@@ -1,0 +1,132 @@
+"""Crash recovery: finish the episodes this node left live.
+
+A killed process leaves, per episode: segment files (each written
+atomically, so every one present is whole), perhaps a few ``.partial``
+leftovers, an EVENT playlist without ENDLIST, and segment rows that may lag
+the files by the last segment.  On start-up, before recording anything, the
+recorder rebuilds each such episode from what is on disk: partial files are
+removed, every segment file is listed (rows added for files the crash kept
+out of the table, durations read back with PyAV), a VOD playlist with
+EXT-X-ENDLIST replaces the EVENT one, and the episode is marked
+``interrupted``.  Only this node's episodes are touched: another node's
+files are on another node's disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import re
+from dataclasses import dataclass
+
+import av
+
+from . import episodes
+from .episodes import Episode, SegmentRow
+from .hls import init_name
+from .playlist import Playlist, PlaylistEntry
+from .storage import Storage
+
+log = logging.getLogger("odsmedia.recorder")
+
+SEGMENT_FILE = re.compile(r"^(\d{5,9})-(\d+)\.m4s$")
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    episode_id: int
+    segments: int
+    added: int
+    duration: float
+    status: str
+
+
+def probe_span(init: bytes, data: bytes) -> tuple[float, float]:
+    """(start, duration) in seconds of a segment's first stream, read back with PyAV."""
+    first = last = None
+    with av.open(io.BytesIO(init + data), format="mp4") as container:
+        stream = container.streams[0]
+        for packet in container.demux(stream):
+            if packet.pts is None or packet.size == 0:
+                continue
+            start = float(packet.pts * stream.time_base)
+            end = start + float((packet.duration or 0) * stream.time_base)
+            first = start if first is None else min(first, start)
+            last = end if last is None else max(last, end)
+    if first is None or last is None:
+        raise ValueError("segment holds no packets")
+    return first, max(0.001, last - first)
+
+
+def scan(storage: Storage, key: str, rows: list[SegmentRow]) -> list[SegmentRow]:
+    """Every whole segment on disk, in order, as rows (known rows kept as they are)."""
+    storage.discard_partials(key)
+    known = {row.name: row for row in rows}
+    names = sorted((n for n in storage.list(key) if SEGMENT_FILE.match(n)), key=lambda n: int(n.split("-")[0]))
+    inits: dict[int, bytes | None] = {}
+    result: list[SegmentRow] = []
+    previous_period = None
+    for name in names:
+        seq, period = (int(p) for p in SEGMENT_FILE.match(name).groups())
+        discontinuity = previous_period is not None and period != previous_period
+        if name in known:
+            result.append(known[name])
+            previous_period = period
+            continue
+        if period not in inits:
+            size = storage.size(f"{key}/{init_name(period)}")
+            inits[period] = storage.read(f"{key}/{init_name(period)}") if size else None
+        init = inits[period]
+        if init is None:
+            continue
+        data = storage.read(f"{key}/{name}")
+        try:
+            start, duration = probe_span(init, data)
+        except Exception:
+            log.warning("unreadable segment left out", extra={"key": key, "segment": name})
+            continue
+        if result:
+            # Decode times restart with each period; the timeline continues from the last segment.
+            start = result[-1].start_offset + result[-1].duration
+        result.append(SegmentRow(seq=seq, name=name, init_name=init_name(period), discontinuity=discontinuity,
+                                 duration=duration, start_offset=start, size_bytes=len(data)))
+        previous_period = period
+    return result
+
+
+async def finalize_episode(db, storage: Storage, episode: Episode, target: float) -> Recovered:
+    rows = await episodes.segments(db, episode.id)
+    found = await asyncio.to_thread(scan, storage, episode.storage_key, rows)
+    known = {row.name for row in rows}
+    added = [row for row in found if row.name not in known]
+    for row in added:
+        await episodes.add_segment(db, episode.id, row)
+    playlist = Playlist(target, ended=True)
+    for row in found:
+        playlist.add(PlaylistEntry(row.name, row.duration, row.init_name, row.discontinuity))
+    status = "interrupted" if found else "failed"
+    if found:
+        await asyncio.to_thread(storage.put, f"{episode.storage_key}/index.m3u8", playlist.render().encode())
+    duration = max((row.start_offset + row.duration for row in found), default=0.0)
+    await db.execute(
+        """UPDATE episodes SET status = $2, ended_at = coalesce(ended_at, now()), duration = $3,
+                  segment_count = $4 WHERE id = $1""",
+        episode.id, status, duration, len(found),
+    )
+    return Recovered(episode.id, len(found), len(added), duration, status)
+
+
+async def recover(db, storage: Storage, node: str, target: float) -> list[Recovered]:
+    """Finalize every episode this node left live or finalizing; returns what was done."""
+    done = []
+    for episode in await episodes.unfinished_on_node(db, node):
+        try:
+            result = await finalize_episode(db, storage, episode, target)
+        except Exception:
+            log.exception("cannot finalize interrupted episode", extra={"episode": episode.id})
+            await episodes.set_status(db, episode.id, "failed", ended=True)
+            continue
+        log.info("finalized interrupted episode", extra={"episode": episode.id, "segments": result.segments})
+        done.append(result)
+    return done

@@ -1,0 +1,233 @@
+"""Replay: episode listings, playlists and segments, behind the room's entry gate.
+
+GET    /rooms/{slug}/episodes        JSON list, newest first (a browser asking for HTML gets the replay page)
+GET    /episodes/{id}                JSON metadata
+GET    /episodes/{id}/index.m3u8     the HLS playlist (EVENT while live, VOD with ENDLIST after)
+GET    /episodes/{id}/{segment}      init sections and segments, with Range, ETag, immutable caching
+DELETE /episodes/{id}                host or moderator of the room: rows and files go
+
+Every request passes ``Gate.admit(request, room, Entry.REPLAY)``.  A segment
+name must match the naming pattern *and* be one of the episode's own rows;
+the storage key is built from the stored row, never from request text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from typing import AsyncIterator
+
+from aiohttp import web
+
+from odsmedia.config import ConfigError
+from odsmedia.errors import ApiError, json_response
+from odsmedia.gate import Entry
+from odsmedia.keys import CONFIG, DB, FEATURES, GATE
+
+from . import episodes, finalize
+from .episodes import Episode
+from .playlist import CONTENT_TYPE as PLAYLIST_TYPE
+from .playlist import with_endlist
+from .sink import PLAYLIST, Recorder, local_node_id
+from .storage import LocalStorage, StorageError
+
+RECORDER = "recorder"
+SEGMENT_PATTERN = r"[0-9]{5,9}-[0-9]{1,6}\.m4s|init-[0-9]{1,6}\.mp4"
+IMMUTABLE = "private, max-age=31536000, immutable"
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+def recorder_of(app: web.Application) -> Recorder:
+    return app[FEATURES][RECORDER]
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """``Range: bytes=a-b`` -> (start, end exclusive); None for the whole body.
+
+    One range only (players never ask for more); a malformed header is ignored
+    as RFC 9110 allows, an unsatisfiable one is a 416.
+    """
+    if not header:
+        return None
+    match = _RANGE.match(header.strip())
+    if match is None or match.group(1) == match.group(2) == "":
+        return None
+    first, last = match.groups()
+    if first == "":
+        length = int(last)
+        if length == 0:
+            raise _unsatisfiable(size)
+        return max(0, size - length), size
+    start = int(first)
+    end = size if last == "" else min(size, int(last) + 1)
+    if start >= size or end <= start:
+        raise _unsatisfiable(size)
+    return start, end
+
+
+def _unsatisfiable(size: int) -> ApiError:
+    err = ApiError(416, "range_not_satisfiable", "the requested range is outside the segment")
+    err.headers["Content-Range"] = f"bytes */{size}"
+    return err
+
+
+def _episode_id(request: web.Request) -> int:
+    raw = request.match_info["episode_id"]
+    if not raw.isdigit() or len(raw) > 18:
+        raise ApiError(404, "episode_not_found", "no such episode")
+    return int(raw)
+
+
+async def _admitted_episode(request: web.Request) -> tuple[Episode, object]:
+    episode = await episodes.get(request.app[DB], _episode_id(request))
+    if episode is None:
+        raise ApiError(404, "episode_not_found", "no such episode")
+    admission = await request.app[GATE].admit(request, episode.room_slug, Entry.REPLAY)
+    return episode, admission
+
+
+def _not_modified(request: web.Request, etag: str) -> bool:
+    tags = request.headers.get("If-None-Match", "")
+    return bool(tags) and (tags.strip() == "*" or etag in [t.strip() for t in tags.split(",")])
+
+
+async def list_episodes(request: web.Request) -> web.StreamResponse:
+    accept = request.headers.get("Accept", "")
+    if "text/html" in accept and "application/json" not in accept:
+        # The page and the API share this URL; browsers navigating get the page.
+        from web.routes import _page
+
+        return await _page("replay.html")(request)
+    admission = await request.app[GATE].admit(request, request.match_info["slug"], Entry.REPLAY)
+    items = await episodes.for_room(request.app[DB], admission.room.id)
+    return json_response({
+        "room": admission.room.public(),
+        "episodes": [e.summary() for e in items],
+    }, headers={"Cache-Control": "no-cache"})
+
+
+async def get_episode(request: web.Request) -> web.Response:
+    episode, admission = await _admitted_episode(request)
+    body = episode.summary()
+    body.update(
+        room=episode.room_slug,
+        playlist=f"/episodes/{episode.id}/index.m3u8",
+        can_delete=admission.is_moderator,
+    )
+    return json_response(body, headers={"Cache-Control": "no-cache"})
+
+
+async def get_playlist(request: web.Request) -> web.Response:
+    episode, _ = await _admitted_episode(request)
+    storage = recorder_of(request.app).storage
+    try:
+        text = (await asyncio.to_thread(storage.read, f"{episode.storage_key}/{PLAYLIST}")).decode()
+    except StorageError:
+        raise ApiError(404, "playlist_not_ready", "the episode has no segment yet") from None
+    if episode.status != "live":
+        text = with_endlist(text)
+    body = text.encode()
+    etag = '"' + hashlib.sha1(body).hexdigest()[:20] + '"'
+    headers = {"ETag": etag, "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
+    if _not_modified(request, etag):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=body, headers={**headers, "Content-Type": PLAYLIST_TYPE})
+
+
+async def get_segment(request: web.Request) -> web.Response:
+    episode, _ = await _admitted_episode(request)
+    requested = request.match_info["name"]
+    db = request.app[DB]
+    storage = recorder_of(request.app).storage
+    if requested.startswith("init-"):
+        name = await db.fetchval(
+            "SELECT init_name FROM segments WHERE episode_id = $1 AND init_name = $2 LIMIT 1", episode.id, requested
+        )
+        size = None
+        if name is not None:
+            size = await asyncio.to_thread(storage.size, f"{episode.storage_key}/{name}")
+    else:
+        row = await episodes.segment_by_name(db, episode.id, requested)
+        name, size = (row.name, row.size_bytes) if row else (None, None)
+    if name is None or size is None:
+        raise ApiError(404, "segment_not_found", "no such segment in this episode")
+    key = f"{episode.storage_key}/{name}"
+    etag = f'"e{episode.id}-{name}-{size}"'
+    headers = {
+        "ETag": etag,
+        "Cache-Control": IMMUTABLE,
+        "Accept-Ranges": "bytes",
+        "X-Content-Type-Options": "nosniff",
+    }
+    if _not_modified(request, etag):
+        return web.Response(status=304, headers=headers)
+    content_type = "video/mp4"
+    wanted = parse_range(request.headers.get("Range"), size)
+    if wanted is not None and request.headers.get("If-Range", etag) != etag:
+        wanted = None
+    if request.method == "HEAD":
+        return web.Response(headers={**headers, "Content-Type": content_type, "Content-Length": str(size)})
+    try:
+        if wanted is None:
+            body = await asyncio.to_thread(storage.read, key)
+            return web.Response(body=body, headers={**headers, "Content-Type": content_type})
+        start, end = wanted
+        body = await asyncio.to_thread(storage.read, key, start, end - start)
+    except StorageError:
+        raise ApiError(404, "segment_not_found", "the segment file is missing") from None
+    headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    return web.Response(status=206, body=body, headers={**headers, "Content-Type": content_type})
+
+
+async def delete_episode(request: web.Request) -> web.Response:
+    episode, admission = await _admitted_episode(request)
+    if not admission.is_moderator:
+        raise ApiError(403, "not_a_moderator", "only the room's host or a moderator may delete episodes")
+    await remove(request.app[DB], recorder_of(request.app), episode)
+    return web.Response(status=204)
+
+
+async def remove(db, recorder: Recorder, episode: Episode) -> None:
+    """Delete an episode's rows, then its files (also used by the CLI)."""
+    if episode.status in ("live", "finalizing"):
+        raise ApiError(409, "episode_live", "the episode is still being recorded")
+    removed = await episodes.delete(db, episode.id)
+    if removed is not None:
+        await asyncio.to_thread(recorder.storage.delete_prefix, removed.storage_key)
+
+
+def make_recorder(app: web.Application) -> Recorder:
+    config = app[CONFIG]
+    seconds = config["recording.segment_seconds"]
+    if not 0.5 <= seconds <= 60:
+        raise ConfigError(f"invalid recording.segment_seconds={seconds!r}: expected 0.5 to 60 seconds")
+    return Recorder(
+        app[DB],
+        LocalStorage(config.data_dir / "episodes"),
+        node=local_node_id(config.data_dir),
+        segment_seconds=seconds,
+        reconnect_grace=config["recording.reconnect_grace"],
+        enabled=config["recording.enabled"],
+    )
+
+
+def setup(app: web.Application) -> None:
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        recorder = make_recorder(app)
+        app[FEATURES][RECORDER] = recorder
+        await finalize.recover(recorder.db, recorder.storage, recorder.node, recorder.segment_seconds)
+        sfu = app[FEATURES].get("sfu")
+        if sfu is not None:
+            sfu.add_observer(recorder)
+        yield
+        if sfu is not None:
+            sfu.remove_observer(recorder)
+        await recorder.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_get("/rooms/{slug}/episodes", list_episodes)
+    app.router.add_get("/episodes/{episode_id:[0-9]+}", get_episode)
+    app.router.add_delete("/episodes/{episode_id:[0-9]+}", delete_episode)
+    app.router.add_get("/episodes/{episode_id:[0-9]+}/index.m3u8", get_playlist)
+    app.router.add_get("/episodes/{episode_id:[0-9]+}/{name:" + SEGMENT_PATTERN + "}", get_segment)

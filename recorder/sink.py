@@ -1,0 +1,359 @@
+"""The recorder as a sink on the SFU fan-out, and the episode lifecycle.
+
+``Recorder`` observes the SFU: a room's first publication starts a
+``RoomRecording`` (one Episode), every audio/video publication gets a
+``TrackSink`` on its fan-out, and when the last one ends the episode is
+finalized after ``recording.reconnect_grace`` seconds, so a host who drops
+and comes back within the grace keeps recording into the same episode.
+
+Hot path (``TrackSink.on_frame``, on the event loop): place the frame on the
+episode timeline and queue it for the writer thread; nothing else.  Time
+alignment is by arrival: each track's first frame is pinned to its arrival
+time relative to the episode's first frame, and later frames follow their
+own RTP clock from there, so audio and video (separate publications with
+separate RTP clocks) line up without the RTCP sender-report mapping aiortc
+does not expose.
+
+Everything that touches Postgres or rewrites the playlist runs in one task
+per recording, in the order the writer reported it: segment file (written
+by the thread), then its row, then the playlist that lists it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import asyncpg
+
+from . import episodes
+from .episodes import SegmentRow
+from .hls import ClosedSegment, HlsWriter, Sample
+from .playlist import Playlist, PlaylistEntry
+from .storage import Storage
+
+log = logging.getLogger("odsmedia.recorder")
+
+PLAYLIST = "index.m3u8"
+# Ask for the keyframe that ends a segment this long before the segment is due.
+KEYFRAME_LEAD = 0.3
+_FINISHED = object()
+
+
+def local_node_id(data_dir: Path) -> str:
+    """A stable id for this node's episodes, kept in the data dir (survives restarts)."""
+    path = data_dir / "recorder-node"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    data_dir.mkdir(parents=True, exist_ok=True)
+    node = uuid.uuid4().hex[:16]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(node)
+    os.replace(tmp, path)
+    return node
+
+
+class TrackClock:
+    """Maps one publication's RTP timestamps onto the episode timeline."""
+
+    __slots__ = ("offset",)
+
+    def __init__(self) -> None:
+        self.offset: int | None = None
+
+    def pts(self, frame: Any, epoch: float) -> int:
+        if self.offset is None:
+            self.offset = round((frame.arrival - epoch) * frame.clock_rate) - frame.timestamp
+        return self.offset + frame.timestamp
+
+
+class TrackSink:
+    """The recorder's sink on one publication's fan-out."""
+
+    __slots__ = ("recording", "kind", "request_keyframe", "clock", "waiting_keyframe", "ended")
+
+    def __init__(self, recording: "RoomRecording", kind: str, request_keyframe: Callable[[str], None]) -> None:
+        self.recording = recording
+        self.kind = kind
+        self.request_keyframe = request_keyframe
+        self.clock = TrackClock()
+        # Video enters the recording only at a keyframe (start, and after a dropped frame).
+        self.waiting_keyframe = kind == "video"
+        self.ended = False
+
+    def on_frame(self, frame: Any) -> None:
+        self.recording.on_frame(self, frame)
+
+    def on_end(self) -> None:
+        if not self.ended:
+            self.ended = True
+            self.recording.track_ended(self)
+
+
+class RoomRecording:
+    """One episode being recorded: the writer thread plus its row keeping."""
+
+    def __init__(self, recorder: "Recorder", room_id: int, room_slug: str, title: str) -> None:
+        self.recorder = recorder
+        self.room_id = room_id
+        self.room_slug = room_slug
+        self.title = title
+        self.storage_key = f"{room_slug}-{uuid.uuid4().hex[:12]}"
+        self.loop = asyncio.get_running_loop()
+        self.target = recorder.segment_seconds
+        self.writer = HlsWriter(
+            recorder.storage, self.storage_key,
+            segment_seconds=self.target,
+            on_segment=self._segment_closed_in_thread,
+            on_keyframe_wanted=self._keyframe_wanted_in_thread,
+            queue_size=recorder.queue_size,
+        )
+        self.playlist = Playlist(self.target)
+        self.tracks: set[TrackSink] = set()
+        self.epoch: float | None = None
+        self.next_keyframe_request = self.target - KEYFRAME_LEAD
+        self.episode_id: int | None = None
+        self.status = "starting"
+        self.ending = False
+        self.listed: list[tuple[ClosedSegment, float]] = []   # (segment, monotonic time listed)
+        self.created = asyncio.Event()
+        self.done = asyncio.Event()
+        self._events: asyncio.Queue = asyncio.Queue()
+        self._grace: asyncio.TimerHandle | None = None
+        self.writer.start()
+        self.task = self.loop.create_task(self._run(), name=f"recording:{room_slug}")
+
+    # --- tracks (event loop) -------------------------------------------------------------------
+
+    def add_track(self, kind: str, request_keyframe: Callable[[str], None] = lambda reason: None) -> TrackSink:
+        if self.ending:
+            raise RuntimeError("recording is ending")
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+        sink = TrackSink(self, kind, request_keyframe)
+        self.tracks.add(sink)
+        if kind == "video":
+            request_keyframe("recorder")
+        return sink
+
+    def on_frame(self, sink: TrackSink, frame: Any) -> None:
+        if self.ending or sink.ended:
+            return
+        if self.epoch is None:
+            self.epoch = frame.arrival
+        pts = sink.clock.pts(frame, self.epoch)
+        if sink.kind == "video":
+            if sink.waiting_keyframe:
+                if not frame.keyframe:
+                    return
+                sink.waiting_keyframe = False
+            if pts >= self.next_keyframe_request * frame.clock_rate:
+                sink.request_keyframe("recorder")
+                seconds = pts / frame.clock_rate
+                self.next_keyframe_request += self.target
+                if self.next_keyframe_request < seconds:
+                    self.next_keyframe_request = seconds + self.target
+        accepted = self.writer.put(Sample(sink.kind, frame.codec, frame.data, pts, frame.clock_rate, frame.keyframe))
+        if not accepted and sink.kind == "video":
+            # A lost video frame breaks decoding until the next keyframe.
+            sink.waiting_keyframe = True
+            sink.request_keyframe("recorder")
+
+    def track_ended(self, sink: TrackSink) -> None:
+        self.tracks.discard(sink)
+        if not self.tracks and not self.ending:
+            grace = self.recorder.reconnect_grace
+            if grace <= 0:
+                self.end()
+            elif self._grace is None:
+                self._grace = self.loop.call_later(grace, self.end)
+
+    def end(self) -> None:
+        """Stop recording: the writer closes the last segment, then the episode is finalized."""
+        if self.ending:
+            return
+        self.ending = True
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
+        for sink in list(self.tracks):
+            sink.ended = True
+        self.tracks.clear()
+        self.recorder._recording_ended(self)
+        self.loop.run_in_executor(None, self._finish_writer)
+
+    def _finish_writer(self) -> None:
+        self.writer.finish()
+        self.writer.join()
+        # After every segment callback the thread queued (call_soon_threadsafe is FIFO).
+        self.loop.call_soon_threadsafe(self._events.put_nowait, _FINISHED)
+
+    # --- writer thread -> loop -----------------------------------------------------------------
+
+    def _segment_closed_in_thread(self, segment: ClosedSegment) -> None:
+        self.loop.call_soon_threadsafe(self._events.put_nowait, segment)
+
+    def _keyframe_wanted_in_thread(self) -> None:
+        self.loop.call_soon_threadsafe(self._request_keyframes)
+
+    def _request_keyframes(self) -> None:
+        for sink in list(self.tracks):
+            if sink.kind == "video":
+                sink.request_keyframe("recorder")
+
+    # --- rows and playlist (one task, in order) ------------------------------------------------
+
+    async def _run(self) -> None:
+        db = self.recorder.db
+        storage = self.recorder.storage
+        try:
+            episode = await episodes.create(
+                db, self.room_id, title=self.title, storage_key=self.storage_key, node=self.recorder.node,
+            )
+        except Exception:
+            log.exception("cannot create episode; not recording", extra={"room": self.room_slug})
+            self.status = "failed"
+            self.created.set()
+            self.end()
+            await self._drain_until_finished()
+            await asyncio.to_thread(storage.delete_prefix, self.storage_key)
+            self.done.set()
+            return
+        self.episode_id = episode.id
+        self.status = "live"
+        self.created.set()
+        failed = False
+        try:
+            while True:
+                event = await self._events.get()
+                if event is _FINISHED:
+                    break
+                if failed:
+                    continue
+                try:
+                    await self._list(event)
+                except Exception:
+                    log.exception("cannot list segment; episode failed", extra={"episode": self.episode_id})
+                    failed = True
+                    self.end()
+            await self._finalize(failed)
+        finally:
+            self.done.set()
+
+    async def _drain_until_finished(self) -> None:
+        while await self._events.get() is not _FINISHED:
+            pass
+
+    async def _list(self, segment: ClosedSegment) -> None:
+        assert self.episode_id is not None
+        await episodes.add_segment(self.recorder.db, self.episode_id, SegmentRow(
+            seq=segment.seq, name=segment.name, init_name=segment.init,
+            discontinuity=segment.discontinuity, duration=segment.duration,
+            start_offset=segment.start, size_bytes=segment.size,
+        ))
+        self.playlist.add(PlaylistEntry(segment.name, segment.duration, segment.init, segment.discontinuity))
+        await asyncio.to_thread(self.recorder.storage.put, f"{self.storage_key}/{PLAYLIST}",
+                                self.playlist.render().encode())
+        self.listed.append((segment, time.monotonic()))
+
+    async def _finalize(self, failed: bool) -> None:
+        assert self.episode_id is not None
+        db = self.recorder.db
+        storage = self.recorder.storage
+        if not self.playlist.entries and not failed:
+            # Nothing was captured (no keyframe ever came): not an episode anyone can watch.
+            await db.execute("DELETE FROM episodes WHERE id = $1", self.episode_id)
+            await asyncio.to_thread(storage.delete_prefix, self.storage_key)
+            self.status = "deleted"
+            return
+        await episodes.set_status(db, self.episode_id, "finalizing")
+        self.playlist.ended = True
+        await asyncio.to_thread(storage.put, f"{self.storage_key}/{PLAYLIST}", self.playlist.render().encode())
+        self.status = "failed" if failed or self.writer.error is not None else "ready"
+        if self.status == "failed" and self.playlist.entries:
+            # What was captured stays playable; the status says it is incomplete.
+            self.status = "interrupted"
+        await episodes.set_status(db, self.episode_id, self.status, ended=True)
+
+
+class Recorder:
+    """The feature object at ``app[FEATURES]["recorder"]``; an SFU observer."""
+
+    def __init__(
+        self,
+        db: asyncpg.Pool,
+        storage: Storage,
+        *,
+        node: str,
+        segment_seconds: float = 4.0,
+        reconnect_grace: float = 10.0,
+        enabled: bool = True,
+        queue_size: int = 1024,
+    ) -> None:
+        self.db = db
+        self.storage = storage
+        self.node = node
+        self.segment_seconds = segment_seconds
+        self.reconnect_grace = reconnect_grace
+        self.enabled = enabled
+        self.queue_size = queue_size
+        self.recordings: dict[str, RoomRecording] = {}
+        self._sinks: dict[int, tuple[Any, TrackSink]] = {}
+        self._ending: set[RoomRecording] = set()
+
+    # --- SFU observer ---------------------------------------------------------------------------
+
+    def on_publication_added(self, room: Any, publication: Any) -> None:
+        if not self.enabled or publication.kind not in ("audio", "video"):
+            return
+        recording = self.recording_for(room.record.id, room.slug, room.record.title)
+        sink = recording.add_track(publication.kind, publication.request_keyframe)
+        self._sinks[id(publication)] = (publication, sink)
+        publication.add_sink(sink)
+
+    def on_publication_removed(self, room: Any, publication: Any) -> None:
+        entry = self._sinks.pop(id(publication), None)
+        if entry is None:
+            return
+        _, sink = entry
+        publication.remove_sink(sink)
+        sink.on_end()
+
+    # --- recordings ------------------------------------------------------------------------------
+
+    def recording_for(self, room_id: int, slug: str, room_title: str = "") -> RoomRecording:
+        """The room's current recording, started if there is none."""
+        recording = self.recordings.get(slug)
+        if recording is None or recording.ending:
+            started = dt.datetime.now(dt.timezone.utc)
+            title = f"{room_title or slug} – {started:%Y-%m-%d %H:%M} UTC"
+            recording = RoomRecording(self, room_id, slug, title)
+            self.recordings[slug] = recording
+        return recording
+
+    def _recording_ended(self, recording: RoomRecording) -> None:
+        if self.recordings.get(recording.room_slug) is recording:
+            del self.recordings[recording.room_slug]
+        self._ending.add(recording)
+        recording.task.add_done_callback(lambda _t: self._ending.discard(recording))
+        for key, (publication, sink) in list(self._sinks.items()):
+            if sink.recording is recording:
+                del self._sinks[key]
+                publication.remove_sink(sink)
+
+    async def close(self) -> None:
+        """Shutdown: end every recording and wait until each episode is finalized."""
+        for recording in list(self.recordings.values()):
+            recording.end()
+        pending = [r.task for r in self._ending]
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)

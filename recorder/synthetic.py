@@ -1,0 +1,210 @@
+"""A synthetic publisher and an episode reader, for tests and bench/recorder.py.
+
+``SyntheticSession`` encodes what a browser publisher would send: H.264
+constrained baseline in Annex B with SPS/PPS on every IDR (libx264), and
+20 ms Opus packets (libopus), as ``MediaFrame``s carrying RTP-style
+timestamps relative to each track's first frame and arrival times.  Each
+picture carries its frame index as a row of black/white blocks, and the
+audio is silent except for a 1 kHz beep starting on every whole second of
+source time, so a reader can check that no frame went missing and measure
+how far audio sits from video.
+
+``read_segment`` decodes one segment (with its initialization section) with
+PyAV and returns the frame indexes and beep onsets it finds.
+"""
+
+from __future__ import annotations
+
+import array
+import io
+import math
+import random
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import av
+
+from odsmedia.media.frame import MediaFrame
+
+BITS = 12
+BLOCK = 16
+
+
+def draw_counter(index: int, width: int, height: int) -> av.VideoFrame:
+    luma = bytearray(b"\x20" * (width * height))
+    for bit in range(BITS):
+        if (index >> bit) & 1:
+            x = bit * BLOCK
+            for row in range(BLOCK):
+                start = row * width + x
+                luma[start:start + BLOCK] = b"\xe0" * BLOCK
+    frame = av.VideoFrame(width, height, "yuv420p")
+    frame.planes[0].update(bytes(luma))
+    for plane in (frame.planes[1], frame.planes[2]):
+        plane.update(b"\x80" * plane.buffer_size)
+    return frame
+
+
+def read_counter(frame: av.VideoFrame) -> int:
+    gray = frame.reformat(format="gray")
+    plane = gray.planes[0]
+    stride = plane.line_size
+    data = bytes(plane)
+    value = 0
+    row = BLOCK // 2
+    for bit in range(BITS):
+        x = bit * BLOCK + BLOCK // 2
+        if data[row * stride + x] > 128:
+            value |= 1 << bit
+    return value
+
+
+@dataclass
+class SyntheticSession:
+    """Pre-encoded frames of one publisher session (video and/or audio)."""
+
+    seconds: float
+    width: int = 320
+    height: int = 180
+    fps: int = 30
+    gop_seconds: float = 1.0          # keyframe cadence of the simulated encoder
+    audio: bool = True
+    video: bool = True
+    audio_start: float = 0.2          # the mic's first packet leaves this much after the camera's
+    arrival0: float = 1000.0
+    jitter: float = 0.005             # network jitter on arrival times (seconds, uniform)
+    first_index: int = 0              # counter of the first video frame (a reconnect continues it)
+    video_codec: str = "H264"         # or "VP8" (libvpx, realtime)
+    seed: int = 1
+    frames: list[MediaFrame] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        rng = random.Random(self.seed)
+        frames: list[MediaFrame] = []
+        if self.video:
+            frames += self._video(rng)
+        if self.audio:
+            frames += self._audio(rng)
+        frames.sort(key=lambda f: f.arrival)
+        self.frames = frames
+
+    def _video(self, rng: random.Random) -> list[MediaFrame]:
+        if self.video_codec == "VP8":
+            encoder = av.CodecContext.create("libvpx", "w")
+            encoder.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0",
+                               "kf-max-dist": "100000", "auto-alt-ref": "0"}
+            encoder.bit_rate = 500_000
+        else:
+            encoder = av.CodecContext.create("libx264", "w")
+            encoder.options = {
+                "profile": "baseline", "preset": "ultrafast", "tune": "zerolatency",
+                "x264-params": "keyint=100000:min-keyint=100000:scenecut=0:repeat-headers=1:bframes=0",
+            }
+        encoder.width, encoder.height = self.width, self.height
+        encoder.pix_fmt = "yuv420p"
+        encoder.time_base = Fraction(1, 90000)
+        encoder.framerate = self.fps
+        gop = max(1, round(self.gop_seconds * self.fps))
+        count = int(self.seconds * self.fps)
+        step = 90000 // self.fps
+        out: list[MediaFrame] = []
+        for i in range(count):
+            picture = draw_counter(self.first_index + i, self.width, self.height)
+            picture.pts = i * step
+            picture.time_base = encoder.time_base
+            if i % gop == 0:
+                picture.pict_type = av.video.frame.PictureType.I
+            for packet in encoder.encode(picture):
+                out.append(self._video_frame(packet, step, rng))
+        for packet in encoder.encode(None):
+            out.append(self._video_frame(packet, step, rng))
+        return out
+
+    def _video_frame(self, packet: av.Packet, step: int, rng: random.Random) -> MediaFrame:
+        source_time = packet.pts / 90000
+        return MediaFrame(
+            kind="video", codec=self.video_codec, data=bytes(packet), timestamp=packet.pts, clock_rate=90000,
+            keyframe=packet.is_keyframe, arrival=self.arrival0 + source_time + rng.uniform(0, self.jitter),
+        )
+
+    def _audio(self, rng: random.Random) -> list[MediaFrame]:
+        encoder = av.CodecContext.create("libopus", "w")
+        encoder.sample_rate = 48000
+        encoder.layout = "mono"
+        encoder.format = "s16"
+        encoder.time_base = Fraction(1, 48000)
+        encoder.bit_rate = 32000
+        count = int((self.seconds - self.audio_start) / 0.02)
+        out: list[MediaFrame] = []
+        first_ts = None
+        for j in range(count):
+            samples = array.array("h", bytes(960 * 2))
+            for k in range(960):
+                t = self.audio_start + (j * 960 + k) / 48000   # source time of this sample
+                if t % 1.0 < 0.1 and t >= 0.5:
+                    samples[k] = int(12000 * math.sin(2 * math.pi * 1000 * t))
+            frame = av.AudioFrame(format="s16", layout="mono", samples=960)
+            frame.planes[0].update(samples.tobytes())
+            frame.sample_rate = 48000
+            frame.pts = j * 960
+            frame.time_base = encoder.time_base
+            for packet in encoder.encode(frame):
+                if first_ts is None:
+                    first_ts = packet.pts
+                out.append(self._audio_frame(packet, first_ts, rng))
+        return out
+
+    def _audio_frame(self, packet: av.Packet, first_ts: int, rng: random.Random) -> MediaFrame:
+        # libopus reports pts - pre-skip; the RTP timestamp of a WebRTC sender starts at its first packet.
+        timestamp = packet.pts - first_ts
+        source_time = self.audio_start + timestamp / 48000
+        return MediaFrame(
+            kind="audio", codec="opus", data=bytes(packet), timestamp=timestamp, clock_rate=48000,
+            keyframe=True, arrival=self.arrival0 + source_time + rng.uniform(0, self.jitter),
+        )
+
+
+@dataclass
+class DecodedSegment:
+    video: list[tuple[float, int]] = field(default_factory=list)      # (pts seconds, counter)
+    audio_onsets: list[float] = field(default_factory=list)          # pts seconds of beep starts
+    audio_start: float | None = None
+    audio_end: float | None = None
+    video_pts: list[float] = field(default_factory=list)
+    audio_pts: list[float] = field(default_factory=list)
+
+
+def read_segment(init: bytes | None, data: bytes, *, container_format: str = "mp4") -> DecodedSegment:
+    """Decode every frame of one segment; raises if PyAV cannot."""
+    result = DecodedSegment()
+    blob = (init or b"") + data
+    quiet = 48000      # samples since the last loud one; a beep follows >= 10 ms of quiet
+    with av.open(io.BytesIO(blob), format=container_format) as container:
+        for packet in container.demux():
+            if packet.size == 0:
+                continue
+            stream = packet.stream
+            if stream.type == "video":
+                result.video_pts.append(float(packet.pts * stream.time_base))
+            elif stream.type == "audio":
+                result.audio_pts.append(float(packet.pts * stream.time_base))
+            for frame in packet.decode():
+                if stream.type == "video":
+                    result.video.append((float(frame.pts * frame.time_base), read_counter(frame)))
+                    continue
+                start = float(frame.pts * frame.time_base)
+                if result.audio_start is None:
+                    result.audio_start = start
+                result.audio_end = start + frame.samples / frame.sample_rate
+                # Opus decodes to planar float: plane 0 is the first channel.
+                if frame.format.name != "fltp":
+                    raise ValueError(f"unexpected audio sample format {frame.format.name}")
+                plane = array.array("f", bytes(frame.planes[0])[: frame.samples * 4])
+                for k, level in enumerate(plane):
+                    if abs(level) > 0.1:
+                        if quiet >= 480:
+                            result.audio_onsets.append(start + k / frame.sample_rate)
+                        quiet = 0
+                    else:
+                        quiet += 1
+    return result

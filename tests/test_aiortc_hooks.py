@@ -1,0 +1,88 @@
+"""The private aiortc hooks the SFU depends on still work (aiortc 1.16).
+
+If an aiortc upgrade renames or reshapes them, these fail first, with the
+hook named, instead of the SFU silently decoding or dropping media.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import aiortc
+import pytest
+from aiortc import RTCRtpReceiver, RTCRtpSender, RTCSessionDescription
+
+from odsmedia.media import ice
+from odsmedia.media.frame import MediaFrame
+from odsmedia.media.receiver import QUEUE_ATTR, STARTED_ATTR, EncodedFrameTap, tap
+from odsmedia.media.sender import ENCODER_ATTR, Packer, install_packer
+from odsmedia.media.testing import CounterVideoTrack, peer
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_aiortc_series_is_pinned():
+    assert aiortc.__version__.startswith("1.16.")
+
+
+async def test_private_attributes_exist():
+    pc = peer()
+    t = pc.addTransceiver("video", direction="sendrecv")
+    try:
+        assert hasattr(t.receiver, QUEUE_ATTR) and hasattr(t.receiver, STARTED_ATTR)
+        assert hasattr(t.sender, ENCODER_ATTR) and getattr(t.sender, ENCODER_ATTR) is None
+        assert callable(t.sender._send_keyframe) and callable(t.receiver._send_rtcp_pli)
+    finally:
+        await pc.close()
+
+
+async def test_tap_receives_encoded_frames_and_sees_the_end():
+    ice.configure(["127.0.0.1"])
+    sender_pc, receiver_pc = peer(), peer()
+    frames: list[MediaFrame] = []
+    ended = asyncio.Event()
+    source = CounterVideoTrack(fps=30)
+    sender_pc.addTransceiver(source, direction="sendonly")
+    try:
+        await sender_pc.setLocalDescription(await sender_pc.createOffer())
+        await receiver_pc.setRemoteDescription(sender_pc.localDescription)
+        receiver = receiver_pc.getTransceivers()[0].receiver
+        hook = tap(receiver, frames.append, ended.set)
+        assert getattr(receiver, QUEUE_ATTR) is hook
+        await receiver_pc.setLocalDescription(await receiver_pc.createAnswer())
+        await sender_pc.setRemoteDescription(receiver_pc.localDescription)
+        deadline = time.monotonic() + 15
+        while len(frames) < 10 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert len(frames) >= 10
+        assert frames[0].keyframe and frames[0].kind == "video" and frames[0].clock_rate == 90000
+        assert frames[0].codec in ("VP8", "H264") and frames[0].timestamp == 0
+        assert all(b.timestamp > a.timestamp for a, b in zip(frames, frames[1:]))
+        with pytest.raises(RuntimeError):
+            tap(receiver, frames.append, ended.set)      # started receivers cannot be tapped
+    finally:
+        await sender_pc.close()
+        await receiver_pc.close()
+    # Stopping the receiver passed the sentinel through: the end is reported, the thread is gone.
+    assert ended.is_set()
+    assert not [t for t in threading.enumerate() if t.name == "video-decoder"]
+
+
+async def test_packer_replaces_the_encoder_and_refuses_decoded_frames():
+    pc = peer()
+    t = pc.addTransceiver("audio", direction="sendonly")
+    try:
+        packer = install_packer(t.sender, "opus")
+        assert getattr(t.sender, ENCODER_ATTR) is packer
+        payloads, ts = packer.pack(MediaFrame("audio", "opus", b"\xfc\x01", 960, 48000, True, 0.0))
+        assert payloads == [b"\xfc\x01"] and ts == 960
+        h264 = Packer("H264")
+        payloads, _ = h264.pack(MediaFrame("video", "H264", b"\x00\x00\x00\x01\x65" + b"\x11" * 3000,
+                                           0, 90000, True, 0.0))
+        assert len(payloads) >= 3 and payloads[0][0] & 0x1F == 28   # FU-A fragments of one NAL
+        with pytest.raises(RuntimeError):
+            h264.encode(None)
+    finally:
+        await pc.close()

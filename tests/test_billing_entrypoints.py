@@ -1,0 +1,95 @@
+"""Every real entry point asks the gate: a signed-in person without the plan is refused at each,
+and let in once Stripe says they paid."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import orjson
+
+from odsmedia.app import make_app
+from test_auth import sign_in
+from test_billing import billing_env, deliver, event, stripe_api, subscription  # noqa: F401 (fixtures)
+
+
+async def entry_statuses(client, slug: str, episode_id: int, csrf: str, viewer_token: str) -> dict[str, object]:
+    got: dict[str, object] = {}
+    got["participants"] = (await client.get(f"/api/rooms/{slug}/participants")).status
+    got["episode list"] = (await client.get(f"/rooms/{slug}/episodes",
+                                            headers={"Accept": "application/json"})).status
+    got["playlist"] = (await client.get(f"/episodes/{episode_id}/index.m3u8")).status
+    got["segment"] = (await client.get(f"/episodes/{episode_id}/00000-0.m4s")).status
+    got["whep"] = (await client.post(f"/rooms/{slug}/whep", data="v=0\r\n",
+                                     headers={"Content-Type": "application/sdp", "X-CSRF-Token": csrf})).status
+    got["whip (viewer token)"] = (await client.post(
+        f"/rooms/{slug}/whip", data="v=0\r\n",
+        headers={"Content-Type": "application/sdp", "Authorization": f"Bearer {viewer_token}"})).status
+    async with client.ws_connect(f"/rooms/{slug}/ws") as ws:
+        await ws.send_str(orjson.dumps({"type": "join", "ref": 1}).decode())
+        reply = orjson.loads((await ws.receive(timeout=5)).data)
+        got["signaling join"] = reply.get("status", reply["type"])
+    async with client.ws_connect(f"/rooms/{slug}/chat") as ws:
+        await ws.send_str(orjson.dumps({"type": "join"}).decode())
+        reply = orjson.loads((await ws.receive(timeout=5)).data)
+        got["chat join"] = reply.get("error") or reply["type"]
+    return got
+
+
+async def test_each_entry_point_refuses_then_admits(aiohttp_client, billing_env, room_factory, token_factory, db):  # noqa: F811
+    client = await aiohttp_client(make_app(billing_env()))
+    csrf, account = await sign_in(client)
+    room = await room_factory("plans", plans=("pro",))
+    episode_id = await db.fetchval(
+        "INSERT INTO episodes (room_id, status, storage_key) VALUES ($1, 'ready', $2) RETURNING id",
+        room.id, f"test/{uuid.uuid4().hex}")
+    viewer_token = await token_factory(room, role="viewer", account_id=account["id"])
+
+    refused = await entry_statuses(client, room.slug, episode_id, csrf, viewer_token)
+    assert refused == {
+        "participants": 402, "episode list": 402, "playlist": 402, "segment": 402, "whep": 402,
+        "whip (viewer token)": 403, "signaling join": 402, "chat join": "plan_required",
+    }
+
+    customer = f"cus_{uuid.uuid4().hex[:10]}"
+    await db.execute("INSERT INTO billing_customers (customer_id, account_id) VALUES ($1, $2)",
+                     customer, account["id"])
+    status, _ = await deliver(client, event("customer.subscription.created",
+                                            subscription(f"sub_{uuid.uuid4().hex[:12]}", customer),
+                                            created=time.time()))
+    assert status == 200
+    admitted = await entry_statuses(client, room.slug, episode_id, csrf, viewer_token)
+    # Past the gate each endpoint does its own work (nothing is live or recorded here).
+    assert admitted["participants"] == 200 and admitted["episode list"] == 200
+    assert admitted["playlist"] not in (401, 402, 403) and admitted["segment"] not in (401, 402, 403)
+    assert admitted["whep"] not in (401, 402, 403)
+    assert admitted["whip (viewer token)"] == 403   # viewers never publish
+    assert admitted["signaling join"] == "joined"
+    assert admitted["chat join"] not in ("plan_required", "sign_in_required")
+
+
+async def test_participant_is_removed_when_access_ends(aiohttp_client, billing_env, room_factory, db):  # noqa: F811
+    client = await aiohttp_client(make_app(billing_env()))
+    _, account = await sign_in(client)
+    room = await room_factory("plans", plans=("pro",))
+    customer = f"cus_{uuid.uuid4().hex[:10]}"
+    await db.execute("INSERT INTO billing_customers (customer_id, account_id) VALUES ($1, $2)",
+                     customer, account["id"])
+    sub_id = f"sub_{uuid.uuid4().hex[:12]}"
+    t = time.time()
+    await deliver(client, event("customer.subscription.created", subscription(sub_id, customer), created=t - 5))
+    async with client.ws_connect(f"/rooms/{room.slug}/ws") as ws:
+        await ws.send_str(orjson.dumps({"type": "join", "ref": 1}).decode())
+        assert orjson.loads((await ws.receive(timeout=5)).data)["type"] == "joined"
+        # Canceled immediately (the period ended already): the SFU must drop this socket.
+        status, _ = await deliver(client, event("customer.subscription.deleted", subscription(
+            sub_id, customer, status="canceled", period_end=t - 1), created=t))
+        assert status == 200
+        seen = []
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            msg = await ws.receive(timeout=15)
+            if msg.type.name in ("CLOSE", "CLOSED", "CLOSING"):
+                break
+            seen.append(orjson.loads(msg.data).get("type"))
+        assert "kicked" in seen or ws.close_code == 4001, (seen, ws.close_code)

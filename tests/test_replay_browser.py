@@ -1,0 +1,81 @@
+"""Headless Chromium lists a room's episodes and plays one (native HLS, and hls.js)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from conftest import make_config
+from odsmedia.app import make_app
+from odsmedia.keys import FEATURES
+from recorder.synthetic import SyntheticSession
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
+
+
+@pytest.fixture
+async def app_client(aiohttp_client, service_urls, tmp_path):
+    config = make_config(service_urls, tmp_path / "data", ODS_RECORDING_SEGMENT_SECONDS="2",
+                         ODS_RECORDING_RECONNECT_GRACE="0")
+    return await aiohttp_client(make_app(config))
+
+
+async def record(app, room, seconds):
+    recording = app[FEATURES]["recorder"].recording_for(room.id, room.slug, room.title)
+    sinks = {"video": recording.add_track("video"), "audio": recording.add_track("audio")}
+    for frame in SyntheticSession(seconds, width=640, height=360, gop_seconds=1.0).frames:
+        sinks[frame.kind].on_frame(frame)
+    for sink in sinks.values():
+        sink.on_end()
+    await asyncio.wait_for(recording.done.wait(), 60)
+    assert recording.status == "ready"
+    return recording.episode_id
+
+
+async def play(page, url):
+    await page.goto(url)
+    await page.wait_for_function(
+        "() => { const v = document.querySelector('video'); return v && v.currentTime > 1.5; }", timeout=30000)
+    return await page.evaluate("""() => {
+        const v = document.querySelector('video');
+        return {player: v.dataset.player, time: v.currentTime, width: v.videoWidth, error: v.error && v.error.code,
+                duration: v.duration};
+    }""")
+
+
+async def test_chromium_lists_episodes_and_plays_one(app_client, room_factory, browser):
+    room = await room_factory(title="Pairing session")
+    episode_id = await record(app_client.app, room, 6.0)
+    base = str(app_client.make_url("/")).rstrip("/")
+    page = await browser.new_page()
+    try:
+        await page.goto(f"{base}/rooms/{room.slug}/episodes")
+        await page.wait_for_selector(f"li[data-episode='{episode_id}'] a")
+        assert await page.text_content("#room-title") == "Pairing session"
+        await page.click(f"li[data-episode='{episode_id}'] a")
+        await page.wait_for_url(f"**/episodes/{episode_id}/watch")
+        state = await play(page, page.url)
+        assert state["player"] == "native"
+        assert state["width"] == 640 and not state["error"]
+        assert state["duration"] == pytest.approx(6.0, abs=0.3)
+
+        # The hls.js fallback (what a browser without native HLS gets) plays it too.
+        state = await play(page, f"{base}/episodes/{episode_id}/watch?player=hlsjs")
+        assert state["player"] == "hls.js" and not state["error"]
+    finally:
+        await page.close()
+
+
+async def test_replay_page_shows_gate_refusal(app_client, room_factory, browser):
+    room = await room_factory(policy="signed-in")
+    episode_id = await record(app_client.app, room, 1.5)
+    base = str(app_client.make_url("/")).rstrip("/")
+    page = await browser.new_page()
+    try:
+        await page.goto(f"{base}/episodes/{episode_id}/watch")
+        await page.wait_for_selector("#refusal[data-status='401']")
+        await page.goto(f"{base}/rooms/{room.slug}/episodes")
+        await page.wait_for_selector("#refusal[data-status='401']")
+    finally:
+        await page.close()

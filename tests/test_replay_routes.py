@@ -1,0 +1,203 @@
+"""Replay HTTP API against the full app: listings, playlist, segments, Range, ETag, gate, delete."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from conftest import make_config
+from odsmedia.app import make_app
+from odsmedia.keys import FEATURES
+from recorder import episodes
+from recorder.synthetic import SyntheticSession, read_segment
+
+
+@pytest.fixture
+async def app_client(aiohttp_client, service_urls, tmp_path):
+    config = make_config(service_urls, tmp_path / "data", ODS_RECORDING_SEGMENT_SECONDS="1",
+                         ODS_RECORDING_RECONNECT_GRACE="0")
+    return await aiohttp_client(make_app(config))
+
+
+async def record(app, room, seconds=3.0):
+    recorder = app[FEATURES]["recorder"]
+    recording = recorder.recording_for(room.id, room.slug, room.title)
+    sinks = {"video": recording.add_track("video"), "audio": recording.add_track("audio")}
+    for frame in SyntheticSession(seconds, gop_seconds=0.5).frames:
+        sinks[frame.kind].on_frame(frame)
+    for sink in sinks.values():
+        sink.on_end()
+    await asyncio.wait_for(recording.done.wait(), 30)
+    assert recording.status == "ready"
+    return recording.episode_id
+
+
+async def test_list_metadata_playlist_and_segments(app_client, room_factory):
+    room = await room_factory(title="Replays")
+    first = await record(app_client.app, room, 2.0)
+    second = await record(app_client.app, room, 3.0)
+
+    resp = await app_client.get(f"/rooms/{room.slug}/episodes", headers={"Accept": "application/json"})
+    assert resp.status == 200
+    body = await resp.json()
+    assert [e["id"] for e in body["episodes"]] == [second, first]      # newest first
+    item = body["episodes"][0]
+    assert item["status"] == "ready" and item["duration"] == pytest.approx(3.0, abs=0.05)
+    assert set(item) >= {"id", "title", "status", "started_at", "duration"}
+
+    resp = await app_client.get(f"/episodes/{second}")
+    meta = await resp.json()
+    assert meta["room"] == room.slug and meta["playlist"] == f"/episodes/{second}/index.m3u8"
+    assert meta["can_delete"] is False
+
+    resp = await app_client.get(f"/episodes/{second}/index.m3u8")
+    assert resp.status == 200
+    assert resp.headers["Content-Type"] == "application/vnd.apple.mpegurl"
+    text = await resp.text()
+    assert text.startswith("#EXTM3U") and text.rstrip().endswith("#EXT-X-ENDLIST")
+    etag = resp.headers["ETag"]
+    resp = await app_client.get(f"/episodes/{second}/index.m3u8", headers={"If-None-Match": etag})
+    assert resp.status == 304
+
+    names = [l for l in text.splitlines() if l and not l.startswith("#")]
+    assert len(names) == 3
+    resp = await app_client.get(f"/episodes/{second}/init-0.mp4")
+    assert resp.status == 200 and resp.headers["Content-Type"] == "video/mp4"
+    init = await resp.read()
+    counters = []
+    for name in names:
+        resp = await app_client.get(f"/episodes/{second}/{name}")
+        assert resp.status == 200
+        assert resp.headers["Content-Type"] == "video/mp4"
+        assert "immutable" in resp.headers["Cache-Control"]
+        assert resp.headers["Accept-Ranges"] == "bytes"
+        data = await resp.read()
+        counters += [c for _, c in read_segment(init, data).video]
+    assert counters == list(range(90))
+
+
+async def test_range_requests_and_conditional_segments(app_client, room_factory):
+    room = await room_factory()
+    episode_id = await record(app_client.app, room, 2.0)
+    resp = await app_client.get(f"/episodes/{episode_id}/00001-0.m4s")
+    whole = await resp.read()
+    etag = resp.headers["ETag"]
+    size = len(whole)
+
+    resp = await app_client.get(f"/episodes/{episode_id}/00001-0.m4s", headers={"Range": "bytes=0-99"})
+    assert resp.status == 206
+    assert resp.headers["Content-Range"] == f"bytes 0-99/{size}"
+    assert await resp.read() == whole[:100]
+
+    resp = await app_client.get(f"/episodes/{episode_id}/00001-0.m4s", headers={"Range": "bytes=100-"})
+    assert resp.status == 206 and await resp.read() == whole[100:]
+
+    resp = await app_client.get(f"/episodes/{episode_id}/00001-0.m4s", headers={"Range": "bytes=-10"})
+    assert resp.status == 206 and await resp.read() == whole[-10:]
+    assert resp.headers["Content-Range"] == f"bytes {size - 10}-{size - 1}/{size}"
+
+    resp = await app_client.get(f"/episodes/{episode_id}/00001-0.m4s", headers={"Range": f"bytes={size}-"})
+    assert resp.status == 416
+    assert resp.headers["Content-Range"] == f"bytes */{size}"
+    assert (await resp.json())["error"] == "range_not_satisfiable"
+
+    # A Range for another version of the file (If-Range mismatch) gets the whole file.
+    resp = await app_client.get(f"/episodes/{episode_id}/00001-0.m4s",
+                                headers={"Range": "bytes=0-9", "If-Range": '"other"'})
+    assert resp.status == 200 and len(await resp.read()) == size
+
+    resp = await app_client.get(f"/episodes/{episode_id}/00001-0.m4s", headers={"If-None-Match": etag})
+    assert resp.status == 304
+
+    resp = await app_client.head(f"/episodes/{episode_id}/00001-0.m4s")
+    assert resp.status == 200 and int(resp.headers["Content-Length"]) == size
+
+
+async def test_segment_names_are_checked_against_the_episode(app_client, room_factory, tmp_path):
+    room = await room_factory()
+    episode_id = await record(app_client.app, room, 2.0)
+    other = await record(app_client.app, await room_factory(), 2.0)
+    for path in (
+        f"/episodes/{episode_id}/00099-0.m4s",          # well-formed, not in the list
+        f"/episodes/{episode_id}/init-7.mp4",
+        f"/episodes/{episode_id}/..%2F..%2Frecorder-node",
+        f"/episodes/{episode_id}/%2e%2e/%2e%2e/etc/passwd",
+        f"/episodes/{episode_id}/index.m3u8/../../x",
+        f"/episodes/{episode_id}/00001-0.m4s%00.txt",
+        "/episodes/999999999/00001-0.m4s",
+    ):
+        resp = await app_client.get(path)
+        assert resp.status == 404, path
+    # Another episode's segment names exist, but only under that episode.
+    resp = await app_client.get(f"/episodes/{other}/00001-0.m4s")
+    assert resp.status == 200
+    resp = await app_client.get("/episodes/abc")
+    assert resp.status == 404
+
+
+async def test_replay_goes_through_the_room_gate(app_client, room_factory, token_factory):
+    room = await room_factory(policy="signed-in")
+    episode_id = await record(app_client.app, room, 1.5)
+    for path in (f"/rooms/{room.slug}/episodes", f"/episodes/{episode_id}",
+                 f"/episodes/{episode_id}/index.m3u8", f"/episodes/{episode_id}/00001-0.m4s"):
+        resp = await app_client.get(path, headers={"Accept": "application/json"})
+        assert resp.status == 401, path
+        assert (await resp.json())["error"] == "sign_in_required"
+    viewer = await token_factory(room, role="viewer")
+    resp = await app_client.get(f"/episodes/{episode_id}/index.m3u8",
+                                headers={"Authorization": f"Bearer {viewer}"})
+    assert resp.status == 200
+    resp = await app_client.get("/rooms/no-such-room/episodes", headers={"Accept": "application/json"})
+    assert resp.status == 404 and (await resp.json())["error"] == "room_not_found"
+
+
+async def test_delete_needs_host_or_moderator_and_removes_rows_and_files(app_client, room_factory, token_factory):
+    room = await room_factory()
+    episode_id = await record(app_client.app, room, 1.5)
+    recorder = app_client.app[FEATURES]["recorder"]
+    episode = await episodes.get(recorder.db, episode_id)
+    folder = recorder.storage.root / episode.storage_key
+    assert (folder / "index.m3u8").exists()
+
+    resp = await app_client.delete(f"/episodes/{episode_id}")
+    assert resp.status == 403 and (await resp.json())["error"] == "not_a_moderator"
+    viewer = await token_factory(room, role="viewer")
+    resp = await app_client.delete(f"/episodes/{episode_id}", headers={"Authorization": f"Bearer {viewer}"})
+    assert resp.status == 403
+    assert folder.exists()
+
+    host = await token_factory(room, role="host")
+    resp = await app_client.get(f"/episodes/{episode_id}", headers={"Authorization": f"Bearer {host}"})
+    assert (await resp.json())["can_delete"] is True
+    resp = await app_client.delete(f"/episodes/{episode_id}", headers={"Authorization": f"Bearer {host}"})
+    assert resp.status == 204
+    assert await episodes.get(recorder.db, episode_id) is None
+    assert await recorder.db.fetchval("SELECT count(*) FROM segments WHERE episode_id = $1", episode_id) == 0
+    assert not folder.exists()
+    resp = await app_client.get(f"/episodes/{episode_id}/index.m3u8")
+    assert resp.status == 404 and (await resp.json())["error"] == "episode_not_found"
+
+
+async def test_live_episode_cannot_be_deleted_and_serves_an_event_playlist(app_client, room_factory, token_factory):
+    room = await room_factory()
+    recorder = app_client.app[FEATURES]["recorder"]
+    recording = recorder.recording_for(room.id, room.slug)
+    sink = recording.add_track("video")
+    for frame in SyntheticSession(2.5, audio=False, gop_seconds=0.5).frames:
+        sink.on_frame(frame)
+    await recording.created.wait()
+    deadline = asyncio.get_running_loop().time() + 20
+    while True:
+        resp = await app_client.get(f"/episodes/{recording.episode_id}/index.m3u8")
+        if resp.status == 200 and "00002-0.m4s" in (text := await resp.text()):
+            break
+        assert asyncio.get_running_loop().time() < deadline, "live playlist never listed segment 2"
+        await asyncio.sleep(0.05)
+    assert "#EXT-X-PLAYLIST-TYPE:EVENT" in text and "#EXT-X-ENDLIST" not in text
+    host = await token_factory(room, role="host")
+    resp = await app_client.delete(f"/episodes/{recording.episode_id}", headers={"Authorization": f"Bearer {host}"})
+    assert resp.status == 409 and (await resp.json())["error"] == "episode_live"
+    sink.on_end()
+    await asyncio.wait_for(recording.done.wait(), 30)
+

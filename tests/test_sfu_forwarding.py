@@ -1,0 +1,129 @@
+"""Forwarding through the SFU with real aiortc peers on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiortc.rtcrtpreceiver
+import aiortc.rtcrtpsender
+import pytest
+
+from odsmedia.keys import FEATURES
+from odsmedia.media.receiver import EncodedFrameTap
+from odsmedia.media.sender import ENCODER_ATTR, Packer
+from odsmedia.media.testing import Publisher, SignalingClient, Viewer
+from odsmedia.rooms.transport import PublisherTransport, SubscriberTransport
+
+pytestmark = pytest.mark.timeout(90)
+
+
+async def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def codec_calls(monkeypatch):
+    """Counts aiortc's decoder/encoder factory calls (every peer in this process)."""
+    calls = {"decoders": [], "encoders": []}
+    real_decoder = aiortc.rtcrtpreceiver.get_decoder
+    real_encoder = aiortc.rtcrtpsender.get_encoder
+
+    def get_decoder(codec):
+        calls["decoders"].append(codec.name)
+        return real_decoder(codec)
+
+    def get_encoder(codec):
+        calls["encoders"].append(codec.name)
+        return real_encoder(codec)
+
+    monkeypatch.setattr(aiortc.rtcrtpreceiver, "get_decoder", get_decoder)
+    monkeypatch.setattr(aiortc.rtcrtpsender, "get_encoder", get_encoder)
+    return calls
+
+
+def assert_consecutive(counters: list[int]) -> None:
+    gaps = [(a, b) for a, b in zip(counters, counters[1:]) if b != a + 1]
+    assert not gaps, f"frame counter gaps: {gaps[:5]}"
+
+
+async def test_one_publisher_three_viewers_no_gaps_and_no_server_codec(client, room_factory, token_factory,
+                                                                      codec_calls):
+    room = await room_factory()
+    base = str(client.make_url(""))
+    host = SignalingClient(base, room.slug)
+    await host.connect()
+    await host.join(await token_factory(room, "host"))
+    publisher = Publisher(host)
+    viewers: list[Viewer] = []
+    try:
+        reply = await publisher.publish(fps=15)
+        assert {p["kind"] for p in reply["publications"]} == {"audio", "video"}
+        video_pub = next(p for p in reply["publications"] if p["kind"] == "video")
+        assert video_pub["codec"] == "H264"       # preferred over VP8 when offered
+        for n in range(3):
+            c = SignalingClient(base, room.slug)
+            await c.connect()
+            joined = await c.join(name=f"viewer {n}")
+            assert {p["id"] for p in joined["publications"]} == {p["id"] for p in reply["publications"]}
+            viewer = Viewer(c)
+            await viewer.subscribe()
+            viewers.append(viewer)
+        await wait_for(lambda: all(v.video() and len(v.video().counters) >= 30 and v.audio()
+                                   and v.audio().frames >= 20 for v in viewers), 40, "30 video frames per viewer")
+        for viewer in viewers:
+            assert_consecutive(viewer.video().counters)
+            assert viewer.audio().frames >= 20
+
+        # The server side never decoded or encoded: its receivers are tapped, its senders only pack.
+        sfu = client.server.app[FEATURES]["sfu"]
+        live = sfu.get(room.slug)
+        server_receivers = [t.receiver for p in live.participants.values() for tr in p.transports.values()
+                            if isinstance(tr, PublisherTransport) for t in tr.pc.getTransceivers()]
+        server_senders = [t.sender for p in live.participants.values() for tr in p.transports.values()
+                          if isinstance(tr, SubscriberTransport) for t in tr.pc.getTransceivers()]
+        assert len(server_receivers) == 2 and len(server_senders) == 6
+        for receiver in server_receivers:
+            tap = receiver._RTCRtpReceiver__decoder_queue
+            assert isinstance(tap, EncodedFrameTap) and tap.frames > 0
+        for sender in server_senders:
+            packer = getattr(sender, ENCODER_ATTR)
+            assert isinstance(packer, Packer) and packer.frames > 0
+        # Decoders: exactly the 3 viewers x (audio + video); encoders: exactly the publisher's two.
+        assert sorted(codec_calls["decoders"]) == sorted(["H264", "opus"] * 3)
+        assert sorted(codec_calls["encoders"]) == ["H264", "opus"]
+    finally:
+        for viewer in viewers:
+            await viewer.close()
+            await viewer.client.close()
+        await publisher.close()
+        await host.close()
+
+
+async def test_vp8_publisher_is_forwarded_as_vp8(client, room_factory, token_factory, codec_calls):
+    room = await room_factory()
+    base = str(client.make_url(""))
+    host = SignalingClient(base, room.slug)
+    await host.connect()
+    await host.join(await token_factory(room, "host"))
+    publisher = Publisher(host)
+    viewer = Viewer(SignalingClient(base, room.slug))
+    try:
+        reply = await publisher.publish(fps=15, audio=False, codec="VP8")
+        assert [p["codec"] for p in reply["publications"]] == ["VP8"]
+        await viewer.client.connect()
+        await viewer.client.join()
+        offer = await viewer.subscribe()
+        assert "VP8/90000" in offer["sdp"] and "H264" not in offer["sdp"]   # pinned to the publisher's codec
+        await wait_for(lambda: viewer.video() and len(viewer.video().counters) >= 20, 30, "20 VP8 frames")
+        assert_consecutive(viewer.video().counters)
+        assert codec_calls["decoders"] == ["VP8"] and codec_calls["encoders"] == ["VP8"]
+    finally:
+        await viewer.close()
+        await viewer.client.close()
+        await publisher.close()
+        await host.close()

@@ -1,0 +1,120 @@
+"""WHIP publish and WHEP playback with plain HTTP clients and aiortc peers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from aiortc import AudioStreamTrack, MediaStreamTrack, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from odsmedia.keys import FEATURES
+from odsmedia.media.testing import CounterVideoTrack, peer, read_counter
+
+pytestmark = pytest.mark.timeout(90)
+SDP = {"Content-Type": "application/sdp"}
+
+
+async def whip_offer() -> tuple:
+    pc = peer()
+    pc.addTransceiver(CounterVideoTrack(fps=15), direction="sendonly")
+    pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    return pc, pc.localDescription.sdp
+
+
+async def test_whip_refusals_and_cors(client, room_factory, token_factory):
+    room = await room_factory()
+    url = f"/rooms/{room.slug}/whip"
+    resp = await client.options(url)
+    assert resp.status == 204
+    assert resp.headers["Access-Control-Allow-Origin"] == "*"
+    assert "POST" in resp.headers["Access-Control-Allow-Methods"]
+    assert "Location" in resp.headers["Access-Control-Expose-Headers"]
+    assert resp.headers["Accept-Post"] == "application/sdp"
+
+    pc, offer = await whip_offer()
+    try:
+        resp = await client.post(url, data=offer, headers=SDP)
+        assert resp.status == 401 and (await resp.json())["error"] == "token_required"
+        assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+        resp = await client.post(url, data=offer, headers={**SDP, "Authorization": "Bearer ods_nope"})
+        assert resp.status == 401 and (await resp.json())["error"] == "invalid_token"
+        assert resp.headers["Access-Control-Allow-Origin"] == "*"
+        viewer = await token_factory(room, "viewer")
+        resp = await client.post(url, data=offer, headers={**SDP, "Authorization": f"Bearer {viewer}"})
+        assert resp.status == 403 and (await resp.json())["error"] == "not_a_publisher"
+        host = {"Authorization": f"Bearer {await token_factory(room, 'host')}"}
+        resp = await client.post(url, data=offer, headers={**host, "Content-Type": "text/plain"})
+        assert resp.status == 415
+        resp = await client.post(url, data="v=0\r\nthis is not sdp", headers={**host, **SDP})
+        body = await resp.json()
+        assert resp.status == 400 and body["error"] == "invalid_sdp" and body["message"]
+        no_video_codec = offer.replace("H264", "H265").replace("VP8", "VP9")
+        resp = await client.post(url, data=no_video_codec, headers={**host, **SDP})
+        assert resp.status == 400 and (await resp.json())["error"] == "unsupported_codec"
+        # Nothing half-made: the room is not live after the refusals.
+        assert client.server.app[FEATURES]["sfu"].get(room.slug) is None
+        resp = await client.post(f"/rooms/{room.slug}/whep", data=offer, headers=SDP)
+        assert resp.status == 409 and (await resp.json())["error"] == "nothing_published"
+    finally:
+        await pc.close()
+
+
+async def test_whip_publish_then_whep_play_then_delete(client, room_factory, token_factory):
+    room = await room_factory()
+    host = {"Authorization": f"Bearer {await token_factory(room, 'host')}"}
+    publisher, offer = await whip_offer()
+    viewer = peer()
+    counters: list[int] = []
+    tasks = []
+    try:
+        resp = await client.post(f"/rooms/{room.slug}/whip", data=offer, headers={**host, **SDP})
+        assert resp.status == 201, await resp.text()
+        assert resp.content_type == "application/sdp"
+        whip_location = resp.headers["Location"]
+        assert whip_location.startswith(f"/rooms/{room.slug}/whip/")
+        await publisher.setRemoteDescription(RTCSessionDescription(await resp.text(), "answer"))
+
+        viewer.addTransceiver("video", direction="recvonly")
+        viewer.addTransceiver("audio", direction="recvonly")
+
+        @viewer.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            async def consume() -> None:
+                try:
+                    while True:
+                        frame = await track.recv()
+                        if track.kind == "video":
+                            counters.append(read_counter(frame))
+                except MediaStreamError:
+                    pass
+            tasks.append(asyncio.ensure_future(consume()))
+
+        await viewer.setLocalDescription(await viewer.createOffer())
+        resp = await client.post(f"/rooms/{room.slug}/whep", data=viewer.localDescription.sdp, headers=SDP)
+        assert resp.status == 201, await resp.text()
+        whep_location = resp.headers["Location"]
+        await viewer.setRemoteDescription(RTCSessionDescription(await resp.text(), "answer"))
+        deadline = time.monotonic() + 30
+        while len(counters) < 20 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert len(counters) >= 20
+        assert all(b == a + 1 for a, b in zip(counters, counters[1:]))
+
+        # Someone else cannot end the publisher's session.
+        other = {"Authorization": f"Bearer {await token_factory(room, 'host')}"}
+        assert (await client.delete(whip_location, headers=other)).status == 403
+        assert (await client.patch(whep_location, data="a=candidate:x")).status == 405
+        assert (await client.delete(whep_location)).status == 200
+        assert (await client.delete(whep_location)).status == 404
+        assert (await client.delete(whip_location, headers=host)).status == 200
+        assert client.server.app[FEATURES]["sfu"].get(room.slug) is None
+        resp = await client.post(f"/rooms/{room.slug}/whep", data=viewer.localDescription.sdp, headers=SDP)
+        assert resp.status == 409
+    finally:
+        for task in tasks:
+            task.cancel()
+        await viewer.close()
+        await publisher.close()

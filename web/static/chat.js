@@ -1,0 +1,374 @@
+// ODS Media chat: mounts into <section id="chat" data-room="SLUG"> on the viewer,
+// host and replay pages.
+//
+//   data-room     room slug (required)
+//   data-mode     "live" (default) or "replay"
+//   data-episode  episode id (replay mode)
+//   data-video    CSS selector of the <video> replay syncs to (default "video")
+//   data-token    optional bearer token sent in the join message (OBS-style links);
+//                 without it the socket relies on the session/anonymous cookies
+//
+// Text stays text: every string from the server is put in the page with
+// textContent, never parsed as HTML.
+(function () {
+  "use strict";
+
+  function el(tag, cls, text) {
+    const node = document.createElement(tag);
+    if (cls) node.className = cls;
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    return node;
+  }
+
+  function button(label, title, onClick) {
+    const b = el("button", "chat-btn", label);
+    b.type = "button";
+    if (title) b.title = title;
+    b.addEventListener("click", onClick);
+    return b;
+  }
+
+  function clock(seconds) {
+    if (seconds === null || seconds === undefined) return "";
+    const s = Math.max(0, Math.floor(seconds));
+    const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), r = s % 60;
+    const mm = String(m).padStart(2, "0"), ss = String(r).padStart(2, "0");
+    return h ? h + ":" + mm + ":" + ss : m + ":" + ss;
+  }
+
+  function renderItem(item, actions) {
+    const li = el("li", "chat-item chat-" + item.kind);
+    li.dataset.id = String(item.id);
+    li.dataset.author = item.author;
+    const meta = el("div", "chat-meta");
+    meta.appendChild(el("span", "chat-name", item.name));
+    if (item.offset !== null && item.offset !== undefined) meta.appendChild(el("span", "chat-offset", clock(item.offset)));
+    if (item.kind === "question") {
+      meta.appendChild(el("span", "chat-votes", "▲ " + item.votes));
+      if (item.answered) meta.appendChild(el("span", "chat-answered", "answered"));
+    }
+    if (item.kind === "highlight") meta.appendChild(el("span", "chat-badge", "highlight"));
+    li.appendChild(meta);
+    li.appendChild(el("div", "chat-text", item.text));
+    if (actions) {
+      const bar = el("div", "chat-actions");
+      for (const a of actions) bar.appendChild(a);
+      li.appendChild(bar);
+    }
+    return li;
+  }
+
+  // ---------------------------------------------------------------- live chat
+
+  function LiveChat(root) {
+    this.root = root;
+    this.room = root.dataset.room;
+    this.token = root.dataset.token || "";
+    this.items = new Map();
+    this.lastSeq = null;
+    this.you = null;
+    this.settings = {};
+    this.refs = 0;
+    this.retry = 0;
+    this.stopped = false;
+    this.build();
+    this.connect();
+  }
+
+  LiveChat.prototype.build = function () {
+    const root = this.root;
+    root.classList.add("chat");
+    root.replaceChildren();
+    const tabs = el("div", "chat-tabs");
+    this.filter = "all";
+    for (const [key, label] of [["all", "Chat"], ["question", "Questions"], ["highlight", "Highlights"]]) {
+      const tab = button(label, "", () => { this.filter = key; this.renderAll(); });
+      tab.dataset.filter = key;
+      tabs.appendChild(tab);
+    }
+    this.modBar = el("div", "chat-modbar");
+    this.modBar.hidden = true;
+    const slow = el("select", "chat-slow");
+    for (const s of [0, 5, 10, 30, 60, 120]) {
+      const o = el("option", "", s ? "slow mode " + s + " s" : "slow mode off");
+      o.value = String(s);
+      slow.appendChild(o);
+    }
+    slow.addEventListener("change", () => this.send({ type: "slow_mode", seconds: Number(slow.value) }));
+    this.slowSelect = slow;
+    this.modBar.appendChild(slow);
+    this.modBar.appendChild(button("Clear chat", "Delete every item", () => {
+      if (window.confirm("Clear the whole chat?")) this.send({ type: "clear" });
+    }));
+    this.list = el("ol", "chat-list");
+    this.list.setAttribute("aria-live", "polite");
+    this.status = el("div", "chat-status");
+    this.status.setAttribute("role", "status");
+    const form = el("form", "chat-form");
+    this.kind = el("select", "chat-kind");
+    for (const [value, label] of [["message", "Message"], ["question", "Question"], ["highlight", "Highlight"]]) {
+      const o = el("option", "", label);
+      o.value = value;
+      this.kind.appendChild(o);
+    }
+    this.input = el("textarea", "chat-input");
+    this.input.rows = 2;
+    this.input.placeholder = "Say something";
+    this.input.addEventListener("keydown", (e) => {
+      if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); form.requestSubmit(); }
+    });
+    const send = el("button", "chat-send", "Send");
+    send.type = "submit";
+    form.append(this.kind, this.input, send);
+    form.addEventListener("submit", (e) => {
+      e.preventDefault();
+      const text = this.input.value;
+      if (!text.trim() && this.kind.value !== "highlight") return;
+      this.send({ type: "post", kind: this.kind.value, text: text }, () => { this.input.value = ""; });
+    });
+    this.form = form;
+    root.append(tabs, this.modBar, this.list, this.status, form);
+  };
+
+  LiveChat.prototype.connect = function () {
+    const proto = location.protocol === "https:" ? "wss:" : "ws:";
+    const ws = new WebSocket(proto + "//" + location.host + "/rooms/" + encodeURIComponent(this.room) + "/chat");
+    this.ws = ws;
+    this.pending = new Map();
+    this.root.dataset.state = "connecting";
+    ws.addEventListener("open", () => {
+      const join = { type: "join" };
+      if (this.token) join.token = this.token;
+      if (this.lastSeq !== null) join.after = this.lastSeq;
+      ws.send(JSON.stringify(join));
+    });
+    ws.addEventListener("message", (e) => {
+      let event;
+      try { event = JSON.parse(e.data); } catch (err) { return; }
+      this.onEvent(event);
+    });
+    ws.addEventListener("close", (e) => {
+      this.root.dataset.state = "closed";
+      if (e.code === 4003 || e.code === 4403 || (e.code >= 4400 && e.code < 4500)) {
+        this.stopped = true;  // refused, kicked or banned: reconnecting would not help
+        if (!this.status.textContent) this.showError(e.reason || "disconnected");
+        this.form.hidden = true;
+        return;
+      }
+      if (this.stopped) return;
+      const delay = Math.min(10000, 250 * Math.pow(2, this.retry++)) * (0.5 + Math.random() / 2);
+      this.status.textContent = "reconnecting…";
+      setTimeout(() => this.connect(), delay);
+    });
+  };
+
+  LiveChat.prototype.send = function (message, onAck) {
+    if (!this.ws || this.ws.readyState !== WebSocket.OPEN) { this.showError("not connected"); return; }
+    const ref = "c" + (++this.refs);
+    if (onAck) this.pending.set(ref, onAck);
+    this.ws.send(JSON.stringify(Object.assign({ ref: ref }, message)));
+  };
+
+  LiveChat.prototype.showError = function (text) {
+    this.status.textContent = text;
+    this.status.classList.add("chat-error");
+  };
+
+  LiveChat.prototype.onEvent = function (event) {
+    switch (event.type) {
+      case "welcome":
+        this.retry = 0;
+        this.you = event.you;
+        this.settings = event.settings;
+        if (this.lastSeq === null || event.reset) this.items.clear();
+        for (const id of event.deleted) this.items.delete(id);
+        for (const item of event.items) this.items.set(item.id, item);
+        this.lastSeq = event.cursor;
+        this.status.textContent = "";
+        this.status.classList.remove("chat-error");
+        this.applyYou();
+        this.renderAll();
+        this.root.dataset.state = "connected";
+        break;
+      case "item":
+        this.lastSeq = Math.max(this.lastSeq || 0, event.seq);
+        this.items.set(event.item.id, event.item);
+        this.renderOne(event.item);
+        break;
+      case "deleted":
+        this.lastSeq = Math.max(this.lastSeq || 0, event.seq);
+        for (const id of event.ids) {
+          this.items.delete(id);
+          const li = this.list.querySelector('li[data-id="' + Number(id) + '"]');
+          if (li) li.remove();
+        }
+        break;
+      case "settings":
+        this.settings.slow_mode = event.slow_mode;
+        this.applyYou();
+        break;
+      case "you":
+        this.you = event;
+        this.applyYou();
+        this.renderAll();
+        break;
+      case "sanction":
+        if (this.you && event.target === this.you.subject) this.showError("you are timed out until " + event.until);
+        break;
+      case "kicked":
+      case "banned":
+        if (this.you && event.target === this.you.subject) { this.stopped = true; this.showError(event.message); }
+        break;
+      case "ack": {
+        const done = this.pending.get(event.ref);
+        this.pending.delete(event.ref);
+        if (done) done(event);
+        this.status.textContent = "";
+        this.status.classList.remove("chat-error");
+        break;
+      }
+      case "error":
+        this.pending.delete(event.ref);
+        this.showError(event.message + (event.retry_after ? " (retry in " + event.retry_after + " s)" : ""));
+        break;
+    }
+  };
+
+  LiveChat.prototype.isModerator = function () {
+    return !!this.you && (this.you.role === "host" || this.you.role === "moderator");
+  };
+
+  LiveChat.prototype.applyYou = function () {
+    const mod = this.isModerator();
+    this.modBar.hidden = !mod;
+    this.slowSelect.value = String(this.settings.slow_mode || 0);
+    this.form.hidden = !(this.you && this.you.can_post);
+    this.root.dataset.role = this.you ? this.you.role : "";
+  };
+
+  LiveChat.prototype.actionsFor = function (item) {
+    const acts = [];
+    const you = this.you;
+    if (!you) return acts;
+    if (item.kind === "question" && you.can_post) acts.push(button("▲", "Upvote", () => this.send({ type: "upvote", id: item.id })));
+    if (item.kind === "question" && this.isModerator() && !item.answered) {
+      acts.push(button("✓", "Mark answered", () => this.send({ type: "answer", id: item.id })));
+    }
+    if (this.isModerator() || item.author === you.subject) {
+      acts.push(button("Delete", "Delete this item", () => this.send({ type: "delete", id: item.id })));
+    }
+    if (this.isModerator() && item.author !== you.subject) {
+      const t = item.author;
+      acts.push(button("Timeout", "Time out for 10 minutes", () => this.send({ type: "timeout", target: t, minutes: 10 })));
+      acts.push(button("Ban", "Ban from the room", () => this.send({ type: "ban", target: t })));
+      acts.push(button("Kick", "Remove from the room", () => this.send({ type: "kick", target: t })));
+      acts.push(button("Mute mic", "Stop their microphone", () => this.send({ type: "mute", target: t, kind: "audio" })));
+      acts.push(button("Mute cam", "Stop their camera", () => this.send({ type: "mute", target: t, kind: "video" })));
+      if (you.role === "host" && t.startsWith("a:")) {
+        acts.push(button("Make mod", "Promote to moderator", () => this.send({ type: "promote", target: t })));
+      }
+    }
+    return acts;
+  };
+
+  LiveChat.prototype.visible = function (item) {
+    return this.filter === "all" || item.kind === this.filter;
+  };
+
+  LiveChat.prototype.renderAll = function () {
+    let items = Array.from(this.items.values()).filter((i) => this.visible(i));
+    if (this.filter === "question") items.sort((a, b) => (a.answered - b.answered) || (b.votes - a.votes) || (a.id - b.id));
+    else items.sort((a, b) => a.id - b.id);
+    this.list.replaceChildren(...items.map((i) => renderItem(i, this.actionsFor(i))));
+    for (const tab of this.root.querySelectorAll(".chat-tabs button")) {
+      tab.classList.toggle("active", tab.dataset.filter === this.filter);
+    }
+    this.list.scrollTop = this.list.scrollHeight;
+  };
+
+  LiveChat.prototype.renderOne = function (item) {
+    const old = this.list.querySelector('li[data-id="' + Number(item.id) + '"]');
+    if (!this.visible(item)) { if (old) old.remove(); return; }
+    if (this.filter === "question" || (old === null && this.list.lastElementChild &&
+        Number(this.list.lastElementChild.dataset.id) > item.id)) { this.renderAll(); return; }
+    const li = renderItem(item, this.actionsFor(item));
+    if (old) old.replaceWith(li);
+    else {
+      const atBottom = this.list.scrollHeight - this.list.scrollTop - this.list.clientHeight < 40;
+      this.list.appendChild(li);
+      if (atBottom) this.list.scrollTop = this.list.scrollHeight;
+    }
+  };
+
+  // ---------------------------------------------------------------- replay
+
+  function ReplayChat(root) {
+    this.root = root;
+    this.episode = root.dataset.episode;
+    this.video = document.querySelector(root.dataset.video || "video");
+    this.items = [];
+    this.shown = -1;
+    root.classList.add("chat", "chat-replay");
+    root.replaceChildren();
+    this.jumps = el("ol", "chat-highlights");
+    this.list = el("ol", "chat-list");
+    this.status = el("div", "chat-status");
+    root.append(el("h3", "chat-heading", "Highlights"), this.jumps, el("h3", "chat-heading", "Chat"), this.list, this.status);
+    this.load().catch((err) => { this.status.textContent = String(err.message || err); });
+  }
+
+  ReplayChat.prototype.load = async function () {
+    let from = 0;
+    for (let page = 0; page < 50; page++) {
+      const resp = await fetch("/episodes/" + encodeURIComponent(this.episode) + "/chat?from=" + from, { credentials: "same-origin" });
+      const body = await resp.json();
+      if (!resp.ok) throw new Error(body.message || body.error || "could not load chat");
+      if (page === 0) this.renderHighlights(body.highlights);
+      // A page boundary can fall inside equal offsets: skip ids already loaded.
+      const seen = new Set(this.items.map((i) => i.id));
+      for (const item of body.items) if (!seen.has(item.id)) this.items.push(item);
+      if (!body.truncated) break;
+      from = body.next_from;
+    }
+    this.root.dataset.state = "loaded";
+    if (this.video) {
+      for (const name of ["timeupdate", "seeked", "loadedmetadata"]) this.video.addEventListener(name, () => this.sync());
+    }
+    this.sync();
+  };
+
+  ReplayChat.prototype.renderHighlights = function (highlights) {
+    this.jumps.replaceChildren(...highlights.map((h) => {
+      const li = el("li", "chat-jump");
+      li.dataset.offset = String(h.offset);
+      li.appendChild(button(clock(h.offset), "Jump to this moment", () => {
+        if (this.video) { this.video.currentTime = h.offset; this.sync(); }
+      }));
+      li.appendChild(el("span", "chat-text", h.note || "(highlight)"));
+      li.appendChild(el("span", "chat-name", h.name));
+      return li;
+    }));
+  };
+
+  // Shows the items posted up to the video's current time.
+  ReplayChat.prototype.sync = function () {
+    const t = this.video ? this.video.currentTime : Infinity;
+    let n = 0;
+    while (n < this.items.length && this.items[n].offset <= t) n++;
+    if (n === this.shown) return;
+    this.shown = n;
+    this.list.replaceChildren(...this.items.slice(Math.max(0, n - 200), n).map((i) => renderItem(i, null)));
+    this.list.scrollTop = this.list.scrollHeight;
+    this.root.dataset.shown = String(n);
+  };
+
+  function mount() {
+    const root = document.querySelector("section#chat[data-room]") || document.querySelector("section#chat[data-episode]");
+    if (!root || root.dataset.mounted) return;
+    root.dataset.mounted = "1";
+    root.odsChat = root.dataset.mode === "replay" ? new ReplayChat(root) : new LiveChat(root);
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", mount);
+  else mount();
+})();

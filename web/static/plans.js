@@ -1,0 +1,87 @@
+// Plans page: lists the catalog and starts Stripe Checkout. Seat plans are
+// bought for an organization the person administers.
+"use strict";
+
+function csrfToken() {
+  const m = document.cookie.match(/(?:^|;\s*)ods_csrf=([^;]+)/);
+  return m ? decodeURIComponent(m[1]) : "";
+}
+
+async function post(url, body) {
+  const resp = await fetch(url, {method: "POST", credentials: "same-origin",
+    headers: {"Content-Type": "application/json", "X-CSRF-Token": csrfToken()}, body: JSON.stringify(body)});
+  const data = await resp.json().catch(() => ({}));
+  if (!resp.ok) { const e = new Error(data.message || `HTTP ${resp.status}`); e.status = resp.status; e.reason = data.error; throw e; }
+  return data;
+}
+
+function el(tag, text, attrs = {}) {
+  const node = document.createElement(tag);
+  if (text !== undefined) node.textContent = text;
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  return node;
+}
+
+function fail(e) {
+  if (e.status === 401) {
+    localStorage.setItem("ods.after_signin", "/plans");
+    location.assign("/signin?next=/plans");
+    return;
+  }
+  const box = document.getElementById("error");
+  box.textContent = e.message;
+  box.hidden = false;
+}
+
+document.addEventListener("DOMContentLoaded", async () => {
+  const params = new URLSearchParams(location.search);
+  if (params.get("checkout") === "canceled") {
+    const notice = document.getElementById("notice");
+    notice.textContent = "Checkout canceled; nothing was charged.";
+    notice.hidden = false;
+  }
+  const [{plans}, me] = await Promise.all([
+    fetch("/api/plans").then((r) => r.json()),
+    fetch("/api/me", {credentials: "same-origin"}).then((r) => (r.ok ? r.json() : null)),
+  ]);
+  const adminOrgs = ((me && me.billing && me.billing.orgs) || []).filter((o) => o.role === "admin");
+  const box = document.getElementById("plans");
+  for (const plan of plans) {
+    const card = el("section", undefined, {class: "panel", "data-plan": plan.code});
+    card.append(el("h3", plan.label), el("p", plan.description || ""));
+    const form = el("form");
+    let orgSelect, seats;
+    if (plan.seats) {
+      document.getElementById("org-create").hidden = !me;
+      orgSelect = el("select", undefined, {"aria-label": "Organization"});
+      for (const org of adminOrgs) orgSelect.append(el("option", org.name, {value: String(org.id)}));
+      seats = el("input", undefined, {type: "number", min: "1", max: "10000", value: "5", "aria-label": "Seats"});
+      form.append(orgSelect, " seats ", seats, " ");
+    }
+    const buy = el("button", plan.seats ? "Buy seats" : "Subscribe", {type: "submit", class: "primary"});
+    form.append(buy);
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      buy.disabled = true;
+      try {
+        const body = {plan: plan.code};
+        if (plan.seats) {
+          if (!orgSelect.value) throw new Error("Create an organization first.");
+          body.org_id = Number(orgSelect.value);
+          body.seats = Number(seats.value);
+        }
+        const {url} = await post("/billing/checkout", body);
+        location.assign(url);
+      } catch (e) { fail(e); } finally { buy.disabled = false; }
+    });
+    card.append(form);
+    box.append(card);
+  }
+  document.getElementById("org-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    try {
+      const org = await post("/api/orgs", {name: document.getElementById("org-name").value});
+      location.assign(`/orgs/${org.id}`);
+    } catch (e) { fail(e); }
+  });
+});

@@ -1,0 +1,134 @@
+// Replay page. Two URLs share it:
+//   /rooms/{slug}/episodes    the room's episodes, newest first
+//   /episodes/{id}/watch      one episode: native HLS where the browser has it,
+//                             hls.js (vendored) over Media Source Extensions otherwise;
+//                             ?player=hlsjs forces the fallback.
+// Runs before chat.js (script order): it tells the chat section which episode
+// it replays, or removes it on the list page.
+"use strict";
+
+(function () {
+  const {fetchJSON, el, showRefusal} = window.ODS;
+  const watch = location.pathname.match(/^\/episodes\/(\d{1,18})\/watch\/?$/);
+  const chat = document.getElementById("chat");
+
+  function duration(seconds) {
+    const s = Math.round(seconds || 0);
+    const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), r = s % 60;
+    const mm = h ? String(m).padStart(2, "0") : String(m);
+    return (h ? h + ":" : "") + mm + ":" + String(r).padStart(2, "0");
+  }
+
+  function when(iso) {
+    const d = new Date(iso);
+    return isNaN(d) ? "" : d.toLocaleString();
+  }
+
+  function badge(status) {
+    const b = el("span", {class: "status-badge", "data-status": status}, status);
+    return b;
+  }
+
+  async function listPage(slug) {
+    if (chat) chat.remove();
+    const section = document.getElementById("episodes");
+    section.hidden = false;
+    let body;
+    try {
+      body = await fetchJSON(`/rooms/${slug}/episodes`, {headers: {Accept: "application/json"}});
+    } catch (failure) {
+      showRefusal("refusal", failure);
+      return;
+    }
+    document.getElementById("room-title").textContent = body.room.title || slug;
+    document.title = `Episodes · ${body.room.title || slug} · ODS Media`;
+    const list = document.getElementById("episode-list");
+    list.replaceChildren(...body.episodes.map((episode) => {
+      const li = el("li", {"data-episode": String(episode.id)});
+      li.append(el("a", {href: `/episodes/${episode.id}/watch`}, episode.title || `Episode ${episode.id}`),
+                el("span", {class: "when"}, when(episode.started_at)),
+                el("span", {class: "length"}, duration(episode.duration)),
+                badge(episode.status));
+      return li;
+    }));
+    document.getElementById("empty").hidden = body.episodes.length > 0;
+    section.dataset.state = "loaded";
+  }
+
+  function attach(video, url) {
+    const forceHlsJs = new URLSearchParams(location.search).get("player") === "hlsjs";
+    if (!forceHlsJs && video.canPlayType("application/vnd.apple.mpegurl")) {
+      video.src = url;
+      return "native";
+    }
+    if (window.Hls && window.Hls.isSupported()) {
+      // No worker: the page's CSP allows no blob: scripts.
+      const hls = new window.Hls({enableWorker: false});
+      hls.on(window.Hls.Events.ERROR, (_event, data) => {
+        if (data.fatal) document.getElementById("status").textContent = "Playback failed: " + data.details;
+      });
+      hls.loadSource(url);
+      hls.attachMedia(video);
+      return "hls.js";
+    }
+    return "";
+  }
+
+  async function watchPage(id) {
+    if (chat) chat.dataset.episode = id;
+    const player = document.getElementById("player");
+    player.hidden = false;
+    const status = document.getElementById("status");
+    let episode;
+    try {
+      episode = await fetchJSON(`/episodes/${id}`);
+    } catch (failure) {
+      player.hidden = true;
+      showRefusal("refusal", failure.status === 404 && failure.code === "episode_not_found"
+        ? {...failure, message: "This episode does not exist (any more)."} : failure);
+      return;
+    }
+    if (window.ODS.setChatRoom) window.ODS.setChatRoom(episode.room);
+    document.getElementById("room-title").textContent = episode.room;
+    document.getElementById("episode-title").textContent = episode.title || `Episode ${episode.id}`;
+    document.title = `${episode.title || "Episode"} · ODS Media`;
+    const meta = document.getElementById("episode-meta");
+    meta.replaceChildren(when(episode.started_at), " · ", duration(episode.duration), " ", badge(episode.status));
+    document.getElementById("back").href = `/rooms/${episode.room}/episodes`;
+
+    const video = document.getElementById("video");
+    const how = attach(video, episode.playlist);
+    video.dataset.player = how;
+    if (!how) {
+      status.textContent = "This browser cannot play HLS video.";
+      return;
+    }
+    video.muted = true;   // muted autoplay is allowed everywhere; the controls unmute
+    video.play().catch(() => { status.textContent = "Press play to start."; });
+
+    if (episode.can_delete) {
+      const button = document.getElementById("delete");
+      button.hidden = false;
+      button.addEventListener("click", async () => {
+        if (!window.confirm("Delete this episode and its recording?")) return;
+        try {
+          const resp = await fetch(`/episodes/${id}`, {method: "DELETE", credentials: "same-origin"});
+          if (!resp.ok) {
+            const body = await resp.json().catch(() => ({}));
+            throw new window.ODS.ApiFailure(resp.status, body);
+          }
+          location.assign(`/rooms/${episode.room}/episodes`);
+        } catch (failure) {
+          status.textContent = failure.message;
+        }
+      });
+    }
+  }
+
+  if (watch) {
+    watchPage(watch[1]);
+  } else {
+    const slug = window.ODS.roomSlug();
+    if (slug) listPage(slug);
+  }
+})();
