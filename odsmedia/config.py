@@ -213,6 +213,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Magic links one client network (IPv4 /24, IPv6 /48) may request per auth.link_rate_window."),
     Setting("auth.link_rate_window", "ODS_AUTH_LINK_RATE_WINDOW", _duration, 900.0,
             "Window of the magic-link rate limits."),
+    Setting("auth.session_cache_ttl", "ODS_AUTH_SESSION_CACHE_TTL", _duration, 5.0,
+            "How long a node reuses a looked-up session (sign-out and revocation drop it at once on every node; "
+            "0 disables)."),
     Setting("mail.backend", "ODS_MAIL_BACKEND", _choice("outbox", "smtp", "mailersend"), "outbox",
             "How e-mail leaves: .eml files under <data dir>/outbox, SMTP, or MailerSend's API."),
     Setting("mail.from", "ODS_MAIL_FROM", _str, "ODS Media <no-reply@localhost>", "Sender of e-mail."),

@@ -49,6 +49,9 @@ VIDEO_CLOCK = 90000
 AUDIO_CLOCK = 48000
 # Longest audio gap filled with silence (a longer one is left as a gap).
 MAX_SILENCE_FILL = 3600 * AUDIO_CLOCK
+# Audio this far behind the video at a keyframe has stalled (no jitter buffer holds
+# it that long): the gap is filled with silence before the segment can close.
+AUDIO_STALL = AUDIO_CLOCK // 2
 _END = object()
 
 
@@ -220,6 +223,11 @@ class HlsWriter:
             ):
                 if not _startable(sample):
                     self.on_keyframe_wanted()
+                    if period.video is None:
+                        return
+                    # Keep recording into this period until the keyframe that starts the next.
+                    self._mux_video(period, sample)
+                    self._collect(period)
                     return
                 self._close_period()
                 self._pending = [sample]
@@ -300,6 +308,12 @@ class HlsWriter:
         self._collect(period)
 
     def _mux_video(self, period: _Period, sample: Sample) -> None:
+        if sample.keyframe and period.audio is not None:
+            # A keyframe may close a segment: if the audio went quiet (muted, nothing
+            # forwarded), fill it up to here so the segment holds both tracks for its span.
+            behind = round(sample.pts * AUDIO_CLOCK / VIDEO_CLOCK) - period.audio_end
+            if behind > AUDIO_STALL:
+                self._fill_silence(period, period.audio_end + behind)
         pts = sample.pts
         if pts <= period.last_video_pts:
             pts = period.last_video_pts + 1
@@ -323,13 +337,17 @@ class HlsWriter:
             gap = pts - end
             if gap >= OPUS_SILENCE_SAMPLES and gap <= MAX_SILENCE_FILL:
                 # Keep the audio timeline continuous: players stall or drift on holes.
-                for fill in range(end, pts - OPUS_SILENCE_SAMPLES // 2, OPUS_SILENCE_SAMPLES):
-                    self._mux_audio_packet(period, OPUS_SILENCE, fill, OPUS_SILENCE_SAMPLES)
+                self._fill_silence(period, pts)
                 end = period.audio_end
             if pts < end or pts - end <= OPUS_SILENCE_SAMPLES // 2:
                 # Overlap, or a sliver too short to fill: butt the packet against the last one.
                 pts = end
         self._mux_audio_packet(period, sample.data, pts, opus_samples(sample.data))
+
+    def _fill_silence(self, period: _Period, until: int) -> None:
+        """20 ms silence packets from the end of the audio to about ``until`` (48 kHz)."""
+        for fill in range(period.audio_end, until - OPUS_SILENCE_SAMPLES // 2, OPUS_SILENCE_SAMPLES):
+            self._mux_audio_packet(period, OPUS_SILENCE, fill, OPUS_SILENCE_SAMPLES)
 
     def _mux_audio_packet(self, period: _Period, data: bytes, pts: int, duration: int) -> None:
         packet = av.Packet(data)

@@ -30,7 +30,7 @@ from .episodes import Episode
 from .playlist import CONTENT_TYPE as PLAYLIST_TYPE
 from .playlist import with_endlist
 from .sink import PLAYLIST, Recorder, local_node_id
-from .storage import LocalStorage, StorageError
+from .storage import LocalStorage, Storage, StorageError
 
 RECORDER = "recorder"
 SEGMENT_PATTERN = r"[0-9]{5,9}-[0-9]{1,6}\.m4s|init-[0-9]{1,6}\.mp4"
@@ -184,17 +184,17 @@ async def delete_episode(request: web.Request) -> web.Response:
     episode, admission = await _admitted_episode(request)
     if not admission.is_moderator:
         raise ApiError(403, "not_a_moderator", "only the room's host or a moderator may delete episodes")
-    await remove(request.app[DB], recorder_of(request.app), episode)
+    await remove(request.app[DB], recorder_of(request.app).storage, episode)
     return web.Response(status=204)
 
 
-async def remove(db, recorder: Recorder, episode: Episode) -> None:
+async def remove(db, storage: Storage, episode: Episode) -> None:
     """Delete an episode's rows, then its files (also used by the CLI)."""
     if episode.status in ("live", "finalizing"):
         raise ApiError(409, "episode_live", "the episode is still being recorded")
     removed = await episodes.delete(db, episode.id)
     if removed is not None:
-        await asyncio.to_thread(recorder.storage.delete_prefix, removed.storage_key)
+        await asyncio.to_thread(storage.delete_prefix, removed.storage_key)
 
 
 def make_recorder(app: web.Application) -> Recorder:

@@ -27,6 +27,7 @@ import logging
 import os
 import time
 import uuid
+from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
@@ -92,6 +93,11 @@ class TrackSink:
     def on_frame(self, frame: Any) -> None:
         self.recording.on_frame(self, frame)
 
+    def gate(self) -> None:
+        """The SFU resumes forwarding (unmute): frames were skipped, restart at a keyframe."""
+        if self.kind == "video":
+            self.waiting_keyframe = True
+
     def on_end(self) -> None:
         if not self.ended:
             self.ended = True
@@ -118,12 +124,14 @@ class RoomRecording:
         )
         self.playlist = Playlist(self.target)
         self.tracks: set[TrackSink] = set()
+        self.active: dict[str, TrackSink] = {}     # kind -> the track being recorded
         self.epoch: float | None = None
         self.next_keyframe_request = self.target - KEYFRAME_LEAD
         self.episode_id: int | None = None
         self.status = "starting"
         self.ending = False
-        self.listed: list[tuple[ClosedSegment, float]] = []   # (segment, monotonic time listed)
+        # (segment, time.monotonic() when the playlist listing it was written), for benchmarks.
+        self.listed: deque[tuple[ClosedSegment, float]] = deque(maxlen=10_000)
         self.created = asyncio.Event()
         self.done = asyncio.Event()
         self._events: asyncio.Queue = asyncio.Queue()
@@ -141,12 +149,20 @@ class RoomRecording:
             self._grace = None
         sink = TrackSink(self, kind, request_keyframe)
         self.tracks.add(sink)
-        if kind == "video":
-            request_keyframe("recorder")
+        if kind not in self.active:
+            self._activate(sink)
         return sink
 
+    def _activate(self, sink: TrackSink) -> None:
+        # One track of each kind is recorded; another (a second camera, a screen)
+        # waits and takes over when the recorded one ends.
+        self.active[sink.kind] = sink
+        if sink.kind == "video":
+            sink.waiting_keyframe = True
+            sink.request_keyframe("recorder")
+
     def on_frame(self, sink: TrackSink, frame: Any) -> None:
-        if self.ending or sink.ended:
+        if self.active.get(sink.kind) is not sink or self.ending:
             return
         if self.epoch is None:
             self.epoch = frame.arrival
@@ -170,6 +186,11 @@ class RoomRecording:
 
     def track_ended(self, sink: TrackSink) -> None:
         self.tracks.discard(sink)
+        if self.active.get(sink.kind) is sink:
+            del self.active[sink.kind]
+            standby = next((t for t in self.tracks if t.kind == sink.kind), None)
+            if standby is not None:
+                self._activate(standby)
         if not self.tracks and not self.ending:
             grace = self.recorder.reconnect_grace
             if grace <= 0:
@@ -188,6 +209,7 @@ class RoomRecording:
         for sink in list(self.tracks):
             sink.ended = True
         self.tracks.clear()
+        self.active.clear()
         self.recorder._recording_ended(self)
         self.loop.run_in_executor(None, self._finish_writer)
 
@@ -206,9 +228,9 @@ class RoomRecording:
         self.loop.call_soon_threadsafe(self._request_keyframes)
 
     def _request_keyframes(self) -> None:
-        for sink in list(self.tracks):
-            if sink.kind == "video":
-                sink.request_keyframe("recorder")
+        sink = self.active.get("video")
+        if sink is not None:
+            sink.request_keyframe("recorder")
 
     # --- rows and playlist (one task, in order) ------------------------------------------------
 
@@ -269,7 +291,11 @@ class RoomRecording:
         assert self.episode_id is not None
         db = self.recorder.db
         storage = self.recorder.storage
-        if not self.playlist.entries and not failed:
+        if not self.playlist.entries:
+            if failed or self.writer.error is not None:
+                self.status = "failed"
+                await episodes.set_status(db, self.episode_id, "failed", ended=True)
+                return
             # Nothing was captured (no keyframe ever came): not an episode anyone can watch.
             await db.execute("DELETE FROM episodes WHERE id = $1", self.episode_id)
             await asyncio.to_thread(storage.delete_prefix, self.storage_key)
@@ -278,10 +304,8 @@ class RoomRecording:
         await episodes.set_status(db, self.episode_id, "finalizing")
         self.playlist.ended = True
         await asyncio.to_thread(storage.put, f"{self.storage_key}/{PLAYLIST}", self.playlist.render().encode())
-        self.status = "failed" if failed or self.writer.error is not None else "ready"
-        if self.status == "failed" and self.playlist.entries:
-            # What was captured stays playable; the status says it is incomplete.
-            self.status = "interrupted"
+        # What was captured stays playable; the status says whether it is complete.
+        self.status = "interrupted" if failed or self.writer.error is not None else "ready"
         await episodes.set_status(db, self.episode_id, self.status, ended=True)
 
 

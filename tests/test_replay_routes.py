@@ -201,3 +201,30 @@ async def test_live_episode_cannot_be_deleted_and_serves_an_event_playlist(app_c
     sink.on_end()
     await asyncio.wait_for(recording.done.wait(), 30)
 
+
+
+async def test_cli_lists_and_deletes_episodes(app_client, room_factory, service_urls, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO, odsmedia_env
+
+    room = await room_factory()
+    episode_id = await record(app_client.app, room, 1.5)
+    recorder = app_client.app[FEATURES]["recorder"]
+    folder = recorder.storage.root / (await episodes.get(recorder.db, episode_id)).storage_key
+    env = odsmedia_env(service_urls, tmp_path / "data")
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "recorder", *args], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    listed = await asyncio.to_thread(run, "episodes", room.slug)
+    assert listed.returncode == 0, listed.stderr
+    assert [json.loads(line)["id"] for line in listed.stdout.splitlines()] == [episode_id]
+    deleted = await asyncio.to_thread(run, "delete", str(episode_id))
+    assert deleted.returncode == 0, deleted.stderr
+    assert await episodes.get(recorder.db, episode_id) is None and not folder.exists()
+    again = await asyncio.to_thread(run, "delete", str(episode_id))
+    assert again.returncode == 1 and "no episode" in again.stderr

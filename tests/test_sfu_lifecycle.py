@@ -146,3 +146,36 @@ async def test_subscriber_that_never_answers_is_released(client, room_factory, t
         await silent.close()
         await publisher.close()
         await host.close()
+
+
+async def test_shutdown_closes_every_peer_and_socket(client, room_factory, token_factory):
+    room = await room_factory()
+    base = str(client.make_url(""))
+    sfu = client.server.app[FEATURES]["sfu"]
+    host = SignalingClient(base, room.slug)
+    await host.connect()
+    await host.join(await token_factory(room, "host"))
+    publisher = Publisher(host)
+    watcher = Viewer(SignalingClient(base, room.slug), decode=False)
+    try:
+        await publisher.publish(fps=10)
+        await watcher.client.connect()
+        await watcher.client.join()
+        await watcher.subscribe()
+        live = sfu.get(room.slug)
+        transports = [t for p in live.participants.values() for t in p.transports.values()]
+        assert len(transports) == 2
+        await asyncio.wait_for(asyncio.gather(*(t.connected.wait() for t in transports)), 10)
+
+        await client.server.close()          # the application's shutdown sequence
+
+        assert all(t.closed and t.pc.connectionState == "closed" for t in transports)
+        assert sfu.rooms == {}
+        for c in (host, watcher.client):
+            await asyncio.wait_for(c.closed.wait(), 5)
+        assert (await watcher.client.next_event("error"))["code"] == "server_shutdown"
+    finally:
+        await watcher.close()
+        await watcher.client.close()
+        await publisher.close()
+        await host.close()

@@ -28,6 +28,7 @@ from typing import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from .. import config as configmod
+from ..bus import Bus
 from ..config import Config
 from ..errors import ApiError, json_response, read_json
 from ..gate import ROLE_RANK, Identity
@@ -48,13 +49,36 @@ MAX_TOKEN_TTL = 365 * 86400.0
 MeExtra = Callable[[web.Request, int], Awaitable[dict]]
 
 
+SESSIONS_CHANNEL = "auth:sessions"
+
+
 @dataclass
 class AuthService:
     config: Config
     mailer: Mailer
     secret: str
+    sessions: sessions.SessionCache
     me_extras: list[MeExtra] = field(default_factory=list)
+    bus: Bus | None = None
     _pending: set[asyncio.Task] = field(default_factory=set)
+
+    async def forget(self, *, session_ids: list[int] = (), account_ids: list[int] = ()) -> None:
+        """Drop cached sessions here and on every node (after sign-out, revocation, renames, deletion)."""
+        self.sessions.forget(session_ids=list(session_ids), account_ids=list(account_ids))
+        if self.bus is not None:
+            try:
+                await self.bus.publish(SESSIONS_CHANNEL, {"sessions": list(session_ids),
+                                                          "accounts": list(account_ids)})
+            except Exception:
+                # Revoked in Postgres already; other nodes drop it within auth.session_cache_ttl.
+                log.warning("session invalidation not published", exc_info=True)
+
+    async def on_message(self, message: dict) -> None:
+        def ints(key: str) -> list[int]:
+            values = message.get(key)
+            return [v for v in values if isinstance(v, int)] if isinstance(values, list) else []
+
+        self.sessions.forget(session_ids=ints("sessions"), account_ids=ints("accounts"))
 
     def send_later(self, message: Message) -> None:
         """Send without holding up the response, so its timing says nothing about the address."""
@@ -103,8 +127,13 @@ async def current_session(request: web.Request) -> sessions.Session | None:
     token = request.cookies.get(sessions.COOKIE, "")
     found = None
     if token:
-        config = request.app[CONFIG]
-        found = await sessions.resolve(request.app[DB], token, idle_seconds=config["auth.session_idle"])
+        cache = service(request.app).sessions
+        found = cache.get(token)
+        if found is None:
+            config = request.app[CONFIG]
+            found = await sessions.resolve(request.app[DB], token, idle_seconds=config["auth.session_idle"])
+            if found is not None:
+                cache.put(token, found)
     request[_SESSION] = found
     return found
 
@@ -272,6 +301,7 @@ async def sign_out(request: web.Request) -> web.Response:
     found = await current_session(request)
     if found is not None:
         if await sessions.revoke(request.app[DB], found.id, account_id=found.account_id):
+            await service(request.app).forget(session_ids=[found.id])
             await events.record(request.app[DB], "sign_out", region=region(request),
                                 account_id=found.account_id, session_id=found.id)
     response = json_response({"status": "signed_out"})
@@ -306,6 +336,8 @@ async def patch_me(request: web.Request) -> web.Response:
     if "display_name" in body:
         name = accounts.clean_display_name(body["display_name"])
         await accounts.set_display_name(request.app[DB], found.account_id, name)
+        # Cached sessions carry the display name the gate hands to rooms.
+        await service(request.app).forget(account_ids=[found.account_id])
     return json_response(await _me_body(request, found))
 
 
@@ -339,6 +371,7 @@ async def revoke_session(request: web.Request) -> web.Response:
     db = request.app[DB]
     if not await sessions.revoke(db, target, account_id=found.account_id):
         raise ApiError(404, "session_not_found", "no such live session of yours")
+    await service(request.app).forget(session_ids=[target])
     await events.record(db, "revoked", region=region(request), account_id=found.account_id, session_id=target)
     return web.Response(status=204)
 
@@ -399,7 +432,8 @@ def setup(app: web.Application) -> None:
         # make_app without a key (some tools): cookies then only live as long as the process.
         log.warning("secret.key is empty; signing with a per-process random key")
         secret = pysecrets.token_urlsafe(48)
-    app[FEATURES]["auth"] = AuthService(config=config, mailer=make_mailer(config), secret=secret)
+    app[FEATURES]["auth"] = AuthService(config=config, mailer=make_mailer(config), secret=secret,
+                                        sessions=sessions.SessionCache(config["auth.session_cache_ttl"]))
     app.middlewares.append(csrf_guard)
     app.on_response_prepare.append(_set_anon_cookie)
 
@@ -408,8 +442,12 @@ def setup(app: web.Application) -> None:
         gate = app[GATE]
         gate.resolvers.append(session_identity)
         gate.resolvers.append(anonymous_identity)
+        svc = service(app)
+        svc.bus = app[BUS]
+        unsubscribe = await app[BUS].subscribe(SESSIONS_CHANNEL, svc.on_message)
         yield
-        await service(app).close()
+        await unsubscribe()
+        await svc.close()
 
     app.cleanup_ctx.append(lifecycle)
     r = app.router

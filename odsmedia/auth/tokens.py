@@ -60,13 +60,18 @@ async def resolve(db: asyncpg.Pool | asyncpg.Connection, token: str) -> TokenGra
     if not token.startswith(PREFIX) or len(token) > 100:
         return None
     row = await db.fetchrow(
-        """UPDATE api_tokens SET last_used_at = now()
-           WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > now()
-           RETURNING id, room_id, role, account_id, expires_at""",
+        """SELECT id, room_id, role, account_id, expires_at,
+                  last_used_at IS NULL OR last_used_at < now() - interval '60 seconds' AS stale
+           FROM api_tokens
+           WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > now()""",
         digest(token),
     )
     if row is None:
         return None
+    if row["stale"]:
+        # At most one write a minute per token: a viewer token shared by many players
+        # would otherwise serialize every join on this row's lock.
+        await db.execute("UPDATE api_tokens SET last_used_at = now() WHERE id = $1", row["id"])
     return TokenGrant(row["id"], row["room_id"], row["role"], row["account_id"], row["expires_at"])
 
 

@@ -161,10 +161,12 @@ async def _checkout_completed(conn: asyncpg.Connection, obj: dict, at: datetime,
     # The customer was mapped when the checkout started; this only repairs a lost mapping.
     reference = obj.get("client_reference_id") or ""
     kind, _, raw_id = reference.partition(":")
-    if raw_id.isdigit() and kind in ("a", "o"):
-        column = "account_id" if kind == "a" else "org_id"
+    if raw_id.isdigit() and kind in ("a", "o") and len(raw_id) < 19:
+        column, table = ("account_id", "accounts") if kind == "a" else ("org_id", "organizations")
+        # An owner deleted since the checkout began is skipped rather than failing the event forever.
         await conn.execute(
-            f"""INSERT INTO billing_customers (customer_id, {column}) VALUES ($1, $2)
+            f"""INSERT INTO billing_customers (customer_id, {column})
+                SELECT $1, id FROM {table} WHERE id = $2
                 ON CONFLICT DO NOTHING""",
             customer, int(raw_id),
         )

@@ -8,11 +8,13 @@ and a gap (Redis reordered or lost a message, or restarted) is filled from
 Postgres after a short wait.  Postgres is the system of record, Redis only
 makes delivery fast.
 
-Sending does not queue per client on the hot path: a client whose socket
-buffer is nearly empty gets the frame written at once (no await suspends);
-one that falls behind gets a small backlog and its own writer, and one whose
-backlog overflows is disconnected with ``too_slow`` and resumes from its
-last seq when it reconnects, losing nothing.
+Sending does not queue per client on the hot path: each event is encoded
+once as a WebSocket frame (server frames are unmasked, so the bytes are the
+same for everyone) and written straight to each client's transport; a busy
+room coalesces the events of FLUSH_INTERVAL into one write per client.  A
+client whose socket buffer fills gets a small backlog drained by its own
+task, and one whose backlog overflows is disconnected with ``too_slow`` and
+resumes from its last seq when it reconnects, losing nothing.
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ RECONCILE_INTERVAL = 1.0
 # A socket with more than this many bytes unsent is served by its own writer.
 FAST_PATH_BYTES = 32 * 1024
 MAX_BACKLOG = 2000
+# A room writes to its clients at most once per FLUSH_INTERVAL: a quiet room
+# writes each event at once, a busy one coalesces the events of the interval
+# into one write per client (one syscall instead of several).
+FLUSH_INTERVAL = 0.025
 DRAIN_POLL = 0.02
 
 CLOSE_KICKED = 4003
@@ -188,10 +194,17 @@ class RoomChannel:
         self.room_id = room_id
         self.clients: set[ChatClient] = set()
         self.delivered = 0
+        # Slow mode as last heard (settings notices, refreshed by the reconcile loop),
+        # so posting needs no extra query.
+        self.slow_mode = 0
         self.opened = asyncio.Event()
+        self.opening: asyncio.Future[None] | None = None
         self.suspect_head = 0
         self._pending: dict[int, dict[str, Any]] = {}
         self._gap_timer: asyncio.TimerHandle | None = None
+        self._outbox: list[tuple[int, bytes]] = []
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._last_flush = 0.0
         self._lock = asyncio.Lock()
         self._unsubscribe: Callable[[], Any] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -199,12 +212,14 @@ class RoomChannel:
     async def open(self) -> None:
         self._unsubscribe = await self.hub.bus.subscribe(chat_channel(self.slug), self.handle)
         # Read the head after subscribing: anything published before is at or below it.
-        self.delivered = await store.last_seq(self.hub.db, self.room_id)
+        self.delivered, self.slow_mode = await store.room_state(self.hub.db, self.room_id)
         self.opened.set()
 
     async def close(self) -> None:
         if self._gap_timer is not None:
             self._gap_timer.cancel()
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
         if self._unsubscribe is not None:
             await self._unsubscribe()
         for task in list(self._tasks):
@@ -236,9 +251,31 @@ class RoomChannel:
     async def _emit(self, event: dict[str, Any]) -> None:
         seq = event["seq"]
         self.delivered = seq
-        frame = event_frame(event)
+        self._outbox.append((seq, event_frame(event)))
+        if self._flush_timer is None:
+            loop = asyncio.get_running_loop()
+            delay = self._last_flush + FLUSH_INTERVAL - loop.time()
+            if delay <= 0:
+                self._flush()
+            else:
+                self._flush_timer = loop.call_later(delay, self._flush)
+
+    def _flush(self) -> None:
+        """Write what the room emitted since the last flush: one write per client."""
+        self._flush_timer = None
+        self._last_flush = asyncio.get_running_loop().time()
+        frames, self._outbox = self._outbox, []
+        if not frames:
+            return
+        first, last = frames[0][0], frames[-1][0]
+        joined = frames[0][1] if len(frames) == 1 else b"".join(f for _, f in frames)
         for client in list(self.clients):
-            client.deliver(seq, frame)
+            if client.ready and client.last_seq < first:
+                client.last_seq = last
+                client.write(joined)
+            else:  # joining (queues) or already ahead of part of it (dedupes)
+                for seq, frame in frames:
+                    client.deliver(seq, frame)
 
     def _spawn_catch_up(self) -> None:
         self._gap_timer = None
@@ -296,14 +333,25 @@ class ChatHub:
             channel = RoomChannel(self, slug, room_id)
             self.rooms[slug] = channel
             channel.clients.add(client)
+            channel.opening = asyncio.get_running_loop().create_future()
             try:
                 await channel.open()
-            except BaseException:
-                self.rooms.pop(slug, None)
+            except BaseException as exc:
+                if self.rooms.get(slug) is channel:
+                    del self.rooms[slug]
+                channel.opening.set_exception(ConnectionError(f"chat room {slug} could not open: {exc!r}"))
+                channel.opening.exception()  # retrieved: joiners waiting on it get it too
+                await channel.close()
                 raise
+            channel.opening.set_result(None)
         else:
             channel.clients.add(client)
-            await channel.opened.wait()
+            if channel.opening is not None and not channel.opening.done():
+                try:
+                    await asyncio.shield(channel.opening)
+                except BaseException:
+                    channel.clients.discard(client)
+                    raise
         return channel
 
     async def detach(self, slug: str, client: ChatClient) -> None:
@@ -331,6 +379,8 @@ class ChatHub:
         kind = event.get("type")
         target = event.get("target")
         frame = event_frame(event)
+        if kind == "settings" and isinstance(event.get("slow_mode"), int):
+            channel.slow_mode = event["slow_mode"]
         if kind in ("kicked", "banned"):
             for client in list(channel.clients):
                 if client.subject == target:
@@ -356,13 +406,13 @@ class ChatHub:
             if not channels:
                 continue
             try:
-                heads = await store.last_seqs(self.db, {c.room_id for c in channels})
+                states = await store.room_states(self.db, {c.room_id for c in channels})
             except (asyncpg.PostgresError, OSError, asyncio.TimeoutError):
                 continue
             for channel in channels:
                 if channel.delivered < channel.suspect_head:
                     await channel.catch_up()
-                channel.suspect_head = heads.get(channel.room_id, 0)
+                channel.suspect_head, channel.slow_mode = states.get(channel.room_id, (0, 0))
 
 
 def you(client: ChatClient) -> dict[str, Any]:

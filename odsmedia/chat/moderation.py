@@ -9,12 +9,12 @@ state (docs/architecture.md, "Moderation across nodes").
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-import orjson
 
 from ..bus import Bus
 from ..gate import ROLE_RANK
@@ -23,6 +23,8 @@ from ..rooms.directory import RoomRecord
 from . import store
 from .hub import ChatHub, control_channel
 from .items import ChatError
+
+log = logging.getLogger("odsmedia.chat")
 
 SUBJECT = re.compile(r"^(a:\d{1,18}|t:\d{1,18}|v:[A-Za-z0-9_-]{1,64})$")
 MAX_TIMEOUT_MINUTES = 7 * 24 * 60
@@ -172,7 +174,12 @@ class Moderation:
             await audit(conn, room, actor, "ban", target, reason=reason)
         await self.hub.dispatch(room.slug, {"type": "banned", "target": target, "by": actor.subject,
                                             "error": "banned", "message": "you are banned from this room"})
-        await self._control(room, {"action": "ban", "target": target, "by": actor.subject, "reason": reason})
+        try:
+            await self._control(room, {"action": "ban", "target": target, "by": actor.subject, "reason": reason})
+        except Exception:
+            # The ban is recorded and enforced at every entry; only the live media
+            # session outlives it until the SFU node hears of it.
+            log.warning("ban not published to the SFU", extra={"room": room.slug}, exc_info=True)
         return {"target": target}
 
     async def lift(self, room: RoomRecord, actor: Actor, target: Any, kind: str) -> dict[str, Any]:
@@ -242,21 +249,19 @@ class Moderation:
         if kind not in ("audio", "video"):
             raise ChatError("invalid_kind", "kind must be audio or video")
         action = "mute" if mute else "unmute"
+        # Published first: if Redis is down the request fails and nothing is recorded.
+        await self._control(room, {"action": action, "target": target, "kind": kind, "by": actor.subject})
         async with store.transaction(self.db) as conn:
             await audit(conn, room, actor, action, target, kind=kind)
-        await self._control(room, {"action": action, "target": target, "kind": kind, "by": actor.subject})
         return {"target": target, "kind": kind}
 
     async def kick(self, room: RoomRecord, actor: Actor, target: Any, reason: Any = None) -> dict[str, Any]:
         target = await self._outranked_target(room, actor, target)
         reason = _reason(reason)
+        await self._control(room, {"action": "kick", "target": target, "by": actor.subject, "reason": reason})
         async with store.transaction(self.db) as conn:
             await audit(conn, room, actor, "kick", target, reason=reason)
         await self.hub.dispatch(room.slug, {"type": "kicked", "target": target, "by": actor.subject,
                                             "error": "kicked", "message": reason or "removed by a moderator"})
-        await self._control(room, {"action": "kick", "target": target, "by": actor.subject, "reason": reason})
         return {"target": target}
 
-
-def dumps(event: dict[str, Any]) -> str:
-    return orjson.dumps(event).decode()

@@ -8,19 +8,21 @@ GET /episodes/{id}/chat?from=&to=   items of an episode between two offsets, and
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from typing import Any, AsyncIterator
 
 import asyncpg
 import orjson
 from aiohttp import WSMsgType, web
+from redis.exceptions import RedisError
 
 from ..errors import ApiError, json_response
 from ..gate import Admission, Entry
 from ..keys import BUS, CONFIG, DB, FEATURES, GATE
 from ..rooms import directory
 from . import store
-from .hub import CLOSE_BANNED, ChatClient, ChatHub, you
+from .hub import CLOSE_BANNED, ChatClient, ChatHub, RoomChannel, you
 from .items import KINDS, ChatError, clean_name, clean_text
 from .limits import PostLimits
 from .moderation import Actor, Moderation
@@ -30,7 +32,10 @@ try:
 except ImportError:  # pragma: no cover - auth feature absent
     ANON_COOKIE = "ods_anon"
 
+log = logging.getLogger("odsmedia.chat")
+
 JOIN_TIMEOUT = 10.0
+UNAVAILABLE = {"type": "error", "error": "unavailable", "message": "chat storage is unavailable; try again"}
 MAX_FRAME = 16 * 1024
 REPLAY_LIMIT = 2000
 SEARCH_LIMIT = 50
@@ -75,10 +80,11 @@ class Chat:
 class ChatSession:
     """One client's requests on its socket, after it joined."""
 
-    def __init__(self, chat: Chat, admission: Admission, client: ChatClient) -> None:
+    def __init__(self, chat: Chat, admission: Admission, client: ChatClient, channel: RoomChannel) -> None:
         self.chat = chat
         self.room = admission.room
         self.client = client
+        self.channel = channel
 
     @property
     def actor(self) -> Actor:
@@ -135,22 +141,17 @@ class ChatSession:
             raise ChatError("invalid_kind", "kind must be message, question or highlight")
         text = clean_text(data.get("text", ""), max_length=self.chat.max_length, allow_empty=kind == "highlight")
         db, room, subject = self.chat.db, self.room, self.client.subject
-        row = await db.fetchrow(
-            """SELECT (SELECT slow_mode_seconds FROM chat_rooms WHERE room_id = $1) AS slow,
-                      s.kind, s.until
-               FROM (SELECT 1) one LEFT JOIN LATERAL (
-                   SELECT kind, until FROM chat_sanctions
-                   WHERE room_id = $1 AND subject = $2 AND (until IS NULL OR until > now())
-                   ORDER BY (kind = 'ban') DESC LIMIT 1) s ON true""", room.id, subject)
-        if row["kind"] == "ban":
-            raise ChatError("banned", "you are banned from this room")
-        if row["kind"] == "timeout":
-            raise ChatError("timed_out", "you are timed out", until=row["until"].isoformat())
         if kind == "highlight" and await store.live_episode(db, room.id) is None:
             raise ChatError("not_live", "highlights mark a moment of a live session; the room is not live")
         await self.chat.limits.check(room.slug, subject,
-                                     slow_seconds=0 if self.client.is_moderator else (row["slow"] or 0))
+                                     slow_seconds=0 if self.client.is_moderator else self.channel.slow_mode)
         item = await store.post(db, room.id, kind=kind, author=subject, author_name=self.client.name, text=text)
+        if item is None:
+            sanction = await store.active_sanction(db, room.id, subject)
+            if sanction is not None and sanction.kind == "ban":
+                raise ChatError("banned", "you are banned from this room")
+            raise ChatError("timed_out", "you are timed out",
+                            until=sanction.until.isoformat() if sanction and sanction.until else None)
         await self.chat.hub.dispatch(room.slug, item.event())
         return {"id": item.id}
 
@@ -204,27 +205,36 @@ async def chat_socket(request: web.Request) -> web.StreamResponse:
         # An anonymous id minted on this very handshake (no cookie came with it) is
         # new on every connection: it may read, but posting needs one that lasts,
         # or a timeout or ban could be shed by dropping the cookie.
-        can_post = identity.kind != "none" and not (identity.kind == "anonymous"
-                                                    and ANON_COOKIE not in request.cookies)
+        can_post = identity.kind != "none" and not (
+            identity.kind == "anonymous"
+            # The cookie is "<anon id>.<mac>" (auth.anonymous.sign): it names this id only if it came in.
+            and not request.cookies.get(ANON_COOKIE, "").startswith(f"{identity.anon_id}."))
     except ApiError:
         can_post = False
     client = ChatClient(ws, request, subject=identity.subject, name=await chat.display_name(admission, join.get("name")),
                         role=admission.role, can_post=can_post)
-    session = ChatSession(chat, admission, client)
-    await chat.hub.attach(room.slug, room.id, client)
     try:
-        snap = await store.snapshot(chat.db, room.id, after=after, history=chat.history)
-        await ws.send_str(orjson.dumps({
+        channel = await chat.hub.attach(room.slug, room.id, client)
+    except (asyncpg.PostgresError, OSError, ConnectionError):
+        return await refuse(UNAVAILABLE, 1011)
+    session = ChatSession(chat, admission, client, channel)
+    try:
+        try:
+            snap = await store.snapshot(chat.db, room.id, after=after, history=chat.history)
+            slow_mode = await store.slow_mode(chat.db, room.id)
+        except (asyncpg.PostgresError, OSError):
+            return await refuse(UNAVAILABLE, 1011)
+        client.send({
             "type": "welcome",
             "room": room.slug,
             "you": you(client),
-            "settings": {"slow_mode": await store.slow_mode(chat.db, room.id), "max_length": chat.max_length},
+            "settings": {"slow_mode": slow_mode, "max_length": chat.max_length},
             "cursor": snap.cursor,
             "reset": snap.reset,
             "items": [i.wire() for i in snap.items],
             "deleted": snap.deleted,
-        }).decode())
-        await client.start(snap.cursor)
+        })
+        client.start(snap.cursor)
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:
                 continue
@@ -239,11 +249,15 @@ async def chat_socket(request: web.Request) -> web.StreamResponse:
                     ref = None
                     raise ChatError("invalid_ref", "ref must be a string or integer of at most 64 characters")
                 result = await session.handle(data)
-                await client.send(orjson.dumps({"type": "ack", "ref": ref, **result}).decode())
+                client.send({"type": "ack", "ref": ref, **result})
             except orjson.JSONDecodeError:
-                await client.send(orjson.dumps(ChatError("invalid_json", "not JSON").event()).decode())
+                client.send(ChatError("invalid_json", "not JSON").event())
             except ChatError as exc:
-                await client.send(orjson.dumps(exc.event(ref)).decode())
+                client.send(exc.event(ref))
+            except (asyncpg.PostgresError, RedisError, OSError, asyncio.TimeoutError):
+                # Nothing was changed (each write is one transaction); the client may retry.
+                log.warning("chat request failed", exc_info=True)
+                client.send({**UNAVAILABLE, "ref": ref})
     finally:
         await chat.hub.detach(room.slug, client)
     return ws

@@ -25,8 +25,16 @@ _NEXT_SEQ = """
     ON CONFLICT (room_id) DO UPDATE SET last_seq = chat_rooms.last_seq + 1
     RETURNING last_seq"""
 
-_POST = f"""
-    WITH s AS ({_NEXT_SEQ}),
+# One statement per post: refuse (no row, no seq taken) when the author has a
+# running timeout or ban, take the room's next seq, stamp the live episode offset.
+_POST = """
+    WITH blocked AS (
+           SELECT 1 FROM chat_sanctions
+           WHERE room_id = $1 AND subject = $3 AND (until IS NULL OR until > now())),
+         s AS (
+           INSERT INTO chat_rooms (room_id, last_seq) SELECT $1, 1 WHERE NOT EXISTS (SELECT 1 FROM blocked)
+           ON CONFLICT (room_id) DO UPDATE SET last_seq = chat_rooms.last_seq + 1
+           RETURNING last_seq),
          e AS (SELECT id, started_at FROM episodes WHERE room_id = $1 AND status = 'live')
     INSERT INTO chat_items (room_id, id, changed_seq, kind, author, author_name, body,
                             episode_id, episode_offset)
@@ -62,9 +70,10 @@ async def live_episode(db: Db, room_id: int) -> int | None:
     return await db.fetchval("SELECT id FROM episodes WHERE room_id = $1 AND status = 'live'", room_id)
 
 
-async def post(db: Db, room_id: int, *, kind: str, author: str, author_name: str, text: str) -> ChatItem:
+async def post(db: Db, room_id: int, *, kind: str, author: str, author_name: str, text: str) -> ChatItem | None:
+    """The stored item, or None when the author is timed out or banned in the room."""
     row = await db.fetchrow(_POST, room_id, kind, author, author_name[:80], text)
-    return ChatItem.from_row(row)
+    return ChatItem.from_row(row) if row else None
 
 
 async def get(db: Db, room_id: int, item_id: int) -> ChatItem | None:
@@ -139,9 +148,16 @@ async def last_seq(db: Db, room_id: int) -> int:
     return await db.fetchval("SELECT last_seq FROM chat_rooms WHERE room_id = $1", room_id) or 0
 
 
-async def last_seqs(db: Db, room_ids: Iterable[int]) -> dict[int, int]:
-    rows = await db.fetch("SELECT room_id, last_seq FROM chat_rooms WHERE room_id = ANY($1)", list(room_ids))
-    return {r["room_id"]: r["last_seq"] for r in rows}
+async def room_state(db: Db, room_id: int) -> tuple[int, int]:
+    """(last seq, slow mode seconds) of a room."""
+    row = await db.fetchrow("SELECT last_seq, slow_mode_seconds FROM chat_rooms WHERE room_id = $1", room_id)
+    return (row["last_seq"], row["slow_mode_seconds"]) if row else (0, 0)
+
+
+async def room_states(db: Db, room_ids: Iterable[int]) -> dict[int, tuple[int, int]]:
+    rows = await db.fetch("SELECT room_id, last_seq, slow_mode_seconds FROM chat_rooms WHERE room_id = ANY($1)",
+                          list(room_ids))
+    return {r["room_id"]: (r["last_seq"], r["slow_mode_seconds"]) for r in rows}
 
 
 async def changes_after(db: Db, room_id: int, after: int, limit: int = 5000) -> list[ChatItem]:

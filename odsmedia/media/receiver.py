@@ -58,13 +58,17 @@ class EncodedFrameTap:
         return self._idle.get(*args, **kwargs)
 
 
-def tap(receiver: RTCRtpReceiver, on_frame: FrameCallback, on_end: Callable[[], None]) -> EncodedFrameTap:
-    """Route ``receiver``'s encoded frames to ``on_frame``; call before it starts."""
+def tap(receiver: RTCRtpReceiver, on_frame: FrameCallback, on_end: Callable[[], None],
+        kind: str | None = None) -> EncodedFrameTap:
+    """Route ``receiver``'s encoded frames to ``on_frame``; call before it starts.
+
+    ``kind`` is needed only before the receiver has a track (a client's recvonly
+    transceiver before the remote description)."""
     if not hasattr(receiver, QUEUE_ATTR) or not hasattr(receiver, STARTED_ATTR):
         raise RuntimeError("aiortc's RTCRtpReceiver changed: the decoder queue hook is gone")
     if getattr(receiver, STARTED_ATTR):
         raise RuntimeError("receiver already started; tap it before receive()")
-    hook = EncodedFrameTap(receiver.track.kind, on_frame, on_end)
+    hook = EncodedFrameTap(kind or receiver.track.kind, on_frame, on_end)
     setattr(receiver, QUEUE_ATTR, hook)
     return hook
 

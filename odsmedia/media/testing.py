@@ -18,8 +18,9 @@ from typing import Any
 
 import aiohttp
 import av
+import orjson
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import AUDIO_PTIME, MediaStreamError
+from aiortc.mediastreams import MediaStreamError
 
 from . import ice
 
@@ -130,7 +131,7 @@ class SignalingClient:
 
     async def send(self, message: dict[str, Any]) -> None:
         assert self.ws is not None
-        await self.ws.send_str(__import__("orjson").dumps(message).decode())
+        await self.ws.send_str(orjson.dumps(message).decode())
 
     async def request(self, message: dict[str, Any], timeout: float = 15.0) -> dict[str, Any]:
         ref = next(self._refs)
@@ -271,6 +272,3 @@ class Viewer:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
-
-def audio_ptime() -> float:
-    return AUDIO_PTIME

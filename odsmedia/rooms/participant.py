@@ -33,8 +33,8 @@ class Participant:
         self._outbox: deque[dict[str, Any]] = deque()
         self._wake: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
-        self.on_overflow: Callable[[], None] | None = None
-        self.on_kick: Callable[[], None] | None = None      # closes the socket
+        # Closes the signaling socket with a WebSocket close code (None: no socket, WHIP/WHEP).
+        self.close_socket: Callable[[int], None] | None = None
 
     # --- events -----------------------------------------------------------------------------
 
@@ -48,8 +48,8 @@ class Participant:
             return
         if len(self._outbox) >= OUTBOX_LIMIT:
             self._outbox.clear()
-            if self.on_overflow is not None:
-                self.on_overflow()
+            if self.close_socket is not None:
+                self.close_socket(4008)   # too slow to read its events: drop it, never buffer without bound
             return
         self._outbox.append(message)
         self._wake.set()

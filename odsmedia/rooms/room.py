@@ -191,8 +191,8 @@ class Room:
     async def apply_control(self, message: dict[str, Any]) -> None:
         action = message.get("action")
         target = message.get("target")
-        if not isinstance(target, str):
-            return
+        if not isinstance(target, str) or target == "none":
+            return      # "none" is every unidentified visitor, never one person
         targets = self.of_subject(target)
         if action in ("mute", "unmute"):
             kind = message.get("kind")
@@ -208,8 +208,8 @@ class Room:
     async def kick(self, participant: Participant, *, reason: str = "", banned: bool = False) -> None:
         participant.notify({"type": "kicked", "reason": reason, "banned": banned})
         await participant.flush_and_stop()
-        if participant.on_kick is not None:
-            participant.on_kick()
+        if participant.close_socket is not None:
+            participant.close_socket(4001)
         await self.leave(participant, reason="kicked")
 
     async def close(self) -> None:
@@ -217,7 +217,7 @@ class Room:
             participant.notify({"type": "error", "code": "server_shutdown", "message": "the server is stopping",
                                 "ref": None})
             await participant.flush_and_stop(timeout=0.2)
-            if participant.on_kick is not None:
-                participant.on_kick()
+            if participant.close_socket is not None:
+                participant.close_socket(1001)
             await self.leave(participant, reason="shutdown")
         await asyncio.sleep(0)

@@ -1,9 +1,10 @@
 // ODS Media chat: mounts into <section id="chat" data-room="SLUG"> on the viewer,
 // host and replay pages.
 //
-//   data-room     room slug (required)
+//   data-room     room slug (pages set it via ODS.setChatRoom; the "SLUG"
+//                 placeholder or nothing means: take it from /rooms/{slug}/...)
 //   data-mode     "live" (default) or "replay"
-//   data-episode  episode id (replay mode)
+//   data-episode  episode id (replay mode; default: from /episodes/{id}/watch)
 //   data-video    CSS selector of the <video> replay syncs to (default "video")
 //   data-token    optional bearer token sent in the join message (OBS-style links);
 //                 without it the socket relies on the session/anonymous cookies
@@ -119,7 +120,9 @@
     });
     const send = el("button", "chat-send", "Send");
     send.type = "submit";
-    form.append(this.kind, this.input, send);
+    this.nameButton = button("Name", "Choose the name others see", () => this.askName());
+    this.nameButton.hidden = true;
+    form.append(this.kind, this.input, send, this.nameButton);
     form.addEventListener("submit", (e) => {
       e.preventDefault();
       const text = this.input.value;
@@ -139,6 +142,8 @@
     ws.addEventListener("open", () => {
       const join = { type: "join" };
       if (this.token) join.token = this.token;
+      const name = this.savedName();
+      if (name) join.name = name;
       if (this.lastSeq !== null) join.after = this.lastSeq;
       ws.send(JSON.stringify(join));
     });
@@ -149,7 +154,7 @@
     });
     ws.addEventListener("close", (e) => {
       this.root.dataset.state = "closed";
-      if (e.code === 4003 || e.code === 4403 || (e.code >= 4400 && e.code < 4500)) {
+      if (e.code === 4003 || (e.code >= 4400 && e.code < 4500)) {
         this.stopped = true;  // refused, kicked or banned: reconnecting would not help
         if (!this.status.textContent) this.showError(e.reason || "disconnected");
         this.form.hidden = true;
@@ -160,6 +165,18 @@
       this.status.textContent = "reconnecting…";
       setTimeout(() => this.connect(), delay);
     });
+  };
+
+  LiveChat.prototype.savedName = function () {
+    try { return window.localStorage.getItem("ods_chat_name") || ""; } catch (err) { return ""; }
+  };
+
+  // Guests (no account name) may pick a display name; it applies from the next join.
+  LiveChat.prototype.askName = function () {
+    const name = (window.prompt("Your name in chat (1-40 characters)", this.savedName()) || "").trim();
+    if (!name || name.length > 40) return;
+    try { window.localStorage.setItem("ods_chat_name", name); } catch (err) { return; }
+    if (this.ws) this.ws.close(4000, "rename");
   };
 
   LiveChat.prototype.send = function (message, onAck) {
@@ -243,6 +260,7 @@
     this.modBar.hidden = !mod;
     this.slowSelect.value = String(this.settings.slow_mode || 0);
     this.form.hidden = !(this.you && this.you.can_post);
+    this.nameButton.hidden = !(this.you && /^(v|t):/.test(this.you.subject));
     this.root.dataset.role = this.you ? this.you.role : "";
   };
 
@@ -362,11 +380,29 @@
     this.root.dataset.shown = String(n);
   };
 
+  const SLUG = /^[a-z0-9][a-z0-9-]{0,62}$/;
+
   function mount() {
-    const root = document.querySelector("section#chat[data-room]") || document.querySelector("section#chat[data-episode]");
+    const root = document.querySelector("section#chat");
     if (!root || root.dataset.mounted) return;
+    if (root.dataset.mode === "replay") {
+      if (!/^\d{1,18}$/.test(root.dataset.episode || "")) {
+        const m = location.pathname.match(/^\/episodes\/(\d{1,18})\//);
+        if (!m) return;
+        root.dataset.episode = m[1];
+      }
+      root.dataset.mounted = "1";
+      root.odsChat = new ReplayChat(root);
+      return;
+    }
+    if (!SLUG.test(root.dataset.room || "") || root.dataset.room === "SLUG") {
+      // The page did not fill in its room (the placeholder): take it from the URL.
+      const m = location.pathname.match(/^\/rooms\/([a-z0-9][a-z0-9-]{0,62})(\/|$)/);
+      if (!m) return;
+      root.dataset.room = m[1];
+    }
     root.dataset.mounted = "1";
-    root.odsChat = root.dataset.mode === "replay" ? new ReplayChat(root) : new LiveChat(root);
+    root.odsChat = new LiveChat(root);
   }
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", mount);
