@@ -13,7 +13,8 @@ measured window) and of the load generator.
 
 The readers are raw asyncio protocols with a minimal WebSocket frame parser
 (no coroutine per message), so the load generator spends as little CPU as
-possible on the cores the servers share. Everything runs on 127.0.0.1 and is
+possible on the cores the servers share; they live in ``--reader-procs``
+child processes so that their work does not delay the posters' clock. Everything runs on 127.0.0.1 and is
 bounded: connection setup, the run and the drain each have a deadline.
 
     .venv/bin/python bench/chat_fanout.py [--clients 1000] [--rate 100] [--duration 20]
@@ -166,14 +167,65 @@ def start_server(name: str, env: dict[str, str]) -> tuple[subprocess.Popen, int]
     raise RuntimeError(f"server {name} did not start")
 
 
+# -- reader processes -------------------------------------------------------------------
+
+def reader_process(ports: list[int], first: int, count: int, sample: int, conn) -> None:
+    """A child process holding ``count`` readers (reader i on ports[i % 2]); answers the
+    parent's commands on ``conn``: "measure", "count" (-> items), "stop" (-> items, latencies)."""
+    try:
+        import uvloop
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stats = Stats()
+        readers: list[Reader] = []
+        sem = asyncio.Semaphore(25)
+
+        async def connect(i: int) -> None:
+            async with sem:
+                port = ports[i % 2]
+                _, reader = await loop.create_connection(
+                    lambda: Reader("127.0.0.1", port, "/rooms/bench/chat", stats, i % sample == 0),
+                    "127.0.0.1", port)
+                readers.append(reader)
+                await asyncio.wait_for(reader.welcomed, 20)
+
+        await asyncio.wait_for(asyncio.gather(*(connect(first + i) for i in range(count))), 120)
+        conn.send(("ready", len(readers)))
+        done = asyncio.Event()
+
+        def on_command() -> None:
+            command = conn.recv()
+            if command == "measure":
+                stats.measuring = True
+            elif command == "count":
+                conn.send(sum(r.items for r in readers))
+            elif command == "stop":
+                conn.send((sum(r.items for r in readers), stats.latencies_ns))
+                done.set()
+
+        loop.add_reader(conn.fileno(), on_command)
+        await asyncio.wait_for(done.wait(), 600)
+        for reader in readers:
+            if reader.transport is not None:
+                reader.transport.close()
+
+    runner(main())
+
+
 async def run(args: argparse.Namespace) -> None:
+    import multiprocessing
+
     dbname = f"ods_bench_{uuid.uuid4().hex[:8]}"
     prefix = f"odsbench:{uuid.uuid4().hex[:8]}:"
     admin = await asyncpg.connect(ADMIN_DSN)
     await admin.execute(f'CREATE DATABASE "{dbname}"')
     database_url = ADMIN_DSN.rsplit("/", 1)[0] + "/" + dbname
     procs: list[subprocess.Popen] = []
-    readers: list[Reader] = []
+    children: list = []
     try:
         await migrate(database_url)
         pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
@@ -186,28 +238,33 @@ async def run(args: argparse.Namespace) -> None:
                    ODS_SECRET_KEY="bench-secret-key-0123456789-abcdefghijklmnop", ODS_LOG_LEVEL="warning",
                    ODS_DATA_DIR=str(Path("/tmp") / dbname), ODS_CHAT_RATE_PER_10S="100000",
                    ODS_ICE_ADDRESSES="127.0.0.1", PYTHONUNBUFFERED="1")
+        ports = []
         for name in ("A", "B"):
             proc, port = start_server(name, env)
             procs.append(proc)
-            procs[-1].port = port  # type: ignore[attr-defined]
-        ports = [p.port for p in procs]  # type: ignore[attr-defined]
+            ports.append(port)
         loop = asyncio.get_running_loop()
-        stats = Stats()
 
-        # Readers, half on each node, joined before measuring.
-        sem = asyncio.Semaphore(50)
-
-        async def connect(i: int) -> None:
-            async with sem:
-                port = ports[i % 2]
-                _, reader = await loop.create_connection(
-                    lambda: Reader("127.0.0.1", port, "/rooms/bench/chat", stats, i % args.sample == 0),
-                    "127.0.0.1", port)
-                readers.append(reader)
-                await asyncio.wait_for(reader.welcomed, 10)
-
+        # Readers in their own processes (so their parsing does not delay the posters'
+        # clock), half of them on each server, all joined before measuring.
+        ctx = multiprocessing.get_context("spawn")
         t0 = time.monotonic()
-        await asyncio.wait_for(asyncio.gather(*(connect(i) for i in range(args.clients))), 120)
+        share = [args.clients // args.reader_procs + (1 if i < args.clients % args.reader_procs else 0)
+                 for i in range(args.reader_procs)]
+        first = 0
+        for n in share:
+            parent_end, child_end = ctx.Pipe()
+            child = ctx.Process(target=reader_process, args=(ports, first, n, args.sample, child_end), daemon=True)
+            child.start()
+            children.append((child, parent_end))
+            first += n
+
+        async def recv(conn, timeout: float):
+            if not await loop.run_in_executor(None, conn.poll, timeout):
+                raise TimeoutError("reader process did not answer")
+            return conn.recv()
+
+        joined = sum([(await recv(c, 180))[1] for _, c in children])
         setup_s = time.monotonic() - t0
 
         async with aiohttp.ClientSession() as session:
@@ -218,10 +275,10 @@ async def run(args: argparse.Namespace) -> None:
                 while (await ws.receive_json())["type"] != "welcome":
                     pass
                 posters.append(ws)
-
             ack_ms: list[float] = []
+            errors: list[str] = []
 
-            async def drain_acks(ws: aiohttp.ClientWebSocketResponse, errors: list) -> None:
+            async def drain_acks(ws: aiohttp.ClientWebSocketResponse) -> None:
                 async for msg in ws:
                     if msg.type != aiohttp.WSMsgType.TEXT:
                         continue
@@ -230,15 +287,21 @@ async def run(args: argparse.Namespace) -> None:
                     elif msg.data.startswith('{"type":"ack"'):
                         ack_ms.append((time.monotonic_ns() - int(orjson.loads(msg.data)["ref"])) / 1e6)
 
-            errors: list[str] = []
-            drains = [asyncio.create_task(drain_acks(ws, errors)) for ws in posters]
+            drains = [asyncio.create_task(drain_acks(ws)) for ws in posters]
             server_ps = [psutil.Process(p.pid) for p in procs]
-            me = psutil.Process()
+            gen_ps = [psutil.Process()] + [psutil.Process(c.pid) for c, _ in children]
             await asyncio.sleep(1.0)  # let the joins settle
+
+            async def total_items() -> int:
+                for _, c in children:
+                    c.send("count")
+                return sum([await recv(c, 30) for _, c in children])
+
+            items_before = await total_items()
             cpu0 = [p.cpu_times() for p in server_ps]
-            me0 = me.cpu_times()
-            stats.measuring = True
-            items_before = sum(r.items for r in readers)
+            gen0 = [p.cpu_times() for p in gen_ps]
+            for _, c in children:
+                c.send("measure")
             start = time.monotonic()
             sent = 0
             interval = 1.0 / args.rate
@@ -256,49 +319,55 @@ async def run(args: argparse.Namespace) -> None:
                                                 "ref": str(stamp)}).decode())
                 sent += 1
             elapsed_send = time.monotonic() - start
-            expected = sent * len(readers)
-            deadline = time.monotonic() + 10
-            while sum(r.items for r in readers) - items_before < expected and time.monotonic() < deadline:
-                await asyncio.sleep(0.1)
+            expected = sent * joined
+            deadline = time.monotonic() + 15
+            delivered = await total_items() - items_before
+            while delivered < expected and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+                delivered = await total_items() - items_before
             window = time.monotonic() - start
             cpu1 = [p.cpu_times() for p in server_ps]
-            me1 = me.cpu_times()
-            delivered = sum(r.items for r in readers) - items_before
+            gen1 = [p.cpu_times() for p in gen_ps]
+            latencies: list[int] = []
+            for _, c in children:
+                c.send("stop")
+                latencies += (await recv(c, 60))[1]
             for task in drains:
                 task.cancel()
             for ws in posters:
                 await ws.close()
 
-        lat_ms = sorted(x / 1e6 for x in stats.latencies_ns)
+        lat_ms = sorted(x / 1e6 for x in latencies)
+        acks = sorted(ack_ms)
 
-        def pct(p: float) -> float:
-            return lat_ms[min(len(lat_ms) - 1, int(p * len(lat_ms)))] if lat_ms else float("nan")
+        def pct(values: list[float], p: float) -> float:
+            return values[min(len(values) - 1, int(p * len(values)))] if values else float("nan")
 
         def cpu(a, b) -> float:
             return (b.user + b.system - a.user - a.system) / window * 100
 
-        print(f"clients {len(readers)} (setup {setup_s:.1f} s), posters {len(posters)}, "
-              f"{sent} messages in {elapsed_send:.1f} s ({sent / elapsed_send:.1f} msg/s in), "
-              f"{len(errors)} post errors")
+        print(f"clients {joined} in {len(children)} reader processes (setup {setup_s:.1f} s), "
+              f"posters {len(posters)}, {sent} messages in {elapsed_send:.1f} s ({sent / elapsed_send:.1f} msg/s in), "
+              f"{len(errors)} post errors; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
         print()
         print("| metric | value |")
         print("|---|---|")
-        acks = sorted(ack_ms)
         print(f"| delivered items/s (all readers, until the last arrived) | {delivered / window:,.0f} |")
-        if acks:
-            print(f"| post ack p50 / p99 (ms) | {acks[len(acks) // 2]:.1f} / {acks[int(len(acks) * 0.99)]:.1f} |")
         print(f"| deliveries expected / missing | {expected:,} / {expected - delivered:,} |")
-        print(f"| latency p50 / p99 / max (ms) | {pct(0.5):.1f} / {pct(0.99):.1f} / {lat_ms[-1] if lat_ms else 0:.1f} |")
+        print(f"| delivery latency p50 / p99 / max (ms) | {pct(lat_ms, 0.5):.1f} / {pct(lat_ms, 0.99):.1f} / "
+              f"{lat_ms[-1] if lat_ms else 0:.1f} |")
+        print(f"| post ack p50 / p99 (ms) | {pct(acks, 0.5):.1f} / {pct(acks, 0.99):.1f} |")
         for name, a, b in zip("AB", cpu0, cpu1):
             print(f"| CPU server {name} (% of one core) | {cpu(a, b):.0f} |")
         print(f"| CPU servers total (% of one core) | {sum(cpu(a, b) for a, b in zip(cpu0, cpu1)):.0f} |")
-        print(f"| CPU load generator (% of one core) | {cpu(me0, me1):.0f} |")
+        print(f"| CPU load generator, all processes (% of one core) | {sum(cpu(a, b) for a, b in zip(gen0, gen1)):.0f} |")
         if errors:
             print("first post error:", errors[0][:200])
     finally:
-        for reader in readers:
-            if reader.transport is not None:
-                reader.transport.close()
+        for child, conn in children:
+            child.join(5)
+            if child.is_alive():
+                child.kill()
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
         for proc in procs:
@@ -324,18 +393,19 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100.0, help="messages per second in, all posters together")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of posting")
     parser.add_argument("--size", type=int, default=80, help="approximate message text length")
+    parser.add_argument("--reader-procs", type=int, default=2, help="processes holding the readers")
     parser.add_argument("--sample", type=int, default=10,
                         help="every Nth reader records latencies (all count deliveries)")
     args = parser.parse_args()
     if not (1 <= args.clients <= 5000 and 1 <= args.posters <= 200 and 0 < args.rate <= 2000
-            and 0 < args.duration <= 300):
-        parser.error("out of bounds: clients 1-5000, posters 1-200, rate (0, 2000], duration (0, 300]")
+            and 0 < args.duration <= 300 and 1 <= args.reader_procs <= min(16, args.clients) and args.sample >= 1):
+        parser.error("out of bounds: clients 1-5000, posters 1-200, rate (0, 2000], duration (0, 300], "
+                     "reader-procs 1-16 (<= clients), sample >= 1")
     try:
         import uvloop
-        uvloop.install()
+        uvloop.run(run(args))
     except ImportError:
-        pass
-    asyncio.run(run(args))
+        asyncio.run(run(args))
 
 
 if __name__ == "__main__":

@@ -187,6 +187,21 @@ async def serve_sfu(database_url: str, prefix: str) -> None:
         return web.json_response({"packets_sent": sent, "latency": samples})
 
     app.router.add_get("/bench/stats", stats)
+    profile_to = os.environ.get("ODS_BENCH_PROFILE")
+    if profile_to:
+        # Where the server's time goes: a cProfile dump written when the bench stops it.
+        import cProfile
+        import signal
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+
+        def dump(*_):
+            profiler.disable()
+            profiler.dump_stats(profile_to)
+            os._exit(0)
+
+        signal.signal(signal.SIGTERM, dump)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

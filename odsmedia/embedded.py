@@ -79,8 +79,17 @@ class EmbeddedServices:
             ) from exc
         self.root.mkdir(parents=True, exist_ok=True)
         # get_server attaches to a running postmaster in that dir, or starts one;
-        # it stops the server when the last attached process exits.
-        self._postgres = get_server(self.root / "postgres", cleanup_mode="stop")
+        # it stops the server when the last attached process exits. Its pg_ctl
+        # wait is 10 s, which a loaded machine can exceed on a first initdb: one
+        # more try attaches to the server that was still starting.
+        for attempt in (1, 2):
+            try:
+                self._postgres = get_server(self.root / "postgres", cleanup_mode="stop")
+                break
+            except Exception:
+                if attempt == 2:
+                    raise
+                log.warning("embedded PostgreSQL did not start in time; retrying")
         return self._postgres.get_uri(database="postgres")
 
     def start_redis(self) -> str:

@@ -20,6 +20,7 @@ from aiohttp import web
 from . import metrics
 from .auth import tokens
 from .errors import ApiError
+from .keys import SUBJECT
 from .rooms import directory
 from .rooms.directory import RoomRecord
 
@@ -142,7 +143,7 @@ class Gate:
             raise
         metrics.gate_decisions.labels(entry.value, "allowed").inc()
         # The request log keeps this identifier (never the address).
-        request["ods_subject"] = admission.identity.subject
+        request[SUBJECT] = admission.identity.subject
         return admission
 
     async def admit_token(self, token: str, room: RoomRecord | str, entry: Entry) -> Admission:

@@ -21,3 +21,6 @@ if TYPE_CHECKING:
     from .gate import Gate
 
 GATE: web.AppKey["Gate"] = web.AppKey("gate")
+
+# The admitted identity's subject, kept by the request log (never the address).
+SUBJECT: web.RequestKey[str] = web.RequestKey("subject", str)

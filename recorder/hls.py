@@ -51,7 +51,7 @@ AUDIO_CLOCK = 48000
 MAX_SILENCE_FILL = 3600 * AUDIO_CLOCK
 # Audio this far behind the video at a keyframe has stalled (no jitter buffer holds
 # it that long): the gap is filled with silence before the segment can close.
-AUDIO_STALL = AUDIO_CLOCK // 2
+AUDIO_STALL = AUDIO_CLOCK * 3 // 10
 _END = object()
 
 
@@ -128,6 +128,7 @@ class HlsWriter:
         segment_seconds: float = 4.0,
         on_segment: Callable[[ClosedSegment], None] = lambda s: None,
         on_keyframe_wanted: Callable[[], None] = lambda: None,
+        on_failed: Callable[[], None] = lambda: None,
         queue_size: int = 1024,
         start_wait: float = 1.0,
         first_seq: int = 1,
@@ -140,6 +141,7 @@ class HlsWriter:
         self.tolerance = min(0.5, segment_seconds * 0.25)
         self.on_segment = on_segment
         self.on_keyframe_wanted = on_keyframe_wanted
+        self.on_failed = on_failed
         self.start_wait = start_wait
         self.queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self.thread = threading.Thread(target=self._run, name=f"hls-writer:{prefix}", daemon=True)
@@ -168,9 +170,14 @@ class HlsWriter:
             return False
 
     def finish(self) -> None:
-        """No more samples: close the last segment and stop the thread."""
-        # Blocking put: the end marker must not be lost to a full queue.
-        self.queue.put(_END)
+        """No more samples: close the last segment and stop the thread (blocks; call off the loop)."""
+        # The end marker must not be lost to a full queue, nor wait on a thread that died.
+        while self.thread.is_alive():
+            try:
+                self.queue.put(_END, timeout=0.5)
+                return
+            except queue.Full:
+                continue
 
     def join(self, timeout: float | None = None) -> None:
         self.thread.join(timeout)
@@ -192,6 +199,7 @@ class HlsWriter:
                 self._abandon_period()
             except Exception:
                 pass
+            self.on_failed()
         finally:
             if self._transcoder is not None:
                 self._transcoder.close()
@@ -335,12 +343,16 @@ class HlsWriter:
         end = period.audio_end
         if end is not None:
             gap = pts - end
-            if gap >= OPUS_SILENCE_SAMPLES and gap <= MAX_SILENCE_FILL:
+            if OPUS_SILENCE_SAMPLES // 2 < gap <= MAX_SILENCE_FILL:
                 # Keep the audio timeline continuous: players stall or drift on holes.
                 self._fill_silence(period, pts)
                 end = period.audio_end
-            if pts < end or pts - end <= OPUS_SILENCE_SAMPLES // 2:
-                # Overlap, or a sliver too short to fill: butt the packet against the last one.
+            if pts < end - OPUS_SILENCE_SAMPLES // 2:
+                # Overlaps what is already written (silence filled ahead, a reconnect mapped
+                # a little early): drop it rather than push all later audio out of sync.
+                return
+            if abs(pts - end) <= OPUS_SILENCE_SAMPLES // 2:
+                # A sliver of overlap or gap: butt the packet against the last one.
                 pts = end
         self._mux_audio_packet(period, sample.data, pts, opus_samples(sample.data))
 

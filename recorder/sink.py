@@ -120,12 +120,14 @@ class RoomRecording:
             segment_seconds=self.target,
             on_segment=self._segment_closed_in_thread,
             on_keyframe_wanted=self._keyframe_wanted_in_thread,
+            on_failed=lambda: self.loop.call_soon_threadsafe(self.end),
             queue_size=recorder.queue_size,
         )
         self.playlist = Playlist(self.target)
         self.tracks: set[TrackSink] = set()
         self.active: dict[str, TrackSink] = {}     # kind -> the track being recorded
-        self.epoch: float | None = None
+        self.epoch: float | None = None             # arrival (monotonic) of the first frame: time zero
+        self.epoch_wall = 0.0                       # the same instant on the wall clock
         self.next_keyframe_request = self.target - KEYFRAME_LEAD
         self.episode_id: int | None = None
         self.status = "starting"
@@ -166,6 +168,7 @@ class RoomRecording:
             return
         if self.epoch is None:
             self.epoch = frame.arrival
+            self.epoch_wall = time.time()
         pts = sink.clock.pts(frame, self.epoch)
         if sink.kind == "video":
             if sink.waiting_keyframe:
@@ -282,6 +285,12 @@ class RoomRecording:
             discontinuity=segment.discontinuity, duration=segment.duration,
             start_offset=segment.start, size_bytes=segment.size,
         ))
+        if not self.playlist.entries:
+            # Replay time zero is the first segment's start: anchor started_at there, so
+            # wall-clock offsets (chat items, highlights) line up with the video.
+            started = dt.datetime.fromtimestamp(self.epoch_wall + segment.start, dt.timezone.utc)
+            await self.recorder.db.execute("UPDATE episodes SET started_at = $2 WHERE id = $1",
+                                           self.episode_id, started)
         self.playlist.add(PlaylistEntry(segment.name, segment.duration, segment.init, segment.discontinuity))
         await asyncio.to_thread(self.recorder.storage.put, f"{self.storage_key}/{PLAYLIST}",
                                 self.playlist.render().encode())

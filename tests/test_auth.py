@@ -481,3 +481,19 @@ async def test_cors_stays_closed_on_account_endpoints(client):
         resp = await client.request(method, path, headers={**evil, "Access-Control-Request-Method": "PATCH"})
         assert "Access-Control-Allow-Origin" not in resp.headers, (method, path)
         assert "Access-Control-Allow-Credentials" not in resp.headers, (method, path)
+
+
+async def test_room_page_gives_a_viewer_the_id_later_joins_use(gate_client, room_factory):
+    room = await room_factory("public")
+    page = await gate_client.get(f"/rooms/{room.slug}")
+    assert page.status == 200 and page.content_type == "text/html"
+    cookie = page.cookies["ods_anon"]
+    anon_id = cookie.value.split(".")[0]
+    joined = await (await gate_client.get(f"/test/admit/{room.slug}?entry=join")).json()
+    assert joined["subject"] == f"v:{anon_id}"
+    # The next page load keeps it; static assets never set one.
+    again = await gate_client.get(f"/rooms/{room.slug}")
+    assert "ods_anon" not in again.cookies
+    gate_client.session.cookie_jar.clear()
+    asset = await gate_client.get("/static/style.css")
+    assert "ods_anon" not in asset.cookies

@@ -58,8 +58,10 @@ async def test_episode_rows_event_playlist_then_endlist_and_ready(db, room_facto
     text = await wait_for(lambda: storage.size(key) and storage.read(key).decode(), what="live playlist")
     assert "#EXT-X-PLAYLIST-TYPE:EVENT" in text and "#EXT-X-ENDLIST" not in text
     assert "#EXT-X-TARGETDURATION:1" in text and '#EXT-X-MAP:URI="init-0.mp4"' in text
+    # Row before playlist: whatever the playlist lists already has its row.
     rows = await episodes.segments(db, recording.episode_id)
-    assert rows and all(r.name in text for r in rows)
+    listed = [line for line in text.splitlines() if line.endswith(".m4s")]
+    assert listed and set(listed) <= {r.name for r in rows}
 
     for frame in session.frames[half:]:
         (video if frame.kind == "video" else audio).on_frame(frame)
@@ -69,6 +71,8 @@ async def test_episode_rows_event_playlist_then_endlist_and_ready(db, room_facto
 
     row = await episodes.get(db, recording.episode_id)
     assert row.status == "ready" and row.ended_at is not None
+    # started_at is replay time zero on the wall clock (for chat offsets).
+    assert row.started_at.timestamp() == pytest.approx(recording.epoch_wall, abs=0.01)
     rows = await episodes.segments(db, recording.episode_id)
     assert row.segment_count == len(rows) == 4
     assert abs(row.duration - 4.0) < 0.05
@@ -211,4 +215,23 @@ async def test_second_video_publication_waits_and_takes_over(db, room_factory, t
     # The screen joins the recording at a keyframe after the camera ended, in a new period.
     assert screen_part and screen_part[0] % 15 == 10 and screen_part == list(range(screen_part[0], 1120))
     assert any(r.discontinuity for r in rows)
+    await recorder.close()
+
+
+async def test_storage_failure_ends_the_recording_as_failed(db, room_factory, tmp_path):
+    room = await room_factory()
+    recorder = Recorder(db, LocalStorage(tmp_path), node="node-a", segment_seconds=1.0, reconnect_grace=30)
+    recording = recorder.recording_for(room.id, room.slug)
+    # The episode's directory cannot be created (a file is in the way): every write fails.
+    (tmp_path / recording.storage_key).write_bytes(b"")
+    sink = recording.add_track("video")
+    for frame in SyntheticSession(3.0, audio=False, gop_seconds=0.5).frames:
+        sink.on_frame(frame)
+    # The writer thread reports the failure and the recording ends without waiting for the
+    # publication to end (or the 30 s grace).
+    await asyncio.wait_for(recording.done.wait(), 30)
+    assert recording.writer.error is not None
+    row = await episodes.get(db, recording.episode_id)
+    assert row.status == "failed" and row.ended_at is not None
+    assert recorder.recordings.get(room.slug) is None
     await recorder.close()

@@ -9,7 +9,8 @@ import pytest
 from conftest import make_config
 from odsmedia.app import make_app
 from odsmedia.keys import FEATURES
-from recorder.synthetic import SyntheticSession
+from recorder import episodes
+from recorder.synthetic import SyntheticSession, read_segment
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 
@@ -77,5 +78,46 @@ async def test_replay_page_shows_gate_refusal(app_client, room_factory, browser)
         await page.wait_for_selector("#refusal[data-status='401']")
         await page.goto(f"{base}/rooms/{room.slug}/episodes")
         await page.wait_for_selector("#refusal[data-status='401']")
+    finally:
+        await page.close()
+
+
+async def test_chromium_host_session_is_recorded_and_replayed(app_client, room_factory, token_factory, browser):
+    """The whole path with a real browser at both ends: Chromium publishes H.264 + Opus
+    from the host page, the SFU fans out to the recorder, Chromium replays the episode."""
+    room = await room_factory(title="Browser episode")
+    token = await token_factory(room, "host")
+    recorder = app_client.app[FEATURES]["recorder"]
+    host_ctx = await browser.new_context()
+    try:
+        host = await host_ctx.new_page()
+        await host.goto(str(app_client.make_url(f"/rooms/{room.slug}/host?token={token}")))
+        await host.wait_for_selector("body[data-ready='1']", timeout=10000)
+        await host.click("#golive")
+        await host.wait_for_selector("body[data-connection='connected']", timeout=20000)
+        deadline = asyncio.get_running_loop().time() + 40
+        while True:
+            recording = recorder.recordings.get(room.slug)
+            if recording is not None and len(recording.listed) >= 3:
+                break
+            assert asyncio.get_running_loop().time() < deadline, "nothing recorded from Chromium"
+            await asyncio.sleep(0.1)
+        await host.click("#stop")
+        await asyncio.wait_for(recording.done.wait(), 30)
+    finally:
+        await host_ctx.close()
+    assert recording.status == "ready"
+    rows = await episodes.segments(recorder.db, recording.episode_id)
+    # Chromium honours the recorder's keyframe requests: segments near the 2 s target.
+    assert all(1.4 <= r.duration <= 2.6 for r in rows[:-1]), [r.duration for r in rows]
+    for r in rows:
+        init = recorder.storage.read(f"{recording.storage_key}/{r.init_name}")
+        decoded = read_segment(init, recorder.storage.read(f"{recording.storage_key}/{r.name}"))
+        assert decoded.video_pts and decoded.audio_pts
+
+    page = await browser.new_page()
+    try:
+        state = await play(page, str(app_client.make_url(f"/episodes/{recording.episode_id}/watch")))
+        assert state["player"] == "native" and not state["error"] and state["width"] > 0
     finally:
         await page.close()

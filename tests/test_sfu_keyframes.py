@@ -112,3 +112,61 @@ async def test_late_joiner_gets_a_frame_quickly(client, room_factory, token_fact
         await late.close()
         await publisher.close()
         await host.close()
+
+
+class KeyframeCounter:
+    """A sink (the public sink API) that counts keyframes arriving from the publisher."""
+
+    def __init__(self) -> None:
+        self.keyframes: list[float] = []
+
+    def on_frame(self, frame: MediaFrame) -> None:
+        if frame.keyframe:
+            self.keyframes.append(time.monotonic())
+
+    def on_end(self) -> None:
+        pass
+
+
+async def test_viewer_pli_reaches_the_publisher_rate_limited(client, room_factory, token_factory):
+    from odsmedia.keys import FEATURES
+
+    room = await room_factory()
+    base = str(client.make_url(""))
+    host = SignalingClient(base, room.slug)
+    await host.connect()
+    await host.join(await token_factory(room, "host"))
+    publisher = Publisher(host)
+    viewer = Viewer(SignalingClient(base, room.slug))
+    try:
+        reply = await publisher.publish(fps=15, audio=False)
+        await viewer.client.connect()
+        await viewer.client.join()
+        await viewer.subscribe()
+        deadline = time.monotonic() + 15
+        while not (viewer.video() and viewer.video().frames >= 5) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        publication = client.server.app[FEATURES]["sfu"].get(room.slug).publications[reply["publications"][0]["id"]]
+        counter = KeyframeCounter()
+        publication.add_sink(counter)
+        await asyncio.sleep(publication._pli_interval)        # let the join's request age out
+        before = publication.keyframes_requested
+        receiver = viewer.pcs[0].getTransceivers()[0].receiver
+        ssrc = receiver.getSynchronizationSources()[0].source
+        for _ in range(5):                                      # a burst of viewer PLIs ...
+            await receiver._send_rtcp_pli(ssrc)
+        deadline = time.monotonic() + 5
+        while publication.keyframes_requested < before + 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(publication._pli_interval)
+        # ... becomes one request now and one trailing request, not five.
+        assert before + 1 <= publication.keyframes_requested <= before + 2
+        deadline = time.monotonic() + 5
+        while not counter.keyframes and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert counter.keyframes, "the publisher sent no keyframe after the PLI"
+    finally:
+        await viewer.close()
+        await viewer.client.close()
+        await publisher.close()
+        await host.close()

@@ -187,3 +187,45 @@ async def test_moderation_on_the_control_channel(client, room_factory, token_fac
         await publisher.close()
         await host.close()
         await viewer.close()
+
+
+async def test_room_info_and_participants_api(client, room_factory, token_factory, service_urls, tmp_path):
+    room = await room_factory(title="Info room")
+    resp = await client.get(f"/api/rooms/{room.slug}")
+    body = await resp.json()
+    assert resp.status == 200
+    assert body["title"] == "Info room" and body["live"] is False and body["publications"] == 0
+    assert body["ice_servers"] == []
+    assert (await client.get("/api/rooms/no-such-room-here")).status == 404
+    host = await connect(client, room.slug)
+    publisher = Publisher(host)
+    try:
+        await host.join(await token_factory(room, "host"), name="Hosty")
+        await publisher.publish(fps=10)
+        body = await (await client.get(f"/api/rooms/{room.slug}")).json()
+        assert body["live"] is True and body["publications"] == 2
+        listing = await (await client.get(f"/api/rooms/{room.slug}/participants")).json()
+        assert [p["name"] for p in listing["participants"]] == ["Hosty"]
+        assert {p["kind"] for p in listing["publications"]} == {"audio", "video"}
+        private = await room_factory(policy="signed-in")
+        resp = await client.get(f"/api/rooms/{private.slug}/participants")
+        assert resp.status == 401 and (await resp.json())["error"] == "sign_in_required"
+    finally:
+        await publisher.close()
+        await host.close()
+
+
+async def test_ice_servers_from_configuration(aiohttp_client, service_urls, tmp_path, room_factory):
+    from conftest import make_config
+    from odsmedia.app import make_app
+
+    config = make_config(service_urls, tmp_path / "d", ODS_ICE_STUN_URLS="stun:stun.example.org:3478",
+                         ODS_ICE_TURN_URLS="turn:turn.example.org:3478", ODS_ICE_TURN_USERNAME="u",
+                         ODS_ICE_TURN_CREDENTIAL="p")
+    c = await aiohttp_client(make_app(config))
+    room = await room_factory()
+    body = await (await c.get(f"/api/rooms/{room.slug}")).json()
+    assert body["ice_servers"] == [{"urls": ["stun:stun.example.org:3478"]},
+                                   {"urls": ["turn:turn.example.org:3478"], "username": "u", "credential": "p"}]
+    resp = await c.options(f"/rooms/{room.slug}/whip")
+    assert resp.status == 204

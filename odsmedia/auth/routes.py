@@ -169,10 +169,25 @@ async def anonymous_identity(request: web.Request) -> Identity | None:
     return Identity(anon_id=anon_id)
 
 
+def _is_room_page(request: web.Request, response: web.StreamResponse) -> bool:
+    return (
+        request.method == "GET"
+        and request.path.startswith("/rooms/")
+        and response.status == 200
+        and response.content_type == "text/html"
+        and sessions.COOKIE not in request.cookies
+        and anonymous.verify(service(request.app).secret, request.cookies.get(anonymous.COOKIE, "")) is None
+    )
+
+
 async def _set_anon_cookie(request: web.Request, response: web.StreamResponse) -> None:
     # Runs after aiohttp has turned response.cookies into headers (WebSocket handshakes
     # included), so the header is added directly. The value is url-safe base64 and a dot.
     anon_id = request.get(_NEW_ANON)
+    if anon_id is None and _is_room_page(request, response):
+        # A viewer's first page load: WebSocket joins happen after their handshake response is
+        # sent, so without this the id minted at a join could never be stored in the browser.
+        anon_id = anonymous.new_id()
     if anon_id:
         value = anonymous.sign(service(request.app).secret, anon_id)
         secure = "" if request.app[CONFIG].dev else "; Secure"

@@ -137,6 +137,8 @@ class Entitlements:
         self._spawn(self.recheck([a for a in account_ids if a in self._admitted]))
 
     async def on_message(self, message: dict) -> None:
+        if message.get("origin") == self.bus.node_id:
+            return   # dropped locally when published
         accounts = message.get("accounts")
         if isinstance(accounts, list):
             self.drop([a for a in accounts if isinstance(a, int)])

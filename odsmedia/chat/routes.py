@@ -27,11 +27,6 @@ from .items import KINDS, ChatError, clean_name, clean_text
 from .limits import PostLimits
 from .moderation import Actor, Moderation
 
-try:
-    from ..auth.anonymous import COOKIE as ANON_COOKIE
-except ImportError:  # pragma: no cover - auth feature absent
-    ANON_COOKIE = "ods_anon"
-
 log = logging.getLogger("odsmedia.chat")
 
 JOIN_TIMEOUT = 10.0
@@ -167,6 +162,14 @@ def _parse_after(raw: Any) -> int | None:
 async def chat_socket(request: web.Request) -> web.StreamResponse:
     chat: Chat = request.app[FEATURES]["chat"]
     room = await directory.require(chat.db, request.match_info["slug"])  # 404 before the upgrade
+    # Admit from the handshake before upgrading, so that whatever the identity
+    # resolvers set (a guest's new anonymous cookie) rides on the 101 response.
+    # A refusal waits: the join message may still bring a token.
+    early: Admission | ApiError
+    try:
+        early = await chat.gate.admit(request, room, Entry.JOIN)
+    except ApiError as exc:
+        early = exc
     ws = web.WebSocketResponse(heartbeat=30, max_msg_size=MAX_FRAME, compress=False)
     await ws.prepare(request)
 
@@ -194,21 +197,20 @@ async def chat_socket(request: web.Request) -> web.StreamResponse:
         token = join.get("token")
         if token:
             admission = await chat.gate.admit_token(token, room, Entry.JOIN)
+        elif isinstance(early, ApiError):
+            raise early
         else:
-            admission = await chat.gate.admit(request, room, Entry.JOIN)
+            admission = early
     except ApiError as exc:
         code = CLOSE_BANNED if exc.reason == "banned" else 4000 + exc.status
         return await refuse({"type": "error", **exc.body()}, code)
     identity = admission.identity
     try:
+        # Posting is the gate's decision (Entry.CHAT): in a public room it needs an
+        # identity, which for a guest is the anonymous cookie (a ban on a guest
+        # holds as long as that browser keeps its cookie).
         await chat.gate.decide(room, identity, admission.role, Entry.CHAT)
-        # An anonymous id minted on this very handshake (no cookie came with it) is
-        # new on every connection: it may read, but posting needs one that lasts,
-        # or a timeout or ban could be shed by dropping the cookie.
-        can_post = identity.kind != "none" and not (
-            identity.kind == "anonymous"
-            # The cookie is "<anon id>.<mac>" (auth.anonymous.sign): it names this id only if it came in.
-            and not request.cookies.get(ANON_COOKIE, "").startswith(f"{identity.anon_id}."))
+        can_post = True
     except ApiError:
         can_post = False
     client = ChatClient(ws, request, subject=identity.subject, name=await chat.display_name(admission, join.get("name")),

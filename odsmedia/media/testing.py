@@ -80,7 +80,11 @@ def read_counter(frame: av.VideoFrame) -> int:
 
 
 def peer() -> RTCPeerConnection:
-    """A client peer connection; candidates follow the process ICE policy (loopback in tests)."""
+    """A client peer connection; candidates follow the process ICE policy, and a
+    process without one is made loopback-only (tests and benchmarks never use
+    another interface)."""
+    if not ice.current().addresses:
+        ice.configure(["127.0.0.1"])
     return RTCPeerConnection(ice.rtc_configuration())
 
 

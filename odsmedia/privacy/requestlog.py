@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 import asyncpg
 from aiohttp import web
 
+from ..keys import SUBJECT
 from .region import client_region
 
 log = logging.getLogger("odsmedia.privacy")
@@ -52,7 +53,7 @@ class RequestLog:
                     status,
                     (time.perf_counter() - started) * 1000.0,
                     client_region(request, self.trusted_proxies),
-                    request.get("ods_subject"),
+                    request.get(SUBJECT),
                 ))
 
     async def flush(self, db: asyncpg.Pool) -> int:

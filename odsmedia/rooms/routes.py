@@ -14,6 +14,7 @@ from aiohttp import web
 from ..errors import json_response
 from ..gate import Entry
 from ..keys import BUS, CONFIG, DB, FEATURES, GATE
+from ..media import ice
 from ..media.ice import browser_ice_servers
 from . import directory
 from .sfu import Sfu
@@ -52,6 +53,8 @@ def setup(app: web.Application) -> None:
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         sfu.bus = app[BUS]
+        # The ICE policy is process-wide: the application that starts sets it.
+        ice.configure(sfu.config["ice.addresses"], sfu.config["ice.allowed_networks"])
         yield
         await sfu.close()
 

@@ -142,7 +142,11 @@ class Transport:
             self._watchdog = None
         self.release()
         try:
-            await self.pc.close()
+            # Shielded: a cancelled caller must not cancel the future aiortc's own
+            # concurrent close() is waiting on (it then fails setting its result).
+            await asyncio.shield(self.pc.close())
+        except asyncio.CancelledError:
+            raise
         except Exception:
             log.exception("peer connection close failed")
         self.pc.remove_all_listeners()
