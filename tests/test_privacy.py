@@ -58,3 +58,57 @@ async def test_retention_folds_old_request_logs_into_daily_aggregates(db):
     assert left == 1
     agg = await db.fetchrow("SELECT requests, errors FROM analytics_daily WHERE route = $1 AND day = $2", route, old.date())
     assert (agg["requests"], agg["errors"]) == (2, 1)
+
+
+async def test_export_and_delete_account(client, db, room_factory):
+    from test_auth import sign_in
+
+    csrf, account = await sign_in(client)
+    subject = f"a:{account['id']}"
+    room = await room_factory()
+    # Contributions and memberships to be exported and then removed.
+    await db.execute("INSERT INTO chat_rooms (room_id, last_seq) VALUES ($1, 1) ON CONFLICT DO NOTHING", room.id)
+    await db.execute(
+        "INSERT INTO chat_items (room_id, id, changed_seq, kind, author, author_name, body) "
+        "VALUES ($1, 1, 1, 'message', $2, 'Me', 'hello from me')", room.id, subject)
+    await db.execute("INSERT INTO room_members (room_id, account_id, role) VALUES ($1, $2, 'moderator')",
+                     room.id, account["id"])
+
+    resp = await client.get("/api/me/export")
+    assert resp.status == 200
+    data = await resp.json()
+    assert data["account"]["email"] == account["email"]
+    assert [i["body"] for i in data["chat_items"]] == ["hello from me"]
+    assert data["room_roles"] == [{"room": room.slug, "role": "moderator", "granted_at": data["room_roles"][0]["granted_at"]}]
+    assert data["sessions"] and all("token_hash" not in s for s in data["sessions"])
+
+    # Deletion needs the CSRF header and an explicit confirmation; neither half-deletes anything.
+    resp = await client.delete("/api/me", json={"confirm_email": account["email"]})
+    assert resp.status == 403
+    resp = await client.delete("/api/me", json={}, headers={"X-CSRF-Token": csrf})
+    assert resp.status == 400 and (await resp.json())["error"] == "confirmation_required"
+    assert await db.fetchval("SELECT count(*) FROM accounts WHERE id = $1", account["id"]) == 1
+
+    resp = await client.delete("/api/me", json={"confirm_email": account["email"]}, headers={"X-CSRF-Token": csrf})
+    assert resp.status == 200, await resp.text()
+    assert await db.fetchval("SELECT count(*) FROM accounts WHERE id = $1", account["id"]) == 0
+    assert await db.fetchval("SELECT count(*) FROM sessions WHERE account_id = $1", account["id"]) == 0
+    item = await db.fetchrow("SELECT * FROM chat_items WHERE room_id = $1 AND id = 1", room.id)
+    assert item["body"] == "" and item["deleted_at"] is not None and item["changed_seq"] == 2
+    assert await db.fetchval("SELECT count(*) FROM magic_links WHERE email = $1", account["email"]) == 0
+    # The session is gone with it.
+    assert (await client.get("/api/me")).status == 401
+
+
+async def test_delete_refused_while_subscription_runs(client, db):
+    from test_auth import sign_in
+
+    csrf, account = await sign_in(client)
+    customer = f"cus_{account['id']}_x"
+    await db.execute("INSERT INTO billing_customers (customer_id, account_id) VALUES ($1, $2)", customer, account["id"])
+    await db.execute(
+        "INSERT INTO subscriptions (subscription_id, customer_id, plan, status, state_at) "
+        "VALUES ($1, $2, 'pro', 'active', now())", f"sub_{account['id']}_x", customer)
+    resp = await client.delete("/api/me", json={"confirm_email": account["email"]}, headers={"X-CSRF-Token": csrf})
+    assert resp.status == 409 and (await resp.json())["error"] == "active_subscription"
+    assert await db.fetchval("SELECT count(*) FROM accounts WHERE id = $1", account["id"]) == 1

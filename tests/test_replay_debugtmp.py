@@ -14,7 +14,14 @@ async def test_dbg(app_client, room_factory, token_factory, browser):
     await host.wait_for_selector("body[data-ready='1']", timeout=10000)
     await host.click("#golive")
     await host.wait_for_selector("body[data-connection='connected']", timeout=20000)
-    await asyncio.sleep(12)
+    for i in range(6):
+        await asyncio.sleep(2)
+        st = await host.evaluate("""async () => { const s = window.odsHost; const out = [];
+            for (const pc of Object.values(s).filter(v => v && v.getStats)) {
+              (await pc.getStats()).forEach(r => { if (r.type === 'outbound-rtp' && r.kind === 'video') out.push([r.pliCount, r.firCount, r.keyFramesEncoded, r.framesEncoded, r.frameWidth, r.encoderImplementation, r.qualityLimitationReason]); });
+            }
+            return [Object.keys(s), out]; }""")
+        print("STATS", st)
     live = app_client.app[FEATURES]["sfu"].get(room.slug)
     for p in live.publications.values():
         print("PUB", p.kind, p.codec_name, p.frames, p.keyframes_requested)

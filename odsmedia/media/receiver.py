@@ -4,7 +4,9 @@ aiortc's receiver puts every reassembled ``(codec, JitterFrame)`` on a
 private ``queue.Queue`` that a decoder thread drains.  ``tap`` replaces that
 queue with an ``EncodedFrameTap`` before ``receive()`` starts the thread: the
 tap turns each frame into a ``MediaFrame`` and calls back on the event loop
-(``_handle_rtp_packet`` runs there), so nothing reaches the decoder.  The
+(``_handle_rtp_packet`` runs there), so nothing reaches the decoder, and
+swaps the jitter buffer for an ``EagerJitterBuffer`` so a frame leaves as
+soon as its last packet is in.  The
 ``None`` stop sentinel goes to a real queue that the idle decoder thread
 waits on, so stopping the receiver still joins the thread, and the tap
 reports the end of the track.
@@ -17,11 +19,47 @@ import time
 from typing import Any, Callable
 
 from aiortc import RTCRtpReceiver
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 
 from .frame import MediaFrame, is_keyframe
 
 QUEUE_ATTR = "_RTCRtpReceiver__decoder_queue"
 STARTED_ATTR = "_RTCRtpReceiver__started"
+JITTER_ATTR = "_RTCRtpReceiver__jitter_buffer"
+
+
+class EagerJitterBuffer(JitterBuffer):
+    """Completes a frame at its last packet instead of at the next frame's first.
+
+    aiortc's buffer knows a frame is whole only when a packet with another
+    timestamp arrives, which holds every video frame one frame interval
+    (~33 ms) and audio four packets (80 ms, its prefetch).  Forwarding wants
+    the frame now: a video frame is whole at its RTP marker bit when every
+    packet since the last frame is present, an Opus packet is a whole frame.
+    A lost packet still holds the frame until it is retransmitted (NACK) or
+    the next frame arrives, exactly as before.
+    """
+
+    def __init__(self, capacity: int, is_video: bool) -> None:
+        super().__init__(capacity, prefetch=0, is_video=is_video)
+
+    def _remove_frame(self, sequence_number: int) -> JitterFrame | None:
+        frame = super()._remove_frame(sequence_number)
+        if frame is not None:
+            return frame
+        packets = []
+        timestamp = None
+        video = self._is_video
+        for count in range(self._capacity):
+            packet = self._packets[(self._origin + count) % self._capacity]
+            if packet is None or (timestamp is not None and packet.timestamp != timestamp):
+                return None
+            timestamp = packet.timestamp
+            packets.append(packet)
+            if packet.marker or not video:
+                self.remove(count + 1)
+                return JitterFrame(data=b"".join([p._data for p in packets]), timestamp=timestamp)
+        return None
 
 FrameCallback = Callable[[MediaFrame], None]
 
@@ -64,12 +102,15 @@ def tap(receiver: RTCRtpReceiver, on_frame: FrameCallback, on_end: Callable[[], 
 
     ``kind`` is needed only before the receiver has a track (a client's recvonly
     transceiver before the remote description)."""
-    if not hasattr(receiver, QUEUE_ATTR) or not hasattr(receiver, STARTED_ATTR):
+    if not all(hasattr(receiver, a) for a in (QUEUE_ATTR, STARTED_ATTR, JITTER_ATTR)):
         raise RuntimeError("aiortc's RTCRtpReceiver changed: the decoder queue hook is gone")
     if getattr(receiver, STARTED_ATTR):
         raise RuntimeError("receiver already started; tap it before receive()")
-    hook = EncodedFrameTap(kind or receiver.track.kind, on_frame, on_end)
+    kind = kind or receiver.track.kind
+    hook = EncodedFrameTap(kind, on_frame, on_end)
     setattr(receiver, QUEUE_ATTR, hook)
+    old: JitterBuffer = getattr(receiver, JITTER_ATTR)
+    setattr(receiver, JITTER_ATTR, EagerJitterBuffer(old.capacity, is_video=kind == "video"))
     return hook
 
 

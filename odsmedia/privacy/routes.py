@@ -9,7 +9,7 @@ from typing import AsyncIterator
 from aiohttp import web
 
 from ..keys import CONFIG, DB, FEATURES
-from . import retention
+from . import retention, rights
 from .requestlog import RequestLog
 
 
@@ -18,6 +18,7 @@ def setup(app: web.Application) -> None:
     request_log = RequestLog(config["http.trusted_proxies"])
     app[FEATURES]["request_log"] = request_log
     app.middlewares.append(request_log.middleware)
+    rights.setup_routes(app)
 
     async def background(app: web.Application) -> AsyncIterator[None]:
         tasks = [
