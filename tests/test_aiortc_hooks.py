@@ -86,3 +86,30 @@ async def test_packer_replaces_the_encoder_and_refuses_decoded_frames():
             h264.encode(None)
     finally:
         await pc.close()
+
+
+def _packet(seq: int, ts: int, marker: bool, data: bytes):
+    from aiortc.rtp import RtpPacket
+
+    p = RtpPacket(payload_type=96, sequence_number=seq, timestamp=ts, marker=int(marker))
+    p._data = data
+    return p
+
+
+def test_eager_jitter_buffer_completes_frames_at_their_last_packet():
+    from odsmedia.media.receiver import EagerJitterBuffer
+
+    video = EagerJitterBuffer(128, is_video=True)
+    assert video.add(_packet(10, 3000, False, b"a"))[1] is None
+    _, frame = video.add(_packet(11, 3000, True, b"b"))          # marker: whole now, not at the next frame
+    assert frame.data == b"ab" and frame.timestamp == 3000
+    assert video.add(_packet(12, 6000, False, b"c"))[1] is None
+    assert video.add(_packet(14, 6000, True, b"e"))[1] is None    # 13 missing: wait
+    _, frame = video.add(_packet(13, 6000, False, b"d"))          # the retransmission completes it
+    assert frame.data == b"cde"
+    assert video.add(_packet(12, 6000, False, b"late"))[1] is None  # a duplicate of the past is dropped
+
+    audio = EagerJitterBuffer(16, is_video=False)
+    for seq in range(5):
+        _, frame = audio.add(_packet(seq, seq * 960, True, bytes([seq])))
+        assert frame.data == bytes([seq]) and frame.timestamp == seq * 960   # no prefetch delay

@@ -112,3 +112,26 @@ async def test_delete_refused_while_subscription_runs(client, db):
     resp = await client.delete("/api/me", json={"confirm_email": account["email"]}, headers={"X-CSRF-Token": csrf})
     assert resp.status == 409 and (await resp.json())["error"] == "active_subscription"
     assert await db.fetchval("SELECT count(*) FROM accounts WHERE id = $1", account["id"]) == 1
+
+
+async def test_account_page_deletes_the_account(client, db, browser):
+    from test_auth import sign_in
+
+    _, account = await sign_in(client)
+    page = await browser.new_page()
+    # Hand the signed-in cookies of the test client to the browser.
+    await page.context.add_cookies([
+        {"name": c.key, "value": c.value, "url": str(client.make_url("/"))}
+        for c in client.session.cookie_jar
+    ])
+    await page.goto(str(client.make_url("/account")))
+    await page.wait_for_selector("#account:not([hidden])", timeout=5000)
+    assert await page.get_attribute("#export", "href") == "/api/me/export"
+    await page.fill("#delete-confirm", "someone-else@example.test")
+    await page.click("#delete-account")
+    await page.wait_for_selector("#error:not([hidden])", timeout=5000)
+    assert await db.fetchval("SELECT count(*) FROM accounts WHERE id = $1", account["id"]) == 1
+    await page.fill("#delete-confirm", account["email"])
+    await page.click("#delete-account")
+    await page.wait_for_url("**/?deleted=1", timeout=5000)
+    assert await db.fetchval("SELECT count(*) FROM accounts WHERE id = $1", account["id"]) == 0

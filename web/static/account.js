@@ -109,6 +109,14 @@ document.addEventListener("DOMContentLoaded", async () => {
   name.value = me.display_name;
   showBilling(me);
 
+  document.getElementById("delete-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    try {
+      await api("DELETE", "/api/me", {confirm_email: document.getElementById("delete-confirm").value});
+      window.location.assign("/?deleted=1");
+    } catch (e) { showError(e); }
+  });
+
   document.getElementById("name-form").addEventListener("submit", async (event) => {
     event.preventDefault();
     try {
