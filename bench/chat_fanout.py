@@ -29,7 +29,6 @@ import os
 import re
 import secrets
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -199,11 +198,18 @@ def reader_process(ports: list[int], first: int, count: int, sample: int, conn) 
 
         def on_command() -> None:
             command = conn.recv()
+            if command == "count":
+                os.set_blocking(conn.fileno(), True)
+                conn.send(sum(r.items for r in readers))
+                os.set_blocking(conn.fileno(), False)
+                return
             if command == "measure":
                 stats.measuring = True
             elif command == "count":
                 conn.send(sum(r.items for r in readers))
             elif command == "stop":
+                loop.remove_reader(conn.fileno())
+                os.set_blocking(conn.fileno(), True)  # the event loop made it non-blocking
                 conn.send((sum(r.items for r in readers), stats.latencies_ns))
                 done.set()
 

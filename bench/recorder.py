@@ -13,6 +13,7 @@ and records into a temporary directory.
    input, one after the other:
      feed only     the feeding loop with a sink that drops every frame (overhead, subtracted)
      remux         the recorder as shipped: H.264 remuxed into fMP4
+     remux + AAC   the same with recording.audio_codec = aac (Opus decoded, AAC encoded)
      transcode     the same input decoded and re-encoded (libx264 ultrafast) before the
                    recorder: what a transcoding recorder would spend
      vp8 input     the same picture sent as VP8: the recorder's VP8 path (decode + x264,
@@ -173,6 +174,10 @@ async def run_cpu(pool, args, tmp: Path) -> None:
     rows.append(("feed only", base_cpu, base_wall))
     cpu, wall, remux = await feed_realtime(recorder, room, h264)
     rows.append(("remux (shipped)", cpu, wall))
+    recorder.audio_codec = "aac"
+    cpu, wall, _ = await feed_realtime(recorder, room, h264)
+    rows.append(("remux + AAC audio (recording.audio_codec=aac)", cpu, wall))
+    recorder.audio_codec = "opus"
     reencoder = Reencoder()
     cpu, wall, _ = await feed_realtime(recorder, room, h264, transform=reencoder.convert)
     rows.append(("transcode H.264", cpu, wall))

@@ -4,8 +4,8 @@ Method. A server process runs either the real application (``sfu`` mode:
 make_app with WHIP/WHEP, recording off, a fresh migrated database) or
 aiortc's classic decode-and-re-encode relay (``relay`` mode: the publisher's
 tracks decoded once, ``MediaRelay`` hands the frames to one encoder per
-viewer), with the same WHIP/WHEP-style HTTP signaling. This process is the
-load: a publisher sending a pre-encoded clip (1280x720, 30 fps, ~1.5 Mbit/s
+viewer), with the same WHIP/WHEP-style HTTP signaling. The load is a
+publisher process sending a pre-encoded clip (1280x720, 30 fps, ~1.5 Mbit/s
 x264 baseline, keyframe every second, plus 20 ms Opus packets) through
 aiortc's ``pack()`` path, so the publisher encodes nothing while measuring,
 and N viewers whose receivers are tapped (``odsmedia.media.receiver``), so
@@ -17,8 +17,8 @@ differ from its input) is measured two ways: *server* = from the moment a
 frame leaves the receiver hook to the moment each viewer's sender packs it
 (inside the server process); *end-to-end* = from the publisher handing a
 frame to its sender to a viewer's receiver completing it, matched by the
-frame's bytes. End-to-end includes aiortc's frame reassembly at the server
-and at the viewer (each waits for the next frame's first packet, ~1 frame).
+frame's bytes (both processes read CLOCK_MONOTONIC). Frames are reassembled
+at their last packet (``EagerJitterBuffer``) at the server and the viewers.
 Everything runs on 127.0.0.1; every phase has a deadline.
 
     .venv/bin/python bench/sfu_fanout.py [--viewers 1,10,25,50] [--relay-viewers 1,4] [--seconds 8]
@@ -33,6 +33,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -291,8 +292,7 @@ class Load:
         self.info = info
         self.video = video
         self.audio = audio
-        self.sent: dict[bytes, list[float]] = {}
-        self.latency: list[float] = []
+        self.arrivals: list[tuple[bytes, float]] = []
         self.measuring = False
         self.sessions: list[tuple[RTCPeerConnection, str]] = []
         self.http = aiohttp.ClientSession()
@@ -308,9 +308,9 @@ class Load:
                 raise RuntimeError(f"{path}: {resp.status} {body[:200]}")
             return body, resp.headers["Location"]
 
-    async def publish(self) -> None:
+    async def publish(self, sent: dict[bytes, list[float]] | None = None) -> None:
         pc = RTCPeerConnection(ice.rtc_configuration())
-        video = ClipTrack("video", self.video, 1 / FPS, 90000 // FPS, 90000, self.sent)
+        video = ClipTrack("video", self.video, 1 / FPS, 90000 // FPS, 90000, sent)
         prefer_h264(pc.addTransceiver(video, direction="sendonly"))
         pc.addTransceiver(ClipTrack("audio", self.audio, 0.02, 960, 48000), direction="sendonly")
         await pc.setLocalDescription(await pc.createOffer())
@@ -326,13 +326,8 @@ class Load:
         audio = pc.addTransceiver("audio", direction="recvonly")
 
         def on_video(frame) -> None:
-            if not self.measuring:
-                return
-            times = self.sent.get(frame_key(frame.data))
-            if times:
-                earlier = [t for t in times if t <= frame.arrival]
-                if earlier:
-                    self.latency.append(frame.arrival - earlier[-1])
+            if self.measuring:
+                self.arrivals.append((frame_key(frame.data), frame.arrival))
 
         tap(video.receiver, on_video, lambda: None, kind="video")
         tap(audio.receiver, lambda frame: None, lambda: None, kind="audio")
@@ -374,20 +369,56 @@ def pct(samples: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))] * 1000
 
 
-async def measure(mode: str, info: dict, viewers: int, args, clip) -> dict:
+def latencies(arrivals: list[tuple[bytes, float]], sent: dict[bytes, list[float]]) -> list[float]:
+    """Arrival minus the latest send of the same frame bytes before it (the clip loops every 3 s)."""
+    out = []
+    for key, arrival in arrivals:
+        earlier = [t for t in sent.get(key, ()) if t <= arrival]
+        if earlier:
+            out.append(arrival - earlier[-1])
+    return out
+
+
+async def publisher_main(info_path: str, clip_path: str, log_path: str) -> None:
+    """The publisher in its own process, so viewers' receive work cannot delay what it sends."""
+    import pickle
+    import signal
+
+    ice.configure(["127.0.0.1"])
+    info = json.loads(Path(info_path).read_text())
+    video, audio = pickle.loads(Path(clip_path).read_bytes())
+    load = Load(info["base"], info, video, audio)
+    sent: dict[bytes, list[float]] = {}
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await load.publish(sent)
+    print("ready", flush=True)
+    await stop.wait()
+    Path(log_path).write_text(json.dumps({k.hex(): v for k, v in sent.items()}))
+    await load.close()
+
+
+async def measure(mode: str, info: dict, viewers: int, args, clip_path: str, tmp: Path) -> dict:
     server = psutil.Process(info["pid"])
-    load = Load(f"http://127.0.0.1:{info['port']}", info, *clip)
+    base = f"http://127.0.0.1:{info['port']}"
+    info_path, log_path = tmp / "info.json", tmp / f"sent-{mode}-{viewers}.json"
+    info_path.write_text(json.dumps({**info, "base": base}))
+    publisher = subprocess.Popen([sys.executable, __file__, "--publisher", str(info_path), clip_path, str(log_path)],
+                                 stdout=subprocess.PIPE, cwd=REPO, text=True)
+    load = Load(base, info, [], [])
     try:
-        await load.publish()
+        assert publisher.stdout is not None
+        if publisher.stdout.readline().strip() != "ready":
+            raise RuntimeError("publisher did not start")
         # Viewers join a few at a time so the handshakes do not starve the running streams.
         for start in range(0, viewers, 5):
             await asyncio.gather(*(load.view() for _ in range(min(5, viewers - start))))
         await asyncio.sleep(args.warmup)
         await load.stats()                      # drop warm-up latency samples
+        procs = [server, psutil.Process(publisher.pid)]
         before_cpu = sum(server.cpu_times()[:2])
         before = (await load.stats())["packets_sent"]
-        mine_before = sum(psutil.Process().cpu_times()[:2])
-        load.latency.clear()
+        load_before = sum(psutil.Process().cpu_times()[:2]) + sum(procs[1].cpu_times()[:2])
         load.measuring = True
         started = time.monotonic()
         await asyncio.sleep(args.seconds)
@@ -395,14 +426,21 @@ async def measure(mode: str, info: dict, viewers: int, args, clip) -> dict:
         load.measuring = False
         after_stats = await load.stats()
         cpu = (sum(server.cpu_times()[:2]) - before_cpu) / elapsed
-        mine = (sum(psutil.Process().cpu_times()[:2]) - mine_before) / elapsed
-        return {"mode": mode, "viewers": viewers, "cpu": cpu, "load_cpu": mine,
-                "pps": (after_stats["packets_sent"] - before) / elapsed,
-                "server_p50": pct(after_stats["latency"], 0.5), "server_p99": pct(after_stats["latency"], 0.99),
-                "e2e_p50": pct(load.latency, 0.5), "e2e_p99": pct(load.latency, 0.99)}
+        mine = (sum(psutil.Process().cpu_times()[:2]) + sum(procs[1].cpu_times()[:2]) - load_before) / elapsed
     finally:
+        publisher.terminate()
+        try:
+            publisher.wait(15)
+        except subprocess.TimeoutExpired:
+            publisher.kill()
         await load.close()
         await asyncio.sleep(0.5)
+    sent = {bytes.fromhex(k): v for k, v in json.loads(log_path.read_text()).items()} if log_path.exists() else {}
+    e2e = latencies(load.arrivals, sent)
+    return {"mode": mode, "viewers": viewers, "cpu": cpu, "load_cpu": mine,
+            "pps": (after_stats["packets_sent"] - before) / elapsed,
+            "server_p50": pct(after_stats["latency"], 0.5), "server_p99": pct(after_stats["latency"], 0.99),
+            "e2e_p50": pct(e2e, 0.5), "e2e_p99": pct(e2e, 0.99)}
 
 
 def start_server(mode: str, database_url: str, prefix: str) -> tuple[subprocess.Popen, dict]:
@@ -423,9 +461,15 @@ async def run(args) -> None:
 
     from odsmedia.storage import migrate
 
+    import pickle
+    import tempfile
+
     ice.configure(["127.0.0.1"])
     print("encoding the clip ...", file=sys.stderr)
     clip = make_clip()
+    tmp = Path(tempfile.mkdtemp(prefix="ods-sfu-bench-"))
+    clip_path = tmp / "clip.pickle"
+    clip_path.write_bytes(pickle.dumps(clip))
     kbps = sum(len(p) for p in clip[0]) * 8 / CLIP_SECONDS / 1000
     print(f"clip: {len(clip[0])} video frames, {kbps:.0f} kbit/s video", file=sys.stderr)
     dbname = f"ods_bench_{uuid.uuid4().hex[:8]}"
@@ -442,7 +486,7 @@ async def run(args) -> None:
             try:
                 for n in [0, *counts]:
                     print(f"{mode}: {n} viewers ...", file=sys.stderr)
-                    rows.append(await asyncio.wait_for(measure(mode, info, n, args, clip),
+                    rows.append(await asyncio.wait_for(measure(mode, info, n, args, str(clip_path), tmp),
                                                        args.seconds + args.warmup + 120))
             finally:
                 proc.terminate()
@@ -453,6 +497,7 @@ async def run(args) -> None:
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
         await admin.close()
+        shutil.rmtree(tmp, ignore_errors=True)
     report(rows, kbps)
 
 
@@ -489,8 +534,11 @@ def main() -> None:
     parser.add_argument("--serve", choices=("sfu", "relay"), help=argparse.SUPPRESS)
     parser.add_argument("--database-url", help=argparse.SUPPRESS)
     parser.add_argument("--prefix", help=argparse.SUPPRESS)
+    parser.add_argument("--publisher", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve == "sfu":
+    if args.publisher:
+        asyncio.run(publisher_main(*args.publisher))
+    elif args.serve == "sfu":
         asyncio.run(serve_sfu(args.database_url, args.prefix))
     elif args.serve == "relay":
         asyncio.run(serve_relay())

@@ -199,6 +199,8 @@ SETTINGS: tuple[Setting, ...] = (
             "HLS segment container (fMP4 only; docs/recording.md says why)."),
     Setting("recording.reconnect_grace", "ODS_RECORDING_RECONNECT_GRACE", _duration, 10.0,
             "How long an episode waits for the host to publish again before it is finalized (seconds)."),
+    Setting("recording.audio_codec", "ODS_RECORDING_AUDIO_CODEC", _choice("opus", "aac"), "opus",
+            "Episode audio: opus (as received; no Apple HLS players) or aac (one Opus->AAC transcode per session)."),
     Setting("chat.max_length", "ODS_CHAT_MAX_LENGTH", _int, 500, "Longest chat message, in characters."),
     Setting("chat.rate_per_10s", "ODS_CHAT_RATE_PER_10S", _int, 10, "Messages one user may post per 10 seconds."),
     Setting("chat.history", "ODS_CHAT_HISTORY", _int, 50, "Items sent to a client when it joins."),

@@ -8,6 +8,8 @@ from typing import Any
 
 import asyncpg
 
+from odsmedia.errors import ApiError
+
 STATUSES = ("live", "finalizing", "ready", "interrupted", "failed")
 
 
@@ -156,6 +158,8 @@ async def delete(db: asyncpg.Pool, episode_id: int) -> Episode | None:
         row = await conn.fetchrow(_SELECT + " WHERE e.id = $1 FOR UPDATE OF e", episode_id)
         if row is None:
             return None
+        if row["status"] in ("live", "finalizing"):
+            raise ApiError(409, "episode_live", "the episode is still being recorded")
         await conn.execute("DELETE FROM episodes WHERE id = $1", episode_id)
     return Episode.from_row(row)
 

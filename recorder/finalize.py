@@ -117,6 +117,25 @@ async def finalize_episode(db, storage: Storage, episode: Episode, target: float
     return Recovered(episode.id, len(found), len(added), duration, status)
 
 
+async def sweep_orphans(db, storage: Storage) -> list[str]:
+    """Remove episode directories no row points to (the room or the episode row was
+    deleted by cascade, or a crash came between creating files and the row).
+
+    Runs at start-up, before this node records anything: every directory of a
+    node-local store belongs to this node, and none is being created."""
+    on_disk = await asyncio.to_thread(storage.prefixes)
+    if not on_disk:
+        return []
+    known = {r["storage_key"] for r in await db.fetch(
+        "SELECT storage_key FROM episodes WHERE storage_key = ANY($1::text[])", on_disk)}
+    orphans = [key for key in on_disk if key not in known]
+    for key in orphans:
+        await asyncio.to_thread(storage.delete_prefix, key)
+    if orphans:
+        log.info("removed episode files without rows", extra={"count": len(orphans)})
+    return orphans
+
+
 async def recover(db, storage: Storage, node: str, target: float) -> list[Recovered]:
     """Finalize every episode this node left live or finalizing; returns what was done."""
     done = []

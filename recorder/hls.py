@@ -4,7 +4,8 @@ One ``HlsWriter`` per episode runs PyAV's mp4 muxer in its own thread, fed
 by a bounded queue, so muxing never runs on the event loop.  Video is
 remuxed as received (H.264 Annex B; the muxer rewrites it to length-prefixed
 NAL units), never decoded; VP8 video is the one exception and goes through
-``transcode.Vp8ToH264`` in this same thread.
+``transcode.Vp8ToH264`` in this same thread.  Opus audio is muxed as
+received, or re-encoded to AAC here when ``audio_codec="aac"``.
 
 The muxer fragments at every video keyframe (``frag_keyframe``).  Each
 fragment's decode-time span is read back from its ``moof``, and fragments
@@ -112,6 +113,7 @@ class _Period:
     last_video_pts: int = -1
     video_step: int = 3000
     audio_end: int | None = None  # pts just after the last audio sample
+    aac: "_AacEncoder | None" = None
     want_restart: bool = False
     fragments: list[Fragment] = field(default_factory=list)
     segment_start: float | None = None
@@ -130,6 +132,7 @@ class HlsWriter:
         on_keyframe_wanted: Callable[[], None] = lambda: None,
         on_failed: Callable[[], None] = lambda: None,
         queue_size: int = 1024,
+        audio_codec: str = "opus",
         start_wait: float = 1.0,
         first_seq: int = 1,
         first_period: int = 0,
@@ -143,6 +146,9 @@ class HlsWriter:
         self.on_keyframe_wanted = on_keyframe_wanted
         self.on_failed = on_failed
         self.start_wait = start_wait
+        if audio_codec not in ("opus", "aac"):
+            raise ValueError(f"audio_codec must be opus or aac, not {audio_codec!r}")
+        self.audio_codec = audio_codec
         self.queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self.thread = threading.Thread(target=self._run, name=f"hls-writer:{prefix}", daemon=True)
         self.error: BaseException | None = None
@@ -294,9 +300,13 @@ class HlsWriter:
                 video = container.add_stream_from_template(probe.streams.video[0])
             video.time_base = Fraction(1, VIDEO_CLOCK)
         if with_audio:
-            audio = container.add_stream("libopus", rate=AUDIO_CLOCK)
+            # The stream's own encoder context supplies the sample entry (dOps / esds);
+            # for Opus it never encodes: packets are muxed as received.
+            audio = container.add_stream("aac" if self.audio_codec == "aac" else "libopus", rate=AUDIO_CLOCK)
             audio.layout = "stereo"
             audio.time_base = Fraction(1, AUDIO_CLOCK)
+            if self.audio_codec == "aac":
+                audio.bit_rate = 128_000
         period = _Period(
             index=index, container=container, splitter=splitter, video=video, audio=audio,
             start=first.seconds, params=params,
@@ -304,6 +314,8 @@ class HlsWriter:
         )
         if audio is not None:
             period.audio_end = round(first.seconds * AUDIO_CLOCK)
+            if self.audio_codec == "aac":
+                period.aac = _AacEncoder(audio, period.audio_end)
         self._period = period
         pending, self._pending = self._pending, []
         for sample in pending:
@@ -362,6 +374,11 @@ class HlsWriter:
             self._mux_audio_packet(period, OPUS_SILENCE, fill, OPUS_SILENCE_SAMPLES)
 
     def _mux_audio_packet(self, period: _Period, data: bytes, pts: int, duration: int) -> None:
+        if period.aac is not None:
+            period.audio_end = pts + duration
+            for packet in period.aac.encode(data, pts):
+                period.container.mux(packet)
+            return
         packet = av.Packet(data)
         packet.pts = packet.dts = pts
         packet.time_base = period.audio.time_base
@@ -429,6 +446,9 @@ class HlsWriter:
         if period is None:
             return
         self._period = None
+        if period.aac is not None:
+            for packet in period.aac.flush():
+                period.container.mux(packet)
         period.container.close()   # flushes the interleaver and the last fragment
         self._collect(period)
         self._close_segment(period)
@@ -440,3 +460,45 @@ class HlsWriter:
                 period.container.close()
             except Exception:
                 pass
+
+
+class _AacEncoder:
+    """Opus -> AAC-LC for players without Opus in HLS (Apple's), in the writer thread.
+
+    The input is the continuous Opus timeline the writer already keeps (gaps
+    filled with silence), so the output is 1024-sample AAC frames numbered
+    from the period's first audio sample.
+    """
+
+    def __init__(self, stream: av.stream.Stream, first_pts: int) -> None:
+        self.stream = stream
+        self.decoder = av.CodecContext.create("opus", "r")
+        self.resampler = av.AudioResampler(format="fltp", layout="stereo", rate=AUDIO_CLOCK)
+        self.fifo = av.AudioFifo()
+        self.next_pts = first_pts
+        self.time_base = Fraction(1, AUDIO_CLOCK)
+
+    def encode(self, data: bytes, pts: int) -> list[av.Packet]:
+        packet = av.Packet(data)
+        packet.pts = packet.dts = pts
+        packet.time_base = self.time_base
+        try:
+            frames = self.decoder.decode(packet)
+        except av.error.FFmpegError:
+            frames = []   # a damaged packet: the FIFO simply gets less audio
+        out: list[av.Packet] = []
+        for frame in frames:
+            for converted in self.resampler.resample(frame):
+                converted.pts = None
+                self.fifo.write(converted)
+        size = self.stream.codec_context.frame_size or 1024
+        while self.fifo.samples >= size:
+            chunk = self.fifo.read(size)
+            chunk.pts = self.next_pts
+            chunk.time_base = self.time_base
+            self.next_pts += size
+            out += self.stream.encode(chunk)
+        return out
+
+    def flush(self) -> list[av.Packet]:
+        return list(self.stream.encode(None))

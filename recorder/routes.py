@@ -189,9 +189,7 @@ async def delete_episode(request: web.Request) -> web.Response:
 
 
 async def remove(db, storage: Storage, episode: Episode) -> None:
-    """Delete an episode's rows, then its files (also used by the CLI)."""
-    if episode.status in ("live", "finalizing"):
-        raise ApiError(409, "episode_live", "the episode is still being recorded")
+    """Delete an episode's rows, then its files (also used by the CLI); 409 while recording."""
     removed = await episodes.delete(db, episode.id)
     if removed is not None:
         await asyncio.to_thread(storage.delete_prefix, removed.storage_key)
@@ -209,6 +207,7 @@ def make_recorder(app: web.Application) -> Recorder:
         segment_seconds=seconds,
         reconnect_grace=config["recording.reconnect_grace"],
         enabled=config["recording.enabled"],
+        audio_codec=config["recording.audio_codec"],
     )
 
 
@@ -217,6 +216,7 @@ def setup(app: web.Application) -> None:
         recorder = make_recorder(app)
         app[FEATURES][RECORDER] = recorder
         await finalize.recover(recorder.db, recorder.storage, recorder.node, recorder.segment_seconds)
+        await finalize.sweep_orphans(recorder.db, recorder.storage)
         sfu = app[FEATURES].get("sfu")
         if sfu is not None:
             sfu.add_observer(recorder)

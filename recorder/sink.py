@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 import asyncpg
 
-from . import episodes
+from . import episodes, metrics
 from .episodes import SegmentRow
 from .hls import ClosedSegment, HlsWriter, Sample
 from .playlist import Playlist, PlaylistEntry
@@ -122,6 +122,7 @@ class RoomRecording:
             on_keyframe_wanted=self._keyframe_wanted_in_thread,
             on_failed=lambda: self.loop.call_soon_threadsafe(self.end),
             queue_size=recorder.queue_size,
+            audio_codec=recorder.audio_codec,
         )
         self.playlist = Playlist(self.target)
         self.tracks: set[TrackSink] = set()
@@ -182,10 +183,12 @@ class RoomRecording:
                 if self.next_keyframe_request < seconds:
                     self.next_keyframe_request = seconds + self.target
         accepted = self.writer.put(Sample(sink.kind, frame.codec, frame.data, pts, frame.clock_rate, frame.keyframe))
-        if not accepted and sink.kind == "video":
-            # A lost video frame breaks decoding until the next keyframe.
-            sink.waiting_keyframe = True
-            sink.request_keyframe("recorder")
+        if not accepted:
+            metrics.dropped_frames.labels(sink.kind).inc()
+            if sink.kind == "video":
+                # A lost video frame breaks decoding until the next keyframe.
+                sink.waiting_keyframe = True
+                sink.request_keyframe("recorder")
 
     def track_ended(self, sink: TrackSink) -> None:
         self.tracks.discard(sink)
@@ -257,6 +260,7 @@ class RoomRecording:
         self.status = "live"
         self.created.set()
         failed = False
+        metrics.recordings_live.inc()
         try:
             while True:
                 event = await self._events.get()
@@ -272,6 +276,8 @@ class RoomRecording:
                     self.end()
             await self._finalize(failed)
         finally:
+            metrics.recordings_live.dec()
+            metrics.episodes_finished.labels(self.status).inc()
             self.done.set()
 
     async def _drain_until_finished(self) -> None:
@@ -294,12 +300,21 @@ class RoomRecording:
         self.playlist.add(PlaylistEntry(segment.name, segment.duration, segment.init, segment.discontinuity))
         await asyncio.to_thread(self.recorder.storage.put, f"{self.storage_key}/{PLAYLIST}",
                                 self.playlist.render().encode())
-        self.listed.append((segment, time.monotonic()))
+        listed = time.monotonic()
+        self.listed.append((segment, listed))
+        metrics.segments.inc()
+        metrics.segment_bytes.inc(segment.size)
+        metrics.listing_delay.observe(listed - segment.closed_at)
 
     async def _finalize(self, failed: bool) -> None:
         assert self.episode_id is not None
         db = self.recorder.db
         storage = self.recorder.storage
+        if await episodes.get(db, self.episode_id) is None:
+            # The row went while recording (the room was deleted): so do the files.
+            await asyncio.to_thread(storage.delete_prefix, self.storage_key)
+            self.status = "deleted"
+            return
         if not self.playlist.entries:
             if failed or self.writer.error is not None:
                 self.status = "failed"
@@ -331,6 +346,7 @@ class Recorder:
         reconnect_grace: float = 10.0,
         enabled: bool = True,
         queue_size: int = 1024,
+        audio_codec: str = "opus",
     ) -> None:
         self.db = db
         self.storage = storage
@@ -339,6 +355,7 @@ class Recorder:
         self.reconnect_grace = reconnect_grace
         self.enabled = enabled
         self.queue_size = queue_size
+        self.audio_codec = audio_codec
         self.recordings: dict[str, RoomRecording] = {}
         self._sinks: dict[int, tuple[Any, TrackSink]] = {}
         self._ending: set[RoomRecording] = set()

@@ -2,7 +2,7 @@
 
 The recorder's worker thread writes through ``Storage`` and the replay
 routes read through it (from a thread), so an S3-compatible store can
-implement the same six methods with a blocking client and nothing else in
+implement the same seven methods with a blocking client and nothing else in
 the recorder changes.  Keys are ``/``-separated relative names built by the
 recorder from validated parts (an episode's storage key and a segment name
 from its own list); they are checked here again so a bad key can never
@@ -55,6 +55,10 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def list(self, prefix: str) -> list[str]:
         """Names (last key component) of the objects directly under ``prefix``."""
+
+    @abc.abstractmethod
+    def prefixes(self) -> list[str]:
+        """The top-level prefixes (one per episode)."""
 
     @abc.abstractmethod
     def delete_prefix(self, prefix: str) -> None:
@@ -115,6 +119,12 @@ class LocalStorage(Storage):
                 entry.name for entry in os.scandir(self._path(prefix))
                 if entry.is_file() and not entry.name.startswith(".")
             )
+        except FileNotFoundError:
+            return []
+
+    def prefixes(self) -> list[str]:
+        try:
+            return sorted(e.name for e in os.scandir(self.root) if e.is_dir() and _PART.match(e.name))
         except FileNotFoundError:
             return []
 

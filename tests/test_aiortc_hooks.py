@@ -17,7 +17,7 @@ from aiortc import RTCRtpReceiver, RTCRtpSender, RTCSessionDescription
 from odsmedia.media import ice
 from odsmedia.media.frame import MediaFrame
 from odsmedia.media.receiver import QUEUE_ATTR, STARTED_ATTR, EncodedFrameTap, tap
-from odsmedia.media.sender import ENCODER_ATTR, Packer, install_packer
+from odsmedia.media.sender import ENCODER_ATTR, LEAN_ATTRS, LEAN_DTLS_ATTRS, Packer, install_packer
 from odsmedia.media.testing import CounterVideoTrack, peer
 
 pytestmark = pytest.mark.timeout(60)
@@ -34,6 +34,11 @@ async def test_private_attributes_exist():
         assert hasattr(t.receiver, QUEUE_ATTR) and hasattr(t.receiver, STARTED_ATTR)
         assert hasattr(t.sender, ENCODER_ATTR) and getattr(t.sender, ENCODER_ATTR) is None
         assert callable(t.sender._send_keyframe) and callable(t.receiver._send_rtcp_pli)
+        assert all(hasattr(t.sender, a) for a in LEAN_ATTRS), [a for a in LEAN_ATTRS if not hasattr(t.sender, a)]
+        assert all(hasattr(t.sender.transport, a) for a in LEAN_DTLS_ATTRS)
+        assert hasattr(t.sender.transport.transport, "_connection")
+        assert hasattr(t.sender.transport.transport._connection, "_nominated")
+        assert hasattr(t.receiver, "_RTCRtpReceiver__jitter_buffer")
     finally:
         await pc.close()
 

@@ -7,7 +7,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 
 import aiohttp
 import pytest

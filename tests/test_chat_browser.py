@@ -201,3 +201,22 @@ async def test_the_viewer_page_mounts_chat_and_a_guest_posts_as_text(site, brows
     finally:
         await page.close()
         await host.close()
+
+
+async def test_the_replay_page_mounts_chat_in_replay_mode_with_jump_points(site, browser, room_factory, db):
+    client, _ = site
+    room = await room_factory()
+    episode = await db.fetchval(
+        "INSERT INTO episodes (room_id, storage_key, status) VALUES ($1, 'k', 'ready') RETURNING id", room.id)
+    await db.execute(
+        "INSERT INTO chat_items (room_id, id, changed_seq, kind, author, author_name, body, episode_id, "
+        "episode_offset) VALUES ($1, 1, 1, 'highlight', 'v:x', 'X', '<i>the fix</i>', $2, 12.5)", room.id, episode)
+    page = await browser.new_page()
+    try:
+        await page.goto(str(client.make_url(f"/episodes/{episode}/watch")))
+        await page.wait_for_selector('section#chat[data-state="loaded"]', timeout=15000)
+        assert await page.get_attribute("section#chat", "data-episode") == str(episode)
+        assert await page.text_content(".chat-jump .chat-text") == "<i>the fix</i>"
+        assert await page.eval_on_selector_all(".chat-jump i", "els => els.length") == 0
+    finally:
+        await page.close()

@@ -235,3 +235,77 @@ async def test_storage_failure_ends_the_recording_as_failed(db, room_factory, tm
     assert row.status == "failed" and row.ended_at is not None
     assert recorder.recordings.get(room.slug) is None
     await recorder.close()
+
+
+async def test_recordings_leave_no_threads_tasks_or_files_open(db, room_factory, tmp_path):
+    import os
+    import threading
+
+    room = await room_factory()
+    recorder = Recorder(db, LocalStorage(tmp_path), node="node-a", segment_seconds=0.5, reconnect_grace=0)
+    frames = SyntheticSession(1.0, gop_seconds=0.5).frames
+
+    async def one_session() -> None:
+        recording = recorder.recording_for(room.id, room.slug)
+        sinks = {"video": recording.add_track("video"), "audio": recording.add_track("audio")}
+        for frame in frames:
+            sinks[frame.kind].on_frame(frame)
+        for sink in sinks.values():
+            sink.on_end()
+        await asyncio.wait_for(recording.done.wait(), 30)
+        assert recording.status == "ready"
+
+    await one_session()   # warm-up: pool connections, executor threads
+    fds = len(os.listdir("/proc/self/fd"))
+    for _ in range(15):
+        await one_session()
+    await wait_for(lambda: not [t for t in threading.enumerate() if t.name.startswith("hls-writer")],
+                   what="writer threads to exit")
+    assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("recording:") and not t.done()]
+    assert not recorder.recordings and not recorder._ending and not recorder._sinks
+    assert len(os.listdir("/proc/self/fd")) <= fds + 2
+    assert len(await episodes.for_room(db, room.id)) == 16
+    await recorder.close()
+
+
+async def test_app_shutdown_mid_session_finalizes_the_episode(aiohttp_client, service_urls, db, room_factory,
+                                                              tmp_path):
+    from conftest import make_config
+    from odsmedia.app import make_app
+    from odsmedia.keys import FEATURES
+
+    room = await room_factory()
+    config = make_config(service_urls, tmp_path / "data", ODS_RECORDING_SEGMENT_SECONDS="1")
+    client = await aiohttp_client(make_app(config))
+    recorder = client.app[FEATURES]["recorder"]
+    recording = recorder.recording_for(room.id, room.slug)
+    sink = recording.add_track("video")
+    for frame in SyntheticSession(2.5, audio=False, gop_seconds=0.5).frames:
+        sink.on_frame(frame)
+    await recording.created.wait()
+    # The publisher is still live (default 10 s grace not even started) when the server stops.
+    await client.close()
+    assert recording.done.is_set()
+    episode = await episodes.get(db, recording.episode_id)
+    assert episode.status == "ready" and episode.segment_count == 3
+    text = (recorder.storage.root / recording.storage_key / "index.m3u8").read_text()
+    assert text.rstrip().endswith("#EXT-X-ENDLIST")
+
+
+async def test_room_deleted_while_recording_takes_the_files_too(db, room_factory, tmp_path):
+    room = await room_factory()
+    recorder = Recorder(db, LocalStorage(tmp_path), node="node-a", segment_seconds=1.0, reconnect_grace=0)
+    recording = recorder.recording_for(room.id, room.slug)
+    sink = recording.add_track("video")
+    frames = SyntheticSession(3.0, audio=False, gop_seconds=0.5).frames
+    for frame in frames[:45]:
+        sink.on_frame(frame)
+    await wait_for(lambda: len(recording.listed) >= 1, what="a listed segment")
+    await db.execute("DELETE FROM rooms WHERE id = $1", room.id)   # episodes and segments cascade
+    for frame in frames[45:]:
+        sink.on_frame(frame)
+    sink.on_end()
+    await asyncio.wait_for(recording.done.wait(), 30)
+    assert recording.status == "deleted"
+    assert not (tmp_path / recording.storage_key).exists()
+    await recorder.close()

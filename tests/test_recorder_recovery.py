@@ -132,6 +132,11 @@ async def test_recovery_lists_segments_the_crash_kept_out_of_the_table(
     playlist = (folder / "index.m3u8").read_text()
     (folder / "index.m3u8").write_text(playlist.replace("#EXT-X-ENDLIST\n", "").replace("VOD", "EVENT"))
 
+    # Files no row points to (their room was deleted) are swept at start-up.
+    orphan = recorder.storage.root / "gone-room-0123456789ab"
+    orphan.mkdir()
+    (orphan / "00001-0.m4s").write_bytes(b"x")
+
     # A second node's live episode is not ours to finalize.
     other_room = await room_factory()
     other = await episodes.create(db, other_room.id, title="elsewhere", storage_key="x-1", node="other-node")
@@ -149,3 +154,84 @@ async def test_recovery_lists_segments_the_crash_kept_out_of_the_table(
     text = (folder / "index.m3u8").read_text()
     assert "00003-0.m4s" in text and text.rstrip().endswith("#EXT-X-ENDLIST")
     assert (await episodes.get(db, other.id)).status == "live"
+    assert not orphan.exists() and folder.exists()
+
+
+async def test_killed_server_with_a_whip_publisher_restarts_and_finalizes(service_urls, db, room_factory,
+                                                                          token_factory, tmp_path):
+    """The product path end to end: `odsmedia serve` records a WHIP publisher, gets SIGKILLed,
+    and the next `odsmedia serve` finalizes the episode before serving it."""
+    import re
+
+    import aiohttp
+    from aiortc import AudioStreamTrack, RTCSessionDescription
+
+    from conftest import ODSMEDIA, odsmedia_env
+    from odsmedia.media import ice
+    from odsmedia.media.testing import CounterVideoTrack, peer
+
+    ice.configure(["127.0.0.1"])     # this test process's peer: loopback only
+    room = await room_factory()
+    token = await token_factory(room, "host")
+    env = odsmedia_env(service_urls, tmp_path / "data", ODS_HTTP_PORT="0", ODS_RECORDING_SEGMENT_SECONDS="1")
+    loop = asyncio.get_running_loop()
+
+    async def start_server():
+        process = subprocess.Popen(ODSMEDIA + ["serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True, cwd=REPO)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = await loop.run_in_executor(None, process.stdout.readline)
+            if not line:
+                break
+            match = re.search(r"listening on (http://\S+)", line)
+            if match:
+                return process, match.group(1)
+        process.kill()
+        raise AssertionError("server did not start: " + process.stderr.read()[-2000:])
+
+    server, base = await start_server()
+    publisher = peer()
+    try:
+        publisher.addTransceiver(CounterVideoTrack(fps=15), direction="sendonly")
+        publisher.addTransceiver(AudioStreamTrack(), direction="sendonly")
+        await publisher.setLocalDescription(await publisher.createOffer())
+        async with aiohttp.ClientSession() as http:
+            resp = await http.post(f"{base}/rooms/{room.slug}/whip", data=publisher.localDescription.sdp,
+                                   headers={"Content-Type": "application/sdp", "Authorization": f"Bearer {token}"})
+            assert resp.status == 201, await resp.text()
+            await publisher.setRemoteDescription(RTCSessionDescription(await resp.text(), "answer"))
+        deadline = time.monotonic() + 60
+        while True:
+            row = await db.fetchrow("SELECT id, segment_count, status FROM episodes WHERE room_id = $1", room.id)
+            if row is not None and row["segment_count"] >= 3:
+                break
+            assert time.monotonic() < deadline, "the server recorded nothing"
+            await asyncio.sleep(0.1)
+        server.send_signal(signal.SIGKILL)
+        server.wait(10)
+    finally:
+        await publisher.close()
+        if server.poll() is None:
+            server.kill()
+            server.wait(10)
+    episode_id = row["id"]
+    assert (await episodes.get(db, episode_id)).status == "live"   # what the crash left
+
+    server, base = await start_server()
+    try:
+        episode = await episodes.get(db, episode_id)
+        assert episode.status == "interrupted" and episode.segment_count >= 3
+        async with aiohttp.ClientSession() as http:
+            resp = await http.get(f"{base}/episodes/{episode_id}/index.m3u8")
+            text = await resp.text()
+            assert resp.status == 200 and text.rstrip().endswith("#EXT-X-ENDLIST")
+            names = [line for line in text.splitlines() if line.endswith(".m4s")]
+            assert len(names) == episode.segment_count
+            init = await (await http.get(f"{base}/episodes/{episode_id}/init-0.mp4")).read()
+            for name in names:
+                data = await (await http.get(f"{base}/episodes/{episode_id}/{name}")).read()
+                assert read_segment(init, data).video, name
+    finally:
+        server.send_signal(signal.SIGTERM)
+        await loop.run_in_executor(None, server.wait, 30)

@@ -111,3 +111,53 @@ def _frames(init: bytes, data: bytes):
     with av.open(io.BytesIO(init + data), format="mp4") as container:
         for frame in container.decode(video=0):
             yield frame
+
+
+async def test_observer_records_publications_and_honours_recording_enabled(db, room_factory, config, tmp_path):
+    """The SFU's own Room/Publication objects, no network: publications delivered to the
+    recorder through the observer; with recording.enabled = false nothing is recorded."""
+    from aiortc import RTCRtpCodecParameters
+
+    from odsmedia.rooms.participant import Participant
+    from odsmedia.rooms.publication import Publication
+    from odsmedia.rooms.room import Room
+    from odsmedia.rooms.sfu import Sfu
+    from recorder.sink import Recorder
+    from recorder.storage import LocalStorage
+    from recorder.synthetic import SyntheticSession
+
+    record = await room_factory()
+    sfu = Sfu(config)
+    room = Room(sfu, record)
+    host = Participant("a:1", "Host", "host")
+    plis = []
+
+    def publish(kind: str) -> Publication:
+        codec = (RTCRtpCodecParameters(mimeType="video/H264", clockRate=90000, payloadType=102) if kind == "video"
+                 else RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111))
+        publication = Publication(host, kind, codec, source="camera" if kind == "video" else "mic",
+                                  pli_interval=0, request_pli=lambda: plis.append(kind))
+        sfu.publication_added(room, publication)
+        return publication
+
+    off = Recorder(db, LocalStorage(tmp_path / "off"), node="n", enabled=False)
+    sfu.add_observer(off)
+    on = Recorder(db, LocalStorage(tmp_path / "on"), node="n", segment_seconds=1.0, reconnect_grace=0)
+    sfu.add_observer(on)
+    video, audio = publish("video"), publish("audio")
+    assert off.recordings == {} and not (tmp_path / "off").exists()
+    recording = on.recordings[record.slug]
+    assert plis == ["video"]       # the recorder asked for a keyframe at once
+    for frame in SyntheticSession(2.5, gop_seconds=0.5).frames:
+        (video if frame.kind == "video" else audio).deliver(frame)
+    video.end()
+    sfu.publication_removed(room, video)
+    audio.end()
+    sfu.publication_removed(room, audio)
+    await asyncio.wait_for(recording.done.wait(), 30)
+    assert recording.status == "ready"
+    rows = await episodes.segments(db, recording.episode_id)
+    assert [round(r.duration, 2) for r in rows] == [1.0, 1.0, 0.5]
+    assert not video.sinks and not audio.sinks and not on._sinks
+    await on.close()
+    await off.close()

@@ -230,3 +230,30 @@ def test_audio_joining_a_video_only_period_restarts_at_the_next_keyframe(tmp_pat
     assert not decoded[0].audio_pts and decoded[-1].audio_pts
     restart = next(i for i, s in enumerate(segments) if s.discontinuity)
     assert segments[restart].start == pytest.approx(3.0, abs=0.02)
+
+
+def test_aac_audio_option_transcodes_opus_and_keeps_sync(tmp_path):
+    storage = LocalStorage(tmp_path)
+    session = SyntheticSession(6.0, gop_seconds=1.0, audio_start=0.3, jitter=0.01)
+    segments = []
+    writer = HlsWriter(storage, "ep", segment_seconds=2.0, on_segment=segments.append, audio_codec="aac")
+    writer.start()
+    clocks: dict = {}
+    epoch = session.frames[0].arrival
+    for frame in session.frames:
+        clock = clocks.setdefault(frame.kind, TrackClock())
+        writer.put(Sample(frame.kind, frame.codec, frame.data, clock.pts(frame, epoch), frame.clock_rate,
+                          frame.keyframe))
+    writer.finish()
+    writer.join(30)
+    assert writer.error is None
+    init = storage.read("ep/init-0.mp4")
+    assert b"mp4a" in init and b"Opus" not in init
+    decoded = []
+    for segment in segments:
+        d = read_segment(init, storage.read(f"ep/{segment.name}"))
+        decoded.append(d)
+        assert d.audio_pts and all(b > a for a, b in zip(d.audio_pts, d.audio_pts[1:]))
+    assert [c for d in decoded for _, c in d.video] == list(range(180))
+    offsets = av_offsets(decoded)
+    assert len(offsets) >= 5 and max(abs(o) for o in offsets) < 0.1, offsets

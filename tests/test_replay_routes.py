@@ -60,6 +60,10 @@ async def test_list_metadata_playlist_and_segments(app_client, room_factory):
     resp = await app_client.get(f"/episodes/{second}/index.m3u8", headers={"If-None-Match": etag})
     assert resp.status == 304
 
+    resp = await app_client.get("/metrics")
+    exposition = await resp.text()
+    assert "ods_recorder_segments_total" in exposition and 'ods_recorder_episodes_total{status="ready"}' in exposition
+
     names = [l for l in text.splitlines() if l and not l.startswith("#")]
     assert len(names) == 3
     resp = await app_client.get(f"/episodes/{second}/init-0.mp4")

@@ -93,6 +93,18 @@ async def test_one_publisher_three_viewers_no_gaps_and_no_server_codec(client, r
         for sender in server_senders:
             packer = getattr(sender, ENCODER_ATTR)
             assert isinstance(packer, Packer) and packer.frames > 0
+            assert "_run_rtp" in vars(sender)                  # the lean loop, not aiortc's
+            assert getattr(sender, "_RTCRtpSender__packet_count") >= packer.frames
+        # NACK: aiortc's retransmission path still finds the lean loop's packets.
+        video_sender = next(s for s in server_senders if s.kind == "video")
+        history = getattr(video_sender, "_RTCRtpSender__rtp_history")
+        dtls = video_sender.transport
+        sent_before = getattr(dtls, "_RTCDtlsTransport__tx_packets")
+        latest = max(history.values(), key=lambda p: p.sequence_number if p else -1)
+        await video_sender._retransmit(latest.sequence_number)
+        assert getattr(dtls, "_RTCDtlsTransport__tx_packets") >= sent_before + 1
+        stats = await video_sender.getStats()
+        assert any(getattr(s, "packetsSent", 0) > 0 for s in stats.values())
         # Decoders: exactly the 3 viewers x (audio + video); encoders: exactly the publisher's two.
         assert sorted(codec_calls["decoders"]) == sorted(["H264", "opus"] * 3)
         assert sorted(codec_calls["encoders"]) == ["H264", "opus"]

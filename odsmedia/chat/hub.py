@@ -11,7 +11,8 @@ makes delivery fast.
 Sending does not queue per client on the hot path: each event is encoded
 once as a WebSocket frame (server frames are unmasked, so the bytes are the
 same for everyone) and written straight to each client's transport; a busy
-room coalesces the events of FLUSH_INTERVAL into one write per client.  A
+room coalesces the events of a short, self-tuning interval into one write
+per client.  A
 client whose socket buffer fills gets a small backlog drained by its own
 task, and one whose backlog overflows is disconnected with ``too_slow`` and
 resumes from its last seq when it reconnects, losing nothing.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from typing import Any, Callable
 
@@ -42,10 +44,15 @@ RECONCILE_INTERVAL = 1.0
 # A socket with more than this many bytes unsent is served by its own writer.
 FAST_PATH_BYTES = 32 * 1024
 MAX_BACKLOG = 2000
-# A room writes to its clients at most once per FLUSH_INTERVAL: a quiet room
+# A room writes to its clients at most once per flush interval: a quiet room
 # writes each event at once, a busy one coalesces the events of the interval
-# into one write per client (one syscall instead of several).
-FLUSH_INTERVAL = 0.025
+# into one write (one syscall) per client. The interval adapts to the room:
+# FLUSH_COST_FACTOR times what the last flush took (a big room's flush costs
+# more, so it coalesces more and the loop keeps time for everything else),
+# within FLUSH_MIN..FLUSH_MAX seconds.
+FLUSH_MIN = 0.01
+FLUSH_MAX = 0.1
+FLUSH_COST_FACTOR = 4.0
 DRAIN_POLL = 0.02
 
 CLOSE_KICKED = 4003
@@ -203,8 +210,9 @@ class RoomChannel:
         self._pending: dict[int, dict[str, Any]] = {}
         self._gap_timer: asyncio.TimerHandle | None = None
         self._outbox: list[tuple[int, bytes]] = []
-        self._flush_timer: asyncio.TimerHandle | None = None
+        self._flush_timer: asyncio.Handle | None = None
         self._last_flush = 0.0
+        self._flush_interval = FLUSH_MIN
         self._lock = asyncio.Lock()
         self._unsubscribe: Callable[[], Any] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -254,28 +262,29 @@ class RoomChannel:
         self._outbox.append((seq, event_frame(event)))
         if self._flush_timer is None:
             loop = asyncio.get_running_loop()
-            delay = self._last_flush + FLUSH_INTERVAL - loop.time()
-            if delay <= 0:
-                self._flush()
-            else:
-                self._flush_timer = loop.call_later(delay, self._flush)
+            delay = self._last_flush + self._flush_interval - loop.time()
+            # Never inline: the caller (a poster's request, the bus reader) goes on
+            # at once, and events emitted in the same loop turn share the flush.
+            self._flush_timer = loop.call_soon(self._flush) if delay <= 0 else loop.call_later(delay, self._flush)
 
     def _flush(self) -> None:
         """Write what the room emitted since the last flush: one write per client."""
         self._flush_timer = None
-        self._last_flush = asyncio.get_running_loop().time()
         frames, self._outbox = self._outbox, []
-        if not frames:
-            return
-        first, last = frames[0][0], frames[-1][0]
-        joined = frames[0][1] if len(frames) == 1 else b"".join(f for _, f in frames)
-        for client in list(self.clients):
-            if client.ready and client.last_seq < first:
-                client.last_seq = last
-                client.write(joined)
-            else:  # joining (queues) or already ahead of part of it (dedupes)
-                for seq, frame in frames:
-                    client.deliver(seq, frame)
+        started = time.perf_counter()
+        if frames:
+            first, last = frames[0][0], frames[-1][0]
+            joined = frames[0][1] if len(frames) == 1 else b"".join(f for _, f in frames)
+            for client in list(self.clients):
+                if client.ready and client.last_seq < first:
+                    client.last_seq = last
+                    client.write(joined)
+                else:  # joining (queues) or already ahead of part of it (dedupes)
+                    for seq, frame in frames:
+                        client.deliver(seq, frame)
+        cost = time.perf_counter() - started
+        self._flush_interval = min(FLUSH_MAX, max(FLUSH_MIN, FLUSH_COST_FACTOR * cost))
+        self._last_flush = asyncio.get_running_loop().time()
 
     def _spawn_catch_up(self) -> None:
         self._gap_timer = None

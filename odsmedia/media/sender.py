@@ -8,6 +8,8 @@ sender a ``Packer`` first, so no codec context is ever created and ``pack``
 takes our ``MediaFrame`` as is (no av.Packet copy per viewer).  Incoming
 PLI/FIR calls ``sender._send_keyframe()``, which aiortc only uses to force
 its own encoder; ``on_keyframe_request`` rebinds it to ask the publisher.
+``install_lean_loop`` replaces the sender's RTP loop with one that does per
+frame what aiortc does per packet (see below).
 """
 
 from __future__ import annotations
@@ -64,3 +66,135 @@ def install_packer(sender: RTCRtpSender, codec: str) -> Packer:
 def on_keyframe_request(sender: RTCRtpSender, callback: Callable[[], None]) -> None:
     """Route the viewer's PLI/FIR (RTCP at this sender) to ``callback``."""
     sender._send_keyframe = callback  # type: ignore[method-assign]
+
+
+# --- the lean RTP loop ------------------------------------------------------------------------
+#
+# aiortc's ``_run_rtp`` spends most of a forwarded packet's CPU around the
+# packet rather than on it: a fresh NTP time per packet (twice), a generic
+# header-extension serializer, and four coroutine hops down to ``sendto``.
+# For a passthrough sender everything but the payload, the sequence number
+# and the marker is the same for all packets of a frame, so ``lean_run_rtp``
+# works that out once per frame, then per packet packs a 12-byte header,
+# protects it with SRTP and hands it to the socket.  The wire format is
+# aiortc's own (same header extensions, same RTX/NACK history, same RTCP
+# sender-report bookkeeping); test_aiortc_hooks and the forwarding tests
+# decode what it sends.
+
+import asyncio  # noqa: E402
+import struct  # noqa: E402
+
+import aioice.ice  # noqa: E402
+from aiortc import clock  # noqa: E402
+from aiortc.mediastreams import MediaStreamError  # noqa: E402
+from aiortc.rtcdtlstransport import State as DtlsState  # noqa: E402
+from aiortc.rtcrtpsender import RTP_HISTORY_SIZE, random_sequence_number  # noqa: E402
+from aiortc.rtp import RtpPacket, pack_header_extensions  # noqa: E402
+from aiortc.utils import random32  # noqa: E402
+
+_S = "_RTCRtpSender__"
+_D = "_RTCDtlsTransport__"
+LEAN_DTLS_ATTRS = (_D + "tx_bytes", _D + "tx_packets", "_tx_srtp", "_state")
+LEAN_ATTRS = tuple(_S + n for n in (
+    "rtp_started", "rtp_exited", "rtp_history", "rtp_header_extensions_map", "mid", "track", "encoder",
+    "ntp_timestamp", "rtp_timestamp", "octet_count", "packet_count"))
+_HEADER = struct.Struct("!BBHLL")
+
+
+def octets_frame(payloads: list[bytes], extension: int) -> int:
+    # SRTP adds a 10-byte auth tag per packet (AES_CM_128_HMAC_SHA1_80).
+    return sum(len(p) for p in payloads) + len(payloads) * (12 + extension + 10)
+
+
+def install_lean_loop(sender: RTCRtpSender) -> None:
+    """Make ``sender`` run ``lean_run_rtp`` (it must carry a Packer) when it starts."""
+    missing = [a for a in LEAN_ATTRS if not hasattr(sender, a)]
+    missing += [a for a in LEAN_DTLS_ATTRS if not hasattr(sender.transport, a)]
+    if missing or not hasattr(sender, "_run_rtp"):
+        raise RuntimeError(f"aiortc's RTCRtpSender changed: {missing or '_run_rtp'} is gone")
+
+    def run_rtp(codec):
+        return lean_run_rtp(sender, codec)
+
+    sender._run_rtp = run_rtp  # type: ignore[method-assign]
+
+
+async def lean_run_rtp(sender: RTCRtpSender, codec) -> None:
+    getattr(sender, _S + "rtp_started").set()
+    history: dict[int, RtpPacket] = getattr(sender, _S + "rtp_history")
+    ext_map = getattr(sender, _S + "rtp_header_extensions_map")
+    mid = getattr(sender, _S + "mid")
+    track = getattr(sender, _S + "track")
+    packer = getattr(sender, _S + "encoder")
+    dtls = sender.transport
+    connection = dtls.transport._connection
+    srtp = dtls._tx_srtp
+    ssrc = sender._ssrc
+    payload_type = codec.payloadType
+    sequence_number = random_sequence_number()
+    timestamp_origin = random32()
+    header = _HEADER.pack
+    packets = octets = 0
+    try:
+        while True:
+            frame = await track.recv()
+            if not sender._enabled:
+                continue
+            payloads, relative = packer.pack(frame)
+            if not payloads:
+                continue
+            if dtls._state != DtlsState.CONNECTED:
+                raise ConnectionError("DTLS transport is not connected")
+            pair = connection._nominated.get(1)
+            if pair is None:
+                raise ConnectionError("ICE is not connected")
+            # Once per frame: what every packet of it shares.
+            timestamp = (timestamp_origin + relative) & 0xFFFFFFFF
+            ntp = clock.current_ntp_time()
+            template = RtpPacket(payload_type=payload_type, timestamp=timestamp)
+            template.ssrc = ssrc
+            template.extensions.abs_send_time = (ntp >> 14) & 0x00FFFFFF
+            template.extensions.mid = mid
+            profile, value = ext_map.set(template.extensions)
+            extension = struct.pack("!HH", profile, len(value) >> 2) + value if value else b""
+            first_byte = 0x90 if value else 0x80
+            direct = type(pair.protocol) is aioice.ice.StunProtocol
+            send = pair.protocol.transport.sendto if direct else None
+            addr = pair.remote_addr
+            last = len(payloads) - 1
+            for i, payload in enumerate(payloads):
+                marker = 1 if i == last else 0
+                # History keeps real RtpPackets: aiortc's NACK/RTX path retransmits from it.
+                packet = RtpPacket(payload_type=payload_type, marker=marker, sequence_number=sequence_number,
+                                   timestamp=timestamp, ssrc=ssrc, payload=payload)
+                packet.extensions = template.extensions
+                history[sequence_number % RTP_HISTORY_SIZE] = packet
+                data = srtp.protect(header(first_byte, marker << 7 | payload_type, sequence_number,
+                                           timestamp, ssrc) + extension + payload)
+                if send is not None:
+                    send(data, addr)
+                else:
+                    await pair.protocol.send_data(data, addr)   # e.g. a TURN-relayed pair
+                octets += len(payload)
+                packets += 1
+                sequence_number = (sequence_number + 1) & 0xFFFF
+            # RTCP sender reports and getStats read these.
+            setattr(dtls, _D + "tx_bytes", getattr(dtls, _D + "tx_bytes") + octets_frame(payloads, len(extension)))
+            setattr(dtls, _D + "tx_packets", getattr(dtls, _D + "tx_packets") + len(payloads))
+            setattr(sender, _S + "ntp_timestamp", ntp)
+            setattr(sender, _S + "rtp_timestamp", timestamp)
+            setattr(sender, _S + "octet_count", octets)
+            setattr(sender, _S + "packet_count", packets)
+    except (asyncio.CancelledError, ConnectionError, MediaStreamError):
+        pass
+    except Exception:
+        # Like aiortc's loop: never leave without setting rtp_exited, or stop() hangs.
+        import logging
+
+        logging.getLogger("odsmedia.sfu").exception("lean RTP loop failed")
+    finally:
+        if getattr(sender, _S + "track") is not None:
+            track.stop()
+            setattr(sender, _S + "track", None)
+        setattr(sender, _S + "encoder", None)
+        getattr(sender, _S + "rtp_exited").set()

@@ -20,7 +20,7 @@ from aiortc.sdp import candidate_from_sdp
 
 from ..media import codecs, ice
 from ..media.receiver import send_pli, tap
-from ..media.sender import install_packer, on_keyframe_request
+from ..media.sender import install_lean_loop, install_packer, on_keyframe_request
 from .errors import SfuError
 from .publication import Publication
 from .subscription import Subscription
@@ -228,6 +228,7 @@ class SubscriberTransport(Transport):
         transceiver = self.pc.addTransceiver(subscription, direction="sendonly")
         codecs.pin(transceiver, publication.codec)
         install_packer(transceiver.sender, publication.codec_name)
+        install_lean_loop(transceiver.sender)
         on_keyframe_request(transceiver.sender, lambda: publication.request_keyframe("viewer_pli"))
         self.subscriptions.append(subscription)
 

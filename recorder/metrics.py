@@ -1,0 +1,16 @@
+"""Recorder metrics on the process's default Prometheus registry (served at /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+recordings_live = Gauge("ods_recordings_live", "Episodes being recorded on this node")
+segments = Counter("ods_recorder_segments_total", "Segments written and listed")
+segment_bytes = Counter("ods_recorder_segment_bytes_total", "Bytes of segments written")
+dropped_frames = Counter("ods_recorder_dropped_frames_total",
+                         "Frames dropped because the writer thread was behind", ["kind"])
+listing_delay = Histogram(
+    "ods_recorder_listing_seconds", "From a segment's last byte to the playlist listing it",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+episodes_finished = Counter("ods_recorder_episodes_total", "Episodes finalized, by final status", ["status"])
