@@ -150,8 +150,14 @@ class ClipTrack(MediaStreamTrack):
 
 # --- server processes -------------------------------------------------------------------------
 
-async def serve_sfu(database_url: str, prefix: str) -> None:
+async def serve_sfu(database_url: str, prefix: str, aiortc_loop: bool = False) -> None:
     from aiohttp import web
+
+    if aiortc_loop:
+        # A/B: aiortc's own RTP loop instead of the lean one (bench only).
+        import odsmedia.rooms.transport as transport_mod
+
+        transport_mod.install_lean_loop = lambda sender: None
 
     import odsmedia.media.sender as sender_mod
     from odsmedia.app import make_app
@@ -479,7 +485,10 @@ async def run(args) -> None:
     rows = []
     try:
         await migrate(database_url)
-        for mode, counts in (("sfu", args.viewers), ("relay", args.relay_viewers)):
+        modes = [("sfu", args.viewers), ("relay", args.relay_viewers)]
+        if args.compare_senders:
+            modes.insert(1, ("sfu-aiortc-loop", args.viewers))
+        for mode, counts in modes:
             if not counts:
                 continue
             proc, info = start_server(mode, database_url, f"odsbench:{uuid.uuid4().hex[:6]}:")
@@ -513,8 +522,9 @@ def report(rows: list[dict], kbps: float) -> None:
         pv = (r["cpu"] - base[r["mode"]]) / r["viewers"] * 100 if r["viewers"] else float("nan")
         if r["viewers"]:
             per_viewer.setdefault(r["mode"], []).append(pv)
-        lat = f"{r['server_p50']:.2f} / {r['server_p99']:.2f}" if r["mode"] == "sfu" and r["viewers"] else "-"
-        e2e = f"{r['e2e_p50']:.1f} / {r['e2e_p99']:.1f}" if r["mode"] == "sfu" and r["viewers"] else "-"
+        sfu_mode = r["mode"].startswith("sfu") and r["viewers"]
+        lat = f"{r['server_p50']:.2f} / {r['server_p99']:.2f}" if sfu_mode else "-"
+        e2e = f"{r['e2e_p50']:.1f} / {r['e2e_p99']:.1f}" if sfu_mode else "-"
         # Robust to a starved machine: extra CPU over extra packets actually sent.
         per_packet = (r["cpu"] - base[r["mode"]]) / r["pps"] * 1e6 if r["pps"] else float("nan")
         print(f"| {r['mode']} | {r['viewers']} | {r['cpu']:.2f} | {pv:.2f} | {r['pps']:.0f} | {per_packet:.0f} | "
@@ -531,15 +541,17 @@ def main() -> None:
     parser.add_argument("--relay-viewers", default="1,4", help="viewer counts for the re-encoding relay")
     parser.add_argument("--seconds", type=float, default=8.0, help="measured window per step")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring")
-    parser.add_argument("--serve", choices=("sfu", "relay"), help=argparse.SUPPRESS)
+    parser.add_argument("--compare-senders", action="store_true",
+                        help="also run the SFU with aiortc's own RTP loop instead of the lean one")
+    parser.add_argument("--serve", choices=("sfu", "sfu-aiortc-loop", "relay"), help=argparse.SUPPRESS)
     parser.add_argument("--database-url", help=argparse.SUPPRESS)
     parser.add_argument("--prefix", help=argparse.SUPPRESS)
     parser.add_argument("--publisher", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.publisher:
         asyncio.run(publisher_main(*args.publisher))
-    elif args.serve == "sfu":
-        asyncio.run(serve_sfu(args.database_url, args.prefix))
+    elif args.serve in ("sfu", "sfu-aiortc-loop"):
+        asyncio.run(serve_sfu(args.database_url, args.prefix, aiortc_loop=args.serve == "sfu-aiortc-loop"))
     elif args.serve == "relay":
         asyncio.run(serve_relay())
     else:

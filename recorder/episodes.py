@@ -86,10 +86,19 @@ async def get(db: asyncpg.Pool | asyncpg.Connection, episode_id: int) -> Episode
     return Episode.from_row(row) if row else None
 
 
-async def for_room(db: asyncpg.Pool, room_id: int, *, limit: int = 100) -> list[Episode]:
-    rows = await db.fetch(
-        _SELECT + " WHERE e.room_id = $1 ORDER BY e.started_at DESC, e.id DESC LIMIT $2", room_id, limit
-    )
+async def for_room(db: asyncpg.Pool, room_id: int, *, limit: int = 100,
+                   before: tuple[dt.datetime, int] | None = None) -> list[Episode]:
+    """Newest first; ``before`` = (started_at, id) of the last item of the previous page."""
+    if before is None:
+        rows = await db.fetch(
+            _SELECT + " WHERE e.room_id = $1 ORDER BY e.started_at DESC, e.id DESC LIMIT $2", room_id, limit
+        )
+    else:
+        rows = await db.fetch(
+            _SELECT + """ WHERE e.room_id = $1 AND (e.started_at, e.id) < ($3, $4)
+                          ORDER BY e.started_at DESC, e.id DESC LIMIT $2""",
+            room_id, limit, before[0], before[1],
+        )
     return [Episode.from_row(r) for r in rows]
 
 

@@ -12,9 +12,9 @@ fragment's decode-time span is read back from its ``moof``, and fragments
 are grouped into segments of about ``segment_seconds``: a segment closes at
 the first fragment boundary at or past the target, a little short of it
 when the next fragment would overshoot, or before a fragment that would
-push it well past the target.  A closed segment
-is written atomically through ``Storage`` and reported with
-``on_segment``; the event loop then records it and rewrites the playlist.
+push it well past the target.  A closed segment is written atomically
+through ``Storage`` and reported with ``on_segment``; the event loop then
+records it and rewrites the playlist.
 
 A *period* is one muxer instance with one initialization section.  A new
 period (EXT-X-DISCONTINUITY) starts when the video's parameter sets change
@@ -22,9 +22,9 @@ period (EXT-X-DISCONTINUITY) starts when the video's parameter sets change
 of track appears that the current period lacks.  Timestamps stay on the
 episode timeline in the writer's bookkeeping (the mp4 muxer starts each
 period's decode times at zero, which EXT-X-DISCONTINUITY tells players to
-expect) and strictly increase within each stream;
-gaps in audio (mute, packet loss, a reconnect) are filled with Opus silence
-so the audio track stays continuous and in step with the video.
+expect) and strictly increase within each stream; gaps in audio (mute,
+packet loss, a reconnect) are filled with Opus silence so the audio track
+stays continuous and in step with the video.
 """
 
 from __future__ import annotations
@@ -134,8 +134,6 @@ class HlsWriter:
         queue_size: int = 1024,
         audio_codec: str = "opus",
         start_wait: float = 1.0,
-        first_seq: int = 1,
-        first_period: int = 0,
     ) -> None:
         self.storage = storage
         self.prefix = prefix
@@ -152,10 +150,9 @@ class HlsWriter:
         self.queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self.thread = threading.Thread(target=self._run, name=f"hls-writer:{prefix}", daemon=True)
         self.error: BaseException | None = None
-        self.segments: list[ClosedSegment] = []
         self.dropped = 0
-        self._seq = first_seq
-        self._next_period = first_period
+        self._seq = 1
+        self._next_period = 0
         self._period: _Period | None = None
         self._pending: list[Sample] = []
         self._audio_seen = False
@@ -319,8 +316,8 @@ class HlsWriter:
         self._period = period
         pending, self._pending = self._pending, []
         for sample in pending:
-            if sample.seconds < first.seconds or (sample.kind == "video" and sample is not first and sample.pts < first.pts):
-                continue
+            if sample.seconds < first.seconds:
+                continue   # before the keyframe the period starts at
             if sample.kind == "video" and video is not None:
                 self._mux_video(period, sample)
             elif sample.kind == "audio" and audio is not None:
@@ -438,7 +435,6 @@ class HlsWriter:
         self._seq += 1
         period.fragments = []
         period.discontinuity = False
-        self.segments.append(segment)
         self.on_segment(segment)
 
     def _close_period(self) -> None:

@@ -1,6 +1,7 @@
 """Replay: episode listings, playlists and segments, behind the room's entry gate.
 
-GET    /rooms/{slug}/episodes        JSON list, newest first (a browser asking for HTML gets the replay page)
+GET    /rooms/{slug}/episodes        JSON list, newest first, paged (?limit=, ?before=); a browser
+                                     asking for HTML gets the replay page
 GET    /episodes/{id}                JSON metadata
 GET    /episodes/{id}/index.m3u8     the HLS playlist (EVENT while live, VOD with ENDLIST after)
 GET    /episodes/{id}/{segment}      init sections and segments, with Range, ETag, immutable caching
@@ -100,11 +101,30 @@ async def list_episodes(request: web.Request) -> web.StreamResponse:
 
         return await _page("replay.html")(request)
     admission = await request.app[GATE].admit(request, request.match_info["slug"], Entry.REPLAY)
-    items = await episodes.for_room(request.app[DB], admission.room.id)
+    limit = _int_param(request, "limit", 50, 1, 100)
+    before = None
+    if "before" in request.query:
+        cursor = await episodes.get(request.app[DB], _int_param(request, "before", 0, 1, 2**62))
+        if cursor is None or cursor.room_id != admission.room.id:
+            raise ApiError(400, "invalid_cursor", "before must be the id of an episode of this room")
+        before = (cursor.started_at, cursor.id)
+    items = await episodes.for_room(request.app[DB], admission.room.id, limit=limit + 1, before=before)
+    page = items[:limit]
     return json_response({
         "room": admission.room.public(),
-        "episodes": [e.summary() for e in items],
+        "episodes": [e.summary() for e in page],
+        # The next page: ?before=<this id> (null on the last page).
+        "next_before": page[-1].id if len(items) > limit else None,
     }, headers={"Cache-Control": "no-cache"})
+
+
+def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise ApiError(400, f"invalid_{name}", f"{name} must be an integer from {low} to {high}")
+    return int(raw)
 
 
 async def get_episode(request: web.Request) -> web.Response:

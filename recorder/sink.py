@@ -62,6 +62,11 @@ def local_node_id(data_dir: Path) -> str:
     return node
 
 
+# An RTP clock this far from the arrival clock has jumped (encoder restart, a
+# misread wrap), not drifted: the track is re-anchored to its arrival time.
+RESYNC_SECONDS = 5
+
+
 class TrackClock:
     """Maps one publication's RTP timestamps onto the episode timeline."""
 
@@ -71,8 +76,10 @@ class TrackClock:
         self.offset: int | None = None
 
     def pts(self, frame: Any, epoch: float) -> int:
-        if self.offset is None:
-            self.offset = round((frame.arrival - epoch) * frame.clock_rate) - frame.timestamp
+        rate = frame.clock_rate
+        expected = round((frame.arrival - epoch) * rate)
+        if self.offset is None or abs(self.offset + frame.timestamp - expected) > RESYNC_SECONDS * rate:
+            self.offset = expected - frame.timestamp
         return self.offset + frame.timestamp
 
 

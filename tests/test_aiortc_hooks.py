@@ -12,11 +12,10 @@ import time
 
 import aiortc
 import pytest
-from aiortc import RTCRtpReceiver, RTCRtpSender, RTCSessionDescription
 
 from odsmedia.media import ice
 from odsmedia.media.frame import MediaFrame
-from odsmedia.media.receiver import QUEUE_ATTR, STARTED_ATTR, EncodedFrameTap, tap
+from odsmedia.media.receiver import QUEUE_ATTR, STARTED_ATTR, tap
 from odsmedia.media.sender import ENCODER_ATTR, LEAN_ATTRS, LEAN_DTLS_ATTRS, Packer, install_packer
 from odsmedia.media.testing import CounterVideoTrack, peer
 

@@ -105,6 +105,12 @@ async def test_moderator_controls_show_for_moderators_and_act(site, browser, roo
         notice = await viewer.wait(lambda e: e["type"] == "sanction")
         assert notice["target"] == viewer.welcome["you"]["subject"]
         assert (await viewer.post("can I talk?"))["error"] == "timed_out"
+        await page.click(".chat-modbar button[title='Running timeouts and bans']")
+        target = viewer.welcome["you"]["subject"]
+        await page.click(f".chat-sanctions li[data-target='{target}'] button")
+        lifted = await viewer.wait(lambda e: e["type"] == "sanction_lifted")
+        assert lifted["target"] == target and lifted["sanction"] == "timeout"
+        assert (await viewer.post("thanks"))["type"] == "ack"
         await page.select_option(".chat-slow", "30")
         assert (await viewer.wait(lambda e: e["type"] == "settings"))["slow_mode"] == 30
     finally:
@@ -220,3 +226,42 @@ async def test_the_replay_page_mounts_chat_in_replay_mode_with_jump_points(site,
         assert await page.eval_on_selector_all(".chat-jump i", "els => els.length") == 0
     finally:
         await page.close()
+
+
+async def test_the_page_reconnects_and_resumes_without_gaps_or_duplicates(site, browser, room_factory,
+                                                                          token_factory):
+    from odsmedia.keys import FEATURES
+
+    client, pages = site
+    room = await room_factory()
+    pages["resume"] = page_with_chat(
+        f'<section id="chat" data-room="{room.slug}" data-token="{await token_factory(room, "viewer")}"></section>')
+    host = await ChatSocket.open(client, f"/rooms/{room.slug}/chat", token=await token_factory(room, "host"))
+    first = await host.post("before the drop")
+    page = await browser.new_page()
+    try:
+        await page.goto(str(client.make_url("/test-pages/resume")))
+        await page.wait_for_selector('section#chat[data-state="connected"]', timeout=10000)
+        hub = client.server.app[FEATURES]["chat"].hub
+        browser_client = next(c for c in hub.rooms[room.slug].clients if c.role == "viewer")
+        # The server drops the page's socket (as a restart would); posts go on at once,
+        # well inside the page's first reconnect delay (>= 125 ms).
+        browser_client.close(1012, None)
+        missed = [await host.post(f"while away {i}") for i in range(3)]
+        assert (await host.request({"type": "delete", "id": first["id"]}))["type"] == "ack"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 15
+        while not any(c.role == "viewer" and c is not browser_client for c in hub.rooms[room.slug].clients):
+            assert loop.time() < deadline, "the page did not reconnect"
+            await asyncio.sleep(0.05)
+        await until(page, "document.querySelectorAll('.chat-list li').length === 3")
+        ids = await page.eval_on_selector_all(".chat-list li", "els => els.map(e => Number(e.dataset.id))")
+        assert ids == [m["id"] for m in missed]
+        live = await host.post("after the resume")
+        await until(page, "document.querySelectorAll('.chat-list li').length === 4")
+        texts = await page.eval_on_selector_all(".chat-list .chat-text", "els => els.map(e => e.textContent)")
+        assert texts == ["while away 0", "while away 1", "while away 2", "after the resume"]
+        assert live["id"] > missed[-1]["id"]
+    finally:
+        await page.close()
+        await host.close()

@@ -149,7 +149,12 @@ async def test_timeout_blocks_posting_until_lifted_on_every_node(aiohttp_client,
     assert (await again.post("from another node"))["error"] == "timed_out"
     assert (await mod.request({"type": "timeout", "target": target, "minutes": 0}))["error"] == "invalid_minutes"
     assert (await mod.request({"type": "timeout", "target": "nobody", "minutes": 1}))["error"] == "invalid_target"
+    listed = (await mod.request({"type": "sanctions"}))["sanctions"]
+    assert [(x["target"], x["sanction"], x["until"], x["reason"]) for x in listed] == [
+        (target, "timeout", reply["until"], "cool off")]
+    assert (await viewer.request({"type": "sanctions"}))["error"] == "not_a_moderator"
     assert (await mod.request({"type": "end_timeout", "target": target}))["type"] == "ack"
+    assert (await mod.request({"type": "sanctions"}))["sanctions"] == []
     assert (await viewer.post("thanks"))["type"] == "ack"
     rows = await audit_rows(db, room)
     assert [(r["action"], r["target"]) for r in rows] == [("timeout", target), ("end_timeout", target)]

@@ -257,3 +257,24 @@ def test_aac_audio_option_transcodes_opus_and_keeps_sync(tmp_path):
     assert [c for d in decoded for _, c in d.video] == list(range(180))
     offsets = av_offsets(decoded)
     assert len(offsets) >= 5 and max(abs(o) for o in offsets) < 0.1, offsets
+
+
+def test_rtp_timestamp_jump_is_reanchored_to_arrival_time(tmp_path):
+    from dataclasses import replace
+
+    storage = LocalStorage(tmp_path)
+    session = SyntheticSession(6.0, gop_seconds=1.0)
+    # Half way, the video's RTP clock leaps by 2^32 (a wrap misread upstream) and the
+    # audio's goes back by an hour (an encoder restart): arrival times carry on as usual.
+    frames = []
+    for frame in session.frames:
+        if frame.arrival >= 1003.0:
+            frame = replace(frame, timestamp=frame.timestamp + (1 << 32) if frame.kind == "video"
+                            else frame.timestamp - 3600 * 48000)
+        frames.append(frame)
+    _, segments = record(storage, frames, segment_seconds=2.0)
+    assert [round(s.duration, 2) for s in segments] == [2.0, 2.0, 2.0]
+    decoded = decode_all(storage, "ep", segments)
+    assert [c for d in decoded for _, c in d.video] == list(range(180))
+    offsets = av_offsets(decoded)
+    assert len(offsets) >= 5 and max(abs(o) for o in offsets) < 0.1, offsets

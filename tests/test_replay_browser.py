@@ -41,7 +41,7 @@ async def play(page, url):
     return await page.evaluate("""() => {
         const v = document.querySelector('video');
         return {player: v.dataset.player, time: v.currentTime, width: v.videoWidth, error: v.error && v.error.code,
-                duration: v.duration};
+                duration: v.duration, hlsjs_loaded: typeof window.Hls !== "undefined"};
     }""")
 
 
@@ -57,7 +57,7 @@ async def test_chromium_lists_episodes_and_plays_one(app_client, room_factory, b
         await page.click(f"li[data-episode='{episode_id}'] a")
         await page.wait_for_url(f"**/episodes/{episode_id}/watch")
         state = await play(page, page.url)
-        assert state["player"] == "native"
+        assert state["player"] == "native" and not state["hlsjs_loaded"]   # fetched only when needed
         assert state["width"] == 640 and not state["error"]
         assert state["duration"] == pytest.approx(6.0, abs=0.3)
 
@@ -141,5 +141,38 @@ async def test_chromium_plays_an_episode_with_aac_audio(aiohttp_client, service_
     try:
         state = await play(page, str(client.make_url(f"/episodes/{episode_id}/watch")))
         assert state["player"] == "native" and not state["error"]
+    finally:
+        await page.close()
+
+
+async def test_chromium_plays_through_a_reconnect_discontinuity(app_client, room_factory, browser):
+    room = await room_factory()
+    recorder = app_client.app[FEATURES]["recorder"]
+    recorder.reconnect_grace = 30
+    recording = recorder.recording_for(room.id, room.slug)
+    # The host publishes 640x360, drops, and comes back at 480x270 half a second later.
+    parts = [SyntheticSession(3.0, width=640, height=360, gop_seconds=1.0, seed=1),
+             SyntheticSession(3.0, width=480, height=270, gop_seconds=1.0, arrival0=1003.5, first_index=90, seed=2)]
+    for part in parts:
+        sinks = {"video": recording.add_track("video"), "audio": recording.add_track("audio")}
+        for frame in part.frames:
+            sinks[frame.kind].on_frame(frame)
+        for sink in sinks.values():
+            sink.on_end()
+    recording.end()
+    await asyncio.wait_for(recording.done.wait(), 60)
+    rows = await episodes.segments(recorder.db, recording.episode_id)
+    assert sum(r.discontinuity for r in rows) == 1
+    page = await browser.new_page()
+    try:
+        for query in ("", "?player=hlsjs"):
+            await page.goto(str(app_client.make_url(f"/episodes/{recording.episode_id}/watch{query}")))
+            # Past the discontinuity (replay time 3 s) and into the second part's frames.
+            await page.wait_for_function(
+                "() => { const v = document.querySelector('video'); return v && v.currentTime > 4.0; }",
+                timeout=30000)
+            state = await page.evaluate(
+                "() => { const v = document.querySelector('video'); return [v.videoWidth, v.error && v.error.code]; }")
+            assert state == [480, None], (query, state)
     finally:
         await page.close()

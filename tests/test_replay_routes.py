@@ -232,3 +232,19 @@ async def test_cli_lists_and_deletes_episodes(app_client, room_factory, service_
     assert await episodes.get(recorder.db, episode_id) is None and not folder.exists()
     again = await asyncio.to_thread(run, "delete", str(episode_id))
     assert again.returncode == 1 and "no episode" in again.stderr
+
+
+async def test_episode_list_pages_newest_first(app_client, room_factory):
+    room = await room_factory()
+    ids = [await record(app_client.app, room, 0.6) for _ in range(3)]
+    headers = {"Accept": "application/json"}
+    resp = await app_client.get(f"/rooms/{room.slug}/episodes?limit=2", headers=headers)
+    body = await resp.json()
+    assert [e["id"] for e in body["episodes"]] == [ids[2], ids[1]] and body["next_before"] == ids[1]
+    resp = await app_client.get(f"/rooms/{room.slug}/episodes?limit=2&before={ids[1]}", headers=headers)
+    body = await resp.json()
+    assert [e["id"] for e in body["episodes"]] == [ids[0]] and body["next_before"] is None
+    for query, reason in (("limit=0", "invalid_limit"), ("limit=x", "invalid_limit"), ("limit=101", "invalid_limit"),
+                          ("before=abc", "invalid_before"), ("before=999999999", "invalid_cursor")):
+        resp = await app_client.get(f"/rooms/{room.slug}/episodes?{query}", headers=headers)
+        assert resp.status == 400 and (await resp.json())["error"] == reason, query

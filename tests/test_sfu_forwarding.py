@@ -139,3 +139,33 @@ async def test_vp8_publisher_is_forwarded_as_vp8(client, room_factory, token_fac
         await viewer.client.close()
         await publisher.close()
         await host.close()
+
+
+async def test_viewer_gets_publications_that_appear_later_from_two_publishers(client, room_factory, token_factory):
+    room = await room_factory()
+    base = str(client.make_url(""))
+    viewer = Viewer(SignalingClient(base, room.slug))
+    hosts = [SignalingClient(base, room.slug) for _ in range(2)]
+    publishers = [Publisher(h) for h in hosts]
+    try:
+        await viewer.client.connect()
+        joined = await viewer.client.join()
+        assert joined["publications"] == []
+        for host, publisher in zip(hosts, publishers):       # host and co-host go live after the viewer joined
+            await host.connect()
+            await host.join(await token_factory(room, "host"))
+            reply = await publisher.publish(fps=15, audio=False)
+            event = await viewer.client.next_event("track_published")
+            assert event["publication"]["id"] == reply["publications"][0]["id"]
+            await viewer.subscribe([event["publication"]["id"]])
+        assert len(viewer.pcs) == 2
+        await wait_for(lambda: len(viewer.received) == 2
+                       and all(len(r.counters) >= 15 for r in viewer.received.values()), 30, "both publications")
+        for received in viewer.received.values():
+            assert_consecutive(received.counters)
+    finally:
+        await viewer.close()
+        await viewer.client.close()
+        for publisher, host in zip(publishers, hosts):
+            await publisher.close()
+            await host.close()

@@ -213,7 +213,7 @@ class RoomChannel:
         self._flush_timer: asyncio.Handle | None = None
         self._last_flush = 0.0
         self._flush_interval = FLUSH_MIN
-        self._lock = asyncio.Lock()
+        self._catching_up = False
         self._unsubscribe: Callable[[], Any] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -233,30 +233,35 @@ class RoomChannel:
         for task in list(self._tasks):
             task.cancel()
 
-    async def handle(self, event: dict[str, Any]) -> None:
-        """One event from the bus or from this node: deliver in seq order, once."""
+    def handle(self, event: dict[str, Any]) -> None:
+        """One event from the bus or from this node: deliver in seq order, once.
+
+        Synchronous, so neither the poster's request nor the bus reader ever
+        waits here (catch-up reads Postgres on its own task)."""
         if not self.opened.is_set():
             return  # at or below the head open() reads
         seq = event.get("seq")
         if seq is None:
-            await self.hub.notice(self, event)
+            self.hub.notice(self, event)
             return
-        async with self._lock:
-            if seq <= self.delivered or seq in self._pending:
-                return
-            if seq != self.delivered + 1:
-                self._pending[seq] = event
-                if self._gap_timer is None:
-                    self._gap_timer = asyncio.get_running_loop().call_later(GAP_WAIT, self._spawn_catch_up)
-                return
-            await self._emit(event)
-            while self.delivered + 1 in self._pending:
-                await self._emit(self._pending.pop(self.delivered + 1))
-            if not self._pending and self._gap_timer is not None:
-                self._gap_timer.cancel()
-                self._gap_timer = None
+        if seq <= self.delivered or seq in self._pending:
+            return
+        self._pending[seq] = event
+        if not self._catching_up:
+            self._drain_pending()
 
-    async def _emit(self, event: dict[str, Any]) -> None:
+    def _drain_pending(self) -> None:
+        """Emit the pending events that continue the sequence; wait a little for a gap."""
+        while self.delivered + 1 in self._pending:
+            self._emit(self._pending.pop(self.delivered + 1))
+        if self._pending:
+            if self._gap_timer is None:
+                self._gap_timer = asyncio.get_running_loop().call_later(GAP_WAIT, self._spawn_catch_up)
+        elif self._gap_timer is not None:
+            self._gap_timer.cancel()
+            self._gap_timer = None
+
+    def _emit(self, event: dict[str, Any]) -> None:
         seq = event["seq"]
         self.delivered = seq
         self._outbox.append((seq, event_frame(event)))
@@ -294,22 +299,31 @@ class RoomChannel:
 
     async def catch_up(self) -> None:
         """Deliver from Postgres everything after what this node delivered."""
+        if self._catching_up:
+            return
+        self._catching_up = True
+        if self._gap_timer is not None:
+            self._gap_timer.cancel()
+            self._gap_timer = None
+        # Every event pending now was committed before it was published, so the
+        # rows read below hold it (in its latest state).
+        covered = max(self._pending, default=0)
         try:
-            async with self._lock:
-                if self._gap_timer is not None:
-                    self._gap_timer.cancel()
-                    self._gap_timer = None
-                changes = await store.changes_after(self.hub.db, self.room_id, self.delivered)
-                for event in store.events_of(changes):
-                    if event["seq"] > self.delivered:
-                        await self._emit(event)
-                # Pending events were committed before they were published, so the
-                # rows read above already hold them (in their latest state).
-                if self._pending:
-                    self.delivered = max(self.delivered, max(self._pending))
-                    self._pending.clear()
+            # Events arriving meanwhile wait in _pending (handle() sees _catching_up).
+            changes = await store.changes_after(self.hub.db, self.room_id, self.delivered)
         except (asyncpg.PostgresError, OSError, asyncio.TimeoutError):
             log.warning("chat catch-up failed", extra={"room": self.slug}, exc_info=True)
+            changes = None
+        finally:
+            self._catching_up = False
+        if changes is not None:
+            for event in store.events_of(changes):
+                if event["seq"] > self.delivered:
+                    self._emit(event)
+            self.delivered = max(self.delivered, covered)
+            for seq in [s for s in self._pending if s <= self.delivered]:
+                del self._pending[seq]
+        self._drain_pending()
 
 
 class ChatHub:
@@ -376,14 +390,14 @@ class ChatHub:
         """Deliver an event this node produced to its local clients, then to the other nodes."""
         channel = self.rooms.get(slug)
         if channel is not None:
-            await channel.handle(event)
+            channel.handle(event)
         try:
             await self.bus.publish(chat_channel(slug), event)
         except Exception:
             # Persisted already: other nodes catch up from Postgres (reconcile, reconnect).
             log.warning("chat publish failed", extra={"room": slug}, exc_info=True)
 
-    async def notice(self, channel: RoomChannel, event: dict[str, Any]) -> None:
+    def notice(self, channel: RoomChannel, event: dict[str, Any]) -> None:
         """Unsequenced events: settings, sanctions, kicks, role changes."""
         kind = event.get("type")
         target = event.get("target")

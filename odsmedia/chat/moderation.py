@@ -197,6 +197,18 @@ class Moderation:
                                             "by": actor.subject})
         return {"target": target}
 
+    async def sanctions(self, room: RoomRecord, actor: Actor) -> dict[str, Any]:
+        """The room's running timeouts and bans, newest first (for lifting them)."""
+        self.require_moderator(actor)
+        rows = await self.db.fetch(
+            """SELECT subject, kind, until, by_subject, reason, created_at FROM chat_sanctions
+               WHERE room_id = $1 AND (until IS NULL OR until > now()) ORDER BY created_at DESC LIMIT 500""",
+            room.id)
+        return {"sanctions": [{"target": r["subject"], "sanction": r["kind"],
+                               "until": r["until"].isoformat() if r["until"] else None,
+                               "by": r["by_subject"], "reason": r["reason"],
+                               "since": r["created_at"].isoformat()} for r in rows]}
+
     async def slow_mode(self, room: RoomRecord, actor: Actor, seconds: Any) -> dict[str, Any]:
         self.require_moderator(actor)
         seconds = _int(seconds, "seconds", 0, MAX_SLOW_MODE)

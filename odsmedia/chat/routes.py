@@ -113,6 +113,8 @@ class ChatSession:
             return await m.ban(room, actor, data.get("target"), data.get("reason"))
         if kind == "unban":
             return await m.lift(room, actor, data.get("target"), "ban")
+        if kind == "sanctions":
+            return await m.sanctions(room, actor)
         if kind == "slow_mode":
             return await m.slow_mode(room, actor, data.get("seconds"))
         if kind in ("promote", "demote"):

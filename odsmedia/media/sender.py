@@ -89,7 +89,7 @@ from aiortc import clock  # noqa: E402
 from aiortc.mediastreams import MediaStreamError  # noqa: E402
 from aiortc.rtcdtlstransport import State as DtlsState  # noqa: E402
 from aiortc.rtcrtpsender import RTP_HISTORY_SIZE, random_sequence_number  # noqa: E402
-from aiortc.rtp import RtpPacket, pack_header_extensions  # noqa: E402
+from aiortc.rtp import RtpPacket  # noqa: E402
 from aiortc.utils import random32  # noqa: E402
 
 _S = "_RTCRtpSender__"

@@ -101,6 +101,9 @@
     this.modBar.appendChild(button("Clear chat", "Delete every item", () => {
       if (window.confirm("Clear the whole chat?")) this.send({ type: "clear" });
     }));
+    this.modBar.appendChild(button("Sanctions", "Running timeouts and bans", () => this.showSanctions()));
+    this.sanctionList = el("ul", "chat-sanctions");
+    this.sanctionList.hidden = true;
     this.list = el("ol", "chat-list");
     this.list.setAttribute("aria-live", "polite");
     this.status = el("div", "chat-status");
@@ -130,7 +133,7 @@
       this.send({ type: "post", kind: this.kind.value, text: text }, () => { this.input.value = ""; });
     });
     this.form = form;
-    root.append(tabs, this.modBar, this.list, this.status, form);
+    root.append(tabs, this.modBar, this.sanctionList, this.list, this.status, form);
   };
 
   LiveChat.prototype.connect = function () {
@@ -177,6 +180,25 @@
     if (!name || name.length > 40) return;
     try { window.localStorage.setItem("ods_chat_name", name); } catch (err) { return; }
     if (this.ws) this.ws.close(4000, "rename");
+  };
+
+  // Moderators: list running timeouts and bans, each with a button that lifts it.
+  LiveChat.prototype.showSanctions = function () {
+    if (!this.sanctionList.hidden) { this.sanctionList.hidden = true; return; }
+    this.send({ type: "sanctions" }, (ack) => {
+      this.sanctionList.replaceChildren(...ack.sanctions.map((x) => {
+        const li = el("li", "chat-sanction");
+        li.dataset.target = x.target;
+        const what = x.sanction === "ban" ? "banned" : "timed out until " + new Date(x.until).toLocaleTimeString();
+        li.append(el("span", "chat-name", x.target), el("span", "", " " + what + (x.reason ? " (" + x.reason + ")" : "") + " "));
+        li.appendChild(button(x.sanction === "ban" ? "Unban" : "End timeout", "", () => {
+          this.send({ type: x.sanction === "ban" ? "unban" : "end_timeout", target: x.target }, () => li.remove());
+        }));
+        return li;
+      }));
+      if (!ack.sanctions.length) this.sanctionList.appendChild(el("li", "chat-sanction", "No timeouts or bans."));
+      this.sanctionList.hidden = false;
+    });
   };
 
   LiveChat.prototype.send = function (message, onAck) {
@@ -284,6 +306,7 @@
       acts.push(button("Mute cam", "Stop their camera", () => this.send({ type: "mute", target: t, kind: "video" })));
       if (you.role === "host" && t.startsWith("a:")) {
         acts.push(button("Make mod", "Promote to moderator", () => this.send({ type: "promote", target: t })));
+        acts.push(button("Remove mod", "Demote to viewer", () => this.send({ type: "demote", target: t })));
       }
     }
     return acts;

@@ -33,34 +33,55 @@
     if (chat) chat.remove();
     const section = document.getElementById("episodes");
     section.hidden = false;
-    let body;
+    const list = document.getElementById("episode-list");
+    const more = document.getElementById("more");
+    let before = null;
+    async function page() {
+      const query = before ? `?before=${before}` : "";
+      const body = await fetchJSON(`/rooms/${slug}/episodes${query}`, {headers: {Accept: "application/json"}});
+      document.getElementById("room-title").textContent = body.room.title || slug;
+      document.title = `Episodes · ${body.room.title || slug} · ODS Media`;
+      list.append(...body.episodes.map((episode) => {
+        const li = el("li", {"data-episode": String(episode.id)});
+        li.append(el("a", {href: `/episodes/${episode.id}/watch`}, episode.title || `Episode ${episode.id}`),
+                  el("span", {class: "when"}, when(episode.started_at)),
+                  el("span", {class: "length"}, duration(episode.duration)),
+                  badge(episode.status));
+        return li;
+      }));
+      before = body.next_before;
+      more.hidden = !before;
+      document.getElementById("empty").hidden = list.children.length > 0;
+    }
+    more.addEventListener("click", () => page().catch((failure) => showRefusal("refusal", failure)));
     try {
-      body = await fetchJSON(`/rooms/${slug}/episodes`, {headers: {Accept: "application/json"}});
+      await page();
     } catch (failure) {
       showRefusal("refusal", failure);
       return;
     }
-    document.getElementById("room-title").textContent = body.room.title || slug;
-    document.title = `Episodes · ${body.room.title || slug} · ODS Media`;
-    const list = document.getElementById("episode-list");
-    list.replaceChildren(...body.episodes.map((episode) => {
-      const li = el("li", {"data-episode": String(episode.id)});
-      li.append(el("a", {href: `/episodes/${episode.id}/watch`}, episode.title || `Episode ${episode.id}`),
-                el("span", {class: "when"}, when(episode.started_at)),
-                el("span", {class: "length"}, duration(episode.duration)),
-                badge(episode.status));
-      return li;
-    }));
-    document.getElementById("empty").hidden = body.episodes.length > 0;
     section.dataset.state = "loaded";
   }
 
-  function attach(video, url) {
+  // hls.js is fetched only when the browser cannot play HLS itself.
+  function loadHlsJs() {
+    if (window.Hls) return Promise.resolve();
+    return new Promise((resolve) => {
+      const script = document.createElement("script");
+      script.src = "/static/vendor/hls.light.min.js";
+      script.onload = resolve;
+      script.onerror = resolve;   // attach() then reports that HLS cannot play here
+      document.head.appendChild(script);
+    });
+  }
+
+  async function attach(video, url) {
     const forceHlsJs = new URLSearchParams(location.search).get("player") === "hlsjs";
     if (!forceHlsJs && video.canPlayType("application/vnd.apple.mpegurl")) {
       video.src = url;
       return "native";
     }
+    await loadHlsJs();
     if (window.Hls && window.Hls.isSupported()) {
       // No worker: the page's CSP allows no blob: scripts.
       const hls = new window.Hls({enableWorker: false});
@@ -97,7 +118,7 @@
     document.getElementById("back").href = `/rooms/${episode.room}/episodes`;
 
     const video = document.getElementById("video");
-    const how = attach(video, episode.playlist);
+    const how = await attach(video, episode.playlist);
     video.dataset.player = how;
     if (!how) {
       status.textContent = "This browser cannot play HLS video.";
