@@ -128,24 +128,39 @@ def cmd_dev(args: argparse.Namespace, config: Config) -> int:
     try:
         config = services.resolve(redis=True)
 
-        async def prepare() -> None:
-            from .storage import connect, migrate
+        if not config["ice.addresses"]:
+            # Every interface (what a browser elsewhere on the LAN reaches) plus
+            # loopback, so a machine with no network still works for local tabs.
+            import aioice.ice
+
+            found = tuple(aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=False))
+            config = config.replace(**{"ice.addresses": ",".join(found + ("127.0.0.1",))})
+
+        async def prepare() -> str:
+            from .auth import tokens
             from .rooms import directory
+            from .storage import connect, migrate
 
             await migrate(config["database.url"])
             pool = await connect(config["database.url"], max_size=2)
             try:
-                if await directory.get(pool, "demo") is None:
-                    await directory.create(pool, "demo", title="Demo room", policy="public")
+                room = await directory.get(pool, "demo")
+                if room is None:
+                    room = await directory.create(pool, "demo", title="Demo room", policy="public")
+                # The host page needs a host identity before accounts exist: a
+                # fresh short-lived host token for the demo room, printed below.
+                token, _ = await tokens.mint(pool, room_id=room.id, role="host", ttl_seconds=12 * 3600,
+                                             label="odsmedia dev")
+                return token
             finally:
                 await pool.close()
 
-        run_async(prepare())
+        host_token = run_async(prepare())
 
         def announce(port: int) -> None:
             base = config.public_url if config["http.public_url"] else f"http://{config['http.host']}:{port}"
             print(f"odsmedia listening on {base}", flush=True)
-            print(f"  host page:   {base}/rooms/demo/host", flush=True)
+            print(f"  host page:   {base}/rooms/demo/host?token={host_token}", flush=True)
             print(f"  viewer page: {base}/rooms/demo", flush=True)
 
         run_async(_serve(config, announce))

@@ -1,9 +1,12 @@
 """Room placement across nodes through the real Redis."""
 
+import asyncio
+
 import pytest
 
 from conftest import unique_slug
 from odsmedia.bus import Bus
+from odsmedia.keys import FEATURES
 from odsmedia.rooms.placement import Placement, RoomOnOtherNode
 
 
@@ -48,3 +51,33 @@ async def test_refresh_reports_a_lost_claim(buses):
     await a.redis.delete(node_a._room_key(slug))
     await b.redis.set(node_a._room_key(slug), b.node_id)
     assert await node_a.refresh() == [slug]
+
+
+async def test_join_on_a_second_node_names_the_first(aiohttp_client, config, room_factory, token_factory):
+    """Two app nodes on one Redis: the room goes live on A; joining it through B is refused with A's URL."""
+    from odsmedia.app import make_app
+
+    node_a = await aiohttp_client(make_app(config))
+    node_b = await aiohttp_client(make_app(config))
+    room = await room_factory()
+    ws_a = await node_a.ws_connect(f"/rooms/{room.slug}/ws")
+    await ws_a.send_json({"type": "join", "name": "Alice"})
+    joined = await ws_a.receive_json(timeout=10)
+    assert joined["type"] == "joined", joined
+    ws_b = await node_b.ws_connect(f"/rooms/{room.slug}/ws")
+    await ws_b.send_json({"type": "join", "name": "Bob"})
+    refused = await ws_b.receive_json(timeout=10)
+    assert refused["type"] == "error" and refused["code"] == "room_on_other_node"
+    assert refused["node_url"] == config.public_url
+    await ws_b.close()
+    # When the room empties on A, its claim goes and B may host it.
+    await ws_a.close()
+    placement_a = node_a.server.app[FEATURES]["sfu"].placement
+    deadline = asyncio.get_running_loop().time() + 10
+    while room.slug in placement_a.claimed and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.02)  # leaving is processed by A's socket task; no event to await here
+    assert room.slug not in placement_a.claimed
+    ws_b = await node_b.ws_connect(f"/rooms/{room.slug}/ws")
+    await ws_b.send_json({"type": "join", "name": "Bob"})
+    assert (await ws_b.receive_json(timeout=10))["type"] == "joined"
+    await ws_b.close()

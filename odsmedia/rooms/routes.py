@@ -7,6 +7,8 @@ are up, and closes every peer connection and socket on shutdown.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import AsyncIterator
 
 from aiohttp import web
@@ -17,6 +19,7 @@ from ..keys import BUS, CONFIG, DB, FEATURES, GATE
 from ..media import ice
 from ..media.ice import browser_ice_servers
 from . import directory
+from .placement import Placement
 from .sfu import Sfu
 
 SFU = "sfu"
@@ -53,10 +56,15 @@ def setup(app: web.Application) -> None:
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         sfu.bus = app[BUS]
+        sfu.placement = Placement(app[BUS], app[CONFIG].public_url)
+        refresher = asyncio.create_task(sfu.placement.run(), name="room-placement")
         # The ICE policy is process-wide: the application that starts sets it.
         ice.configure(sfu.config["ice.addresses"], sfu.config["ice.allowed_networks"])
         yield
         await sfu.close()
+        refresher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await refresher
 
     async def on_shutdown(app: web.Application) -> None:
         # Before cleanup: peers and sockets close while the bus and pool still exist.

@@ -13,6 +13,8 @@ import logging
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..media import ice
+from .errors import SfuError
+from .placement import Placement, RoomOnOtherNode
 from .room import Room
 from .transport import CONNECT_TIMEOUT
 
@@ -42,6 +44,8 @@ class Sfu:
         self.bus = bus
         self.rooms: dict[str, Room] = {}
         self.observers: list[Observer] = []
+        # Set with the bus: which node hosts each room (None: single node, no Redis).
+        self.placement: Placement | None = None
         self._lock = asyncio.Lock()
         # Seconds a transport may take to connect before it is released.
         self.connect_timeout = CONNECT_TIMEOUT
@@ -59,6 +63,13 @@ class Sfu:
         async with self._lock:
             room = self.rooms.get(record.slug)
             if room is None:
+                if self.placement is not None:
+                    try:
+                        await self.placement.claim(record.slug)
+                    except RoomOnOtherNode as other:
+                        err = SfuError(409, "room_on_other_node", "this room is live on another node")
+                        err.extra["node_url"] = other.url
+                        raise err from None
                 room = Room(self, record)
                 self.rooms[record.slug] = room
                 if self.bus is not None:
@@ -79,6 +90,11 @@ class Sfu:
             unsubscribe, room.unsubscribe_control = room.unsubscribe_control, None
             if unsubscribe is not None:
                 await unsubscribe()
+            if self.placement is not None:
+                try:
+                    await self.placement.release(room.slug)
+                except Exception:
+                    log.warning("room claim not released; it expires by itself")
 
     def publication_added(self, room: Room, publication: "Publication") -> None:
         for observer in list(self.observers):
