@@ -54,6 +54,16 @@ def _float(raw: Any) -> float:
         raise ValueError("a number") from None
 
 
+def _bounded(low: int, high: int) -> Callable[[Any], int]:
+    def parse(raw: Any) -> int:
+        value = _int(raw)
+        if not low <= value <= high:
+            raise ValueError(f"an integer from {low} to {high}")
+        return value
+
+    return parse
+
+
 def _port(raw: Any) -> int:
     value = _int(raw)
     if not 0 <= value <= 65535:
@@ -201,7 +211,8 @@ SETTINGS: tuple[Setting, ...] = (
             "How long an episode waits for the host to publish again before it is finalized (seconds)."),
     Setting("recording.audio_codec", "ODS_RECORDING_AUDIO_CODEC", _choice("opus", "aac"), "opus",
             "Episode audio: opus (as received; no Apple HLS players) or aac (one Opus->AAC transcode per session)."),
-    Setting("chat.max_length", "ODS_CHAT_MAX_LENGTH", _int, 500, "Longest chat message, in characters."),
+    Setting("chat.max_length", "ODS_CHAT_MAX_LENGTH", _bounded(1, 4000), 500,
+            "Longest chat message, in characters (at most 4000, the column's limit)."),
     Setting("chat.rate_per_10s", "ODS_CHAT_RATE_PER_10S", _int, 10, "Messages one user may post per 10 seconds."),
     Setting("chat.history", "ODS_CHAT_HISTORY", _int, 50, "Items sent to a client when it joins."),
     Setting("auth.link_ttl", "ODS_AUTH_LINK_TTL", _duration, 900.0, "Magic link lifetime."),

@@ -15,7 +15,7 @@ import pytest
 
 from odsmedia.media import ice
 from odsmedia.media.frame import MediaFrame
-from odsmedia.media.receiver import QUEUE_ATTR, STARTED_ATTR, tap
+from odsmedia.media.receiver import QUEUE_ATTR, RTX_ATTR, STARTED_ATTR, tap
 from odsmedia.media.sender import ENCODER_ATTR, LEAN_ATTRS, LEAN_DTLS_ATTRS, Packer, install_packer
 from odsmedia.media.testing import CounterVideoTrack, peer
 
@@ -31,6 +31,7 @@ async def test_private_attributes_exist():
     t = pc.addTransceiver("video", direction="sendrecv")
     try:
         assert hasattr(t.receiver, QUEUE_ATTR) and hasattr(t.receiver, STARTED_ATTR)
+        assert isinstance(getattr(t.receiver, RTX_ATTR), dict)
         assert hasattr(t.sender, ENCODER_ATTR) and getattr(t.sender, ENCODER_ATTR) is None
         assert callable(t.sender._send_keyframe) and callable(t.receiver._send_rtcp_pli)
         assert all(hasattr(t.sender, a) for a in LEAN_ATTRS), [a for a in LEAN_ATTRS if not hasattr(t.sender, a)]

@@ -347,3 +347,80 @@ async def test_a_guest_keeps_its_subject_through_the_cookie_so_a_timeout_sticks(
     assert (await again.post("back again"))["error"] == "timed_out"
     await again.close()
     await mod.close()
+
+
+async def test_a_reader_that_stops_reading_is_dropped_and_resumes_without_loss(aiohttp_client, service_urls,
+                                                                              tmp_path, room_factory,
+                                                                              token_factory):
+    """Slow-consumer protection: a socket that stops reading costs the server at most
+    MAX_BACKLOG_BYTES; it is closed with 4008 too_slow and its resume loses nothing."""
+    import base64
+    import os as _os
+    import socket
+
+    import orjson
+
+    client = await aiohttp_client(make_app(make_config(
+        service_urls, tmp_path, ODS_CHAT_MAX_LENGTH="99999", ODS_CHAT_RATE_PER_10S="1000")))
+    room = await room_factory()
+    poster = await ChatSocket.open(client, chat(room), token=await token_factory(room, "host"))
+    viewer_token = await token_factory(room, "viewer")
+
+    # A raw WebSocket client with a tiny receive buffer that will stop reading.
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", client.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    key = base64.b64encode(_os.urandom(16)).decode()
+    writer.write(f"GET {chat(room)} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
+
+    def masked(payload: bytes, opcode: int = 1) -> bytes:
+        mask = _os.urandom(4)
+        return (bytes([0x80 | opcode, 0x80 | len(payload)]) + mask
+                + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+
+    async def frame() -> tuple[int, bytes]:
+        head = await reader.readexactly(2)
+        n = head[1] & 0x7F
+        if n == 126:
+            n = int.from_bytes(await reader.readexactly(2), "big")
+        elif n == 127:
+            n = int.from_bytes(await reader.readexactly(8), "big")
+        return head[0] & 0x0F, await reader.readexactly(n)
+
+    writer.write(masked(orjson.dumps({"type": "join", "token": viewer_token})))
+    opcode, payload = await asyncio.wait_for(frame(), 5)
+    assert orjson.loads(payload)["type"] == "welcome"
+
+    assert orjson.loads(payload)["settings"]["max_length"] == 4000  # capped to what the schema holds
+    # Pin the server side's kernel send buffer too (no autotuning to 4 MB), as a
+    # slow path would: what the client does not take then queues in the process.
+    from odsmedia.keys import FEATURES
+
+    slow = next(c for c in client.server.app[FEATURES]["chat"].hub.rooms[room.slug].clients if c.role == "viewer")
+    slow.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    # It stops reading; the room goes on posting ~1.6 MB.
+    text = "y" * 3990
+    acks = [await poster.post(f"{i} {text}") for i in range(400)]
+    assert all(a["type"] == "ack" for a in acks)
+    seen: list[int] = []
+    while True:
+        opcode, payload = await asyncio.wait_for(frame(), 10)
+        if opcode == 8:
+            break
+        event = orjson.loads(payload)
+        if event["type"] == "item":
+            seen.append(event["seq"])
+    assert int.from_bytes(payload[:2], "big") == 4008 and payload[2:] == b"too_slow"
+    assert slow.closed
+    assert seen == sorted(seen) and len(seen) < len(acks)  # it was cut off before the end
+    writer.write(masked(payload[:2], opcode=8))
+    writer.close()
+
+    back = await ChatSocket.open(client, chat(room), token=viewer_token, after=seen[-1] if seen else 0)
+    assert [i["id"] for i in back.welcome["items"]] == [a["id"] for a in acks if a["id"] > (seen[-1] if seen else 0)]
+    await back.close()
+    await poster.close()

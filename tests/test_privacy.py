@@ -73,6 +73,12 @@ async def test_export_and_delete_account(client, db, room_factory):
         "VALUES ($1, 1, 1, 'message', $2, 'Me', 'hello from me')", room.id, subject)
     await db.execute("INSERT INTO room_members (room_id, account_id, role) VALUES ($1, $2, 'moderator')",
                      room.id, account["id"])
+    # Someone else's question, upvoted by this account.
+    await db.execute("UPDATE chat_rooms SET last_seq = 2 WHERE room_id = $1", room.id)
+    await db.execute(
+        "INSERT INTO chat_items (room_id, id, changed_seq, kind, author, author_name, body, votes) "
+        "VALUES ($1, 2, 2, 'question', 'v:other', 'Other', 'why?', 1)", room.id)
+    await db.execute("INSERT INTO chat_votes (room_id, item_id, subject) VALUES ($1, 2, $2)", room.id, subject)
 
     resp = await client.get("/api/me/export")
     assert resp.status == 200
@@ -94,7 +100,9 @@ async def test_export_and_delete_account(client, db, room_factory):
     assert await db.fetchval("SELECT count(*) FROM accounts WHERE id = $1", account["id"]) == 0
     assert await db.fetchval("SELECT count(*) FROM sessions WHERE account_id = $1", account["id"]) == 0
     item = await db.fetchrow("SELECT * FROM chat_items WHERE room_id = $1 AND id = 1", room.id)
-    assert item["body"] == "" and item["deleted_at"] is not None and item["changed_seq"] == 2
+    assert item["body"] == "" and item["deleted_at"] is not None and item["changed_seq"] == 3
+    question = await db.fetchrow("SELECT * FROM chat_items WHERE room_id = $1 AND id = 2", room.id)
+    assert question["votes"] == 0 and question["changed_seq"] == 4 and question["body"] == "why?"
     assert await db.fetchval("SELECT count(*) FROM magic_links WHERE email = $1", account["email"]) == 0
     # The session is gone with it.
     assert (await client.get("/api/me")).status == 401

@@ -59,6 +59,9 @@ async def test_chromium_lists_episodes_and_plays_one(app_client, room_factory, b
         state = await play(page, page.url)
         assert state["player"] == "native" and not state["hlsjs_loaded"]   # fetched only when needed
         assert state["width"] == 640 and not state["error"]
+        # The chat section replays this episode's chat (chat.js mounted in replay mode).
+        await page.wait_for_selector(f"#chat[data-episode='{episode_id}'][data-state='loaded']", timeout=10000)
+        assert await page.get_attribute("#chat", "data-room") == room.slug
         assert state["duration"] == pytest.approx(6.0, abs=0.3)
 
         # The hls.js fallback (what a browser without native HLS gets) plays it too.

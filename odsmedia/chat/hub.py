@@ -13,9 +13,10 @@ once as a WebSocket frame (server frames are unmasked, so the bytes are the
 same for everyone) and written straight to each client's transport; a busy
 room coalesces the events of a short, self-tuning interval into one write
 per client.  A
-client whose socket buffer fills gets a small backlog drained by its own
-task, and one whose backlog overflows is disconnected with ``too_slow`` and
-resumes from its last seq when it reconnects, losing nothing.
+client whose socket buffer fills gets a backlog drained by its own task,
+and one whose backlog passes MAX_BACKLOG_BYTES is disconnected with
+``too_slow`` and resumes from its last seq when it reconnects, losing
+nothing.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ GAP_WAIT = 0.15
 RECONCILE_INTERVAL = 1.0
 # A socket with more than this many bytes unsent is served by its own writer.
 FAST_PATH_BYTES = 32 * 1024
-MAX_BACKLOG = 2000
+# Bytes a client may have queued behind its full socket before it is dropped.
+MAX_BACKLOG_BYTES = 1024 * 1024
 # A room writes to its clients at most once per flush interval: a quiet room
 # writes each event at once, a busy one coalesces the events of the interval
 # into one write (one syscall) per client. The interval adapts to the room:
@@ -112,6 +114,7 @@ class ChatClient:
         self.closed = False
         self._pending: list[tuple[int, bytes]] = []
         self._backlog: deque[bytes] | None = None
+        self._backlog_bytes = 0
         self._writer: asyncio.Task[None] | None = None
 
     @property
@@ -149,7 +152,8 @@ class ChatClient:
             self.closed = True
             return
         if self._backlog is not None:
-            if len(self._backlog) >= MAX_BACKLOG:
+            self._backlog_bytes += len(frame)
+            if self._backlog_bytes > MAX_BACKLOG_BYTES:
                 self.close(CLOSE_TOO_SLOW, {"type": "error", "error": "too_slow",
                                             "message": "connection too slow; reconnect to resume"})
                 return
@@ -157,6 +161,7 @@ class ChatClient:
             return
         if transport.get_write_buffer_size() > FAST_PATH_BYTES:
             self._backlog = deque([frame])
+            self._backlog_bytes = len(frame)
             self._writer = asyncio.get_running_loop().create_task(self._drain())
             return
         transport.write(frame)
@@ -172,7 +177,9 @@ class ChatClient:
                 await asyncio.sleep(DRAIN_POLL)
                 continue
             while self._backlog and transport.get_write_buffer_size() <= FAST_PATH_BYTES:
-                transport.write(self._backlog.popleft())
+                frame = self._backlog.popleft()
+                self._backlog_bytes -= len(frame)
+                transport.write(frame)
         self._backlog = None
 
     def close(self, code: int, event: dict[str, Any] | None = None) -> None:

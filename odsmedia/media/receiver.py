@@ -26,6 +26,8 @@ from .frame import MediaFrame, is_keyframe
 QUEUE_ATTR = "_RTCRtpReceiver__decoder_queue"
 STARTED_ATTR = "_RTCRtpReceiver__started"
 JITTER_ATTR = "_RTCRtpReceiver__jitter_buffer"
+# RTX SSRC -> media SSRC, filled from the remote description's ssrc-group:FID.
+RTX_ATTR = "_RTCRtpReceiver__rtx_ssrc"
 
 
 class EagerJitterBuffer(JitterBuffer):
@@ -119,8 +121,13 @@ def send_pli(receiver: RTCRtpReceiver) -> Callable[[], None]:
     import asyncio
 
     def request() -> None:
+        # aiortc lists RTX SSRCs among the active sources (Chrome sends RTX padding
+        # as bandwidth probes), and a PLI naming the RTX SSRC is ignored: map to
+        # the media SSRC it repairs.
+        rtx = getattr(receiver, RTX_ATTR, {})
         sources = receiver.getSynchronizationSources()
         if sources:
-            asyncio.ensure_future(receiver._send_rtcp_pli(sources[0].source))
+            media_ssrc = rtx.get(sources[0].source, sources[0].source)
+            asyncio.ensure_future(receiver._send_rtcp_pli(media_ssrc))
 
     return request

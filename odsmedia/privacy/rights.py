@@ -115,9 +115,15 @@ async def delete_account(db: asyncpg.Pool, account_id: int) -> dict[str, int]:
                 "WHERE room_id = $1 AND author = $2 AND deleted_at IS NULL", row["room_id"], subject, seq)
             tombstoned += int(status.split()[-1])
         counts["chat_items"] = tombstoned
-        await conn.execute(
-            "UPDATE chat_items c SET votes = c.votes - 1 FROM chat_votes v "
-            "WHERE v.subject = $1 AND c.room_id = v.room_id AND c.id = v.item_id", subject)
+        # Withdrawn upvotes change vote counts: also a change clients must see.
+        for row in await conn.fetch("SELECT DISTINCT room_id FROM chat_votes WHERE subject = $1", subject):
+            seq = await conn.fetchval(
+                "UPDATE chat_rooms SET last_seq = last_seq + 1 WHERE room_id = $1 RETURNING last_seq",
+                row["room_id"])
+            await conn.execute(
+                "UPDATE chat_items c SET votes = c.votes - 1, changed_seq = $3 FROM chat_votes v "
+                "WHERE v.subject = $2 AND v.room_id = $1 AND c.room_id = v.room_id AND c.id = v.item_id",
+                row["room_id"], subject, seq)
         counts["chat_votes"] = int((await conn.execute("DELETE FROM chat_votes WHERE subject = $1", subject)).split()[-1])
         await conn.execute("DELETE FROM chat_sanctions WHERE subject = $1", subject)
         await conn.execute("UPDATE request_logs SET subject = NULL WHERE subject = $1", subject)

@@ -31,9 +31,18 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool release without asyncpg's reset query (RESET ALL, UNLISTEN, CLOSE ALL,
+    advisory unlock): a server round trip per checkout, measured at ~5% of a
+    chat node's time. Nothing here leaves session state behind: no SET outside
+    transactions, no LISTEN, no session advisory locks (migrate uses its own
+    connection), no cursors outside transactions."""
+
+
 async def connect(dsn: str, *, max_size: int = 10, min_size: int = 1) -> asyncpg.Pool:
     return await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=30
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=30,
+        reset=_keep_session,
     )
 
 
