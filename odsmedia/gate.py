@@ -130,18 +130,7 @@ class Gate:
         return "viewer"
 
     async def admit(self, request: web.Request, room: RoomRecord | str, entry: Entry) -> Admission:
-        try:
-            if isinstance(room, str):
-                room = await directory.require(self.db, room)
-            identity = await self.identify(request)
-            role = await self.role_of(identity, room)
-            admission = await self.decide(room, identity, role, entry)
-            for check in self.checks:
-                await check(admission, entry)
-        except ApiError as exc:
-            metrics.gate_decisions.labels(entry.value, exc.reason).inc()
-            raise
-        metrics.gate_decisions.labels(entry.value, "allowed").inc()
+        admission = await self._admit(room, entry, lambda: self.identify(request))
         # The request log keeps this identifier (never the address).
         request[SUBJECT] = admission.identity.subject
         return admission
@@ -149,13 +138,21 @@ class Gate:
     async def admit_token(self, token: str, room: RoomRecord | str, entry: Entry) -> Admission:
         """``admit`` for a bearer token carried in a message (browsers cannot set
         headers on a WebSocket): the same lookup and the same decision."""
-        try:
-            if isinstance(room, str):
-                room = await directory.require(self.db, room)
+
+        async def identify() -> Identity:
             grant = await tokens.resolve(self.db, token.strip()) if isinstance(token, str) else None
             if grant is None:
                 raise ApiError(401, "invalid_token", "token unknown, expired or revoked")
-            identity = Identity(account_id=grant.account_id, token=grant)
+            return Identity(account_id=grant.account_id, token=grant)
+
+        return await self._admit(room, entry, identify)
+
+    async def _admit(self, room: RoomRecord | str, entry: Entry,
+                     identify: Callable[[], Awaitable[Identity]]) -> Admission:
+        try:
+            if isinstance(room, str):
+                room = await directory.require(self.db, room)
+            identity = await identify()
             role = await self.role_of(identity, room)
             admission = await self.decide(room, identity, role, entry)
             for check in self.checks:

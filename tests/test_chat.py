@@ -361,7 +361,7 @@ async def test_a_reader_that_stops_reading_is_dropped_and_resumes_without_loss(a
     import orjson
 
     client = await aiohttp_client(make_app(make_config(
-        service_urls, tmp_path, ODS_CHAT_MAX_LENGTH="99999", ODS_CHAT_RATE_PER_10S="1000")))
+        service_urls, tmp_path, ODS_CHAT_MAX_LENGTH="4000", ODS_CHAT_RATE_PER_10S="1000")))
     room = await room_factory()
     poster = await ChatSocket.open(client, chat(room), token=await token_factory(room, "host"))
     viewer_token = await token_factory(room, "viewer")

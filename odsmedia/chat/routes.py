@@ -34,7 +34,6 @@ UNAVAILABLE = {"type": "error", "error": "unavailable", "message": "chat storage
 MAX_FRAME = 16 * 1024
 REPLAY_LIMIT = 2000
 SEARCH_LIMIT = 50
-BODY_MAX = 4000
 
 
 class Chat:
@@ -49,7 +48,8 @@ class Chat:
         self.limits = PostLimits(self.bus, config["chat.rate_per_10s"])
         self.moderation = Moderation(self.db, self.bus, self.hub)
         # The schema bounds a body at 4,000 characters (migrations/0003_chat.sql).
-        self.max_length: int = max(1, min(config["chat.max_length"], BODY_MAX))
+        # Bounded to the body column (4000) when the configuration is validated.
+        self.max_length: int = config["chat.max_length"]
         self.history: int = config["chat.history"]
 
     async def refuse_banned(self, admission: Admission, entry: Entry) -> None:

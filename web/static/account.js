@@ -2,26 +2,7 @@
 // the CSRF token (from the readable ods_csrf cookie) in X-CSRF-Token.
 "use strict";
 
-function csrfToken() {
-  const m = document.cookie.match(/(?:^|;\s*)ods_csrf=([^;]+)/);
-  return m ? decodeURIComponent(m[1]) : "";
-}
-
-async function api(method, url, body) {
-  const headers = {};
-  if (method !== "GET") headers["X-CSRF-Token"] = csrfToken();
-  if (body !== undefined) headers["Content-Type"] = "application/json";
-  const resp = await fetch(url, {method, headers, credentials: "same-origin",
-                                 body: body === undefined ? undefined : JSON.stringify(body)});
-  const data = resp.status === 204 ? {} : await resp.json().catch(() => ({}));
-  if (!resp.ok) {
-    const err = new Error(data.message || `HTTP ${resp.status}`);
-    err.status = resp.status;
-    err.reason = data.error;
-    throw err;
-  }
-  return data;
-}
+const {api} = window.ODS;
 
 function el(tag, text, attrs = {}) {
   const node = document.createElement(tag);

@@ -12,11 +12,32 @@
     }
   }
 
+  // The double-submit CSRF token: the readable ods_csrf cookie, echoed in a header.
+  function csrfToken() {
+    const m = document.cookie.match(/(?:^|;\s*)ods_csrf=([^;]+)/);
+    return m ? decodeURIComponent(m[1]) : "";
+  }
+
+  // Every state change carries the CSRF header, so a signed-in page never
+  // meets csrf_failed; a 204 answers {}.
   async function fetchJSON(url, options = {}) {
-    const resp = await fetch(url, {credentials: "same-origin", ...options});
-    const body = await resp.json().catch(() => ({}));
+    const method = (options.method || "GET").toUpperCase();
+    const headers = {...(options.headers || {})};
+    if (method !== "GET" && method !== "HEAD") headers["X-CSRF-Token"] = csrfToken();
+    const resp = await fetch(url, {credentials: "same-origin", ...options, headers});
+    const body = resp.status === 204 ? {} : await resp.json().catch(() => ({}));
     if (!resp.ok) throw new ApiFailure(resp.status, body);
     return body;
+  }
+
+  // JSON in, JSON out: api("PATCH", "/api/me", {display_name: "Ada"}).
+  function api(method, url, body) {
+    const options = {method};
+    if (body !== undefined) {
+      options.headers = {"Content-Type": "application/json"};
+      options.body = JSON.stringify(body);
+    }
+    return fetchJSON(url, options);
   }
 
   function escapeHTML(text) {
@@ -127,6 +148,6 @@
     if (chat) chat.dataset.room = slug;
   }
 
-  window.ODS = {ApiFailure, fetchJSON, escapeHTML, el, showRefusal, roomSlug, Signaling, gatheringComplete,
+  window.ODS = {ApiFailure, fetchJSON, api, csrfToken, escapeHTML, el, showRefusal, roomSlug, Signaling, gatheringComplete,
                 roomInfo, setChatRoom};
 })();

@@ -1,21 +1,7 @@
 // Organization admin page: seats in use, members added and removed by e-mail.
 "use strict";
 
-function csrfToken() {
-  const m = document.cookie.match(/(?:^|;\s*)ods_csrf=([^;]+)/);
-  return m ? decodeURIComponent(m[1]) : "";
-}
-
-async function api(method, url, body) {
-  const headers = {};
-  if (method !== "GET") headers["X-CSRF-Token"] = csrfToken();
-  if (body !== undefined) headers["Content-Type"] = "application/json";
-  const resp = await fetch(url, {method, headers, credentials: "same-origin",
-                                 body: body === undefined ? undefined : JSON.stringify(body)});
-  const data = resp.status === 204 ? {} : await resp.json().catch(() => ({}));
-  if (!resp.ok) { const e = new Error(data.message || `HTTP ${resp.status}`); e.status = resp.status; throw e; }
-  return data;
-}
+const {api} = window.ODS;
 
 function el(tag, text, attrs = {}) {
   const node = document.createElement(tag);

@@ -2,18 +2,7 @@
 // bought for an organization the person administers.
 "use strict";
 
-function csrfToken() {
-  const m = document.cookie.match(/(?:^|;\s*)ods_csrf=([^;]+)/);
-  return m ? decodeURIComponent(m[1]) : "";
-}
-
-async function post(url, body) {
-  const resp = await fetch(url, {method: "POST", credentials: "same-origin",
-    headers: {"Content-Type": "application/json", "X-CSRF-Token": csrfToken()}, body: JSON.stringify(body)});
-  const data = await resp.json().catch(() => ({}));
-  if (!resp.ok) { const e = new Error(data.message || `HTTP ${resp.status}`); e.status = resp.status; e.reason = data.error; throw e; }
-  return data;
-}
+const post = (url, body) => window.ODS.api("POST", url, body);
 
 function el(tag, text, attrs = {}) {
   const node = document.createElement(tag);
