@@ -136,12 +136,5 @@ def make_app(config: Config, *, features: tuple[str, ...] = FEATURE_MODULES) -> 
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
     for name in features:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            # A feature not built yet is skipped; a broken import inside one is not.
-            if exc.name and name.startswith(exc.name):
-                continue
-            raise
-        module.setup(app)
+        importlib.import_module(name).setup(app)
     return app

@@ -122,13 +122,10 @@ async def test_chromium_host_session_is_recorded_and_replayed(app_client, room_f
         assert state["player"] == "native" and not state["error"] and state["width"] > 0
     finally:
         await page.close()
-    # Chromium should honour the recorder's keyframe requests (segments near the 2 s
-    # target); the SFU's PLIs carry the RTX SSRC and Chromium ignores them (reported in
-    # .helpers/notes-recorder-to-sfu.md), so until that is fixed segments follow
-    # Chromium's own keyframes.
+    # Chromium honours the recorder's keyframe requests (PLIs through the SFU): segments
+    # are cut near the 2 s target, not at Chromium's own rare keyframes (~8 s).
     durations = [round(r.duration, 2) for r in rows[:-1]]
-    if not all(1.4 <= d <= 2.6 for d in durations):
-        pytest.xfail(f"publisher ignored keyframe requests: segment durations {durations}")
+    assert durations and all(1.4 <= d <= 2.6 for d in durations), durations
 
 
 async def test_chromium_plays_an_episode_with_aac_audio(aiohttp_client, service_urls, room_factory, browser,
