@@ -284,6 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", default="public", help="public | signed-in | plan:CODE[,CODE...]")
     p.set_defaults(func=cmd_room_create)
 
+    from recorder.cli import add_commands as add_episode_commands
+
+    add_episode_commands(sub)
+
     p = sub.add_parser("token", help="mint a bearer token; prints only the token")
     p.add_argument("--room", required=True, help="room slug")
     p.add_argument("--role", required=True, choices=("host", "moderator", "viewer"))

@@ -1,6 +1,6 @@
-"""Episode administration from the command line: ``python -m recorder ...``.
+"""Episode administration: ``odsmedia episode ...``.
 
-episodes ROOM   list a room's episodes (JSON lines, newest first)
+list ROOM       list a room's episodes (JSON lines, newest first)
 delete ID       delete an episode: its rows, then its files
 finalize        finalize the episodes this node left live (what start-up also does)
 
@@ -16,7 +16,6 @@ import sys
 
 from odsmedia import config as configmod
 from odsmedia.cli import _with_pool
-from odsmedia.config import ConfigError
 from odsmedia.errors import ApiError
 from odsmedia.rooms import directory
 
@@ -38,7 +37,7 @@ def cmd_episodes(args: argparse.Namespace, config: configmod.Config) -> int:
 
     found = _with_pool(config, work)
     if found is None:
-        print(f"python -m recorder episodes: no room {args.room!r}", file=sys.stderr)
+        print(f"odsmedia episode list: no room {args.room!r}", file=sys.stderr)
         return 1
     for episode in found:
         print(json.dumps(episode.summary()))
@@ -58,10 +57,10 @@ def cmd_delete(args: argparse.Namespace, config: configmod.Config) -> int:
     try:
         outcome = _with_pool(config, work)
     except ApiError as exc:
-        print(f"python -m recorder delete: {exc.reason}: {exc.message}", file=sys.stderr)
+        print(f"odsmedia episode delete: {exc.reason}: {exc.message}", file=sys.stderr)
         return 1
     if outcome == "missing":
-        print(f"python -m recorder delete: no episode {args.episode_id}", file=sys.stderr)
+        print(f"odsmedia episode delete: no episode {args.episode_id}", file=sys.stderr)
         return 1
     print(f"deleted episode {args.episode_id}")
     return 0
@@ -77,22 +76,15 @@ def cmd_finalize(args: argparse.Namespace, config: configmod.Config) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m recorder", description="Manage recorded episodes.")
-    parser.add_argument("--config", help="TOML configuration file (default: $ODS_CONFIG)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    p = sub.add_parser("episodes", help="list a room's episodes")
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Registers ``odsmedia episode list|delete|finalize``."""
+    episode = sub.add_parser("episode", help="manage recorded episodes")
+    actions = episode.add_subparsers(dest="episode_command", required=True, metavar="ACTION")
+    p = actions.add_parser("list", help="list a room's episodes (JSON lines, newest first)")
     p.add_argument("room")
     p.set_defaults(func=cmd_episodes)
-    p = sub.add_parser("delete", help="delete an episode and its files")
+    p = actions.add_parser("delete", help="delete an episode and its files")
     p.add_argument("episode_id", type=int)
     p.set_defaults(func=cmd_delete)
-    p = sub.add_parser("finalize", help="finalize episodes this node left live")
+    p = actions.add_parser("finalize", help="finalize episodes this node left live")
     p.set_defaults(func=cmd_finalize)
-    args = parser.parse_args(argv)
-    try:
-        config = configmod.load(file=args.config)
-    except ConfigError as exc:
-        print(f"python -m recorder: {exc}", file=sys.stderr)
-        return 2
-    return args.func(args, config)

@@ -97,9 +97,9 @@ async def list_episodes(request: web.Request) -> web.StreamResponse:
     accept = request.headers.get("Accept", "")
     if "text/html" in accept and "application/json" not in accept:
         # The page and the API share this URL; browsers navigating get the page.
-        from web.routes import _page
+        from web.routes import page_handler
 
-        return await _page("replay.html")(request)
+        return await page_handler("replay.html")(request)
     admission = await request.app[GATE].admit(request, request.match_info["slug"], Entry.REPLAY)
     limit = _int_param(request, "limit", 50, 1, 100)
     before = None

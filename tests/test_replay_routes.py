@@ -221,10 +221,10 @@ async def test_cli_lists_and_deletes_episodes(app_client, room_factory, service_
     env = odsmedia_env(service_urls, tmp_path / "data")
 
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "recorder", *args], cwd=REPO, env=env,
+        return subprocess.run([sys.executable, "-m", "odsmedia", "episode", *args], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=60)
 
-    listed = await asyncio.to_thread(run, "episodes", room.slug)
+    listed = await asyncio.to_thread(run, "list", room.slug)
     assert listed.returncode == 0, listed.stderr
     assert [json.loads(line)["id"] for line in listed.stdout.splitlines()] == [episode_id]
     deleted = await asyncio.to_thread(run, "delete", str(episode_id))

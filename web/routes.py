@@ -17,12 +17,12 @@ CSP = (
     "media-src 'self' blob:; connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'"
 )
 
-# URL pattern -> page file under static/.
+# URL pattern -> page file under static/. (/rooms/{slug}/episodes is both the
+# JSON API and the replay page: recorder.routes negotiates on Accept.)
 PAGES: dict[str, str] = {
     "/": "index.html",
     "/rooms/{slug}": "viewer.html",
     "/rooms/{slug}/host": "host.html",
-    "/rooms/{slug}/episodes": "replay.html",
     "/episodes/{episode_id}/watch": "replay.html",
     "/signin": "signin.html",
     "/auth/confirm": "confirm.html",
@@ -32,7 +32,7 @@ PAGES: dict[str, str] = {
 }
 
 
-def _page(filename: str):
+def page_handler(filename: str):
     async def handler(request: web.Request) -> web.StreamResponse:
         path = STATIC_DIR / filename
         if not path.is_file():
@@ -52,5 +52,5 @@ def _page(filename: str):
 
 def setup(app: web.Application) -> None:
     for pattern, filename in PAGES.items():
-        app.router.add_get(pattern, _page(filename))
+        app.router.add_get(pattern, page_handler(filename))
     app.router.add_static("/static/", STATIC_DIR, append_version=False)
