@@ -58,3 +58,11 @@ async def read_json(request: web.Request, *, limit: int = 64 * 1024) -> dict[str
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_json", "request body must be a JSON object")
     return data
+
+
+def path_id(request: web.Request, name: str, reason: str, message: str) -> int:
+    """A positive bigint id from the URL path, or a 404 with ``reason`` (never a 500)."""
+    raw = request.match_info[name]
+    if not raw.isdigit() or len(raw) > 18 or int(raw) == 0:
+        raise ApiError(404, reason, message)
+    return int(raw)

@@ -22,7 +22,7 @@ from typing import AsyncIterator
 from aiohttp import web
 
 from odsmedia.config import ConfigError
-from odsmedia.errors import ApiError, json_response
+from odsmedia.errors import ApiError, json_response, path_id
 from odsmedia.gate import Entry
 from odsmedia.keys import CONFIG, DB, FEATURES, GATE
 
@@ -74,10 +74,7 @@ def _unsatisfiable(size: int) -> ApiError:
 
 
 def _episode_id(request: web.Request) -> int:
-    raw = request.match_info["episode_id"]
-    if not raw.isdigit() or len(raw) > 18:
-        raise ApiError(404, "episode_not_found", "no such episode")
-    return int(raw)
+    return path_id(request, "episode_id", "episode_not_found", "no such episode")
 
 
 async def _admitted_episode(request: web.Request) -> tuple[Episode, object]:

@@ -8,9 +8,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
-import pytest
 
 from conftest import ODSMEDIA, REPO, odsmedia_env, unique_slug
 

@@ -2,7 +2,6 @@
 
 from datetime import datetime, timedelta, timezone
 
-from aiohttp import web
 
 from odsmedia.keys import FEATURES
 from odsmedia.privacy import retention

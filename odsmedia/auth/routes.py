@@ -30,7 +30,7 @@ from aiohttp import web
 from .. import config as configmod
 from ..bus import Bus
 from ..config import Config
-from ..errors import ApiError, json_response, read_json
+from ..errors import ApiError, json_response, path_id, read_json
 from ..gate import ROLE_RANK, Identity
 from ..keys import BUS, CONFIG, DB, FEATURES, GATE
 from ..mail import MailError, Mailer, Message, make_mailer, render
@@ -371,13 +371,7 @@ async def list_sessions(request: web.Request) -> web.Response:
 
 
 def _path_id(request: web.Request, name: str = "id") -> int:
-    try:
-        value = int(request.match_info[name])
-    except ValueError:
-        raise ApiError(404, "not_found", "no such item") from None
-    if not 0 < value < 2**63:
-        raise ApiError(404, "not_found", "no such item")
-    return value
+    return path_id(request, name, "not_found", "no such item")
 
 
 async def revoke_session(request: web.Request) -> web.Response:

@@ -27,7 +27,7 @@ from aiohttp import web
 from ..auth import accounts
 from ..auth.routes import require_session, service as auth_service
 from ..config import Config
-from ..errors import ApiError, json_response, read_json
+from ..errors import ApiError, json_response, path_id, read_json
 from ..keys import BUS, CONFIG, DB, FEATURES, GATE
 from ..mail import render
 from . import orgs, webhooks
@@ -186,13 +186,7 @@ async def _mail_notice(request: web.Request, notice: webhooks.Notice) -> None:
 # ---- organizations -----------------------------------------------------------------------------
 
 def _path_org(request: web.Request) -> int:
-    try:
-        value = int(request.match_info["id"])
-    except ValueError:
-        raise ApiError(404, "org_not_found", "no such organization") from None
-    if not 0 < value < 2**63:
-        raise ApiError(404, "org_not_found", "no such organization")
-    return value
+    return path_id(request, "id", "org_not_found", "no such organization")
 
 
 async def create_org(request: web.Request) -> web.Response:

@@ -17,7 +17,7 @@ import orjson
 from aiohttp import WSMsgType, web
 from redis.exceptions import RedisError
 
-from ..errors import ApiError, json_response
+from ..errors import ApiError, json_response, path_id
 from ..gate import Admission, Entry
 from ..keys import BUS, CONFIG, DB, FEATURES, GATE
 from ..rooms import directory
@@ -286,10 +286,7 @@ def _offset(request: web.Request, name: str, default: float) -> float:
 
 async def episode_chat(request: web.Request) -> web.Response:
     chat: Chat = request.app[FEATURES]["chat"]
-    try:
-        episode_id = int(request.match_info["episode_id"])
-    except ValueError:
-        raise ApiError(404, "episode_not_found", "no such episode") from None
+    episode_id = path_id(request, "episode_id", "episode_not_found", "no such episode")
     start = _offset(request, "from", 0.0)
     end = _offset(request, "to", float("inf"))
     if end < start:
