@@ -21,6 +21,15 @@ H264 = RTCRtpCodecParameters(mimeType="video/H264", clockRate=90000, payloadType
 log = logging.getLogger("test")
 
 
+@pytest.fixture
+def config(service_urls, tmp_path):
+    from conftest import make_config
+
+    # The recorder asks for keyframes on its own cadence; these tests count the
+    # SFU's requests, so nothing else may make any.
+    return make_config(service_urls, tmp_path / "data", ODS_RECORDING_ENABLED="false")
+
+
 def frame(n: int, key: bool) -> MediaFrame:
     return MediaFrame("video", "H264", b"\x00\x00\x00\x01" + bytes([0x65 if key else 0x41]) + bytes([n % 256]),
                       n * 3000, 90000, key, time.monotonic())
