@@ -84,9 +84,11 @@ async def test_packer_replaces_the_encoder_and_refuses_decoded_frames():
         payloads, ts = packer.pack(MediaFrame("audio", "opus", b"\xfc\x01", 960, 48000, True, 0.0))
         assert payloads == [b"\xfc\x01"] and ts == 960
         h264 = Packer("H264")
-        payloads, _ = h264.pack(MediaFrame("video", "H264", b"\x00\x00\x00\x01\x65" + b"\x11" * 3000,
-                                           0, 90000, True, 0.0))
+        frame = MediaFrame("video", "H264", b"\x00\x00\x00\x01\x65" + b"\x11" * 3000, 0, 90000, True, 0.0)
+        payloads, _ = h264.pack(frame)
         assert len(payloads) >= 3 and payloads[0][0] & 0x1F == 28   # FU-A fragments of one NAL
+        # A second viewer's sender reuses the first one's packetization of the shared frame.
+        assert Packer("H264").pack(frame)[0] is payloads
         with pytest.raises(RuntimeError):
             h264.encode(None)
     finally:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(slots=True)
@@ -14,6 +14,9 @@ class MediaFrame:
     clock_rate: int    # 90000 video, 48000 Opus
     keyframe: bool
     arrival: float     # time.monotonic() when the frame left the receiver hook
+    # H.264 RTP payloads, made by the first subscriber's sender and reused by the
+    # rest: packetization has no per-viewer state, so N viewers cost one split.
+    payloads: list[bytes] | None = field(default=None, repr=False, compare=False)
 
 
 def h264_is_keyframe(data: bytes) -> bool:

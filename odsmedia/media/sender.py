@@ -41,8 +41,10 @@ class Packer:
         self.frames += 1
         codec = self.codec
         if codec == "H264":
-            # Class-level helpers: no encoder instance, no libx264 context.
-            payloads = H264Encoder._packetize(H264Encoder._split_bitstream(frame.data))
+            payloads = frame.payloads
+            if payloads is None:
+                # Class-level helpers: no encoder instance, no libx264 context.
+                payloads = frame.payloads = H264Encoder._packetize(H264Encoder._split_bitstream(frame.data))
         elif codec == "VP8":
             payloads = Vp8Encoder._packetize(frame.data, self.picture_id)
             self.picture_id = (self.picture_id + 1) & 0x7FFF
