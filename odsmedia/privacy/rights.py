@@ -20,6 +20,7 @@ import asyncpg
 from aiohttp import web
 
 from ..auth.routes import _clear_session_cookies, require_session, service as auth_service
+from ..chat import store as chat_store
 from ..errors import ApiError, json_response, read_json
 from ..keys import CONFIG, DB
 
@@ -100,32 +101,7 @@ async def delete_account(db: asyncpg.Pool, account_id: int) -> dict[str, int]:
         if running:
             raise ApiError(409, "active_subscription",
                            "cancel your subscription in the billing portal before deleting the account")
-        # Tombstone the author's chat items room by room, each change under the
-        # room's next sequence number so resuming clients learn of it.
-        rooms = await conn.fetch(
-            "SELECT DISTINCT room_id FROM chat_items WHERE author = $1 AND deleted_at IS NULL", subject)
-        tombstoned = 0
-        for row in rooms:
-            seq = await conn.fetchval(
-                "UPDATE chat_rooms SET last_seq = last_seq + 1 WHERE room_id = $1 RETURNING last_seq",
-                row["room_id"])
-            status = await conn.execute(
-                "UPDATE chat_items SET body = '', author_name = '', deleted_at = now(), "
-                "deleted_by = 'account_deleted', changed_seq = $3 "
-                "WHERE room_id = $1 AND author = $2 AND deleted_at IS NULL", row["room_id"], subject, seq)
-            tombstoned += int(status.split()[-1])
-        counts["chat_items"] = tombstoned
-        # Withdrawn upvotes change vote counts: also a change clients must see.
-        for row in await conn.fetch("SELECT DISTINCT room_id FROM chat_votes WHERE subject = $1", subject):
-            seq = await conn.fetchval(
-                "UPDATE chat_rooms SET last_seq = last_seq + 1 WHERE room_id = $1 RETURNING last_seq",
-                row["room_id"])
-            await conn.execute(
-                "UPDATE chat_items c SET votes = c.votes - 1, changed_seq = $3 FROM chat_votes v "
-                "WHERE v.subject = $2 AND v.room_id = $1 AND c.room_id = v.room_id AND c.id = v.item_id",
-                row["room_id"], subject, seq)
-        counts["chat_votes"] = int((await conn.execute("DELETE FROM chat_votes WHERE subject = $1", subject)).split()[-1])
-        await conn.execute("DELETE FROM chat_sanctions WHERE subject = $1", subject)
+        counts["chat_items"], counts["chat_votes"] = await chat_store.forget_author(conn, subject)
         await conn.execute("UPDATE request_logs SET subject = NULL WHERE subject = $1", subject)
         await conn.execute("DELETE FROM magic_links WHERE email = $1", email)
         counts["org_seats"] = int((await conn.execute("DELETE FROM org_members WHERE email = $1", email)).split()[-1])

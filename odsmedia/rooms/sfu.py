@@ -12,7 +12,6 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..media import ice
 from .errors import SfuError
 from .placement import Placement, RoomOnOtherNode
 from .room import Room
@@ -49,7 +48,6 @@ class Sfu:
         self._lock = asyncio.Lock()
         # Seconds a transport may take to connect before it is released.
         self.connect_timeout = CONNECT_TIMEOUT
-        ice.configure(config["ice.addresses"], config["ice.allowed_networks"])
 
     def add_observer(self, observer: Observer) -> None:
         self.observers.append(observer)

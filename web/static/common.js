@@ -143,11 +143,25 @@
     return fetchJSON(`/api/rooms/${slug}`);
   }
 
+  // A live page's first step: the room's title into #room-title, or the
+  // gate's refusal into #refusal. Resolves to the room info, or null if refused.
+  async function loadRoom(slug) {
+    try {
+      const info = await roomInfo(slug);
+      const title = document.getElementById("room-title");
+      if (title) title.textContent = info.title || slug;
+      return info;
+    } catch (err) {
+      showRefusal("refusal", err);
+      return null;
+    }
+  }
+
   function setChatRoom(slug) {
     const chat = document.getElementById("chat");
     if (chat) chat.dataset.room = slug;
   }
 
-  window.ODS = {ApiFailure, fetchJSON, api, csrfToken, escapeHTML, el, showRefusal, roomSlug, Signaling, gatheringComplete,
-                roomInfo, setChatRoom};
+  window.ODS = {ApiFailure, fetchJSON, api, csrfToken, loadRoom, escapeHTML, el, showRefusal, roomSlug, Signaling, gatheringComplete,
+                setChatRoom};
 })();

@@ -100,14 +100,9 @@
 
   async function main() {
     if (!slug) return;
-    try {
-      const info = await ODS.roomInfo(slug);
-      $("room-title").textContent = info.title || slug;
-      state.iceServers = info.ice_servers || [];
-    } catch (err) {
-      ODS.showRefusal("refusal", err);
-      return;
-    }
+    const info = await ODS.loadRoom(slug);
+    if (!info) return;
+    state.iceServers = info.ice_servers || [];
     const signaling = new ODS.Signaling(slug);
     state.signaling = signaling;
     signaling
