@@ -136,26 +136,20 @@ def cmd_dev(args: argparse.Namespace, config: Config) -> int:
             found = tuple(aioice.ice.get_host_addresses(use_ipv4=True, use_ipv6=False))
             config = config.replace(**{"ice.addresses": ",".join(found + ("127.0.0.1",))})
 
-        async def prepare() -> str:
+        async def prepare(pool) -> str:
             from .auth import tokens
             from .rooms import directory
-            from .storage import connect, migrate
 
-            await migrate(config["database.url"])
-            pool = await connect(config["database.url"], max_size=2)
-            try:
-                room = await directory.get(pool, "demo")
-                if room is None:
-                    room = await directory.create(pool, "demo", title="Demo room", policy="public")
-                # The host page needs a host identity before accounts exist: a
-                # fresh short-lived host token for the demo room, printed below.
-                token, _ = await tokens.mint(pool, room_id=room.id, role="host", ttl_seconds=12 * 3600,
-                                             label="odsmedia dev")
-                return token
-            finally:
-                await pool.close()
+            room = await directory.get(pool, "demo")
+            if room is None:
+                room = await directory.create(pool, "demo", title="Demo room", policy="public")
+            # The host page needs a host identity before accounts exist: a
+            # fresh short-lived host token for the demo room, printed below.
+            token, _ = await tokens.mint(pool, room_id=room.id, role="host", ttl_seconds=12 * 3600,
+                                         label="odsmedia dev")
+            return token
 
-        host_token = run_async(prepare())
+        host_token = run_async(_migrated_pool_run(config["database.url"], prepare))
 
         def announce(port: int) -> None:
             base = config.public_url if config["http.public_url"] else f"http://{config['http.host']}:{port}"
@@ -182,22 +176,23 @@ def cmd_migrate(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def _with_pool(config: Config, work: Callable) -> object:
+async def _migrated_pool_run(database_url: str, work: Callable) -> object:
+    """Migrate, then ``work(pool)`` on a small pool that is closed afterwards."""
     from .storage import connect, migrate
 
+    await migrate(database_url)
+    pool = await connect(database_url, max_size=2)
+    try:
+        return await work(pool)
+    finally:
+        await pool.close()
+
+
+def _with_pool(config: Config, work: Callable) -> object:
     services = Services(config)
     try:
         config = services.resolve(redis=False)
-
-        async def run() -> object:
-            await migrate(config["database.url"])
-            pool = await connect(config["database.url"], max_size=2)
-            try:
-                return await work(pool)
-            finally:
-                await pool.close()
-
-        return run_async(run())
+        return run_async(_migrated_pool_run(config["database.url"], work))
     finally:
         services.close()
 
