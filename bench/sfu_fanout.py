@@ -163,7 +163,8 @@ async def serve_sfu(database_url: str, prefix: str, aiortc_loop: bool = False) -
     from odsmedia.app import make_app
     from odsmedia.auth import tokens
     from odsmedia.config import load
-    from odsmedia.keys import DB, FEATURES
+    from odsmedia.keys import DB
+    from odsmedia.rooms.sfu import SFU
     from odsmedia.rooms import directory
 
     latencies: list[float] = []
@@ -182,7 +183,7 @@ async def serve_sfu(database_url: str, prefix: str, aiortc_loop: bool = False) -
     app = make_app(config)
 
     async def stats(request: web.Request) -> web.Response:
-        sfu = request.app[FEATURES]["sfu"]
+        sfu = request.app[SFU]
         sent = 0
         for room in sfu.rooms.values():
             for participant in room.participants.values():

@@ -2,7 +2,7 @@
 
 ``make_app(config)`` wires one process: an asyncpg pool, the Redis bus,
 the entry gate, and every feature's routes.  Features expose
-``setup(app)`` and keep their own state under ``app[FEATURES]``; their
+``setup(app)`` and keep their own object under a typed key of their own; their
 start/stop work goes into ``app.cleanup_ctx`` so shutdown runs in reverse
 order of start-up (peers close before the bus and the pool).
 """
@@ -23,7 +23,7 @@ from .bus import Bus
 from .config import Config
 from .errors import ApiError, json_response
 from .gate import Gate
-from .keys import BUS, CONFIG, DB, FEATURES, GATE
+from .keys import BUS, CONFIG, DB, GATE
 from .logs import request_id
 from .storage import connect
 
@@ -121,7 +121,6 @@ def make_app(config: Config, *, features: tuple[str, ...] = FEATURE_MODULES) -> 
         raise ValueError("make_app needs database.url and redis.url (dev resolves embedded ones first)")
     app = web.Application(middlewares=[observe], client_max_size=1024 * 1024)
     app[CONFIG] = config
-    app[FEATURES] = {}
 
     async def services(app: web.Application) -> AsyncIterator[None]:
         app[DB] = await connect(config["database.url"], max_size=config["database.pool_size"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import asyncpg
 from aiohttp import web
@@ -14,8 +14,9 @@ if TYPE_CHECKING:
 CONFIG: web.AppKey["Config"] = web.AppKey("config")
 DB: web.AppKey[asyncpg.Pool] = web.AppKey("db", asyncpg.Pool)
 BUS: web.AppKey["Bus"] = web.AppKey("bus")
-# Feature singletons (SFU, recorder, chat hub, ...) registered by their setup().
-FEATURES: web.AppKey[dict[str, Any]] = web.AppKey("features", dict)
+# Each feature's own object has its own typed key, defined by the module that owns it
+# (``rooms.sfu.SFU``, ``auth.service.AUTH``, ``chat.feature.CHAT``, ``billing.routes.BILLING``,
+# ``recorder.sink.RECORDER``, ``privacy.requestlog.REQUEST_LOG``).
 
 if TYPE_CHECKING:
     from .gate import Gate

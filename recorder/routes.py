@@ -24,23 +24,23 @@ from aiohttp import web
 from odsmedia.config import ConfigError
 from odsmedia.errors import ApiError, json_response, path_id
 from odsmedia.gate import Entry
-from odsmedia.keys import CONFIG, DB, FEATURES, GATE
+from odsmedia.keys import CONFIG, DB, GATE
+from odsmedia.rooms.sfu import SFU
 
 from . import episodes, finalize
 from .episodes import Episode
 from .playlist import CONTENT_TYPE as PLAYLIST_TYPE
 from .playlist import with_endlist
-from .sink import PLAYLIST, Recorder, local_node_id
+from .sink import PLAYLIST, RECORDER, Recorder, local_node_id
 from .storage import LocalStorage, Storage, StorageError
 
-RECORDER = "recorder"
 SEGMENT_PATTERN = r"[0-9]{5,9}-[0-9]{1,6}\.m4s|init-[0-9]{1,6}\.mp4"
 IMMUTABLE = "private, max-age=31536000, immutable"
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
 def recorder_of(app: web.Application) -> Recorder:
-    return app[FEATURES][RECORDER]
+    return app[RECORDER]
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -231,10 +231,10 @@ def make_recorder(app: web.Application) -> Recorder:
 def setup(app: web.Application) -> None:
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         recorder = make_recorder(app)
-        app[FEATURES][RECORDER] = recorder
+        app[RECORDER] = recorder
         await finalize.recover(recorder.db, recorder.storage, recorder.node, recorder.segment_seconds)
         await finalize.sweep_orphans(recorder.db, recorder.storage)
-        sfu = app[FEATURES].get("sfu")
+        sfu = app.get(SFU)
         if sfu is not None:
             sfu.add_observer(recorder)
         yield

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import asyncpg
+from aiohttp import web
 
 from . import episodes, metrics
 from .episodes import SegmentRow
@@ -341,7 +342,7 @@ class RoomRecording:
 
 
 class Recorder:
-    """The feature object at ``app[FEATURES]["recorder"]``; an SFU observer."""
+    """The feature object at ``app[RECORDER]``; an SFU observer."""
 
     def __init__(
         self,
@@ -414,3 +415,6 @@ class Recorder:
         pending = [r.task for r in self._ending]
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
+
+
+RECORDER: web.AppKey[Recorder] = web.AppKey("recorder", Recorder)

@@ -17,7 +17,8 @@ from conftest import make_config
 from odsmedia.app import make_app
 from odsmedia.errors import json_response
 from odsmedia.gate import Entry
-from odsmedia.keys import FEATURES, GATE
+from odsmedia.keys import GATE
+from odsmedia.auth.service import AUTH
 
 LINK = re.compile(r"/auth/confirm#token=([A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+)")
 
@@ -45,8 +46,8 @@ def mails_to(config, address: str) -> list[email.message.EmailMessage]:
 async def request_link(client, address: str) -> str:
     resp = await client.post("/auth/magic-link", json={"email": address})
     assert resp.status == 202, await resp.text()
-    await client.server.app[FEATURES]["auth"].drain()
-    config = client.server.app[FEATURES]["auth"].config
+    await client.server.app[AUTH].drain()
+    config = client.server.app[AUTH].config
     body = mails_to(config, address)[-1].get_content()
     match = LINK.search(body)
     assert match, body
@@ -94,7 +95,7 @@ async def test_full_flow_through_outbox(client, db, config):
     address = new_email()
     resp = await client.post("/auth/magic-link", json={"email": address.upper()})
     assert resp.status == 202
-    await client.server.app[FEATURES]["auth"].drain()
+    await client.server.app[AUTH].drain()
     [msg] = mails_to(config, address)
     assert msg["X-ODS-Template"] == "magic_link"
     token = LINK.search(msg.get_content()).group(1)
@@ -187,8 +188,8 @@ async def test_same_answer_whether_or_not_account_exists(client, db):
         headers = {k: v for k, v in resp.headers.items() if k.lower() not in ("date", "x-request-id")}
         answers.append((resp.status, await resp.read(), headers))
     assert answers[0] == answers[1]
-    await client.server.app[FEATURES]["auth"].drain()
-    config = client.server.app[FEATURES]["auth"].config
+    await client.server.app[AUTH].drain()
+    config = client.server.app[AUTH].config
     # Both addresses get the same mail; nothing about the account shows.
     known_mail, unknown_mail = mails_to(config, known)[-1], mails_to(config, unknown)[-1]
     assert known_mail["Subject"] == unknown_mail["Subject"]
@@ -218,7 +219,7 @@ async def test_rate_limit_per_address(aiohttp_client, service_urls, tmp_path):
     # Case does not dodge it; another address is unaffected.
     assert (await client.post("/auth/magic-link", json={"email": address.upper()})).status == 429
     assert (await client.post("/auth/magic-link", json={"email": new_email()})).status == 202
-    await client.server.app[FEATURES]["auth"].drain()
+    await client.server.app[AUTH].drain()
     assert len(mails_to(config, address)) == 2
 
 
@@ -440,13 +441,13 @@ async def test_cached_sessions_are_dropped_on_every_node(aiohttp_client, config,
     cookie = node_a.session.cookie_jar.filter_cookies(node_a.make_url("/"))["ods_session"].value
     me_b = await node_b.get("/api/me", cookies={"ods_session": cookie})
     assert me_b.status == 200   # node B now holds it in its cache
-    assert node_b.server.app[FEATURES]["auth"].sessions.get(cookie) is not None
+    assert node_b.server.app[AUTH].sessions.get(cookie) is not None
 
     # A rename on node A reaches node B's cached identity.
     resp = await node_a.patch("/api/me", json={"display_name": "Renamed"}, headers={"X-CSRF-Token": csrf})
     assert resp.status == 200
     deadline = asyncio.get_running_loop().time() + 5
-    while node_b.server.app[FEATURES]["auth"].sessions.get(cookie) is not None:
+    while node_b.server.app[AUTH].sessions.get(cookie) is not None:
         assert asyncio.get_running_loop().time() < deadline, "node B kept the stale session"
         await asyncio.sleep(0.02)
     assert (await (await node_b.get("/api/me", cookies={"ods_session": cookie})).json())["display_name"] == "Renamed"

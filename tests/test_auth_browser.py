@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from conftest import make_config
-from odsmedia.keys import FEATURES
+from odsmedia.auth.service import AUTH
 from test_auth import LINK, mails_to
 
 pytestmark = pytest.mark.browser
@@ -30,7 +30,7 @@ async def test_sign_in_through_the_pages(client, config, db, browser):
     await page.wait_for_selector("#status:not([hidden])", timeout=5000)
     assert "Check your inbox" in await page.text_content("#status")
 
-    await client.server.app[FEATURES]["auth"].drain()
+    await client.server.app[AUTH].drain()
     [mail] = mails_to(config, address)
     match = LINK.search(mail.get_content())
     url = match.group(0)

@@ -16,7 +16,8 @@ from aiohttp import web
 from conftest import make_config
 from odsmedia.app import make_app
 from odsmedia.bus import Bus
-from odsmedia.keys import FEATURES
+from odsmedia.auth.service import AUTH
+from odsmedia.billing.routes import BILLING
 from test_auth import admit_route, mails_to, new_email, sign_in
 
 WEBHOOK_SECRET = "whsec_test_0123456789abcdef"
@@ -151,7 +152,7 @@ async def customer_of(db, account_id: int) -> str:
 
 
 async def control_listener(client, slug: str) -> tuple[asyncio.Queue, callable]:
-    bus: Bus = client.server.app[FEATURES]["billing"].entitlements.bus
+    bus: Bus = client.server.app[BILLING].entitlements.bus
     queue: asyncio.Queue = asyncio.Queue()
     unsubscribe = await bus.subscribe(f"room:{slug}:control", queue.put_nowait)
     return queue, unsubscribe
@@ -219,8 +220,8 @@ async def test_journey_checkout_webhook_room_opens_and_closes_at_period_end(bcli
                         "reason": "entitlement_ended", "detail": "subscription_ended"}
     finally:
         await unsubscribe()
-    await bclient.server.app[FEATURES]["auth"].drain()
-    notices = [m for m in mails_to(bclient.server.app[FEATURES]["auth"].config, account["email"])
+    await bclient.server.app[AUTH].drain()
+    notices = [m for m in mails_to(bclient.server.app[AUTH].config, account["email"])
                if m["X-ODS-Template"] == "subscription_canceled"]
     assert len(notices) == 1 and "Pro" in notices[0]["Subject"]
     status, _ = await deliver(bclient, event("customer.subscription.deleted", subscription(
@@ -307,8 +308,8 @@ async def test_past_due_grace_then_paid(bclient, room_factory, db):
         created=now - 1 * day))
     assert await db.fetchval("SELECT status FROM subscriptions WHERE subscription_id = $1", sub_id) == "past_due"
     assert (await admit(bclient, room.slug))[0] == 200
-    await bclient.server.app[FEATURES]["auth"].drain()
-    failed = [m for m in mails_to(bclient.server.app[FEATURES]["auth"].config, account["email"])
+    await bclient.server.app[AUTH].drain()
+    failed = [m for m in mails_to(bclient.server.app[AUTH].config, account["email"])
               if m["X-ODS-Template"] == "payment_failed"]
     assert len(failed) == 1
 

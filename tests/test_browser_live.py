@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from odsmedia.keys import FEATURES
+from odsmedia.rooms.sfu import SFU
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 
@@ -39,7 +39,7 @@ async def test_host_page_to_viewer_page(client, room_factory, token_factory, bro
             await asyncio.sleep(0.25)
         assert decoded > 0, "the viewer page decoded no video frames"
 
-        live = client.server.app[FEATURES]["sfu"].get(room.slug)
+        live = client.server.app[SFU].get(room.slug)
         codecs = {p.kind: p.codec_name for p in live.publications.values()}
         assert codecs == {"video": "H264", "audio": "opus"}
         # The host sees who watches.

@@ -398,9 +398,9 @@ async def test_a_reader_that_stops_reading_is_dropped_and_resumes_without_loss(a
     assert orjson.loads(payload)["settings"]["max_length"] == 4000  # capped to what the schema holds
     # Pin the server side's kernel send buffer too (no autotuning to 4 MB), as a
     # slow path would: what the client does not take then queues in the process.
-    from odsmedia.keys import FEATURES
+    from odsmedia.chat.feature import CHAT
 
-    slow = next(c for c in client.server.app[FEATURES]["chat"].hub.rooms[room.slug].clients if c.role == "viewer")
+    slow = next(c for c in client.server.app[CHAT].hub.rooms[room.slug].clients if c.role == "viewer")
     slow.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     # It stops reading; the room goes on posting ~1.6 MB.
     text = "y" * 3990

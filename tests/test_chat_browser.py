@@ -230,7 +230,7 @@ async def test_the_replay_page_mounts_chat_in_replay_mode_with_jump_points(site,
 
 async def test_the_page_reconnects_and_resumes_without_gaps_or_duplicates(site, browser, room_factory,
                                                                           token_factory):
-    from odsmedia.keys import FEATURES
+    from odsmedia.chat.feature import CHAT
 
     client, pages = site
     room = await room_factory()
@@ -242,7 +242,7 @@ async def test_the_page_reconnects_and_resumes_without_gaps_or_duplicates(site, 
     try:
         await page.goto(str(client.make_url("/test-pages/resume")))
         await page.wait_for_selector('section#chat[data-state="connected"]', timeout=10000)
-        hub = client.server.app[FEATURES]["chat"].hub
+        hub = client.server.app[CHAT].hub
         browser_client = next(c for c in hub.rooms[room.slug].clients if c.role == "viewer")
         # The server drops the page's socket (as a restart would); posts go on at once,
         # well inside the page's first reconnect delay (>= 125 ms).

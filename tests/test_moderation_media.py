@@ -10,7 +10,7 @@ import pytest
 
 from conftest import make_config
 from odsmedia.app import make_app
-from odsmedia.keys import FEATURES
+from odsmedia.rooms.sfu import SFU
 from odsmedia.media.testing import Publisher, SignalingClient, SignalingError, Viewer
 from test_chat_support import ChatSocket
 
@@ -43,7 +43,7 @@ async def test_moderator_mute_from_another_node_stops_frames_at_an_aiortc_viewer
         video = reply["publications"][0]["id"]
         await watcher.subscribe()
         await frames_reach(watcher, 5)
-        live = sfu_node.server.app[FEATURES]["sfu"].get(room.slug)
+        live = sfu_node.server.app[SFU].get(room.slug)
         target = next(p.subject for p in live.participants.values() if p.role == "host")
 
         sent = time.monotonic()

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import unique_slug
 from odsmedia.bus import Bus
-from odsmedia.keys import FEATURES
+from odsmedia.rooms.sfu import SFU
 from odsmedia.rooms.placement import Placement, RoomOnOtherNode
 
 
@@ -72,7 +72,7 @@ async def test_join_on_a_second_node_names_the_first(aiohttp_client, config, roo
     await ws_b.close()
     # When the room empties on A, its claim goes and B may host it.
     await ws_a.close()
-    placement_a = node_a.server.app[FEATURES]["sfu"].placement
+    placement_a = node_a.server.app[SFU].placement
     deadline = asyncio.get_running_loop().time() + 10
     while room.slug in placement_a.claimed and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.02)  # leaving is processed by A's socket task; no event to await here

@@ -3,7 +3,7 @@
 from datetime import datetime, timedelta, timezone
 
 
-from odsmedia.keys import FEATURES
+from odsmedia.privacy.requestlog import REQUEST_LOG
 from odsmedia.privacy import retention
 from odsmedia.privacy.region import client_ip, region_of
 
@@ -33,7 +33,7 @@ def test_forwarded_for_only_from_trusted_proxies():
 async def test_request_log_keeps_region_never_the_address(client, db):
     resp = await client.get("/api/does-not-exist")
     assert resp.status == 404
-    request_log = client.app[FEATURES]["request_log"]
+    request_log = client.app[REQUEST_LOG]
     assert await request_log.flush(db) >= 1
     rows = await db.fetch("SELECT * FROM request_logs WHERE route = 'unmatched' ORDER BY at DESC LIMIT 5")
     assert rows and rows[0]["region"] == "loopback" and rows[0]["status"] == 404

@@ -272,12 +272,12 @@ async def test_app_shutdown_mid_session_finalizes_the_episode(aiohttp_client, se
                                                               tmp_path):
     from conftest import make_config
     from odsmedia.app import make_app
-    from odsmedia.keys import FEATURES
+    from recorder.sink import RECORDER
 
     room = await room_factory()
     config = make_config(service_urls, tmp_path / "data", ODS_RECORDING_SEGMENT_SECONDS="1")
     client = await aiohttp_client(make_app(config))
-    recorder = client.app[FEATURES]["recorder"]
+    recorder = client.app[RECORDER]
     recording = recorder.recording_for(room.id, room.slug)
     sink = recording.add_track("video")
     for frame in SyntheticSession(2.5, audio=False, gop_seconds=0.5).frames:

@@ -12,7 +12,7 @@ import time
 
 from conftest import REPO, make_config
 from odsmedia.app import make_app
-from odsmedia.keys import FEATURES
+from recorder.sink import RECORDER
 from recorder import episodes
 from recorder.sink import local_node_id
 from recorder.synthetic import SyntheticSession, read_segment
@@ -79,7 +79,7 @@ async def test_killed_recording_is_finalized_as_interrupted_on_next_start(
     # What the crash left: a live row, an EVENT playlist without ENDLIST, whole segments.
     app = make_app(config)
     client = await aiohttp_client(app)   # start-up runs the recovery
-    recorder = client.app[FEATURES]["recorder"]
+    recorder = client.app[RECORDER]
     db = recorder.db
     episode = await episodes.get(db, int(episode_id))
     assert episode.node == node
@@ -112,7 +112,7 @@ async def test_recovery_lists_segments_the_crash_kept_out_of_the_table(
     config = make_config(service_urls, data_dir, ODS_RECORDING_SEGMENT_SECONDS="1",
                          ODS_RECORDING_RECONNECT_GRACE="0")
     client = await aiohttp_client(make_app(config))
-    recorder = client.app[FEATURES]["recorder"]
+    recorder = client.app[RECORDER]
     recording = recorder.recording_for(room.id, room.slug)
 
     sinks = {"video": recording.add_track("video"), "audio": recording.add_track("audio")}

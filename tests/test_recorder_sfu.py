@@ -10,7 +10,8 @@ from aiortc import AudioStreamTrack, RTCSessionDescription
 
 from conftest import make_config
 from odsmedia.app import make_app
-from odsmedia.keys import FEATURES
+from recorder.sink import RECORDER
+from odsmedia.rooms.sfu import SFU
 from odsmedia.media.testing import CounterVideoTrack, peer, read_counter
 from recorder import episodes
 from recorder.synthetic import read_segment
@@ -25,8 +26,8 @@ async def test_whip_publisher_is_recorded_to_a_ready_episode(aiohttp_client, ser
                          ODS_RECORDING_RECONNECT_GRACE="0")
     client = await aiohttp_client(make_app(config))
     app = client.server.app
-    recorder = app[FEATURES]["recorder"]
-    assert recorder in app[FEATURES]["sfu"].observers
+    recorder = app[RECORDER]
+    assert recorder in app[SFU].observers
     room = await room_factory()
     host = {"Authorization": f"Bearer {await token_factory(room, 'host')}"}
     publisher = peer()
@@ -51,7 +52,7 @@ async def test_whip_publisher_is_recorded_to_a_ready_episode(aiohttp_client, ser
             await asyncio.sleep(0.05)
         # A moderator mutes the video for a while, then unmutes it: the recording resumes at a
         # keyframe (the SFU gates its sinks and asks the publisher for one).
-        live_room = app[FEATURES]["sfu"].get(room.slug)
+        live_room = app[SFU].get(room.slug)
         camera = next(p for p in live_room.publications.values() if p.kind == "video")
         muted_at = len(recording.listed)
         live_room.set_muted(camera, True, by="moderator")

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import make_config
 from odsmedia.app import make_app
-from odsmedia.keys import FEATURES
+from recorder.sink import RECORDER
 from recorder import episodes
 from recorder.synthetic import SyntheticSession, read_segment
 
@@ -23,7 +23,7 @@ async def app_client(aiohttp_client, service_urls, tmp_path):
 
 
 async def record(app, room, seconds):
-    recording = app[FEATURES]["recorder"].recording_for(room.id, room.slug, room.title)
+    recording = app[RECORDER].recording_for(room.id, room.slug, room.title)
     sinks = {"video": recording.add_track("video"), "audio": recording.add_track("audio")}
     for frame in SyntheticSession(seconds, width=640, height=360, gop_seconds=1.0).frames:
         sinks[frame.kind].on_frame(frame)
@@ -90,7 +90,7 @@ async def test_chromium_host_session_is_recorded_and_replayed(app_client, room_f
     from the host page, the SFU fans out to the recorder, Chromium replays the episode."""
     room = await room_factory(title="Browser episode")
     token = await token_factory(room, "host")
-    recorder = app_client.app[FEATURES]["recorder"]
+    recorder = app_client.app[RECORDER]
     host_ctx = await browser.new_context()
     try:
         host = await host_ctx.new_page()
@@ -149,7 +149,7 @@ async def test_chromium_plays_an_episode_with_aac_audio(aiohttp_client, service_
 
 async def test_chromium_plays_through_a_reconnect_discontinuity(app_client, room_factory, browser):
     room = await room_factory()
-    recorder = app_client.app[FEATURES]["recorder"]
+    recorder = app_client.app[RECORDER]
     recorder.reconnect_grace = 30
     recording = recorder.recording_for(room.id, room.slug)
     # The host publishes 640x360, drops, and comes back at 480x270 half a second later.

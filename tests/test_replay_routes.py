@@ -8,7 +8,7 @@ import pytest
 
 from conftest import make_config
 from odsmedia.app import make_app
-from odsmedia.keys import FEATURES
+from recorder.sink import RECORDER
 from recorder import episodes
 from recorder.synthetic import SyntheticSession, read_segment
 
@@ -21,7 +21,7 @@ async def app_client(aiohttp_client, service_urls, tmp_path):
 
 
 async def record(app, room, seconds=3.0):
-    recorder = app[FEATURES]["recorder"]
+    recorder = app[RECORDER]
     recording = recorder.recording_for(room.id, room.slug, room.title)
     sinks = {"video": recording.add_track("video"), "audio": recording.add_track("audio")}
     for frame in SyntheticSession(seconds, gop_seconds=0.5).frames:
@@ -159,7 +159,7 @@ async def test_replay_goes_through_the_room_gate(app_client, room_factory, token
 async def test_delete_needs_host_or_moderator_and_removes_rows_and_files(app_client, room_factory, token_factory):
     room = await room_factory()
     episode_id = await record(app_client.app, room, 1.5)
-    recorder = app_client.app[FEATURES]["recorder"]
+    recorder = app_client.app[RECORDER]
     episode = await episodes.get(recorder.db, episode_id)
     folder = recorder.storage.root / episode.storage_key
     assert (folder / "index.m3u8").exists()
@@ -185,7 +185,7 @@ async def test_delete_needs_host_or_moderator_and_removes_rows_and_files(app_cli
 
 async def test_live_episode_cannot_be_deleted_and_serves_an_event_playlist(app_client, room_factory, token_factory):
     room = await room_factory()
-    recorder = app_client.app[FEATURES]["recorder"]
+    recorder = app_client.app[RECORDER]
     recording = recorder.recording_for(room.id, room.slug)
     sink = recording.add_track("video")
     for frame in SyntheticSession(2.5, audio=False, gop_seconds=0.5).frames:
@@ -216,7 +216,7 @@ async def test_cli_lists_and_deletes_episodes(app_client, room_factory, service_
 
     room = await room_factory()
     episode_id = await record(app_client.app, room, 1.5)
-    recorder = app_client.app[FEATURES]["recorder"]
+    recorder = app_client.app[RECORDER]
     folder = recorder.storage.root / (await episodes.get(recorder.db, episode_id)).storage_key
     env = odsmedia_env(service_urls, tmp_path / "data")
 

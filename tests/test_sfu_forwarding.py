@@ -9,7 +9,7 @@ import aiortc.rtcrtpreceiver
 import aiortc.rtcrtpsender
 import pytest
 
-from odsmedia.keys import FEATURES
+from odsmedia.rooms.sfu import SFU
 from odsmedia.media.receiver import EncodedFrameTap
 from odsmedia.media.sender import ENCODER_ATTR, Packer
 from odsmedia.media.testing import Publisher, SignalingClient, Viewer
@@ -80,7 +80,7 @@ async def test_one_publisher_three_viewers_no_gaps_and_no_server_codec(client, r
             assert viewer.audio().frames >= 20
 
         # The server side never decoded or encoded: its receivers are tapped, its senders only pack.
-        sfu = client.server.app[FEATURES]["sfu"]
+        sfu = client.server.app[SFU]
         live = sfu.get(room.slug)
         server_receivers = [t.receiver for p in live.participants.values() for tr in p.transports.values()
                             if isinstance(tr, PublisherTransport) for t in tr.pc.getTransceivers()]

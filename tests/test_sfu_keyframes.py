@@ -138,7 +138,7 @@ class KeyframeCounter:
 
 
 async def test_viewer_pli_reaches_the_publisher_rate_limited(client, room_factory, token_factory):
-    from odsmedia.keys import FEATURES
+    from odsmedia.rooms.sfu import SFU
 
     room = await room_factory()
     base = str(client.make_url(""))
@@ -155,7 +155,7 @@ async def test_viewer_pli_reaches_the_publisher_rate_limited(client, room_factor
         deadline = time.monotonic() + 15
         while not (viewer.video() and viewer.video().frames >= 5) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        publication = client.server.app[FEATURES]["sfu"].get(room.slug).publications[reply["publications"][0]["id"]]
+        publication = client.server.app[SFU].get(room.slug).publications[reply["publications"][0]["id"]]
         counter = KeyframeCounter()
         publication.add_sink(counter)
         await asyncio.sleep(publication._pli_interval)        # let the join's request age out

@@ -12,7 +12,7 @@ import time
 import psutil
 import pytest
 
-from odsmedia.keys import FEATURES
+from odsmedia.rooms.sfu import SFU
 from odsmedia.media.testing import Publisher, SignalingClient, Viewer
 from odsmedia.rooms.subscription import Subscription
 from odsmedia.rooms.transport import SubscriberTransport
@@ -44,7 +44,7 @@ async def settle(baseline: dict[str, int], slack: dict[str, int], timeout: float
 async def test_fifty_join_leave_cycles_leak_nothing(client, room_factory, token_factory):
     room = await room_factory()
     base = str(client.make_url(""))
-    sfu = client.server.app[FEATURES]["sfu"]
+    sfu = client.server.app[SFU]
     host = SignalingClient(base, room.slug)
     await host.connect()
     await host.join(await token_factory(room, "host"))
@@ -85,7 +85,7 @@ async def test_fifty_join_leave_cycles_leak_nothing(client, room_factory, token_
 async def test_publisher_vanishing_ends_subscriptions_and_transports(client, room_factory, token_factory):
     room = await room_factory()
     base = str(client.make_url(""))
-    sfu = client.server.app[FEATURES]["sfu"]
+    sfu = client.server.app[SFU]
     host = SignalingClient(base, room.slug)
     await host.connect()
     await host.join(await token_factory(room, "host"))
@@ -122,7 +122,7 @@ async def test_publisher_vanishing_ends_subscriptions_and_transports(client, roo
 async def test_subscriber_that_never_answers_is_released(client, room_factory, token_factory):
     room = await room_factory()
     base = str(client.make_url(""))
-    sfu = client.server.app[FEATURES]["sfu"]
+    sfu = client.server.app[SFU]
     sfu.connect_timeout = 1.0
     host = SignalingClient(base, room.slug)
     await host.connect()
@@ -151,7 +151,7 @@ async def test_subscriber_that_never_answers_is_released(client, room_factory, t
 async def test_shutdown_closes_every_peer_and_socket(client, room_factory, token_factory):
     room = await room_factory()
     base = str(client.make_url(""))
-    sfu = client.server.app[FEATURES]["sfu"]
+    sfu = client.server.app[SFU]
     host = SignalingClient(base, room.slug)
     await host.connect()
     await host.join(await token_factory(room, "host"))

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from odsmedia.keys import BUS, FEATURES
+from odsmedia.keys import BUS
+from odsmedia.rooms.sfu import SFU
 from odsmedia.media.testing import Publisher, SignalingClient, SignalingError, Viewer
 
 pytestmark = pytest.mark.timeout(60)
@@ -52,7 +53,7 @@ async def test_invalid_messages_get_typed_errors(client, room_factory, token_fac
                 await c.request(message)
             assert exc.value.code == code, message
         assert (await c.request({"type": "ping"}))["type"] == "pong"
-        assert client.server.app[FEATURES]["sfu"].get(room.slug).participants   # still joined
+        assert client.server.app[SFU].get(room.slug).participants   # still joined
     finally:
         await c.close()
 
@@ -66,7 +67,7 @@ async def test_host_publish_errors(client, room_factory, token_factory):
             with pytest.raises(SignalingError) as exc:
                 await c.request({"type": "publish", "sdp": sdp})
             assert exc.value.code == "invalid_sdp" and exc.value.status == 400
-        live = client.server.app[FEATURES]["sfu"].get(room.slug)
+        live = client.server.app[SFU].get(room.slug)
         assert live.publications == {} and not next(iter(live.participants.values())).transports
     finally:
         await c.close()
@@ -95,7 +96,7 @@ async def test_refused_join_says_why_and_closes(client, room_factory, token_fact
         joined = await c4.join(await token_factory(room, "viewer"))  # an explicit viewer grant enters
         assert joined["participant"]["role"] == "viewer"
         await c4.close()
-        assert client.server.app[FEATURES]["sfu"].get(room.slug) is None
+        assert client.server.app[SFU].get(room.slug) is None
     finally:
         await c.close()
 
@@ -147,7 +148,7 @@ async def test_moderation_on_the_control_channel(client, room_factory, token_fac
         reply = await publisher.publish(fps=15, audio=False)
         video = reply["publications"][0]["id"]
         await watcher.subscribe()
-        live = client.server.app[FEATURES]["sfu"].get(room.slug)
+        live = client.server.app[SFU].get(room.slug)
         publication = live.publications[video]
         subject = next(p.subject for p in live.participants.values() if p.role == "host")
         deadline = time.monotonic() + 20

@@ -9,7 +9,7 @@ import pytest
 from aiortc import AudioStreamTrack, MediaStreamTrack, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from odsmedia.keys import FEATURES
+from odsmedia.rooms.sfu import SFU
 from odsmedia.media.testing import CounterVideoTrack, peer, read_counter
 
 pytestmark = pytest.mark.timeout(90)
@@ -55,7 +55,7 @@ async def test_whip_refusals_and_cors(client, room_factory, token_factory):
         resp = await client.post(url, data=no_video_codec, headers={**host, **SDP})
         assert resp.status == 400 and (await resp.json())["error"] == "unsupported_codec"
         # Nothing half-made: the room is not live after the refusals.
-        assert client.server.app[FEATURES]["sfu"].get(room.slug) is None
+        assert client.server.app[SFU].get(room.slug) is None
         resp = await client.post(f"/rooms/{room.slug}/whep", data=offer, headers=SDP)
         assert resp.status == 409 and (await resp.json())["error"] == "nothing_published"
     finally:
@@ -110,7 +110,7 @@ async def test_whip_publish_then_whep_play_then_delete(client, room_factory, tok
         assert (await client.delete(whep_location)).status == 200
         assert (await client.delete(whep_location)).status == 404
         assert (await client.delete(whip_location, headers=host)).status == 200
-        assert client.server.app[FEATURES]["sfu"].get(room.slug) is None
+        assert client.server.app[SFU].get(room.slug) is None
         resp = await client.post(f"/rooms/{room.slug}/whep", data=viewer.localDescription.sdp, headers=SDP)
         assert resp.status == 409
     finally:

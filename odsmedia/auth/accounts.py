@@ -86,3 +86,7 @@ async def set_display_name(db: asyncpg.Pool | asyncpg.Connection, account_id: in
     if row is None:
         raise ApiError(404, "account_not_found", "this account no longer exists")
     return Account.from_row(row)
+
+
+async def display_name(db: asyncpg.Pool | asyncpg.Connection, account_id: int) -> str | None:
+    return await db.fetchval("SELECT display_name FROM accounts WHERE id = $1", account_id)

@@ -12,8 +12,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..errors import ApiError
-from ..keys import CONFIG, FEATURES
+from ..keys import CONFIG
 from . import sessions
+from .service import AUTH
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Endpoints that are not cookie-authenticated: sign-in (origin-checked) and Stripe's webhook (signed).
@@ -46,7 +47,7 @@ async def csrf_guard(request: web.Request, handler):
     if request.method not in SAFE_METHODS and request.path not in EXEMPT_PATHS:
         token = request.cookies.get(sessions.COOKIE)
         if token and "Authorization" not in request.headers:
-            secret = request.app[FEATURES]["auth"].secret
+            secret = request.app[AUTH].secret
             presented = request.headers.get(sessions.CSRF_HEADER, "")
             if request.headers.get("Sec-Fetch-Site") == "cross-site" or not sessions.csrf_valid(
                 secret, token, presented

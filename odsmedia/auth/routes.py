@@ -19,197 +19,29 @@ cleanup context that runs after the app's services context.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets as pysecrets
-from dataclasses import dataclass, field
-from typing import AsyncIterator, Awaitable, Callable
+from typing import AsyncIterator
 
 from aiohttp import web
 
 from .. import config as configmod
-from ..bus import Bus
-from ..config import Config
+from ..channels import SESSIONS
 from ..errors import ApiError, json_response, path_id, read_json
 from ..gate import ROLE_RANK, Identity
-from ..keys import BUS, CONFIG, DB, FEATURES, GATE
-from ..mail import MailError, Mailer, Message, make_mailer, render
-from ..privacy.region import client_ip, client_region
+from ..keys import BUS, CONFIG, DB, GATE
+from ..mail import make_mailer, render
+from ..privacy.region import client_ip
 from ..rooms import directory
-from . import accounts, anonymous, events, links, ratelimit, sessions, tokens
-from .csrf import csrf_guard, is_cross_origin, require_same_origin
+from . import accounts, events, links, ratelimit, sessions, tokens
+from .csrf import csrf_guard, require_same_origin
+from .service import AUTH, AuthService, link_base, region
+from .sessions_web import (anonymous_identity, clear_session_cookies, current_session, require_session,
+                           session_identity, set_anon_cookie, set_session_cookies)
 
 log = logging.getLogger("odsmedia.auth")
 
-_SESSION = web.RequestKey("ods_session", object)     # the resolved Session, or None
-_NEW_ANON = web.RequestKey("ods_new_anon", str)      # anonymous id to set in a cookie
 MAX_TOKEN_TTL = 365 * 86400.0
-
-# Extra fields for GET /api/me contributed by other features (billing: plan and status).
-MeExtra = Callable[[web.Request, int], Awaitable[dict]]
-
-
-SESSIONS_CHANNEL = "auth:sessions"
-
-
-@dataclass
-class AuthService:
-    config: Config
-    mailer: Mailer
-    secret: str
-    sessions: sessions.SessionCache
-    me_extras: list[MeExtra] = field(default_factory=list)
-    bus: Bus | None = None
-    _pending: set[asyncio.Task] = field(default_factory=set)
-
-    async def forget(self, *, session_ids: list[int] = (), account_ids: list[int] = ()) -> None:
-        """Drop cached sessions here and on every node (after sign-out, revocation, renames, deletion)."""
-        self.sessions.forget(session_ids=list(session_ids), account_ids=list(account_ids))
-        if self.bus is not None:
-            try:
-                await self.bus.publish(SESSIONS_CHANNEL, {"sessions": list(session_ids),
-                                                          "accounts": list(account_ids)})
-            except Exception:
-                # Revoked in Postgres already; other nodes drop it within auth.session_cache_ttl.
-                log.warning("session invalidation not published", exc_info=True)
-
-    async def on_message(self, message: dict) -> None:
-        def ints(key: str) -> list[int]:
-            values = message.get(key)
-            return [v for v in values if isinstance(v, int)] if isinstance(values, list) else []
-
-        self.sessions.forget(session_ids=ints("sessions"), account_ids=ints("accounts"))
-
-    def send_later(self, message: Message) -> None:
-        """Send without holding up the response, so its timing says nothing about the address."""
-        task = asyncio.get_running_loop().create_task(self._send(message))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-
-    async def _send(self, message: Message) -> None:
-        try:
-            await self.mailer.send(message)
-        except MailError:
-            log.warning("mail not sent", extra={"template": message.tag}, exc_info=True)
-
-    async def drain(self, timeout: float = 10.0) -> None:
-        """Wait for mail in flight (shutdown, and tests reading the outbox)."""
-        if self._pending:
-            await asyncio.wait(list(self._pending), timeout=timeout)
-
-    async def close(self) -> None:
-        await self.drain()
-        await self.mailer.close()
-
-
-def service(app: web.Application) -> AuthService:
-    return app[FEATURES]["auth"]
-
-
-def region(request: web.Request) -> str:
-    return client_region(request, request.app[CONFIG]["http.trusted_proxies"])
-
-
-def link_base(request: web.Request) -> str:
-    config = request.app[CONFIG]
-    # Outside dev the Host header is never trusted for links: a forged one would mail out
-    # a valid token pointing at someone else's site.
-    if config["http.public_url"] or not config.dev:
-        return config.public_url
-    return f"{request.scheme}://{request.host}"
-
-
-# ---- session lookup shared by handlers, the gate and billing -------------------------------
-
-async def current_session(request: web.Request) -> sessions.Session | None:
-    if _SESSION in request:
-        return request[_SESSION]
-    token = request.cookies.get(sessions.COOKIE, "")
-    found = None
-    if token:
-        cache = service(request.app).sessions
-        found = cache.get(token)
-        if found is None:
-            config = request.app[CONFIG]
-            found = await sessions.resolve(request.app[DB], token, idle_seconds=config["auth.session_idle"])
-            if found is not None:
-                cache.put(token, found)
-    request[_SESSION] = found
-    return found
-
-
-async def require_session(request: web.Request) -> sessions.Session:
-    found = await current_session(request)
-    if found is None:
-        raise ApiError(401, "not_signed_in", "sign in first")
-    return found
-
-
-async def session_identity(request: web.Request) -> Identity | None:
-    # A cross-site page may open a WebSocket to us with the user's cookie attached; such a
-    # handshake gets no session identity (WebSockets have no CORS to stop it otherwise).
-    if request.headers.get("Upgrade", "").lower() == "websocket" and is_cross_origin(request):
-        return None
-    found = await current_session(request)
-    if found is None:
-        return None
-    return Identity(account_id=found.account_id, display_name=found.display_name, session_id=found.id)
-
-
-async def anonymous_identity(request: web.Request) -> Identity | None:
-    secret = service(request.app).secret
-    anon_id = anonymous.verify(secret, request.cookies.get(anonymous.COOKIE, ""))
-    if anon_id is None:
-        # Only reads (page loads, WebSocket joins, playlists) mint an id; a write without the
-        # cookie stays identity-less so bans cannot be dodged by dropping cookies.
-        if request.method not in ("GET", "HEAD"):
-            return None
-        anon_id = anonymous.new_id()
-        request[_NEW_ANON] = anon_id
-    return Identity(anon_id=anon_id)
-
-
-def _is_room_page(request: web.Request, response: web.StreamResponse) -> bool:
-    return (
-        request.method == "GET"
-        and request.path.startswith("/rooms/")
-        and response.status == 200
-        and response.content_type == "text/html"
-        and sessions.COOKIE not in request.cookies
-        and anonymous.verify(service(request.app).secret, request.cookies.get(anonymous.COOKIE, "")) is None
-    )
-
-
-async def _set_anon_cookie(request: web.Request, response: web.StreamResponse) -> None:
-    # Runs after aiohttp has turned response.cookies into headers (WebSocket handshakes
-    # included), so the header is added directly. The value is url-safe base64 and a dot.
-    anon_id = request.get(_NEW_ANON)
-    if anon_id is None and _is_room_page(request, response):
-        # A viewer's first page load: WebSocket joins happen after their handshake response is
-        # sent, so without this the id minted at a join could never be stored in the browser.
-        anon_id = anonymous.new_id()
-    if anon_id:
-        value = anonymous.sign(service(request.app).secret, anon_id)
-        secure = "" if request.app[CONFIG].dev else "; Secure"
-        response.headers.add(
-            "Set-Cookie",
-            f"{anonymous.COOKIE}={value}; Max-Age={anonymous.MAX_AGE}; Path=/; HttpOnly; SameSite=Lax{secure}",
-        )
-
-
-def _set_session_cookies(response: web.StreamResponse, config: Config, secret: str, token: str) -> None:
-    secure = not config.dev
-    max_age = int(config["auth.session_absolute"])
-    response.set_cookie(sessions.COOKIE, token, max_age=max_age, path="/", httponly=True, secure=secure,
-                        samesite="Lax")
-    # Readable by our scripts so they can echo it in X-CSRF-Token.
-    response.set_cookie(sessions.CSRF_COOKIE, sessions.csrf_token(secret, token), max_age=max_age, path="/",
-                        httponly=False, secure=secure, samesite="Lax")
-
-
-def _clear_session_cookies(response: web.StreamResponse, config: Config) -> None:
-    for name in (sessions.COOKIE, sessions.CSRF_COOKIE):
-        response.del_cookie(name, path="/", secure=not config.dev, samesite="Lax")
 
 
 # ---- magic links ------------------------------------------------------------------------
@@ -225,7 +57,7 @@ async def request_link(request: web.Request) -> web.Response:
     body = await read_json(request, limit=4096)
     email = accounts.normalize_email(body.get("email"))
     config = request.app[CONFIG]
-    svc = service(request.app)
+    svc = request.app[AUTH]
     bus = request.app[BUS]
     window = config["auth.link_rate_window"]
     network = ratelimit.network_of(client_ip(request, config["http.trusted_proxies"]))
@@ -261,7 +93,7 @@ async def confirm_link(request: web.Request) -> web.Response:
     token = body.get("token")
     age_confirmed = body.get("age_confirmed") is True
     config = request.app[CONFIG]
-    svc = service(request.app)
+    svc = request.app[AUTH]
     where = region(request)
     db = request.app[DB]
     new_account = False
@@ -308,7 +140,7 @@ async def confirm_link(request: web.Request) -> web.Response:
         "new_account": new_account,
         "csrf_token": sessions.csrf_token(svc.secret, session_token),
     })
-    _set_session_cookies(response, config, svc.secret, session_token)
+    set_session_cookies(response, config, svc.secret, session_token)
     return response
 
 
@@ -316,11 +148,11 @@ async def sign_out(request: web.Request) -> web.Response:
     found = await current_session(request)
     if found is not None:
         if await sessions.revoke(request.app[DB], found.id, account_id=found.account_id):
-            await service(request.app).forget(session_ids=[found.id])
+            await request.app[AUTH].forget(session_ids=[found.id])
             await events.record(request.app[DB], "sign_out", region=region(request),
                                 account_id=found.account_id, session_id=found.id)
     response = json_response({"status": "signed_out"})
-    _clear_session_cookies(response, request.app[CONFIG])
+    clear_session_cookies(response, request.app[CONFIG])
     return response
 
 
@@ -330,7 +162,7 @@ async def _me_body(request: web.Request, found: sessions.Session) -> dict:
     account = await accounts.get(request.app[DB], found.account_id)
     if account is None:
         raise ApiError(401, "not_signed_in", "this account no longer exists")
-    svc = service(request.app)
+    svc = request.app[AUTH]
     body = account.public()
     body["csrf_token"] = sessions.csrf_token(svc.secret, request.cookies[sessions.COOKIE])
     for extra in svc.me_extras:
@@ -352,7 +184,7 @@ async def patch_me(request: web.Request) -> web.Response:
         name = accounts.clean_display_name(body["display_name"])
         await accounts.set_display_name(request.app[DB], found.account_id, name)
         # Cached sessions carry the display name the gate hands to rooms.
-        await service(request.app).forget(account_ids=[found.account_id])
+        await request.app[AUTH].forget(account_ids=[found.account_id])
     return json_response(await _me_body(request, found))
 
 
@@ -380,7 +212,7 @@ async def revoke_session(request: web.Request) -> web.Response:
     db = request.app[DB]
     if not await sessions.revoke(db, target, account_id=found.account_id):
         raise ApiError(404, "session_not_found", "no such live session of yours")
-    await service(request.app).forget(session_ids=[target])
+    await request.app[AUTH].forget(session_ids=[target])
     await events.record(db, "revoked", region=region(request), account_id=found.account_id, session_id=target)
     return web.Response(status=204)
 
@@ -441,19 +273,19 @@ def setup(app: web.Application) -> None:
         # make_app without a key (some tools): cookies then only live as long as the process.
         log.warning("secret.key is empty; signing with a per-process random key")
         secret = pysecrets.token_urlsafe(48)
-    app[FEATURES]["auth"] = AuthService(config=config, mailer=make_mailer(config), secret=secret,
+    app[AUTH] = AuthService(config=config, mailer=make_mailer(config), secret=secret,
                                         sessions=sessions.SessionCache(config["auth.session_cache_ttl"]))
     app.middlewares.append(csrf_guard)
-    app.on_response_prepare.append(_set_anon_cookie)
+    app.on_response_prepare.append(set_anon_cookie)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         # Runs after the services context: the gate exists now.
         gate = app[GATE]
         gate.resolvers.append(session_identity)
         gate.resolvers.append(anonymous_identity)
-        svc = service(app)
+        svc = app[AUTH]
         svc.bus = app[BUS]
-        unsubscribe = await app[BUS].subscribe(SESSIONS_CHANNEL, svc.on_message)
+        unsubscribe = await app[BUS].subscribe(SESSIONS, svc.on_message)
         yield
         await unsubscribe()
         await svc.close()

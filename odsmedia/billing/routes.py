@@ -25,10 +25,11 @@ import orjson
 from aiohttp import web
 
 from ..auth import accounts
-from ..auth.routes import require_session, service as auth_service
+from ..auth.service import AUTH, link_base
+from ..auth.sessions_web import require_session
 from ..config import Config
 from ..errors import ApiError, json_response, path_id, read_json
-from ..keys import BUS, CONFIG, DB, FEATURES, GATE
+from ..keys import BUS, CONFIG, DB, GATE
 from ..mail import render
 from . import orgs, webhooks
 from .entitlements import CHANNEL, Entitlements
@@ -48,14 +49,11 @@ class BillingService:
     entitlements: Entitlements | None = None
 
 
+BILLING: web.AppKey[BillingService] = web.AppKey("billing", BillingService)
+
+
 def service(app: web.Application) -> BillingService:
-    return app[FEATURES]["billing"]
-
-
-def _base(request: web.Request) -> str:
-    from ..auth.routes import link_base
-
-    return link_base(request)
+    return app[BILLING]
 
 
 async def _account(request: web.Request) -> accounts.Account:
@@ -124,7 +122,7 @@ async def checkout(request: web.Request) -> web.Response:
             customer, org_id if org_id is not None else account.id,
         )
         customer = await _customer_for(request, account=account, org_id=org_id)
-    base = _base(request)
+    base = link_base(request)
     url = await svc.gateway.checkout(
         customer=customer, price=plan.price, quantity=seats,
         success_url=f"{base}/account?checkout=success", cancel_url=f"{base}/plans?checkout=canceled",
@@ -142,7 +140,7 @@ async def portal(request: web.Request) -> web.Response:
     customer = await _customer_for(request, account=account, org_id=org_id)
     if customer is None:
         raise ApiError(404, "no_billing_account", "nothing has been bought yet")
-    url = await service(request.app).gateway.portal(customer=customer, return_url=f"{_base(request)}/account")
+    url = await service(request.app).gateway.portal(customer=customer, return_url=f"{link_base(request)}/account")
     return json_response({"url": url})
 
 
@@ -175,10 +173,10 @@ async def webhook(request: web.Request) -> web.Response:
 async def _mail_notice(request: web.Request, notice: webhooks.Notice) -> None:
     svc = service(request.app)
     plan = svc.catalog.get(notice.plan)
-    base = _base(request)
+    base = link_base(request)
     values = {"plan": plan.label if plan else (notice.plan or "your"), "portal_url": f"{base}/account",
               "plans_url": f"{base}/plans", **notice.values}
-    mailer = auth_service(request.app)
+    mailer = request.app[AUTH]
     for address in await webhooks.notice_recipients(request.app[DB], notice.customer_id):
         mailer.send_later(render(notice.template, address, **values))
 
@@ -271,8 +269,8 @@ async def me_billing(request: web.Request, account_id: int) -> dict:
 def setup(app: web.Application) -> None:
     config = app[CONFIG]
     svc = BillingService(config=config, catalog=load_catalog(config), gateway=StripeGateway(config))
-    app[FEATURES]["billing"] = svc
-    auth = app[FEATURES].get("auth")
+    app[BILLING] = svc
+    auth = app.get(AUTH)
     if auth is not None:
         auth.me_extras.append(me_billing)
 

@@ -71,3 +71,6 @@ class RequestLog:
                 await self.flush(db)
             except (asyncpg.PostgresError, OSError):
                 log.warning("request log flush failed; will retry")
+
+
+REQUEST_LOG: web.AppKey[RequestLog] = web.AppKey("request_log", RequestLog)

@@ -19,7 +19,8 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from ..auth.routes import _clear_session_cookies, require_session, service as auth_service
+from ..auth.service import AUTH
+from ..auth.sessions_web import clear_session_cookies, require_session
 from ..chat import store as chat_store
 from ..errors import ApiError, json_response, read_json
 from ..keys import CONFIG, DB
@@ -125,9 +126,9 @@ async def delete_handler(request: web.Request) -> web.Response:
     if not isinstance(body.get("confirm_email"), str) or body["confirm_email"].strip().lower() != email:
         raise ApiError(400, "confirmation_required", "send {\"confirm_email\": <your e-mail>} to delete the account")
     counts = await delete_account(request.app[DB], session.account_id)
-    await auth_service(request.app).forget(account_ids=[session.account_id])
+    await request.app[AUTH].forget(account_ids=[session.account_id])
     response = json_response({"deleted": True, "removed": counts})
-    _clear_session_cookies(response, request.app[CONFIG])
+    clear_session_cookies(response, request.app[CONFIG])
     return response
 
 

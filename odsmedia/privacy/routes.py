@@ -8,15 +8,15 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
-from ..keys import CONFIG, DB, FEATURES
+from ..keys import CONFIG, DB
 from . import retention, rights
-from .requestlog import RequestLog
+from .requestlog import REQUEST_LOG, RequestLog
 
 
 def setup(app: web.Application) -> None:
     config = app[CONFIG]
     request_log = RequestLog(config["http.trusted_proxies"])
-    app[FEATURES]["request_log"] = request_log
+    app[REQUEST_LOG] = request_log
     app.middlewares.append(request_log.middleware)
     rights.setup_routes(app)
 

@@ -1,6 +1,6 @@
 """Rooms HTTP API and the SFU's place in the application.
 
-``setup`` creates the node's ``Sfu`` at ``app[FEATURES]["sfu"]`` right away
+``setup`` creates the node's ``Sfu`` at ``app[SFU]`` right away
 (other features' setup may add observers), hands it the bus once services
 are up, and closes every peer connection and socket on shutdown.
 """
@@ -15,18 +15,16 @@ from aiohttp import web
 
 from ..errors import json_response
 from ..gate import Entry
-from ..keys import BUS, CONFIG, DB, FEATURES, GATE
+from ..keys import BUS, CONFIG, DB, GATE
 from ..media import ice
 from ..media.ice import browser_ice_servers
 from . import directory
 from .placement import Placement
-from .sfu import Sfu
-
-SFU = "sfu"
+from .sfu import SFU, Sfu
 
 
 def sfu_of(app: web.Application) -> Sfu:
-    return app[FEATURES][SFU]
+    return app[SFU]
 
 
 async def room_info(request: web.Request) -> web.Response:
@@ -52,7 +50,7 @@ async def participants(request: web.Request) -> web.Response:
 
 def setup(app: web.Application) -> None:
     sfu = Sfu(app[CONFIG])
-    app[FEATURES][SFU] = sfu
+    app[SFU] = sfu
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         sfu.bus = app[BUS]

@@ -1,6 +1,6 @@
 """The SFU of this node: its live rooms, observers and moderation channel.
 
-``app[FEATURES]["sfu"]`` holds one ``Sfu``.  A room is live here while it
+``app[SFU]`` holds one ``Sfu``.  A room is live here while it
 has participants; while live, the node listens on the bus channel
 ``room:{slug}:control`` so moderation issued on any node reaches the media.
 Observers (the recorder) get sync callbacks when publications come and go.
@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import TYPE_CHECKING, Any, Protocol
+
+from aiohttp import web
 
 from .errors import SfuError
 from .placement import Placement, RoomOnOtherNode
@@ -113,3 +115,6 @@ class Sfu:
         for room in list(self.rooms.values()):
             await room.close()
             await self.room_empty(room)
+
+
+SFU: web.AppKey[Sfu] = web.AppKey("sfu", Sfu)

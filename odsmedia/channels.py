@@ -1,0 +1,54 @@
+"""Every Redis pub/sub channel and the shape of what travels on it.
+
+The bus (``bus.py``) moves bytes; this module names the channels and builds
+their messages, so a channel is spelled in one place and a message shape
+has one constructor.  Who publishes and who listens:
+
+==========================  ======================================  =========================
+channel                     published by                            applied by
+==========================  ======================================  =========================
+``room:{slug}:chat``        chat (``chat.hub``)                     chat hub of every node
+``room:{slug}:control``     chat moderation, billing (kick)         the SFU node of the room
+``auth:sessions``           auth (``AuthService.forget``)           auth session cache
+``billing:invalidate``      billing (``Entitlements.invalidate``)   billing entitlement cache
+==========================  ======================================  =========================
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NotRequired, TypedDict
+
+SESSIONS = "auth:sessions"
+BILLING_INVALIDATE = "billing:invalidate"
+
+
+def chat_channel(slug: str) -> str:
+    return f"room:{slug}:chat"
+
+
+def control_channel(slug: str) -> str:
+    """Moderation that touches media, for the node holding the room's SFU state."""
+    return f"room:{slug}:control"
+
+
+class ControlMessage(TypedDict):
+    """``{"action", "target", "by"}`` plus ``kind`` (mute/unmute) or ``reason`` (kick/ban)."""
+
+    action: Literal["mute", "unmute", "kick", "ban"]
+    target: str
+    by: str
+    kind: NotRequired[str]
+    reason: NotRequired[str]
+    detail: NotRequired[str]
+
+
+def mute_message(target: str, kind: str, *, by: str, mute: bool = True) -> ControlMessage:
+    return {"action": "mute" if mute else "unmute", "target": target, "kind": kind, "by": by}
+
+
+def kick_message(target: str, *, by: str, reason: str = "", ban: bool = False,
+                 detail: str | None = None) -> ControlMessage:
+    message: ControlMessage = {"action": "ban" if ban else "kick", "target": target, "by": by, "reason": reason}
+    if detail is not None:
+        message["detail"] = detail
+    return message
