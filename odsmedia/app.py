@@ -22,6 +22,7 @@ from . import metrics
 from .bus import Bus
 from .config import Config
 from .errors import ApiError, json_response
+from .auth.tokens import GateTokens
 from .gate import Gate
 from .keys import BUS, CONFIG, DB, GATE
 from .logs import request_id
@@ -125,7 +126,9 @@ def make_app(config: Config, *, features: tuple[str, ...] = FEATURE_MODULES) -> 
     async def services(app: web.Application) -> AsyncIterator[None]:
         app[DB] = await connect(config["database.url"], max_size=config["database.pool_size"])
         app[BUS] = Bus(config["redis.url"], config["redis.prefix"])
-        app[GATE] = Gate(app[DB])
+        # Bearer tokens are the token table's, not the cookie feature's: WHIP, operator
+        # tokens and tokens in join messages work in every feature selection.
+        app[GATE] = Gate(app[DB], tokens=GateTokens(app[DB]))
         yield
         await app[BUS].close()
         await app[DB].close()

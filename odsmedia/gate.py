@@ -1,24 +1,29 @@
 """The entry gate: who is asking, and may they enter this room this way.
 
 Every entry point (WebSocket join, WHIP, WHEP, replay playlist and segments,
-chat posting) calls ``Gate.admit``.  Identity comes from, in order: a bearer
-token, then the resolvers that features register (the session cookie, the
+chat posting, publishing over signaling) calls ``Gate.admit`` (or
+``admit_token`` / ``reconsider``: the same decision for a token carried in a
+message, or for an identity already admitted asking for another entry).
+Identity comes from, in order: a bearer token (through the ``TokenResolver``
+the application wires from the token table's owner, ``auth.tokens``), then
+the resolvers that features register (the session cookie, the
 anonymous-viewer cookie).  Entitlement for rooms sold by plan is asked of the
 checker the billing feature registers.  A refusal is an ``ApiError`` with
-401 (sign in), 402 (needs a plan; says which) or 403 (not allowed).
+401 (sign in), 402 (needs a plan; says which) or 403 (not allowed).  This
+module imports no feature.
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Awaitable, Callable, Protocol
 
 import asyncpg
 from aiohttp import web
 
 from . import metrics
-from .auth import tokens
 from .errors import ApiError
 from .keys import SUBJECT
 from .rooms import directory
@@ -37,11 +42,30 @@ ROLE_RANK = {"viewer": 0, "moderator": 1, "host": 2}
 
 
 @dataclass(frozen=True)
+class TokenGrant:
+    """What a live API token grants: one role in one room."""
+
+    token_id: int
+    room_id: int
+    role: str
+    account_id: int | None
+    expires_at: datetime
+
+
+class TokenResolver(Protocol):
+    async def resolve(self, token: str) -> TokenGrant | None:
+        """The grant behind a live token (None: unknown, expired or revoked)."""
+
+    async def grant(self, token_id: int) -> TokenGrant | None:
+        """The grant a token id was minted with, live or not (a moderation target's role)."""
+
+
+@dataclass(frozen=True)
 class Identity:
     account_id: int | None = None
     anon_id: str | None = None
     display_name: str = ""
-    token: tokens.TokenGrant | None = None
+    token: TokenGrant | None = None
     session_id: int | None = None
 
     @property
@@ -94,6 +118,7 @@ IdentityResolver = Callable[[web.Request], Awaitable[Identity | None]]
 @dataclass
 class Gate:
     db: asyncpg.Pool
+    tokens: TokenResolver | None = None
     resolvers: list[IdentityResolver] = field(default_factory=list)
     entitlements: EntitlementChecker | None = None
     # Refusals features add after the policy decision (the chat ban table):
@@ -106,7 +131,7 @@ class Gate:
             scheme, _, value = header.partition(" ")
             if scheme.lower() != "bearer" or not value.strip():
                 raise _refuse(401, "invalid_token", "Authorization must be 'Bearer <token>'", request)
-            grant = await tokens.resolve(self.db, value.strip())
+            grant = await self._resolve_token(value.strip())
             if grant is None:
                 raise _refuse(401, "invalid_token", "token unknown, expired or revoked", request)
             return Identity(account_id=grant.account_id, token=grant)
@@ -115,6 +140,9 @@ class Gate:
             if identity is not None:
                 return identity
         return Identity()
+
+    async def _resolve_token(self, token: str) -> TokenGrant | None:
+        return await self.tokens.resolve(token) if self.tokens is not None else None
 
     async def role_of(self, identity: Identity, room: RoomRecord) -> str:
         if identity.token is not None:
@@ -140,12 +168,39 @@ class Gate:
         headers on a WebSocket): the same lookup and the same decision."""
 
         async def identify() -> Identity:
-            grant = await tokens.resolve(self.db, token.strip()) if isinstance(token, str) else None
+            grant = await self._resolve_token(token.strip()) if isinstance(token, str) else None
             if grant is None:
                 raise ApiError(401, "invalid_token", "token unknown, expired or revoked")
             return Identity(account_id=grant.account_id, token=grant)
 
         return await self._admit(room, entry, identify)
+
+    async def reconsider(self, admission: Admission, entry: Entry) -> Admission:
+        """The same decision for an identity already admitted that now asks for another
+        entry (posting chat, publishing over a signaling socket): role, policy, checks."""
+
+        async def identify() -> Identity:
+            return admission.identity
+
+        return await self._admit(admission.room, entry, identify)
+
+    async def role_of_subject(self, room: RoomRecord, subject: str) -> str:
+        """The role a subject (``a:<id>``, ``t:<id>``, ``v:<id>``) holds in the room: what
+        ``role_of`` gives the identity behind it (a moderation target's rank)."""
+        kind, _, value = subject.partition(":")
+        if kind == "a":
+            identity = Identity(account_id=int(value))
+        elif kind == "t" and self.tokens is not None:
+            grant = await self.tokens.grant(int(value))
+            if grant is None:
+                return "viewer"
+            identity = Identity(account_id=grant.account_id, token=grant)
+        else:
+            return "viewer"
+        try:
+            return await self.role_of(identity, room)
+        except ApiError:
+            return "viewer"   # a token for another room holds no role here
 
     async def _admit(self, room: RoomRecord | str, entry: Entry,
                      identify: Callable[[], Awaitable[Identity]]) -> Admission:

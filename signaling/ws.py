@@ -81,6 +81,7 @@ class Session:
         self.slug = request.match_info["slug"]
         self.room: Room | None = None
         self.participant: Participant | None = None
+        self.admission: Admission | None = None
         self.handlers: dict[str, Callable[[dict[str, Any], Any], Awaitable[None]]] = {
             "join": self.on_join,
             "publish": self.on_publish,
@@ -181,6 +182,7 @@ class Session:
             admission = await gate.admit_token(token, self.slug, Entry.JOIN)
         else:
             admission = await gate.admit(self.request, self.slug, Entry.JOIN)
+        self.admission = admission
         participant = Participant(admission.identity.subject, "", admission.role, via="ws")
         participant.name = _display_name(admission, message.get("name"), participant.id[-4:])
         participant.close_socket = lambda code: asyncio.ensure_future(self.ws.close(code=code))
@@ -196,7 +198,9 @@ class Session:
         })
 
     async def on_publish(self, message: dict[str, Any], ref: Any) -> None:
-        assert self.room and self.participant
+        assert self.room and self.participant and self.admission
+        # Whether this identity may publish is the gate's decision, as for WHIP.
+        await self.app[GATE].reconsider(self.admission, Entry.PUBLISH)
         sources = message.get("sources")
         if sources is not None and (not isinstance(sources, dict)
                                     or not all(isinstance(v, str) for v in sources.values())):

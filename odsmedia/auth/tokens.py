@@ -3,28 +3,22 @@
 A token is ``ods_`` + 43 characters of url-safe base64 (32 random bytes).
 Only its SHA-256 is stored; lookups are by hash, so comparing is a B-tree
 probe on a digest rather than a string comparison an attacker can time.
+This module owns the ``api_tokens`` table; the gate reaches it through
+``GateTokens`` (its ``TokenResolver``), wired by ``make_app``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import asyncpg
 
+from ..gate import TokenGrant
+
 PREFIX = "ods_"
 ROLES = ("host", "moderator", "viewer")
-
-
-@dataclass(frozen=True)
-class TokenGrant:
-    token_id: int
-    room_id: int
-    role: str
-    account_id: int | None
-    expires_at: datetime
 
 
 def digest(token: str) -> bytes:
@@ -73,6 +67,28 @@ async def resolve(db: asyncpg.Pool | asyncpg.Connection, token: str) -> TokenGra
         # would otherwise serialize every join on this row's lock.
         await db.execute("UPDATE api_tokens SET last_used_at = now() WHERE id = $1", row["id"])
     return TokenGrant(row["id"], row["room_id"], row["role"], row["account_id"], row["expires_at"])
+
+
+async def grant(db: asyncpg.Pool | asyncpg.Connection, token_id: int) -> TokenGrant | None:
+    """The grant a token was minted with, whether or not it is still live."""
+    row = await db.fetchrow("SELECT id, room_id, role, account_id, expires_at FROM api_tokens WHERE id = $1",
+                            token_id)
+    if row is None:
+        return None
+    return TokenGrant(row["id"], row["room_id"], row["role"], row["account_id"], row["expires_at"])
+
+
+class GateTokens:
+    """The gate's ``TokenResolver`` over this table."""
+
+    def __init__(self, db: asyncpg.Pool) -> None:
+        self.db = db
+
+    async def resolve(self, token: str) -> TokenGrant | None:
+        return await resolve(self.db, token)
+
+    async def grant(self, token_id: int) -> TokenGrant | None:
+        return await grant(self.db, token_id)
 
 
 async def revoke(db: asyncpg.Pool | asyncpg.Connection, token_id: int, *, account_id: int | None) -> bool:

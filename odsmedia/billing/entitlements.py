@@ -27,12 +27,12 @@ from typing import Any
 import asyncpg
 
 from ..bus import Bus
+from ..channels import BILLING_INVALIDATE, control_channel, kick_message
 from ..gate import Entitlement
 from ..rooms.directory import RoomRecord
 
 log = logging.getLogger("odsmedia.billing")
 
-CHANNEL = "billing:invalidate"
 # Admissions older than this are forgotten by the re-check (the person has long left, or rejoined).
 ADMISSION_MEMORY = 12 * 3600.0
 
@@ -129,7 +129,7 @@ class Entitlements:
 
     async def publish_invalidation(self, account_ids: list[int]) -> None:
         self.drop(account_ids)   # this node at once, even if Redis is slow
-        await self.bus.publish(CHANNEL, {"accounts": account_ids, "origin": self.bus.node_id})
+        await self.bus.publish(BILLING_INVALIDATE, {"accounts": account_ids, "origin": self.bus.node_id})
 
     def drop(self, account_ids: list[int]) -> None:
         for account_id in account_ids:
@@ -167,10 +167,8 @@ class Entitlements:
                 if decision.allowed:
                     continue
                 rooms.pop(slug, None)
-                await self.bus.publish(f"room:{slug}:control", {
-                    "action": "kick", "target": f"a:{account_id}", "by": "billing",
-                    "reason": "entitlement_ended", "detail": decision.reason,
-                })
+                await self.bus.publish(control_channel(slug), kick_message(
+                    f"a:{account_id}", by="billing", reason="entitlement_ended", detail=decision.reason))
                 sent += 1
             if not rooms:
                 self._admitted.pop(account_id, None)

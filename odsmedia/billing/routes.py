@@ -27,12 +27,13 @@ from aiohttp import web
 from ..auth import accounts
 from ..auth.service import AUTH, link_base
 from ..auth.sessions_web import require_session
+from ..channels import BILLING_INVALIDATE
 from ..config import Config
 from ..errors import ApiError, json_response, path_id, read_json
 from ..keys import BUS, CONFIG, DB, GATE
 from ..mail import render
 from . import orgs, webhooks
-from .entitlements import CHANNEL, Entitlements
+from .entitlements import Entitlements
 from .gateway import StripeGateway
 from .plans import Catalog, catalog as load_catalog
 
@@ -279,7 +280,7 @@ def setup(app: web.Application) -> None:
                            cache_ttl=config["billing.cache_ttl"])
         svc.entitlements = ent
         app[GATE].entitlements = ent
-        unsubscribe = await app[BUS].subscribe(CHANNEL, ent.on_message)
+        unsubscribe = await app[BUS].subscribe(BILLING_INVALIDATE, ent.on_message)
         interval = config["billing.recheck_interval"]
         loop_task = asyncio.get_running_loop().create_task(ent.run(interval)) if interval > 0 else None
         yield

@@ -31,7 +31,7 @@ class Chat:
         self.gate = app[GATE]
         self.hub = ChatHub(self.db, self.bus)
         self.limits = PostLimits(self.bus, config["chat.rate_per_10s"])
-        self.moderation = Moderation(self.db, self.bus, self.hub)
+        self.moderation = Moderation(self.db, self.bus, self.hub, self.gate)
         # The schema bounds a body at 4,000 characters (migrations/0003_chat.sql).
         # Bounded to the body column (4000) when the configuration is validated.
         self.max_length: int = config["chat.max_length"]

@@ -32,6 +32,7 @@ import orjson
 from aiohttp import web
 
 from ..bus import Bus
+from ..channels import chat_channel
 from . import store
 
 log = logging.getLogger("odsmedia.chat")
@@ -60,14 +61,6 @@ DRAIN_POLL = 0.02
 CLOSE_KICKED = 4003
 CLOSE_TOO_SLOW = 4008
 CLOSE_BANNED = 4403
-
-
-def chat_channel(slug: str) -> str:
-    return f"room:{slug}:chat"
-
-
-def control_channel(slug: str) -> str:
-    return f"room:{slug}:control"
 
 
 def text_frame(text: str | bytes) -> bytes:

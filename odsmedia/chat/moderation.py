@@ -17,11 +17,12 @@ from typing import Any
 import asyncpg
 
 from ..bus import Bus
-from ..gate import ROLE_RANK
+from ..channels import ControlMessage, control_channel, kick_message, mute_message
+from ..gate import ROLE_RANK, Gate
 from ..rooms import directory
 from ..rooms.directory import RoomRecord
 from . import store
-from .hub import ChatHub, control_channel
+from .hub import ChatHub
 from .items import ChatError
 
 log = logging.getLogger("odsmedia.chat")
@@ -49,20 +50,6 @@ async def audit(conn: asyncpg.Connection, room: RoomRecord, actor: Actor, action
         room.id, actor.subject, action, target, detail)
 
 
-async def role_of_subject(db: store.Db, room: RoomRecord, subject: str) -> str:
-    """The room role a subject holds (what the gate would give it)."""
-    kind, _, value = subject.partition(":")
-    if kind == "a":
-        account_id = int(value)
-        if room.owner_id == account_id:
-            return "host"
-        return await directory.member_role(db, room.id, account_id) or "viewer"
-    if kind == "t":
-        return await db.fetchval("SELECT role FROM api_tokens WHERE id = $1 AND room_id = $2",
-                                 int(value), room.id) or "viewer"
-    return "viewer"
-
-
 def _target(raw: Any) -> str:
     if not isinstance(raw, str) or not SUBJECT.match(raw):
         raise ChatError("invalid_target", "target must be a subject such as a:12, t:3 or v:abc")
@@ -84,10 +71,11 @@ def _int(raw: Any, name: str, low: int, high: int) -> int:
 
 
 class Moderation:
-    def __init__(self, db: asyncpg.Pool, bus: Bus, hub: ChatHub) -> None:
+    def __init__(self, db: asyncpg.Pool, bus: Bus, hub: ChatHub, gate: Gate) -> None:
         self.db = db
         self.bus = bus
         self.hub = hub
+        self.gate = gate
 
     # -- checks ----------------------------------------------------------------
 
@@ -102,11 +90,11 @@ class Moderation:
         target = _target(raw)
         if target == actor.subject:
             raise ChatError("invalid_target", "you cannot do this to yourself")
-        if ROLE_RANK[await role_of_subject(self.db, room, target)] >= actor.rank:
+        if ROLE_RANK[await self.gate.role_of_subject(room, target)] >= actor.rank:
             raise ChatError("target_outranks", "the target's role is not below yours")
         return target
 
-    async def _control(self, room: RoomRecord, message: dict[str, Any]) -> None:
+    async def _control(self, room: RoomRecord, message: ControlMessage) -> None:
         await self.bus.publish(control_channel(room.slug), message)
 
     # -- items -------------------------------------------------------------------
@@ -175,7 +163,7 @@ class Moderation:
         await self.hub.dispatch(room.slug, {"type": "banned", "target": target, "by": actor.subject,
                                             "error": "banned", "message": "you are banned from this room"})
         try:
-            await self._control(room, {"action": "ban", "target": target, "by": actor.subject, "reason": reason})
+            await self._control(room, kick_message(target, by=actor.subject, reason=reason, ban=True))
         except Exception:
             # The ban is recorded and enforced at every entry; only the live media
             # session outlives it until the SFU node hears of it.
@@ -236,16 +224,13 @@ class Moderation:
                 raise ChatError("invalid_target", "the host's role cannot change")
             if promote:
                 try:
-                    await conn.execute(
-                        "INSERT INTO room_members (room_id, account_id, role) VALUES ($1, $2, 'moderator') "
-                        "ON CONFLICT DO NOTHING", room.id, account_id)
+                    await directory.add_member(conn, room.id, account_id, "moderator")
                 except asyncpg.ForeignKeyViolationError:
                     raise ChatError("invalid_target", "no such account") from None
             elif current != "moderator":
                 raise ChatError("not_a_moderator_target", "the target is not a moderator")
             else:
-                await conn.execute("DELETE FROM room_members WHERE room_id = $1 AND account_id = $2",
-                                   room.id, account_id)
+                await directory.remove_member(conn, room.id, account_id)
             await audit(conn, room, actor, "promote" if promote else "demote", target)
         role = "moderator" if promote else "viewer"
         await self.hub.dispatch(room.slug, {"type": "role", "target": target, "role": role, "by": actor.subject})
@@ -262,7 +247,7 @@ class Moderation:
             raise ChatError("invalid_kind", "kind must be audio or video")
         action = "mute" if mute else "unmute"
         # Published first: if Redis is down the request fails and nothing is recorded.
-        await self._control(room, {"action": action, "target": target, "kind": kind, "by": actor.subject})
+        await self._control(room, mute_message(target, kind, by=actor.subject, mute=mute))
         async with store.transaction(self.db) as conn:
             await audit(conn, room, actor, action, target, kind=kind)
         return {"target": target, "kind": kind}
@@ -270,7 +255,7 @@ class Moderation:
     async def kick(self, room: RoomRecord, actor: Actor, target: Any, reason: Any = None) -> dict[str, Any]:
         target = await self._outranked_target(room, actor, target)
         reason = _reason(reason)
-        await self._control(room, {"action": "kick", "target": target, "by": actor.subject, "reason": reason})
+        await self._control(room, kick_message(target, by=actor.subject, reason=reason))
         async with store.transaction(self.db) as conn:
             await audit(conn, room, actor, "kick", target, reason=reason)
         await self.hub.dispatch(room.slug, {"type": "kicked", "target": target, "by": actor.subject,

@@ -187,7 +187,7 @@ async def _may_post(chat: Chat, admission: Admission) -> bool:
     # identity, which for a guest is the anonymous cookie (a ban on a guest
     # holds as long as that browser keeps its cookie).
     try:
-        await chat.gate.decide(admission.room, admission.identity, admission.role, Entry.CHAT)
+        await chat.gate.reconsider(admission, Entry.CHAT)
     except ApiError:
         return False
     return True

@@ -1,4 +1,8 @@
-"""Room records in Postgres: create, look up, and per-room roles."""
+"""Room records in Postgres: create, look up, and per-room roles.
+
+The owner of the ``rooms`` and ``room_members`` tables: every other module
+reads and writes them through these functions.
+"""
 
 from __future__ import annotations
 
@@ -96,3 +100,14 @@ async def member_role(db: asyncpg.Pool | asyncpg.Connection, room_id: int, accou
     return await db.fetchval(
         "SELECT role FROM room_members WHERE room_id = $1 AND account_id = $2", room_id, account_id
     )
+
+
+async def add_member(db: asyncpg.Pool | asyncpg.Connection, room_id: int, account_id: int, role: str) -> None:
+    """Give an account a role in the room (kept if it has one); ForeignKeyViolationError: no such account."""
+    await db.execute(
+        "INSERT INTO room_members (room_id, account_id, role) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        room_id, account_id, role)
+
+
+async def remove_member(db: asyncpg.Pool | asyncpg.Connection, room_id: int, account_id: int) -> None:
+    await db.execute("DELETE FROM room_members WHERE room_id = $1 AND account_id = $2", room_id, account_id)

@@ -76,9 +76,8 @@ class Room:
 
     async def publish(self, participant: Participant, offer: object,
                       sources: dict[str, str] | None = None) -> PublisherTransport:
+        """The edge has admitted ``participant`` for ``Entry.PUBLISH`` (the gate decides who publishes)."""
         self._check_capacity(participant)
-        if participant.role != "host":
-            raise SfuError(403, "not_a_publisher", "only a host may publish in this room")
         config = self.sfu.config
         transport = PublisherTransport(participant, pli_interval=config["media.pli_interval"],
                                        announced=config["ice.announced_address"], on_close=self._transport_closed,

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
+from ..channels import control_channel
 from .errors import SfuError
 from .placement import Placement, RoomOnOtherNode
 from .room import Room
@@ -33,10 +34,6 @@ class Observer(Protocol):
     def on_publication_added(self, room: Room, publication: "Publication") -> None: ...
 
     def on_publication_removed(self, room: Room, publication: "Publication") -> None: ...
-
-
-def control_channel(slug: str) -> str:
-    return f"room:{slug}:control"
 
 
 class Sfu:
