@@ -90,3 +90,30 @@ async def set_display_name(db: asyncpg.Pool | asyncpg.Connection, account_id: in
 
 async def display_name(db: asyncpg.Pool | asyncpg.Connection, account_id: int) -> str | None:
     return await db.fetchval("SELECT display_name FROM accounts WHERE id = $1", account_id)
+
+
+async def email_of(db: asyncpg.Pool | asyncpg.Connection, account_id: int) -> str | None:
+    return await db.fetchval("SELECT email FROM accounts WHERE id = $1", account_id)
+
+
+async def ids_of_emails(db: asyncpg.Pool | asyncpg.Connection, emails: list[str]) -> list[int]:
+    return [r["id"] for r in await db.fetch("SELECT id FROM accounts WHERE email = ANY($1::text[])", emails)]
+
+
+async def export(db: asyncpg.Pool | asyncpg.Connection, account_id: int) -> dict | None:
+    """The account row as the privacy export shows it (None: no such account)."""
+    row = await db.fetchrow(
+        "SELECT id, email, display_name, email_verified_at, age_confirmed_at, created_at "
+        "FROM accounts WHERE id = $1", account_id)
+    return dict(row) if row is not None else None
+
+
+async def lock_for_deletion(conn: asyncpg.Connection, account_id: int) -> str | None:
+    """Lock the account row in the caller's transaction; its e-mail, or None when gone."""
+    return await conn.fetchval("SELECT email FROM accounts WHERE id = $1 FOR UPDATE", account_id)
+
+
+async def delete(conn: asyncpg.Connection, account_id: int) -> None:
+    """Delete the account; the schema cascades sessions, session events, API tokens,
+    room roles and the billing customer mapping."""
+    await conn.execute("DELETE FROM accounts WHERE id = $1", account_id)

@@ -30,3 +30,8 @@ async def recent(db: asyncpg.Pool | asyncpg.Connection, account_id: int, limit: 
         account_id, limit,
     )
     return [{"at": r["at"].isoformat(), "kind": r["kind"], "region": r["region"]} for r in rows]
+
+
+async def export(db: asyncpg.Pool | asyncpg.Connection, account_id: int) -> list[dict]:
+    return [dict(r) for r in await db.fetch(
+        "SELECT at, kind, session_id, region FROM session_events WHERE account_id = $1 ORDER BY at", account_id)]

@@ -95,3 +95,8 @@ async def consume(conn: asyncpg.Connection, link: PendingLink) -> None:
     )
     if not status.endswith(" 1"):
         raise LinkError("link_used", link.email)
+
+
+async def forget(conn: asyncpg.Connection, email: str) -> None:
+    """Account deletion: pending sign-in links for the address go."""
+    await conn.execute("DELETE FROM magic_links WHERE email = $1", email)

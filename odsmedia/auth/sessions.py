@@ -148,3 +148,9 @@ class SessionCache:
             return
         self._entries = {k: v for k, v in self._entries.items()
                          if v[1].id not in ids and v[1].account_id not in accounts}
+
+
+async def export(db: asyncpg.Pool | asyncpg.Connection, account_id: int) -> list[dict]:
+    return [dict(r) for r in await db.fetch(
+        "SELECT id, created_at, last_seen_at, expires_at, revoked_at, region FROM sessions "
+        "WHERE account_id = $1 ORDER BY created_at", account_id)]

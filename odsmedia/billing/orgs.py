@@ -131,3 +131,14 @@ async def of_account(db: asyncpg.Pool | asyncpg.Connection, email: str) -> list[
         email,
     )
     return [{"id": r["id"], "name": r["name"], "role": r["role"]} for r in rows]
+
+
+async def export_memberships(db: asyncpg.Pool | asyncpg.Connection, email: str) -> list[dict]:
+    return [dict(r) for r in await db.fetch(
+        "SELECT o.id, o.name, m.role, m.added_at FROM org_members m JOIN organizations o ON o.id = m.org_id "
+        "WHERE m.email = $1", email)]
+
+
+async def forget_member(conn: asyncpg.Connection, email: str) -> int:
+    """Account deletion: the address leaves every organization; returns the seats freed."""
+    return int((await conn.execute("DELETE FROM org_members WHERE email = $1", email)).split()[-1])

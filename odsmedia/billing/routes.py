@@ -32,7 +32,7 @@ from ..config import Config
 from ..errors import ApiError, json_response, path_id, read_json
 from ..keys import BUS, CONFIG, DB, GATE
 from ..mail import render
-from . import orgs, webhooks
+from . import customers, orgs, webhooks
 from .entitlements import Entitlements
 from .gateway import StripeGateway
 from .plans import Catalog, catalog as load_catalog
@@ -71,13 +71,6 @@ def _org_id(raw: object) -> int:
     return raw
 
 
-async def _customer_for(request: web.Request, *, account: accounts.Account, org_id: int | None) -> str | None:
-    db = request.app[DB]
-    if org_id is None:
-        return await db.fetchval("SELECT customer_id FROM billing_customers WHERE account_id = $1", account.id)
-    return await db.fetchval("SELECT customer_id FROM billing_customers WHERE org_id = $1", org_id)
-
-
 # ---- plans, checkout, portal ------------------------------------------------------------------
 
 async def list_plans(request: web.Request) -> web.Response:
@@ -112,17 +105,14 @@ async def checkout(request: web.Request) -> web.Response:
         if active:
             raise ApiError(409, "already_subscribed", "you already have this plan; manage it in the portal")
         reference, metadata = f"a:{account.id}", {"plan": plan.code, "account_id": str(account.id)}
-    customer = await _customer_for(request, account=account, org_id=org_id)
+    owner = {"org_id": org_id} if org_id is not None else {"account_id": account.id}
+    customer = await customers.customer_for(db, **owner)
     if customer is None:
         customer = await svc.gateway.create_customer(account.email, {k: v for k, v in metadata.items()
                                                                      if k in ("account_id", "org_id")})
-        column = "org_id" if org_id is not None else "account_id"
         # Two checkouts racing: the first mapping wins and the second customer stays unused.
-        await db.execute(
-            f"INSERT INTO billing_customers (customer_id, {column}) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            customer, org_id if org_id is not None else account.id,
-        )
-        customer = await _customer_for(request, account=account, org_id=org_id)
+        await customers.link(db, customer, **owner)
+        customer = await customers.customer_for(db, **owner)
     base = link_base(request)
     url = await svc.gateway.checkout(
         customer=customer, price=plan.price, quantity=seats,
@@ -138,7 +128,8 @@ async def portal(request: web.Request) -> web.Response:
     org_id = _org_id(body["org_id"]) if body.get("org_id") is not None else None
     if org_id is not None:
         await orgs.require_admin(request.app[DB], org_id, account.email)
-    customer = await _customer_for(request, account=account, org_id=org_id)
+    owner = {"org_id": org_id} if org_id is not None else {"account_id": account.id}
+    customer = await customers.customer_for(request.app[DB], **owner)
     if customer is None:
         raise ApiError(404, "no_billing_account", "nothing has been bought yet")
     url = await service(request.app).gateway.portal(customer=customer, return_url=f"{link_base(request)}/account")
@@ -206,8 +197,7 @@ async def _invalidate_emails(request: web.Request, emails: list[str]) -> None:
     ent = service(request.app).entitlements
     if ent is None:
         return
-    ids = [r["id"] for r in await request.app[DB].fetch("SELECT id FROM accounts WHERE email = ANY($1::text[])",
-                                                        emails)]
+    ids = await accounts.ids_of_emails(request.app[DB], emails)
     if ids:
         try:
             await ent.publish_invalidation(ids)
@@ -248,7 +238,7 @@ async def me_billing(request: web.Request, account_id: int) -> dict:
            WHERE c.account_id = $1 ORDER BY s.state_at DESC LIMIT 1""",
         account_id,
     )
-    email = await db.fetchval("SELECT email FROM accounts WHERE id = $1", account_id)
+    email = await accounts.email_of(db, account_id)
     entitled: list[str] = []
     if svc.entitlements is not None:
         now = time.time()

@@ -19,6 +19,7 @@ from typing import Any
 
 import asyncpg
 
+from . import customers
 from .plans import Catalog
 
 HANDLED = (
@@ -162,14 +163,8 @@ async def _checkout_completed(conn: asyncpg.Connection, obj: dict, at: datetime,
     reference = obj.get("client_reference_id") or ""
     kind, _, raw_id = reference.partition(":")
     if raw_id.isdigit() and kind in ("a", "o") and len(raw_id) < 19:
-        column, table = ("account_id", "accounts") if kind == "a" else ("org_id", "organizations")
         # An owner deleted since the checkout began is skipped rather than failing the event forever.
-        await conn.execute(
-            f"""INSERT INTO billing_customers (customer_id, {column})
-                SELECT $1, id FROM {table} WHERE id = $2
-                ON CONFLICT DO NOTHING""",
-            customer, int(raw_id),
-        )
+        await customers.link_reference(conn, customer, kind, int(raw_id))
     sub_id = _id(obj.get("subscription"))
     if sub_id:
         await _lock(conn, sub_id)

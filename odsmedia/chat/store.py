@@ -274,3 +274,19 @@ async def search(db: Db, room_id: int, query: str, limit: int) -> list[ChatItem]
            ORDER BY ts_rank(i.search, q) DESC, i.id DESC LIMIT $3""",
         room_id, query, limit)
     return [ChatItem.from_row(r) for r in rows]
+
+
+async def export(db: Db, subject: str) -> dict[str, list[dict[str, Any]]]:
+    """What chat holds about one subject: items, votes, sanctions (the privacy export)."""
+    return {
+        "chat_items": [dict(r) for r in await db.fetch(
+            "SELECT r.slug AS room, c.id, c.kind, c.body, c.author_name, c.created_at, c.episode_id, "
+            "c.episode_offset, c.votes, c.answered_at, c.deleted_at FROM chat_items c "
+            "JOIN rooms r ON r.id = c.room_id WHERE c.author = $1 ORDER BY c.created_at", subject)],
+        "chat_votes": [dict(r) for r in await db.fetch(
+            "SELECT r.slug AS room, v.item_id, v.created_at FROM chat_votes v JOIN rooms r ON r.id = v.room_id "
+            "WHERE v.subject = $1", subject)],
+        "chat_sanctions": [dict(r) for r in await db.fetch(
+            "SELECT r.slug AS room, s.kind, s.until, s.reason, s.created_at FROM chat_sanctions s "
+            "JOIN rooms r ON r.id = s.room_id WHERE s.subject = $1", subject)],
+    }

@@ -74,3 +74,13 @@ class RequestLog:
 
 
 REQUEST_LOG: web.AppKey[RequestLog] = web.AppKey("request_log", RequestLog)
+
+
+async def export(db: asyncpg.Pool | asyncpg.Connection, subject: str) -> list[dict]:
+    return [dict(r) for r in await db.fetch(
+        "SELECT at, method, route, status, region FROM request_logs WHERE subject = $1 ORDER BY at", subject)]
+
+
+async def forget(conn: asyncpg.Connection, subject: str) -> None:
+    """Account deletion: the log rows stay (aggregate counts) without the subject."""
+    await conn.execute("UPDATE request_logs SET subject = NULL WHERE subject = $1", subject)

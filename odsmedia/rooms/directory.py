@@ -111,3 +111,14 @@ async def add_member(db: asyncpg.Pool | asyncpg.Connection, room_id: int, accoun
 
 async def remove_member(db: asyncpg.Pool | asyncpg.Connection, room_id: int, account_id: int) -> None:
     await db.execute("DELETE FROM room_members WHERE room_id = $1 AND account_id = $2", room_id, account_id)
+
+
+async def export_owned(db: asyncpg.Pool | asyncpg.Connection, account_id: int) -> list[dict]:
+    return [dict(r) for r in await db.fetch(
+        "SELECT slug, title, access_policy, access_plans, created_at FROM rooms WHERE owner_id = $1", account_id)]
+
+
+async def export_roles(db: asyncpg.Pool | asyncpg.Connection, account_id: int) -> list[dict]:
+    return [dict(r) for r in await db.fetch(
+        "SELECT r.slug AS room, m.role, m.granted_at FROM room_members m JOIN rooms r ON r.id = m.room_id "
+        "WHERE m.account_id = $1", account_id)]
