@@ -1,4 +1,9 @@
-"""Episode and segment rows in Postgres."""
+"""Episode and segment rows in Postgres.
+
+The owner of the ``episodes`` and ``segments`` tables: the recorder, replay,
+chat (which episode is live, which room an episode is of) and the CLI read
+and write them through these functions.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from typing import Any
 import asyncpg
 
 from odsmedia.errors import ApiError
+from odsmedia.storage import transaction
 
 STATUSES = ("live", "finalizing", "ready", "interrupted", "failed")
 
@@ -109,7 +115,7 @@ async def unfinished_on_node(db: asyncpg.Pool, node: str) -> list[Episode]:
 
 async def add_segment(db: asyncpg.Pool | asyncpg.Connection, episode_id: int, segment: SegmentRow) -> None:
     """The segment row and the episode's totals, together."""
-    async with (db.acquire() if isinstance(db, asyncpg.Pool) else _Same(db)) as conn, conn.transaction():
+    async with transaction(db) as conn:
         await conn.execute(
             """INSERT INTO segments (episode_id, seq, name, init_name, discontinuity, duration,
                                      start_offset, size_bytes)
@@ -173,14 +179,37 @@ async def delete(db: asyncpg.Pool, episode_id: int) -> Episode | None:
     return Episode.from_row(row)
 
 
-class _Same:
-    """``async with`` over an existing connection (so callers may pass a pool or a connection)."""
+async def set_started(db: asyncpg.Pool | asyncpg.Connection, episode_id: int, started: dt.datetime) -> None:
+    """Replay time zero: the first segment's start on the wall clock."""
+    await db.execute("UPDATE episodes SET started_at = $2 WHERE id = $1", episode_id, started)
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
-        self.conn = conn
 
-    async def __aenter__(self) -> asyncpg.Connection:
-        return self.conn
+async def discard(db: asyncpg.Pool | asyncpg.Connection, episode_id: int) -> None:
+    """Remove an episode that captured nothing (no status check: the recorder owns it)."""
+    await db.execute("DELETE FROM episodes WHERE id = $1", episode_id)
 
-    async def __aexit__(self, *exc: object) -> None:
-        return None
+
+async def recovered(db: asyncpg.Pool | asyncpg.Connection, episode_id: int, status: str, *,
+                    duration: float, segment_count: int) -> None:
+    """Crash recovery's verdict: status and totals from the segment rows that survived."""
+    await db.execute(
+        """UPDATE episodes SET status = $2, ended_at = coalesce(ended_at, now()), duration = $3,
+                  segment_count = $4 WHERE id = $1""",
+        episode_id, status, duration, segment_count,
+    )
+
+
+async def known_storage_keys(db: asyncpg.Pool | asyncpg.Connection, keys: list[str]) -> set[str]:
+    return {r["storage_key"] for r in await db.fetch(
+        "SELECT storage_key FROM episodes WHERE storage_key = ANY($1::text[])", keys)}
+
+
+async def live_id(db: asyncpg.Pool | asyncpg.Connection, room_id: int) -> int | None:
+    """The room's episode being recorded now, if any."""
+    return await db.fetchval("SELECT id FROM episodes WHERE room_id = $1 AND status = 'live'", room_id)
+
+
+async def room_slug(db: asyncpg.Pool | asyncpg.Connection, episode_id: int) -> str | None:
+    """The slug of the room an episode belongs to (None: no such episode)."""
+    return await db.fetchval(
+        "SELECT r.slug FROM episodes e JOIN rooms r ON r.id = e.room_id WHERE e.id = $1", episode_id)

@@ -109,11 +109,7 @@ async def finalize_episode(db, storage: Storage, episode: Episode, target: float
     if found:
         await asyncio.to_thread(storage.put, f"{episode.storage_key}/index.m3u8", playlist.render().encode())
     duration = max((row.start_offset + row.duration for row in found), default=0.0)
-    await db.execute(
-        """UPDATE episodes SET status = $2, ended_at = coalesce(ended_at, now()), duration = $3,
-                  segment_count = $4 WHERE id = $1""",
-        episode.id, status, duration, len(found),
-    )
+    await episodes.recovered(db, episode.id, status, duration=duration, segment_count=len(found))
     return Recovered(episode.id, len(found), len(added), duration, status)
 
 
@@ -126,8 +122,7 @@ async def sweep_orphans(db, storage: Storage) -> list[str]:
     on_disk = await asyncio.to_thread(storage.prefixes)
     if not on_disk:
         return []
-    known = {r["storage_key"] for r in await db.fetch(
-        "SELECT storage_key FROM episodes WHERE storage_key = ANY($1::text[])", on_disk)}
+    known = await episodes.known_storage_keys(db, on_disk)
     orphans = [key for key in on_disk if key not in known]
     for key in orphans:
         await asyncio.to_thread(storage.delete_prefix, key)

@@ -303,8 +303,7 @@ class RoomRecording:
             # Replay time zero is the first segment's start: anchor started_at there, so
             # wall-clock offsets (chat items, highlights) line up with the video.
             started = dt.datetime.fromtimestamp(self.epoch_wall + segment.start, dt.timezone.utc)
-            await self.recorder.db.execute("UPDATE episodes SET started_at = $2 WHERE id = $1",
-                                           self.episode_id, started)
+            await episodes.set_started(self.recorder.db, self.episode_id, started)
         self.playlist.add(PlaylistEntry(segment.name, segment.duration, segment.init, segment.discontinuity))
         await asyncio.to_thread(self.recorder.storage.put, f"{self.storage_key}/{PLAYLIST}",
                                 self.playlist.render().encode())
@@ -329,7 +328,7 @@ class RoomRecording:
                 await episodes.set_status(db, self.episode_id, "failed", ended=True)
                 return
             # Nothing was captured (no keyframe ever came): not an episode anyone can watch.
-            await db.execute("DELETE FROM episodes WHERE id = $1", self.episode_id)
+            await episodes.discard(db, self.episode_id)
             await asyncio.to_thread(storage.delete_prefix, self.storage_key)
             self.status = "deleted"
             return

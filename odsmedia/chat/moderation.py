@@ -20,6 +20,7 @@ from ..bus import Bus
 from ..channels import ControlMessage, control_channel, kick_message, mute_message
 from ..gate import ROLE_RANK, Gate
 from ..rooms import directory
+from ..storage import transaction
 from ..rooms.directory import RoomRecord
 from . import store
 from .hub import ChatHub
@@ -101,7 +102,7 @@ class Moderation:
 
     async def delete(self, room: RoomRecord, actor: Actor, item_id: Any) -> dict[str, Any]:
         item_id = _int(item_id, "id", 1, 2**62)
-        async with store.transaction(self.db) as conn:
+        async with transaction(self.db) as conn:
             item = await store.get(conn, room.id, item_id)
             if item is None or item.deleted:
                 raise ChatError("item_not_found", f"no item {item_id} in this room")
@@ -123,7 +124,7 @@ class Moderation:
 
     async def clear(self, room: RoomRecord, actor: Actor) -> dict[str, Any]:
         self.require_moderator(actor)
-        async with store.transaction(self.db) as conn:
+        async with transaction(self.db) as conn:
             seq, ids = await store.clear(conn, room.id, actor.subject)
             await audit(conn, room, actor, "clear", count=len(ids))
         await self.hub.dispatch(room.slug, {"type": "deleted", "seq": seq, "ids": ids, "cleared": True})
@@ -136,7 +137,7 @@ class Moderation:
         target = await self._outranked_target(room, actor, target)
         minutes = _int(minutes, "minutes", 1, MAX_TIMEOUT_MINUTES)
         reason = _reason(reason)
-        async with store.transaction(self.db) as conn:
+        async with transaction(self.db) as conn:
             until = await conn.fetchval(
                 """INSERT INTO chat_sanctions (room_id, subject, kind, until, by_subject, reason)
                    VALUES ($1, $2, 'timeout', now() + make_interval(mins => $3), $4, $5)
@@ -152,7 +153,7 @@ class Moderation:
     async def ban(self, room: RoomRecord, actor: Actor, target: Any, reason: Any = None) -> dict[str, Any]:
         target = await self._outranked_target(room, actor, target)
         reason = _reason(reason)
-        async with store.transaction(self.db) as conn:
+        async with transaction(self.db) as conn:
             await conn.execute(
                 """INSERT INTO chat_sanctions (room_id, subject, kind, until, by_subject, reason)
                    VALUES ($1, $2, 'ban', NULL, $3, $4)
@@ -174,7 +175,7 @@ class Moderation:
         """Unban or end a timeout."""
         self.require_moderator(actor)
         target = _target(target)
-        async with store.transaction(self.db) as conn:
+        async with transaction(self.db) as conn:
             status = await conn.execute(
                 "DELETE FROM chat_sanctions WHERE room_id = $1 AND subject = $2 AND kind = $3",
                 room.id, target, kind)
@@ -200,7 +201,7 @@ class Moderation:
     async def slow_mode(self, room: RoomRecord, actor: Actor, seconds: Any) -> dict[str, Any]:
         self.require_moderator(actor)
         seconds = _int(seconds, "seconds", 0, MAX_SLOW_MODE)
-        async with store.transaction(self.db) as conn:
+        async with transaction(self.db) as conn:
             await conn.execute(
                 """INSERT INTO chat_rooms (room_id, slow_mode_seconds) VALUES ($1, $2)
                    ON CONFLICT (room_id) DO UPDATE SET slow_mode_seconds = excluded.slow_mode_seconds""",
@@ -218,7 +219,7 @@ class Moderation:
         account_id = int(target[2:])
         if account_id == room.owner_id or target == actor.subject:
             raise ChatError("invalid_target", "the host's role cannot change")
-        async with store.transaction(self.db) as conn:
+        async with transaction(self.db) as conn:
             current = await directory.member_role(conn, room.id, account_id)
             if current == "host":
                 raise ChatError("invalid_target", "the host's role cannot change")
@@ -248,7 +249,7 @@ class Moderation:
         action = "mute" if mute else "unmute"
         # Published first: if Redis is down the request fails and nothing is recorded.
         await self._control(room, mute_message(target, kind, by=actor.subject, mute=mute))
-        async with store.transaction(self.db) as conn:
+        async with transaction(self.db) as conn:
             await audit(conn, room, actor, action, target, kind=kind)
         return {"target": target, "kind": kind}
 
@@ -256,7 +257,7 @@ class Moderation:
         target = await self._outranked_target(room, actor, target)
         reason = _reason(reason)
         await self._control(room, kick_message(target, by=actor.subject, reason=reason))
-        async with store.transaction(self.db) as conn:
+        async with transaction(self.db) as conn:
             await audit(conn, room, actor, "kick", target, reason=reason)
         await self.hub.dispatch(room.slug, {"type": "kicked", "target": target, "by": actor.subject,
                                             "error": "kicked", "message": reason or "removed by a moderator"})

@@ -15,6 +15,8 @@ from aiohttp import web
 from ..errors import ApiError, json_response, path_id
 from ..gate import Entry
 from ..keys import GATE
+from recorder import episodes
+
 from . import store
 from .feature import CHAT, Chat
 from .socket import chat_socket
@@ -45,11 +47,10 @@ async def episode_chat(request: web.Request) -> web.Response:
     end = _offset(request, "to", float("inf"))
     if end < start:
         raise ApiError(400, "invalid_window", "to must not be before from")
-    row = await chat.db.fetchrow(
-        "SELECT e.id, r.slug FROM episodes e JOIN rooms r ON r.id = e.room_id WHERE e.id = $1", episode_id)
-    if row is None:
+    slug = await episodes.room_slug(chat.db, episode_id)
+    if slug is None:
         raise ApiError(404, "episode_not_found", "no such episode")
-    await chat.gate.admit(request, row["slug"], Entry.REPLAY)
+    await chat.gate.admit(request, slug, Entry.REPLAY)
     items = await store.episode_window(chat.db, episode_id, start, min(end, 1e12), REPLAY_LIMIT + 1)
     truncated = len(items) > REPLAY_LIMIT
     items = items[:REPLAY_LIMIT]

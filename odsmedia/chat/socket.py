@@ -21,6 +21,7 @@ from ..errors import ApiError
 from ..gate import Admission, Entry
 from ..rooms import directory
 from ..rooms.directory import RoomRecord
+from recorder import episodes
 from . import store
 from .feature import CHAT, Chat
 from .hub import CLOSE_BANNED, ChatClient, RoomChannel, you
@@ -67,7 +68,7 @@ class ChatSession:
             raise ChatError("invalid_kind", "kind must be message, question or highlight")
         text = clean_text(data.get("text", ""), max_length=self.chat.max_length, allow_empty=kind == "highlight")
         db, room, subject = self.chat.db, self.room, self.client.subject
-        if kind == "highlight" and await store.live_episode(db, room.id) is None:
+        if kind == "highlight" and await episodes.live_id(db, room.id) is None:
             raise ChatError("not_live", "highlights mark a moment of a live session; the room is not live")
         await self.chat.limits.check(room.slug, subject,
                                      slow_seconds=0 if self.client.is_moderator else self.channel.slow_mode)

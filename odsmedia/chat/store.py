@@ -7,13 +7,13 @@ order); the hub publishes only what this module has committed.
 
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, AsyncIterator, Iterable
+from typing import Any, Iterable
 
 import asyncpg
 
+from ..storage import transaction
 from .items import ChatError, ChatItem
 
 Db = asyncpg.Pool | asyncpg.Connection
@@ -45,17 +45,6 @@ _POST = """
     RETURNING *"""
 
 
-@asynccontextmanager
-async def transaction(db: Db) -> AsyncIterator[asyncpg.Connection]:
-    """A transaction on a pool connection, or a savepoint inside the caller's."""
-    if isinstance(db, asyncpg.Pool):
-        async with db.acquire() as conn, conn.transaction():
-            yield conn
-    else:
-        async with db.transaction():
-            yield db
-
-
 @dataclass
 class Snapshot:
     """What a joining client starts from: items, deletions it must apply, and the cursor."""
@@ -64,10 +53,6 @@ class Snapshot:
     items: list[ChatItem] = field(default_factory=list)
     deleted: list[int] = field(default_factory=list)
     reset: bool = False
-
-
-async def live_episode(db: Db, room_id: int) -> int | None:
-    return await db.fetchval("SELECT id FROM episodes WHERE room_id = $1 AND status = 'live'", room_id)
 
 
 async def post(db: Db, room_id: int, *, kind: str, author: str, author_name: str, text: str) -> ChatItem | None:

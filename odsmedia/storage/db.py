@@ -10,7 +10,9 @@ every file already applied.
 from __future__ import annotations
 
 import re
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import AsyncIterator
 
 import asyncpg
 import orjson
@@ -19,6 +21,18 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # Arbitrary constant: the advisory lock key that guards the migrations table.
 _MIGRATION_LOCK = 0x0D5_3ED1A
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+
+@asynccontextmanager
+async def transaction(db: asyncpg.Pool | asyncpg.Connection) -> AsyncIterator[asyncpg.Connection]:
+    """A transaction on a pool connection, or a savepoint inside the caller's: table owners
+    take either, so a caller can put several owners' writes in one transaction."""
+    if isinstance(db, asyncpg.Pool):
+        async with db.acquire() as conn, conn.transaction():
+            yield conn
+    else:
+        async with db.transaction():
+            yield db
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
