@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import secrets
 import signal
 import sys
@@ -25,6 +24,7 @@ from typing import Awaitable, Callable
 from . import config as configmod
 from . import logs
 from .config import Config, ConfigError
+from .files import kept
 
 
 def _loop_factory():
@@ -42,19 +42,8 @@ def run_async(coro: Awaitable) -> object:
 
 def _dev_secret(data_dir: Path) -> str:
     """The dev signing key, generated once and kept in the data dir."""
-    path = data_dir / "secrets.json"
-    try:
-        return json.loads(path.read_text())["secret_key"]
-    except (FileNotFoundError, KeyError, ValueError):
-        pass
-    data_dir.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(48)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump({"secret_key": key}, fh)
-    os.replace(tmp, path)
-    return key
+    return kept(data_dir / "secrets.json", lambda text: json.loads(text)["secret_key"],
+                lambda: secrets.token_urlsafe(48), lambda key: json.dumps({"secret_key": key}), mode=0o600)
 
 
 class Services:

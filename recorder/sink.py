@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import os
 import time
 import uuid
 from collections import deque
@@ -33,6 +32,8 @@ from typing import Any, Callable
 
 import asyncpg
 from aiohttp import web
+
+from odsmedia.files import kept
 
 from . import episodes, metrics
 from .episodes import SegmentRow
@@ -50,17 +51,7 @@ _FINISHED = object()
 
 def local_node_id(data_dir: Path) -> str:
     """A stable id for this node's episodes, kept in the data dir (survives restarts)."""
-    path = data_dir / "recorder-node"
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        pass
-    data_dir.mkdir(parents=True, exist_ok=True)
-    node = uuid.uuid4().hex[:16]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(node)
-    os.replace(tmp, path)
-    return node
+    return kept(data_dir / "recorder-node", str.strip, lambda: uuid.uuid4().hex[:16])
 
 
 # An RTP clock this far from the arrival clock has jumped (encoder restart, a
