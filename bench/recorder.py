@@ -50,7 +50,7 @@ from odsmedia.media.frame import MediaFrame  # noqa: E402
 from odsmedia.rooms import directory  # noqa: E402
 from odsmedia.storage import migrate  # noqa: E402
 from recorder import episodes  # noqa: E402
-from recorder.sink import Recorder  # noqa: E402
+from recorder.recorder import Recorder  # noqa: E402
 from recorder.storage import LocalStorage  # noqa: E402
 from recorder.synthetic import SyntheticSession, draw_counter, read_segment  # noqa: E402
 

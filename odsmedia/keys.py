@@ -16,7 +16,7 @@ DB: web.AppKey[asyncpg.Pool] = web.AppKey("db", asyncpg.Pool)
 BUS: web.AppKey["Bus"] = web.AppKey("bus")
 # Each feature's own object has its own typed key, defined by the module that owns it
 # (``rooms.sfu.SFU``, ``auth.service.AUTH``, ``chat.feature.CHAT``, ``billing.routes.BILLING``,
-# ``recorder.sink.RECORDER``, ``privacy.requestlog.REQUEST_LOG``).
+# ``recorder.recorder.RECORDER``, ``privacy.requestlog.REQUEST_LOG``).
 
 if TYPE_CHECKING:
     from .gate import Gate

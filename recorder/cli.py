@@ -20,7 +20,7 @@ from odsmedia.errors import ApiError
 from odsmedia.rooms import directory
 
 from . import episodes, finalize
-from .sink import local_node_id
+from .recorder import local_node_id
 from .storage import LocalStorage
 
 

@@ -9,7 +9,8 @@ import time
 import pytest
 
 from recorder import episodes
-from recorder.sink import PLAYLIST, Recorder
+from recorder.recording import PLAYLIST
+from recorder.recorder import Recorder
 from recorder.storage import LocalStorage
 from recorder.synthetic import SyntheticSession, read_segment
 
@@ -272,7 +273,7 @@ async def test_app_shutdown_mid_session_finalizes_the_episode(aiohttp_client, se
                                                               tmp_path):
     from conftest import make_config
     from odsmedia.app import make_app
-    from recorder.sink import RECORDER
+    from recorder.recorder import RECORDER
 
     room = await room_factory()
     config = make_config(service_urls, tmp_path / "data", ODS_RECORDING_SEGMENT_SECONDS="1")

@@ -12,9 +12,9 @@ import time
 
 from conftest import REPO, make_config
 from odsmedia.app import make_app
-from recorder.sink import RECORDER
+from recorder.recorder import RECORDER
 from recorder import episodes
-from recorder.sink import local_node_id
+from recorder.recorder import local_node_id
 from recorder.synthetic import SyntheticSession, read_segment
 
 # The recording process: a Recorder on the test database, fed a paced synthetic
@@ -23,7 +23,7 @@ RECORDING_PROCESS = textwrap.dedent("""
     import asyncio, sys
     from pathlib import Path
     from odsmedia.storage import connect
-    from recorder.sink import Recorder, local_node_id
+    from recorder.recorder import Recorder, local_node_id
     from recorder.storage import LocalStorage
     from recorder.synthetic import SyntheticSession
 

@@ -10,7 +10,7 @@ from aiortc import AudioStreamTrack, RTCSessionDescription
 
 from conftest import make_config
 from odsmedia.app import make_app
-from recorder.sink import RECORDER
+from recorder.recorder import RECORDER
 from odsmedia.rooms.sfu import SFU
 from odsmedia.media.testing import CounterVideoTrack, peer, read_counter
 from recorder import episodes
@@ -123,7 +123,7 @@ async def test_observer_records_publications_and_honours_recording_enabled(db, r
     from odsmedia.rooms.publication import Publication
     from odsmedia.rooms.room import Room
     from odsmedia.rooms.sfu import Sfu
-    from recorder.sink import Recorder
+    from recorder.recorder import Recorder
     from recorder.storage import LocalStorage
     from recorder.synthetic import SyntheticSession
 

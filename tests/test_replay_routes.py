@@ -8,7 +8,7 @@ import pytest
 
 from conftest import make_config
 from odsmedia.app import make_app
-from recorder.sink import RECORDER
+from recorder.recorder import RECORDER
 from recorder import episodes
 from recorder.synthetic import SyntheticSession, read_segment
 

@@ -136,6 +136,9 @@ class KeyframeCounter:
     def on_end(self) -> None:
         pass
 
+    def restart_at_keyframe(self) -> None:
+        pass
+
 
 async def test_viewer_pli_reaches_the_publisher_rate_limited(client, room_factory, token_factory):
     from odsmedia.rooms.sfu import SFU

@@ -1,8 +1,9 @@
-"""The encoded media unit that travels from a publisher to every sink."""
+"""The encoded media unit that travels from a publisher to every sink, and the sink contract."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 
 @dataclass(slots=True)
@@ -17,6 +18,20 @@ class MediaFrame:
     # H.264 RTP payloads, made by the first subscriber's sender and reused by the
     # rest: packetization has no per-viewer state, so N viewers cost one split.
     payloads: list[bytes] | None = field(default=None, repr=False, compare=False)
+
+
+class Sink(Protocol):
+    """What a Publication fans frames out to: a Subscription (one viewer) or the recorder's track."""
+
+    def on_frame(self, frame: MediaFrame) -> None:
+        """One frame, on the event loop: queue it and return, never block or await."""
+
+    def on_end(self) -> None:
+        """The publication ended: no more frames."""
+
+    def restart_at_keyframe(self) -> None:
+        """Frames were skipped (forwarding resumed after a mute): drop what is queued and take
+        video again only from its next keyframe."""
 
 
 def h264_is_keyframe(data: bytes) -> bool:

@@ -14,9 +14,9 @@ import asyncio
 import logging
 import secrets
 import time
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable
 
-from ..media.frame import MediaFrame
+from ..media.frame import MediaFrame, Sink
 
 if TYPE_CHECKING:
     from aiortc import RTCRtpCodecParameters
@@ -26,12 +26,6 @@ if TYPE_CHECKING:
 __all__ = ["MediaFrame", "Publication", "Sink"]
 
 log = logging.getLogger("odsmedia.sfu")
-
-
-class Sink(Protocol):
-    def on_frame(self, frame: MediaFrame) -> None: ...
-
-    def on_end(self) -> None: ...
 
 
 class Publication:

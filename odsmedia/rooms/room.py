@@ -172,9 +172,7 @@ class Room:
         if publication.forwarding:
             # Resume at a keyframe: viewers' decoders missed everything while muted.
             for sink in publication.sinks:
-                gate = getattr(sink, "gate", None)
-                if gate is not None:
-                    gate()
+                sink.restart_at_keyframe()
             publication.request_keyframe("unmuted")
         self.broadcast({"type": "track_muted" if muted else "track_unmuted",
                         "publication": publication.id, "by": by})

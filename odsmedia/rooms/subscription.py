@@ -74,7 +74,7 @@ class Subscription(MediaStreamTrack):
             self._gated = True
             self.publication.request_keyframe("subscriber_overflow")
 
-    def gate(self) -> None:
+    def restart_at_keyframe(self) -> None:
         """Drop what is queued and start again at the next keyframe (after unmute)."""
         self._queue.clear()
         if self.kind == "video":

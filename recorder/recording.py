@@ -1,22 +1,11 @@
-"""The recorder as a sink on the SFU fan-out, and the episode lifecycle.
+"""One episode being recorded: the HLS writer thread plus its rows and playlist.
 
-``Recorder`` observes the SFU: a room's first publication starts a
-``RoomRecording`` (one Episode), every audio/video publication gets a
-``TrackSink`` on its fan-out, and when the last one ends the episode is
-finalized after ``recording.reconnect_grace`` seconds, so a host who drops
-and comes back within the grace keeps recording into the same episode.
-
-Hot path (``TrackSink.on_frame``, on the event loop): place the frame on the
-episode timeline and queue it for the writer thread; nothing else.  Time
-alignment is by arrival: each track's first frame is pinned to its arrival
-time relative to the episode's first frame, and later frames follow their
-own RTP clock from there, so audio and video (separate publications with
-separate RTP clocks) line up without the RTCP sender-report mapping aiortc
-does not expose.
-
-Everything that touches Postgres or rewrites the playlist runs in one task
-per recording, in the order the writer reported it: segment file (written
-by the thread), then its row, then the playlist that lists it.
+Hot path (``TrackSink.on_frame`` -> ``RoomRecording.on_frame``, on the event
+loop): place the frame on the episode timeline and queue it for the writer
+thread; nothing else.  Everything that touches Postgres or rewrites the
+playlist runs in one task per recording, in the order the writer reported
+it: segment file (written by the thread), then its row, then the playlist
+that lists it.
 """
 
 from __future__ import annotations
@@ -27,19 +16,18 @@ import logging
 import time
 import uuid
 from collections import deque
-from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
-import asyncpg
-from aiohttp import web
-
-from odsmedia.files import kept
+from odsmedia.media.frame import MediaFrame
 
 from . import episodes, metrics
 from .episodes import SegmentRow
 from .hls import ClosedSegment, HlsWriter, Sample
 from .playlist import Playlist, PlaylistEntry
-from .storage import Storage
+from .track import TrackSink
+
+if TYPE_CHECKING:
+    from .recorder import Recorder
 
 log = logging.getLogger("odsmedia.recorder")
 
@@ -47,60 +35,6 @@ PLAYLIST = "index.m3u8"
 # Ask for the keyframe that ends a segment this long before the segment is due.
 KEYFRAME_LEAD = 0.3
 _FINISHED = object()
-
-
-def local_node_id(data_dir: Path) -> str:
-    """A stable id for this node's episodes, kept in the data dir (survives restarts)."""
-    return kept(data_dir / "recorder-node", str.strip, lambda: uuid.uuid4().hex[:16])
-
-
-# An RTP clock this far from the arrival clock has jumped (encoder restart, a
-# misread wrap), not drifted: the track is re-anchored to its arrival time.
-RESYNC_SECONDS = 5
-
-
-class TrackClock:
-    """Maps one publication's RTP timestamps onto the episode timeline."""
-
-    __slots__ = ("offset",)
-
-    def __init__(self) -> None:
-        self.offset: int | None = None
-
-    def pts(self, frame: Any, epoch: float) -> int:
-        rate = frame.clock_rate
-        expected = round((frame.arrival - epoch) * rate)
-        if self.offset is None or abs(self.offset + frame.timestamp - expected) > RESYNC_SECONDS * rate:
-            self.offset = expected - frame.timestamp
-        return self.offset + frame.timestamp
-
-
-class TrackSink:
-    """The recorder's sink on one publication's fan-out."""
-
-    __slots__ = ("recording", "kind", "request_keyframe", "clock", "waiting_keyframe", "ended")
-
-    def __init__(self, recording: "RoomRecording", kind: str, request_keyframe: Callable[[str], None]) -> None:
-        self.recording = recording
-        self.kind = kind
-        self.request_keyframe = request_keyframe
-        self.clock = TrackClock()
-        # Video enters the recording only at a keyframe (start, and after a dropped frame).
-        self.waiting_keyframe = kind == "video"
-        self.ended = False
-
-    def on_frame(self, frame: Any) -> None:
-        self.recording.on_frame(self, frame)
-
-    def gate(self) -> None:
-        """The SFU resumes forwarding (unmute): frames were skipped, restart at a keyframe."""
-        if self.kind == "video":
-            self.waiting_keyframe = True
-
-    def on_end(self) -> None:
-        if not self.ended:
-            self.ended = True
-            self.recording.track_ended(self)
 
 
 class RoomRecording:
@@ -163,7 +97,7 @@ class RoomRecording:
             sink.waiting_keyframe = True
             sink.request_keyframe("recorder")
 
-    def on_frame(self, sink: TrackSink, frame: Any) -> None:
+    def on_frame(self, sink: TrackSink, frame: MediaFrame) -> None:
         if self.active.get(sink.kind) is not sink or self.ending:
             return
         if self.epoch is None:
@@ -329,82 +263,3 @@ class RoomRecording:
         # What was captured stays playable; the status says whether it is complete.
         self.status = "interrupted" if failed or self.writer.error is not None else "ready"
         await episodes.set_status(db, self.episode_id, self.status, ended=True)
-
-
-class Recorder:
-    """The feature object at ``app[RECORDER]``; an SFU observer."""
-
-    def __init__(
-        self,
-        db: asyncpg.Pool,
-        storage: Storage,
-        *,
-        node: str,
-        segment_seconds: float = 4.0,
-        reconnect_grace: float = 10.0,
-        enabled: bool = True,
-        queue_size: int = 1024,
-        audio_codec: str = "opus",
-    ) -> None:
-        self.db = db
-        self.storage = storage
-        self.node = node
-        self.segment_seconds = segment_seconds
-        self.reconnect_grace = reconnect_grace
-        self.enabled = enabled
-        self.queue_size = queue_size
-        self.audio_codec = audio_codec
-        self.recordings: dict[str, RoomRecording] = {}
-        self._sinks: dict[int, tuple[Any, TrackSink]] = {}
-        self._ending: set[RoomRecording] = set()
-
-    # --- SFU observer ---------------------------------------------------------------------------
-
-    def on_publication_added(self, room: Any, publication: Any) -> None:
-        if not self.enabled or publication.kind not in ("audio", "video"):
-            return
-        recording = self.recording_for(room.record.id, room.slug, room.record.title)
-        sink = recording.add_track(publication.kind, publication.request_keyframe)
-        self._sinks[id(publication)] = (publication, sink)
-        publication.add_sink(sink)
-
-    def on_publication_removed(self, room: Any, publication: Any) -> None:
-        entry = self._sinks.pop(id(publication), None)
-        if entry is None:
-            return
-        _, sink = entry
-        publication.remove_sink(sink)
-        sink.on_end()
-
-    # --- recordings ------------------------------------------------------------------------------
-
-    def recording_for(self, room_id: int, slug: str, room_title: str = "") -> RoomRecording:
-        """The room's current recording, started if there is none."""
-        recording = self.recordings.get(slug)
-        if recording is None or recording.ending:
-            started = dt.datetime.now(dt.timezone.utc)
-            title = f"{room_title or slug} – {started:%Y-%m-%d %H:%M} UTC"
-            recording = RoomRecording(self, room_id, slug, title)
-            self.recordings[slug] = recording
-        return recording
-
-    def _recording_ended(self, recording: RoomRecording) -> None:
-        if self.recordings.get(recording.room_slug) is recording:
-            del self.recordings[recording.room_slug]
-        self._ending.add(recording)
-        recording.task.add_done_callback(lambda _t: self._ending.discard(recording))
-        for key, (publication, sink) in list(self._sinks.items()):
-            if sink.recording is recording:
-                del self._sinks[key]
-                publication.remove_sink(sink)
-
-    async def close(self) -> None:
-        """Shutdown: end every recording and wait until each episode is finalized."""
-        for recording in list(self.recordings.values()):
-            recording.end()
-        pending = [r.task for r in self._ending]
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
-
-
-RECORDER: web.AppKey[Recorder] = web.AppKey("recorder", Recorder)

@@ -1,0 +1,113 @@
+"""The recorder feature object: an SFU observer that records each live room.
+
+``Recorder`` observes the SFU: a room's first publication starts a
+``RoomRecording`` (one Episode), every audio/video publication gets a
+``TrackSink`` on its fan-out, and when the last one ends the episode is
+finalized after ``recording.reconnect_grace`` seconds, so a host who drops
+and comes back within the grace keeps recording into the same episode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import asyncpg
+from aiohttp import web
+
+from odsmedia.files import kept
+
+from .recording import RoomRecording
+from .storage import Storage
+from .track import TrackSink
+
+if TYPE_CHECKING:
+    from odsmedia.rooms.publication import Publication
+    from odsmedia.rooms.room import Room
+
+
+def local_node_id(data_dir: Path) -> str:
+    """A stable id for this node's episodes, kept in the data dir (survives restarts)."""
+    return kept(data_dir / "recorder-node", str.strip, lambda: uuid.uuid4().hex[:16])
+
+
+class Recorder:
+    """The feature object at ``app[RECORDER]``; an SFU observer."""
+
+    def __init__(
+        self,
+        db: asyncpg.Pool,
+        storage: Storage,
+        *,
+        node: str,
+        segment_seconds: float = 4.0,
+        reconnect_grace: float = 10.0,
+        enabled: bool = True,
+        queue_size: int = 1024,
+        audio_codec: str = "opus",
+    ) -> None:
+        self.db = db
+        self.storage = storage
+        self.node = node
+        self.segment_seconds = segment_seconds
+        self.reconnect_grace = reconnect_grace
+        self.enabled = enabled
+        self.queue_size = queue_size
+        self.audio_codec = audio_codec
+        self.recordings: dict[str, RoomRecording] = {}
+        self._sinks: dict[int, tuple[Publication, TrackSink]] = {}
+        self._ending: set[RoomRecording] = set()
+
+    # --- SFU observer ---------------------------------------------------------------------------
+
+    def on_publication_added(self, room: Room, publication: Publication) -> None:
+        if not self.enabled or publication.kind not in ("audio", "video"):
+            return
+        recording = self.recording_for(room.record.id, room.slug, room.record.title)
+        sink = recording.add_track(publication.kind, publication.request_keyframe)
+        self._sinks[id(publication)] = (publication, sink)
+        publication.add_sink(sink)
+
+    def on_publication_removed(self, room: Room, publication: Publication) -> None:
+        entry = self._sinks.pop(id(publication), None)
+        if entry is None:
+            return
+        _, sink = entry
+        publication.remove_sink(sink)
+        sink.on_end()
+
+    # --- recordings ------------------------------------------------------------------------------
+
+    def recording_for(self, room_id: int, slug: str, room_title: str = "") -> RoomRecording:
+        """The room's current recording, started if there is none."""
+        recording = self.recordings.get(slug)
+        if recording is None or recording.ending:
+            started = dt.datetime.now(dt.timezone.utc)
+            title = f"{room_title or slug} – {started:%Y-%m-%d %H:%M} UTC"
+            recording = RoomRecording(self, room_id, slug, title)
+            self.recordings[slug] = recording
+        return recording
+
+    def _recording_ended(self, recording: RoomRecording) -> None:
+        if self.recordings.get(recording.room_slug) is recording:
+            del self.recordings[recording.room_slug]
+        self._ending.add(recording)
+        recording.task.add_done_callback(lambda _t: self._ending.discard(recording))
+        for key, (publication, sink) in list(self._sinks.items()):
+            if sink.recording is recording:
+                del self._sinks[key]
+                publication.remove_sink(sink)
+
+    async def close(self) -> None:
+        """Shutdown: end every recording and wait until each episode is finalized."""
+        for recording in list(self.recordings.values()):
+            recording.end()
+        pending = [r.task for r in self._ending]
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+
+RECORDER: web.AppKey[Recorder] = web.AppKey("recorder", Recorder)
