@@ -18,7 +18,7 @@ from odsmedia.keys import CONFIG, GATE
 from odsmedia.rooms.errors import SfuError
 from odsmedia.rooms.participant import Participant
 from odsmedia.rooms.room import Room
-from odsmedia.rooms.routes import sfu_of
+from odsmedia.rooms.sfu import SFU
 from odsmedia.rooms.transport import MAX_SDP, Transport
 
 CORS = {
@@ -59,14 +59,10 @@ def _ice_links(request: web.Request) -> list[str]:
 
 
 def _find(request: web.Request, via: str) -> tuple[Room, Participant, Transport]:
-    room = sfu_of(request.app).get(request.match_info["slug"])
-    tid = request.match_info["session"]
-    if room is not None:
-        for participant in room.participants.values():
-            transport = participant.transports.get(tid)
-            if transport is not None and participant.via == via:
-                return room, participant, transport
-    raise SfuError(404, "unknown_session", "no such session")
+    found = request.app[SFU].find_session(request.match_info["slug"], request.match_info["session"], via)
+    if found is None:
+        raise SfuError(404, "unknown_session", "no such session")
+    return found
 
 
 def _created(request: web.Request, via: str, transport: Transport) -> web.Response:
@@ -86,9 +82,9 @@ async def whip_post(request: web.Request) -> web.Response:
             raise exc
         admission = await request.app[GATE].admit(request, request.match_info["slug"], Entry.PUBLISH)
         offer = await _read_sdp(request)
-        participant = Participant(admission.identity.subject, admission.identity.display_name or "WHIP publisher",
-                                  admission.role, via="whip")
-        room = await sfu_of(request.app).enter(admission.room, participant)
+        room, participant = await request.app[SFU].join(
+            admission.room, subject=admission.identity.subject,
+            name=admission.identity.display_name or "WHIP publisher", role=admission.role, via="whip")
         try:
             transport = await room.publish(participant, offer)
         except BaseException:
@@ -103,12 +99,13 @@ async def whep_post(request: web.Request) -> web.Response:
     try:
         admission = await request.app[GATE].admit(request, request.match_info["slug"], Entry.PLAY)
         offer = await _read_sdp(request)
-        live = sfu_of(request.app).get(admission.room.slug)
+        sfu = request.app[SFU]
+        live = sfu.get(admission.room.slug)
         if live is None or not live.publications:
             raise SfuError(409, "nothing_published", "nothing is published in this room yet")
-        participant = Participant(admission.identity.subject, admission.identity.display_name or "WHEP viewer",
-                                  admission.role, via="whep")
-        room = await sfu_of(request.app).enter(admission.room, participant)
+        room, participant = await sfu.join(
+            admission.room, subject=admission.identity.subject,
+            name=admission.identity.display_name or "WHEP viewer", role=admission.role, via="whep")
         try:
             transport = await room.subscribe(participant, None, offer=offer)
         except BaseException:

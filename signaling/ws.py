@@ -25,7 +25,7 @@ from odsmedia.media.ice import browser_ice_servers
 from odsmedia.rooms.errors import SfuError
 from odsmedia.rooms.participant import Participant
 from odsmedia.rooms.room import Room
-from odsmedia.rooms.routes import sfu_of
+from odsmedia.rooms.sfu import SFU
 from odsmedia.rooms.transport import PublisherTransport, SubscriberTransport
 
 log = logging.getLogger("odsmedia.signaling")
@@ -58,7 +58,8 @@ def _str_field(message: dict[str, Any], key: str, *, required: bool = True, limi
     return value
 
 
-def _display_name(admission: Admission, requested: Any, participant_hint: str) -> str:
+def _display_name(admission: Admission, requested: Any) -> str | None:
+    """The name others see; None: the participant's default (its role and a bit of its id)."""
     if admission.identity.display_name:
         return admission.identity.display_name[:NAME_MAX]
     if requested is not None:
@@ -68,7 +69,7 @@ def _display_name(admission: Admission, requested: Any, participant_hint: str) -
         if not 1 <= len(name) <= NAME_MAX or any(ord(c) < 32 for c in name):
             raise Invalid(f"name must be 1-{NAME_MAX} printable characters")
         return name
-    return f"{admission.role.capitalize()} {participant_hint}"
+    return None
 
 
 class Session:
@@ -182,13 +183,11 @@ class Session:
             admission = await gate.admit_token(token, self.slug, Entry.JOIN)
         else:
             admission = await gate.admit(self.request, self.slug, Entry.JOIN)
-        self.admission = admission
-        participant = Participant(admission.identity.subject, "", admission.role, via="ws")
-        participant.name = _display_name(admission, message.get("name"), participant.id[-4:])
-        participant.close_socket = lambda code: asyncio.ensure_future(self.ws.close(code=code))
-        participant.attach(self._write)
-        self.participant = participant
-        self.room = await sfu_of(self.app).enter(admission.room, participant)
+        self.room, participant = await self.app[SFU].join(
+            admission.room, subject=admission.identity.subject, name=_display_name(admission, message.get("name")),
+            role=admission.role, via="ws", write=self._write,
+            close_socket=lambda code: asyncio.ensure_future(self.ws.close(code=code)))
+        self.admission, self.participant = admission, participant
         await self.reply({
             "type": "joined", "ref": ref,
             "participant": participant.describe(),

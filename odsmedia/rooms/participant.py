@@ -22,10 +22,12 @@ Writer = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 class Participant:
-    def __init__(self, subject: str, name: str, role: str, *, via: str = "ws") -> None:
+    def __init__(self, subject: str, name: str | None, role: str, *, via: str = "ws",
+                 close_socket: Callable[[int], None] | None = None) -> None:
         self.id = "PA" + secrets.token_hex(5)
         self.subject = subject
-        self.name = name
+        # Without a name of its own a participant is called by its role and a bit of its id.
+        self.name = name if name is not None else f"{role.capitalize()} {self.id[-4:]}"
         self.role = role
         self.via = via                      # "ws" | "whip" | "whep"
         self.transports: dict[str, "Transport"] = {}
@@ -34,7 +36,7 @@ class Participant:
         self._wake: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
         # Closes the signaling socket with a WebSocket close code (None: no socket, WHIP/WHEP).
-        self.close_socket: Callable[[int], None] | None = None
+        self.close_socket = close_socket
 
     # --- events -----------------------------------------------------------------------------
 

@@ -23,14 +23,10 @@ from .placement import Placement
 from .sfu import SFU, Sfu
 
 
-def sfu_of(app: web.Application) -> Sfu:
-    return app[SFU]
-
-
 async def room_info(request: web.Request) -> web.Response:
     """Public room facts a page needs before joining: title, access, liveness, ICE servers."""
     record = await directory.require(request.app[DB], request.match_info["slug"])
-    room = sfu_of(request.app).get(record.slug)
+    room = request.app[SFU].get(record.slug)
     publications = list(room.publications.values()) if room else []
     return json_response({
         **record.public(),
@@ -43,7 +39,7 @@ async def room_info(request: web.Request) -> web.Response:
 async def participants(request: web.Request) -> web.Response:
     """Who is in the room now (needs the same admission as joining)."""
     await request.app[GATE].admit(request, request.match_info["slug"], Entry.JOIN)
-    room = sfu_of(request.app).get(request.match_info["slug"])
+    room = request.app[SFU].get(request.match_info["slug"])
     snapshot = room.snapshot() if room else {"participants": [], "publications": []}
     return json_response(snapshot, headers={"Cache-Control": "no-store"})
 

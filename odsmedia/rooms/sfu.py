@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from aiohttp import web
 
 from ..channels import control_channel
 from .errors import SfuError
+from .participant import Participant, Writer
 from .placement import Placement, RoomOnOtherNode
 from .room import Room
 from .transport import CONNECT_TIMEOUT
@@ -24,8 +25,8 @@ if TYPE_CHECKING:
     from ..bus import Bus
     from ..config import Config
     from .directory import RoomRecord
-    from .participant import Participant
     from .publication import Publication
+    from .transport import Transport
 
 log = logging.getLogger("odsmedia.sfu")
 
@@ -80,6 +81,33 @@ class Sfu:
 
     def get(self, slug: str) -> Room | None:
         return self.rooms.get(slug)
+
+    # --- what the edges (signaling socket, WHIP, WHEP) use -----------------------------------
+
+    async def join(self, record: "RoomRecord", *, subject: str, name: str | None, role: str, via: str,
+                   write: "Writer | None" = None,
+                   close_socket: "Callable[[int], None] | None" = None) -> tuple[Room, "Participant"]:
+        """A new participant, complete (its event writer attached, its socket closer set), joined
+        to the live room.  The caller has admitted ``subject`` through the gate with ``role``."""
+        participant = Participant(subject, name, role, via=via, close_socket=close_socket)
+        if write is not None:
+            participant.attach(write)
+        try:
+            room = await self.enter(record, participant)
+        except BaseException:
+            participant.stop()
+            raise
+        return room, participant
+
+    def find_session(self, slug: str, transport_id: str, via: str) -> "tuple[Room, Participant, Transport] | None":
+        """The WHIP or WHEP session (one participant, one transport) behind a resource URL."""
+        room = self.rooms.get(slug)
+        if room is not None:
+            for participant in room.participants.values():
+                transport = participant.transports.get(transport_id)
+                if transport is not None and participant.via == via:
+                    return room, participant, transport
+        return None
 
     async def room_empty(self, room: Room) -> None:
         if self.rooms.get(room.slug) is room and not room.participants:
