@@ -26,13 +26,13 @@ from odsmedia.rooms.errors import SfuError
 from odsmedia.rooms.participant import Participant
 from odsmedia.rooms.room import Room
 from odsmedia.rooms.sfu import SFU
+from odsmedia.wire import NAME_MAX, clean_name, valid_ref
 from odsmedia.rooms.transport import PublisherTransport, SubscriberTransport
 
 log = logging.getLogger("odsmedia.signaling")
 
 MAX_MESSAGE = 256 * 1024
 JOIN_TIMEOUT = 10.0
-NAME_MAX = 40
 
 SOCKETS: "weakref.WeakSet[web.WebSocketResponse]" = weakref.WeakSet()
 
@@ -44,7 +44,7 @@ class Invalid(SfuError):
 
 def _ref(message: dict[str, Any]) -> Any:
     ref = message.get("ref")
-    if ref is None or (isinstance(ref, (str, int)) and not isinstance(ref, bool) and len(str(ref)) <= 64):
+    if valid_ref(ref):
         return ref
     raise Invalid("ref must be a string or integer of at most 64 characters")
 
@@ -65,8 +65,8 @@ def _display_name(admission: Admission, requested: Any) -> str | None:
     if requested is not None:
         if not isinstance(requested, str):
             raise Invalid("name must be a string")
-        name = " ".join(requested.split())
-        if not 1 <= len(name) <= NAME_MAX or any(ord(c) < 32 for c in name):
+        name = clean_name(requested)
+        if name is None:
             raise Invalid(f"name must be 1-{NAME_MAX} printable characters")
         return name
     return None

@@ -16,9 +16,9 @@ from ..auth import accounts
 from ..errors import ApiError
 from ..gate import Admission, Entry
 from ..keys import BUS, CONFIG, DB, GATE
+from ..wire import clean_name
 from . import store
 from .hub import ChatHub
-from .items import clean_name
 from .limits import PostLimits
 from .moderation import Moderation
 

@@ -17,7 +17,6 @@ from typing import Any
 import asyncpg
 
 KINDS = ("message", "question", "highlight")
-NAME_MAX = 40
 
 
 class ChatError(Exception):
@@ -108,15 +107,3 @@ def clean_text(raw: Any, *, max_length: int, allow_empty: bool = False) -> str:
     if len(text) > max_length:
         raise ChatError("too_long", f"text is longer than {max_length} characters", max_length=max_length)
     return text
-
-
-def clean_name(raw: Any) -> str | None:
-    """A display name a client supplied (anonymous viewers), or None when unusable."""
-    if not isinstance(raw, str):
-        return None
-    name = " ".join(unicodedata.normalize("NFC", raw).split())
-    if not name or len(name) > NAME_MAX:
-        return None
-    if any(unicodedata.category(c).startswith("C") for c in name):
-        return None
-    return name

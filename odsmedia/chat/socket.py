@@ -21,6 +21,7 @@ from ..errors import ApiError
 from ..gate import Admission, Entry
 from ..rooms import directory
 from ..rooms.directory import RoomRecord
+from ..wire import valid_ref
 from recorder import episodes
 from . import store
 from .feature import CHAT, Chat
@@ -135,7 +136,7 @@ def _parse_after(raw: Any) -> int | None:
 
 def _parse_ref(data: dict[str, Any]) -> Any:
     ref = data.get("ref")
-    if ref is not None and (not isinstance(ref, (str, int)) or isinstance(ref, bool) or len(str(ref)) > 64):
+    if not valid_ref(ref):
         raise ChatError("invalid_ref", "ref must be a string or integer of at most 64 characters")
     return ref
 
