@@ -52,7 +52,8 @@ from odsmedia.storage import migrate  # noqa: E402
 from recorder import episodes  # noqa: E402
 from recorder.recorder import Recorder  # noqa: E402
 from recorder.storage import LocalStorage  # noqa: E402
-from recorder.synthetic import SyntheticSession, draw_counter, read_segment  # noqa: E402
+from testsupport.counter import draw_counter  # noqa: E402
+from testsupport.synthetic import SyntheticSession, read_segment  # noqa: E402
 
 ADMIN_DSN = os.environ.get("ODS_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 

@@ -17,7 +17,7 @@ from odsmedia.media import ice
 from odsmedia.media.frame import MediaFrame
 from odsmedia.media.receiver import QUEUE_ATTR, RTX_ATTR, STARTED_ATTR, tap
 from odsmedia.media.sender import ENCODER_ATTR, LEAN_ATTRS, LEAN_DTLS_ATTRS, Packer, install_packer
-from odsmedia.media.testing import CounterVideoTrack, peer
+from testsupport.peers import CounterVideoTrack, peer
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -7,7 +7,7 @@ import pytest
 from aiortc import RTCIceCandidate
 
 from odsmedia.media import ice
-from odsmedia.media.testing import peer
+from testsupport.peers import peer
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ import pytest
 from conftest import make_config
 from odsmedia.app import make_app
 from odsmedia.rooms.sfu import SFU
-from odsmedia.media.testing import Publisher, SignalingClient, SignalingError, Viewer
+from testsupport.peers import Publisher, SignalingClient, SignalingError, Viewer
 from test_chat_support import ChatSocket
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.slow]

@@ -12,7 +12,7 @@ from recorder import episodes
 from recorder.recording import PLAYLIST
 from recorder.recorder import Recorder
 from recorder.storage import LocalStorage
-from recorder.synthetic import SyntheticSession, read_segment
+from testsupport.synthetic import SyntheticSession, read_segment
 
 
 async def wait_for(condition, timeout=20.0, what="condition"):

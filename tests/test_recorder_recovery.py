@@ -15,7 +15,7 @@ from odsmedia.app import make_app
 from recorder.recorder import RECORDER
 from recorder import episodes
 from recorder.recorder import local_node_id
-from recorder.synthetic import SyntheticSession, read_segment
+from testsupport.synthetic import SyntheticSession, read_segment
 
 # The recording process: a Recorder on the test database, fed a paced synthetic
 # session; it prints each segment as it is listed and never gets to finish.
@@ -25,7 +25,7 @@ RECORDING_PROCESS = textwrap.dedent("""
     from odsmedia.storage import connect
     from recorder.recorder import Recorder, local_node_id
     from recorder.storage import LocalStorage
-    from recorder.synthetic import SyntheticSession
+    from testsupport.synthetic import SyntheticSession
 
     async def main(dsn, data_dir, room_id, slug):
         data_dir = Path(data_dir)
@@ -168,7 +168,7 @@ async def test_killed_server_with_a_whip_publisher_restarts_and_finalizes(servic
 
     from conftest import ODSMEDIA, odsmedia_env
     from odsmedia.media import ice
-    from odsmedia.media.testing import CounterVideoTrack, peer
+    from testsupport.peers import CounterVideoTrack, peer
 
     ice.configure(["127.0.0.1"])     # this test process's peer: loopback only
     room = await room_factory()

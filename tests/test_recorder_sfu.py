@@ -12,9 +12,9 @@ from conftest import make_config
 from odsmedia.app import make_app
 from recorder.recorder import RECORDER
 from odsmedia.rooms.sfu import SFU
-from odsmedia.media.testing import CounterVideoTrack, peer, read_counter
+from testsupport.peers import CounterVideoTrack, peer, read_counter
 from recorder import episodes
-from recorder.synthetic import read_segment
+from testsupport.synthetic import read_segment
 
 pytestmark = pytest.mark.timeout(120)
 SDP = {"Content-Type": "application/sdp"}
@@ -125,7 +125,7 @@ async def test_observer_records_publications_and_honours_recording_enabled(db, r
     from odsmedia.rooms.sfu import Sfu
     from recorder.recorder import Recorder
     from recorder.storage import LocalStorage
-    from recorder.synthetic import SyntheticSession
+    from testsupport.synthetic import SyntheticSession
 
     record = await room_factory()
     sfu = Sfu(config)

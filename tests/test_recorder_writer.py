@@ -12,7 +12,7 @@ from recorder.hls import HlsWriter, Sample
 from recorder.playlist import Playlist, PlaylistEntry
 from recorder.clock import TrackClock
 from recorder.storage import LocalStorage, StorageError
-from recorder.synthetic import SyntheticSession, read_segment
+from testsupport.synthetic import SyntheticSession, read_segment
 
 
 def record(storage, frames, *, segment_seconds=2.0, key="ep", queue_size=4096, clocks=None, epoch=None):

@@ -12,7 +12,7 @@ import pytest
 from odsmedia.rooms.sfu import SFU
 from odsmedia.media.receiver import EncodedFrameTap
 from odsmedia.media.sender import ENCODER_ATTR, Packer
-from odsmedia.media.testing import Publisher, SignalingClient, Viewer
+from testsupport.peers import Publisher, SignalingClient, Viewer
 from odsmedia.rooms.transport import PublisherTransport, SubscriberTransport
 
 pytestmark = pytest.mark.timeout(90)

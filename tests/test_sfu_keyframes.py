@@ -10,7 +10,7 @@ import pytest
 from aiortc import RTCRtpCodecParameters
 
 from odsmedia.media.frame import MediaFrame, h264_is_keyframe, is_keyframe
-from odsmedia.media.testing import Publisher, SignalingClient, Viewer
+from testsupport.peers import Publisher, SignalingClient, Viewer
 from odsmedia.rooms.participant import Participant
 from odsmedia.rooms.publication import Publication
 from odsmedia.rooms.subscription import Subscription

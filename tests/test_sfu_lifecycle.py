@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from odsmedia.rooms.sfu import SFU
-from odsmedia.media.testing import Publisher, SignalingClient, Viewer
+from testsupport.peers import Publisher, SignalingClient, Viewer
 from odsmedia.rooms.subscription import Subscription
 from odsmedia.rooms.transport import SubscriberTransport
 

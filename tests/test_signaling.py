@@ -9,7 +9,7 @@ import pytest
 
 from odsmedia.keys import BUS
 from odsmedia.rooms.sfu import SFU
-from odsmedia.media.testing import Publisher, SignalingClient, SignalingError, Viewer
+from testsupport.peers import Publisher, SignalingClient, SignalingError, Viewer
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -10,7 +10,7 @@ from aiortc import AudioStreamTrack, MediaStreamTrack, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 from odsmedia.rooms.sfu import SFU
-from odsmedia.media.testing import CounterVideoTrack, peer, read_counter
+from testsupport.peers import CounterVideoTrack, peer, read_counter
 
 pytestmark = pytest.mark.timeout(90)
 SDP = {"Content-Type": "application/sdp"}

@@ -1,10 +1,10 @@
-"""A synthetic publisher and an episode reader, for tests and bench/recorder.py.
+"""A synthetic publisher and an episode reader, for tests and bench/.
 
 ``SyntheticSession`` encodes what a browser publisher would send: H.264
 constrained baseline in Annex B with SPS/PPS on every IDR (libx264), and
 20 ms Opus packets (libopus), as ``MediaFrame``s carrying RTP-style
 timestamps relative to each track's first frame and arrival times.  Each
-picture carries its frame index as a row of black/white blocks, and the
+picture carries its frame index (``counter``), and the
 audio is silent except for a 1 kHz beep starting on every whole second of
 source time, so a reader can check that no frame went missing and measure
 how far audio sits from video.
@@ -26,38 +26,7 @@ import av
 
 from odsmedia.media.frame import MediaFrame
 
-BITS = 18            # 2^18 frames: over 2 hours at 30 fps before the counter wraps
-BLOCK = 16
-
-
-def draw_counter(index: int, width: int, height: int) -> av.VideoFrame:
-    luma = bytearray(b"\x20" * (width * height))
-    for bit in range(BITS):
-        if (index >> bit) & 1:
-            x = bit * BLOCK
-            for row in range(BLOCK):
-                start = row * width + x
-                luma[start:start + BLOCK] = b"\xe0" * BLOCK
-    frame = av.VideoFrame(width, height, "yuv420p")
-    frame.planes[0].update(bytes(luma))
-    for plane in (frame.planes[1], frame.planes[2]):
-        plane.update(b"\x80" * plane.buffer_size)
-    return frame
-
-
-def read_counter(frame: av.VideoFrame) -> int:
-    gray = frame.reformat(format="gray")
-    plane = gray.planes[0]
-    stride = plane.line_size
-    data = bytes(plane)
-    value = 0
-    row = BLOCK // 2
-    for bit in range(BITS):
-        x = bit * BLOCK + BLOCK // 2
-        if data[row * stride + x] > 128:
-            value |= 1 << bit
-    return value
-
+from .counter import draw_counter, read_counter
 
 @dataclass
 class SyntheticSession:

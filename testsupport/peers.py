@@ -1,10 +1,10 @@
 """Peers for tests and benchmarks: a frame-counter video source, a
 signaling client, and viewers that decode (or just count) what they get.
 
-The video source writes its frame index into the picture as 16 black/white
-16x64 blocks, which survive H.264/VP8 compression, so a viewer can check
-that no frame went missing on the way through the SFU.  Everything here
-runs on loopback with the process-wide ICE policy of ``media.ice``.
+The video source draws its frame index into each picture (``counter``), so
+a viewer can check that no frame went missing on the way through the SFU.
+Everything here runs on loopback with the process-wide ICE policy of
+``odsmedia.media.ice``.
 """
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ import orjson
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from . import ice
+from odsmedia.media import ice
 
-BITS = 16
-BLOCK = 16
-WIDTH, HEIGHT = BITS * BLOCK, 64
+from .counter import HEIGHT, WIDTH, draw_counter, read_counter
+
+__all__ = ["CounterVideoTrack", "Publisher", "Received", "SignalingClient", "SignalingError", "Viewer", "peer",
+           "read_counter"]
 
 
 class CounterVideoTrack(MediaStreamTrack):
@@ -51,32 +52,11 @@ class CounterVideoTrack(MediaStreamTrack):
             wait = self._start + self.index / self.fps - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
-        frame = av.VideoFrame(self.width, self.height, "yuv420p")
-        frame.planes[0].update(counter_luma(self.index, self.width, self.height))
-        for plane in frame.planes[1:]:
-            plane.update(bytes([128]) * plane.buffer_size)
+        frame = draw_counter(self.index, self.width, self.height)
         frame.pts = self.index * (90000 // self.fps)
         frame.time_base = fractions.Fraction(1, 90000)
         self.index += 1
         return frame
-
-
-def counter_luma(index: int, width: int, height: int) -> bytes:
-    row = bytearray()
-    for bit in range(BITS):
-        row += bytes([235 if index >> (BITS - 1 - bit) & 1 else 16]) * BLOCK
-    row += bytes([16]) * (width - len(row))
-    return bytes(row) * height
-
-
-def read_counter(frame: av.VideoFrame) -> int:
-    plane = frame.planes[0]
-    data = bytes(plane)
-    y = min(frame.height, HEIGHT) // 2
-    value = 0
-    for bit in range(BITS):
-        value = value << 1 | (1 if data[y * plane.line_size + bit * BLOCK + BLOCK // 2] > 128 else 0)
-    return value
 
 
 def peer() -> RTCPeerConnection:
