@@ -27,6 +27,7 @@ from odsmedia.app import make_app
 from odsmedia.auth import tokens
 from odsmedia.rooms import directory
 from odsmedia.storage import migrate
+from testsupport.peers import Peers
 
 REPO = Path(__file__).resolve().parent.parent
 LOCAL_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -161,6 +162,15 @@ def token_factory(db):
         return token
 
     return mint
+
+
+@pytest.fixture
+async def peers(token_factory) -> AsyncIterator[Peers]:
+    """Signaling clients, publishers and viewers for this test (testsupport.peers.Peers),
+    all closed when it ends.  Ask for ``client`` first, so they close before the server."""
+    group = Peers(token_factory)
+    yield group
+    await group.close()
 
 
 def odsmedia_env(service_urls: ServiceUrls, data_dir: Path, **extra: str) -> dict[str, str]:

@@ -11,7 +11,7 @@ import pytest
 from conftest import make_config
 from odsmedia.app import make_app
 from odsmedia.rooms.sfu import SFU
-from testsupport.peers import Publisher, SignalingClient, SignalingError, Viewer
+from testsupport.peers import SignalingError, Viewer
 from test_chat_support import ChatSocket
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.slow]
@@ -25,20 +25,16 @@ async def frames_reach(watcher: Viewer, count: int, timeout: float = 20.0) -> No
 
 
 async def test_moderator_mute_from_another_node_stops_frames_at_an_aiortc_viewer(
-        aiohttp_client, service_urls, tmp_path, room_factory, token_factory, db):
+        aiohttp_client, peers, service_urls, tmp_path, room_factory, token_factory, db):
     sfu_node = await aiohttp_client(make_app(make_config(service_urls, tmp_path / "sfu")))
     chat_node = await aiohttp_client(make_app(make_config(service_urls, tmp_path / "chat")))
     room = await room_factory()
-    host = SignalingClient(str(sfu_node.make_url("")), room.slug)
-    viewer = SignalingClient(str(sfu_node.make_url("")), room.slug)
-    await host.connect()
-    await viewer.connect()
-    publisher = Publisher(host)
-    watcher = Viewer(viewer)
+    publisher = await peers.host(sfu_node, room)
+    host = publisher.client
+    watcher = await peers.viewer(sfu_node, room)
+    viewer = watcher.client
     mod = await ChatSocket.open(chat_node, f"/rooms/{room.slug}/chat", token=await token_factory(room, "moderator"))
     try:
-        await host.join(await token_factory(room, "host"))
-        await viewer.join()
         reply = await publisher.publish(fps=15, audio=False)
         video = reply["publications"][0]["id"]
         await watcher.subscribe()
@@ -72,7 +68,3 @@ async def test_moderator_mute_from_another_node_stops_frames_at_an_aiortc_viewer
         print(f"moderator mute -> track_muted at the viewer: {effect_ms:.1f} ms")
     finally:
         await mod.close()
-        await watcher.close()
-        await publisher.close()
-        await viewer.close()
-        await host.close()

@@ -12,7 +12,7 @@ import pytest
 from odsmedia.rooms.sfu import SFU
 from odsmedia.media.receiver import EncodedFrameTap
 from odsmedia.media.sender import ENCODER_ATTR, Packer
-from testsupport.peers import Publisher, SignalingClient, Viewer
+from testsupport.peers import Viewer
 from odsmedia.rooms.transport import PublisherTransport, SubscriberTransport
 
 pytestmark = pytest.mark.timeout(90)
@@ -51,121 +51,82 @@ def assert_consecutive(counters: list[int]) -> None:
     assert not gaps, f"frame counter gaps: {gaps[:5]}"
 
 
-async def test_one_publisher_three_viewers_no_gaps_and_no_server_codec(client, room_factory, token_factory,
-                                                                      codec_calls):
+async def test_one_publisher_three_viewers_no_gaps_and_no_server_codec(client, peers, room_factory, codec_calls):
     room = await room_factory()
-    base = str(client.make_url(""))
-    host = SignalingClient(base, room.slug)
-    await host.connect()
-    await host.join(await token_factory(room, "host"))
-    publisher = Publisher(host)
+    publisher = await peers.host(client, room)
     viewers: list[Viewer] = []
-    try:
-        reply = await publisher.publish(fps=15)
-        assert {p["kind"] for p in reply["publications"]} == {"audio", "video"}
-        video_pub = next(p for p in reply["publications"] if p["kind"] == "video")
-        assert video_pub["codec"] == "H264"       # preferred over VP8 when offered
-        for n in range(3):
-            c = SignalingClient(base, room.slug)
-            await c.connect()
-            joined = await c.join(name=f"viewer {n}")
-            assert {p["id"] for p in joined["publications"]} == {p["id"] for p in reply["publications"]}
-            viewer = Viewer(c)
-            await viewer.subscribe()
-            viewers.append(viewer)
-        await wait_for(lambda: all(v.video() and len(v.video().counters) >= 30 and v.audio()
-                                   and v.audio().frames >= 20 for v in viewers), 40, "30 video frames per viewer")
-        for viewer in viewers:
-            assert_consecutive(viewer.video().counters)
-            assert viewer.audio().frames >= 20
-
-        # The server side never decoded or encoded: its receivers are tapped, its senders only pack.
-        sfu = client.server.app[SFU]
-        live = sfu.get(room.slug)
-        server_receivers = [t.receiver for p in live.participants.values() for tr in p.transports.values()
-                            if isinstance(tr, PublisherTransport) for t in tr.pc.getTransceivers()]
-        server_senders = [t.sender for p in live.participants.values() for tr in p.transports.values()
-                          if isinstance(tr, SubscriberTransport) for t in tr.pc.getTransceivers()]
-        assert len(server_receivers) == 2 and len(server_senders) == 6
-        for receiver in server_receivers:
-            tap = receiver._RTCRtpReceiver__decoder_queue
-            assert isinstance(tap, EncodedFrameTap) and tap.frames > 0
-        for sender in server_senders:
-            packer = getattr(sender, ENCODER_ATTR)
-            assert isinstance(packer, Packer) and packer.frames > 0
-            assert "_run_rtp" in vars(sender)                  # the lean loop, not aiortc's
-            assert getattr(sender, "_RTCRtpSender__packet_count") >= packer.frames
-        # NACK: aiortc's retransmission path still finds the lean loop's packets.
-        video_sender = next(s for s in server_senders if s.kind == "video")
-        history = getattr(video_sender, "_RTCRtpSender__rtp_history")
-        dtls = video_sender.transport
-        sent_before = getattr(dtls, "_RTCDtlsTransport__tx_packets")
-        latest = max(history.values(), key=lambda p: p.sequence_number if p else -1)
-        await video_sender._retransmit(latest.sequence_number)
-        assert getattr(dtls, "_RTCDtlsTransport__tx_packets") >= sent_before + 1
-        stats = await video_sender.getStats()
-        assert any(getattr(s, "packetsSent", 0) > 0 for s in stats.values())
-        # Decoders: exactly the 3 viewers x (audio + video); encoders: exactly the publisher's two.
-        assert sorted(codec_calls["decoders"]) == sorted(["H264", "opus"] * 3)
-        assert sorted(codec_calls["encoders"]) == ["H264", "opus"]
-    finally:
-        for viewer in viewers:
-            await viewer.close()
-            await viewer.client.close()
-        await publisher.close()
-        await host.close()
-
-
-async def test_vp8_publisher_is_forwarded_as_vp8(client, room_factory, token_factory, codec_calls):
-    room = await room_factory()
-    base = str(client.make_url(""))
-    host = SignalingClient(base, room.slug)
-    await host.connect()
-    await host.join(await token_factory(room, "host"))
-    publisher = Publisher(host)
-    viewer = Viewer(SignalingClient(base, room.slug))
-    try:
-        reply = await publisher.publish(fps=15, audio=False, codec="VP8")
-        assert [p["codec"] for p in reply["publications"]] == ["VP8"]
-        await viewer.client.connect()
-        await viewer.client.join()
-        offer = await viewer.subscribe()
-        assert "VP8/90000" in offer["sdp"] and "H264" not in offer["sdp"]   # pinned to the publisher's codec
-        await wait_for(lambda: viewer.video() and len(viewer.video().counters) >= 20, 30, "20 VP8 frames")
+    reply = await publisher.publish(fps=15)
+    assert {p["kind"] for p in reply["publications"]} == {"audio", "video"}
+    video_pub = next(p for p in reply["publications"] if p["kind"] == "video")
+    assert video_pub["codec"] == "H264"       # preferred over VP8 when offered
+    for n in range(3):
+        viewer = await peers.viewer(client, room, name=f"viewer {n}")
+        joined = viewer.client.joined
+        assert {p["id"] for p in joined["publications"]} == {p["id"] for p in reply["publications"]}
+        await viewer.subscribe()
+        viewers.append(viewer)
+    await wait_for(lambda: all(v.video() and len(v.video().counters) >= 30 and v.audio()
+                               and v.audio().frames >= 20 for v in viewers), 40, "30 video frames per viewer")
+    for viewer in viewers:
         assert_consecutive(viewer.video().counters)
-        assert codec_calls["decoders"] == ["VP8"] and codec_calls["encoders"] == ["VP8"]
-    finally:
-        await viewer.close()
-        await viewer.client.close()
-        await publisher.close()
-        await host.close()
+        assert viewer.audio().frames >= 20
+
+    # The server side never decoded or encoded: its receivers are tapped, its senders only pack.
+    sfu = client.server.app[SFU]
+    live = sfu.get(room.slug)
+    server_receivers = [t.receiver for p in live.participants.values() for tr in p.transports.values()
+                        if isinstance(tr, PublisherTransport) for t in tr.pc.getTransceivers()]
+    server_senders = [t.sender for p in live.participants.values() for tr in p.transports.values()
+                      if isinstance(tr, SubscriberTransport) for t in tr.pc.getTransceivers()]
+    assert len(server_receivers) == 2 and len(server_senders) == 6
+    for receiver in server_receivers:
+        tap = receiver._RTCRtpReceiver__decoder_queue
+        assert isinstance(tap, EncodedFrameTap) and tap.frames > 0
+    for sender in server_senders:
+        packer = getattr(sender, ENCODER_ATTR)
+        assert isinstance(packer, Packer) and packer.frames > 0
+        assert "_run_rtp" in vars(sender)                  # the lean loop, not aiortc's
+        assert getattr(sender, "_RTCRtpSender__packet_count") >= packer.frames
+    # NACK: aiortc's retransmission path still finds the lean loop's packets.
+    video_sender = next(s for s in server_senders if s.kind == "video")
+    history = getattr(video_sender, "_RTCRtpSender__rtp_history")
+    dtls = video_sender.transport
+    sent_before = getattr(dtls, "_RTCDtlsTransport__tx_packets")
+    latest = max(history.values(), key=lambda p: p.sequence_number if p else -1)
+    await video_sender._retransmit(latest.sequence_number)
+    assert getattr(dtls, "_RTCDtlsTransport__tx_packets") >= sent_before + 1
+    stats = await video_sender.getStats()
+    assert any(getattr(s, "packetsSent", 0) > 0 for s in stats.values())
+    # Decoders: exactly the 3 viewers x (audio + video); encoders: exactly the publisher's two.
+    assert sorted(codec_calls["decoders"]) == sorted(["H264", "opus"] * 3)
+    assert sorted(codec_calls["encoders"]) == ["H264", "opus"]
 
 
-async def test_viewer_gets_publications_that_appear_later_from_two_publishers(client, room_factory, token_factory):
+async def test_vp8_publisher_is_forwarded_as_vp8(client, peers, room_factory, codec_calls):
     room = await room_factory()
-    base = str(client.make_url(""))
-    viewer = Viewer(SignalingClient(base, room.slug))
-    hosts = [SignalingClient(base, room.slug) for _ in range(2)]
-    publishers = [Publisher(h) for h in hosts]
-    try:
-        await viewer.client.connect()
-        joined = await viewer.client.join()
-        assert joined["publications"] == []
-        for host, publisher in zip(hosts, publishers):       # host and co-host go live after the viewer joined
-            await host.connect()
-            await host.join(await token_factory(room, "host"))
-            reply = await publisher.publish(fps=15, audio=False)
-            event = await viewer.client.next_event("track_published")
-            assert event["publication"]["id"] == reply["publications"][0]["id"]
-            await viewer.subscribe([event["publication"]["id"]])
-        assert len(viewer.pcs) == 2
-        await wait_for(lambda: len(viewer.received) == 2
-                       and all(len(r.counters) >= 15 for r in viewer.received.values()), 30, "both publications")
-        for received in viewer.received.values():
-            assert_consecutive(received.counters)
-    finally:
-        await viewer.close()
-        await viewer.client.close()
-        for publisher, host in zip(publishers, hosts):
-            await publisher.close()
-            await host.close()
+    publisher = await peers.host(client, room)
+    reply = await publisher.publish(fps=15, audio=False, codec="VP8")
+    assert [p["codec"] for p in reply["publications"]] == ["VP8"]
+    viewer = await peers.viewer(client, room)
+    offer = await viewer.subscribe()
+    assert "VP8/90000" in offer["sdp"] and "H264" not in offer["sdp"]   # pinned to the publisher's codec
+    await wait_for(lambda: viewer.video() and len(viewer.video().counters) >= 20, 30, "20 VP8 frames")
+    assert_consecutive(viewer.video().counters)
+    assert codec_calls["decoders"] == ["VP8"] and codec_calls["encoders"] == ["VP8"]
+
+
+async def test_viewer_gets_publications_that_appear_later_from_two_publishers(client, peers, room_factory):
+    room = await room_factory()
+    viewer = await peers.viewer(client, room)
+    assert viewer.client.joined["publications"] == []
+    for _ in range(2):       # host and co-host go live after the viewer joined
+        publisher = await peers.host(client, room)
+        reply = await publisher.publish(fps=15, audio=False)
+        event = await viewer.client.next_event("track_published")
+        assert event["publication"]["id"] == reply["publications"][0]["id"]
+        await viewer.subscribe([event["publication"]["id"]])
+    assert len(viewer.pcs) == 2
+    await wait_for(lambda: len(viewer.received) == 2
+                   and all(len(r.counters) >= 15 for r in viewer.received.values()), 30, "both publications")
+    for received in viewer.received.values():
+        assert_consecutive(received.counters)

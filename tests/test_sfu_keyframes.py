@@ -10,7 +10,6 @@ import pytest
 from aiortc import RTCRtpCodecParameters
 
 from odsmedia.media.frame import MediaFrame, h264_is_keyframe, is_keyframe
-from testsupport.peers import Publisher, SignalingClient, Viewer
 from odsmedia.rooms.participant import Participant
 from odsmedia.rooms.publication import Publication
 from odsmedia.rooms.subscription import Subscription
@@ -90,37 +89,24 @@ async def test_subscription_starts_at_keyframe_and_slow_one_resyncs_without_hold
         await asyncio.wait_for(fast.recv(), 1)
 
 
-async def test_late_joiner_gets_a_frame_quickly(client, room_factory, token_factory):
+async def test_late_joiner_gets_a_frame_quickly(client, peers, room_factory):
     room = await room_factory()
-    base = str(client.make_url(""))
-    host = SignalingClient(base, room.slug)
-    await host.connect()
-    await host.join(await token_factory(room, "host"))
-    publisher = Publisher(host)
-    late = SignalingClient(base, room.slug)
-    viewer = Viewer(late)
-    try:
-        await publisher.publish(fps=15, audio=False)
-        await asyncio.sleep(5)                # the point of the test: join 5 s into the stream
-        await late.connect()
-        await late.join()
-        started = time.monotonic()
-        await viewer.subscribe()
-        video = None
-        deadline = time.monotonic() + 10
-        while video is None and time.monotonic() < deadline:
-            video = viewer.video()
-            await asyncio.sleep(0.02)
-        assert video is not None
-        await asyncio.wait_for(video.first_frame.wait(), 10)
-        log.warning("late joiner: first decoded frame %.0f ms after subscribe", (video.first_at - started) * 1000)
-        # It started on the keyframe requested for it, far into the stream.
-        assert video.counters[0] > 30
-    finally:
-        await viewer.close()
-        await late.close()
-        await publisher.close()
-        await host.close()
+    publisher = await peers.host(client, room)
+    await publisher.publish(fps=15, audio=False)
+    await asyncio.sleep(5)                # the point of the test: join 5 s into the stream
+    viewer = await peers.viewer(client, room)
+    started = time.monotonic()
+    await viewer.subscribe()
+    video = None
+    deadline = time.monotonic() + 10
+    while video is None and time.monotonic() < deadline:
+        video = viewer.video()
+        await asyncio.sleep(0.02)
+    assert video is not None
+    await asyncio.wait_for(video.first_frame.wait(), 10)
+    log.warning("late joiner: first decoded frame %.0f ms after subscribe", (video.first_at - started) * 1000)
+    # It started on the keyframe requested for it, far into the stream.
+    assert video.counters[0] > 30
 
 
 class KeyframeCounter:
@@ -140,45 +126,33 @@ class KeyframeCounter:
         pass
 
 
-async def test_viewer_pli_reaches_the_publisher_rate_limited(client, room_factory, token_factory):
+async def test_viewer_pli_reaches_the_publisher_rate_limited(client, peers, room_factory):
     from odsmedia.rooms.sfu import SFU
 
     room = await room_factory()
-    base = str(client.make_url(""))
-    host = SignalingClient(base, room.slug)
-    await host.connect()
-    await host.join(await token_factory(room, "host"))
-    publisher = Publisher(host)
-    viewer = Viewer(SignalingClient(base, room.slug))
-    try:
-        reply = await publisher.publish(fps=15, audio=False)
-        await viewer.client.connect()
-        await viewer.client.join()
-        await viewer.subscribe()
-        deadline = time.monotonic() + 15
-        while not (viewer.video() and viewer.video().frames >= 5) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        publication = client.server.app[SFU].get(room.slug).publications[reply["publications"][0]["id"]]
-        counter = KeyframeCounter()
-        publication.add_sink(counter)
-        await asyncio.sleep(publication._pli_interval)        # let the join's request age out
-        before = publication.keyframes_requested
-        receiver = viewer.pcs[0].getTransceivers()[0].receiver
-        ssrc = receiver.getSynchronizationSources()[0].source
-        for _ in range(5):                                      # a burst of viewer PLIs ...
-            await receiver._send_rtcp_pli(ssrc)
-        deadline = time.monotonic() + 5
-        while publication.keyframes_requested < before + 2 and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        await asyncio.sleep(publication._pli_interval)
-        # ... becomes one request now and one trailing request, not five.
-        assert before + 1 <= publication.keyframes_requested <= before + 2
-        deadline = time.monotonic() + 5
-        while not counter.keyframes and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        assert counter.keyframes, "the publisher sent no keyframe after the PLI"
-    finally:
-        await viewer.close()
-        await viewer.client.close()
-        await publisher.close()
-        await host.close()
+    publisher = await peers.host(client, room)
+    reply = await publisher.publish(fps=15, audio=False)
+    viewer = await peers.viewer(client, room)
+    await viewer.subscribe()
+    deadline = time.monotonic() + 15
+    while not (viewer.video() and viewer.video().frames >= 5) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    publication = client.server.app[SFU].get(room.slug).publications[reply["publications"][0]["id"]]
+    counter = KeyframeCounter()
+    publication.add_sink(counter)
+    await asyncio.sleep(publication._pli_interval)        # let the join's request age out
+    before = publication.keyframes_requested
+    receiver = viewer.pcs[0].getTransceivers()[0].receiver
+    ssrc = receiver.getSynchronizationSources()[0].source
+    for _ in range(5):                                      # a burst of viewer PLIs ...
+        await receiver._send_rtcp_pli(ssrc)
+    deadline = time.monotonic() + 5
+    while publication.keyframes_requested < before + 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(publication._pli_interval)
+    # ... becomes one request now and one trailing request, not five.
+    assert before + 1 <= publication.keyframes_requested <= before + 2
+    deadline = time.monotonic() + 5
+    while not counter.keyframes and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert counter.keyframes, "the publisher sent no keyframe after the PLI"

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from odsmedia.rooms.sfu import SFU
-from testsupport.peers import Publisher, SignalingClient, Viewer
+from testsupport.peers import SignalingClient, Viewer
 from odsmedia.rooms.subscription import Subscription
 from odsmedia.rooms.transport import SubscriberTransport
 
@@ -41,18 +41,16 @@ async def settle(baseline: dict[str, int], slack: dict[str, int], timeout: float
         await asyncio.sleep(0.2)
 
 
-async def test_fifty_join_leave_cycles_leak_nothing(client, room_factory, token_factory):
+async def test_fifty_join_leave_cycles_leak_nothing(client, peers, room_factory):
     room = await room_factory()
     base = str(client.make_url(""))
     sfu = client.server.app[SFU]
-    host = SignalingClient(base, room.slug)
-    await host.connect()
-    await host.join(await token_factory(room, "host"))
-    publisher = Publisher(host)
+    publisher = await peers.host(client, room)
     await publisher.publish(fps=10, audio=True)
     live = sfu.get(room.slug)
 
     async def cycle() -> None:
+        # Made and closed here, not by the peers fixture: what each cycle leaves behind is the point.
         c = SignalingClient(base, room.slug)
         await c.connect()
         await c.join()
@@ -65,117 +63,80 @@ async def test_fifty_join_leave_cycles_leak_nothing(client, room_factory, token_
         await viewer.close()
         await c.close()
 
-    try:
-        for _ in range(5):                   # warm up: caches, codec tables, pools
-            await cycle()
-        baseline = await settle(counts(), {"tasks": 0}, timeout=2)
-        for _ in range(50):
-            await cycle()
-        slack = {"tasks": 3, "fds": 4, "threads": 2, "rss": 40 * 1024 * 1024}
-        after = await settle(baseline, slack)
-        log.warning("50 cycles: baseline %s, after %s", baseline, after)
-        assert len(live.participants) == 1
-        for key, allowed in slack.items():
-            assert after[key] <= baseline[key] + allowed, (key, baseline[key], after[key])
-    finally:
-        await publisher.close()
-        await host.close()
+    for _ in range(5):                   # warm up: caches, codec tables, pools
+        await cycle()
+    baseline = await settle(counts(), {"tasks": 0}, timeout=2)
+    for _ in range(50):
+        await cycle()
+    slack = {"tasks": 3, "fds": 4, "threads": 2, "rss": 40 * 1024 * 1024}
+    after = await settle(baseline, slack)
+    log.warning("50 cycles: baseline %s, after %s", baseline, after)
+    assert len(live.participants) == 1
+    for key, allowed in slack.items():
+        assert after[key] <= baseline[key] + allowed, (key, baseline[key], after[key])
 
 
-async def test_publisher_vanishing_ends_subscriptions_and_transports(client, room_factory, token_factory):
+async def test_publisher_vanishing_ends_subscriptions_and_transports(client, peers, room_factory):
     room = await room_factory()
-    base = str(client.make_url(""))
     sfu = client.server.app[SFU]
-    host = SignalingClient(base, room.slug)
-    await host.connect()
-    await host.join(await token_factory(room, "host"))
-    publisher = Publisher(host)
-    watcher = Viewer(SignalingClient(base, room.slug))
-    try:
-        reply = await publisher.publish(fps=10)
-        await watcher.client.connect()
-        await watcher.client.join()
-        await watcher.subscribe()
-        live = sfu.get(room.slug)
-        viewer_participant = next(p for p in live.participants.values() if p.role == "viewer")
-        transport = next(iter(viewer_participant.transports.values()))
-        assert isinstance(transport, SubscriberTransport)
-        await asyncio.wait_for(transport.connected.wait(), 10)
-        # The publisher's process dies: its socket drops without a leave.
-        host.ws._writer.transport.abort()
-        gone = {(await watcher.client.next_event("track_unpublished"))["publication"] for _ in range(2)}
-        assert gone == {p["id"] for p in reply["publications"]}
-        assert (await watcher.client.next_event("participant_left"))["participant"]
-        deadline = time.monotonic() + 5
-        while viewer_participant.transports and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        assert not viewer_participant.transports and transport.closed
-        assert transport.pc.connectionState == "closed"
-        assert live.publications == {}
-    finally:
-        await watcher.close()
-        await watcher.client.close()
-        await publisher.close()
-        await host.close()
+    publisher = await peers.host(client, room)
+    host = publisher.client
+    reply = await publisher.publish(fps=10)
+    watcher = await peers.viewer(client, room)
+    await watcher.subscribe()
+    live = sfu.get(room.slug)
+    viewer_participant = next(p for p in live.participants.values() if p.role == "viewer")
+    transport = next(iter(viewer_participant.transports.values()))
+    assert isinstance(transport, SubscriberTransport)
+    await asyncio.wait_for(transport.connected.wait(), 10)
+    # The publisher's process dies: its socket drops without a leave.
+    host.ws._writer.transport.abort()
+    gone = {(await watcher.client.next_event("track_unpublished"))["publication"] for _ in range(2)}
+    assert gone == {p["id"] for p in reply["publications"]}
+    assert (await watcher.client.next_event("participant_left"))["participant"]
+    deadline = time.monotonic() + 5
+    while viewer_participant.transports and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert not viewer_participant.transports and transport.closed
+    assert transport.pc.connectionState == "closed"
+    assert live.publications == {}
 
 
-async def test_subscriber_that_never_answers_is_released(client, room_factory, token_factory):
+async def test_subscriber_that_never_answers_is_released(client, peers, room_factory):
     room = await room_factory()
-    base = str(client.make_url(""))
     sfu = client.server.app[SFU]
     sfu.connect_timeout = 1.0
-    host = SignalingClient(base, room.slug)
-    await host.connect()
-    await host.join(await token_factory(room, "host"))
-    publisher = Publisher(host)
-    silent = SignalingClient(base, room.slug)
-    try:
-        await publisher.publish(fps=10, audio=False)
-        await silent.connect()
-        await silent.join()
-        offer = await silent.request({"type": "subscribe"})
-        live = sfu.get(room.slug)
-        participant = next(p for p in live.participants.values() if offer["transport"] in p.transports)
-        deadline = time.monotonic() + 5
-        while participant.transports and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        assert not participant.transports
-        publication = next(iter(live.publications.values()))
-        assert not [s for s in publication.sinks if isinstance(s, Subscription)]
-    finally:
-        await silent.close()
-        await publisher.close()
-        await host.close()
+    publisher = await peers.host(client, room)
+    await publisher.publish(fps=10, audio=False)
+    silent = await peers.client(client, room)
+    offer = await silent.request({"type": "subscribe"})
+    live = sfu.get(room.slug)
+    participant = next(p for p in live.participants.values() if offer["transport"] in p.transports)
+    deadline = time.monotonic() + 5
+    while participant.transports and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert not participant.transports
+    publication = next(iter(live.publications.values()))
+    assert not [s for s in publication.sinks if isinstance(s, Subscription)]
 
 
-async def test_shutdown_closes_every_peer_and_socket(client, room_factory, token_factory):
+async def test_shutdown_closes_every_peer_and_socket(client, peers, room_factory):
     room = await room_factory()
-    base = str(client.make_url(""))
     sfu = client.server.app[SFU]
-    host = SignalingClient(base, room.slug)
-    await host.connect()
-    await host.join(await token_factory(room, "host"))
-    publisher = Publisher(host)
-    watcher = Viewer(SignalingClient(base, room.slug), decode=False)
-    try:
-        await publisher.publish(fps=10)
-        await watcher.client.connect()
-        await watcher.client.join()
-        await watcher.subscribe()
-        live = sfu.get(room.slug)
-        transports = [t for p in live.participants.values() for t in p.transports.values()]
-        assert len(transports) == 2
-        await asyncio.wait_for(asyncio.gather(*(t.connected.wait() for t in transports)), 10)
+    publisher = await peers.host(client, room)
+    host = publisher.client
+    await publisher.publish(fps=10)
+    watcher = await peers.viewer(client, room, decode=False)
+    await watcher.subscribe()
+    live = sfu.get(room.slug)
+    transports = [t for p in live.participants.values() for t in p.transports.values()]
+    assert len(transports) == 2
+    await asyncio.wait_for(asyncio.gather(*(t.connected.wait() for t in transports)), 10)
 
-        await client.server.close()          # the application's shutdown sequence
+    await client.server.close()          # the application's shutdown sequence
 
-        assert all(t.closed and t.pc.connectionState == "closed" for t in transports)
-        assert sfu.rooms == {}
-        for c in (host, watcher.client):
-            await asyncio.wait_for(c.closed.wait(), 5)
-        assert (await watcher.client.next_event("error"))["code"] == "server_shutdown"
-    finally:
-        await watcher.close()
-        await watcher.client.close()
-        await publisher.close()
-        await host.close()
+    assert all(t.closed and t.pc.connectionState == "closed" for t in transports)
+    assert sfu.rooms == {}
+    for c in (host, watcher.client):
+        await asyncio.wait_for(c.closed.wait(), 5)
+    assert (await watcher.client.next_event("error"))["code"] == "server_shutdown"

@@ -14,7 +14,7 @@ import fractions
 import itertools
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import aiohttp
 import av
@@ -26,7 +26,7 @@ from odsmedia.media import ice
 
 from .counter import HEIGHT, WIDTH, draw_counter, read_counter
 
-__all__ = ["CounterVideoTrack", "Publisher", "Received", "SignalingClient", "SignalingError", "Viewer", "peer",
+__all__ = ["CounterVideoTrack", "Peers", "Publisher", "Received", "SignalingClient", "SignalingError", "Viewer", "peer",
            "read_counter"]
 
 
@@ -256,3 +256,45 @@ class Viewer:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
+
+
+Mint = Callable[..., Awaitable[str]]
+
+
+class Peers:
+    """The signaling participants one test makes, closed together by ``close()``.
+
+    ``mint(room, role)`` makes an API token (the ``token_factory`` fixture);
+    ``server`` is anything with ``make_url`` (an aiohttp ``TestClient``)."""
+
+    def __init__(self, mint: Mint) -> None:
+        self.mint = mint
+        self._closers: list[Callable[[], Awaitable[None]]] = []
+
+    async def client(self, server: Any, room: Any, *, role: str | None = None, name: str | None = None,
+                     join: bool = True) -> SignalingClient:
+        """A connected signaling client, joined (with a ``role`` token, or the page's way) unless told not to."""
+        client = SignalingClient(str(server.make_url("")), room.slug)
+        self._closers.append(client.close)
+        await client.connect()
+        if join:
+            await client.join(await self.mint(room, role) if role else None, name=name)
+        return client
+
+    async def host(self, server: Any, room: Any, *, name: str | None = None) -> Publisher:
+        """A publisher joined with a host token, not yet publishing."""
+        publisher = Publisher(await self.client(server, room, role="host", name=name))
+        self._closers.append(publisher.close)
+        return publisher
+
+    async def viewer(self, server: Any, room: Any, *, decode: bool = True, name: str | None = None,
+                     role: str | None = None, join: bool = True) -> Viewer:
+        """A viewer joined (the page's way unless a ``role`` token is asked for), not yet subscribed."""
+        viewer = Viewer(await self.client(server, room, role=role, name=name, join=join), decode=decode)
+        self._closers.append(viewer.close)
+        return viewer
+
+    async def close(self) -> None:
+        # Newest first: a viewer's peers before its socket, a publisher's before its host's.
+        while self._closers:
+            await self._closers.pop()()
