@@ -81,6 +81,23 @@ async def create_verified(conn: asyncpg.Connection, email: str) -> Account:
     return Account.from_row(row)
 
 
+async def age_status(db: asyncpg.Pool | asyncpg.Connection, email: str) -> asyncpg.Record | None:
+    """``id`` and ``aged`` (the 16+ confirmation was given) of the account with this address."""
+    return await db.fetchrow("SELECT id, age_confirmed_at IS NOT NULL AS aged FROM accounts WHERE email = $1", email)
+
+
+async def confirm(db: asyncpg.Pool | asyncpg.Connection, account_id: int, *, age_confirmed: bool = False) -> Account:
+    """A sign-in link was used: the address is verified (and, when asked, the age confirmed now)."""
+    if age_confirmed:
+        await db.execute(
+            """UPDATE accounts SET age_confirmed_at = now(),
+                      email_verified_at = coalesce(email_verified_at, now()) WHERE id = $1""", account_id)
+    else:
+        await db.execute(
+            "UPDATE accounts SET email_verified_at = coalesce(email_verified_at, now()) WHERE id = $1", account_id)
+    return await get(db, account_id)
+
+
 async def set_display_name(db: asyncpg.Pool | asyncpg.Connection, account_id: int, name: str) -> Account:
     row = await db.fetchrow("UPDATE accounts SET display_name = $2 WHERE id = $1 RETURNING *", account_id, name)
     if row is None:

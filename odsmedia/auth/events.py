@@ -35,3 +35,9 @@ async def recent(db: asyncpg.Pool | asyncpg.Connection, account_id: int, limit: 
 async def export(db: asyncpg.Pool | asyncpg.Connection, account_id: int) -> list[dict]:
     return [dict(r) for r in await db.fetch(
         "SELECT at, kind, session_id, region FROM session_events WHERE account_id = $1 ORDER BY at", account_id)]
+
+
+async def expire(db: asyncpg.Pool | asyncpg.Connection, days: int) -> int:
+    """Retention: sign-in events older than ``days`` go; returns how many."""
+    status = await db.execute("DELETE FROM session_events WHERE at < now() - make_interval(days => $1)", days)
+    return int(status.split()[-1])

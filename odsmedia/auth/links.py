@@ -100,3 +100,8 @@ async def consume(conn: asyncpg.Connection, link: PendingLink) -> None:
 async def forget(conn: asyncpg.Connection, email: str) -> None:
     """Account deletion: pending sign-in links for the address go."""
     await conn.execute("DELETE FROM magic_links WHERE email = $1", email)
+
+
+async def expire(db: asyncpg.Pool | asyncpg.Connection) -> int:
+    """Retention: links expired a day ago go (used ones expire too); returns how many."""
+    return int((await db.execute("DELETE FROM magic_links WHERE expires_at < now() - interval '1 day'")).split()[-1])

@@ -101,9 +101,7 @@ async def confirm_link(request: web.Request) -> web.Response:
         async with db.acquire() as conn:
             async with conn.transaction():
                 link = await links.check(conn, token)
-                row = await conn.fetchrow(
-                    "SELECT id, age_confirmed_at IS NOT NULL AS aged FROM accounts WHERE email = $1", link.email
-                )
+                row = await accounts.age_status(conn, link.email)
                 if row is None or not row["aged"]:
                     # The policy's children clause: nobody gets an account without saying they are 16+.
                     if not age_confirmed:
@@ -113,18 +111,9 @@ async def confirm_link(request: web.Request) -> web.Response:
                         account = await accounts.create_verified(conn, link.email)
                         new_account = True
                     else:
-                        await conn.execute(
-                            """UPDATE accounts SET age_confirmed_at = now(),
-                                      email_verified_at = coalesce(email_verified_at, now()) WHERE id = $1""",
-                            row["id"],
-                        )
-                        account = await accounts.get(conn, row["id"])
+                        account = await accounts.confirm(conn, row["id"], age_confirmed=True)
                 else:
-                    await conn.execute(
-                        "UPDATE accounts SET email_verified_at = coalesce(email_verified_at, now()) WHERE id = $1",
-                        row["id"],
-                    )
-                    account = await accounts.get(conn, row["id"])
+                    account = await accounts.confirm(conn, row["id"])
                 await links.consume(conn, link)
                 session_token, session_id = await sessions.create(
                     conn, account.id, absolute_seconds=config["auth.session_absolute"], region=where

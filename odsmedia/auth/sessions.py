@@ -154,3 +154,10 @@ async def export(db: asyncpg.Pool | asyncpg.Connection, account_id: int) -> list
     return [dict(r) for r in await db.fetch(
         "SELECT id, created_at, last_seen_at, expires_at, revoked_at, region FROM sessions "
         "WHERE account_id = $1 ORDER BY created_at", account_id)]
+
+
+async def expire(db: asyncpg.Pool | asyncpg.Connection) -> int:
+    """Retention: sessions expired a day ago or revoked a week ago go; returns how many."""
+    status = await db.execute(
+        "DELETE FROM sessions WHERE expires_at < now() - interval '1 day' OR revoked_at < now() - interval '7 days'")
+    return int(status.split()[-1])

@@ -126,3 +126,10 @@ async def export(db: asyncpg.Pool | asyncpg.Connection, account_id: int) -> list
         "SELECT t.id, r.slug AS room, t.role, t.label, t.created_at, t.expires_at, t.revoked_at, "
         "t.last_used_at FROM api_tokens t JOIN rooms r ON r.id = t.room_id "
         "WHERE t.account_id = $1 ORDER BY t.created_at", account_id)]
+
+
+async def expire(db: asyncpg.Pool | asyncpg.Connection) -> int:
+    """Retention: tokens expired or revoked a week ago go; returns how many."""
+    status = await db.execute(
+        "DELETE FROM api_tokens WHERE expires_at < now() - interval '7 days' OR revoked_at < now() - interval '7 days'")
+    return int(status.split()[-1])

@@ -138,13 +138,7 @@ class Moderation:
         minutes = _int(minutes, "minutes", 1, MAX_TIMEOUT_MINUTES)
         reason = _reason(reason)
         async with transaction(self.db) as conn:
-            until = await conn.fetchval(
-                """INSERT INTO chat_sanctions (room_id, subject, kind, until, by_subject, reason)
-                   VALUES ($1, $2, 'timeout', now() + make_interval(mins => $3), $4, $5)
-                   ON CONFLICT (room_id, subject, kind) DO UPDATE
-                   SET until = excluded.until, by_subject = excluded.by_subject, reason = excluded.reason,
-                       created_at = now()
-                   RETURNING until""", room.id, target, minutes, actor.subject, reason)
+            until = await store.time_out(conn, room.id, target, minutes, by=actor.subject, reason=reason)
             await audit(conn, room, actor, "timeout", target, minutes=minutes, reason=reason)
         await self.hub.dispatch(room.slug, {"type": "sanction", "sanction": "timeout", "target": target,
                                             "until": until.isoformat(), "by": actor.subject})
@@ -154,12 +148,7 @@ class Moderation:
         target = await self._outranked_target(room, actor, target)
         reason = _reason(reason)
         async with transaction(self.db) as conn:
-            await conn.execute(
-                """INSERT INTO chat_sanctions (room_id, subject, kind, until, by_subject, reason)
-                   VALUES ($1, $2, 'ban', NULL, $3, $4)
-                   ON CONFLICT (room_id, subject, kind) DO UPDATE
-                   SET by_subject = excluded.by_subject, reason = excluded.reason, created_at = now()""",
-                room.id, target, actor.subject, reason)
+            await store.ban(conn, room.id, target, by=actor.subject, reason=reason)
             await audit(conn, room, actor, "ban", target, reason=reason)
         await self.hub.dispatch(room.slug, {"type": "banned", "target": target, "by": actor.subject,
                                             "error": "banned", "message": "you are banned from this room"})
@@ -176,10 +165,7 @@ class Moderation:
         self.require_moderator(actor)
         target = _target(target)
         async with transaction(self.db) as conn:
-            status = await conn.execute(
-                "DELETE FROM chat_sanctions WHERE room_id = $1 AND subject = $2 AND kind = $3",
-                room.id, target, kind)
-            if status.endswith(" 0"):
+            if not await store.lift_sanction(conn, room.id, target, kind):
                 raise ChatError("not_sanctioned", f"the target has no {kind}")
             await audit(conn, room, actor, "unban" if kind == "ban" else "end_timeout", target)
         await self.hub.dispatch(room.slug, {"type": "sanction_lifted", "sanction": kind, "target": target,
@@ -189,10 +175,7 @@ class Moderation:
     async def sanctions(self, room: RoomRecord, actor: Actor) -> dict[str, Any]:
         """The room's running timeouts and bans, newest first (for lifting them)."""
         self.require_moderator(actor)
-        rows = await self.db.fetch(
-            """SELECT subject, kind, until, by_subject, reason, created_at FROM chat_sanctions
-               WHERE room_id = $1 AND (until IS NULL OR until > now()) ORDER BY created_at DESC LIMIT 500""",
-            room.id)
+        rows = await store.running_sanctions(self.db, room.id)
         return {"sanctions": [{"target": r["subject"], "sanction": r["kind"],
                                "until": r["until"].isoformat() if r["until"] else None,
                                "by": r["by_subject"], "reason": r["reason"],
@@ -202,10 +185,7 @@ class Moderation:
         self.require_moderator(actor)
         seconds = _int(seconds, "seconds", 0, MAX_SLOW_MODE)
         async with transaction(self.db) as conn:
-            await conn.execute(
-                """INSERT INTO chat_rooms (room_id, slow_mode_seconds) VALUES ($1, $2)
-                   ON CONFLICT (room_id) DO UPDATE SET slow_mode_seconds = excluded.slow_mode_seconds""",
-                room.id, seconds)
+            await store.set_slow_mode(conn, room.id, seconds)
             await audit(conn, room, actor, "slow_mode", seconds=seconds)
         await self.hub.dispatch(room.slug, {"type": "settings", "slow_mode": seconds, "by": actor.subject})
         return {"slow_mode": seconds}

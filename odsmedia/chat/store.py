@@ -275,3 +275,46 @@ async def export(db: Db, subject: str) -> dict[str, list[dict[str, Any]]]:
             "SELECT r.slug AS room, s.kind, s.until, s.reason, s.created_at FROM chat_sanctions s "
             "JOIN rooms r ON r.id = s.room_id WHERE s.subject = $1", subject)],
     }
+
+
+# -- sanctions and room settings (moderation writes them here) ---------------------------
+
+async def time_out(db: Db, room_id: int, subject: str, minutes: int, *, by: str, reason: str) -> datetime:
+    """Start (or restart) a timeout; returns when it ends."""
+    return await db.fetchval(
+        """INSERT INTO chat_sanctions (room_id, subject, kind, until, by_subject, reason)
+           VALUES ($1, $2, 'timeout', now() + make_interval(mins => $3), $4, $5)
+           ON CONFLICT (room_id, subject, kind) DO UPDATE
+           SET until = excluded.until, by_subject = excluded.by_subject, reason = excluded.reason,
+               created_at = now()
+           RETURNING until""", room_id, subject, minutes, by, reason)
+
+
+async def ban(db: Db, room_id: int, subject: str, *, by: str, reason: str) -> None:
+    await db.execute(
+        """INSERT INTO chat_sanctions (room_id, subject, kind, until, by_subject, reason)
+           VALUES ($1, $2, 'ban', NULL, $3, $4)
+           ON CONFLICT (room_id, subject, kind) DO UPDATE
+           SET by_subject = excluded.by_subject, reason = excluded.reason, created_at = now()""",
+        room_id, subject, by, reason)
+
+
+async def lift_sanction(db: Db, room_id: int, subject: str, kind: str) -> bool:
+    """End a ban or timeout; False when there was none."""
+    status = await db.execute(
+        "DELETE FROM chat_sanctions WHERE room_id = $1 AND subject = $2 AND kind = $3", room_id, subject, kind)
+    return not status.endswith(" 0")
+
+
+async def running_sanctions(db: Db, room_id: int, limit: int = 500) -> list[asyncpg.Record]:
+    return await db.fetch(
+        """SELECT subject, kind, until, by_subject, reason, created_at FROM chat_sanctions
+           WHERE room_id = $1 AND (until IS NULL OR until > now()) ORDER BY created_at DESC LIMIT $2""",
+        room_id, limit)
+
+
+async def set_slow_mode(db: Db, room_id: int, seconds: int) -> None:
+    await db.execute(
+        """INSERT INTO chat_rooms (room_id, slow_mode_seconds) VALUES ($1, $2)
+           ON CONFLICT (room_id) DO UPDATE SET slow_mode_seconds = excluded.slow_mode_seconds""",
+        room_id, seconds)

@@ -84,3 +84,21 @@ async def export(db: asyncpg.Pool | asyncpg.Connection, subject: str) -> list[di
 async def forget(conn: asyncpg.Connection, subject: str) -> None:
     """Account deletion: the log rows stay (aggregate counts) without the subject."""
     await conn.execute("UPDATE request_logs SET subject = NULL WHERE subject = $1", subject)
+
+
+async def roll_up(conn: asyncpg.Connection, days: int) -> int:
+    """Retention, in the caller's transaction: rows older than ``days`` are folded into
+    ``analytics_daily`` (route x region counts) and deleted, so the aggregate never double
+    counts.  Returns the rows deleted."""
+    await conn.execute(
+        """INSERT INTO analytics_daily (day, route, region, requests, errors)
+           SELECT at::date, route, region, count(*), count(*) FILTER (WHERE status >= 500)
+           FROM request_logs WHERE at < now() - make_interval(days => $1)
+           GROUP BY 1, 2, 3
+           ON CONFLICT (day, route, region) DO UPDATE
+           SET requests = analytics_daily.requests + EXCLUDED.requests,
+               errors = analytics_daily.errors + EXCLUDED.errors""",
+        days,
+    )
+    status = await conn.execute("DELETE FROM request_logs WHERE at < now() - make_interval(days => $1)", days)
+    return int(status.split()[-1])

@@ -6,6 +6,7 @@
 - Authentication material: expired or used magic links, expired sessions,
   expired or revoked API tokens are deleted; sign-in events older than
   ``privacy.session_event_days`` are deleted.
+Each table's owner module does the deleting; this module decides when.
 Tables owned by features that are not installed are skipped.
 """
 
@@ -13,16 +14,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Awaitable, Callable
 
 import asyncpg
 
+from ..auth import events, links, sessions, tokens
+from . import requestlog
+
 log = logging.getLogger("odsmedia.privacy")
 
-# (table, condition) pairs; each runs only if the table exists.
-_EXPIRED = (
-    ("api_tokens", "expires_at < now() - interval '7 days' OR revoked_at < now() - interval '7 days'"),
-    ("magic_links", "expires_at < now() - interval '1 day'"),
-    ("sessions", "expires_at < now() - interval '1 day' OR revoked_at < now() - interval '7 days'"),
+Expire = Callable[[asyncpg.Connection], Awaitable[int]]
+
+# Each table's owner deletes what has expired; a table whose feature is not installed is skipped.
+_EXPIRED: tuple[tuple[str, Expire], ...] = (
+    ("api_tokens", tokens.expire),
+    ("magic_links", links.expire),
+    ("sessions", sessions.expire),
 )
 
 
@@ -30,35 +37,18 @@ async def sweep(db: asyncpg.Pool, *, request_log_days: int, session_event_days: 
     removed: dict[str, int] = {}
     async with db.acquire() as conn:
         async with conn.transaction():
-            await conn.execute(
-                """INSERT INTO analytics_daily (day, route, region, requests, errors)
-                   SELECT at::date, route, region, count(*), count(*) FILTER (WHERE status >= 500)
-                   FROM request_logs WHERE at < now() - make_interval(days => $1)
-                   GROUP BY 1, 2, 3
-                   ON CONFLICT (day, route, region) DO UPDATE
-                   SET requests = analytics_daily.requests + EXCLUDED.requests,
-                       errors = analytics_daily.errors + EXCLUDED.errors""",
-                request_log_days,
-            )
-            status = await conn.execute(
-                "DELETE FROM request_logs WHERE at < now() - make_interval(days => $1)", request_log_days
-            )
-            removed["request_logs"] = int(status.split()[-1])
+            removed["request_logs"] = await requestlog.roll_up(conn, request_log_days)
         existing = {
             r["relname"]
             for r in await conn.fetch(
                 "SELECT relname FROM pg_class WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace"
             )
         }
-        for table, condition in _EXPIRED:
+        for table, expire in _EXPIRED:
             if table in existing:
-                status = await conn.execute(f"DELETE FROM {table} WHERE {condition}")
-                removed[table] = int(status.split()[-1])
+                removed[table] = await expire(conn)
         if "session_events" in existing:
-            status = await conn.execute(
-                "DELETE FROM session_events WHERE at < now() - make_interval(days => $1)", session_event_days
-            )
-            removed["session_events"] = int(status.split()[-1])
+            removed["session_events"] = await events.expire(conn, session_event_days)
     return removed
 
 
