@@ -15,7 +15,7 @@ CONFIG: web.AppKey["Config"] = web.AppKey("config")
 DB: web.AppKey[asyncpg.Pool] = web.AppKey("db", asyncpg.Pool)
 BUS: web.AppKey["Bus"] = web.AppKey("bus")
 # Each feature's own object has its own typed key, defined by the module that owns it
-# (``rooms.sfu.SFU``, ``auth.service.AUTH``, ``chat.feature.CHAT``, ``billing.routes.BILLING``,
+# (``rooms.sfu.SFU``, ``auth.service.AUTH``, ``chat.feature.CHAT``, ``billing.service.BILLING``,
 # ``recorder.recorder.RECORDER``, ``privacy.requestlog.REQUEST_LOG``).
 
 if TYPE_CHECKING:

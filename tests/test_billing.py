@@ -17,7 +17,7 @@ from conftest import make_config
 from odsmedia.app import make_app
 from odsmedia.bus import Bus
 from odsmedia.auth.service import AUTH
-from odsmedia.billing.routes import BILLING
+from odsmedia.billing.service import BILLING
 from test_auth import admit_route, mails_to, new_email, sign_in
 
 WEBHOOK_SECRET = "whsec_test_0123456789abcdef"

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
 from typing import AsyncIterator
 
 import orjson
@@ -28,29 +27,18 @@ from ..auth import accounts
 from ..auth.service import AUTH, link_base
 from ..auth.sessions_web import require_session
 from ..channels import BILLING_INVALIDATE
-from ..config import Config
 from ..errors import ApiError, json_response, path_id, read_json
 from ..keys import BUS, CONFIG, DB, GATE
 from ..mail import render
 from . import customers, orgs, webhooks
 from .entitlements import Entitlements
 from .gateway import StripeGateway
-from .plans import Catalog, catalog as load_catalog
+from .plans import catalog as load_catalog
+from .service import BILLING, BillingService
 
 log = logging.getLogger("odsmedia.billing")
 
 MAX_SEATS = 10_000
-
-
-@dataclass
-class BillingService:
-    config: Config
-    catalog: Catalog
-    gateway: StripeGateway
-    entitlements: Entitlements | None = None
-
-
-BILLING: web.AppKey[BillingService] = web.AppKey("billing", BillingService)
 
 
 def service(app: web.Application) -> BillingService:
