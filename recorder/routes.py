@@ -95,7 +95,7 @@ async def list_episodes(request: web.Request) -> web.StreamResponse:
     accept = request.headers.get("Accept", "")
     if "text/html" in accept and "application/json" not in accept:
         # The page and the API share this URL; browsers navigating get the page.
-        from web.routes import page_handler
+        from web.pages import page_handler
 
         return await page_handler("replay.html")(request)
     admission = await request.app[GATE].admit(request, request.match_info["slug"], Entry.REPLAY)

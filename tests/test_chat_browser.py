@@ -10,7 +10,7 @@ from aiohttp import web
 from conftest import make_config
 from odsmedia.app import make_app
 from test_chat_support import ChatSocket
-from web.routes import CSP
+from web.pages import CSP
 
 pytestmark = pytest.mark.browser
 

@@ -11,11 +11,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from . import STATIC_DIR
-
-CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-    "media-src 'self' blob:; connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'"
-)
+from .pages import page_handler
 
 # URL pattern -> page file under static/. (/rooms/{slug}/episodes is both the
 # JSON API and the replay page: recorder.routes negotiates on Accept.)
@@ -30,24 +26,6 @@ PAGES: dict[str, str] = {
     "/plans": "plans.html",
     "/orgs/{org_id}": "org.html",
 }
-
-
-def page_handler(filename: str):
-    async def handler(request: web.Request) -> web.StreamResponse:
-        path = STATIC_DIR / filename
-        if not path.is_file():
-            raise web.HTTPNotFound()
-        return web.FileResponse(
-            path,
-            headers={
-                "Content-Security-Policy": CSP,
-                "Cache-Control": "no-cache",
-                "X-Content-Type-Options": "nosniff",
-                "Referrer-Policy": "same-origin",
-            },
-        )
-
-    return handler
 
 
 def setup(app: web.Application) -> None:
