@@ -164,11 +164,11 @@ async def test_killed_server_with_a_whip_publisher_restarts_and_finalizes(servic
     import re
 
     import aiohttp
-    from aiortc import AudioStreamTrack, RTCSessionDescription
+    from aiortc import RTCSessionDescription
 
     from conftest import ODSMEDIA, odsmedia_env
     from odsmedia.media import ice
-    from testsupport.peers import CounterVideoTrack, peer
+    from testsupport.peers import whip_offer
 
     ice.configure(["127.0.0.1"])     # this test process's peer: loopback only
     room = await room_factory()
@@ -190,14 +190,11 @@ async def test_killed_server_with_a_whip_publisher_restarts_and_finalizes(servic
         process.kill()
         raise AssertionError("server did not start: " + process.stderr.read()[-2000:])
 
+    publisher, offer = await whip_offer()
     server, base = await start_server()
-    publisher = peer()
     try:
-        publisher.addTransceiver(CounterVideoTrack(fps=15), direction="sendonly")
-        publisher.addTransceiver(AudioStreamTrack(), direction="sendonly")
-        await publisher.setLocalDescription(await publisher.createOffer())
         async with aiohttp.ClientSession() as http:
-            resp = await http.post(f"{base}/rooms/{room.slug}/whip", data=publisher.localDescription.sdp,
+            resp = await http.post(f"{base}/rooms/{room.slug}/whip", data=offer,
                                    headers={"Content-Type": "application/sdp", "Authorization": f"Bearer {token}"})
             assert resp.status == 201, await resp.text()
             await publisher.setRemoteDescription(RTCSessionDescription(await resp.text(), "answer"))

@@ -6,13 +6,13 @@ import asyncio
 import time
 
 import pytest
-from aiortc import AudioStreamTrack, RTCSessionDescription
+from aiortc import RTCSessionDescription
 
 from conftest import make_config
 from odsmedia.app import make_app
 from recorder.recorder import RECORDER
 from odsmedia.rooms.sfu import SFU
-from testsupport.peers import CounterVideoTrack, peer, read_counter
+from testsupport.peers import read_counter, whip_offer
 from recorder import episodes
 from testsupport.synthetic import read_segment
 
@@ -30,13 +30,9 @@ async def test_whip_publisher_is_recorded_to_a_ready_episode(aiohttp_client, ser
     assert recorder in app[SFU].observers
     room = await room_factory()
     host = {"Authorization": f"Bearer {await token_factory(room, 'host')}"}
-    publisher = peer()
-    video = CounterVideoTrack(fps=15)
-    publisher.addTransceiver(video, direction="sendonly")
-    publisher.addTransceiver(AudioStreamTrack(), direction="sendonly")
+    publisher, offer = await whip_offer()
     try:
-        await publisher.setLocalDescription(await publisher.createOffer())
-        resp = await client.post(f"/rooms/{room.slug}/whip", data=publisher.localDescription.sdp,
+        resp = await client.post(f"/rooms/{room.slug}/whip", data=offer,
                                  headers={**host, **SDP})
         assert resp.status == 201, await resp.text()
         location = resp.headers["Location"]

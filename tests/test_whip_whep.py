@@ -6,22 +6,14 @@ import asyncio
 import time
 
 import pytest
-from aiortc import AudioStreamTrack, MediaStreamTrack, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 from odsmedia.rooms.sfu import SFU
-from testsupport.peers import CounterVideoTrack, peer, read_counter
+from testsupport.peers import peer, read_counter, whip_offer
 
 pytestmark = pytest.mark.timeout(90)
 SDP = {"Content-Type": "application/sdp"}
-
-
-async def whip_offer() -> tuple:
-    pc = peer()
-    pc.addTransceiver(CounterVideoTrack(fps=15), direction="sendonly")
-    pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
-    await pc.setLocalDescription(await pc.createOffer())
-    return pc, pc.localDescription.sdp
 
 
 async def test_whip_refusals_and_cors(client, room_factory, token_factory):

@@ -27,7 +27,7 @@ from odsmedia.media import ice
 from .counter import HEIGHT, WIDTH, draw_counter, read_counter
 
 __all__ = ["CounterVideoTrack", "Peers", "Publisher", "Received", "SignalingClient", "SignalingError", "Viewer", "peer",
-           "read_counter"]
+           "read_counter", "whip_offer"]
 
 
 class CounterVideoTrack(MediaStreamTrack):
@@ -66,6 +66,17 @@ def peer() -> RTCPeerConnection:
     if not ice.current().addresses:
         ice.configure(["127.0.0.1"])
     return RTCPeerConnection(ice.rtc_configuration())
+
+
+async def whip_offer(*, fps: int = 15) -> tuple[RTCPeerConnection, str]:
+    """A WHIP publisher: a peer sending counter video and silence, and its SDP offer to POST."""
+    from aiortc import AudioStreamTrack
+
+    pc = peer()
+    pc.addTransceiver(CounterVideoTrack(fps=fps), direction="sendonly")
+    pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    return pc, pc.localDescription.sdp
 
 
 class SignalingError(Exception):
