@@ -130,7 +130,10 @@
       e.preventDefault();
       const text = this.input.value;
       if (!text.trim() && this.kind.value !== "highlight") return;
-      this.send({ type: "post", kind: this.kind.value, text: text }, () => { this.input.value = ""; });
+      // Cleared on the ack only if it still holds what was sent: text typed meanwhile stays.
+      this.send({ type: "post", kind: this.kind.value, text: text }, () => {
+        if (this.input.value === text) this.input.value = "";
+      });
     });
     this.form = form;
     root.append(tabs, this.modBar, this.sanctionList, this.list, this.status, form);
