@@ -9,8 +9,8 @@ import time
 import pytest
 
 from recorder import episodes
-from recorder.recording import PLAYLIST
 from recorder.recorder import Recorder
+from recorder.recording import PLAYLIST
 from recorder.storage import LocalStorage
 from testsupport.synthetic import SyntheticSession, read_segment
 

@@ -12,8 +12,8 @@ import time
 
 from conftest import REPO, make_config
 from odsmedia.app import make_app
-from recorder.recorder import RECORDER
 from recorder import episodes
+from recorder.recorder import RECORDER
 from recorder.recorder import local_node_id
 from testsupport.synthetic import SyntheticSession, read_segment
 

@@ -10,10 +10,10 @@ from aiortc import RTCSessionDescription
 
 from conftest import make_config
 from odsmedia.app import make_app
-from recorder.recorder import RECORDER
 from odsmedia.rooms.sfu import SFU
-from testsupport.peers import read_counter, whip_offer
 from recorder import episodes
+from recorder.recorder import RECORDER
+from testsupport.peers import read_counter, whip_offer
 from testsupport.synthetic import read_segment
 
 pytestmark = pytest.mark.timeout(120)

@@ -6,11 +6,11 @@ import re
 
 import pytest
 
+from recorder.clock import TrackClock
 from recorder.codecs import h264_parameter_sets, opus_samples
 from recorder.fmp4 import iter_boxes
 from recorder.hls import HlsWriter, Sample
 from recorder.playlist import Playlist, PlaylistEntry
-from recorder.clock import TrackClock
 from recorder.storage import LocalStorage, StorageError
 from testsupport.synthetic import SyntheticSession, read_segment
 

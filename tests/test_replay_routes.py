@@ -8,8 +8,8 @@ import pytest
 
 from conftest import make_config
 from odsmedia.app import make_app
-from recorder.recorder import RECORDER
 from recorder import episodes
+from recorder.recorder import RECORDER
 from testsupport.synthetic import SyntheticSession, read_segment
 
 

@@ -9,11 +9,11 @@ import aiortc.rtcrtpreceiver
 import aiortc.rtcrtpsender
 import pytest
 
-from odsmedia.rooms.sfu import SFU
 from odsmedia.media.receiver import EncodedFrameTap
 from odsmedia.media.sender import ENCODER_ATTR, Packer
-from testsupport.peers import Viewer
+from odsmedia.rooms.sfu import SFU
 from odsmedia.rooms.transport import PublisherTransport, SubscriberTransport
+from testsupport.peers import Viewer
 
 pytestmark = pytest.mark.timeout(90)
 

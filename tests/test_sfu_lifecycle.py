@@ -13,9 +13,9 @@ import psutil
 import pytest
 
 from odsmedia.rooms.sfu import SFU
-from testsupport.peers import SignalingClient, Viewer
 from odsmedia.rooms.subscription import Subscription
 from odsmedia.rooms.transport import SubscriberTransport
+from testsupport.peers import SignalingClient, Viewer
 
 pytestmark = pytest.mark.timeout(240)
 log = logging.getLogger("test")
