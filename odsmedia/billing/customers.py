@@ -40,6 +40,24 @@ async def link_reference(conn: asyncpg.Connection, customer: str, kind: str, own
     )
 
 
+async def subscribed(db: Db, account_id: int, plan: str) -> bool:
+    """The account itself holds ``plan``, active or trialing, not set to cancel."""
+    return bool(await db.fetchval(
+        """SELECT 1 FROM billing_customers c JOIN subscriptions s ON s.customer_id = c.customer_id
+           WHERE c.account_id = $1 AND s.plan = $2 AND s.status IN ('active', 'trialing')
+             AND NOT s.cancel_at_period_end""",
+        account_id, plan))
+
+
+async def latest_subscription(db: Db, account_id: int) -> asyncpg.Record | None:
+    """The account's own most recently changed subscription (plan, status, quantity, period end)."""
+    return await db.fetchrow(
+        """SELECT s.plan, s.status, s.quantity, s.current_period_end, s.cancel_at_period_end
+           FROM billing_customers c JOIN subscriptions s ON s.customer_id = c.customer_id
+           WHERE c.account_id = $1 ORDER BY s.state_at DESC LIMIT 1""",
+        account_id)
+
+
 async def running(db: Db, account_id: int, statuses: tuple[str, ...]) -> int:
     """The account's own subscriptions in one of ``statuses`` that are not set to cancel."""
     return await db.fetchval(

@@ -84,13 +84,7 @@ async def checkout(request: web.Request) -> web.Response:
         reference, metadata = f"o:{org.id}", {"plan": plan.code, "org_id": str(org.id), "seats": str(seats)}
     else:
         seats = 1
-        active = await db.fetchval(
-            """SELECT 1 FROM billing_customers c JOIN subscriptions s ON s.customer_id = c.customer_id
-               WHERE c.account_id = $1 AND s.plan = $2 AND s.status IN ('active', 'trialing')
-                 AND NOT s.cancel_at_period_end""",
-            account.id, plan.code,
-        )
-        if active:
+        if await customers.subscribed(db, account.id, plan.code):
             raise ApiError(409, "already_subscribed", "you already have this plan; manage it in the portal")
         reference, metadata = f"a:{account.id}", {"plan": plan.code, "account_id": str(account.id)}
     owner = {"org_id": org_id} if org_id is not None else {"account_id": account.id}
@@ -220,12 +214,7 @@ async def remove_member(request: web.Request) -> web.Response:
 async def me_billing(request: web.Request, account_id: int) -> dict:
     db = request.app[DB]
     svc = service(request.app)
-    sub = await db.fetchrow(
-        """SELECT s.plan, s.status, s.quantity, s.current_period_end, s.cancel_at_period_end
-           FROM billing_customers c JOIN subscriptions s ON s.customer_id = c.customer_id
-           WHERE c.account_id = $1 ORDER BY s.state_at DESC LIMIT 1""",
-        account_id,
-    )
+    sub = await customers.latest_subscription(db, account_id)
     email = await accounts.email_of(db, account_id)
     entitled: list[str] = []
     if svc.entitlements is not None:
