@@ -19,10 +19,10 @@ from typing import AsyncIterator
 from aiohttp import web
 
 from . import metrics
+from .auth.tokens import GateTokens
 from .bus import Bus
 from .config import Config
 from .errors import ApiError, json_response
-from .auth.tokens import GateTokens
 from .gate import Gate
 from .keys import BUS, CONFIG, DB, GATE
 from .logs import request_id

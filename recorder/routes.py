@@ -31,8 +31,8 @@ from . import episodes, finalize
 from .episodes import Episode
 from .playlist import CONTENT_TYPE as PLAYLIST_TYPE
 from .playlist import with_endlist
-from .recording import PLAYLIST
 from .recorder import RECORDER, Recorder, local_node_id
+from .recording import PLAYLIST
 from .storage import LocalStorage, Storage, StorageError
 
 SEGMENT_PATTERN = r"[0-9]{5,9}-[0-9]{1,6}\.m4s|init-[0-9]{1,6}\.mp4"

@@ -26,8 +26,8 @@ from odsmedia.rooms.errors import SfuError
 from odsmedia.rooms.participant import Participant
 from odsmedia.rooms.room import Room
 from odsmedia.rooms.sfu import SFU
-from odsmedia.wire import NAME_MAX, clean_name, valid_ref
 from odsmedia.rooms.transport import PublisherTransport, SubscriberTransport
+from odsmedia.wire import NAME_MAX, clean_name, valid_ref
 
 log = logging.getLogger("odsmedia.signaling")
 

@@ -20,8 +20,8 @@ from ..bus import Bus
 from ..channels import ControlMessage, control_channel, kick_message, mute_message
 from ..gate import ROLE_RANK, Gate
 from ..rooms import directory
-from ..storage import transaction
 from ..rooms.directory import RoomRecord
+from ..storage import transaction
 from . import store
 from .hub import ChatHub
 from .items import ChatError

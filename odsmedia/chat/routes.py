@@ -12,11 +12,11 @@ from typing import Any, AsyncIterator
 
 from aiohttp import web
 
+from recorder import episodes
+
 from ..errors import ApiError, json_response, path_id
 from ..gate import Entry
 from ..keys import GATE
-from recorder import episodes
-
 from . import store
 from .feature import CHAT, Chat
 from .socket import chat_socket

@@ -17,12 +17,13 @@ import orjson
 from aiohttp import WSMsgType, web
 from redis.exceptions import RedisError
 
+from recorder import episodes
+
 from ..errors import ApiError
 from ..gate import Admission, Entry
 from ..rooms import directory
 from ..rooms.directory import RoomRecord
 from ..wire import valid_ref
-from recorder import episodes
 from . import store
 from .feature import CHAT, Chat
 from .hub import CLOSE_BANNED, ChatClient, RoomChannel, you
