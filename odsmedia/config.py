@@ -300,7 +300,9 @@ def _parse(setting: Setting, raw: Any, *, source: str) -> Any:
         return setting.parse(raw)
     except ValueError as exc:
         where = setting.env if source == "env" else setting.key
-        raise ConfigError(f"invalid {where}={raw!r}: expected {exc}") from None
+        # The message is printed: never with a credential in it.
+        shown = "***" if is_secret(setting) else mask(repr(raw))
+        raise ConfigError(f"invalid {where}={shown}: expected {exc}") from None
 
 
 def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -371,14 +373,49 @@ def markdown_table() -> str:
     return "\n".join(lines) + "\n"
 
 
+# Query parameters of a DSN that carry credentials (libpq's password and sslpassword,
+# and anything named like a secret).
+_SECRET_NAME = re.compile(r"(secret|key|token|password|passwd|credential)", re.IGNORECASE)
+_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<userinfo>[^/?#@]*)@", re.IGNORECASE)
+_QUERY_PARAM = re.compile(r"(?P<lead>[?&;])(?P<name>[^=&;#]+)=(?P<value>[^&;#]*)")
+
+
+def mask(text: str) -> str:
+    """``text`` with every credential in it replaced by ``***``.
+
+    The password of URL userinfo with or without a user name (``redis://:pw@h``,
+    ``postgres://u:pw@h``; a lone ``u@`` is a user name, as libpq and redis-py read
+    it) and query parameters named like a secret (``?password=``, ``?sslpassword=``,
+    ``?api_key=``)."""
+
+    def userinfo(m: re.Match[str]) -> str:
+        user, colon, _ = m["userinfo"].partition(":")
+        return f"{m['scheme']}{user}:***@" if colon else m.group(0)
+
+    def param(m: re.Match[str]) -> str:
+        if _SECRET_NAME.search(m["name"]):
+            return f"{m['lead']}{m['name']}=***"
+        return m.group(0)
+
+    return _QUERY_PARAM.sub(param, _USERINFO.sub(userinfo, text))
+
+
+def is_secret(setting: Setting) -> bool:
+    """Declared secret, or a string setting whose name says it holds one."""
+    name = setting.key.rsplit(".", 1)[-1]
+    return setting.secret or (isinstance(setting.default, str) and bool(_SECRET_NAME.search(name)))
+
+
 def describe(config: Config) -> dict[str, Any]:
     """Effective settings with secrets masked, for `odsmedia config`."""
     shown: dict[str, Any] = {}
     for s in SETTINGS:
         value = config[s.key]
-        if s.secret and value:
+        if is_secret(s) and value:
             value = "***"
-        elif s.key in ("database.url", "redis.url") and value:
-            value = re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", value)
-        shown[s.key] = list(value) if isinstance(value, tuple) else value
+        elif isinstance(value, str):
+            value = mask(value)
+        elif isinstance(value, tuple):
+            value = [mask(v) for v in value]
+        shown[s.key] = value
     return shown
