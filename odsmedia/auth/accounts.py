@@ -42,7 +42,7 @@ def normalize_email(raw: object) -> str:
     if not isinstance(raw, str):
         raise ApiError(400, "invalid_email", "email must be a string")
     email = raw.strip().lower()
-    if len(email) > 254 or not _EMAIL.match(email):
+    if len(email) > 254 or not _EMAIL.match(email) or any(unicodedata.category(c) == "Cc" for c in email):
         raise ApiError(400, "invalid_email", "that does not look like an e-mail address")
     return email
 

@@ -26,7 +26,7 @@ def network_of(address: str) -> str:
 
 
 def opaque(secret: str, value: str) -> str:
-    return hmac.new(secret.encode(), value.encode(), hashlib.sha256).hexdigest()[:32]
+    return hmac.new(secret.encode(), value.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()[:32]
 
 
 async def hit(client: redis.Redis, key: str, *, limit: int, window: float) -> float:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import secrets as pysecrets
+import unicodedata
 from typing import AsyncIterator
 
 from aiohttp import web
@@ -224,8 +225,9 @@ async def create_token(request: web.Request) -> web.Response:
     if not isinstance(slug, str):
         raise ApiError(400, "invalid_room", "room must be a room slug")
     label = body.get("label", "")
-    if not isinstance(label, str) or len(label) > 80:
-        raise ApiError(400, "invalid_label", "label must be a string of at most 80 characters")
+    if not isinstance(label, str) or len(label) > 80 or any(unicodedata.category(c) == "Cc" for c in label):
+        raise ApiError(400, "invalid_label", "label must be a string of at most 80 characters, "
+                                             "without control characters")
     raw_ttl = body.get("ttl", config["auth.token_ttl"])
     try:
         ttl = configmod._duration(raw_ttl)

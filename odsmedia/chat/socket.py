@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 
 from recorder import episodes
 
-from ..errors import ApiError
+from ..errors import ApiError, json_int
 from ..gate import Admission, Entry
 from ..rooms import directory
 from ..rooms.directory import RoomRecord
@@ -87,7 +87,7 @@ class ChatSession:
     async def upvote(self, data: dict[str, Any]) -> dict[str, Any]:
         self._require_poster()
         item_id = data.get("id")
-        if isinstance(item_id, bool) or not isinstance(item_id, int) or item_id < 1:
+        if json_int(item_id, low=1) is None:
             raise ChatError("invalid_id", "id must be a positive integer")
         item = await store.upvote(self.chat.db, self.room.id, item_id, self.client.subject)
         await self.chat.hub.dispatch(self.room.slug, item.event())
@@ -130,7 +130,7 @@ HANDLERS: dict[str, Handler] = {
 def _parse_after(raw: Any) -> int | None:
     if raw is None:
         return None
-    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
+    if json_int(raw) is None:
         raise ChatError("invalid_after", "after must be a non-negative integer (the last seq seen)")
     return raw
 
