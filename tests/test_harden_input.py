@@ -131,3 +131,17 @@ async def test_headers_that_are_not_utf8_are_refused_cleanly(client, room_factor
         assert status in (expected if isinstance(expected, tuple) else (expected,)), data[:400]
         assert b'"error"' in data or status == 200, data[:400]
     assert (await client.get("/healthz")).status == 200
+
+
+async def test_csrf_is_checked_when_authorization_does_not_authenticate(client, db, room_factory, token_factory):
+    csrf, account = await sign_in(client)
+    for header in ("x", "Bearer ods_unknown", "Basic dXNlcjpwdw==", "Bearer "):
+        resp = await client.patch("/api/me", json={"display_name": "Mallory"}, headers={"Authorization": header})
+        assert resp.status == 403 and (await resp.json())["error"] == "csrf_failed", header
+    assert await db.fetchval("SELECT display_name FROM accounts WHERE id = $1", account["id"]) != "Mallory"
+    # A token that does authenticate is not cookie-authenticated: no CSRF token needed (WHIP from the host page).
+    room = await room_factory()
+    token = await token_factory(room, "viewer")
+    resp = await client.post(f"/rooms/{room.slug}/whep", data="v=0", headers={"Authorization": f"Bearer {token}",
+                                                                              "Content-Type": "application/sdp"})
+    assert resp.status != 403, await resp.text()
