@@ -269,6 +269,8 @@ class Config:
     values: Mapping[str, Any]
     plans: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     dev: bool = False
+    # Keys set by the file or the environment (not left at their default).
+    explicit: frozenset[str] = frozenset()
 
     def __getitem__(self, key: str) -> Any:
         return self.values[key]
@@ -281,7 +283,7 @@ class Config:
         values = dict(self.values)
         for key, raw in changes.items():
             values[key] = _parse(_BY_KEY[key], raw, source="override")
-        return Config(values=values, plans=self.plans, dev=self.dev)
+        return Config(values=values, plans=self.plans, dev=self.dev, explicit=self.explicit | set(changes))
 
     @property
     def data_dir(self) -> Path:
@@ -325,6 +327,7 @@ def load(
     """Defaults, then the TOML file (``file`` or ODS_CONFIG), then the environment."""
     env = os.environ if environ is None else environ
     values = {s.key: s.default for s in SETTINGS}
+    explicit: set[str] = set()
     plans: dict[str, Mapping[str, Any]] = {}
     path = file if file is not None else env.get("ODS_CONFIG") or None
     if path:
@@ -347,13 +350,15 @@ def load(
             if setting is None:
                 raise ConfigError(f"invalid {key}: expected one of the documented keys (unknown key)")
             values[key] = _parse(setting, raw, source="file")
+            explicit.add(key)
     for setting in SETTINGS:
         if setting.env in env:
             values[setting.key] = _parse(setting, env[setting.env], source="env")
+            explicit.add(setting.key)
     secret = values["secret.key"]
     if secret and len(secret) < 32:
         raise ConfigError("invalid ODS_SECRET_KEY: expected at least 32 characters")
-    return Config(values=values, plans=plans, dev=dev)
+    return Config(values=values, plans=plans, dev=dev, explicit=frozenset(explicit))
 
 
 def _show(value: Any) -> str:

@@ -60,7 +60,10 @@ class EmbeddedServices:
 
     def _write_state(self, state: dict) -> None:
         tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=2))
+        # Holds the embedded services' URLs (with their credentials): owner-only.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(state, indent=2))
         os.replace(tmp, self.state_path)
 
     def start_postgres(self) -> str:

@@ -49,3 +49,31 @@ def test_a_bad_secret_setting_is_named_without_its_value(service_urls, tmp_path)
     out = run_cli(env, "config")
     assert out.returncode == 2
     assert "REDIS_URL" in out.stderr and "hunter22" not in out.stderr
+
+
+async def test_outbox_mail_is_owner_only(client, config):
+    import os
+    import stat
+
+    from odsmedia.keys import FEATURES
+
+    old = os.umask(0o022)
+    try:
+        resp = await client.post("/auth/magic-link", json={"email": "perm@example.test"})
+        assert resp.status == 202
+        await client.server.app[FEATURES]["auth"].drain()
+    finally:
+        os.umask(old)
+    outbox = config.data_dir / "outbox"
+    files = list(outbox.glob("*.eml"))
+    assert files
+    assert stat.S_IMODE(outbox.stat().st_mode) == 0o700
+    assert {stat.S_IMODE(f.stat().st_mode) for f in files} == {0o600}
+
+
+def test_serve_refuses_the_outbox_unless_asked_for(service_urls, tmp_path):
+    env = odsmedia_env(service_urls, tmp_path)
+    del env["ODS_MAIL_BACKEND"]
+    out = run_cli(env, "serve", timeout=30)
+    assert out.returncode == 2
+    assert "ODS_MAIL_BACKEND" in out.stderr
