@@ -145,3 +145,37 @@ async def test_csrf_is_checked_when_authorization_does_not_authenticate(client, 
     resp = await client.post(f"/rooms/{room.slug}/whep", data="v=0", headers={"Authorization": f"Bearer {token}",
                                                                               "Content-Type": "application/sdp"})
     assert resp.status != 403, await resp.text()
+
+
+SPOOFS = ("\u202eevil", "ad\u200bmin", "a\u2066b\u2069", "\ufeffname", "x\u2060y", "tab\x07", "rtl\u202b")
+
+
+async def test_one_display_name_rule_everywhere(client, room_factory, token_factory, db):
+    from testsupport.peers import SignalingClient, SignalingError
+
+    csrf, account = await sign_in(client)
+    for name in SPOOFS:
+        resp = await client.patch("/api/me", json={"display_name": name}, headers={"X-CSRF-Token": csrf})
+        assert resp.status == 400 and (await resp.json())["error"] == "invalid_display_name", repr(name)
+    resp = await client.patch("/api/me", json={"display_name": "  Jose\u0301   M. "}, headers={"X-CSRF-Token": csrf})
+    assert resp.status == 200 and (await resp.json())["display_name"] == "Jos\u00e9 M."   # NFC, spaces collapsed
+
+    room = await room_factory()
+    for name in SPOOFS:
+        sig = SignalingClient(str(client.make_url("")), room.slug)
+        await sig.connect()
+        try:
+            with pytest.raises(SignalingError) as exc:
+                await sig.join(name=name, token=await token_factory(room, "viewer"))
+            assert exc.value.code == "invalid_message", repr(name)
+        finally:
+            await sig.close()
+    # Chat: a guest name outside the rule is not used; text with a bidi override is refused.
+    viewer = await ChatSocket.open(client.session, str(client.make_url(f"/rooms/{room.slug}/chat")),
+                                   token=await token_factory(room, "viewer"), name="\u202eevil")
+    assert "\u202e" not in viewer.welcome["you"]["name"]
+    reply = await viewer.post("look \u202eright")
+    assert reply["type"] == "error" and reply["error"] == "invalid_text"
+    reply = await viewer.post("line one\nline\ttwo")
+    assert reply["type"] == "ack"
+    await viewer.close()
