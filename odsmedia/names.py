@@ -29,11 +29,13 @@ def display_name(raw: object, *, max_length: int) -> str:
     """``raw`` as a display name under the rule above, or ``InvalidName``."""
     if not isinstance(raw, str):
         raise InvalidName("a name must be a string")
-    name = " ".join(unicodedata.normalize("NFC", raw).split())
+    text = unicodedata.normalize("NFC", raw)
+    # Checked before whitespace collapses, so a newline or tab is refused, not turned into a space.
+    if any(unicodedata.category(c) in _REFUSED_IN_NAMES for c in text):
+        raise InvalidName("a name must not contain control, bidirectional or zero-width characters")
+    name = " ".join(text.split())
     if not 1 <= len(name) <= max_length:
         raise InvalidName(f"a name must be 1-{max_length} characters")
-    if any(unicodedata.category(c) in _REFUSED_IN_NAMES for c in name):
-        raise InvalidName("a name must not contain control, bidirectional or zero-width characters")
     return name
 
 
