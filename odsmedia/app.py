@@ -22,7 +22,8 @@ from . import metrics
 from .auth.tokens import GateTokens
 from .bus import Bus
 from .config import Config
-from .errors import ApiError, json_response
+from .auth.tokens import GateTokens
+from .errors import OUTAGE_ERRORS, ApiError, json_response, unavailable
 from .gate import Gate
 from .keys import BUS, CONFIG, DB, GATE
 from .logs import request_id
@@ -74,6 +75,13 @@ async def observe(request: web.Request, handler):
     except (asyncio.CancelledError, ConnectionResetError):
         status = 499
         raise
+    except OUTAGE_ERRORS as exc:
+        # PostgreSQL or Redis is away: say so (503, Retry-After), no traceback per request.
+        log.warning("request failed: service unavailable (%s)", type(exc).__name__, extra={"path": request.path})
+        response = unavailable().response()
+        response.headers["X-Request-Id"] = rid
+        status = 503
+        return response
     except Exception:
         log.exception("unhandled error", extra={"path": request.path})
         return json_response({"error": "internal", "message": "internal server error", "request_id": rid},

@@ -8,11 +8,14 @@ is for people.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
+import asyncpg
 import orjson
 from aiohttp import web
+from redis import exceptions as redis_errors
 
 
 class ApiError(Exception):
@@ -34,6 +37,31 @@ class ApiError(Exception):
             content_type="application/json",
             headers=self.headers,
         )
+
+
+# -- outages: PostgreSQL or Redis unreachable -----------------------------------------
+
+# What a request meets when PostgreSQL or Redis is away: refused or reset connections
+# (OSError), timeouts, a server shutting down (class 57), a connection lost mid-query.
+OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.ConnectionDoesNotExistError,
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+)
+# Seconds a client is told to wait before retrying during an outage.
+OUTAGE_RETRY_AFTER = 5
+# WebSocket close code for an outage (RFC 6455 "internal error": try again later).
+CLOSE_UNAVAILABLE = 1011
+
+
+def unavailable(message: str = "a service this needs is unavailable; try again shortly") -> ApiError:
+    err = ApiError(503, "unavailable", message, retry_after=OUTAGE_RETRY_AFTER)
+    err.headers["Retry-After"] = str(OUTAGE_RETRY_AFTER)
+    return err
 
 
 def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

@@ -18,7 +18,7 @@ from typing import Any, Awaitable, Callable
 import orjson
 from aiohttp import WSMsgType, web
 
-from odsmedia.errors import ApiError
+from odsmedia.errors import CLOSE_UNAVAILABLE, OUTAGE_ERRORS, ApiError, unavailable
 from odsmedia.gate import Admission, Entry
 from odsmedia.keys import CONFIG, GATE
 from odsmedia.media.ice import browser_ice_servers
@@ -97,6 +97,7 @@ class Session:
             "ping": self.on_ping,
         }
         self.closing = False
+        self.close_code = 1000
 
     # --- output -----------------------------------------------------------------------------
 
@@ -158,6 +159,12 @@ class Session:
             if self.participant is None and exc.status in (401, 402, 403, 404):
                 # A refused join ends the conversation; the page shows the reason.
                 self.closing = True
+        except OUTAGE_ERRORS as exc:
+            # PostgreSQL or Redis is away: say so and close with 1011 so the client retries later.
+            log.warning("signaling request failed: service unavailable (%s)", type(exc).__name__)
+            await self.error(unavailable(), ref)
+            self.closing = True
+            self.close_code = CLOSE_UNAVAILABLE
         except Exception:
             log.exception("signaling handler failed")
             await self.error(SfuError(500, "internal", "internal error"), ref)
@@ -168,7 +175,7 @@ class Session:
             await room.leave(participant)
             await participant.flush_and_stop(timeout=0.5)
         if not self.ws.closed:
-            await self.ws.close()
+            await self.ws.close(code=self.close_code)
 
     # --- handlers ---------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from conftest import make_config
-from odsmedia.keys import FEATURES
+from odsmedia.auth.service import AUTH
 from test_auth import LINK, mails_to
 
 pytestmark = pytest.mark.browser
@@ -39,7 +39,7 @@ async def test_next_after_sign_in_never_leaves_the_origin(client, config, browse
         await page.fill("#email", address)
         await page.click("#send")
         await page.wait_for_selector("#status:not([hidden])", timeout=5000)
-        await client.server.app[FEATURES]["auth"].drain()
+        await client.server.app[AUTH].drain()
         link = LINK.search(mails_to(config, address)[-1].get_content()).group(0)
         await page.goto(str(client.make_url(link)))
         await page.click("#signin")

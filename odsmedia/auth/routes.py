@@ -64,9 +64,10 @@ async def request_link(request: web.Request) -> web.Response:
     network = ratelimit.network_of(client_ip(request, config["http.trusted_proxies"]))
     wait = max(
         await ratelimit.hit(bus.redis, bus.key("rl", "link", "net", ratelimit.opaque(svc.secret, network)),
-                            limit=config["auth.link_rate_per_network"], window=window),
-        await ratelimit.hit(bus.redis, bus.key("rl", "link", "addr", ratelimit.opaque(svc.secret, email)),
-                            limit=config["auth.link_rate_per_address"], window=window),
+                            limit=config["auth.link_rate_per_network"], window=window, fallback=svc.local_limits),
+        await ratelimit.hit(bus.redis, bus.key("rl", "link", "addr",
+                                               ratelimit.opaque(svc.secret, ratelimit.mailbox_of(email))),
+                            limit=config["auth.link_rate_per_address"], window=window, fallback=svc.local_limits),
     )
     if wait:
         err = ApiError(429, "rate_limited", "too many sign-in links requested; try again later",

@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 
 from recorder import episodes
 
-from ..errors import ApiError, json_int
+from ..errors import CLOSE_UNAVAILABLE, OUTAGE_ERRORS, ApiError, json_int
 from ..gate import Admission, Entry
 from ..rooms import directory
 from ..rooms.directory import RoomRecord
@@ -201,7 +201,7 @@ async def _welcome(chat: Chat, room: RoomRecord, client: ChatClient, after: int 
         snap = await store.snapshot(chat.db, room.id, after=after, history=chat.history)
         slow_mode = await store.slow_mode(chat.db, room.id)
     except (asyncpg.PostgresError, OSError):
-        raise Refused(UNAVAILABLE, 1011) from None
+        raise Refused(UNAVAILABLE, CLOSE_UNAVAILABLE) from None
     client.send({
         "type": "welcome",
         "room": room.slug,
@@ -232,10 +232,14 @@ async def _serve(ws: web.WebSocketResponse, session: ChatSession) -> None:
             client.send(ChatError("invalid_json", "not JSON").event())
         except ChatError as exc:
             client.send(exc.event(ref))
-        except (asyncpg.PostgresError, RedisError, OSError, asyncio.TimeoutError):
+        except (asyncpg.PostgresError, RedisError, *OUTAGE_ERRORS):
             # Nothing was changed (each write is one transaction); the client may retry.
             log.warning("chat request failed", exc_info=True)
             client.send({**UNAVAILABLE, "ref": ref})
+        except Exception:
+            # A bug, not the client's fault: the socket stays and the request is answered.
+            log.exception("chat request failed unexpectedly")
+            client.send({"type": "error", "error": "internal", "message": "internal error", "ref": ref})
 
 
 async def chat_socket(request: web.Request) -> web.StreamResponse:
@@ -262,13 +266,23 @@ async def chat_socket(request: web.Request) -> web.StreamResponse:
         try:
             channel = await chat.hub.attach(room.slug, room.id, client)
         except (asyncpg.PostgresError, OSError, ConnectionError):
-            raise Refused(UNAVAILABLE, 1011) from None
+            raise Refused(UNAVAILABLE, CLOSE_UNAVAILABLE) from None
         try:
             await _welcome(chat, room, client, _parse_after(join.get("after")))
             await _serve(ws, ChatSession(chat, admission, client, channel))
         finally:
             await chat.hub.detach(room.slug, client)
+    except OUTAGE_ERRORS:
+        # PostgreSQL or Redis went away during the join: 1011, the client retries later.
+        log.warning("chat join failed: service unavailable")
+        await _refuse(ws, Refused(UNAVAILABLE, CLOSE_UNAVAILABLE))
     except Refused as refused:
-        await ws.send_str(orjson.dumps(refused.event).decode())
-        await ws.close(code=refused.code, message=refused.event["error"].encode())
+        await _refuse(ws, refused)
     return ws
+
+
+async def _refuse(ws: web.WebSocketResponse, refused: Refused) -> None:
+    if ws.closed:
+        return
+    await ws.send_str(orjson.dumps(refused.event).decode())
+    await ws.close(code=refused.code, message=refused.event["error"].encode())
