@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import secrets
 import time
 import uuid
 from typing import AsyncIterator
@@ -19,6 +20,7 @@ from typing import AsyncIterator
 from aiohttp import web
 
 from . import metrics
+from .abuse import ABUSE, NetworkCaps
 from .auth.tokens import GateTokens
 from .bus import Bus
 from .config import Config
@@ -130,6 +132,7 @@ def make_app(config: Config, *, features: tuple[str, ...] = FEATURE_MODULES) -> 
         raise ValueError("make_app needs database.url and redis.url (dev resolves embedded ones first)")
     app = web.Application(middlewares=[observe], client_max_size=1024 * 1024)
     app[CONFIG] = config
+    app[ABUSE] = NetworkCaps(config, config["secret.key"] or secrets.token_urlsafe(32))
 
     async def services(app: web.Application) -> AsyncIterator[None]:
         app[DB] = await connect(config["database.url"], max_size=config["database.pool_size"])

@@ -20,6 +20,7 @@ from aiohttp import WSMsgType, web
 
 from odsmedia.errors import CLOSE_UNAVAILABLE, OUTAGE_ERRORS, ApiError, unavailable
 from odsmedia.gate import Admission, Entry
+from odsmedia.abuse import ABUSE, Held, Lease
 from odsmedia.keys import CONFIG, GATE
 from odsmedia.media.ice import browser_ice_servers
 from odsmedia.rooms.errors import SfuError
@@ -98,6 +99,7 @@ class Session:
         }
         self.closing = False
         self.close_code = 1000
+        self.lease: Lease | None = None
 
     # --- output -----------------------------------------------------------------------------
 
@@ -170,6 +172,8 @@ class Session:
             await self.error(SfuError(500, "internal", "internal error"), ref)
 
     async def cleanup(self) -> None:
+        if self.lease is not None:
+            self.lease.release()
         participant, room = self.participant, self.room
         if participant is not None and room is not None:
             await room.leave(participant)
@@ -190,6 +194,8 @@ class Session:
             admission = await gate.admit_token(token, self.slug, Entry.JOIN)
         else:
             admission = await gate.admit(self.request, self.slug, Entry.JOIN)
+        # Held until the socket ends (cleanup releases it).
+        self.lease = self.app[ABUSE].acquire(Held.SIGNALING, self.request)
         self.room, participant = await self.app[SFU].join(
             admission.room, subject=admission.identity.subject, name=_display_name(admission, message.get("name")),
             role=admission.role, via="ws", write=self._write,

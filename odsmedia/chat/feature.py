@@ -30,7 +30,9 @@ class Chat:
         self.bus = app[BUS]
         self.gate = app[GATE]
         self.hub = ChatHub(self.db, self.bus)
-        self.limits = PostLimits(self.bus, config["chat.rate_per_10s"])
+        self.limits = PostLimits(self.bus, config["chat.rate_per_10s"],
+                                 network_rate=config["chat.rate_per_network_10s"],
+                                 room_rate=config["chat.rate_per_room_10s"])
         self.moderation = Moderation(self.db, self.bus, self.hub, self.gate)
         # The schema bounds a body at 4,000 characters (migrations/0003_chat.sql).
         # Bounded to the body column (4000) when the configuration is validated.

@@ -95,13 +95,15 @@ class ChatClient:
     """
 
     def __init__(self, ws: web.WebSocketResponse, request: web.Request, *, subject: str, name: str,
-                 role: str, can_post: bool) -> None:
+                 role: str, can_post: bool, network: str | None = None) -> None:
         self.ws = ws
         self.transport = request.transport
         self.subject = subject
         self.name = name
         self.role = role
         self.can_post = can_post
+        # The client network as a keyed hash, for the per-network post rate (never the address).
+        self.network = network
         self.last_seq = 0
         self.ready = False
         self.closed = False

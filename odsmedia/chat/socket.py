@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 
 from recorder import episodes
 
+from ..abuse import ABUSE, Held
 from ..errors import CLOSE_UNAVAILABLE, OUTAGE_ERRORS, ApiError, json_int
 from ..gate import Admission, Entry
 from ..rooms import directory
@@ -72,8 +73,9 @@ class ChatSession:
         db, room, subject = self.chat.db, self.room, self.client.subject
         if kind == "highlight" and await episodes.live_id(db, room.id) is None:
             raise ChatError("not_live", "highlights mark a moment of a live session; the room is not live")
-        await self.chat.limits.check(room.slug, subject,
-                                     slow_seconds=0 if self.client.is_moderator else self.channel.slow_mode)
+        moderator = self.client.is_moderator
+        await self.chat.limits.check(room.slug, subject, slow_seconds=0 if moderator else self.channel.slow_mode,
+                                     network=None if moderator else self.client.network)
         item = await store.post(db, room.id, kind=kind, author=subject, author_name=self.client.name, text=text)
         if item is None:
             sanction = await store.active_sanction(db, room.id, subject)
@@ -260,9 +262,17 @@ async def chat_socket(request: web.Request) -> web.StreamResponse:
         if join is None:
             return ws
         admission = await _admit(chat, room, join, early)
+        caps = request.app[ABUSE]
         client = ChatClient(ws, request, subject=admission.identity.subject,
                             name=await chat.display_name(admission, join.get("name")),
-                            role=admission.role, can_post=await _may_post(chat, admission))
+                            role=admission.role, can_post=await _may_post(chat, admission),
+                            network=caps.network(request))
+        try:
+            # One per socket from this network, released when the socket ends.
+            lease = caps.acquire(Held.CHAT, request)
+        except ApiError as exc:
+            raise Refused({"type": "error", **exc.body()}, 4000 + exc.status) from None
+        request.task.add_done_callback(lambda _: lease.release())
         try:
             channel = await chat.hub.attach(room.slug, room.id, client)
         except (asyncpg.PostgresError, OSError, ConnectionError):

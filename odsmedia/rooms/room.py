@@ -45,6 +45,9 @@ class Room:
         if self.participants.pop(participant.id, None) is None:
             return
         participant.stop()
+        hooks, participant.on_leave = participant.on_leave, []
+        for hook in hooks:
+            hook()
         for transport in list(participant.transports.values()):
             await transport.close()
         self.broadcast({"type": "participant_left", "participant": participant.id, "reason": reason})
