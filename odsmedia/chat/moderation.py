@@ -165,9 +165,11 @@ class Moderation:
         return {"target": target}
 
     async def lift(self, room: RoomRecord, actor: Actor, target: Any, kind: str) -> dict[str, Any]:
-        """Unban or end a timeout."""
+        """Unban or end a timeout (never one's own)."""
         self.require_moderator(actor)
         target = _target(target)
+        if target == actor.subject:
+            raise ChatError("invalid_target", "nobody lifts a sanction on themselves")
         async with transaction(self.db) as conn:
             if not await store.lift_sanction(conn, room.id, target, kind):
                 raise ChatError("not_sanctioned", f"the target has no {kind}")

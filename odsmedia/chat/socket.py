@@ -21,7 +21,7 @@ from recorder import episodes
 
 from ..abuse import ABUSE, Held
 from ..errors import CLOSE_UNAVAILABLE, OUTAGE_ERRORS, ApiError, json_int
-from ..gate import Admission, Entry
+from ..gate import ROLE_RANK, Admission, Entry
 from ..rooms import directory
 from ..rooms.directory import RoomRecord
 from ..wire import valid_ref
@@ -59,6 +59,15 @@ class ChatSession:
         if handler is None:
             raise ChatError("unknown_type", f"unknown message type {kind!r}")
         return await handler(self, data)
+
+    async def refresh_role(self) -> None:
+        """Lower the client's role to what the gate gives its subject now (never raise it:
+        promotions arrive as role notices)."""
+        client = self.client
+        current = await self.chat.gate.role_of_subject(self.room, client.subject)
+        if ROLE_RANK[current] < ROLE_RANK[client.role]:
+            client.role = current
+            client.send({"type": "you", **you(client)})
 
     def _require_poster(self) -> None:
         if not self.client.can_post:
@@ -100,8 +109,12 @@ class ChatSession:
 
 
 def _moderation(act: Callable[..., Awaitable[dict[str, Any]]]) -> Handler:
-    """A handler that hands the room, the actor and the message to a ``Moderation`` action."""
+    """A handler that hands the room, the actor and the message to a ``Moderation`` action.
+
+    The actor's role is asked of the gate at every action, never only at join: a
+    moderator demoted on another node (or whose notice was lost) acts as what she is now."""
     async def handler(session: ChatSession, data: dict[str, Any]) -> dict[str, Any]:
+        await session.refresh_role()
         return await act(session.chat.moderation, session.room, session.actor, data)
 
     return handler

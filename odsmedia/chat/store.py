@@ -82,6 +82,10 @@ async def upvote(db: Db, room_id: int, item_id: int, subject: str) -> ChatItem:
         row = await _require_live(conn, room_id, item_id)
         if row["kind"] != "question":
             raise ChatError("not_a_question", "only questions can be upvoted")
+        # A vote is speech too: a timed-out or banned subject casts none.
+        sanction = await active_sanction(conn, room_id, subject)
+        if sanction is not None:
+            raise _sanctioned(sanction)
         inserted = await conn.fetchval(
             "INSERT INTO chat_votes (room_id, item_id, subject) VALUES ($1, $2, $3) "
             "ON CONFLICT DO NOTHING RETURNING 1", room_id, item_id, subject)
@@ -220,6 +224,12 @@ async def snapshot(pool: asyncpg.Pool, room_id: int, *, after: int | None, histo
 class Sanction:
     kind: str
     until: datetime | None
+
+
+def _sanctioned(sanction: "Sanction") -> ChatError:
+    if sanction.kind == "ban":
+        return ChatError("banned", "you are banned from this room")
+    return ChatError("timed_out", "you are timed out", until=sanction.until.isoformat() if sanction.until else None)
 
 
 async def active_sanction(db: Db, room_id: int, subject: str) -> Sanction | None:
