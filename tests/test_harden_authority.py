@@ -101,3 +101,41 @@ async def test_nobody_lifts_their_own_sanction_and_the_sanctioned_do_not_upvote(
                                  room.id, subject) == 1
         await mod.close()
     await host.close()
+
+
+async def test_every_moderation_notice_reaches_each_client_once_on_both_nodes(aiohttp_client, service_urls, tmp_path,
+                                                                               room_factory, token_factory, db):
+    from test_chat_support import make_account
+
+    nodes = [await aiohttp_client(make_app(make_config(service_urls, tmp_path / n))) for n in "ab"]
+    member = await make_account(db, f"notice-{uuid.uuid4().hex[:6]}@example.test", "Member")
+    room = await room_factory()
+    host = await ChatSocket.open(nodes[0], f"/rooms/{room.slug}/chat", token=await token_factory(room, "host"))
+    watchers = [await ChatSocket.open(node, f"/rooms/{room.slug}/chat", token=await token_factory(room, "viewer"))
+                for node in nodes]
+    person = await ChatSocket.open(nodes[0], f"/rooms/{room.slug}/chat",
+                                   token=await token_factory(room, "viewer", account_id=member))
+    targets = [await ChatSocket.open(node, f"/rooms/{room.slug}/chat", token=await token_factory(room, "viewer"))
+               for node in nodes]
+    t0, t1 = (t.welcome["you"]["subject"] for t in targets)
+    for request in ({"type": "slow_mode", "seconds": 5}, {"type": "timeout", "target": t0, "minutes": 1},
+                    {"type": "end_timeout", "target": t0}, {"type": "kick", "target": t0},
+                    {"type": "ban", "target": t1}, {"type": "promote", "target": f"a:{member}"}):
+        assert (await host.request(request))["type"] == "ack", request
+    last = await host.post("after every notice")
+    for sock in (*watchers, person, host):
+        await sock.wait(lambda e: e.get("seq") == last["id"])
+    # A post from node b, published after node a published (and got back) every notice:
+    # Redis keeps one order per channel, so once node a's clients have it, every echo is in.
+    probe = await watchers[1].post("probe")
+    for sock in (*watchers, person, host):
+        await sock.wait(lambda e: e.get("seq") == probe["id"])
+    for sock in (*watchers, host):
+        kinds = [e["type"] for e in sock.events if e["type"] in ("settings", "sanction", "sanction_lifted", "kicked",
+                                                                 "banned")]
+        assert kinds == ["settings", "sanction", "sanction_lifted", "kicked", "banned"], kinds
+        notice_ids = [e["notice"] for e in sock.events if "notice" in e]
+        assert len(notice_ids) == len(set(notice_ids)) == 5
+    assert [e["role"] for e in person.events if e["type"] == "you"] == ["moderator"]
+    for sock in (host, *watchers, person):
+        await sock.close()

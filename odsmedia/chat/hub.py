@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections import deque
 from typing import Any, Callable
@@ -57,6 +58,9 @@ FLUSH_MIN = 0.01
 FLUSH_MAX = 0.1
 FLUSH_COST_FACTOR = 4.0
 DRAIN_POLL = 0.02
+
+# Notice ids a room remembers to drop the copy of a notice that comes back from Redis.
+NOTICE_MEMORY = 1024
 
 CLOSE_KICKED = 4003
 CLOSE_TOO_SLOW = 4008
@@ -210,6 +214,9 @@ class RoomChannel:
         self.opening: asyncio.Future[None] | None = None
         self.suspect_head = 0
         self._pending: dict[int, dict[str, Any]] = {}
+        # Ids of the notices delivered lately (bounded: a notice comes back within moments).
+        self._notice_order: deque[str] = deque(maxlen=NOTICE_MEMORY)
+        self._notices_seen: set[str] = set()
         self._gap_timer: asyncio.TimerHandle | None = None
         self._outbox: list[tuple[int, bytes]] = []
         self._flush_timer: asyncio.Handle | None = None
@@ -244,6 +251,16 @@ class RoomChannel:
             return  # at or below the head open() reads
         seq = event.get("seq")
         if seq is None:
+            # Notices carry an id instead (``ChatHub.dispatch``): the producing node sees
+            # each twice, locally and back from Redis, and delivers it once.
+            notice_id = event.get("notice")
+            if isinstance(notice_id, str):
+                if notice_id in self._notices_seen:
+                    return
+                if len(self._notice_order) == self._notice_order.maxlen:
+                    self._notices_seen.discard(self._notice_order[0])
+                self._notice_order.append(notice_id)
+                self._notices_seen.add(notice_id)
             self.hub.notice(self, event)
             return
         if seq <= self.delivered or seq in self._pending:
@@ -389,7 +406,12 @@ class ChatHub:
             await channel.close()
 
     async def dispatch(self, slug: str, event: dict[str, Any]) -> None:
-        """Deliver an event this node produced to its local clients, then to the other nodes."""
+        """Deliver an event this node produced to its local clients, then to the other nodes.
+
+        An unsequenced event (a notice) gets a ``notice`` id here, so that every node,
+        this one included, delivers it to each client once."""
+        if event.get("seq") is None and "notice" not in event:
+            event = {**event, "notice": secrets.token_hex(8)}
         channel = self.rooms.get(slug)
         if channel is not None:
             channel.handle(event)
