@@ -21,6 +21,7 @@ from aiohttp import web
 
 from . import metrics
 from .abuse import ABUSE, NetworkCaps
+from .reauth import REAUTH, Reauthorizer
 from .auth.tokens import GateTokens
 from .bus import Bus
 from .config import Config
@@ -140,7 +141,10 @@ def make_app(config: Config, *, features: tuple[str, ...] = FEATURE_MODULES) -> 
         # Bearer tokens are the token table's, not the cookie feature's: WHIP, operator
         # tokens and tokens in join messages work in every feature selection.
         app[GATE] = Gate(app[DB], tokens=GateTokens(app[DB]))
+        app[REAUTH] = Reauthorizer(app[DB], config["auth.reauth_interval"])
+        app[REAUTH].start()
         yield
+        await app[REAUTH].stop()
         await app[BUS].close()
         await app[DB].close()
 

@@ -32,14 +32,16 @@ def control_channel(slug: str) -> str:
 
 
 class ControlMessage(TypedDict):
-    """``{"action", "target", "by"}`` plus ``kind`` (mute/unmute) or ``reason`` (kick/ban)."""
+    """``{"action", "target", "by"}`` plus ``kind`` (mute/unmute), ``reason`` (kick/ban) or
+    ``role`` (role: a promotion or demotion the SFU applies to the target's participants)."""
 
-    action: Literal["mute", "unmute", "kick", "ban"]
+    action: Literal["mute", "unmute", "kick", "ban", "role"]
     target: str
     by: str
     kind: NotRequired[str]
     reason: NotRequired[str]
     detail: NotRequired[str]
+    role: NotRequired[str]
 
 
 def mute_message(target: str, kind: str, *, by: str, mute: bool = True) -> ControlMessage:
@@ -52,3 +54,7 @@ def kick_message(target: str, *, by: str, reason: str = "", ban: bool = False,
     if detail is not None:
         message["detail"] = detail
     return message
+
+
+def role_message(target: str, role: str, *, by: str) -> ControlMessage:
+    return {"action": "role", "target": target, "role": role, "by": by}

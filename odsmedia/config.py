@@ -231,6 +231,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("auth.session_absolute", "ODS_AUTH_SESSION_ABSOLUTE", _duration, 30 * 86400.0,
             "Session absolute expiry."),
     Setting("auth.token_ttl", "ODS_AUTH_TOKEN_TTL", _duration, 86400.0, "Default API token lifetime."),
+    Setting("auth.reauth_interval", "ODS_AUTH_REAUTH_INTERVAL", _duration, 2.0,
+            "How often each node re-checks the sessions, tokens and accounts its open chat and signaling sockets "
+            "were admitted with; those that ended are closed (4401)."),
     Setting("auth.link_rate_per_address", "ODS_AUTH_LINK_RATE_PER_ADDRESS", _int, 5,
             "Magic links one e-mail address may request per auth.link_rate_window."),
     Setting("auth.link_rate_per_network", "ODS_AUTH_LINK_RATE_PER_NETWORK", _int, 20,

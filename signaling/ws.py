@@ -22,6 +22,7 @@ from odsmedia.errors import CLOSE_UNAVAILABLE, OUTAGE_ERRORS, ApiError, unavaila
 from odsmedia.gate import Admission, Entry
 from odsmedia.abuse import ABUSE, Held, Lease
 from odsmedia.keys import CONFIG, GATE
+from odsmedia.reauth import CLOSE_REVOKED, REASONS, REAUTH, credential_of
 from odsmedia.media.ice import browser_ice_servers
 from odsmedia.rooms.errors import SfuError
 from odsmedia.rooms.participant import Participant
@@ -100,6 +101,7 @@ class Session:
         self.closing = False
         self.close_code = 1000
         self.lease: Lease | None = None
+        self.unwatch: Callable[[], None] = lambda: None
 
     # --- output -----------------------------------------------------------------------------
 
@@ -171,7 +173,23 @@ class Session:
             log.exception("signaling handler failed")
             await self.error(SfuError(500, "internal", "internal error"), ref)
 
+    def revoked(self, reason: str) -> None:
+        """What admitted this socket ended (``odsmedia.reauth``): say why, then close 4401."""
+        participant = self.participant
+        if participant is not None:
+            participant.notify({"type": "error", "code": reason, "message": REASONS[reason], "status": 401,
+                                "ref": None})
+
+        async def close() -> None:
+            if participant is not None:
+                await participant.flush_and_stop(timeout=0.5)
+            await self.ws.close(code=CLOSE_REVOKED, message=reason.encode())
+
+        self.closing = True
+        asyncio.ensure_future(close())
+
     async def cleanup(self) -> None:
+        self.unwatch()
         if self.lease is not None:
             self.lease.release()
         participant, room = self.participant, self.room
@@ -201,6 +219,7 @@ class Session:
             role=admission.role, via="ws", write=self._write,
             close_socket=lambda code: asyncio.ensure_future(self.ws.close(code=code)))
         self.admission, self.participant = admission, participant
+        self.unwatch = self.app[REAUTH].watch(credential_of(admission.identity), self.revoked)
         await self.reply({
             "type": "joined", "ref": ref,
             "participant": participant.describe(),

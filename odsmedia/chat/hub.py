@@ -33,7 +33,8 @@ import orjson
 from aiohttp import web
 
 from ..bus import Bus
-from ..channels import chat_channel
+from ..channels import chat_channel, control_channel
+from ..reauth import CLOSE_ENTITLEMENT_ENDED
 from . import store
 
 log = logging.getLogger("odsmedia.chat")
@@ -63,6 +64,7 @@ DRAIN_POLL = 0.02
 NOTICE_MEMORY = 1024
 
 CLOSE_KICKED = 4003
+ENTITLEMENT_ENDED = "entitlement_ended"
 CLOSE_TOO_SLOW = 4008
 CLOSE_BANNED = 4403
 
@@ -224,10 +226,14 @@ class RoomChannel:
         self._flush_interval = FLUSH_MIN
         self._catching_up = False
         self._unsubscribe: Callable[[], Any] | None = None
+        self._unsubscribe_control: Callable[[], Any] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def open(self) -> None:
         self._unsubscribe = await self.hub.bus.subscribe(chat_channel(self.slug), self.handle)
+        # Billing ends a plan room's access on the control channel (a ``kick`` with reason
+        # entitlement_ended); chat applies it to its own sockets too.
+        self._unsubscribe_control = await self.hub.bus.subscribe(control_channel(self.slug), self.on_control)
         # Read the head after subscribing: anything published before is at or below it.
         self.delivered, self.slow_mode = await store.room_state(self.hub.db, self.room_id)
         self.opened.set()
@@ -239,8 +245,22 @@ class RoomChannel:
             self._flush_timer.cancel()
         if self._unsubscribe is not None:
             await self._unsubscribe()
+        if self._unsubscribe_control is not None:
+            await self._unsubscribe_control()
         for task in list(self._tasks):
             task.cancel()
+
+    def on_control(self, message: dict[str, Any]) -> None:
+        """A control message for the room: chat applies the end of a plan's access."""
+        target = message.get("target")
+        if message.get("action") != "kick" or message.get("reason") != ENTITLEMENT_ENDED \
+                or not isinstance(target, str) or target == "none":
+            return
+        detail = message.get("detail") if isinstance(message.get("detail"), str) else ENTITLEMENT_ENDED
+        for client in list(self.clients):
+            if client.subject == target:
+                client.close(CLOSE_ENTITLEMENT_ENDED, {"type": "error", "error": ENTITLEMENT_ENDED, "detail": detail,
+                                                       "message": "your access to this room ended"})
 
     def handle(self, event: dict[str, Any]) -> None:
         """One event from the bus or from this node: deliver in seq order, once.

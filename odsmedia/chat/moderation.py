@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 
 from ..bus import Bus
-from ..channels import ControlMessage, control_channel, kick_message, mute_message
+from ..channels import ControlMessage, control_channel, kick_message, mute_message, role_message
 from ..errors import INT64_MAX, has_unstorable, json_int
 from ..gate import ROLE_RANK, Gate
 from ..rooms import directory
@@ -221,6 +221,12 @@ class Moderation:
             await audit(conn, room, actor, "promote" if promote else "demote", target)
         role = "moderator" if promote else "viewer"
         await self.hub.dispatch(room.slug, {"type": "role", "target": target, "role": role, "by": actor.subject})
+        try:
+            await self._control(room, role_message(target, role, by=actor.subject))
+        except Exception:
+            # Recorded and enforced at every use (the gate); only the SFU's view of the
+            # participant's role waits until it rejoins.
+            log.warning("role change not published to the SFU", extra={"room": room.slug}, exc_info=True)
         return {"target": target, "role": role}
 
     async def mute(self, room: RoomRecord, actor: Actor, target: Any, kind: Any, mute: bool) -> dict[str, Any]:

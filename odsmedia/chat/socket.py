@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 from recorder import episodes
 
 from ..abuse import ABUSE, Held
+from ..reauth import CLOSE_REVOKED, REASONS, REAUTH, credential_of
 from ..errors import CLOSE_UNAVAILABLE, OUTAGE_ERRORS, ApiError, json_int
 from ..gate import ROLE_RANK, Admission, Entry
 from ..rooms import directory
@@ -88,10 +89,14 @@ class ChatSession:
         item = await store.post(db, room.id, kind=kind, author=subject, author_name=self.client.name, text=text)
         if item is None:
             sanction = await store.active_sanction(db, room.id, subject)
-            if sanction is not None and sanction.kind == "ban":
+            if sanction is None:
+                # Not sanctioned: the account was deleted or the token revoked (store._POST).
+                reason = "account_deleted" if subject.startswith("a:") else "token_revoked"
+                raise ChatError(reason, REASONS[reason])
+            if sanction.kind == "ban":
                 raise ChatError("banned", "you are banned from this room")
             raise ChatError("timed_out", "you are timed out",
-                            until=sanction.until.isoformat() if sanction and sanction.until else None)
+                            until=sanction.until.isoformat() if sanction.until else None)
         await self.chat.hub.dispatch(room.slug, item.event())
         return {"id": item.id}
 
@@ -290,10 +295,13 @@ async def chat_socket(request: web.Request) -> web.StreamResponse:
             channel = await chat.hub.attach(room.slug, room.id, client)
         except (asyncpg.PostgresError, OSError, ConnectionError):
             raise Refused(UNAVAILABLE, CLOSE_UNAVAILABLE) from None
+        unwatch = request.app[REAUTH].watch(credential_of(admission.identity), lambda reason: client.close(
+            CLOSE_REVOKED, {"type": "error", "error": reason, "message": REASONS[reason]}))
         try:
             await _welcome(chat, room, client, _parse_after(join.get("after")))
             await _serve(ws, ChatSession(chat, admission, client, channel))
         finally:
+            unwatch()
             await chat.hub.detach(room.slug, client)
     except OUTAGE_ERRORS:
         # PostgreSQL or Redis went away during the join: 1011, the client retries later.

@@ -200,6 +200,14 @@ class Room:
                 for publication in list(self.publications.values()):
                     if publication.participant is participant and (kind is None or publication.kind == kind):
                         self.set_muted(publication, action == "mute", by="moderator")
+        elif action == "role":
+            role = message.get("role")
+            if role not in ("moderator", "viewer"):
+                return
+            for participant in targets:
+                if participant.role != "host":
+                    participant.role = role
+                    participant.notify({"type": "role", "participant": participant.id, "role": role})
         elif action in ("kick", "ban"):
             reason = message.get("reason") if isinstance(message.get("reason"), str) else ""
             for participant in targets:
