@@ -8,7 +8,8 @@ has one constructor.  Who publishes and who listens:
 channel                     published by                            applied by
 ==========================  ======================================  =========================
 ``room:{slug}:chat``        chat (``chat.hub``)                     chat hub of every node
-``room:{slug}:control``     chat moderation, billing (kick)         the SFU node of the room
+``room:{slug}:control``     chat moderation, billing (kick)         the SFU node of the room;
+                                                                    chat (billing's kicks)
 ``auth:sessions``           auth (``AuthService.forget``)           auth session cache
 ``billing:invalidate``      billing (``Entitlements.invalidate``)   billing entitlement cache
 ==========================  ======================================  =========================
