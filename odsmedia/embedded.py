@@ -16,6 +16,8 @@ import os
 import socket
 from pathlib import Path
 
+from .files import write_atomic
+
 log = logging.getLogger("odsmedia.embedded")
 
 
@@ -59,12 +61,8 @@ class EmbeddedServices:
             return {}
 
     def _write_state(self, state: dict) -> None:
-        tmp = self.state_path.with_suffix(".tmp")
         # Holds the embedded services' URLs (with their credentials): owner-only.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps(state, indent=2))
-        os.replace(tmp, self.state_path)
+        write_atomic(self.state_path, json.dumps(state, indent=2), mode=0o600)
 
     def start_postgres(self) -> str:
         try:
