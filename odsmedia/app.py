@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import secrets
 import time
 import uuid
 from typing import AsyncIterator
@@ -19,10 +20,13 @@ from typing import AsyncIterator
 from aiohttp import web
 
 from . import metrics
+from .abuse import ABUSE, NetworkCaps
+from .reauth import REAUTH, Reauthorizer
 from .auth.tokens import GateTokens
 from .bus import Bus
 from .config import Config
-from .errors import ApiError, json_response
+from .auth.tokens import GateTokens
+from .errors import OUTAGE_ERRORS, ApiError, json_response, unavailable
 from .gate import Gate
 from .keys import BUS, CONFIG, DB, GATE
 from .logs import request_id
@@ -74,6 +78,13 @@ async def observe(request: web.Request, handler):
     except (asyncio.CancelledError, ConnectionResetError):
         status = 499
         raise
+    except OUTAGE_ERRORS as exc:
+        # PostgreSQL or Redis is away: say so (503, Retry-After), no traceback per request.
+        log.warning("request failed: service unavailable (%s)", type(exc).__name__, extra={"path": request.path})
+        response = unavailable().response()
+        response.headers["X-Request-Id"] = rid
+        status = 503
+        return response
     except Exception:
         log.exception("unhandled error", extra={"path": request.path})
         return json_response({"error": "internal", "message": "internal server error", "request_id": rid},
@@ -122,6 +133,7 @@ def make_app(config: Config, *, features: tuple[str, ...] = FEATURE_MODULES) -> 
         raise ValueError("make_app needs database.url and redis.url (dev resolves embedded ones first)")
     app = web.Application(middlewares=[observe], client_max_size=1024 * 1024)
     app[CONFIG] = config
+    app[ABUSE] = NetworkCaps(config, config["secret.key"] or secrets.token_urlsafe(32))
 
     async def services(app: web.Application) -> AsyncIterator[None]:
         app[DB] = await connect(config["database.url"], max_size=config["database.pool_size"])
@@ -129,7 +141,10 @@ def make_app(config: Config, *, features: tuple[str, ...] = FEATURE_MODULES) -> 
         # Bearer tokens are the token table's, not the cookie feature's: WHIP, operator
         # tokens and tokens in join messages work in every feature selection.
         app[GATE] = Gate(app[DB], tokens=GateTokens(app[DB]))
+        app[REAUTH] = Reauthorizer(app[DB], config["auth.reauth_interval"])
+        app[REAUTH].start()
         yield
+        await app[REAUTH].stop()
         await app[BUS].close()
         await app[DB].close()
 

@@ -8,7 +8,8 @@ has one constructor.  Who publishes and who listens:
 channel                     published by                            applied by
 ==========================  ======================================  =========================
 ``room:{slug}:chat``        chat (``chat.hub``)                     chat hub of every node
-``room:{slug}:control``     chat moderation, billing (kick)         the SFU node of the room
+``room:{slug}:control``     chat moderation, billing (kick)         the SFU node of the room;
+                                                                    chat (billing's kicks)
 ``auth:sessions``           auth (``AuthService.forget``)           auth session cache
 ``billing:invalidate``      billing (``Entitlements.invalidate``)   billing entitlement cache
 ==========================  ======================================  =========================
@@ -32,14 +33,16 @@ def control_channel(slug: str) -> str:
 
 
 class ControlMessage(TypedDict):
-    """``{"action", "target", "by"}`` plus ``kind`` (mute/unmute) or ``reason`` (kick/ban)."""
+    """``{"action", "target", "by"}`` plus ``kind`` (mute/unmute), ``reason`` (kick/ban) or
+    ``role`` (role: a promotion or demotion the SFU applies to the target's participants)."""
 
-    action: Literal["mute", "unmute", "kick", "ban"]
+    action: Literal["mute", "unmute", "kick", "ban", "role"]
     target: str
     by: str
     kind: NotRequired[str]
     reason: NotRequired[str]
     detail: NotRequired[str]
+    role: NotRequired[str]
 
 
 def mute_message(target: str, kind: str, *, by: str, mute: bool = True) -> ControlMessage:
@@ -52,3 +55,7 @@ def kick_message(target: str, *, by: str, reason: str = "", ban: bool = False,
     if detail is not None:
         message["detail"] = detail
     return message
+
+
+def role_message(target: str, role: str, *, by: str) -> ControlMessage:
+    return {"action": "role", "target": target, "role": role, "by": by}

@@ -104,6 +104,12 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     if not config["secret.key"]:
         print("odsmedia serve: ODS_SECRET_KEY must be set (32+ random characters)", file=sys.stderr)
         return 2
+    if config["mail.backend"] == "outbox" and "mail.backend" not in config.explicit:
+        # The outbox is dev's default; on a server it would keep live sign-in links in files
+        # and send nobody anything, so it has to be asked for.
+        print("odsmedia serve: set ODS_MAIL_BACKEND (smtp or mailersend; outbox only if meant: it writes "
+              "sign-in links to files under the data dir instead of sending them)", file=sys.stderr)
+        return 2
     logs.setup(config["log.level"], "text" if config["log.format"] == "text" else "json")
     run_async(_serve(config, lambda port: print(f"odsmedia listening on http://{config['http.host']}:{port}", flush=True)))
     return 0

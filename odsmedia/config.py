@@ -215,11 +215,25 @@ SETTINGS: tuple[Setting, ...] = (
             "Longest chat message, in characters (at most 4000, the column's limit)."),
     Setting("chat.rate_per_10s", "ODS_CHAT_RATE_PER_10S", _int, 10, "Messages one user may post per 10 seconds."),
     Setting("chat.history", "ODS_CHAT_HISTORY", _int, 50, "Items sent to a client when it joins."),
+    Setting("chat.rate_per_network_10s", "ODS_CHAT_RATE_PER_NETWORK_10S", _bounded(0, 1_000_000), 60,
+            "Posts one client network (IPv4 /24, IPv6 /48) may make per 10 seconds in one room, across all its "
+            "identities; hosts and moderators are not counted (0 disables)."),
+    Setting("chat.rate_per_room_10s", "ODS_CHAT_RATE_PER_ROOM_10S", _bounded(0, 1_000_000), 1000,
+            "Posts one room accepts per 10 seconds from viewers, across all of them (0 disables)."),
+    Setting("abuse.signaling_per_network", "ODS_ABUSE_SIGNALING_PER_NETWORK", _bounded(0, 1_000_000), 100,
+            "Signaling participants one client network may hold open on a node at once (0 disables)."),
+    Setting("abuse.chat_sockets_per_network", "ODS_ABUSE_CHAT_SOCKETS_PER_NETWORK", _bounded(0, 1_000_000), 200,
+            "Chat sockets one client network may hold open on a node at once (0 disables)."),
+    Setting("abuse.whep_per_network", "ODS_ABUSE_WHEP_PER_NETWORK", _bounded(0, 1_000_000), 50,
+            "WHEP sessions one client network may hold open on a node at once (0 disables)."),
     Setting("auth.link_ttl", "ODS_AUTH_LINK_TTL", _duration, 900.0, "Magic link lifetime."),
     Setting("auth.session_idle", "ODS_AUTH_SESSION_IDLE", _duration, 14 * 86400.0, "Session idle expiry."),
     Setting("auth.session_absolute", "ODS_AUTH_SESSION_ABSOLUTE", _duration, 30 * 86400.0,
             "Session absolute expiry."),
     Setting("auth.token_ttl", "ODS_AUTH_TOKEN_TTL", _duration, 86400.0, "Default API token lifetime."),
+    Setting("auth.reauth_interval", "ODS_AUTH_REAUTH_INTERVAL", _duration, 2.0,
+            "How often each node re-checks the sessions, tokens and accounts its open chat and signaling sockets "
+            "were admitted with; those that ended are closed (4401)."),
     Setting("auth.link_rate_per_address", "ODS_AUTH_LINK_RATE_PER_ADDRESS", _int, 5,
             "Magic links one e-mail address may request per auth.link_rate_window."),
     Setting("auth.link_rate_per_network", "ODS_AUTH_LINK_RATE_PER_NETWORK", _int, 20,
@@ -269,6 +283,8 @@ class Config:
     values: Mapping[str, Any]
     plans: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     dev: bool = False
+    # Keys set by the file or the environment (not left at their default).
+    explicit: frozenset[str] = frozenset()
 
     def __getitem__(self, key: str) -> Any:
         return self.values[key]
@@ -281,7 +297,7 @@ class Config:
         values = dict(self.values)
         for key, raw in changes.items():
             values[key] = _parse(_BY_KEY[key], raw, source="override")
-        return Config(values=values, plans=self.plans, dev=self.dev)
+        return Config(values=values, plans=self.plans, dev=self.dev, explicit=self.explicit | set(changes))
 
     @property
     def data_dir(self) -> Path:
@@ -300,7 +316,9 @@ def _parse(setting: Setting, raw: Any, *, source: str) -> Any:
         return setting.parse(raw)
     except ValueError as exc:
         where = setting.env if source == "env" else setting.key
-        raise ConfigError(f"invalid {where}={raw!r}: expected {exc}") from None
+        # The message is printed: never with a credential in it.
+        shown = "***" if is_secret(setting) else mask(repr(raw))
+        raise ConfigError(f"invalid {where}={shown}: expected {exc}") from None
 
 
 def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -323,6 +341,7 @@ def load(
     """Defaults, then the TOML file (``file`` or ODS_CONFIG), then the environment."""
     env = os.environ if environ is None else environ
     values = {s.key: s.default for s in SETTINGS}
+    explicit: set[str] = set()
     plans: dict[str, Mapping[str, Any]] = {}
     path = file if file is not None else env.get("ODS_CONFIG") or None
     if path:
@@ -345,13 +364,15 @@ def load(
             if setting is None:
                 raise ConfigError(f"invalid {key}: expected one of the documented keys (unknown key)")
             values[key] = _parse(setting, raw, source="file")
+            explicit.add(key)
     for setting in SETTINGS:
         if setting.env in env:
             values[setting.key] = _parse(setting, env[setting.env], source="env")
+            explicit.add(setting.key)
     secret = values["secret.key"]
     if secret and len(secret) < 32:
         raise ConfigError("invalid ODS_SECRET_KEY: expected at least 32 characters")
-    return Config(values=values, plans=plans, dev=dev)
+    return Config(values=values, plans=plans, dev=dev, explicit=frozenset(explicit))
 
 
 def _show(value: Any) -> str:
@@ -371,14 +392,49 @@ def markdown_table() -> str:
     return "\n".join(lines) + "\n"
 
 
+# Query parameters of a DSN that carry credentials (libpq's password and sslpassword,
+# and anything named like a secret).
+_SECRET_NAME = re.compile(r"(secret|key|token|password|passwd|credential)", re.IGNORECASE)
+_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<userinfo>[^/?#@]*)@", re.IGNORECASE)
+_QUERY_PARAM = re.compile(r"(?P<lead>[?&;])(?P<name>[^=&;#]+)=(?P<value>[^&;#]*)")
+
+
+def mask(text: str) -> str:
+    """``text`` with every credential in it replaced by ``***``.
+
+    The password of URL userinfo with or without a user name (``redis://:pw@h``,
+    ``postgres://u:pw@h``; a lone ``u@`` is a user name, as libpq and redis-py read
+    it) and query parameters named like a secret (``?password=``, ``?sslpassword=``,
+    ``?api_key=``)."""
+
+    def userinfo(m: re.Match[str]) -> str:
+        user, colon, _ = m["userinfo"].partition(":")
+        return f"{m['scheme']}{user}:***@" if colon else m.group(0)
+
+    def param(m: re.Match[str]) -> str:
+        if _SECRET_NAME.search(m["name"]):
+            return f"{m['lead']}{m['name']}=***"
+        return m.group(0)
+
+    return _QUERY_PARAM.sub(param, _USERINFO.sub(userinfo, text))
+
+
+def is_secret(setting: Setting) -> bool:
+    """Declared secret, or a string setting whose name says it holds one."""
+    name = setting.key.rsplit(".", 1)[-1]
+    return setting.secret or (isinstance(setting.default, str) and bool(_SECRET_NAME.search(name)))
+
+
 def describe(config: Config) -> dict[str, Any]:
     """Effective settings with secrets masked, for `odsmedia config`."""
     shown: dict[str, Any] = {}
     for s in SETTINGS:
         value = config[s.key]
-        if s.secret and value:
+        if is_secret(s) and value:
             value = "***"
-        elif s.key in ("database.url", "redis.url") and value:
-            value = re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", value)
-        shown[s.key] = list(value) if isinstance(value, tuple) else value
+        elif isinstance(value, str):
+            value = mask(value)
+        elif isinstance(value, tuple):
+            value = [mask(v) for v in value]
+        shown[s.key] = value
     return shown

@@ -16,6 +16,8 @@ import os
 import socket
 from pathlib import Path
 
+from .files import write_atomic
+
 log = logging.getLogger("odsmedia.embedded")
 
 
@@ -59,9 +61,8 @@ class EmbeddedServices:
             return {}
 
     def _write_state(self, state: dict) -> None:
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=2))
-        os.replace(tmp, self.state_path)
+        # Holds the embedded services' URLs (with their credentials): owner-only.
+        write_atomic(self.state_path, json.dumps(state, indent=2), mode=0o600)
 
     def start_postgres(self) -> str:
         try:

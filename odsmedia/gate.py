@@ -148,14 +148,22 @@ class Gate:
         if identity.token is not None:
             if identity.token.room_id != room.id:
                 raise ApiError(403, "token_wrong_room", "this token is for another room")
-            return identity.token.role
+            role = identity.token.role
+            if identity.token.account_id is not None:
+                # A token an account minted never outranks that account as it is now: clamped
+                # at every use, so a demoted or banned moderator's own token demotes with her.
+                own = await self._account_role(identity.token.account_id, room)
+                if ROLE_RANK[own] < ROLE_RANK[role]:
+                    role = own
+            return role
         if identity.account_id is not None:
-            if room.owner_id == identity.account_id:
-                return "host"
-            role = await directory.member_role(self.db, room.id, identity.account_id)
-            if role:
-                return role
+            return await self._account_role(identity.account_id, room)
         return "viewer"
+
+    async def _account_role(self, account_id: int, room: RoomRecord) -> str:
+        if room.owner_id == account_id:
+            return "host"
+        return await directory.member_role(self.db, room.id, account_id) or "viewer"
 
     async def admit(self, request: web.Request, room: RoomRecord | str, entry: Entry) -> Admission:
         admission = await self._admit(room, entry, lambda: self.identify(request))

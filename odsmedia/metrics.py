@@ -22,6 +22,8 @@ participants = Gauge("ods_participants", "Connected participants on this node")
 publications = Gauge("ods_publications", "Live publications on this node")
 subscriptions = Gauge("ods_subscriptions", "Active subscriptions on this node")
 chat_items = Counter("ods_chat_items_total", "Chat items accepted", ["kind"])
+abuse_refusals = Counter("ods_abuse_refusals_total",
+                         "Entries and chat posts refused by a per-network or per-room abuse limit", ["limit"])
 gate_decisions = Counter("ods_gate_decisions_total", "Entry gate decisions", ["entry", "outcome"])
 
 

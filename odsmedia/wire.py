@@ -6,24 +6,22 @@ Each protocol reports a failed check with its own error shape (chat
 
 from __future__ import annotations
 
-import unicodedata
 from typing import Any
+
+from . import names
 
 NAME_MAX = 40
 REF_MAX = 64
 
 
 def clean_name(raw: Any) -> str | None:
-    """A display name a visitor supplied (NFC, whitespace collapsed, 1-40 characters, no
-    control or format characters), or None when unusable."""
-    if not isinstance(raw, str):
+    """A display name a visitor supplied, under the one name rule (``odsmedia.names``:
+    NFC, whitespace collapsed, 1-40 characters, no control, bidirectional or
+    zero-width characters), or None when unusable."""
+    try:
+        return names.display_name(raw, max_length=NAME_MAX)
+    except names.InvalidName:
         return None
-    name = " ".join(unicodedata.normalize("NFC", raw).split())
-    if not name or len(name) > NAME_MAX:
-        return None
-    if any(unicodedata.category(c).startswith("C") for c in name):
-        return None
-    return name
 
 
 def valid_ref(ref: Any) -> bool:

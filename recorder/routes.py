@@ -22,7 +22,7 @@ from typing import AsyncIterator
 from aiohttp import web
 
 from odsmedia.config import ConfigError
-from odsmedia.errors import ApiError, json_response, path_id
+from odsmedia.errors import INT64_MAX, ApiError, json_response, path_id, query_int
 from odsmedia.gate import Entry
 from odsmedia.keys import CONFIG, DB, GATE
 from odsmedia.rooms.sfu import SFU
@@ -37,7 +37,15 @@ from .storage import LocalStorage, Storage, StorageError
 
 SEGMENT_PATTERN = r"[0-9]{5,9}-[0-9]{1,6}\.m4s|init-[0-9]{1,6}\.mp4"
 IMMUTABLE = "private, max-age=31536000, immutable"
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+# ASCII digits only (\d would take any script's digits).
+_RANGE = re.compile(r"^bytes=([0-9]*)-([0-9]*)$", re.ASCII)
+# A position of more digits than this is past the end of any file; int() of thousands
+# of digits would raise, so such numbers are never converted.
+_POSITION_DIGITS = 18
+
+
+def _position(digits: str) -> int:
+    return int(digits) if len(digits) <= _POSITION_DIGITS else 10**_POSITION_DIGITS
 
 
 def recorder_of(app: web.Application) -> Recorder:
@@ -57,12 +65,12 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
         return None
     first, last = match.groups()
     if first == "":
-        length = int(last)
+        length = _position(last)
         if length == 0:
             raise _unsatisfiable(size)
         return max(0, size - length), size
-    start = int(first)
-    end = size if last == "" else min(size, int(last) + 1)
+    start = _position(first)
+    end = size if last == "" else min(size, _position(last) + 1)
     if start >= size or end <= start:
         raise _unsatisfiable(size)
     return start, end
@@ -102,7 +110,7 @@ async def list_episodes(request: web.Request) -> web.StreamResponse:
     limit = _int_param(request, "limit", 50, 1, 100)
     before = None
     if "before" in request.query:
-        cursor = await episodes.get(request.app[DB], _int_param(request, "before", 0, 1, 2**62))
+        cursor = await episodes.get(request.app[DB], _int_param(request, "before", 0, 1, INT64_MAX))
         if cursor is None or cursor.room_id != admission.room.id:
             raise ApiError(400, "invalid_cursor", "before must be the id of an episode of this room")
         before = (cursor.started_at, cursor.id)
@@ -117,12 +125,7 @@ async def list_episodes(request: web.Request) -> web.StreamResponse:
 
 
 def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
-        raise ApiError(400, f"invalid_{name}", f"{name} must be an integer from {low} to {high}")
-    return int(raw)
+    return query_int(request, name, default, low=low, high=high)
 
 
 async def get_episode(request: web.Request) -> web.Response:

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from odsmedia.errors import ApiError
 from odsmedia.gate import Entry
+from odsmedia.abuse import ABUSE, Held
 from odsmedia.keys import CONFIG, GATE
 from odsmedia.rooms.errors import SfuError
 from odsmedia.rooms.participant import Participant
@@ -103,9 +104,16 @@ async def whep_post(request: web.Request) -> web.Response:
         live = sfu.get(admission.room.slug)
         if live is None or not live.publications:
             raise SfuError(409, "nothing_published", "nothing is published in this room yet")
-        room, participant = await sfu.join(
-            admission.room, subject=admission.identity.subject,
-            name=admission.identity.display_name or "WHEP viewer", role=admission.role, via="whep")
+        # Held while the session lives: released when the participant leaves the room.
+        lease = request.app[ABUSE].acquire(Held.WHEP, request)
+        try:
+            room, participant = await sfu.join(
+                admission.room, subject=admission.identity.subject,
+                name=admission.identity.display_name or "WHEP viewer", role=admission.role, via="whep",
+                on_leave=lease.release)
+        except BaseException:
+            lease.release()
+            raise
         try:
             transport = await room.subscribe(participant, None, offer=offer)
         except BaseException:

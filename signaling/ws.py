@@ -18,9 +18,11 @@ from typing import Any, Awaitable, Callable
 import orjson
 from aiohttp import WSMsgType, web
 
-from odsmedia.errors import ApiError
+from odsmedia.errors import CLOSE_UNAVAILABLE, OUTAGE_ERRORS, ApiError, unavailable
 from odsmedia.gate import Admission, Entry
+from odsmedia.abuse import ABUSE, Held, Lease
 from odsmedia.keys import CONFIG, GATE
+from odsmedia.reauth import CLOSE_REVOKED, REASONS, REAUTH, credential_of
 from odsmedia.media.ice import browser_ice_servers
 from odsmedia.rooms.errors import SfuError
 from odsmedia.rooms.participant import Participant
@@ -97,6 +99,9 @@ class Session:
             "ping": self.on_ping,
         }
         self.closing = False
+        self.close_code = 1000
+        self.lease: Lease | None = None
+        self.unwatch: Callable[[], None] = lambda: None
 
     # --- output -----------------------------------------------------------------------------
 
@@ -158,17 +163,41 @@ class Session:
             if self.participant is None and exc.status in (401, 402, 403, 404):
                 # A refused join ends the conversation; the page shows the reason.
                 self.closing = True
+        except OUTAGE_ERRORS as exc:
+            # PostgreSQL or Redis is away: say so and close with 1011 so the client retries later.
+            log.warning("signaling request failed: service unavailable (%s)", type(exc).__name__)
+            await self.error(unavailable(), ref)
+            self.closing = True
+            self.close_code = CLOSE_UNAVAILABLE
         except Exception:
             log.exception("signaling handler failed")
             await self.error(SfuError(500, "internal", "internal error"), ref)
 
+    def revoked(self, reason: str) -> None:
+        """What admitted this socket ended (``odsmedia.reauth``): say why, then close 4401."""
+        participant = self.participant
+        if participant is not None:
+            participant.notify({"type": "error", "code": reason, "message": REASONS[reason], "status": 401,
+                                "ref": None})
+
+        async def close() -> None:
+            if participant is not None:
+                await participant.flush_and_stop(timeout=0.5)
+            await self.ws.close(code=CLOSE_REVOKED, message=reason.encode())
+
+        self.closing = True
+        asyncio.ensure_future(close())
+
     async def cleanup(self) -> None:
+        self.unwatch()
+        if self.lease is not None:
+            self.lease.release()
         participant, room = self.participant, self.room
         if participant is not None and room is not None:
             await room.leave(participant)
             await participant.flush_and_stop(timeout=0.5)
         if not self.ws.closed:
-            await self.ws.close()
+            await self.ws.close(code=self.close_code)
 
     # --- handlers ---------------------------------------------------------------------------
 
@@ -183,11 +212,14 @@ class Session:
             admission = await gate.admit_token(token, self.slug, Entry.JOIN)
         else:
             admission = await gate.admit(self.request, self.slug, Entry.JOIN)
+        # Held until the socket ends (cleanup releases it).
+        self.lease = self.app[ABUSE].acquire(Held.SIGNALING, self.request)
         self.room, participant = await self.app[SFU].join(
             admission.room, subject=admission.identity.subject, name=_display_name(admission, message.get("name")),
             role=admission.role, via="ws", write=self._write,
             close_socket=lambda code: asyncio.ensure_future(self.ws.close(code=code)))
         self.admission, self.participant = admission, participant
+        self.unwatch = self.app[REAUTH].watch(credential_of(admission.identity), self.revoked)
         await self.reply({
             "type": "joined", "ref": ref,
             "participant": participant.describe(),

@@ -183,6 +183,8 @@ def odsmedia_env(service_urls: ServiceUrls, data_dir: Path, **extra: str) -> dic
         ODS_DATA_DIR=str(data_dir),
         ODS_ICE_ADDRESSES="127.0.0.1",
         ODS_SECRET_KEY="test-secret-key-0123456789-abcdefghijklmnop",
+        # `serve` uses the outbox only when it is asked for.
+        ODS_MAIL_BACKEND="outbox",
         PYTHONUNBUFFERED="1",
     )
     env.update(extra)

@@ -19,7 +19,8 @@ PACKAGES = ("odsmedia", "signaling", "recorder", "web")
 # Modules every feature may use; they import nothing of any feature.
 CORE = {
     "odsmedia", "odsmedia.bus", "odsmedia.channels", "odsmedia.config", "odsmedia.errors", "odsmedia.files",
-    "odsmedia.gate", "odsmedia.keys", "odsmedia.logs", "odsmedia.metrics", "odsmedia.wire",
+    "odsmedia.gate", "odsmedia.keys", "odsmedia.logs", "odsmedia.metrics", "odsmedia.wire", "odsmedia.names",
+    "odsmedia.reauth",
     "odsmedia.storage", "odsmedia.storage.db", "odsmedia.rooms.directory", "odsmedia.media.frame",
     "odsmedia.mail", "odsmedia.mail.backends", "odsmedia.mail.message", "odsmedia.mail.templates",
 }
@@ -30,7 +31,10 @@ WIRING = {"odsmedia.app", "odsmedia.cli", "odsmedia.__main__", "odsmedia.embedde
 # the types an observer or an edge is handed).  Everything else is the feature's inside.
 PUBLIC = {
     "auth": {"odsmedia.auth.accounts", "odsmedia.auth.events", "odsmedia.auth.links", "odsmedia.auth.sessions",
-             "odsmedia.auth.tokens", "odsmedia.auth.service", "odsmedia.auth.sessions_web"},
+             "odsmedia.auth.tokens", "odsmedia.auth.service", "odsmedia.auth.sessions_web",
+             "odsmedia.auth.ratelimit"},
+    # Per-network caps on open sockets and sessions (chat, signaling).
+    "abuse": {"odsmedia.abuse"},
     "billing": {"odsmedia.billing.customers", "odsmedia.billing.orgs", "odsmedia.billing.service"},
     "chat": {"odsmedia.chat.store", "odsmedia.chat.feature"},
     "privacy": {"odsmedia.privacy.region", "odsmedia.privacy.requestlog"},

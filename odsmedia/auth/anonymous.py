@@ -17,7 +17,7 @@ MAX_AGE = 365 * 86400
 
 
 def _mac(secret: str, anon_id: str) -> str:
-    mac = hmac.new(secret.encode(), b"anon:" + anon_id.encode(), hashlib.sha256).digest()
+    mac = hmac.new(secret.encode(), b"anon:" + anon_id.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
     return base64.urlsafe_b64encode(mac[:18]).decode()
 
 
@@ -36,6 +36,6 @@ def verify(secret: str, value: str) -> str | None:
     anon_id, dot, mac = value.partition(".")
     if not dot or not anon_id:
         return None
-    if not hmac.compare_digest(_mac(secret, anon_id).encode(), mac.encode()):
+    if not hmac.compare_digest(_mac(secret, anon_id).encode(), mac.encode("utf-8", "surrogatepass")):
         return None
     return anon_id

@@ -2,9 +2,12 @@
 
 Cookie-authenticated state changes need the double-submit token (see
 ``sessions.csrf_token``) in ``X-CSRF-Token``; requests carrying a bearer
-token are not cookie-authenticated and skip it.  The two sign-in endpoints
-run before there is a session, so they check where the request came from
-instead (Sec-Fetch-Site, then Origin) to stop login CSRF.
+token that authenticates are not cookie-authenticated and skip it.  Any
+other Authorization header (``Authorization: x``, an unknown or revoked
+token) does not: the cookie is what would act, so the cookie is checked.
+The two sign-in endpoints run before there is a session, so they check where
+the request came from instead (Sec-Fetch-Site, then Origin) to stop login
+CSRF.
 """
 
 from __future__ import annotations
@@ -12,8 +15,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..errors import ApiError
-from ..keys import CONFIG
-from . import sessions
+from ..keys import CONFIG, DB
+from . import sessions, tokens
 from .service import AUTH
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -46,7 +49,7 @@ def require_same_origin(request: web.Request) -> None:
 async def csrf_guard(request: web.Request, handler):
     if request.method not in SAFE_METHODS and request.path not in EXEMPT_PATHS:
         token = request.cookies.get(sessions.COOKIE)
-        if token and "Authorization" not in request.headers:
+        if token and not await _bearer_authenticates(request):
             secret = request.app[AUTH].secret
             presented = request.headers.get(sessions.CSRF_HEADER, "")
             if request.headers.get("Sec-Fetch-Site") == "cross-site" or not sessions.csrf_valid(
@@ -55,3 +58,10 @@ async def csrf_guard(request: web.Request, handler):
                 raise ApiError(403, "csrf_failed",
                                f"a signed-in change needs the {sessions.CSRF_HEADER} header from this site")
     return await handler(request)
+
+
+async def _bearer_authenticates(request: web.Request) -> bool:
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return False
+    return await tokens.resolve(request.app[DB], value.strip()) is not None

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import secrets as pysecrets
+import unicodedata
 from typing import AsyncIterator
 
 from aiohttp import web
@@ -63,9 +64,10 @@ async def request_link(request: web.Request) -> web.Response:
     network = ratelimit.network_of(client_ip(request, config["http.trusted_proxies"]))
     wait = max(
         await ratelimit.hit(bus.redis, bus.key("rl", "link", "net", ratelimit.opaque(svc.secret, network)),
-                            limit=config["auth.link_rate_per_network"], window=window),
-        await ratelimit.hit(bus.redis, bus.key("rl", "link", "addr", ratelimit.opaque(svc.secret, email)),
-                            limit=config["auth.link_rate_per_address"], window=window),
+                            limit=config["auth.link_rate_per_network"], window=window, fallback=svc.local_limits),
+        await ratelimit.hit(bus.redis, bus.key("rl", "link", "addr",
+                                               ratelimit.opaque(svc.secret, ratelimit.mailbox_of(email))),
+                            limit=config["auth.link_rate_per_address"], window=window, fallback=svc.local_limits),
     )
     if wait:
         err = ApiError(429, "rate_limited", "too many sign-in links requested; try again later",
@@ -224,8 +226,9 @@ async def create_token(request: web.Request) -> web.Response:
     if not isinstance(slug, str):
         raise ApiError(400, "invalid_room", "room must be a room slug")
     label = body.get("label", "")
-    if not isinstance(label, str) or len(label) > 80:
-        raise ApiError(400, "invalid_label", "label must be a string of at most 80 characters")
+    if not isinstance(label, str) or len(label) > 80 or any(unicodedata.category(c) == "Cc" for c in label):
+        raise ApiError(400, "invalid_label", "label must be a string of at most 80 characters, "
+                                             "without control characters")
     raw_ttl = body.get("ttl", config["auth.token_ttl"])
     try:
         ttl = configmod._duration(raw_ttl)

@@ -20,6 +20,7 @@ from ..config import Config
 from ..keys import CONFIG
 from ..mail import MailError, Mailer, Message
 from ..privacy.region import client_region
+from .ratelimit import LocalWindows
 from .sessions import SessionCache
 
 log = logging.getLogger("odsmedia.auth")
@@ -36,6 +37,8 @@ class AuthService:
     sessions: SessionCache
     me_extras: list[MeExtra] = field(default_factory=list)
     bus: Bus | None = None
+    # Rate-limit windows of this node, used while Redis is unreachable.
+    local_limits: LocalWindows = field(default_factory=LocalWindows)
     _pending: set[asyncio.Task] = field(default_factory=set)
 
     async def forget(self, *, session_ids: list[int] = (), account_ids: list[int] = ()) -> None:

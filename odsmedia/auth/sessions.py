@@ -44,17 +44,23 @@ class Session:
     expires_at: datetime
 
 
+def _bytes(text: str) -> bytes:
+    # Cookie and header values that were not UTF-8 arrive as surrogate escapes: they
+    # hash and compare to something that matches nothing, instead of raising.
+    return text.encode("utf-8", "surrogatepass")
+
+
 def digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
+    return hashlib.sha256(_bytes(token)).digest()
 
 
 def csrf_token(secret: str, session_token: str) -> str:
-    mac = hmac.new(secret.encode(), b"csrf:" + session_token.encode(), hashlib.sha256).digest()
+    mac = hmac.new(secret.encode(), b"csrf:" + _bytes(session_token), hashlib.sha256).digest()
     return base64.urlsafe_b64encode(mac[:24]).decode()
 
 
 def csrf_valid(secret: str, session_token: str, presented: str) -> bool:
-    return hmac.compare_digest(csrf_token(secret, session_token).encode(), presented.encode())
+    return hmac.compare_digest(csrf_token(secret, session_token).encode(), _bytes(presented))
 
 
 async def create(

@@ -22,7 +22,8 @@ ROLES = ("host", "moderator", "viewer")
 
 
 def digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
+    # surrogatepass: an Authorization header that was not UTF-8 hashes to no token, never raises.
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
 async def mint(

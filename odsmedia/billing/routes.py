@@ -27,7 +27,7 @@ from ..auth import accounts
 from ..auth.service import AUTH, link_base
 from ..auth.sessions_web import require_session
 from ..channels import BILLING_INVALIDATE
-from ..errors import ApiError, json_response, path_id, read_json
+from ..errors import ApiError, header_text, json_int, json_response, path_id, read_json
 from ..keys import BUS, CONFIG, DB, GATE
 from ..mail import render
 from . import customers, orgs, webhooks
@@ -54,7 +54,7 @@ async def _account(request: web.Request) -> accounts.Account:
 
 
 def _org_id(raw: object) -> int:
-    if not isinstance(raw, int) or isinstance(raw, bool) or not 0 < raw < 2**63:
+    if json_int(raw, low=1) is None:
         raise ApiError(400, "invalid_org", "org_id must be an organization id")
     return raw
 
@@ -75,7 +75,7 @@ async def checkout(request: web.Request) -> web.Response:
     db = request.app[DB]
     org_id = _org_id(body["org_id"]) if body.get("org_id") is not None else None
     seats = body.get("seats", 1)
-    if not isinstance(seats, int) or isinstance(seats, bool) or not 1 <= seats <= MAX_SEATS:
+    if json_int(seats, low=1, high=MAX_SEATS) is None:
         raise ApiError(400, "invalid_seats", f"seats must be 1-{MAX_SEATS}")
     if plan.seats and org_id is None:
         raise ApiError(400, "org_required", "this plan is bought for an organization (org_id)")
@@ -123,7 +123,7 @@ async def portal(request: web.Request) -> web.Response:
 async def webhook(request: web.Request) -> web.Response:
     svc = service(request.app)
     payload = await request.read()
-    svc.gateway.verify(payload, request.headers.get("Stripe-Signature"))
+    svc.gateway.verify(payload, header_text(request, "Stripe-Signature"))
     try:
         event = orjson.loads(payload)
         if not isinstance(event, dict):

@@ -7,6 +7,17 @@ event applied to it (``state_at``) and older events are ignored; ``canceled``
 is terminal (Stripe never revives a canceled subscription).  Per-subscription
 advisory locks serialize concurrent deliveries for the same subscription.
 
+Two events for one subscription with the same ``created`` second are ordered
+by Stripe's own state: the later billing period wins, and within one period
+the state further along the paying side of Stripe's lifecycle (active or
+trialing over past_due over unpaid/paused/incomplete).  Stripe sends a
+payment's ``active`` in the same second as the failure state it replaces,
+never the other way round (a failure comes after days of retries).
+
+Every field read is checked for its type and range first (``InvalidEvent``,
+a ``ValueError``): a signed event with an odd field is refused whole and
+writes nothing, instead of failing halfway into a 500.
+
 ``apply`` returns what changed (``Outcome``): whose entitlements to drop from
 caches and which notices to mail; the caller does both after commit.
 """
@@ -59,46 +70,111 @@ class SubscriptionState:
     cancel_at_period_end: bool
 
 
-def _id(value: Any) -> str | None:
+class InvalidEvent(ValueError):
+    """A verified event with a field of the wrong type or out of range."""
+
+
+# Stripe ids and codes are short ASCII; anything longer or with NUL is not Stripe's.
+MAX_TEXT = 255
+# Timestamps: seconds since the epoch up to the year 9999 (Postgres and datetime both hold it).
+MAX_EPOCH = 253402300799
+MAX_QUANTITY = 2**31 - 1
+
+# Within one billing period, how far along the paying side of Stripe's lifecycle a status is
+# (ties of `created` are ordered by it; see the module docstring).
+STATUS_RANK = {"active": 3, "trialing": 3, "past_due": 2, "unpaid": 1, "paused": 1, "incomplete": 1,
+               "incomplete_expired": 0}
+
+
+def _text(value: Any, name: str) -> str:
+    if not isinstance(value, str) or len(value) > MAX_TEXT or "\x00" in value:
+        raise InvalidEvent(f"{name} must be a string of at most {MAX_TEXT} characters without NUL")
+    return value
+
+
+def _obj(value: Any, name: str) -> dict[str, Any]:
+    """An optional nested object ({} when absent)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidEvent(f"{name} must be an object")
+    return value
+
+
+def _id(value: Any, name: str = "id") -> str | None:
     """A Stripe reference that may be expanded into an object."""
+    if value is None:
+        return None
     if isinstance(value, dict):
         value = value.get("id")
-    return value if isinstance(value, str) and value else None
+        if value is None:
+            return None
+    return _text(value, name) or None
 
 
-def _ts(value: Any) -> datetime | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return datetime.fromtimestamp(value, timezone.utc)
-    return None
+def _ts(value: Any, name: str = "timestamp") -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_EPOCH:
+        raise InvalidEvent(f"{name} must be seconds since the epoch")
+    return datetime.fromtimestamp(value, timezone.utc)
+
+
+def _quantity(value: Any) -> int:
+    if value is None:
+        return 1
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_QUANTITY:
+        raise InvalidEvent(f"quantity must be an integer from 0 to {MAX_QUANTITY}")
+    return value
 
 
 def parse_subscription(obj: dict[str, Any]) -> SubscriptionState:
-    items = ((obj.get("items") or {}).get("data")) or []
-    item = items[0] if items else {}
-    price = _id(item.get("price")) or _id(obj.get("plan")) or ""
-    quantity = item.get("quantity", obj.get("quantity", 1))
+    items = _obj(obj.get("items"), "items").get("data") or []
+    if not isinstance(items, list):
+        raise InvalidEvent("items.data must be a list")
+    item = _obj(items[0], "items.data[0]") if items else {}
+    price = _id(item.get("price"), "price") or _id(obj.get("plan"), "plan") or ""
+    quantity = _quantity(item.get("quantity", obj.get("quantity")))
     # Newer API versions moved the period onto the items.
     period_end = obj.get("current_period_end") or item.get("current_period_end")
-    sub_id, customer = _id(obj.get("id")), _id(obj.get("customer"))
-    if not sub_id or not customer or not isinstance(obj.get("status"), str):
-        raise ValueError("subscription object without id, customer or status")
+    sub_id, customer = _id(obj.get("id")), _id(obj.get("customer"), "customer")
+    status = obj.get("status")
+    if not sub_id or not customer or status is None:
+        raise InvalidEvent("subscription object without id, customer or status")
     return SubscriptionState(
         id=sub_id,
         customer=customer,
         price=price,
-        status=obj["status"],
-        quantity=quantity if isinstance(quantity, int) and quantity >= 0 else 1,
-        current_period_end=_ts(period_end),
+        status=_text(status, "status"),
+        quantity=quantity,
+        current_period_end=_ts(period_end, "current_period_end"),
         cancel_at_period_end=bool(obj.get("cancel_at_period_end")),
     )
 
 
 def _invoice_subscription(obj: dict[str, Any]) -> str | None:
-    found = _id(obj.get("subscription"))
+    found = _id(obj.get("subscription"), "subscription")
     if found:
         return found
-    parent = obj.get("parent") or {}
-    return _id((parent.get("subscription_details") or {}).get("subscription"))
+    parent = _obj(obj.get("parent"), "parent")
+    return _id(_obj(parent.get("subscription_details"), "parent.subscription_details").get("subscription"),
+               "subscription")
+
+
+def _walk_text(value: Any, depth: int = 0) -> None:
+    """No NUL anywhere (Postgres text cannot hold it), no absurd nesting."""
+    if depth > 32:
+        raise InvalidEvent("nested too deeply")
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise InvalidEvent("NUL in a string")
+    elif isinstance(value, dict):
+        for key, inner in value.items():
+            _walk_text(key, depth + 1)
+            _walk_text(inner, depth + 1)
+    elif isinstance(value, list):
+        for inner in value:
+            _walk_text(inner, depth + 1)
 
 
 async def _lock(conn: asyncpg.Connection, subscription_id: str) -> None:
@@ -122,12 +198,17 @@ async def _upsert(conn: asyncpg.Connection, state: SubscriptionState, plan: str 
     )
 
 
-def _stale(old: asyncpg.Record | None, at: datetime, new_status: str) -> bool:
+def _stale(old: asyncpg.Record | None, at: datetime, new: SubscriptionState) -> bool:
     if old is None:
         return False
-    if old["state_at"] > at:
+    if old["status"] == "canceled" and new.status != "canceled":
         return True
-    return old["status"] == "canceled" and new_status != "canceled"
+    if old["state_at"] != at:
+        return old["state_at"] > at
+    # Same second: Stripe's own state orders them (module docstring).
+    never = datetime.min.replace(tzinfo=timezone.utc)
+    return (new.current_period_end or never, STATUS_RANK.get(new.status, 0)) < \
+        (old["current_period_end"] or never, STATUS_RANK.get(old["status"], 0))
 
 
 async def _subscription_event(conn: asyncpg.Connection, obj: dict, at: datetime, catalog: Catalog,
@@ -135,7 +216,7 @@ async def _subscription_event(conn: asyncpg.Connection, obj: dict, at: datetime,
     state = parse_subscription(obj)
     await _lock(conn, state.id)
     old = await conn.fetchrow("SELECT * FROM subscriptions WHERE subscription_id = $1", state.id)
-    if _stale(old, at, state.status):
+    if _stale(old, at, state):
         out.ignored = True
         return
     plan = catalog.by_price[state.price].code if state.price in catalog.by_price else None
@@ -155,26 +236,29 @@ async def _checkout_completed(conn: asyncpg.Connection, obj: dict, at: datetime,
     if obj.get("mode") != "subscription":
         out.ignored = True
         return
-    customer = _id(obj.get("customer"))
+    customer = _id(obj.get("customer"), "customer")
     if not customer:
         out.ignored = True
         return
     # The customer was mapped when the checkout started; this only repairs a lost mapping.
-    reference = obj.get("client_reference_id") or ""
+    reference = obj.get("client_reference_id")
+    reference = _text(reference, "client_reference_id") if reference is not None else ""
     kind, _, raw_id = reference.partition(":")
-    if raw_id.isdigit() and kind in ("a", "o") and len(raw_id) < 19:
+    if raw_id.isascii() and raw_id.isdigit() and kind in ("a", "o") and len(raw_id) < 19:
         # An owner deleted since the checkout began is skipped rather than failing the event forever.
         await customers.link_reference(conn, customer, kind, int(raw_id))
-    sub_id = _id(obj.get("subscription"))
+    sub_id = _id(obj.get("subscription"), "subscription")
     if sub_id:
         await _lock(conn, sub_id)
         exists = await conn.fetchval("SELECT 1 FROM subscriptions WHERE subscription_id = $1", sub_id)
         if not exists:
             # The subscription events may come later; until then the paid checkout stands for it.
-            metadata = obj.get("metadata") or {}
-            plan = catalog.get(metadata.get("plan"))
+            metadata = _obj(obj.get("metadata"), "metadata")
+            plan = catalog.get(metadata.get("plan")) if isinstance(metadata.get("plan"), str) else None
             paid = obj.get("payment_status") in ("paid", "no_payment_required")
             seats = metadata.get("seats", "1")
+            seats = seats if isinstance(seats, str) and seats.isascii() and seats.isdigit() \
+                and len(seats) <= 9 else "1"
             await _upsert(conn, SubscriptionState(
                 id=sub_id, customer=customer, price=plan.price if plan else "",
                 status="active" if paid else "incomplete",
@@ -193,7 +277,9 @@ async def _invoice_event(conn: asyncpg.Connection, obj: dict, at: datetime, kind
     await _lock(conn, sub_id)
     old = await conn.fetchrow("SELECT * FROM subscriptions WHERE subscription_id = $1", sub_id)
     # Unknown subscription: its own events carry the status; nothing to correct here.
-    if old is None or old["status"] == "canceled" or old["state_at"] > at:
+    # An invoice event in the same second as the subscription's own state defers to it.
+    if old is None or old["status"] == "canceled" or old["state_at"] > at \
+            or (old["state_at"] == at and kind == "invoice.payment_failed"):
         out.ignored = True
         return
     if kind == "invoice.paid":
@@ -220,10 +306,15 @@ async def _invoice_event(conn: asyncpg.Connection, obj: dict, at: datetime, kind
 
 async def apply(db: asyncpg.Pool, event: dict[str, Any], catalog: Catalog, *, grace_seconds: float) -> Outcome:
     """Apply one verified event. Raises ValueError for a malformed event (nothing written)."""
-    event_id, kind, created = event.get("id"), event.get("type"), _ts(event.get("created"))
-    obj = ((event.get("data") or {}).get("object"))
+    _walk_text(event)
+    event_id, kind = event.get("id"), event.get("type")
+    created = _ts(event.get("created"), "created")
+    data = event.get("data")
+    obj = data.get("object") if isinstance(data, dict) else None
     if not isinstance(event_id, str) or not isinstance(kind, str) or created is None or not isinstance(obj, dict):
-        raise ValueError("not a Stripe event (id, type, created, data.object)")
+        raise InvalidEvent("not a Stripe event (id, type, created, data.object)")
+    _text(event_id, "id")
+    _text(kind, "type")
     out = Outcome()
     async with db.acquire() as conn:
         async with conn.transaction():

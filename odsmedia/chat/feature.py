@@ -30,7 +30,9 @@ class Chat:
         self.bus = app[BUS]
         self.gate = app[GATE]
         self.hub = ChatHub(self.db, self.bus)
-        self.limits = PostLimits(self.bus, config["chat.rate_per_10s"])
+        self.limits = PostLimits(self.bus, config["chat.rate_per_10s"],
+                                 network_rate=config["chat.rate_per_network_10s"],
+                                 room_rate=config["chat.rate_per_room_10s"])
         self.moderation = Moderation(self.db, self.bus, self.hub, self.gate)
         # The schema bounds a body at 4,000 characters (migrations/0003_chat.sql).
         # Bounded to the body column (4000) when the configuration is validated.
@@ -38,8 +40,11 @@ class Chat:
         self.history: int = config["chat.history"]
 
     async def refuse_banned(self, admission: Admission, entry: Entry) -> None:
-        """Gate check: a banned subject does not enter the room again (replay stays open)."""
-        if entry is Entry.REPLAY or admission.is_moderator or admission.identity.kind == "none":
+        """Gate check: a banned subject does not enter the room again (replay stays open).
+
+        Whatever role the admission carries: the role is the gate's, and a ban outranks it
+        (a host may ban a moderator; a token never lifts its owner's ban)."""
+        if entry is Entry.REPLAY or admission.identity.kind == "none":
             return
         sanction = await store.active_sanction(self.db, admission.room.id, admission.identity.subject)
         if sanction is not None and sanction.kind == "ban":

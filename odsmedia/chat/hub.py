@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections import deque
 from typing import Any, Callable
@@ -32,7 +33,8 @@ import orjson
 from aiohttp import web
 
 from ..bus import Bus
-from ..channels import chat_channel
+from ..channels import chat_channel, control_channel
+from ..reauth import CLOSE_ENTITLEMENT_ENDED
 from . import store
 
 log = logging.getLogger("odsmedia.chat")
@@ -58,7 +60,11 @@ FLUSH_MAX = 0.1
 FLUSH_COST_FACTOR = 4.0
 DRAIN_POLL = 0.02
 
+# Notice ids a room remembers to drop the copy of a notice that comes back from Redis.
+NOTICE_MEMORY = 1024
+
 CLOSE_KICKED = 4003
+ENTITLEMENT_ENDED = "entitlement_ended"
 CLOSE_TOO_SLOW = 4008
 CLOSE_BANNED = 4403
 
@@ -95,13 +101,15 @@ class ChatClient:
     """
 
     def __init__(self, ws: web.WebSocketResponse, request: web.Request, *, subject: str, name: str,
-                 role: str, can_post: bool) -> None:
+                 role: str, can_post: bool, network: str | None = None) -> None:
         self.ws = ws
         self.transport = request.transport
         self.subject = subject
         self.name = name
         self.role = role
         self.can_post = can_post
+        # The client network as a keyed hash, for the per-network post rate (never the address).
+        self.network = network
         self.last_seq = 0
         self.ready = False
         self.closed = False
@@ -208,6 +216,9 @@ class RoomChannel:
         self.opening: asyncio.Future[None] | None = None
         self.suspect_head = 0
         self._pending: dict[int, dict[str, Any]] = {}
+        # Ids of the notices delivered lately (bounded: a notice comes back within moments).
+        self._notice_order: deque[str] = deque(maxlen=NOTICE_MEMORY)
+        self._notices_seen: set[str] = set()
         self._gap_timer: asyncio.TimerHandle | None = None
         self._outbox: list[tuple[int, bytes]] = []
         self._flush_timer: asyncio.Handle | None = None
@@ -215,10 +226,14 @@ class RoomChannel:
         self._flush_interval = FLUSH_MIN
         self._catching_up = False
         self._unsubscribe: Callable[[], Any] | None = None
+        self._unsubscribe_control: Callable[[], Any] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def open(self) -> None:
         self._unsubscribe = await self.hub.bus.subscribe(chat_channel(self.slug), self.handle)
+        # Billing ends a plan room's access on the control channel (a ``kick`` with reason
+        # entitlement_ended); chat applies it to its own sockets too.
+        self._unsubscribe_control = await self.hub.bus.subscribe(control_channel(self.slug), self.on_control)
         # Read the head after subscribing: anything published before is at or below it.
         self.delivered, self.slow_mode = await store.room_state(self.hub.db, self.room_id)
         self.opened.set()
@@ -230,8 +245,22 @@ class RoomChannel:
             self._flush_timer.cancel()
         if self._unsubscribe is not None:
             await self._unsubscribe()
+        if self._unsubscribe_control is not None:
+            await self._unsubscribe_control()
         for task in list(self._tasks):
             task.cancel()
+
+    def on_control(self, message: dict[str, Any]) -> None:
+        """A control message for the room: chat applies the end of a plan's access."""
+        target = message.get("target")
+        if message.get("action") != "kick" or message.get("reason") != ENTITLEMENT_ENDED \
+                or not isinstance(target, str) or target == "none":
+            return
+        detail = message.get("detail") if isinstance(message.get("detail"), str) else ENTITLEMENT_ENDED
+        for client in list(self.clients):
+            if client.subject == target:
+                client.close(CLOSE_ENTITLEMENT_ENDED, {"type": "error", "error": ENTITLEMENT_ENDED, "detail": detail,
+                                                       "message": "your access to this room ended"})
 
     def handle(self, event: dict[str, Any]) -> None:
         """One event from the bus or from this node: deliver in seq order, once.
@@ -242,6 +271,16 @@ class RoomChannel:
             return  # at or below the head open() reads
         seq = event.get("seq")
         if seq is None:
+            # Notices carry an id instead (``ChatHub.dispatch``): the producing node sees
+            # each twice, locally and back from Redis, and delivers it once.
+            notice_id = event.get("notice")
+            if isinstance(notice_id, str):
+                if notice_id in self._notices_seen:
+                    return
+                if len(self._notice_order) == self._notice_order.maxlen:
+                    self._notices_seen.discard(self._notice_order[0])
+                self._notice_order.append(notice_id)
+                self._notices_seen.add(notice_id)
             self.hub.notice(self, event)
             return
         if seq <= self.delivered or seq in self._pending:
@@ -387,7 +426,12 @@ class ChatHub:
             await channel.close()
 
     async def dispatch(self, slug: str, event: dict[str, Any]) -> None:
-        """Deliver an event this node produced to its local clients, then to the other nodes."""
+        """Deliver an event this node produced to its local clients, then to the other nodes.
+
+        An unsequenced event (a notice) gets a ``notice`` id here, so that every node,
+        this one included, delivers it to each client once."""
+        if event.get("seq") is None and "notice" not in event:
+            event = {**event, "notice": secrets.token_hex(8)}
         channel = self.rooms.get(slug)
         if channel is not None:
             channel.handle(event)

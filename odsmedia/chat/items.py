@@ -16,6 +16,8 @@ from typing import Any
 
 import asyncpg
 
+from .. import names
+
 KINDS = ("message", "question", "highlight")
 
 
@@ -98,10 +100,11 @@ def clean_text(raw: Any, *, max_length: int, allow_empty: bool = False) -> str:
     if not isinstance(raw, str):
         raise ChatError("invalid_text", "text must be a string")
     text = unicodedata.normalize("NFC", raw).strip()
-    # Control characters (other than newline and tab) have no place in chat and can
-    # be used to spoof layout in terminals and logs.
-    if any(unicodedata.category(c) == "Cc" and c not in "\n\t" for c in text):
-        raise ChatError("invalid_text", "text contains control characters")
+    # Control characters (other than newline and tab) and bidi overrides have no place in
+    # chat: they spoof layout in pages, terminals and logs.
+    refusal = names.text_refusal(text)
+    if refusal is not None:
+        raise ChatError("invalid_text", refusal)
     if not text and not allow_empty:
         raise ChatError("empty_text", "text is empty")
     if len(text) > max_length:

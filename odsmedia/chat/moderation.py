@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import logging
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
 from ..bus import Bus
-from ..channels import ControlMessage, control_channel, kick_message, mute_message
+from ..channels import ControlMessage, control_channel, kick_message, mute_message, role_message
+from ..errors import INT64_MAX, has_unstorable, json_int
 from ..gate import ROLE_RANK, Gate
 from ..rooms import directory
 from ..rooms.directory import RoomRecord
@@ -60,13 +62,15 @@ def _target(raw: Any) -> str:
 def _reason(raw: Any) -> str:
     if raw is None:
         return ""
-    if not isinstance(raw, str) or len(raw) > REASON_MAX:
-        raise ChatError("invalid_reason", f"reason must be text of at most {REASON_MAX} characters")
+    if not isinstance(raw, str) or len(raw) > REASON_MAX or has_unstorable(raw) \
+            or any(unicodedata.category(c) == "Cc" for c in raw):
+        raise ChatError("invalid_reason", f"reason must be text of at most {REASON_MAX} characters, "
+                                          "without control characters")
     return raw.strip()
 
 
 def _int(raw: Any, name: str, low: int, high: int) -> int:
-    if isinstance(raw, bool) or not isinstance(raw, int) or not low <= raw <= high:
+    if json_int(raw, low=low, high=high) is None:
         raise ChatError(f"invalid_{name}", f"{name} must be an integer from {low} to {high}")
     return raw
 
@@ -101,7 +105,7 @@ class Moderation:
     # -- items -------------------------------------------------------------------
 
     async def delete(self, room: RoomRecord, actor: Actor, item_id: Any) -> dict[str, Any]:
-        item_id = _int(item_id, "id", 1, 2**62)
+        item_id = _int(item_id, "id", 1, INT64_MAX)
         async with transaction(self.db) as conn:
             item = await store.get(conn, room.id, item_id)
             if item is None or item.deleted:
@@ -117,7 +121,7 @@ class Moderation:
 
     async def answer(self, room: RoomRecord, actor: Actor, item_id: Any, answered: Any = True) -> dict[str, Any]:
         self.require_moderator(actor)
-        item_id = _int(item_id, "id", 1, 2**62)
+        item_id = _int(item_id, "id", 1, INT64_MAX)
         item = await store.mark_answered(self.db, room.id, item_id, answered is not False)
         await self.hub.dispatch(room.slug, item.event())
         return {"id": item_id}
@@ -161,9 +165,11 @@ class Moderation:
         return {"target": target}
 
     async def lift(self, room: RoomRecord, actor: Actor, target: Any, kind: str) -> dict[str, Any]:
-        """Unban or end a timeout."""
+        """Unban or end a timeout (never one's own)."""
         self.require_moderator(actor)
         target = _target(target)
+        if target == actor.subject:
+            raise ChatError("invalid_target", "nobody lifts a sanction on themselves")
         async with transaction(self.db) as conn:
             if not await store.lift_sanction(conn, room.id, target, kind):
                 raise ChatError("not_sanctioned", f"the target has no {kind}")
@@ -215,6 +221,12 @@ class Moderation:
             await audit(conn, room, actor, "promote" if promote else "demote", target)
         role = "moderator" if promote else "viewer"
         await self.hub.dispatch(room.slug, {"type": "role", "target": target, "role": role, "by": actor.subject})
+        try:
+            await self._control(room, role_message(target, role, by=actor.subject))
+        except Exception:
+            # Recorded and enforced at every use (the gate); only the SFU's view of the
+            # participant's role waits until it rejoins.
+            log.warning("role change not published to the SFU", extra={"room": room.slug}, exc_info=True)
         return {"target": target, "role": role}
 
     async def mute(self, room: RoomRecord, actor: Actor, target: Any, kind: Any, mute: bool) -> dict[str, Any]:

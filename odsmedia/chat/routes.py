@@ -14,7 +14,7 @@ from aiohttp import web
 
 from recorder import episodes
 
-from ..errors import ApiError, json_response, path_id
+from ..errors import ApiError, has_unstorable, json_response, path_id, query_int
 from ..gate import Entry
 from ..keys import GATE
 from . import store
@@ -32,6 +32,8 @@ def _offset(request: web.Request, name: str, default: float) -> float:
     if raw is None or raw == "":
         return default
     try:
+        if not raw.isascii():   # float() takes any script's digits
+            raise ValueError(raw)
         value = float(raw)
     except ValueError:
         raise ApiError(400, f"invalid_{name}", f"{name} must be a number of seconds") from None
@@ -73,14 +75,9 @@ async def search(request: web.Request) -> web.Response:
     chat = request.app[CHAT]
     admission = await chat.gate.admit(request, request.match_info["slug"], Entry.JOIN)
     q = request.query.get("q", "").strip()
-    if not q or len(q) > 200:
-        raise ApiError(400, "invalid_query", "q must be 1-200 characters")
-    try:
-        limit = int(request.query.get("limit", SEARCH_LIMIT))
-    except ValueError:
-        raise ApiError(400, "invalid_limit", "limit must be an integer") from None
-    if not 1 <= limit <= 200:
-        raise ApiError(400, "invalid_limit", "limit must be 1-200")
+    if not q or len(q) > 200 or has_unstorable(q):
+        raise ApiError(400, "invalid_query", "q must be 1-200 characters, without NUL")
+    limit = query_int(request, "limit", SEARCH_LIMIT, low=1, high=200)
     items = await store.search(chat.db, admission.room.id, q, limit)
     return json_response({"query": q, "items": [i.wire() for i in items]})
 

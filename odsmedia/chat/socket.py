@@ -19,8 +19,10 @@ from redis.exceptions import RedisError
 
 from recorder import episodes
 
-from ..errors import ApiError
-from ..gate import Admission, Entry
+from ..abuse import ABUSE, Held
+from ..reauth import CLOSE_REVOKED, REASONS, REAUTH, credential_of
+from ..errors import CLOSE_UNAVAILABLE, OUTAGE_ERRORS, ApiError, json_int
+from ..gate import ROLE_RANK, Admission, Entry
 from ..rooms import directory
 from ..rooms.directory import RoomRecord
 from ..wire import valid_ref
@@ -59,6 +61,15 @@ class ChatSession:
             raise ChatError("unknown_type", f"unknown message type {kind!r}")
         return await handler(self, data)
 
+    async def refresh_role(self) -> None:
+        """Lower the client's role to what the gate gives its subject now (never raise it:
+        promotions arrive as role notices)."""
+        client = self.client
+        current = await self.chat.gate.role_of_subject(self.room, client.subject)
+        if ROLE_RANK[current] < ROLE_RANK[client.role]:
+            client.role = current
+            client.send({"type": "you", **you(client)})
+
     def _require_poster(self) -> None:
         if not self.client.can_post:
             raise ChatError("sign_in_required", "sign in to chat")
@@ -72,22 +83,27 @@ class ChatSession:
         db, room, subject = self.chat.db, self.room, self.client.subject
         if kind == "highlight" and await episodes.live_id(db, room.id) is None:
             raise ChatError("not_live", "highlights mark a moment of a live session; the room is not live")
-        await self.chat.limits.check(room.slug, subject,
-                                     slow_seconds=0 if self.client.is_moderator else self.channel.slow_mode)
+        moderator = self.client.is_moderator
+        await self.chat.limits.check(room.slug, subject, slow_seconds=0 if moderator else self.channel.slow_mode,
+                                     network=None if moderator else self.client.network)
         item = await store.post(db, room.id, kind=kind, author=subject, author_name=self.client.name, text=text)
         if item is None:
             sanction = await store.active_sanction(db, room.id, subject)
-            if sanction is not None and sanction.kind == "ban":
+            if sanction is None:
+                # Not sanctioned: the account was deleted or the token revoked (store._POST).
+                reason = "account_deleted" if subject.startswith("a:") else "token_revoked"
+                raise ChatError(reason, REASONS[reason])
+            if sanction.kind == "ban":
                 raise ChatError("banned", "you are banned from this room")
             raise ChatError("timed_out", "you are timed out",
-                            until=sanction.until.isoformat() if sanction and sanction.until else None)
+                            until=sanction.until.isoformat() if sanction.until else None)
         await self.chat.hub.dispatch(room.slug, item.event())
         return {"id": item.id}
 
     async def upvote(self, data: dict[str, Any]) -> dict[str, Any]:
         self._require_poster()
         item_id = data.get("id")
-        if isinstance(item_id, bool) or not isinstance(item_id, int) or item_id < 1:
+        if json_int(item_id, low=1) is None:
             raise ChatError("invalid_id", "id must be a positive integer")
         item = await store.upvote(self.chat.db, self.room.id, item_id, self.client.subject)
         await self.chat.hub.dispatch(self.room.slug, item.event())
@@ -98,8 +114,12 @@ class ChatSession:
 
 
 def _moderation(act: Callable[..., Awaitable[dict[str, Any]]]) -> Handler:
-    """A handler that hands the room, the actor and the message to a ``Moderation`` action."""
+    """A handler that hands the room, the actor and the message to a ``Moderation`` action.
+
+    The actor's role is asked of the gate at every action, never only at join: a
+    moderator demoted on another node (or whose notice was lost) acts as what she is now."""
     async def handler(session: ChatSession, data: dict[str, Any]) -> dict[str, Any]:
+        await session.refresh_role()
         return await act(session.chat.moderation, session.room, session.actor, data)
 
     return handler
@@ -130,7 +150,7 @@ HANDLERS: dict[str, Handler] = {
 def _parse_after(raw: Any) -> int | None:
     if raw is None:
         return None
-    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
+    if json_int(raw) is None:
         raise ChatError("invalid_after", "after must be a non-negative integer (the last seq seen)")
     return raw
 
@@ -201,7 +221,7 @@ async def _welcome(chat: Chat, room: RoomRecord, client: ChatClient, after: int 
         snap = await store.snapshot(chat.db, room.id, after=after, history=chat.history)
         slow_mode = await store.slow_mode(chat.db, room.id)
     except (asyncpg.PostgresError, OSError):
-        raise Refused(UNAVAILABLE, 1011) from None
+        raise Refused(UNAVAILABLE, CLOSE_UNAVAILABLE) from None
     client.send({
         "type": "welcome",
         "room": room.slug,
@@ -232,10 +252,14 @@ async def _serve(ws: web.WebSocketResponse, session: ChatSession) -> None:
             client.send(ChatError("invalid_json", "not JSON").event())
         except ChatError as exc:
             client.send(exc.event(ref))
-        except (asyncpg.PostgresError, RedisError, OSError, asyncio.TimeoutError):
+        except (asyncpg.PostgresError, RedisError, *OUTAGE_ERRORS):
             # Nothing was changed (each write is one transaction); the client may retry.
             log.warning("chat request failed", exc_info=True)
             client.send({**UNAVAILABLE, "ref": ref})
+        except Exception:
+            # A bug, not the client's fault: the socket stays and the request is answered.
+            log.exception("chat request failed unexpectedly")
+            client.send({"type": "error", "error": "internal", "message": "internal error", "ref": ref})
 
 
 async def chat_socket(request: web.Request) -> web.StreamResponse:
@@ -256,19 +280,40 @@ async def chat_socket(request: web.Request) -> web.StreamResponse:
         if join is None:
             return ws
         admission = await _admit(chat, room, join, early)
+        caps = request.app[ABUSE]
         client = ChatClient(ws, request, subject=admission.identity.subject,
                             name=await chat.display_name(admission, join.get("name")),
-                            role=admission.role, can_post=await _may_post(chat, admission))
+                            role=admission.role, can_post=await _may_post(chat, admission),
+                            network=caps.network(request))
+        try:
+            # One per socket from this network, released when the socket ends.
+            lease = caps.acquire(Held.CHAT, request)
+        except ApiError as exc:
+            raise Refused({"type": "error", **exc.body()}, 4000 + exc.status) from None
+        request.task.add_done_callback(lambda _: lease.release())
         try:
             channel = await chat.hub.attach(room.slug, room.id, client)
         except (asyncpg.PostgresError, OSError, ConnectionError):
-            raise Refused(UNAVAILABLE, 1011) from None
+            raise Refused(UNAVAILABLE, CLOSE_UNAVAILABLE) from None
+        unwatch = request.app[REAUTH].watch(credential_of(admission.identity), lambda reason: client.close(
+            CLOSE_REVOKED, {"type": "error", "error": reason, "message": REASONS[reason]}))
         try:
             await _welcome(chat, room, client, _parse_after(join.get("after")))
             await _serve(ws, ChatSession(chat, admission, client, channel))
         finally:
+            unwatch()
             await chat.hub.detach(room.slug, client)
+    except OUTAGE_ERRORS:
+        # PostgreSQL or Redis went away during the join: 1011, the client retries later.
+        log.warning("chat join failed: service unavailable")
+        await _refuse(ws, Refused(UNAVAILABLE, CLOSE_UNAVAILABLE))
     except Refused as refused:
-        await ws.send_str(orjson.dumps(refused.event).decode())
-        await ws.close(code=refused.code, message=refused.event["error"].encode())
+        await _refuse(ws, refused)
     return ws
+
+
+async def _refuse(ws: web.WebSocketResponse, refused: Refused) -> None:
+    if ws.closed:
+        return
+    await ws.send_str(orjson.dumps(refused.event).decode())
+    await ws.close(code=refused.code, message=refused.event["error"].encode())

@@ -26,11 +26,19 @@ _NEXT_SEQ = """
     RETURNING last_seq"""
 
 # One statement per post: refuse (no row, no seq taken) when the author has a
-# running timeout or ban, take the room's next seq, stamp the live episode offset.
+# running timeout or ban, or its account was deleted or its (operator) token revoked
+# (the socket is closed within auth.reauth_interval; nothing is stored meanwhile), take the room's next seq, stamp the live episode offset.
 _POST = """
     WITH blocked AS (
            SELECT 1 FROM chat_sanctions
-           WHERE room_id = $1 AND subject = $3 AND (until IS NULL OR until > now())),
+           WHERE room_id = $1 AND subject = $3 AND (until IS NULL OR until > now())
+           UNION ALL
+           SELECT 1 WHERE $3 LIKE 'a:%' AND NOT EXISTS (
+               SELECT 1 FROM accounts WHERE id = substr($3, 3)::bigint)
+           UNION ALL
+           SELECT 1 WHERE $3 LIKE 't:%' AND NOT EXISTS (
+               SELECT 1 FROM api_tokens WHERE id = substr($3, 3)::bigint AND revoked_at IS NULL
+                                              AND expires_at > now())),
          s AS (
            INSERT INTO chat_rooms (room_id, last_seq) SELECT $1, 1 WHERE NOT EXISTS (SELECT 1 FROM blocked)
            ON CONFLICT (room_id) DO UPDATE SET last_seq = chat_rooms.last_seq + 1
@@ -82,6 +90,10 @@ async def upvote(db: Db, room_id: int, item_id: int, subject: str) -> ChatItem:
         row = await _require_live(conn, room_id, item_id)
         if row["kind"] != "question":
             raise ChatError("not_a_question", "only questions can be upvoted")
+        # A vote is speech too: a timed-out or banned subject casts none.
+        sanction = await active_sanction(conn, room_id, subject)
+        if sanction is not None:
+            raise _sanctioned(sanction)
         inserted = await conn.fetchval(
             "INSERT INTO chat_votes (room_id, item_id, subject) VALUES ($1, $2, $3) "
             "ON CONFLICT DO NOTHING RETURNING 1", room_id, item_id, subject)
@@ -220,6 +232,12 @@ async def snapshot(pool: asyncpg.Pool, room_id: int, *, after: int | None, histo
 class Sanction:
     kind: str
     until: datetime | None
+
+
+def _sanctioned(sanction: "Sanction") -> ChatError:
+    if sanction.kind == "ban":
+        return ChatError("banned", "you are banned from this room")
+    return ChatError("timed_out", "you are timed out", until=sanction.until.isoformat() if sanction.until else None)
 
 
 async def active_sanction(db: Db, room_id: int, subject: str) -> Sanction | None:

@@ -28,17 +28,22 @@ class Mailer(Protocol):
 
 
 class OutboxMailer:
-    """Writes ``<outbox>/<time>-<id>.eml``; the file appears complete or not at all."""
+    """Writes ``<outbox>/<time>-<id>.eml``; the file appears complete or not at all.
+
+    A message holds a live sign-in link: the directory is 0700 and each file 0600,
+    whatever the umask."""
 
     def __init__(self, directory: Path, sender: str) -> None:
         self.directory = directory
         self.sender = sender
 
     def _write(self, data: bytes) -> Path:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.directory, 0o700)
         name = f"{time.time_ns()}-{uuid.uuid4().hex[:8]}.eml"
         tmp = self.directory / ("." + name + ".tmp")
-        with open(tmp, "wb") as fh:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.replace(tmp, self.directory / name)
         return self.directory / name

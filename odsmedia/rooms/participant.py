@@ -23,7 +23,8 @@ Writer = Callable[[dict[str, Any]], Awaitable[None]]
 
 class Participant:
     def __init__(self, subject: str, name: str | None, role: str, *, via: str = "ws",
-                 close_socket: Callable[[int], None] | None = None) -> None:
+                 close_socket: Callable[[int], None] | None = None,
+                 on_leave: Callable[[], None] | None = None) -> None:
         self.id = "PA" + secrets.token_hex(5)
         self.subject = subject
         # Without a name of its own a participant is called by its role and a bit of its id.
@@ -37,6 +38,8 @@ class Participant:
         self._writer: asyncio.Task[None] | None = None
         # Closes the signaling socket with a WebSocket close code (None: no socket, WHIP/WHEP).
         self.close_socket = close_socket
+        # Called once when the participant leaves its room (releases per-network leases).
+        self.on_leave: list[Callable[[], None]] = [on_leave] if on_leave is not None else []
 
     # --- events -----------------------------------------------------------------------------
 

@@ -45,6 +45,9 @@ class Room:
         if self.participants.pop(participant.id, None) is None:
             return
         participant.stop()
+        hooks, participant.on_leave = participant.on_leave, []
+        for hook in hooks:
+            hook()
         for transport in list(participant.transports.values()):
             await transport.close()
         self.broadcast({"type": "participant_left", "participant": participant.id, "reason": reason})
@@ -197,6 +200,14 @@ class Room:
                 for publication in list(self.publications.values()):
                     if publication.participant is participant and (kind is None or publication.kind == kind):
                         self.set_muted(publication, action == "mute", by="moderator")
+        elif action == "role":
+            role = message.get("role")
+            if role not in ("moderator", "viewer"):
+                return
+            for participant in targets:
+                if participant.role != "host":
+                    participant.role = role
+                    participant.notify({"type": "role", "participant": participant.id, "role": role})
         elif action in ("kick", "ban"):
             reason = message.get("reason") if isinstance(message.get("reason"), str) else ""
             for participant in targets:

@@ -86,10 +86,12 @@ class Sfu:
 
     async def join(self, record: "RoomRecord", *, subject: str, name: str | None, role: str, via: str,
                    write: "Writer | None" = None,
-                   close_socket: "Callable[[int], None] | None" = None) -> tuple[Room, "Participant"]:
-        """A new participant, complete (its event writer attached, its socket closer set), joined
-        to the live room.  The caller has admitted ``subject`` through the gate with ``role``."""
-        participant = Participant(subject, name, role, via=via, close_socket=close_socket)
+                   close_socket: "Callable[[int], None] | None" = None,
+                   on_leave: "Callable[[], None] | None" = None) -> tuple[Room, "Participant"]:
+        """A new participant, complete (its event writer attached, its socket closer set, what
+        to do when it leaves), joined to the live room.  The caller has admitted ``subject``
+        through the gate with ``role``."""
+        participant = Participant(subject, name, role, via=via, close_socket=close_socket, on_leave=on_leave)
         if write is not None:
             participant.attach(write)
         try:

@@ -38,9 +38,10 @@ document.addEventListener("DOMContentLoaded", () => {
       });
       const body = await resp.json().catch(() => ({}));
       if (resp.ok) {
-        const next = localStorage.getItem("ods.after_signin") || "/account";
+        // Checked again here: localStorage is shared with every page of this origin.
+        const next = sameOriginPath(localStorage.getItem("ods.after_signin")) || "/account";
         localStorage.removeItem("ods.after_signin");
-        location.assign(next.startsWith("/") && !next.startsWith("//") ? next : "/account");
+        location.assign(next);
         return;
       }
       if (body.error === "age_confirmation_required") {

@@ -5,8 +5,8 @@
 document.addEventListener("DOMContentLoaded", () => {
   // Room pages send people here with ?next=/rooms/...; the confirm page (usually opened
   // from the mail in another tab, hence localStorage) returns them there.
-  const next = new URLSearchParams(location.search).get("next") || "";
-  if (next.startsWith("/") && !next.startsWith("//")) localStorage.setItem("ods.after_signin", next);
+  const next = sameOriginPath(new URLSearchParams(location.search).get("next"));
+  if (next) localStorage.setItem("ods.after_signin", next);
   const form = document.getElementById("signin");
   const status = document.getElementById("status");
   const error = document.getElementById("error");
