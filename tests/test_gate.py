@@ -33,8 +33,9 @@ async def test_role_of_subject_is_the_role_the_gate_gives(db, room_factory):
         "t:999999999", "v:someone", "none")}
     assert roles == {
         f"a:{owner}": "host", f"a:{member}": "moderator", f"a:{stranger}": "viewer",
-        # A token's rank is what it was minted with (a moderator outranks its holder even after revocation).
-        f"t:{host_token}": "host", f"t:{revoked}": "moderator",
+        # An operator-minted token keeps the rank it was minted with; an account's token is clamped
+        # to its owner's current role in the room (issue 11), so the stranger's token is a viewer's.
+        f"t:{host_token}": "host", f"t:{revoked}": "viewer",
         f"t:{elsewhere}": "viewer", "t:999999999": "viewer", "v:someone": "viewer", "none": "viewer",
     }
     # The same rule as an admission's role.
