@@ -21,15 +21,14 @@ from aiohttp import web
 
 from . import metrics
 from .abuse import ABUSE, NetworkCaps
-from .reauth import REAUTH, Reauthorizer
 from .auth.tokens import GateTokens
 from .bus import Bus
 from .config import Config
-from .auth.tokens import GateTokens
 from .errors import OUTAGE_ERRORS, ApiError, json_response, unavailable
 from .gate import Gate
 from .keys import BUS, CONFIG, DB, GATE
 from .logs import request_id
+from .reauth import REAUTH, Reauthorizer
 from .storage import connect
 
 log = logging.getLogger("odsmedia.app")

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from odsmedia.abuse import ABUSE, Held
 from odsmedia.errors import ApiError
 from odsmedia.gate import Entry
-from odsmedia.abuse import ABUSE, Held
 from odsmedia.keys import CONFIG, GATE
 from odsmedia.rooms.errors import SfuError
 from odsmedia.rooms.participant import Participant

@@ -18,12 +18,12 @@ from typing import Any, Awaitable, Callable
 import orjson
 from aiohttp import WSMsgType, web
 
+from odsmedia.abuse import ABUSE, Held, Lease
 from odsmedia.errors import CLOSE_UNAVAILABLE, OUTAGE_ERRORS, ApiError, unavailable
 from odsmedia.gate import Admission, Entry
-from odsmedia.abuse import ABUSE, Held, Lease
 from odsmedia.keys import CONFIG, GATE
-from odsmedia.reauth import CLOSE_REVOKED, REASONS, REAUTH, credential_of
 from odsmedia.media.ice import browser_ice_servers
+from odsmedia.reauth import CLOSE_REVOKED, REASONS, REAUTH, credential_of
 from odsmedia.rooms.errors import SfuError
 from odsmedia.rooms.participant import Participant
 from odsmedia.rooms.room import Room

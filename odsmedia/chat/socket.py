@@ -20,9 +20,9 @@ from redis.exceptions import RedisError
 from recorder import episodes
 
 from ..abuse import ABUSE, Held
-from ..reauth import CLOSE_REVOKED, REASONS, REAUTH, credential_of
 from ..errors import CLOSE_UNAVAILABLE, OUTAGE_ERRORS, ApiError, json_int
 from ..gate import ROLE_RANK, Admission, Entry
+from ..reauth import CLOSE_REVOKED, REASONS, REAUTH, credential_of
 from ..rooms import directory
 from ..rooms.directory import RoomRecord
 from ..wire import valid_ref
