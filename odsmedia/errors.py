@@ -52,6 +52,10 @@ OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
     redis_errors.ConnectionError,
     redis_errors.TimeoutError,
 )
+# What a background loop (a sweep, a flush) survives and retries: an outage, a database
+# error, or a connection closed under it mid-operation (asyncpg's InterfaceError).
+STORAGE_ERRORS: tuple[type[BaseException], ...] = (asyncpg.PostgresError, asyncpg.InterfaceError) + OUTAGE_ERRORS
+
 # Seconds a client is told to wait before retrying during an outage.
 OUTAGE_RETRY_AFTER = 5
 # WebSocket close code for an outage (RFC 6455 "internal error": try again later).

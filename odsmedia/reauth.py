@@ -27,7 +27,7 @@ from typing import Callable
 import asyncpg
 from aiohttp import web
 
-from .errors import OUTAGE_ERRORS
+from .errors import STORAGE_ERRORS
 from .gate import Identity
 
 log = logging.getLogger("odsmedia.reauth")
@@ -112,7 +112,7 @@ class Reauthorizer:
             await asyncio.sleep(self.interval)
             try:
                 await self.sweep()
-            except (asyncpg.PostgresError, *OUTAGE_ERRORS):
+            except STORAGE_ERRORS:
                 log.warning("re-authorization skipped: PostgreSQL unavailable")
             except Exception:
                 log.exception("re-authorization failed")

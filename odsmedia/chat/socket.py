@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 from recorder import episodes
 
 from ..abuse import ABUSE, Held
-from ..errors import CLOSE_UNAVAILABLE, OUTAGE_ERRORS, ApiError, json_int
+from ..errors import CLOSE_UNAVAILABLE, OUTAGE_ERRORS, STORAGE_ERRORS, ApiError, json_int
 from ..gate import ROLE_RANK, Admission, Entry
 from ..reauth import CLOSE_REVOKED, REASONS, REAUTH, credential_of
 from ..rooms import directory
@@ -220,7 +220,7 @@ async def _welcome(chat: Chat, room: RoomRecord, client: ChatClient, after: int 
     try:
         snap = await store.snapshot(chat.db, room.id, after=after, history=chat.history)
         slow_mode = await store.slow_mode(chat.db, room.id)
-    except (asyncpg.PostgresError, OSError):
+    except STORAGE_ERRORS:
         raise Refused(UNAVAILABLE, CLOSE_UNAVAILABLE) from None
     client.send({
         "type": "welcome",

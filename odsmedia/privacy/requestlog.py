@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 import asyncpg
 from aiohttp import web
 
+from ..errors import STORAGE_ERRORS
 from ..keys import SUBJECT
 from .region import client_region
 
@@ -69,7 +70,7 @@ class RequestLog:
             await asyncio.sleep(interval)
             try:
                 await self.flush(db)
-            except (asyncpg.PostgresError, OSError):
+            except STORAGE_ERRORS:
                 log.warning("request log flush failed; will retry")
 
 

@@ -19,6 +19,7 @@ from typing import Awaitable, Callable
 import asyncpg
 
 from ..auth import events, links, sessions, tokens
+from ..errors import STORAGE_ERRORS
 from . import requestlog
 
 log = logging.getLogger("odsmedia.privacy")
@@ -58,6 +59,6 @@ async def run(db: asyncpg.Pool, interval: float, **limits: int) -> None:
             removed = await sweep(db, **limits)
             if any(removed.values()):
                 log.info("retention sweep", extra={"removed": removed})
-        except (asyncpg.PostgresError, OSError):
+        except STORAGE_ERRORS:
             log.warning("retention sweep failed; will retry")
         await asyncio.sleep(interval)
