@@ -395,7 +395,7 @@ def markdown_table() -> str:
 # Query parameters of a DSN that carry credentials (libpq's password and sslpassword,
 # and anything named like a secret).
 _SECRET_NAME = re.compile(r"(secret|key|token|password|passwd|credential)", re.IGNORECASE)
-_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<userinfo>[^/?#@]*)@", re.IGNORECASE)
+_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<userinfo>[^/?#]*)@", re.IGNORECASE)
 _QUERY_PARAM = re.compile(r"(?P<lead>[?&;])(?P<name>[^=&;#]+)=(?P<value>[^&;#]*)")
 
 

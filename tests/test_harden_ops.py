@@ -42,6 +42,8 @@ def test_mask_forms():
         "postgres://h/db?sslpassword=***&application_name=a"
     assert configmod.mask("postgres://h/db?client_secret=s;api_key=k") == "postgres://h/db?client_secret=***;api_key=***"
     assert configmod.mask("postgres://h/db") == "postgres://h/db"
+    # A raw '@' in a password: the userinfo runs to the authority's last '@'.
+    assert configmod.mask("postgresql://u:p@ss@host/db") == "postgresql://u:***@host/db"
 
 
 def test_a_bad_secret_setting_is_named_without_its_value(service_urls, tmp_path):
