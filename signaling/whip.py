@@ -10,12 +10,16 @@ token, cookies, or nothing in a public room) and answers 409
 
 from __future__ import annotations
 
+import asyncio
+from typing import Callable
+
 from aiohttp import web
 
 from odsmedia.abuse import ABUSE, Held
 from odsmedia.errors import ApiError
-from odsmedia.gate import Entry
+from odsmedia.gate import Admission, Entry
 from odsmedia.keys import CONFIG, GATE
+from odsmedia.reauth import REAUTH, Reauthorizer, credential_of
 from odsmedia.rooms.errors import SfuError
 from odsmedia.rooms.participant import Participant
 from odsmedia.rooms.room import Room
@@ -83,9 +87,12 @@ async def whip_post(request: web.Request) -> web.Response:
             raise exc
         admission = await request.app[GATE].admit(request, request.match_info["slug"], Entry.PUBLISH)
         offer = await _read_sdp(request)
+        ending = SessionEnding(request.app[REAUTH], admission)
         room, participant = await request.app[SFU].join(
             admission.room, subject=admission.identity.subject,
-            name=admission.identity.display_name or "WHIP publisher", role=admission.role, via="whip")
+            name=admission.identity.display_name or "WHIP publisher", role=admission.role, via="whip",
+            on_leave=ending.left)
+        ending.watch(room, participant)
         try:
             transport = await room.publish(participant, offer)
         except BaseException:
@@ -106,14 +113,16 @@ async def whep_post(request: web.Request) -> web.Response:
             raise SfuError(409, "nothing_published", "nothing is published in this room yet")
         # Held while the session lives: released when the participant leaves the room.
         lease = request.app[ABUSE].acquire(Held.WHEP, request)
+        ending = SessionEnding(request.app[REAUTH], admission, lease.release)
         try:
             room, participant = await sfu.join(
                 admission.room, subject=admission.identity.subject,
                 name=admission.identity.display_name or "WHEP viewer", role=admission.role, via="whep",
-                on_leave=lease.release)
+                on_leave=ending.left)
         except BaseException:
             lease.release()
             raise
+        ending.watch(room, participant)
         try:
             transport = await room.subscribe(participant, None, offer=offer)
         except BaseException:
@@ -122,6 +131,29 @@ async def whep_post(request: web.Request) -> web.Response:
         return _created(request, "whep", transport)
     except ApiError as exc:
         raise _with_cors(exc) from None
+
+
+class SessionEnding:
+    """A WHIP/WHEP session ends when what admitted it ends (``odsmedia.reauth``): a revoked
+    or expired token, a signed-out session, a deleted account.  Its participant leaves the
+    room with that reason, which closes its transport."""
+
+    def __init__(self, reauth: Reauthorizer, admission: Admission, *also: Callable[[], None]) -> None:
+        self.reauth = reauth
+        self.credential = credential_of(admission.identity)
+        self.on_left = list(also)
+        self.unwatch: Callable[[], None] = lambda: None
+
+    def watch(self, room: Room, participant: Participant) -> None:
+        def ended(reason: str) -> None:
+            asyncio.ensure_future(room.leave(participant, reason=reason))
+
+        self.unwatch = self.reauth.watch(self.credential, ended)
+
+    def left(self) -> None:
+        self.unwatch()
+        for done in self.on_left:
+            done()
 
 
 def _delete(via: str):

@@ -286,3 +286,32 @@ async def test_a_plan_that_ends_closes_the_chat_socket(bclient, room_factory, db
     assert status == 200
     assert await sock.wait_closed(REAUTH_BOUND) == 4402
     assert sock.events[-1]["error"] == "entitlement_ended" and sock.events[-1]["detail"] == "subscription_ended"
+
+
+async def test_a_whip_session_ends_when_its_token_is_revoked(client, room_factory):
+    from aiortc import RTCSessionDescription
+
+    from odsmedia.rooms.sfu import SFU
+    from testsupport.peers import whip_offer
+
+    csrf, account = await sign_in(client)
+    room = await room_factory(owner_id=account["id"])
+    resp = await client.post("/api/tokens", json={"room": room.slug, "role": "host"}, headers={"X-CSRF-Token": csrf})
+    minted = await resp.json()
+    publisher, offer = await whip_offer()
+    try:
+        async with aiohttp.ClientSession() as obs:     # OBS: the token only, no cookies
+            resp = await obs.post(str(client.make_url(f"/rooms/{room.slug}/whip")), data=offer,
+                                  headers={"Content-Type": "application/sdp",
+                                           "Authorization": f"Bearer {minted['token']}"})
+            assert resp.status == 201, await resp.text()
+            await publisher.setRemoteDescription(RTCSessionDescription(await resp.text(), "answer"))
+        sfu = client.server.app[SFU]
+        assert sfu.get(room.slug) is not None and sfu.get(room.slug).participants
+        assert (await client.delete(f"/api/tokens/{minted['id']}", headers={"X-CSRF-Token": csrf})).status == 204
+        deadline = asyncio.get_running_loop().time() + REAUTH_BOUND
+        while sfu.get(room.slug) is not None and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)    # polled with a deadline: the room empties on the node's next check
+        assert sfu.get(room.slug) is None
+    finally:
+        await publisher.close()
