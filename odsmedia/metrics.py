@@ -24,6 +24,8 @@ subscriptions = Gauge("ods_subscriptions", "Active subscriptions on this node")
 chat_items = Counter("ods_chat_items_total", "Chat items accepted", ["kind"])
 abuse_refusals = Counter("ods_abuse_refusals_total",
                          "Entries and chat posts refused by a per-network or per-room abuse limit", ["limit"])
+authority_ended = Counter("ods_authority_ended_total",
+                          "Open sockets and WHIP/WHEP sessions ended because what admitted them ended", ["reason"])
 gate_decisions = Counter("ods_gate_decisions_total", "Entry gate decisions", ["entry", "outcome"])
 
 

@@ -27,6 +27,7 @@ from typing import Callable
 import asyncpg
 from aiohttp import web
 
+from . import metrics
 from .errors import STORAGE_ERRORS
 from .gate import Identity
 
@@ -139,6 +140,7 @@ class Reauthorizer:
                 continue
             if self._watched.pop(key, None) is not None:
                 ended += 1
+                metrics.authority_ended.labels(reason).inc()
                 try:
                     on_end(reason)
                 except Exception:

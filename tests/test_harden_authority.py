@@ -221,6 +221,8 @@ async def test_a_revoked_token_closes_its_sockets_and_posts_nothing_more(aiohttp
         assert chat_b.events[-1]["error"] == "token_revoked"
         code, events = await closed_with(sig_b)
         assert code == 4401 and events[-1]["code"] == "token_revoked"
+    metrics = await (await b.get("/metrics")).text()
+    assert 'ods_authority_ended_total{reason="token_revoked"}' in metrics
 
 
 async def test_a_deleted_account_is_closed_out_and_nothing_more_is_stored(aiohttp_client, service_urls, tmp_path,
