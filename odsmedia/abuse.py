@@ -95,9 +95,6 @@ class NetworkCaps:
         else:
             self._held.pop(key, None)
 
-    def held(self, kind: Held) -> int:
-        return sum(n for (k, _), n in self._held.items() if k is kind)
-
 
 # This node's per-network caps, set by ``make_app``.
 ABUSE: web.AppKey[NetworkCaps] = web.AppKey("abuse", NetworkCaps)
