@@ -14,12 +14,6 @@ from testsupport.peers import SignalingClient, SignalingError
 pytestmark = pytest.mark.timeout(60)
 
 
-async def connect(client, slug: str) -> SignalingClient:
-    c = SignalingClient(str(client.make_url("")), slug)
-    await c.connect()
-    return c
-
-
 async def raw_reply(c: SignalingClient, text: str) -> dict:
     await c.ws.send_str(text)
     return await asyncio.wait_for(c.events.get(), 5)
