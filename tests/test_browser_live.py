@@ -46,6 +46,18 @@ async def test_host_page_to_viewer_page(client, room_factory, token_factory, bro
         # The host sees who watches.
         await until(host, "document.getElementById('viewer-count').textContent === '1 watching'")
         assert "Watcher" in await host.text_content("#people")
+        # The viewer's player: sound on and off, volume; the host shares the viewer link.
+        video = "document.querySelector('#videos video')"
+        assert await viewer.evaluate(f"{video}.muted") is True
+        await viewer.click("#unmute")
+        assert await viewer.evaluate(f"{video}.muted") is False
+        assert await viewer.get_attribute("#unmute", "aria-pressed") == "true"
+        await viewer.fill("#volume", "0.25")
+        assert await viewer.evaluate(f"{video}.volume") == 0.25
+        await host_ctx.grant_permissions(["clipboard-read", "clipboard-write"], origin=str(client.make_url("/"))[:-1])
+        await host.click("#share")
+        await host.wait_for_selector("#share-status:has-text('copied')", timeout=5000)
+        assert await host.evaluate("navigator.clipboard.readText()") == str(client.make_url(f"/rooms/{room.slug}"))
 
         # Stop: the viewer page learns that nobody is live.
         await host.click("#stop")
