@@ -229,8 +229,11 @@ async def test_the_host_page_sorts_questions_by_votes_and_marks_one_answered(sit
         try:
             await page.goto(str(client.make_url(f"/rooms/{room.slug}/host?token={await token_factory(room, 'host')}")))
             await page.wait_for_selector("section#chat[data-role='host']", timeout=15000)
-            await page.click(".chat-tabs button[data-filter='question']")
+            # Keyboard only: the selected tab takes focus, an arrow key moves to Questions.
+            await page.focus(".chat-tabs button[data-filter='all']")
+            await page.keyboard.press("ArrowRight")
             assert await page.get_attribute(".chat-tabs button[data-filter='question']", "aria-selected") == "true"
+            assert await page.evaluate("document.activeElement.dataset.filter") == "question"
             assert await page.text_content(".chat-tabs button[data-filter='question']") == "Questions (3)"
             texts = "[...document.querySelectorAll('.chat-list .chat-text')].map(e => e.textContent)"
             assert await page.evaluate(texts) == ["question 2", "question 1", "question 0"]

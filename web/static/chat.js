@@ -118,6 +118,13 @@
       tab.setAttribute("role", "tab");
       tabs.appendChild(tab);
     }
+    // Arrow keys move between tabs (the WAI-ARIA tabs pattern); Tab leaves the tab list.
+    tabs.addEventListener("keydown", (e) => {
+      if (e.key !== "ArrowRight" && e.key !== "ArrowLeft") return;
+      const all = Array.from(tabs.children);
+      const next = all[(all.indexOf(document.activeElement) + (e.key === "ArrowRight" ? 1 : all.length - 1)) % all.length];
+      if (next) { next.focus(); next.click(); e.preventDefault(); }
+    });
     this.modBar = el("div", "chat-modbar");
     this.modBar.hidden = true;
     const slow = el("select", "chat-slow");
@@ -411,6 +418,7 @@
       const selected = tab.dataset.filter === this.filter;
       tab.classList.toggle("active", selected);
       tab.setAttribute("aria-selected", selected ? "true" : "false");
+      tab.tabIndex = selected ? 0 : -1;
       if (tab.dataset.filter === "question") tab.textContent = open ? "Questions (" + open + ")" : "Questions";
     }
   };

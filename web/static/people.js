@@ -65,7 +65,14 @@
       const c = chat();
       const say = this.options.status || (() => {});
       if (!c) { say("Chat is not connected; moderation needs it."); return; }
-      c.request(message).then(() => { say(done); }, (err) => { say("Could not do that: " + err.message); });
+      c.request(message).then((ack) => {
+        say(done);
+        if (ack.role) {
+          // A promotion reaches the person's own sockets; this list shows it at once.
+          for (const p of this.people.values()) if (p.subject === ack.target) p.role = ack.role;
+          this.render();
+        }
+      }, (err) => { say("Could not do that: " + err.message); });
     }
 
     actionsFor(p) {
