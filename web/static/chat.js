@@ -214,6 +214,15 @@
       const delay = Math.min(5000, 250 * Math.pow(2, this.retry++)) * (0.5 + Math.random() / 2);
       this.status.textContent = e.code === 4000 ? "" : "Chat connection lost; reconnecting…";
       this.timer = setTimeout(() => this.connect(), e.code === 4000 ? 0 : delay);
+      if (!this.onOnline) {
+        // Back on the network: reconnect now instead of waiting out the backoff.
+        this.onOnline = () => {
+          if (this.stopped || !this.timer || (this.ws && this.ws.readyState !== WebSocket.CLOSED)) return;
+          clearTimeout(this.timer);
+          this.connect();
+        };
+        window.addEventListener("online", this.onOnline);
+      }
     });
   };
 
