@@ -19,7 +19,7 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
-from . import metrics
+from . import metrics, node
 from .abuse import ABUSE, NetworkCaps
 from .auth.tokens import GateTokens
 from .bus import Bus
@@ -47,6 +47,18 @@ FEATURE_MODULES = (
 )
 
 
+def wants_page(request: web.Request) -> bool:
+    """A browser navigating to a page URL (not an API call, asset or socket)."""
+    return (request.method == "GET" and "text/html" in request.headers.get("Accept", "")
+            and not request.path.startswith(("/api/", "/static/")) and request.headers.get("Upgrade", "") == "")
+
+
+def error_page(status: int, reason: str) -> web.Response:
+    from web.pages import error_page as render
+
+    return render(status, reason)
+
+
 @web.middleware
 async def observe(request: web.Request, handler):
     rid = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex[:16]
@@ -60,7 +72,10 @@ async def observe(request: web.Request, handler):
         except ApiError as exc:
             response = exc.response()
         except web.HTTPException as exc:
-            if exc.status >= 400 and exc.content_type != "application/json":
+            if exc.status >= 400 and exc.content_type != "application/json" and wants_page(request):
+                # A person typed or followed a link: a page, not JSON (APIs keep JSON).
+                response = error_page(exc.status, exc.reason)
+            elif exc.status >= 400 and exc.content_type != "application/json":
                 reason = exc.reason.lower().replace(" ", "_")
                 response = json_response({"error": reason, "message": exc.reason}, status=exc.status,
                                          headers={k: v for k, v in exc.headers.items()
@@ -136,7 +151,7 @@ def make_app(config: Config, *, features: tuple[str, ...] = FEATURE_MODULES) -> 
 
     async def services(app: web.Application) -> AsyncIterator[None]:
         app[DB] = await connect(config["database.url"], max_size=config["database.pool_size"])
-        app[BUS] = Bus(config["redis.url"], config["redis.prefix"])
+        app[BUS] = Bus(config["redis.url"], config["redis.prefix"], node_id=node.identity(config.data_dir))
         # Bearer tokens are the token table's, not the cookie feature's: WHIP, operator
         # tokens and tokens in join messages work in every feature selection.
         app[GATE] = Gate(app[DB], tokens=GateTokens(app[DB]))

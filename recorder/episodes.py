@@ -209,6 +209,11 @@ async def live_id(db: asyncpg.Pool | asyncpg.Connection, room_id: int) -> int | 
     return await db.fetchval("SELECT id FROM episodes WHERE room_id = $1 AND status = 'live'", room_id)
 
 
+async def live_room_ids(db: asyncpg.Pool | asyncpg.Connection) -> set[int]:
+    """Rooms with a session being recorded now, on any node (the home page's LIVE)."""
+    return {r["room_id"] for r in await db.fetch("SELECT room_id FROM episodes WHERE status = 'live'")}
+
+
 async def room_slug(db: asyncpg.Pool | asyncpg.Connection, episode_id: int) -> str | None:
     """The slug of the room an episode belongs to (None: no such episode)."""
     return await db.fetchval(

@@ -263,3 +263,5 @@ class RoomRecording:
         # What was captured stays playable; the status says whether it is complete.
         self.status = "interrupted" if failed or self.writer.error is not None else "ready"
         await episodes.set_status(db, self.episode_id, self.status, ended=True)
+        log.info("episode %s", self.status, extra={"episode": self.episode_id, "room": self.room_slug,
+                                                   "watch": f"/episodes/{self.episode_id}/watch"})

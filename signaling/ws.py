@@ -19,9 +19,10 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from odsmedia.abuse import ABUSE, Held, Lease
+from odsmedia.auth.accounts import shown_name
 from odsmedia.errors import CLOSE_UNAVAILABLE, OUTAGE_ERRORS, ApiError, unavailable
 from odsmedia.gate import Admission, Entry
-from odsmedia.keys import CONFIG, GATE
+from odsmedia.keys import CONFIG, DB, GATE
 from odsmedia.media.ice import browser_ice_servers
 from odsmedia.reauth import CLOSE_REVOKED, REASONS, REAUTH, credential_of
 from odsmedia.rooms.errors import SfuError
@@ -60,18 +61,16 @@ def _str_field(message: dict[str, Any], key: str, *, required: bool = True, limi
     return value
 
 
-def _display_name(admission: Admission, requested: Any) -> str | None:
-    """The name others see; None: the participant's default (its role and a bit of its id)."""
-    if admission.identity.display_name:
-        return admission.identity.display_name[:NAME_MAX]
-    if requested is not None:
-        if not isinstance(requested, str):
-            raise Invalid("name must be a string")
-        name = clean_name(requested)
-        if name is None:
-            raise Invalid(f"name must be 1-{NAME_MAX} printable characters")
-        return name
-    return None
+def _supplied_name(requested: Any) -> str | None:
+    """The name a page asked for, checked; the name shown is accounts.shown_name's."""
+    if requested is None:
+        return None
+    if not isinstance(requested, str):
+        raise Invalid("name must be a string")
+    name = clean_name(requested)
+    if name is None:
+        raise Invalid(f"name must be 1-{NAME_MAX} printable characters")
+    return name
 
 
 class Session:
@@ -214,8 +213,9 @@ class Session:
             admission = await gate.admit(self.request, self.slug, Entry.JOIN)
         # Held until the socket ends (cleanup releases it).
         self.lease = self.app[ABUSE].acquire(Held.SIGNALING, self.request)
+        name = await shown_name(self.app[DB], admission, _supplied_name(message.get("name")))
         self.room, participant = await self.app[SFU].join(
-            admission.room, subject=admission.identity.subject, name=_display_name(admission, message.get("name")),
+            admission.room, subject=admission.identity.subject, name=name[:NAME_MAX],
             role=admission.role, via="ws", write=self._write,
             close_socket=lambda code: asyncio.ensure_future(self.ws.close(code=code)))
         self.admission, self.participant = admission, participant

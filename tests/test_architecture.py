@@ -20,7 +20,7 @@ PACKAGES = ("odsmedia", "signaling", "recorder", "web")
 CORE = {
     "odsmedia", "odsmedia.bus", "odsmedia.channels", "odsmedia.config", "odsmedia.errors", "odsmedia.files",
     "odsmedia.gate", "odsmedia.keys", "odsmedia.logs", "odsmedia.metrics", "odsmedia.wire", "odsmedia.names",
-    "odsmedia.reauth",
+    "odsmedia.reauth", "odsmedia.node",
     "odsmedia.storage", "odsmedia.storage.db", "odsmedia.rooms.directory", "odsmedia.media.frame",
     "odsmedia.mail", "odsmedia.mail.backends", "odsmedia.mail.message", "odsmedia.mail.templates",
 }

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from odsmedia.rooms.sfu import SFU
+from test_studio_browser import until
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 
@@ -43,12 +44,29 @@ async def test_host_page_to_viewer_page(client, room_factory, token_factory, bro
         codecs = {p.kind: p.codec_name for p in live.publications.values()}
         assert codecs == {"video": "H264", "audio": "opus"}
         # The host sees who watches.
-        await host.wait_for_function("document.getElementById('viewer-count').textContent === '1'", timeout=5000)
+        await until(host, "document.getElementById('viewer-count').textContent === '1 watching'")
         assert "Watcher" in await host.text_content("#people")
+        # The viewer's player: sound on and off, volume; the host shares the viewer link.
+        video = "document.querySelector('#videos video')"
+        assert await viewer.evaluate(f"{video}.muted") is True
+        await viewer.click("#unmute")
+        assert await viewer.evaluate(f"{video}.muted") is False
+        assert await viewer.get_attribute("#unmute", "aria-pressed") == "true"
+        await viewer.fill("#volume", "0.25")
+        assert await viewer.evaluate(f"{video}.volume") == 0.25
+        await host_ctx.grant_permissions(["clipboard-read", "clipboard-write"], origin=str(client.make_url("/"))[:-1])
+        await host.click("#share")
+        await host.wait_for_selector("#share-status:has-text('copied')", timeout=5000)
+        assert await host.evaluate("navigator.clipboard.readText()") == str(client.make_url(f"/rooms/{room.slug}"))
 
         # Stop: the viewer page learns that nobody is live.
         await host.click("#stop")
         await viewer.wait_for_selector("#offline:not([hidden])", timeout=10000)
+        # Status lines say what is true now.
+        assert await host.text_content("#status") == "Not live. Press Go live to start."
+        assert await host.is_hidden("#live-badge") and await host.is_enabled("#golive")
+        assert await viewer.text_content("#status") == "The host stopped. This page plays again when they go live."
+        assert await viewer.is_hidden("#live-badge")
         assert not errors, errors
     finally:
         await host_ctx.close()
@@ -64,5 +82,27 @@ async def test_viewer_page_shows_gate_refusal(client, room_factory, browser):
         assert await box.get_attribute("data-status") == "401"
         assert "Sign in" in await box.text_content()
         assert await page.get_attribute("#refusal a", "href") == f"/signin?next=%2Frooms%2F{room.slug}"
+    finally:
+        await page.close()
+
+
+async def test_refused_pages_say_what_it_takes_and_promise_nothing(client, room_factory, browser):
+    plan_room = await room_factory(policy="plans", plans=("pro",))
+    page = await browser.new_page()
+    try:
+        await page.goto(str(client.make_url(f"/rooms/{plan_room.slug}")))
+        box = await page.wait_for_selector("#refusal:not([hidden])", timeout=10000)
+        assert await box.get_attribute("data-status") == "401"
+        assert await page.text_content("#refusal strong") == "This room is for subscribers."
+        assert "members" not in await box.text_content() and "pro" in await box.text_content()
+        assert not await page.is_visible("section.stage") and not await page.is_visible("section#chat")
+        # A room that does not exist: said once, no player, no chat retrying in the background.
+        await page.goto(str(client.make_url("/rooms/no-such-room-here")))
+        box = await page.wait_for_selector("#refusal:not([hidden])", timeout=10000)
+        assert await page.text_content("#refusal strong") == "This room does not exist."
+        assert not await page.is_visible("#offline") and not await page.is_visible("section#chat")
+        chat = "document.querySelector('section#chat')"
+        assert await page.evaluate(f"{chat}.dataset.stopped") == "1"
+        await until(page, f"{chat}.dataset.state === undefined || {chat}.dataset.state === 'closed'")
     finally:
         await page.close()

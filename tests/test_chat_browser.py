@@ -1,16 +1,14 @@
-"""chat.js in headless Chromium: text stays text, live updates, replay in sync with a video."""
+"""chat.js on the shipped pages in headless Chromium: text stays text, live updates,
+moderation, resuming after a drop, replay in sync with the episode's video."""
 
 from __future__ import annotations
 
 import asyncio
 
 import pytest
-from aiohttp import web
 
-from conftest import make_config
-from odsmedia.app import make_app
 from test_chat_support import ChatSocket
-from web.pages import CSP
+from test_replay_browser import app_client, record  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.browser
 
@@ -31,40 +29,21 @@ async def until(page, expression: str, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.05)
 
 
-def page_with_chat(section: str, extra: str = "") -> str:
-    return ("<!doctype html><html><head><meta charset=utf-8>"
-            '<link rel="stylesheet" href="/static/chat.css"></head><body>'
-            f"{extra}{section}"
-            '<script src="/static/chat.js"></script></body></html>')
-
-
 @pytest.fixture
-async def site(aiohttp_client, service_urls, tmp_path):
-    """The full app plus one test page per test (the real pages belong to other features),
-    served with the product's CSP."""
-    app = make_app(make_config(service_urls, tmp_path))
-    pages: dict[str, str] = {}
-
-    async def page(request: web.Request) -> web.Response:
-        return web.Response(text=pages[request.match_info["name"]], content_type="text/html",
-                            headers={"Content-Security-Policy": CSP})
-
-    app.router.add_get("/test-pages/{name}", page)
-    client = await aiohttp_client(app)
-    return client, pages
+async def site(client):
+    return client
 
 
 async def test_chat_text_renders_as_text_never_markup(site, browser, room_factory, token_factory):
-    client, pages = site
+    client = site
     room = await room_factory()
     viewer_token = await token_factory(room, "viewer")
-    pages["live"] = page_with_chat(f'<section id="chat" data-room="{room.slug}" data-token="{viewer_token}"></section>')
     host = await ChatSocket.open(client, f"/rooms/{room.slug}/chat", token=await token_factory(room, "host"))
     page = await browser.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     try:
-        await page.goto(str(client.make_url("/test-pages/live")))
+        await page.goto(str(client.make_url(f"/rooms/{room.slug}?token={viewer_token}")))
         await page.wait_for_selector('section#chat[data-state="connected"]', timeout=10000)
         # Typed into the page's own form by the viewer...
         for text in PAYLOADS[:2]:
@@ -90,15 +69,14 @@ async def test_chat_text_renders_as_text_never_markup(site, browser, room_factor
 
 
 async def test_moderator_controls_show_for_moderators_and_act(site, browser, room_factory, token_factory):
-    client, pages = site
+    client = site
     room = await room_factory()
-    pages["mod"] = page_with_chat(
-        f'<section id="chat" data-room="{room.slug}" data-token="{await token_factory(room, "moderator")}"></section>')
+    mod_token = await token_factory(room, "moderator")
     viewer = await ChatSocket.open(client, f"/rooms/{room.slug}/chat", token=await token_factory(room, "viewer"))
     await viewer.post("<i>hello</i> mods")
     page = await browser.new_page()
     try:
-        await page.goto(str(client.make_url("/test-pages/mod")))
+        await page.goto(str(client.make_url(f"/rooms/{room.slug}?token={mod_token}")))
         await page.wait_for_selector(".chat-list li .chat-actions", timeout=10000)
         assert await page.is_visible(".chat-modbar")
         await page.click(".chat-list li button[title='Time out for 10 minutes']")
@@ -118,77 +96,47 @@ async def test_moderator_controls_show_for_moderators_and_act(site, browser, roo
         await viewer.close()
 
 
-def _webm(path, seconds: int = 40) -> None:
-    """A tiny VP8 WebM (2 fps, 64x64) long enough to seek in."""
-    from fractions import Fraction
-
-    import av
-
-    with av.open(str(path), "w", format="webm") as container:
-        stream = container.add_stream("libvpx", rate=2)
-        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
-        stream.time_base = Fraction(1, 2)
-        for n in range(seconds * 2):
-            frame = av.VideoFrame(64, 64, "yuv420p")
-            for plane in frame.planes:
-                plane.update(bytes([(n * 3) % 256]) * plane.buffer_size)
-            frame.pts = n
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-
-
 async def test_replay_shows_chat_in_sync_with_the_video_and_jumps_to_highlights(
-        aiohttp_client, service_urls, tmp_path, browser, room_factory, db):
-    video = tmp_path / "episode.webm"
-    _webm(video)
-    app = make_app(make_config(service_urls, tmp_path / "data"))
+        app_client, browser, room_factory, db):
     room = await room_factory()
-    episode = await db.fetchval(
-        "INSERT INTO episodes (room_id, storage_key, status) VALUES ($1, 'k', 'ready') RETURNING id", room.id)
-    for n, (offset, kind, text) in enumerate([(1.0, "message", "<b>first</b>"), (5.0, "message", "second"),
-                                              (15.0, "highlight", "the fix"), (30.0, "highlight", "")], start=1):
+    episode = await record(app_client.app, room, 20.0)
+    for n, (offset, kind, text) in enumerate([(3.0, "message", "<b>first</b>"), (5.0, "message", "second"),
+                                              (8.0, "highlight", "the fix"), (11.0, "highlight", "")], start=1):
         await db.execute(
             "INSERT INTO chat_items (room_id, id, changed_seq, kind, author, author_name, body, episode_id, "
             "episode_offset) VALUES ($1, $2, $2, $3, 'v:x', 'X', $4, $5, $6)", room.id, n, kind, text, episode, offset)
-    html = page_with_chat(
-        f'<section id="chat" data-room="{room.slug}" data-mode="replay" data-episode="{episode}" '
-        'data-video="#player"></section>',
-        extra='<video id="player" src="/test-video.webm" preload="auto" muted></video>')
-
-    async def page_handler(request):
-        return web.Response(text=html, content_type="text/html", headers={"Content-Security-Policy": CSP})
-
-    async def video_handler(request):
-        return web.FileResponse(video)
-
-    app.router.add_get("/test-replay", page_handler)
-    app.router.add_get("/test-video.webm", video_handler)
-    client = await aiohttp_client(app)
     page = await browser.new_page()
     try:
-        await page.goto(str(client.make_url("/test-replay")))
+        await page.goto(str(app_client.make_url(f"/episodes/{episode}/watch")))
         await page.wait_for_selector('section#chat[data-state="loaded"]', timeout=10000)
-        await until(page, "document.querySelector('#player').readyState >= 1")
+        await until(page, "document.querySelector('#video').readyState >= 1")
+        await page.evaluate("(() => { const v = document.querySelector('#video'); v.pause(); v.currentTime = 0; })()")
         assert await page.eval_on_selector_all(".chat-jump .chat-text", "els => els.map(e => e.textContent)") == [
             "the fix", "(highlight)"]
-        assert await page.eval_on_selector_all(".chat-list li", "els => els.length") == 0  # at 0 s nothing yet
-        await page.click(".chat-jump:first-child button")  # jump to 15 s
+        await until(page, "document.querySelector('section#chat').dataset.shown === '0'")   # at 0 s nothing yet
+        await page.click(".chat-jump:first-child button")  # jump to 8 s
         await until(page, "document.querySelector('section#chat').dataset.shown === '3'")
-        assert await page.evaluate("Math.round(document.querySelector('#player').currentTime)") == 15
+        assert await page.evaluate("Math.round(document.querySelector('#video').currentTime)") == 8
         texts = await page.eval_on_selector_all(".chat-list .chat-text", "els => els.map(e => e.textContent)")
         assert texts == ["<b>first</b>", "second", "the fix"]
-        await page.evaluate("document.querySelector('#player').currentTime = 3")
+        await page.evaluate("document.querySelector('#video').currentTime = 4")
         await until(page, "document.querySelector('section#chat').dataset.shown === '1'")
-        await page.evaluate("document.querySelector('#player').currentTime = 35")
+        await page.evaluate("document.querySelector('#video').currentTime = 11.5")
         await until(page, "document.querySelector('section#chat').dataset.shown === '4'")
+        # Searching the room's chat opens the episode at the moment the message was posted.
+        await page.goto(str(app_client.make_url(f"/rooms/{room.slug}/episodes")))
+        await page.fill("#search-q", "second")
+        await page.click("#search button")
+        await page.click("#search-results li[data-item='2'] a")
+        await page.wait_for_url(f"**/episodes/{episode}/watch?t=5")
+        await until(page, "Math.round(document.querySelector('#video').currentTime) >= 5")
+        await until(page, "Number(document.querySelector('section#chat').dataset.shown) >= 2")
     finally:
         await page.close()
 
 
 async def test_the_viewer_page_mounts_chat_and_a_guest_posts_as_text(site, browser, room_factory, token_factory):
-    client, _ = site
+    client = site
     room = await room_factory()
     host = await ChatSocket.open(client, f"/rooms/{room.slug}/chat", token=await token_factory(room, "host"))
     page = await browser.new_page()
@@ -210,7 +158,7 @@ async def test_the_viewer_page_mounts_chat_and_a_guest_posts_as_text(site, brows
 
 
 async def test_the_replay_page_mounts_chat_in_replay_mode_with_jump_points(site, browser, room_factory, db):
-    client, _ = site
+    client = site
     room = await room_factory()
     episode = await db.fetchval(
         "INSERT INTO episodes (room_id, storage_key, status) VALUES ($1, 'k', 'ready') RETURNING id", room.id)
@@ -232,15 +180,14 @@ async def test_the_page_reconnects_and_resumes_without_gaps_or_duplicates(site, 
                                                                           token_factory):
     from odsmedia.chat.feature import CHAT
 
-    client, pages = site
+    client = site
     room = await room_factory()
-    pages["resume"] = page_with_chat(
-        f'<section id="chat" data-room="{room.slug}" data-token="{await token_factory(room, "viewer")}"></section>')
+    viewer_token = await token_factory(room, "viewer")
     host = await ChatSocket.open(client, f"/rooms/{room.slug}/chat", token=await token_factory(room, "host"))
     first = await host.post("before the drop")
     page = await browser.new_page()
     try:
-        await page.goto(str(client.make_url("/test-pages/resume")))
+        await page.goto(str(client.make_url(f"/rooms/{room.slug}?token={viewer_token}")))
         await page.wait_for_selector('section#chat[data-state="connected"]', timeout=10000)
         hub = client.server.app[CHAT].hub
         browser_client = next(c for c in hub.rooms[room.slug].clients if c.role == "viewer")
@@ -265,3 +212,38 @@ async def test_the_page_reconnects_and_resumes_without_gaps_or_duplicates(site, 
     finally:
         await page.close()
         await host.close()
+
+
+async def test_the_host_page_sorts_questions_by_votes_and_marks_one_answered(site, browser, room_factory,
+                                                                              token_factory):
+    client = site
+    room = await room_factory()
+    url = f"/rooms/{room.slug}/chat"
+    askers = [await ChatSocket.open(client, url, token=await token_factory(room, "viewer")) for _ in range(3)]
+    try:
+        ids = [(await a.post(f"question {n}", "question"))["id"] for n, a in enumerate(askers)]
+        # question 2 gets two votes, question 1 one: the order is 2, 1, 0.
+        for voter, item in ((askers[0], ids[2]), (askers[1], ids[2]), (askers[0], ids[1])):
+            assert (await voter.request({"type": "upvote", "id": item}))["type"] == "ack"
+        page = await browser.new_page()
+        try:
+            await page.goto(str(client.make_url(f"/rooms/{room.slug}/host?token={await token_factory(room, 'host')}")))
+            await page.wait_for_selector("section#chat[data-role='host']", timeout=15000)
+            # Keyboard only: the selected tab takes focus, an arrow key moves to Questions.
+            await page.focus(".chat-tabs button[data-filter='all']")
+            await page.keyboard.press("ArrowRight")
+            assert await page.get_attribute(".chat-tabs button[data-filter='question']", "aria-selected") == "true"
+            assert await page.evaluate("document.activeElement.dataset.filter") == "question"
+            assert await page.text_content(".chat-tabs button[data-filter='question']") == "Questions (3)"
+            texts = "[...document.querySelectorAll('.chat-list .chat-text')].map(e => e.textContent)"
+            assert await page.evaluate(texts) == ["question 2", "question 1", "question 0"]
+            await page.click(f".chat-list li[data-id='{ids[2]}'] button[aria-label='Mark answered']")
+            await askers[0].wait(lambda e: e["type"] == "item" and e["item"]["id"] == ids[2] and e["item"]["answered"])
+            await until(page, f"{texts}.join() === 'question 1,question 0,question 2'")
+            assert await page.text_content(f".chat-list li[data-id='{ids[2]}'] .chat-answered") == "answered"
+            assert await page.text_content(".chat-tabs button[data-filter='question']") == "Questions (2)"
+        finally:
+            await page.close()
+    finally:
+        for a in askers:
+            await a.close()

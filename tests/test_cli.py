@@ -25,8 +25,21 @@ def test_help_everywhere(service_urls, tmp_path):
         assert "usage: odsmedia" in out.stdout
 
 
+PLANS_TOML = """
+[plans.pro]
+price = "price_pro"
+label = "Pro"
+
+[plans.team]
+price = "price_team"
+label = "Team"
+seats = true
+"""
+
+
 def test_room_create_and_token(service_urls, tmp_path):
-    env = odsmedia_env(service_urls, tmp_path)
+    (tmp_path / "plans.toml").write_text(PLANS_TOML)
+    env = odsmedia_env(service_urls, tmp_path, ODS_CONFIG=str(tmp_path / "plans.toml"))
     slug = unique_slug("cli")
     out = run_cli(env, "room", "create", slug, "--title", "CLI room", "--policy", "plan:pro,team")
     assert out.returncode == 0, out.stderr
@@ -107,6 +120,9 @@ def test_dev_with_embedded_services(tmp_path):
         assert tok.stdout.startswith("ods_")
         assert _get(base + "/readyz")[0] == 200
         state = json.loads((data / "services" / "state.json").read_text())
+        # Its own session: a terminal's Ctrl-C reaches dev, which releases its room claims
+        # in Redis before it stops Redis, never Redis first.
+        assert os.getsid(state["redis_pid"]) != os.getsid(proc.pid)
         os.kill(state["redis_pid"], signal.SIGKILL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -121,3 +137,53 @@ def test_dev_with_embedded_services(tmp_path):
     assert rc == 0
     pg_pid_file = data / "services" / "postgres" / "postmaster.pid"
     assert not pg_pid_file.exists()
+
+
+def test_plans_rooms_and_config_in_words(service_urls, tmp_path):
+    (tmp_path / "plans.toml").write_text(PLANS_TOML)
+    env = odsmedia_env(service_urls, tmp_path, ODS_CONFIG=str(tmp_path / "plans.toml"))
+    slug = unique_slug("cli")
+    out = run_cli(env, "room", "create", slug, "--policy", "plan:pro,gold")
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.strip() == ("odsmedia room create: unknown plan code gold; configured plans: pro, team")
+    bare = odsmedia_env(service_urls, tmp_path)
+    out = run_cli(bare, "room", "create", slug, "--policy", "plan:pro")
+    assert out.returncode == 2 and "configured plans: none" in out.stderr
+    assert run_cli(env, "room", "create", slug, "--title", "Listed room", "--policy", "plan:pro").returncode == 0
+    listed = run_cli(env, "room", "list")
+    assert listed.returncode == 0, listed.stderr
+    line = next(line for line in listed.stdout.splitlines() if line.startswith(slug + " "))
+    assert line.split() == [slug, "plan:pro", "Listed", "room"]
+    rows = [json.loads(line) for line in run_cli(env, "room", "list", "--json").stdout.splitlines()]
+    assert {"slug": slug, "title": "Listed room", "access": {"policy": "plans", "plans": ["pro"]},
+            "live": False} in rows
+    shown = json.loads(run_cli(env, "config").stdout)
+    assert shown["plans"] == {"pro": {"label": "Pro", "price": "price_pro", "seats": False},
+                              "team": {"label": "Team", "price": "price_team", "seats": True}}
+
+
+def test_startup_problems_are_one_line_naming_the_setting(service_urls, tmp_path):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = run_cli(odsmedia_env(service_urls, tmp_path, ODS_HTTP_PORT=str(port)), "serve")
+    assert out.returncode == 2
+    assert out.stderr.strip() == (f"odsmedia serve: port {port} on 127.0.0.1 is already in use (ODS_HTTP_PORT): "
+                                  "stop the other server or set ODS_HTTP_PORT to a free port (0 picks one).")
+    cases = [("DATABASE_URL", "postgresql://postgres:hunter2@127.0.0.1:9/nowhere", "PostgreSQL at 127.0.0.1:9"),
+             ("REDIS_URL", "redis://127.0.0.1:9/0", "Redis at 127.0.0.1:9")]
+    for setting, url, what in cases:
+        for command in ("serve", "dev"):
+            out = run_cli(odsmedia_env(service_urls, tmp_path, **{setting: url}), command)
+            lines = out.stderr.strip().splitlines()
+            assert out.returncode == 2 and len(lines) == 1, (command, out.stderr)
+            assert lines[0].startswith(f"odsmedia {command}: cannot ") and what in lines[0]
+            assert f"({setting})" in lines[0] and "hunter2" not in lines[0]
+    env = odsmedia_env(service_urls, tmp_path)
+    env.pop("ODS_SECRET_KEY")
+    out = run_cli(env, "serve")
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+    assert out.stderr.startswith("odsmedia serve: ODS_SECRET_KEY must be set")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
 import time
+import urllib.request
 
 import pytest
 
@@ -43,7 +45,31 @@ async def test_dev_host_tab_and_viewer_tab_watch_themselves(tmp_path, browser):
             decoded = await viewer.evaluate("window.odsViewer.framesDecoded()")
             await asyncio.sleep(0.25)
         assert decoded > 0, "the viewer tab decoded no frames from the host tab"
+        # The printed token is the host's identity in chat too.
+        await host.wait_for_selector("section#chat[data-role='host']", timeout=10000)
+        assert "token=" not in host.url
+        await host.click("#stop")
         await context.close()
+        # Someone asks for a sign-in link: dev says where the mail went.
+        request = urllib.request.Request(base + "/auth/magic-link", data=json.dumps({"email": "ada@example.org"}).encode(),
+                                         headers={"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            assert resp.status in (200, 202, 204)
+        deadline = time.monotonic() + 30
+        status = None
+        while status != "ready" and time.monotonic() < deadline:
+            with urllib.request.urlopen(urllib.request.Request(base + "/rooms/demo/episodes",
+                                                               headers={"Accept": "application/json"})) as resp:
+                episodes = json.loads(resp.read())["episodes"]
+            status = episodes[0]["status"] if episodes else None
+            await asyncio.sleep(0.2)
+        assert status == "ready"
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
+    log = proc.stderr.read()
+    assert re.search(r"odsmedia\.sfu: live room=demo participant=Host tracks=", log), log[-2000:]
+    assert re.search(r"odsmedia\.sfu: stopped room=demo participant=Host", log)
+    assert re.search(r"odsmedia\.recorder: episode ready episode=\d+ room=demo watch=/episodes/\d+/watch", log)
+    mail = re.search(r"odsmedia\.mail: mail written .*path=(\S+)", log)
+    assert mail and os.path.isfile(mail.group(1))

@@ -81,3 +81,31 @@ async def test_join_on_a_second_node_names_the_first(aiohttp_client, config, roo
     await ws_b.send_json({"type": "join", "name": "Bob"})
     assert (await ws_b.receive_json(timeout=10))["type"] == "joined"
     await ws_b.close()
+
+
+async def test_a_restarted_node_takes_back_the_claim_its_previous_run_left(service_urls, tmp_path):
+    """The previous process died holding a claim (its Redis went first, or it was killed): the next
+    run on the same data dir has the same node id and hosts the room instead of naming itself."""
+    import subprocess
+    import sys
+
+    from odsmedia import node
+
+    data = tmp_path / "data"
+    previous = subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; from odsmedia import node; "
+                               "print(node.identity(Path(sys.argv[1])))", str(data)],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    slug = unique_slug()
+    leftover = Bus(service_urls.redis_url, service_urls.prefix, node_id=previous)
+    restarted = Bus(service_urls.redis_url, service_urls.prefix, node_id=node.identity(data))
+    other = Bus(service_urls.redis_url, service_urls.prefix, node_id=node.identity(data))
+    try:
+        assert restarted.node_id == previous
+        assert other.node_id != previous      # the id's holder (this process) still runs: another node
+        await Placement(leftover, "http://127.0.0.1:1", ttl=15).claim(slug)
+        await Placement(restarted, "http://127.0.0.1:1", ttl=15).claim(slug)
+        with pytest.raises(RoomOnOtherNode):
+            await Placement(other, "http://127.0.0.1:2", ttl=15).claim(slug)
+    finally:
+        for bus in (leftover, restarted, other):
+            await bus.close()

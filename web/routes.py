@@ -28,7 +28,13 @@ PAGES: dict[str, str] = {
 }
 
 
+async def favicon(request: web.Request) -> web.StreamResponse:
+    return web.FileResponse(STATIC_DIR / "favicon.svg", headers={"Content-Type": "image/svg+xml",
+                                                                "Cache-Control": "max-age=86400"})
+
+
 def setup(app: web.Application) -> None:
     for pattern, filename in PAGES.items():
         app.router.add_get(pattern, page_handler(filename))
+    app.router.add_get("/favicon.ico", favicon)
     app.router.add_static("/static/", STATIC_DIR, append_version=False)

@@ -6,11 +6,14 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 
 from .. import names
 from ..errors import ApiError
+from ..gate import Admission
+from ..wire import clean_name
 
 # Deliberately loose: the real check is that the link arrives.
 _EMAIL = re.compile(r"^[^@\s<>\"',;]{1,64}@[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+$")
@@ -132,3 +135,26 @@ async def delete(conn: asyncpg.Connection, account_id: int) -> None:
     """Delete the account; the schema cascades sessions, session events, API tokens,
     room roles and the billing customer mapping."""
     await conn.execute("DELETE FROM accounts WHERE id = $1", account_id)
+
+
+def fallback_name(admission: Admission) -> str:
+    """The name of an identity with none of its own: the role a bare token grants, or an
+    anonymous id's tail (stable for that browser)."""
+    if admission.identity.kind == "token":
+        return admission.role.capitalize()
+    return "guest-" + admission.identity.subject.rsplit(":", 1)[-1][-6:]
+
+
+async def shown_name(db: asyncpg.Pool | asyncpg.Connection, admission: Admission, supplied: Any) -> str:
+    """The one display name an identity shows in a room, for signaling and chat alike (so a
+    person is never `Viewer 2089` in the people list and `guest-mOPaCH` in chat): the
+    session's name, the account's, the name the page supplied (checked by odsmedia.wire),
+    then ``fallback_name``."""
+    identity = admission.identity
+    if identity.display_name:
+        return identity.display_name
+    if identity.account_id is not None:
+        name = await display_name(db, identity.account_id)
+        if name:
+            return name
+    return clean_name(supplied) or fallback_name(admission)

@@ -16,7 +16,6 @@ from ..auth import accounts
 from ..errors import ApiError
 from ..gate import Admission, Entry
 from ..keys import BUS, CONFIG, DB, GATE
-from ..wire import clean_name
 from . import store
 from .hub import ChatHub
 from .limits import PostLimits
@@ -51,17 +50,8 @@ class Chat:
             raise ApiError(403, "banned", "you are banned from this room")
 
     async def display_name(self, admission: Admission, supplied: Any) -> str:
-        identity = admission.identity
-        if identity.display_name:
-            return identity.display_name
-        if identity.account_id is not None:
-            name = await accounts.display_name(self.db, identity.account_id)
-            if name:
-                return name
-        name = clean_name(supplied)
-        if name:
-            return name
-        return "guest-" + identity.subject.rsplit(":", 1)[-1][-6:]
+        # One rule with signaling (accounts.shown_name): one person, one name.
+        return await accounts.shown_name(self.db, admission, supplied)
 
 
 CHAT: web.AppKey[Chat] = web.AppKey("chat", Chat)

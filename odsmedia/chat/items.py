@@ -45,6 +45,7 @@ class ChatItem:
     kind: str
     author: str
     author_name: str
+    author_role: str
     text: str
     created_at: datetime
     episode_id: int | None
@@ -62,6 +63,7 @@ class ChatItem:
             kind=row["kind"],
             author=row["author"],
             author_name=row["author_name"],
+            author_role=row["author_role"],
             text=row["body"],
             created_at=row["created_at"],
             episode_id=row["episode_id"],
@@ -78,6 +80,7 @@ class ChatItem:
             "text": self.text,
             "author": self.author,
             "name": self.author_name,
+            "role": self.author_role,
             "created_at": self.created_at.isoformat(),
             "offset": None if self.offset is None else round(self.offset, 3),
             "episode": self.episode_id,

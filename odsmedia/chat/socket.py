@@ -86,7 +86,8 @@ class ChatSession:
         moderator = self.client.is_moderator
         await self.chat.limits.check(room.slug, subject, slow_seconds=0 if moderator else self.channel.slow_mode,
                                      network=None if moderator else self.client.network)
-        item = await store.post(db, room.id, kind=kind, author=subject, author_name=self.client.name, text=text)
+        item = await store.post(db, room.id, kind=kind, author=subject, author_name=self.client.name, text=text,
+                                author_role=self.client.role)
         if item is None:
             sanction = await store.active_sanction(db, room.id, subject)
             if sanction is None:

@@ -44,9 +44,9 @@ _POST = """
            ON CONFLICT (room_id) DO UPDATE SET last_seq = chat_rooms.last_seq + 1
            RETURNING last_seq),
          e AS (SELECT id, started_at FROM episodes WHERE room_id = $1 AND status = 'live')
-    INSERT INTO chat_items (room_id, id, changed_seq, kind, author, author_name, body,
+    INSERT INTO chat_items (room_id, id, changed_seq, kind, author, author_name, author_role, body,
                             episode_id, episode_offset)
-    SELECT $1, s.last_seq, s.last_seq, $2, $3, $4, $5,
+    SELECT $1, s.last_seq, s.last_seq, $2, $3, $4, $6, $5,
            e.id, CASE WHEN e.id IS NOT NULL
                        THEN greatest(0, extract(epoch FROM (now() - e.started_at)))::double precision END
     FROM s LEFT JOIN e ON true
@@ -63,9 +63,10 @@ class Snapshot:
     reset: bool = False
 
 
-async def post(db: Db, room_id: int, *, kind: str, author: str, author_name: str, text: str) -> ChatItem | None:
+async def post(db: Db, room_id: int, *, kind: str, author: str, author_name: str, text: str,
+               author_role: str = "viewer") -> ChatItem | None:
     """The stored item, or None when the author is timed out or banned in the room."""
-    row = await db.fetchrow(_POST, room_id, kind, author, author_name[:80], text)
+    row = await db.fetchrow(_POST, room_id, kind, author, author_name[:80], text, author_role)
     return ChatItem.from_row(row) if row else None
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import logging
 import os
 import smtplib
 import time
@@ -15,6 +16,8 @@ import aiohttp
 
 from ..config import Config
 from .message import Message
+
+log = logging.getLogger("odsmedia.mail")
 
 
 class MailError(RuntimeError):
@@ -51,9 +54,11 @@ class OutboxMailer:
     async def send(self, message: Message) -> None:
         data = message.to_email(self.sender).as_bytes()
         try:
-            await asyncio.to_thread(self._write, data)
+            path = await asyncio.to_thread(self._write, data)
         except OSError as exc:
             raise MailError(f"outbox write failed: {exc}") from exc
+        # Where to find it (a dev's sign-in link); the path carries no address.
+        log.info("mail written", extra={"subject": message.subject, "path": str(path)})
 
     async def close(self) -> None:
         return None

@@ -122,3 +122,15 @@ async def export_roles(db: asyncpg.Pool | asyncpg.Connection, account_id: int) -
     return [dict(r) for r in await db.fetch(
         "SELECT r.slug AS room, m.role, m.granted_at FROM room_members m JOIN rooms r ON r.id = m.room_id "
         "WHERE m.account_id = $1", account_id)]
+
+
+async def listing(db: asyncpg.Pool | asyncpg.Connection, *, owner_id: int | None = None, everything: bool = False,
+                  limit: int = 100) -> list[RoomRecord]:
+    """Rooms, newest first. Without ``owner_id``: the public rooms (the home page's
+    directory); with it: that account's rooms, whatever their policy; ``everything``:
+    all rooms (operators)."""
+    rows = await db.fetch(
+        """SELECT * FROM rooms
+           WHERE $3 OR ($1::bigint IS NULL AND access_policy = 'public') OR owner_id = $1
+           ORDER BY created_at DESC LIMIT $2""", owner_id, limit, everything)
+    return [RoomRecord.from_row(row) for row in rows]

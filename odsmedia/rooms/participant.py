@@ -93,4 +93,6 @@ class Participant:
     # --- views ------------------------------------------------------------------------------
 
     def describe(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "role": self.role, "via": self.via}
+        # The subject ties this participant to its chat identity: moderators act
+        # on a person (chat sanctions, media mute/kick) by subject.
+        return {"id": self.id, "name": self.name, "role": self.role, "via": self.via, "subject": self.subject}

@@ -96,6 +96,8 @@ class Placement:
                         pass
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.warning("placement refresh failed; will retry")
+            except Exception as exc:
+                # Names the dependency: an operator reads "Redis" and knows where to look.
+                log.warning("room placement cannot reach Redis (REDIS_URL); retrying",
+                            extra={"error": f"{type(exc).__name__}: {exc}"[:200]})
             await asyncio.sleep(interval)

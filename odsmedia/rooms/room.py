@@ -94,6 +94,9 @@ class Room:
             await transport.close()
             raise SfuError(409, "not_joined", "left the room during negotiation")
         participant.transports[transport.id] = transport
+        # Operators watch rooms go live and stop in the log (`odsmedia dev` prints it).
+        log.info("live", extra={"room": self.slug, "participant": participant.name,
+                                "tracks": ",".join(p.kind for p in transport.publications)})
         for publication in transport.publications:
             self.publications[publication.id] = publication
             self.broadcast({"type": "track_published", "publication": publication.describe()})
@@ -145,6 +148,8 @@ class Room:
     async def _transport_closed(self, transport: Transport) -> None:
         transport.participant.transports.pop(transport.id, None)
         if isinstance(transport, PublisherTransport):
+            if transport.publications:
+                log.info("stopped", extra={"room": self.slug, "participant": transport.participant.name})
             for publication in transport.publications:
                 if self.publications.pop(publication.id, None) is not None:
                     self.broadcast({"type": "track_unpublished", "publication": publication.id})

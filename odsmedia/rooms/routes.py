@@ -13,6 +13,8 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
+from recorder import episodes
+
 from ..errors import json_response
 from ..gate import Entry
 from ..keys import BUS, CONFIG, DB, GATE
@@ -34,6 +36,25 @@ async def room_info(request: web.Request) -> web.Response:
         "publications": len(publications),
         "ice_servers": browser_ice_servers(request.app[CONFIG]),
     }, headers={"Cache-Control": "no-store"})
+
+
+async def room_list(request: web.Request) -> web.Response:
+    """The home page's directory: public rooms, live first; and the signed-in account's own rooms."""
+    db, sfu = request.app[DB], request.app[SFU]
+    identity = await request.app[GATE].identify(request)
+    recording = await episodes.live_room_ids(db)
+
+    def entries(records: list[directory.RoomRecord]) -> list[dict]:
+        # Live: publishing on this node, or a session being recorded on any node.
+        out = [{**r.public(), "live": r.id in recording or bool((room := sfu.get(r.slug)) and room.publications)}
+               for r in records]
+        return sorted(out, key=lambda e: not e["live"])
+
+    public = entries(await directory.listing(db))
+    mine = []
+    if identity.account_id is not None and identity.token is None:
+        mine = entries(await directory.listing(db, owner_id=identity.account_id))
+    return json_response({"rooms": public, "mine": mine}, headers={"Cache-Control": "no-store"})
 
 
 async def participants(request: web.Request) -> web.Response:
@@ -66,5 +87,6 @@ def setup(app: web.Application) -> None:
 
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(on_shutdown)
+    app.router.add_get("/api/rooms", room_list)
     app.router.add_get("/api/rooms/{slug}", room_info)
     app.router.add_get("/api/rooms/{slug}/participants", participants)

@@ -6,8 +6,14 @@
 //   data-mode     "live" (default) or "replay"
 //   data-episode  episode id (replay mode; default: from /episodes/{id}/watch)
 //   data-video    CSS selector of the <video> replay syncs to (default "video")
-//   data-token    optional bearer token sent in the join message (OBS-style links);
-//                 without it the socket relies on the session/anonymous cookies
+//   data-token    optional bearer token sent in the join message; by default the
+//                 page's own token (ODS.pageToken: the ?token= that opened the page),
+//                 so chat and signaling share one identity; without a token the
+//                 socket relies on the session/anonymous cookies
+//
+// root.odsChat.request(message) sends a command and resolves with its ack (the
+// people list uses it to moderate); "ods-chat-you" fires on the root when the
+// server tells this client who it is (a join, a promotion).
 //
 // Text stays text: every string from the server is put in the page with
 // textContent, never parsed as HTML.
@@ -25,6 +31,8 @@
     const b = el("button", "chat-btn", label);
     b.type = "button";
     if (title) b.title = title;
+    // A symbol alone ("▲", "✓") is no name for a screen reader: use the title.
+    if (title && label.length <= 2) b.setAttribute("aria-label", title);
     b.addEventListener("click", onClick);
     return b;
   }
@@ -37,18 +45,38 @@
     return h ? h + ":" + mm + ":" + ss : m + ":" + ss;
   }
 
-  function renderItem(item, actions) {
+  const ROLE_BADGE = { host: "Host", moderator: "Mod" };
+
+  function timeOfDay(iso) {
+    const d = new Date(iso);
+    return isNaN(d) ? "" : d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  }
+
+  function renderItem(item, actions, live) {
     const li = el("li", "chat-item chat-" + item.kind);
     li.dataset.id = String(item.id);
     li.dataset.author = item.author;
+    if (item.answered) li.classList.add("chat-is-answered");
     const meta = el("div", "chat-meta");
     meta.appendChild(el("span", "chat-name", item.name));
-    if (item.offset !== null && item.offset !== undefined) meta.appendChild(el("span", "chat-offset", clock(item.offset)));
+    if (ROLE_BADGE[item.role]) {
+      const b = el("span", "badge badge-" + item.role, ROLE_BADGE[item.role]);
+      b.title = item.role;
+      meta.appendChild(b);
+    }
+    if (item.kind === "question") meta.appendChild(el("span", "chat-kind-label", "Question"));
+    if (item.kind === "highlight") meta.appendChild(el("span", "chat-badge", "Highlight"));
+    if (live && item.created_at) {
+      const t = el("time", "chat-time", timeOfDay(item.created_at));
+      t.dateTime = item.created_at;
+      meta.appendChild(t);
+    } else if (item.offset !== null && item.offset !== undefined) {
+      meta.appendChild(el("span", "chat-offset", clock(item.offset)));
+    }
     if (item.kind === "question") {
       meta.appendChild(el("span", "chat-votes", "▲ " + item.votes));
       if (item.answered) meta.appendChild(el("span", "chat-answered", "answered"));
     }
-    if (item.kind === "highlight") meta.appendChild(el("span", "chat-badge", "highlight"));
     li.appendChild(meta);
     li.appendChild(el("div", "chat-text", item.text));
     if (actions) {
@@ -64,7 +92,7 @@
   function LiveChat(root) {
     this.root = root;
     this.room = root.dataset.room;
-    this.token = root.dataset.token || "";
+    this.token = root.dataset.token || (window.ODS && window.ODS.pageToken ? window.ODS.pageToken(this.room) || "" : "");
     this.items = new Map();
     this.lastSeq = null;
     this.you = null;
@@ -81,12 +109,22 @@
     root.classList.add("chat");
     root.replaceChildren();
     const tabs = el("div", "chat-tabs");
+    tabs.setAttribute("role", "tablist");
+    tabs.setAttribute("aria-label", "Chat views");
     this.filter = "all";
     for (const [key, label] of [["all", "Chat"], ["question", "Questions"], ["highlight", "Highlights"]]) {
       const tab = button(label, "", () => { this.filter = key; this.renderAll(); });
       tab.dataset.filter = key;
+      tab.setAttribute("role", "tab");
       tabs.appendChild(tab);
     }
+    // Arrow keys move between tabs (the WAI-ARIA tabs pattern); Tab leaves the tab list.
+    tabs.addEventListener("keydown", (e) => {
+      if (e.key !== "ArrowRight" && e.key !== "ArrowLeft") return;
+      const all = Array.from(tabs.children);
+      const next = all[(all.indexOf(document.activeElement) + (e.key === "ArrowRight" ? 1 : all.length - 1)) % all.length];
+      if (next) { next.focus(); next.click(); e.preventDefault(); }
+    });
     this.modBar = el("div", "chat-modbar");
     this.modBar.hidden = true;
     const slow = el("select", "chat-slow");
@@ -95,6 +133,7 @@
       o.value = String(s);
       slow.appendChild(o);
     }
+    slow.setAttribute("aria-label", "Slow mode");
     slow.addEventListener("change", () => this.send({ type: "slow_mode", seconds: Number(slow.value) }));
     this.slowSelect = slow;
     this.modBar.appendChild(slow);
@@ -106,10 +145,13 @@
     this.sanctionList.hidden = true;
     this.list = el("ol", "chat-list");
     this.list.setAttribute("aria-live", "polite");
+    this.emptyNote = el("p", "chat-empty muted");
+    this.emptyNote.hidden = true;
     this.status = el("div", "chat-status");
     this.status.setAttribute("role", "status");
     const form = el("form", "chat-form");
     this.kind = el("select", "chat-kind");
+    this.kind.setAttribute("aria-label", "Post as");
     for (const [value, label] of [["message", "Message"], ["question", "Question"], ["highlight", "Highlight"]]) {
       const o = el("option", "", label);
       o.value = value;
@@ -118,6 +160,7 @@
     this.input = el("textarea", "chat-input");
     this.input.rows = 2;
     this.input.placeholder = "Say something";
+    this.input.setAttribute("aria-label", "Chat message");
     this.input.addEventListener("keydown", (e) => {
       if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); form.requestSubmit(); }
     });
@@ -136,7 +179,7 @@
       });
     });
     this.form = form;
-    root.append(tabs, this.modBar, this.sanctionList, this.list, this.status, form);
+    root.append(tabs, this.modBar, this.sanctionList, this.list, this.emptyNote, this.status, form);
   };
 
   LiveChat.prototype.connect = function () {
@@ -150,6 +193,7 @@
       if (this.token) join.token = this.token;
       const name = this.savedName();
       if (name) join.name = name;
+      this.root.dataset.state = "joining";
       if (this.lastSeq !== null) join.after = this.lastSeq;
       ws.send(JSON.stringify(join));
     });
@@ -167,22 +211,53 @@
         return;
       }
       if (this.stopped) return;
-      const delay = Math.min(10000, 250 * Math.pow(2, this.retry++)) * (0.5 + Math.random() / 2);
-      this.status.textContent = "reconnecting…";
-      setTimeout(() => this.connect(), delay);
+      const delay = Math.min(5000, 250 * Math.pow(2, this.retry++)) * (0.5 + Math.random() / 2);
+      this.status.textContent = e.code === 4000 ? "" : "Chat connection lost; reconnecting…";
+      this.timer = setTimeout(() => this.connect(), e.code === 4000 ? 0 : delay);
+      if (!this.onOnline) {
+        // Back on the network: reconnect now instead of waiting out the backoff.
+        this.onOnline = () => {
+          if (this.stopped || !this.timer || (this.ws && this.ws.readyState !== WebSocket.CLOSED)) return;
+          clearTimeout(this.timer);
+          this.connect();
+        };
+        window.addEventListener("online", this.onOnline);
+      }
     });
   };
 
   LiveChat.prototype.savedName = function () {
+    if (window.ODS && window.ODS.guestName) return window.ODS.guestName() || "";
     try { return window.localStorage.getItem("ods_chat_name") || ""; } catch (err) { return ""; }
   };
 
-  // Guests (no account name) may pick a display name; it applies from the next join.
+  // Guests (no account name) may pick a display name; it applies from the next
+  // join of chat and (through "ods-rename") of the page's signaling.
   LiveChat.prototype.askName = function () {
     const name = (window.prompt("Your name in chat (1-40 characters)", this.savedName()) || "").trim();
     if (!name || name.length > 40) return;
     try { window.localStorage.setItem("ods_chat_name", name); } catch (err) { return; }
     if (this.ws) this.ws.close(4000, "rename");
+    this.root.dispatchEvent(new CustomEvent("ods-rename", { detail: { name: name } }));
+  };
+
+  // Stops for good (the page was refused entry to the room).
+  LiveChat.prototype.stop = function () {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    if (this.ws) this.ws.close();
+  };
+
+  // A command that resolves with its ack or rejects with the server's error.
+  LiveChat.prototype.request = function (message) {
+    return new Promise((resolve, reject) => {
+      if (!this.ws || this.ws.readyState !== WebSocket.OPEN) { reject(new Error("chat is not connected")); return; }
+      const ref = "c" + (++this.refs);
+      this.pending.set(ref, resolve);
+      this.failures = this.failures || new Map();
+      this.failures.set(ref, reject);
+      this.ws.send(JSON.stringify(Object.assign({ ref: ref }, message)));
+    });
   };
 
   // Moderators: list running timeouts and bans, each with a button that lifts it.
@@ -244,6 +319,7 @@
           const li = this.list.querySelector('li[data-id="' + Number(id) + '"]');
           if (li) li.remove();
         }
+        this.updateTabs();
         break;
       case "settings":
         this.settings.slow_mode = event.slow_mode;
@@ -264,6 +340,7 @@
       case "ack": {
         const done = this.pending.get(event.ref);
         this.pending.delete(event.ref);
+        if (this.failures) this.failures.delete(event.ref);
         if (done) done(event);
         this.status.textContent = "";
         this.status.classList.remove("chat-error");
@@ -271,6 +348,11 @@
       }
       case "error":
         this.pending.delete(event.ref);
+        if (this.failures && this.failures.has(event.ref)) {
+          const fail = this.failures.get(event.ref);
+          this.failures.delete(event.ref);
+          fail(new Error(event.message || event.error));
+        }
         this.showError(event.message + (event.retry_after ? " (retry in " + event.retry_after + " s)" : ""));
         break;
     }
@@ -285,8 +367,9 @@
     this.modBar.hidden = !mod;
     this.slowSelect.value = String(this.settings.slow_mode || 0);
     this.form.hidden = !(this.you && this.you.can_post);
-    this.nameButton.hidden = !(this.you && /^(v|t):/.test(this.you.subject));
+    this.nameButton.hidden = !(this.you && /^v:/.test(this.you.subject));
     this.root.dataset.role = this.you ? this.you.role : "";
+    this.root.dispatchEvent(new CustomEvent("ods-chat-you", { detail: this.you }));
   };
 
   LiveChat.prototype.actionsFor = function (item) {
@@ -302,11 +385,17 @@
     }
     if (this.isModerator() && item.author !== you.subject) {
       const t = item.author;
-      acts.push(button("Timeout", "Time out for 10 minutes", () => this.send({ type: "timeout", target: t, minutes: 10 })));
-      acts.push(button("Ban", "Ban from the room", () => this.send({ type: "ban", target: t })));
-      acts.push(button("Kick", "Remove from the room", () => this.send({ type: "kick", target: t })));
-      acts.push(button("Mute mic", "Stop their microphone", () => this.send({ type: "mute", target: t, kind: "audio" })));
-      acts.push(button("Mute cam", "Stop their camera", () => this.send({ type: "mute", target: t, kind: "video" })));
+      const rank = { viewer: 0, moderator: 1, host: 2 };
+      if ((rank[item.role] || 0) < rank[you.role]) {
+        acts.push(button("Timeout", "Time out for 10 minutes", () => this.send({ type: "timeout", target: t, minutes: 10 })));
+        acts.push(button("Ban", "Ban from the room", () => this.send({ type: "ban", target: t })));
+        acts.push(button("Kick", "Remove from the room", () => this.send({ type: "kick", target: t })));
+      }
+      if (item.role === "host") {
+        // Only hosts publish: a moderator may silence a host's open mic or camera.
+        acts.push(button("Mute mic", "Stop their microphone", () => this.send({ type: "mute", target: t, kind: "audio" })));
+        acts.push(button("Mute cam", "Stop their camera", () => this.send({ type: "mute", target: t, kind: "video" })));
+      }
       if (you.role === "host" && t.startsWith("a:")) {
         acts.push(button("Make mod", "Promote to moderator", () => this.send({ type: "promote", target: t })));
         acts.push(button("Remove mod", "Demote to viewer", () => this.send({ type: "demote", target: t })));
@@ -323,19 +412,34 @@
     let items = Array.from(this.items.values()).filter((i) => this.visible(i));
     if (this.filter === "question") items.sort((a, b) => (a.answered - b.answered) || (b.votes - a.votes) || (a.id - b.id));
     else items.sort((a, b) => a.id - b.id);
-    this.list.replaceChildren(...items.map((i) => renderItem(i, this.actionsFor(i))));
-    for (const tab of this.root.querySelectorAll(".chat-tabs button")) {
-      tab.classList.toggle("active", tab.dataset.filter === this.filter);
-    }
+    this.list.replaceChildren(...items.map((i) => renderItem(i, this.actionsFor(i), true)));
+    const empty = { all: "No messages yet. Say hello!", question: "No questions yet.", highlight: "No highlights yet." };
+    this.emptyNote.textContent = empty[this.filter];
+    this.emptyNote.hidden = items.length > 0;
+    this.updateTabs();
     this.list.scrollTop = this.list.scrollHeight;
   };
 
+  // The selected tab (aria-selected) and the count of open questions.
+  LiveChat.prototype.updateTabs = function () {
+    const open = Array.from(this.items.values()).filter((i) => i.kind === "question" && !i.answered).length;
+    for (const tab of this.root.querySelectorAll(".chat-tabs button")) {
+      const selected = tab.dataset.filter === this.filter;
+      tab.classList.toggle("active", selected);
+      tab.setAttribute("aria-selected", selected ? "true" : "false");
+      tab.tabIndex = selected ? 0 : -1;
+      if (tab.dataset.filter === "question") tab.textContent = open ? "Questions (" + open + ")" : "Questions";
+    }
+  };
+
   LiveChat.prototype.renderOne = function (item) {
+    this.updateTabs();
     const old = this.list.querySelector('li[data-id="' + Number(item.id) + '"]');
     if (!this.visible(item)) { if (old) old.remove(); return; }
     if (this.filter === "question" || (old === null && this.list.lastElementChild &&
         Number(this.list.lastElementChild.dataset.id) > item.id)) { this.renderAll(); return; }
-    const li = renderItem(item, this.actionsFor(item));
+    const li = renderItem(item, this.actionsFor(item), true);
+    this.emptyNote.hidden = true;
     if (old) old.replaceWith(li);
     else {
       const atBottom = this.list.scrollHeight - this.list.scrollTop - this.list.clientHeight < 40;
@@ -410,7 +514,7 @@
 
   function mount() {
     const root = document.querySelector("section#chat");
-    if (!root || root.dataset.mounted) return;
+    if (!root || root.dataset.mounted || root.dataset.stopped) return;
     if (root.dataset.mode === "replay") {
       if (!/^\d{1,18}$/.test(root.dataset.episode || "")) {
         const m = location.pathname.match(/^\/episodes\/(\d{1,18})\//);

@@ -62,7 +62,12 @@
     box.dataset.code = failure.code || "";
     const here = encodeURIComponent(location.pathname + location.search);
     let title;
-    if (failure.status === 401) title = "Sign in to enter this room.";
+    const plans = failure.plans || [];
+    if (failure.status === 401 && plans.length) {
+      // A plan room asked a visitor to sign in: say what it takes, not "members".
+      title = "This room is for subscribers.";
+      failure = {...failure, message: "Sign in, then subscribe to " + plans.join(" or ") + " to watch."};
+    } else if (failure.status === 401) title = "Sign in to enter this room.";
     else if (failure.status === 402) title = "This room is for subscribers.";
     else if (failure.status === 403) title = "You are not allowed in here.";
     else if (failure.status === 404) title = "This room does not exist.";
@@ -70,9 +75,9 @@
     box.append(el("strong", {}, title), " ", el("span", {}, failure.message || ""));
     if (failure.status === 401) {
       box.append(" ", el("a", {href: "/signin?next=" + here}, "Sign in"));
+      if (plans.length) box.append(" ", el("a", {href: "/plans?next=" + here}, "See plans"));
     } else if (failure.status === 402) {
-      const plans = (failure.plans || []).join(", ");
-      if (plans) box.append(" ", el("span", {}, "Plans: " + plans + "."));
+      if (plans.length) box.append(" ", el("span", {}, "Plans: " + plans.join(", ") + "."));
       box.append(" ", el("a", {href: "/plans?next=" + here}, "See plans"));
     }
   }
@@ -82,8 +87,58 @@
     return m ? m[1] : "";
   }
 
+  // The identity that admitted this page: a ?token= in the URL is kept for this
+  // tab (sessionStorage) and taken out of the address bar, so it is not shared
+  // by copying the URL, bookmarked or sent as a Referer. Signaling and chat both
+  // join with it; without one they rely on the session or anonymous cookie.
+  function pageToken(slug) {
+    const key = "ods_token:" + slug;
+    const url = new URL(location.href);
+    const fromUrl = url.searchParams.get("token");
+    let store = null;
+    try { store = window.sessionStorage; } catch (_) { /* storage disabled */ }
+    if (fromUrl) {
+      if (store) store.setItem(key, fromUrl);
+      url.searchParams.delete("token");
+      history.replaceState(history.state, "", url.pathname + url.search + url.hash);
+      return fromUrl;
+    }
+    return (store && store.getItem(key)) || undefined;
+  }
+
+  // A stored token the server no longer accepts (expired, revoked): forget it,
+  // so a reload falls back to the page's cookies.
+  function forgetToken(slug, failure) {
+    if (!failure || failure.code !== "invalid_token") return;
+    try { window.sessionStorage.removeItem("ods_token:" + slug); } catch (_) { /* storage disabled */ }
+  }
+
+  // The name a guest chose (?name= or the chat's Name button); accounts and
+  // tokens are named by the server. One name for signaling and chat.
+  function guestName() {
+    const url = new URL(location.href);
+    const fromUrl = url.searchParams.get("name");
+    if (fromUrl) setGuestName(fromUrl);
+    try { return window.localStorage.getItem("ods_chat_name") || undefined; } catch (_) { return fromUrl || undefined; }
+  }
+
+  function setGuestName(name) {
+    try { window.localStorage.setItem("ods_chat_name", name); } catch (_) { /* storage disabled */ }
+  }
+
+  // Reconnect delay: 0.25 s doubling to 5 s, with jitter so a restarted server
+  // is not met by every page at the same instant.
+  function backoff(attempt) {
+    return Math.min(5000, 250 * Math.pow(2, attempt)) * (0.5 + Math.random() / 2);
+  }
+
   // Signaling over /rooms/{slug}/ws: request() resolves with the reply that
   // carries the same ref, or rejects with an ApiFailure-like error.
+  //
+  // start(makeJoin) keeps the room joined: it opens, joins, and after a drop
+  // (network blip, server restart) opens and joins again with backoff. Handlers:
+  // joined(reply) after every join, state(text) for the status line,
+  // refused(error) when the server said no (nothing to retry), close(event).
   class Signaling {
     constructor(slug) {
       this.slug = slug;
@@ -91,21 +146,61 @@
       this.pending = new Map();
       this.nextRef = 1;
       this.ws = null;
+      this.attempt = 0;
+      this.stopped = false;
+      this.joinedOnce = false;
     }
     on(type, handler) { this.handlers[type] = handler; return this; }
+    emit(type, arg) { if (this.handlers[type]) this.handlers[type](arg); }
     open() {
       const proto = location.protocol === "https:" ? "wss:" : "ws:";
-      this.ws = new WebSocket(`${proto}//${location.host}/rooms/${this.slug}/ws`);
-      this.ws.addEventListener("message", (e) => this.dispatch(JSON.parse(e.data)));
-      this.ws.addEventListener("close", (e) => {
+      const ws = new WebSocket(`${proto}//${location.host}/rooms/${this.slug}/ws`);
+      this.ws = ws;
+      ws.addEventListener("message", (e) => this.dispatch(JSON.parse(e.data)));
+      ws.addEventListener("close", (e) => {
         for (const {reject} of this.pending.values()) reject(new ApiFailure(0, {error: "closed", message: "connection closed"}));
         this.pending.clear();
-        if (this.handlers.close) this.handlers.close(e);
+        this.emit("close", e);
+        // 4001: kicked. A deliberate stop or a refusal is not retried either.
+        if (this.makeJoin && !this.stopped && e.code !== 4001) this.retry();
       });
       return new Promise((resolve, reject) => {
-        this.ws.addEventListener("open", resolve, {once: true});
-        this.ws.addEventListener("error", () => reject(new ApiFailure(0, {error: "unreachable", message: "cannot reach the server"})), {once: true});
+        ws.addEventListener("open", resolve, {once: true});
+        ws.addEventListener("error", () => reject(new ApiFailure(0, {error: "unreachable", message: "cannot reach the server"})), {once: true});
       });
+    }
+    async start(makeJoin) {
+      this.makeJoin = makeJoin;
+      this.stopped = false;
+      try {
+        await this.open();
+        const joined = await this.request(makeJoin());
+        this.attempt = 0;
+        this.joinedOnce = true;
+        this.emit("joined", joined);
+      } catch (err) {
+        if (err.status && err.status >= 400 && err.status < 500 && err.status !== 408 && err.status !== 409) {
+          this.stopped = true;
+          this.emit("refused", err);
+          this.close();
+        } else if (this.ws && this.ws.readyState === WebSocket.OPEN) {
+          // The server answered but could not take us now (starting up, room moving): retry.
+          this.ws.close();
+        } else if (!this.ws || this.ws.readyState === WebSocket.CLOSED) {
+          // open() failed; the close handler already scheduled a retry when it ran.
+        }
+      }
+    }
+    retry() {
+      if (this.retryTimer) return;
+      if (!this.onOnline) {
+        // Back on the network: try now instead of waiting out the backoff.
+        this.onOnline = () => { if (this.retryTimer) { clearTimeout(this.retryTimer); this.retryTimer = null; this.start(this.makeJoin); } };
+        window.addEventListener("online", this.onOnline);
+      }
+      const delay = backoff(this.attempt++);
+      this.emit("state", this.joinedOnce ? "Connection lost; reconnecting…" : "Connecting…");
+      this.retryTimer = setTimeout(() => { this.retryTimer = null; if (!this.stopped) this.start(this.makeJoin); }, delay);
     }
     dispatch(msg) {
       if (msg.ref != null && this.pending.has(msg.ref)) {
@@ -121,11 +216,16 @@
     request(msg) {
       const ref = this.nextRef++;
       return new Promise((resolve, reject) => {
+        if (!this.ws || this.ws.readyState !== WebSocket.OPEN) {
+          reject(new ApiFailure(0, {error: "closed", message: "not connected"}));
+          return;
+        }
         this.pending.set(ref, {resolve, reject});
         this.ws.send(JSON.stringify({...msg, ref}));
       });
     }
-    close() { if (this.ws) this.ws.close(); }
+    get connected() { return !!this.ws && this.ws.readyState === WebSocket.OPEN; }
+    close() { this.stopped = true; clearTimeout(this.retryTimer); this.retryTimer = null; if (this.ws) this.ws.close(); }
   }
 
   // The server does not need trickle ICE: send complete SDP, bounded wait.
@@ -163,5 +263,5 @@
   }
 
   window.ODS = {ApiFailure, fetchJSON, api, csrfToken, loadRoom, escapeHTML, el, showRefusal, roomSlug, Signaling, gatheringComplete,
-                setChatRoom};
+                setChatRoom, pageToken, forgetToken, guestName, setGuestName, backoff};
 })();

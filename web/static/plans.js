@@ -35,6 +35,9 @@ document.addEventListener("DOMContentLoaded", async () => {
   ]);
   const adminOrgs = ((me && me.billing && me.billing.orgs) || []).filter((o) => o.role === "admin");
   const box = document.getElementById("plans");
+  if (!plans.length) {
+    box.append(el("p", "No plans are on sale on this server. Every public room is free to watch.", {class: "muted", id: "no-plans"}));
+  }
   for (const plan of plans) {
     const card = el("section", undefined, {class: "panel", "data-plan": plan.code});
     card.append(el("h3", plan.label), el("p", plan.description || ""));

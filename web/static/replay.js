@@ -3,6 +3,7 @@
 //   /episodes/{id}/watch      one episode: native HLS where the browser has it,
 //                             hls.js (vendored) over Media Source Extensions otherwise;
 //                             ?player=hlsjs forces the fallback.
+//   ?t=SECONDS starts the episode at that moment (search results link there).
 // Runs before chat.js (script order): it tells the chat section which episode
 // it replays, or removes it on the list page.
 "use strict";
@@ -33,6 +34,7 @@
     if (chat) chat.remove();
     const section = document.getElementById("episodes");
     section.hidden = false;
+    document.getElementById("live-link").href = `/rooms/${slug}`;
     const list = document.getElementById("episode-list");
     const more = document.getElementById("more");
     let before = null;
@@ -54,6 +56,27 @@
       document.getElementById("empty").hidden = list.children.length > 0;
     }
     more.addEventListener("click", () => page().catch((failure) => showRefusal("refusal", failure)));
+    // Chat search: each hit opens its episode at the moment it was posted.
+    document.getElementById("search").addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const q = document.getElementById("search-q").value.trim();
+      const results = document.getElementById("search-results");
+      results.hidden = false;
+      try {
+        const body = await fetchJSON(`/rooms/${slug}/chat/search?q=${encodeURIComponent(q)}`);
+        const hits = body.items.filter((i) => i.episode);
+        results.replaceChildren(...hits.map((item) => {
+          const li = el("li", {"data-item": String(item.id)});
+          const at = Math.max(0, Math.floor(item.offset || 0));
+          li.append(el("a", {href: `/episodes/${item.episode}/watch?t=${at}`}, duration(at)),
+                    el("strong", {}, item.name), el("span", {}, item.text));
+          return li;
+        }));
+        if (!hits.length) results.append(el("li", {class: "muted"}, `Nothing in past sessions matches “${q}”.`));
+      } catch (failure) {
+        results.replaceChildren(el("li", {class: "error"}, "Search failed: " + failure.message));
+      }
+    });
     try {
       await page();
     } catch (failure) {
@@ -111,6 +134,10 @@
     }
     if (window.ODS.setChatRoom) window.ODS.setChatRoom(episode.room);
     document.getElementById("room-title").textContent = episode.room;
+    // The room's title (the slug until it arrives); a refusal here changes nothing on this page.
+    fetchJSON(`/api/rooms/${episode.room}`).then((room) => {
+      if (room.title) document.getElementById("room-title").textContent = room.title;
+    }, () => {});
     document.getElementById("episode-title").textContent = episode.title || `Episode ${episode.id}`;
     document.title = `${episode.title || "Episode"} · ODS Media`;
     const meta = document.getElementById("episode-meta");
@@ -123,6 +150,12 @@
     if (!how) {
       status.textContent = "This browser cannot play HLS video.";
       return;
+    }
+    // ?t=SECONDS (a search result, a shared moment): start there.
+    const start = Number(new URLSearchParams(location.search).get("t"));
+    if (start > 0 && isFinite(start)) {
+      const seek = () => { video.currentTime = start; };
+      if (video.readyState >= 1) seek(); else video.addEventListener("loadedmetadata", seek, {once: true});
     }
     video.muted = true;   // muted autoplay is allowed everywhere; the controls unmute
     video.play().catch(() => { status.textContent = "Press play to start."; });

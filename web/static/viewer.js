@@ -1,20 +1,22 @@
-// Viewer page: join the room, watch every publication (including ones that
-// appear later), see who is live and who is here.
+// Viewer page (also the moderator's page): join the room with the identity
+// that opened the page, watch every publication (including ones that appear
+// later), see who is live and who is here, and keep doing so across network
+// blips and server restarts: signaling rejoins with backoff and every
+// publication is subscribed again, without a reload.
 "use strict";
 
 (function () {
   const slug = ODS.roomSlug();
   ODS.setChatRoom(slug);
-  const params = new URLSearchParams(location.search);
-  const token = params.get("token") || undefined;
+  const token = ODS.pageToken(slug);
   const $ = (id) => document.getElementById(id);
-  const state = {signaling: null, iceServers: [], people: new Map(), publications: new Map(),
-                 transports: new Map(), figures: new Map(), pendingIds: new Set(), timer: null, me: null};
+  const state = {signaling: null, iceServers: [], publications: new Map(), transports: new Map(),
+                 figures: new Map(), pendingIds: new Set(), timer: null, me: null, people: null, audible: false};
   window.odsViewer = state;          // for tests and debugging
 
   function status(text) { $("status").textContent = text; }
 
-  // Sum of decoded video frames across every transport (the browser test reads this).
+  // Sum of decoded video frames across every transport (the browser tests read this).
   state.framesDecoded = async function () {
     let total = 0;
     for (const {pc} of state.transports.values()) {
@@ -24,51 +26,64 @@
     return total;
   };
 
+  function publishers() {
+    return new Set([...state.publications.values()].map((p) => p.participant));
+  }
+
   function render() {
-    const people = $("people");
-    people.replaceChildren();
-    for (const p of state.people.values()) {
-      const li = ODS.el("li", {"data-id": p.id}, p.name);
-      li.append(ODS.el("span", {class: "role"}, p.role));
-      people.append(li);
-    }
-    const live = $("live");
-    live.replaceChildren();
-    const publishers = new Set([...state.publications.values()].map((p) => p.participant));
-    for (const id of publishers) {
-      const p = state.people.get(id);
-      live.append(ODS.el("li", {}, p ? p.name : "Publisher"));
-    }
-    $("offline").hidden = publishers.size > 0;
-    $("live-badge").hidden = publishers.size === 0;
+    const live = publishers();
+    $("offline").hidden = live.size > 0;
+    $("live-badge").hidden = live.size === 0;
+    $("player-controls").hidden = state.figures.size === 0;
+    document.body.dataset.live = live.size > 0 ? "1" : "0";
+    for (const [participantId, fig] of state.figures) updateFigure(participantId, fig);
+    if (!live.size && state.signaling && state.signaling.connected) status("");
+  }
+
+  function updateFigure(participantId, fig) {
+    const p = state.people && state.people.people.get(participantId);
+    fig.caption.textContent = p ? p.name : "";
+    const pubs = [...state.publications.values()].filter((x) => x.participant === participantId);
+    const video = pubs.find((x) => x.kind === "video");
+    const audio = pubs.find((x) => x.kind === "audio");
+    const camOff = !video || !!video.muted;
+    fig.figure.dataset.cameraOff = camOff ? "1" : "0";
+    fig.camOff.hidden = !camOff;
+    fig.camOff.textContent = video && video.muted_by === "moderator" ? "Camera off (muted by a moderator)" : "Camera off";
+    fig.micOff.hidden = !(audio && audio.muted);
   }
 
   function figureFor(participantId) {
     let fig = state.figures.get(participantId);
     if (!fig) {
       const video = ODS.el("video", {autoplay: "", playsinline: ""});
-      video.muted = true;            // autoplay policy: start muted, offer an Unmute button
+      video.muted = !state.audible;     // autoplay policy: start muted, offer Unmute
+      video.volume = Number($("volume").value);
       const stream = new MediaStream();
       video.srcObject = stream;
+      const p = state.people && state.people.people.get(participantId);
+      video.setAttribute("aria-label", "Live video of " + (p ? p.name : "the host"));
+      const camOff = ODS.el("div", {class: "camera-off", role: "status"}, "Camera off");
+      camOff.hidden = true;
+      const micOff = ODS.el("div", {class: "mic-off"}, "Mic muted");
+      micOff.hidden = true;
       const caption = ODS.el("figcaption");
       const figure = ODS.el("figure", {"data-participant": participantId});
-      figure.append(video, caption);
+      figure.append(video, camOff, micOff, caption);
       $("videos").append(figure);
-      fig = {figure, video, stream, caption};
+      fig = {figure, video, stream, caption, camOff, micOff};
       state.figures.set(participantId, fig);
-      $("unmute").hidden = false;
     }
-    const p = state.people.get(participantId);
-    fig.caption.textContent = p ? p.name : "";
+    render();
     return fig;
   }
 
-  function dropFigureIfEmpty(participantId) {
+  function dropFigure(participantId) {
     const fig = state.figures.get(participantId);
-    if (fig && fig.stream.getTracks().length === 0) {
-      fig.figure.remove();
-      state.figures.delete(participantId);
-    }
+    if (!fig) return;
+    fig.stream.getTracks().forEach((t) => fig.stream.removeTrack(t));
+    fig.figure.remove();
+    state.figures.delete(participantId);
   }
 
   // Publications appearing together (audio + video of one go-live) share one transport.
@@ -82,8 +97,10 @@
     const ids = [...state.pendingIds].filter((id) => state.publications.has(id));
     state.pendingIds.clear();
     if (!ids.length) return;
+    const signaling = state.signaling;
     try {
-      const offer = await state.signaling.request({type: "subscribe", publications: ids});
+      status("Starting playback…");
+      const offer = await signaling.request({type: "subscribe", publications: ids});
       const pc = new RTCPeerConnection({iceServers: state.iceServers});
       const byMid = new Map(offer.publications.map((p) => [p.mid, p.publication]));
       const entry = {pc, publications: offer.publications.map((p) => p.publication)};
@@ -94,20 +111,23 @@
         if (!pub) return;
         const fig = figureFor(pub.participant);
         fig.stream.addTrack(e.track);
-        e.track.addEventListener("ended", () => { fig.stream.removeTrack(e.track); dropFigureIfEmpty(pub.participant); });
         fig.video.play().catch(() => {});
       });
       pc.addEventListener("connectionstatechange", () => {
         document.body.dataset.connection = pc.connectionState;
-        if (pc.connectionState === "connected") status("Watching.");
-        if (["failed", "closed"].includes(pc.connectionState)) endTransport(offer.transport);
+        if (pc.connectionState === "connected") status(state.audible ? "Watching live." : "Watching live (sound off: press Unmute).");
+        if (pc.connectionState === "failed") {
+          endTransport(offer.transport);
+          // Media failed while signaling lives on: subscribe again.
+          if (state.signaling === signaling && signaling.connected) queueSubscribe(entry.publications);
+        }
       });
       await pc.setRemoteDescription({type: "offer", sdp: offer.sdp});
       await pc.setLocalDescription(await pc.createAnswer());
       await ODS.gatheringComplete(pc);
-      await state.signaling.request({type: "answer", transport: offer.transport, sdp: pc.localDescription.sdp});
+      await signaling.request({type: "answer", transport: offer.transport, sdp: pc.localDescription.sdp});
     } catch (err) {
-      status("Could not start playback: " + err.message);
+      if (signaling.connected) status("Could not start playback: " + err.message);
     }
   }
 
@@ -118,55 +138,130 @@
     entry.pc.close();
   }
 
+  function endAll() {
+    for (const id of [...state.transports.keys()]) endTransport(id);
+    for (const id of [...state.figures.keys()]) dropFigure(id);
+    state.publications.clear();
+    state.pendingIds.clear();
+  }
+
   function unpublished(pubId) {
     const pub = state.publications.get(pubId);
     state.publications.delete(pubId);
+    state.people.unpublished(pubId);
     for (const [id, entry] of state.transports) {
       if (entry.publications.every((p) => !state.publications.has(p))) endTransport(id);
     }
-    if (pub) {
-      const fig = state.figures.get(pub.participant);
-      const owned = [...state.publications.values()].some((p) => p.participant === pub.participant);
-      if (fig && !owned) { fig.stream.getTracks().forEach((t) => fig.stream.removeTrack(t)); dropFigureIfEmpty(pub.participant); }
-    }
+    if (pub && !publishers().has(pub.participant)) dropFigure(pub.participant);
     render();
+    if (!publishers().size) status("The host stopped. This page plays again when they go live.");
+  }
+
+  function onMuted(m, muted) {
+    const p = state.publications.get(m.publication);
+    if (p) { p.muted = muted; p.muted_by = muted ? m.by : null; }
+    state.people.muted(m.publication, muted, m.by);
+    render();
+  }
+
+  function joined(reply) {
+    endAll();      // a rejoin starts clean: the old transports died with the old socket
+    state.me = reply.participant;
+    state.iceServers = reply.ice_servers || state.iceServers;
+    reply.publications.forEach((p) => state.publications.set(p.id, p));
+    state.people.reset(reply);
+    render();
+    document.body.dataset.ready = "1";
+    if (reply.publications.length) queueSubscribe(reply.publications.map((p) => p.id));
+    else status("Connected. Waiting for the host to go live.");
+  }
+
+  function connect() {
+    const signaling = new ODS.Signaling(slug);
+    state.signaling = signaling;
+    signaling
+      .on("joined", joined)
+      .on("state", (text) => { status(text); document.body.dataset.connection = "reconnecting"; })
+      .on("refused", (err) => { ODS.forgetToken(slug, err); ODS.showRefusal("refusal", err); status(""); stopChat(); })
+      .on("participant_joined", (m) => { state.people.add(m.participant); render(); })
+      .on("participant_left", (m) => { state.people.remove(m.participant); render(); })
+      .on("track_published", (m) => {
+        state.publications.set(m.publication.id, m.publication);
+        state.people.published(m.publication);
+        render();
+        queueSubscribe([m.publication.id]);
+      })
+      .on("track_unpublished", (m) => unpublished(m.publication))
+      .on("track_muted", (m) => onMuted(m, true))
+      .on("track_unmuted", (m) => onMuted(m, false))
+      .on("kicked", (m) => {
+        endAll();
+        ODS.showRefusal("refusal", {status: 403, code: m.banned ? "banned" : "kicked",
+          message: (m.banned ? "A moderator banned you from this room." : "A moderator removed you from this room.") +
+                   (m.reason ? " Reason: " + m.reason : "")});
+        stopChat();
+      })
+      .on("error", (m) => { if (m.code === "server_shutdown") status("The server is restarting; reconnecting…"); })
+      .on("close", () => {
+        if (!signaling.stopped) { endAll(); render(); }
+      });
+    signaling.start(() => ({type: "join", token, name: ODS.guestName()}));
+  }
+
+  // Refused or removed: nothing here will play, so nothing says it will.
+  function stopChat() {
+    document.querySelector("section.stage").hidden = true;
+    const chat = $("chat");
+    chat.dataset.stopped = "1";
+    if (chat.odsChat) chat.odsChat.stop();
+    chat.hidden = true;
   }
 
   async function main() {
     if (!slug) return;
+    $("episodes-link").href = "/rooms/" + slug + "/episodes";
+    // On a phone the chat comes right after the video; the people list opens on demand.
+    if (window.matchMedia("(max-width: 800px)").matches) $("people-panel").open = false;
+    state.people = new ODS.PeopleList($("people"), {
+      status,
+      onChange: (people) => {
+        const n = people.viewers();
+        $("viewer-count").textContent = n === 1 ? "1 watching" : n + " watching";
+        $("people-count").textContent = String(people.people.size);
+      },
+    });
     const info = await ODS.loadRoom(slug);
-    if (!info) return;
+    if (!info) { stopChat(); return; }
     state.iceServers = info.ice_servers || [];
-    const signaling = new ODS.Signaling(slug);
-    state.signaling = signaling;
-    signaling
-      .on("participant_joined", (m) => { state.people.set(m.participant.id, m.participant); render(); })
-      .on("participant_left", (m) => { state.people.delete(m.participant); render(); })
-      .on("track_published", (m) => { state.publications.set(m.publication.id, m.publication); render(); queueSubscribe([m.publication.id]); })
-      .on("track_unpublished", (m) => unpublished(m.publication))
-      .on("track_muted", (m) => { const p = state.publications.get(m.publication); if (p) p.muted = true; })
-      .on("track_unmuted", (m) => { const p = state.publications.get(m.publication); if (p) p.muted = false; })
-      .on("kicked", (m) => { status("You were removed from the room. " + (m.reason || "")); })
-      .on("close", () => status("Disconnected. Reload to rejoin."));
-    try {
-      await signaling.open();
-      const joined = await signaling.request({type: "join", token, name: params.get("name") || undefined});
-      state.me = joined.participant;
-      state.iceServers = joined.ice_servers || state.iceServers;
-      joined.participants.forEach((p) => state.people.set(p.id, p));
-      joined.publications.forEach((p) => state.publications.set(p.id, p));
-      render();
-      document.body.dataset.ready = "1";
-      if (joined.publications.length) queueSubscribe(joined.publications.map((p) => p.id));
-    } catch (err) {
-      ODS.showRefusal("refusal", err);
-      status("");
-    }
+    connect();
+    $("chat").addEventListener("ods-chat-you", () => state.people.render());
+    $("chat").addEventListener("ods-rename", () => { state.signaling.close(); connect(); });
   }
 
+  // Player controls: sound, volume, picture-in-picture, fullscreen.
+  function firstVideo() {
+    const fig = state.figures.values().next().value;
+    return fig ? fig.video : null;
+  }
   $("unmute").addEventListener("click", () => {
-    for (const fig of state.figures.values()) { fig.video.muted = false; fig.video.play().catch(() => {}); }
-    $("unmute").hidden = true;
+    state.audible = !state.audible;
+    for (const fig of state.figures.values()) { fig.video.muted = !state.audible; fig.video.play().catch(() => {}); }
+    $("unmute").textContent = state.audible ? "Mute sound" : "Unmute";
+    $("unmute").setAttribute("aria-pressed", state.audible ? "true" : "false");
+    if (state.transports.size) status(state.audible ? "Watching live." : "Watching live (sound off: press Unmute).");
+  });
+  $("volume").addEventListener("input", () => {
+    for (const fig of state.figures.values()) fig.video.volume = Number($("volume").value);
+  });
+  $("pip").addEventListener("click", () => {
+    const video = firstVideo();
+    if (!video || !document.pictureInPictureEnabled) { status("Picture-in-picture is not available in this browser."); return; }
+    (document.pictureInPictureElement ? document.exitPictureInPicture() : video.requestPictureInPicture()).catch((e) => status(e.message));
+  });
+  $("fullscreen").addEventListener("click", () => {
+    const stage = $("videos");
+    if (document.fullscreenElement) document.exitFullscreen();
+    else if (stage.requestFullscreen) stage.requestFullscreen().catch((e) => status(e.message));
   });
   main();
 })();
