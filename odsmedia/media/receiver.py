@@ -21,13 +21,14 @@ from typing import Any, Callable
 from aiortc import RTCRtpReceiver
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 
+from . import aiortc_private as private
 from .frame import MediaFrame, is_keyframe
 
-QUEUE_ATTR = "_RTCRtpReceiver__decoder_queue"
-STARTED_ATTR = "_RTCRtpReceiver__started"
-JITTER_ATTR = "_RTCRtpReceiver__jitter_buffer"
+QUEUE_ATTR = private.RECEIVER_DECODER_QUEUE
+STARTED_ATTR = private.RECEIVER_STARTED
+JITTER_ATTR = private.RECEIVER_JITTER_BUFFER
 # RTX SSRC -> media SSRC, filled from the remote description's ssrc-group:FID.
-RTX_ATTR = "_RTCRtpReceiver__rtx_ssrc"
+RTX_ATTR = private.RECEIVER_RTX_SSRC
 
 
 class EagerJitterBuffer(JitterBuffer):

@@ -20,9 +20,10 @@ from aiortc import RTCRtpSender
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
 
+from . import aiortc_private as private
 from .frame import MediaFrame
 
-ENCODER_ATTR = "_RTCRtpSender__encoder"
+ENCODER_ATTR = private.SENDER_ENCODER
 
 
 class Packer:
@@ -94,9 +95,9 @@ from aiortc.rtcrtpsender import RTP_HISTORY_SIZE, random_sequence_number  # noqa
 from aiortc.rtp import RtpPacket  # noqa: E402
 from aiortc.utils import random32  # noqa: E402
 
-_S = "_RTCRtpSender__"
-_D = "_RTCDtlsTransport__"
-LEAN_DTLS_ATTRS = (_D + "tx_bytes", _D + "tx_packets", "_tx_srtp", "_state")
+_S = private._S
+_D = private._D
+LEAN_DTLS_ATTRS = private.DTLS_ATTRS
 LEAN_ATTRS = tuple(_S + n for n in (
     "rtp_started", "rtp_exited", "rtp_history", "rtp_header_extensions_map", "mid", "track", "encoder",
     "ntp_timestamp", "rtp_timestamp", "octet_count", "packet_count"))

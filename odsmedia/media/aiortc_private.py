@@ -1,0 +1,98 @@
+"""Every aiortc/aioice private the media path touches, named in one place.
+
+aiortc (pinned ``1.16.*``) has no public hook for encoded frames, RTP
+packets or the sockets under a peer connection, so the SFU reaches into
+name-mangled attributes and underscore methods.  Each one is listed here,
+grouped by the object that owns it, and ``missing()`` reports the ones an
+installed aiortc lacks: tests/test_aiortc_private.py runs it against real
+objects, so an upgrade fails in one place, with the names, instead of the
+SFU silently decoding, dropping or mis-sending media.
+
+Modules that use a private import its name from here; nothing else in the
+project spells a mangled name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aioice.ice
+import aiortc.jitterbuffer
+import aiortc.rtcrtpsender
+
+# --- RTCRtpReceiver (the server's publisher side) ---------------------------------------------
+_R = "_RTCRtpReceiver__"
+RECEIVER_DECODER_QUEUE = _R + "decoder_queue"     # (codec, JitterFrame) -> decoder thread; the frame tap
+RECEIVER_STARTED = _R + "started"                 # tap before receive() starts the thread
+RECEIVER_JITTER_BUFFER = _R + "jitter_buffer"     # swapped for EagerJitterBuffer
+RECEIVER_RTX_SSRC = _R + "rtx_ssrc"               # RTX SSRC -> media SSRC (ssrc-group:FID)
+RECEIVER_CODECS = _R + "codecs"                   # payload type -> negotiated codec (RTX unwrap)
+RECEIVER_HANDLE_RTP = "_handle_rtp_packet"        # called per packet after SRTP unprotect + parse
+RECEIVER_HANDLE_RTCP = "_handle_rtcp_packet"      # publisher's sender reports (lip-sync mapping)
+RECEIVER_SEND_PLI = "_send_rtcp_pli"              # keyframe request upstream
+RECEIVER_SEND_NACK = "_send_rtcp_nack"            # loss repair upstream
+RECEIVER_ATTRS = (RECEIVER_DECODER_QUEUE, RECEIVER_STARTED, RECEIVER_JITTER_BUFFER, RECEIVER_RTX_SSRC,
+                  RECEIVER_CODECS, RECEIVER_HANDLE_RTP, RECEIVER_HANDLE_RTCP, RECEIVER_SEND_PLI,
+                  RECEIVER_SEND_NACK)
+
+# --- RTCRtpSender (the server's subscriber side) ----------------------------------------------
+_S = "_RTCRtpSender__"
+SENDER_ENCODER = _S + "encoder"                   # Packer instead of an encoder (frame path)
+SENDER_TRACK = _S + "track"
+SENDER_MID = _S + "mid"
+SENDER_EXTENSIONS_MAP = _S + "rtp_header_extensions_map"   # negotiated header extension ids
+SENDER_RTX_PAYLOAD_TYPE = _S + "rtx_payload_type"
+SENDER_RTX_SEQUENCE = _S + "rtx_sequence_number"
+SENDER_RTP_STARTED = _S + "rtp_started"           # stop() waits on both events
+SENDER_RTP_EXITED = _S + "rtp_exited"
+SENDER_RTP_HISTORY = _S + "rtp_history"           # aiortc's NACK history (frame path)
+# What aiortc's own RTCP loop puts in each sender report.
+SENDER_NTP_TIMESTAMP = _S + "ntp_timestamp"
+SENDER_RTP_TIMESTAMP = _S + "rtp_timestamp"
+SENDER_OCTET_COUNT = _S + "octet_count"
+SENDER_PACKET_COUNT = _S + "packet_count"
+SENDER_RUN_RTP = "_run_rtp"                       # replaced per sender: lean loop / packet path
+SENDER_RETRANSMIT = "_retransmit"                 # replaced per sender on the packet path
+SENDER_SEND_KEYFRAME = "_send_keyframe"           # viewer PLI/FIR -> ask the publisher
+SENDER_RTX_SSRC = "_rtx_ssrc"
+SENDER_SSRC = "_ssrc"
+SENDER_ATTRS = (SENDER_ENCODER, SENDER_TRACK, SENDER_MID, SENDER_EXTENSIONS_MAP, SENDER_RTX_PAYLOAD_TYPE,
+                SENDER_RTX_SEQUENCE, SENDER_RTP_STARTED, SENDER_RTP_EXITED, SENDER_RTP_HISTORY,
+                SENDER_NTP_TIMESTAMP, SENDER_RTP_TIMESTAMP, SENDER_OCTET_COUNT, SENDER_PACKET_COUNT,
+                SENDER_RUN_RTP, SENDER_RETRANSMIT, SENDER_SEND_KEYFRAME, SENDER_RTX_SSRC, SENDER_SSRC)
+
+# --- RTCDtlsTransport -------------------------------------------------------------------------
+_D = "_RTCDtlsTransport__"
+DTLS_TX_SRTP = "_tx_srtp"                         # pylibsrtp.Session, set once DTLS is connected
+DTLS_STATE = "_state"
+DTLS_TX_BYTES = _D + "tx_bytes"                   # getStats' transport counters
+DTLS_TX_PACKETS = _D + "tx_packets"
+DTLS_ATTRS = (DTLS_TX_SRTP, DTLS_STATE, DTLS_TX_BYTES, DTLS_TX_PACKETS)
+
+# --- RTCIceTransport -> aioice Connection -----------------------------------------------------
+ICE_CONNECTION = "_connection"                    # RTCIceTransport -> aioice.Connection
+ICE_NOMINATED = "_nominated"                      # component -> CandidatePair (socket + remote address)
+ICE_MODULE_ATTRS = ("get_host_addresses", "validate_remote_candidate", "StunProtocol")
+
+# --- module level -----------------------------------------------------------------------------
+JITTER_BUFFER_ATTRS = ("_remove_frame", "remove")                 # EagerJitterBuffer overrides/calls
+JITTER_BUFFER_INSTANCE = ("_packets", "_origin", "_capacity", "_is_video")
+SENDER_MODULE_ATTRS = ("RTP_HISTORY_SIZE", "random_sequence_number")
+
+
+def missing(obj: Any, names: tuple[str, ...]) -> list[str]:
+    return [n for n in names if not hasattr(obj, n)]
+
+
+def missing_module_level() -> list[str]:
+    out = [f"aioice.ice.{n}" for n in missing(aioice.ice, ICE_MODULE_ATTRS)]
+    out += [f"aiortc.rtcrtpsender.{n}" for n in missing(aiortc.rtcrtpsender, SENDER_MODULE_ATTRS)]
+    out += [f"JitterBuffer.{n}" for n in missing(aiortc.jitterbuffer.JitterBuffer, JITTER_BUFFER_ATTRS)]
+    return out
+
+
+def require(obj: Any, names: tuple[str, ...], what: str) -> None:
+    """Raise, naming the attributes, when ``obj`` lacks any of ``names``."""
+    gone = missing(obj, names)
+    if gone:
+        raise RuntimeError(f"aiortc's {what} changed: {', '.join(gone)} gone (aiortc 1.16.* expected)")
