@@ -198,6 +198,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ice.turn_urls", "ODS_ICE_TURN_URLS", _list, (), "TURN URLs handed to browser clients."),
     Setting("ice.turn_username", "ODS_ICE_TURN_USERNAME", _str, "", "TURN username for browser clients."),
     Setting("ice.turn_credential", "ODS_ICE_TURN_CREDENTIAL", _str, "", "TURN credential.", secret=True),
+    Setting("media.forwarding", "ODS_MEDIA_FORWARDING", _choice("packet", "frame"), "packet",
+            "How live viewers are served: packet (each RTP packet rewritten and sent to every viewer) or "
+            "frame (frames reassembled and re-packetized per viewer; the earlier path)."),
     Setting("media.subscriber_queue", "ODS_MEDIA_SUBSCRIBER_QUEUE", _int, 256,
             "Packets a subscriber may lag behind before it is resynced at the next keyframe."),
     Setting("media.pli_interval", "ODS_MEDIA_PLI_INTERVAL", _duration, 0.5,

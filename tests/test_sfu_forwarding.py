@@ -9,6 +9,7 @@ import aiortc.rtcrtpreceiver
 import aiortc.rtcrtpsender
 import pytest
 
+from odsmedia.media.forwarder import Downstream
 from odsmedia.media.receiver import EncodedFrameTap
 from odsmedia.media.sender import ENCODER_ATTR, Packer
 from odsmedia.rooms.sfu import SFU
@@ -16,6 +17,18 @@ from odsmedia.rooms.transport import PublisherTransport, SubscriberTransport
 from testsupport.peers import Viewer
 
 pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+def forwarding():
+    return "packet"
+
+
+@pytest.fixture
+def config(service_urls, tmp_path, forwarding):
+    from conftest import make_config
+
+    return make_config(service_urls, tmp_path / "data", ODS_MEDIA_FORWARDING=forwarding)
 
 
 async def wait_for(condition, timeout: float, what: str) -> None:
@@ -51,7 +64,9 @@ def assert_consecutive(counters: list[int]) -> None:
     assert not gaps, f"frame counter gaps: {gaps[:5]}"
 
 
-async def test_one_publisher_three_viewers_no_gaps_and_no_server_codec(client, peers, room_factory, codec_calls):
+@pytest.mark.parametrize("forwarding", ["packet", "frame"])
+async def test_one_publisher_three_viewers_no_gaps_and_no_server_codec(client, peers, room_factory, codec_calls,
+                                                                      forwarding):
     room = await room_factory()
     publisher = await peers.host(client, room)
     viewers: list[Viewer] = []
@@ -82,19 +97,38 @@ async def test_one_publisher_three_viewers_no_gaps_and_no_server_codec(client, p
     for receiver in server_receivers:
         tap = receiver._RTCRtpReceiver__decoder_queue
         assert isinstance(tap, EncodedFrameTap) and tap.frames > 0
-    for sender in server_senders:
-        packer = getattr(sender, ENCODER_ATTR)
-        assert isinstance(packer, Packer) and packer.frames > 0
-        assert "_run_rtp" in vars(sender)                  # the lean loop, not aiortc's
-        assert getattr(sender, "_RTCRtpSender__packet_count") >= packer.frames
-    # NACK: aiortc's retransmission path still finds the lean loop's packets.
-    video_sender = next(s for s in server_senders if s.kind == "video")
-    history = getattr(video_sender, "_RTCRtpSender__rtp_history")
-    dtls = video_sender.transport
-    sent_before = getattr(dtls, "_RTCDtlsTransport__tx_packets")
-    latest = max(history.values(), key=lambda p: p.sequence_number if p else -1)
-    await video_sender._retransmit(latest.sequence_number)
-    assert getattr(dtls, "_RTCDtlsTransport__tx_packets") >= sent_before + 1
+    subscriptions = [s for p in live.participants.values() for tr in p.transports.values()
+                     if isinstance(tr, SubscriberTransport) for s in tr.subscriptions]
+    if forwarding == "packet":
+        for sender in server_senders:
+            assert getattr(sender, ENCODER_ATTR) is None                 # nothing packs per viewer
+            assert "_run_rtp" in vars(sender) and "_retransmit" in vars(sender)
+        for subscription in subscriptions:
+            d = subscription.downstream
+            assert isinstance(d, Downstream) and d.active and d.packets > 0 and d.resumes == 1
+        # NACK: answered from the publication's history through the viewer's own numbering.
+        video = next(s for s in subscriptions if s.kind == "video")
+        d = video.downstream
+        video_sender = next(s for s in server_senders if s.track is video)
+        last_out = (video.publication.fanout.max_seq + d.seq_off) & 0xFFFF
+        await video_sender._retransmit(last_out)
+        assert d.retransmitted == 1
+        assert d.rtx_pt is not None                                       # negotiated: sent as RTX
+        await asyncio.sleep(0.6)                                          # one sender-report refresh
+    else:
+        for sender in server_senders:
+            packer = getattr(sender, ENCODER_ATTR)
+            assert isinstance(packer, Packer) and packer.frames > 0
+            assert "_run_rtp" in vars(sender)                  # the lean loop, not aiortc's
+            assert getattr(sender, "_RTCRtpSender__packet_count") >= packer.frames
+        # NACK: aiortc's retransmission path still finds the lean loop's packets.
+        video_sender = next(s for s in server_senders if s.kind == "video")
+        history = getattr(video_sender, "_RTCRtpSender__rtp_history")
+        dtls = video_sender.transport
+        sent_before = getattr(dtls, "_RTCDtlsTransport__tx_packets")
+        latest = max(history.values(), key=lambda p: p.sequence_number if p else -1)
+        await video_sender._retransmit(latest.sequence_number)
+        assert getattr(dtls, "_RTCDtlsTransport__tx_packets") >= sent_before + 1
     stats = await video_sender.getStats()
     assert any(getattr(s, "packetsSent", 0) > 0 for s in stats.values())
     # Decoders: exactly the 3 viewers x (audio + video); encoders: exactly the publisher's two.

@@ -132,3 +132,62 @@ def send_pli(receiver: RTCRtpReceiver) -> Callable[[], None]:
             asyncio.ensure_future(receiver._send_rtcp_pli(media_ssrc))
 
     return request
+
+
+# --- the packet tap (packet forward path) -----------------------------------------------------
+#
+# aiortc's RTCDtlsTransport unprotects and parses each RTP packet, then calls the
+# routed receiver's ``_handle_rtp_packet``.  ``tap_packets`` wraps that method
+# per receiver: the packet goes to the publication's PacketFanout first (RTX
+# unwrapped to the media SSRC, padding-only packets dropped), then on through
+# aiortc's own handling (statistics, NACK generation, REMB, and the frame tap
+# above that still assembles frames once per publication for the recorder).
+# Sender reports from the publisher are passed on the same way.
+
+def tap_packets(receiver: RTCRtpReceiver, on_packet: Callable[[int, int, int, int, bytes, int | None], None],
+                on_sender_report: Callable[[int, int, int], None]) -> None:
+    from aiortc.rtp import RtcpSrPacket
+
+    private.require(receiver, (private.RECEIVER_CODECS, private.RECEIVER_RTX_SSRC, private.RECEIVER_HANDLE_RTP,
+                               private.RECEIVER_HANDLE_RTCP), "RTCRtpReceiver")
+    handle_rtp = getattr(receiver, private.RECEIVER_HANDLE_RTP)
+    handle_rtcp = getattr(receiver, private.RECEIVER_HANDLE_RTCP)
+    codecs: dict = getattr(receiver, private.RECEIVER_CODECS)        # filled in place by receive()
+    rtx_ssrc: dict = getattr(receiver, private.RECEIVER_RTX_SSRC)
+
+    async def rtp(packet: Any, arrival_time_ms: int) -> None:
+        codec = codecs.get(packet.payload_type)
+        if codec is not None and receiver._enabled:
+            level = packet.extensions.audio_level
+            if level is not None:
+                level = (0x80 if level[0] else 0) | level[1]
+            payload = packet.payload
+            if codec.name == "rtx":
+                media_ssrc = rtx_ssrc.get(packet.ssrc)
+                if media_ssrc is not None and len(payload) > 2:
+                    on_packet(media_ssrc, payload[0] << 8 | payload[1], packet.timestamp, packet.marker,
+                              payload[2:], level)
+            elif payload:
+                on_packet(packet.ssrc, packet.sequence_number, packet.timestamp, packet.marker, payload, level)
+        await handle_rtp(packet, arrival_time_ms)
+
+    async def rtcp(packet: Any) -> None:
+        if isinstance(packet, RtcpSrPacket):
+            info = packet.sender_info
+            on_sender_report(packet.ssrc, info.ntp_timestamp, info.rtp_timestamp)
+        await handle_rtcp(packet)
+
+    setattr(receiver, private.RECEIVER_HANDLE_RTP, rtp)
+    setattr(receiver, private.RECEIVER_HANDLE_RTCP, rtcp)
+
+
+def send_nack(receiver: RTCRtpReceiver) -> Callable[[int, list[int]], None]:
+    """A callable that sends one RTCP NACK for these publisher sequence numbers."""
+    import asyncio
+
+    nack = getattr(receiver, private.RECEIVER_SEND_NACK)
+
+    def request(media_ssrc: int, lost: list[int]) -> None:
+        asyncio.ensure_future(nack(media_ssrc, lost))
+
+    return request

@@ -201,3 +201,80 @@ async def lean_run_rtp(sender: RTCRtpSender, codec) -> None:
             setattr(sender, _S + "track", None)
         setattr(sender, _S + "encoder", None)
         getattr(sender, _S + "rtp_exited").set()
+
+
+# --- the packet forward path ------------------------------------------------------------------
+#
+# On the packet path a subscriber's RTCRtpSender sends no RTP itself:
+# ``install_downstream`` replaces its ``_run_rtp`` with a task that only
+# reads the negotiated parameters into the Downstream and waits to be
+# cancelled by ``stop()``, and its ``_retransmit`` with the Downstream's
+# (history per publication, not per sender).  aiortc's RTCP loop and RTCP
+# handler stay: sender reports get their figures from the PacketFanout
+# (``report_sink``), PLI/FIR go through ``on_keyframe_request``.
+
+from .forwarder import Downstream  # noqa: E402
+
+_P = private
+
+
+def install_downstream(sender: RTCRtpSender, downstream: Downstream) -> None:
+    private.require(sender, private.SENDER_ATTRS, "RTCRtpSender")
+    private.require(sender.transport, private.DTLS_ATTRS, "RTCDtlsTransport")
+    dtls = sender.transport
+
+    async def run_rtp(codec) -> None:
+        getattr(sender, _P.SENDER_RTP_STARTED).set()
+        downstream.configure(ssrc=getattr(sender, _P.SENDER_SSRC), rtx_ssrc=getattr(sender, _P.SENDER_RTX_SSRC),
+                             pt=codec.payloadType, rtx_pt=getattr(sender, _P.SENDER_RTX_PAYLOAD_TYPE),
+                             ext_map=getattr(sender, _P.SENDER_EXTENSIONS_MAP), mid=getattr(sender, _P.SENDER_MID))
+        try:
+            await asyncio.get_running_loop().create_future()     # until stop() cancels
+        except asyncio.CancelledError:
+            pass
+        finally:
+            downstream.disconnect()
+            track = getattr(sender, _P.SENDER_TRACK)
+            if track is not None:
+                track.stop()
+                setattr(sender, _P.SENDER_TRACK, None)
+            getattr(sender, _P.SENDER_RTP_EXITED).set()
+
+    reported = [0, 0]
+
+    def report(values: tuple[int, int] | None) -> None:
+        if values is not None:
+            setattr(sender, _P.SENDER_NTP_TIMESTAMP, values[0])
+            setattr(sender, _P.SENDER_RTP_TIMESTAMP, values[1])
+        setattr(sender, _P.SENDER_PACKET_COUNT, downstream.packets)
+        setattr(sender, _P.SENDER_OCTET_COUNT, downstream.octets)
+        # getStats' transport counters (SRTP adds a 10-byte tag per packet).
+        packets, octets = downstream.packets - reported[0], downstream.octets - reported[1]
+        reported[0], reported[1] = downstream.packets, downstream.octets
+        setattr(dtls, _P.DTLS_TX_PACKETS, getattr(dtls, _P.DTLS_TX_PACKETS) + packets)
+        setattr(dtls, _P.DTLS_TX_BYTES, getattr(dtls, _P.DTLS_TX_BYTES) + octets + packets * (12 + len(downstream.ext) + 10))
+
+    setattr(sender, _P.SENDER_RUN_RTP, run_rtp)
+    setattr(sender, _P.SENDER_RETRANSMIT, downstream.retransmit)
+    downstream.report_sink = report
+
+
+def connect_downstream(sender: RTCRtpSender, downstream: Downstream) -> bool:
+    """Give the Downstream its SRTP session and socket once DTLS and ICE are up."""
+    dtls = sender.transport
+    srtp = getattr(dtls, _P.DTLS_TX_SRTP)
+    if srtp is None or getattr(dtls, _P.DTLS_STATE) != DtlsState.CONNECTED:
+        return False
+    connection = getattr(dtls.transport, _P.ICE_CONNECTION)
+    pair = getattr(connection, _P.ICE_NOMINATED).get(1)
+    if pair is None:
+        return False
+    if type(pair.protocol) is aioice.ice.StunProtocol:
+        sendto = pair.protocol.transport.sendto              # a plain UDP socket: write directly
+    else:
+        protocol = pair.protocol                              # e.g. a TURN-relayed pair
+
+        def sendto(data: bytes, addr: tuple[str, int]) -> None:
+            asyncio.ensure_future(protocol.send_data(data, addr))
+    downstream.connect(srtp.protect, sendto, pair.remote_addr)
+    return True

@@ -1,9 +1,12 @@
 """Publication: one track a participant publishes, fanned out to sinks.
 
-The receiver hook calls ``deliver`` with every encoded frame; the
-publication hands it to each sink (one per Subscription, one for the
-recorder).  Sinks must not block: they queue and return.  Keyframe requests
-from every sink meet here and reach the publisher at most once per
+Live viewers are served packet by packet: the receiver's packet tap feeds
+``fanout`` (media.forwarder.PacketFanout), which rewrites and sends each
+packet to every Subscription's Downstream.  Frames still exist once per
+publication: the receiver's frame tap calls ``deliver`` with every encoded
+frame, and the publication hands it to each frame sink (the recorder, and
+Subscriptions when ``media.forwarding = "frame"``).  Sinks must not block:
+they queue and return.  Keyframe requests from every sink meet here and reach the publisher at most once per
 ``pli_interval``; a request inside the interval is folded into one trailing
 request so a late joiner never waits on a lost PLI.
 """
@@ -16,6 +19,7 @@ import secrets
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
+from ..media.forwarder import PacketFanout
 from ..media.frame import MediaFrame, Sink
 
 if TYPE_CHECKING:
@@ -45,9 +49,11 @@ class Publication:
         self.codec = codec                      # negotiated with the publisher; subscribers get the same
         self.codec_name = codec.name
         self.source = source
-        self.muted = False                      # by its owner
-        self.moderator_muted = False
+        self._muted = False                     # by its owner
+        self._moderator_muted = False
         self.ended = False
+        # The packet forward path (media.forwarding = "packet"): fed by the receiver's packet tap.
+        self.fanout = PacketFanout(kind, codec.name, codec.clockRate, request_keyframe=self.request_keyframe)
         self.frames = 0
         self.keyframes_requested = 0
         self._sinks: list[Sink] = []
@@ -75,6 +81,24 @@ class Publication:
         return tuple(self._sinks)
 
     @property
+    def muted(self) -> bool:
+        return self._muted
+
+    @muted.setter
+    def muted(self, value: bool) -> None:
+        self._muted = value
+        self.fanout.pause(not self.forwarding)
+
+    @property
+    def moderator_muted(self) -> bool:
+        return self._moderator_muted
+
+    @moderator_muted.setter
+    def moderator_muted(self, value: bool) -> None:
+        self._moderator_muted = value
+        self.fanout.pause(not self.forwarding)
+
+    @property
     def forwarding(self) -> bool:
         return not (self.muted or self.moderator_muted or self.ended)
 
@@ -95,6 +119,7 @@ class Publication:
         if self.ended:
             return
         self.ended = True
+        self.fanout.end()
         if self._trailing is not None:
             self._trailing.cancel()
             self._trailing = None

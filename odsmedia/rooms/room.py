@@ -84,7 +84,8 @@ class Room:
         config = self.sfu.config
         transport = PublisherTransport(participant, pli_interval=config["media.pli_interval"],
                                        announced=config["ice.announced_address"], on_close=self._transport_closed,
-                                       connect_timeout=self.sfu.connect_timeout)
+                                       connect_timeout=self.sfu.connect_timeout,
+                                       packet=config["media.forwarding"] == "packet")
         try:
             await transport.answer(offer, sources)
         except BaseException:
@@ -124,7 +125,8 @@ class Room:
         config = self.sfu.config
         transport = SubscriberTransport(participant, chosen, queue_size=config["media.subscriber_queue"],
                                         announced=config["ice.announced_address"], on_close=self._transport_closed,
-                                        connect_timeout=self.sfu.connect_timeout)
+                                        connect_timeout=self.sfu.connect_timeout,
+                                        packet=config["media.forwarding"] == "packet")
         try:
             if offer is None:
                 await transport.offer()

@@ -1,7 +1,13 @@
 """Subscription: one publication forwarded to one viewer.
 
-It is a sink on the Publication and the MediaStreamTrack its RTCRtpSender
-reads.  Frames wait in a bounded deque; video starts at a keyframe (one is
+On the packet path (the default) it owns a ``Downstream`` of the
+publication's PacketFanout: the viewer's RTCRtpSender never reads the
+track, packets are rewritten and sent by the fan-out, video starts (and
+resumes after unmute) at a keyframe start, and a keyframe is requested when
+the subscription starts.
+
+On the frame path (``media.forwarding = "frame"``) it is a frame sink on the
+Publication and the MediaStreamTrack its RTCRtpSender reads.  Frames wait in a bounded deque; video starts at a keyframe (one is
 requested when the subscription starts), and a viewer that falls behind by
 more than the bound loses its backlog and resumes at the next keyframe, so
 one slow viewer never holds up the publisher or the other viewers.
@@ -16,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from ..media.forwarder import Downstream
 from ..media.frame import MediaFrame
 
 if TYPE_CHECKING:
@@ -24,8 +31,10 @@ if TYPE_CHECKING:
 
 
 class Subscription(MediaStreamTrack):
-    def __init__(self, publication: "Publication", subscriber: "Participant", *, queue_size: int = 256) -> None:
+    def __init__(self, publication: "Publication", subscriber: "Participant", *, queue_size: int = 256,
+                 packet: bool = False) -> None:
         super().__init__()
+        self.downstream: Downstream | None = Downstream(publication.fanout) if packet else None
         self.kind = publication.kind
         self.sid = "SU" + secrets.token_hex(5)
         self.publication = publication
@@ -42,7 +51,10 @@ class Subscription(MediaStreamTrack):
     # --- sink side (publisher's receiver hook, event loop) ----------------------------------
 
     def start(self) -> None:
-        self.publication.add_sink(self)
+        if self.downstream is not None:
+            self.publication.fanout.add(self.downstream)
+        else:
+            self.publication.add_sink(self)
         if self._gated:
             self.publication.request_keyframe("subscriber_joined")
 
@@ -76,6 +88,8 @@ class Subscription(MediaStreamTrack):
 
     def restart_at_keyframe(self) -> None:
         """Drop what is queued and start again at the next keyframe (after unmute)."""
+        if self.downstream is not None:
+            self.publication.fanout.hold(self.downstream)
         self._queue.clear()
         if self.kind == "video":
             self._gated = True
@@ -108,6 +122,8 @@ class Subscription(MediaStreamTrack):
     def close(self) -> None:
         """Leave the publication and end the track."""
         self.publication.remove_sink(self)
+        if self.downstream is not None:
+            self.downstream.disconnect()
         self._finish()
         self.stop()
 

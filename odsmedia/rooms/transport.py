@@ -19,8 +19,9 @@ from aiortc import RTCPeerConnection, RTCSessionDescription, sdp
 from aiortc.sdp import candidate_from_sdp
 
 from ..media import codecs, ice
-from ..media.receiver import send_pli, tap
-from ..media.sender import install_lean_loop, install_packer, on_keyframe_request
+from ..media.receiver import send_nack, send_pli, tap, tap_packets
+from ..media.sender import (connect_downstream, install_downstream, install_lean_loop, install_packer,
+                            on_keyframe_request)
 from .errors import SfuError
 from .publication import Publication
 from .subscription import Subscription
@@ -166,10 +167,12 @@ class PublisherTransport(Transport):
     role = "publish"
 
     def __init__(self, participant: "Participant", *, pli_interval: float, announced: str = "",
-                 on_close: CloseCallback | None = None, connect_timeout: float = CONNECT_TIMEOUT) -> None:
+                 on_close: CloseCallback | None = None, connect_timeout: float = CONNECT_TIMEOUT,
+                 packet: bool = True) -> None:
         super().__init__(participant, announced=announced, on_close=on_close, connect_timeout=connect_timeout)
         self.publications: list[Publication] = []
         self._pli_interval = pli_interval
+        self._packet = packet
 
     async def answer(self, offer: object, sources: dict[str, str] | None = None) -> str:
         """Answer a sendonly offer; fills ``publications`` (one per m-line)."""
@@ -199,6 +202,10 @@ class PublisherTransport(Transport):
                                       pli_interval=self._pli_interval,
                                       request_pli=send_pli(transceiver.receiver))
             tap(transceiver.receiver, publication.deliver, publication.end)
+            if self._packet:
+                fanout = publication.fanout
+                fanout.send_nack = send_nack(transceiver.receiver)
+                tap_packets(transceiver.receiver, fanout.on_packet, fanout.on_sender_report)
             self.publications.append(publication)
         try:
             await asyncio.wait_for(self.pc.setLocalDescription(await self.pc.createAnswer()), NEGOTIATION_TIMEOUT)
@@ -216,19 +223,24 @@ class SubscriberTransport(Transport):
 
     def __init__(self, participant: "Participant", publications: list[Publication], *, queue_size: int,
                  announced: str = "", on_close: CloseCallback | None = None,
-                 connect_timeout: float = CONNECT_TIMEOUT) -> None:
+                 connect_timeout: float = CONNECT_TIMEOUT, packet: bool = True) -> None:
         super().__init__(participant, announced=announced, on_close=on_close, connect_timeout=connect_timeout)
         self.subscriptions: list[Subscription] = []
+        self._packet = packet
         self._publications = publications
         self._queue_size = queue_size
         self._started = False
 
     def _add(self, publication: Publication) -> None:
-        subscription = Subscription(publication, self.participant, queue_size=self._queue_size)
+        subscription = Subscription(publication, self.participant, queue_size=self._queue_size,
+                                    packet=self._packet)
         transceiver = self.pc.addTransceiver(subscription, direction="sendonly")
         codecs.pin(transceiver, publication.codec)
-        install_packer(transceiver.sender, publication.codec_name)
-        install_lean_loop(transceiver.sender)
+        if subscription.downstream is not None:
+            install_downstream(transceiver.sender, subscription.downstream)
+        else:
+            install_packer(transceiver.sender, publication.codec_name)
+            install_lean_loop(transceiver.sender)
         on_keyframe_request(transceiver.sender, lambda: publication.request_keyframe("viewer_pli"))
         self.subscriptions.append(subscription)
 
@@ -282,6 +294,11 @@ class SubscriberTransport(Transport):
         if not self._started:
             self._started = True
             for subscription in self.subscriptions:
+                if subscription.downstream is not None:
+                    sender = self._sender_of(subscription)
+                    if sender is None or not connect_downstream(sender, subscription.downstream):
+                        log.warning("subscriber transport connected without SRTP or a nominated pair")
+                        continue
                 subscription.start()
 
     def ended(self) -> bool:
@@ -294,6 +311,12 @@ class SubscriberTransport(Transport):
     def describe(self) -> dict:
         return {**super().describe(), "publications": [
             {"publication": s.publication.id, "kind": s.kind, "mid": self._mid_of(s)} for s in self.subscriptions]}
+
+    def _sender_of(self, subscription: Subscription):
+        for t in self.pc.getTransceivers():
+            if t.sender.track is subscription:
+                return t.sender
+        return None
 
     def _mid_of(self, subscription: Subscription) -> str | None:
         for t in self.pc.getTransceivers():
