@@ -67,7 +67,7 @@ class Downstream:
     __slots__ = ("fanout", "video", "ssrc", "rtx_ssrc", "pt", "rtx_pt", "rtx_seq", "seq_off", "ts_off",
                  "gated", "next_seq", "next_ts", "held_at", "segments", "first_byte", "ext", "_ext_map",
                  "_mid", "_levels", "protect", "sendto", "addr", "packets", "octets", "retransmitted",
-                 "resumes", "active", "configured", "drop", "on_packet_sent", "report_sink")
+                 "resumes", "active", "configured", "report_sink")
 
     def __init__(self, fanout: "PacketFanout") -> None:
         self.fanout = fanout
@@ -100,8 +100,6 @@ class Downstream:
         self.active = False            # configured (negotiated) and connected (SRTP + socket)
         self.configured = False
         self.report_sink: Callable[[tuple[int, int] | None], None] | None = None
-        self.drop: Callable[[], bool] | None = None           # tests: simulated loss on this hop
-        self.on_packet_sent: Callable[[float], None] | None = None   # benches: forward latency
 
     # --- set-up (the sender's parameters and its connected transport) -----------------------
 
@@ -181,8 +179,6 @@ class Downstream:
             self.rtx_seq = (self.rtx_seq + 1) & 0xFFFF
         else:
             data = HEADER.pack(self.first_byte, mbit | self.pt, out_seq, out_ts, self.ssrc) + ext + payload
-        if self.drop is not None and self.drop():
-            return
         self.retransmitted += 1
         self.sendto(self.protect(data), self.addr)   # type: ignore[misc]
 
@@ -292,11 +288,7 @@ class PacketFanout:
                         d.ssrc) + (d.ext if level is None else d.ext_with_level(level)) + payload
             d.packets += 1
             d.octets += len(payload)
-            if d.drop is not None and d.drop():
-                continue
             d.sendto(d.protect(data), d.addr)   # type: ignore[misc]
-            if d.on_packet_sent is not None:
-                d.on_packet_sent(now)
 
     def _opens_keyframe(self, seq: int, ts: int, payload: bytes) -> bool:
         if not starts_keyframe(self.codec, payload):
