@@ -181,6 +181,7 @@ class Publisher:
 
         self.video = CounterVideoTrack(fps, width, height)
         transceiver = self.pc.addTransceiver(self.video, direction="sendonly")
+        remember_codec(transceiver.sender)
         if codec:
             prefs = [c for c in RTCRtpSender.getCapabilities("video").codecs if c.name in (codec, "rtx")]
             transceiver.setCodecPreferences(prefs)
@@ -193,8 +194,43 @@ class Publisher:
         self.publications = reply["publications"]
         return reply
 
+    async def restart_video_encoder(self) -> int:
+        """What a browser does when its encoder is rebuilt: a new SSRC, new sequence
+        number and timestamp bases and a fresh encoder (so a keyframe first); the
+        picture counter carries on.  Returns the new SSRC."""
+        sender = next(t.sender for t in self.pc.getTransceivers() if t.sender.track is self.video)
+        return await restart_sender(sender)
+
     async def close(self) -> None:
         await self.pc.close()
+
+
+def remember_codec(sender: Any) -> None:
+    """Keep the codec aiortc starts the sender's RTP loop with (restart_sender needs it)."""
+    run_rtp = sender._run_rtp
+
+    def remembering(codec: Any) -> Any:
+        sender.ods_codec = codec
+        return run_rtp(codec)
+
+    sender._run_rtp = remembering
+
+
+async def restart_sender(sender: Any) -> int:
+    from aiortc.utils import random32
+
+    from . import aiortc_private as private
+
+    track = getattr(sender, private.SENDER_TRACK)
+    # Detach the track first: aiortc's loop stops its track when it ends.
+    setattr(sender, private.SENDER_TRACK, None)
+    getattr(sender, private.SENDER_RTP_TASK).cancel()
+    await getattr(sender, private.SENDER_RTP_EXITED).wait()
+    getattr(sender, private.SENDER_RTP_EXITED).clear()
+    sender._ssrc = random32()
+    setattr(sender, private.SENDER_TRACK, track)
+    setattr(sender, private.SENDER_RTP_TASK, asyncio.ensure_future(type(sender)._run_rtp(sender, sender.ods_codec)))
+    return sender._ssrc
 
 
 @dataclass

@@ -43,6 +43,7 @@ SENDER_MID = _S + "mid"
 SENDER_EXTENSIONS_MAP = _S + "rtp_header_extensions_map"   # negotiated header extension ids
 SENDER_RTX_PAYLOAD_TYPE = _S + "rtx_payload_type"
 SENDER_RTX_SEQUENCE = _S + "rtx_sequence_number"
+SENDER_RTP_TASK = _S + "rtp_task"                 # tests restart a publisher's RTP loop
 SENDER_RTP_STARTED = _S + "rtp_started"           # stop() waits on both events
 SENDER_RTP_EXITED = _S + "rtp_exited"
 SENDER_RTP_HISTORY = _S + "rtp_history"           # aiortc's NACK history (frame path)
@@ -57,7 +58,7 @@ SENDER_SEND_KEYFRAME = "_send_keyframe"           # viewer PLI/FIR -> ask the pu
 SENDER_RTX_SSRC = "_rtx_ssrc"
 SENDER_SSRC = "_ssrc"
 SENDER_ATTRS = (SENDER_ENCODER, SENDER_TRACK, SENDER_MID, SENDER_EXTENSIONS_MAP, SENDER_RTX_PAYLOAD_TYPE,
-                SENDER_RTX_SEQUENCE, SENDER_RTP_STARTED, SENDER_RTP_EXITED, SENDER_RTP_HISTORY,
+                SENDER_RTX_SEQUENCE, SENDER_RTP_TASK, SENDER_RTP_STARTED, SENDER_RTP_EXITED, SENDER_RTP_HISTORY,
                 SENDER_NTP_TIMESTAMP, SENDER_RTP_TIMESTAMP, SENDER_OCTET_COUNT, SENDER_PACKET_COUNT,
                 SENDER_RUN_RTP, SENDER_RETRANSMIT, SENDER_SEND_KEYFRAME, SENDER_RTX_SSRC, SENDER_SSRC)
 

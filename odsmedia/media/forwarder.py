@@ -207,6 +207,7 @@ class PacketFanout:
         self.restarts = 0
         self.nacks_upstream = 0
         self._history: list[tuple | None] = [None] * HISTORY_SIZE
+        self._retired: list[int] = []                                # SSRCs of replaced streams
         self._sr: tuple[int, int, int, float] | None = None        # (ntp, rtp, epoch, arrival)
         self._nack_pending: set[int] = set()
         self._nack_asked: dict[int, float] = {}
@@ -252,6 +253,8 @@ class PacketFanout:
         now = time.monotonic()
         self.received += 1
         if ssrc != self.ssrc:
+            if ssrc in self._retired:
+                return                                   # a late packet of a replaced stream
             self._restart(ssrc, seq, ts, now)
         else:
             delta = (seq - self.max_seq) & 0xFFFF
@@ -308,6 +311,8 @@ class PacketFanout:
             for d in self.downstreams:
                 d.hold(self.max_seq, self.max_ts, self.last_arrival)
             self._sr = None
+            if ssrc != self.ssrc:
+                self._retired = [*self._retired[-7:], self.ssrc]
             if self.video and self.request_keyframe is not None:
                 self.request_keyframe("publisher_restart")
             log.info("publisher stream restarted", extra={"ssrc": ssrc, "epoch": self.epoch})
