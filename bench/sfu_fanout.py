@@ -1,27 +1,42 @@
-"""SFU fan-out benchmark: one 720p H.264 + Opus publisher, N viewers that do not decode.
+"""SFU fan-out benchmark: packet path vs frame path vs Janus VideoRoom vs a bare sendto floor.
 
-Method. A server process runs either the real application (``sfu`` mode:
-make_app with WHIP/WHEP, recording off, a fresh migrated database) or
-aiortc's classic decode-and-re-encode relay (``relay`` mode: the publisher's
-tracks decoded once, ``MediaRelay`` hands the frames to one encoder per
-viewer), with the same WHIP/WHEP-style HTTP signaling. The load is a
-publisher process sending a pre-encoded clip (1280x720, 30 fps, ~1.5 Mbit/s
-x264 baseline, keyframe every second, plus 20 ms Opus packets) through
-aiortc's ``pack()`` path, so the publisher encodes nothing while measuring,
-and N viewers whose receivers are tapped (``odsmedia.media.receiver``), so
-they depacketize but never decode. For each N: connect, warm up, then over
-the measured window read the server process's CPU time (psutil) and the
-RTP packets its senders sent; CPU per viewer = (CPU at N - CPU with the
-publisher alone) / N. Latency (sfu mode only; the relay's output bytes
-differ from its input) is measured two ways: *server* = from the moment a
-frame leaves the receiver hook to the moment each viewer's sender packs it
-(inside the server process); *end-to-end* = from the publisher handing a
-frame to its sender to a viewer's receiver completing it, matched by the
-frame's bytes (both processes read CLOCK_MONOTONIC). Frames are reassembled
-at their last packet (``EagerJitterBuffer``) at the server and the viewers.
-Everything runs on 127.0.0.1; every phase has a deadline.
+One publisher sends a pre-encoded clip (1280x720 30 fps x264 constrained
+baseline at ~1.5 Mbit/s, a keyframe every second, plus 20 ms Opus packets)
+through aiortc's ``pack()`` path, so it never encodes; N viewers receive
+it.  Servers, each a child process started once and measured in turn:
 
-    .venv/bin/python bench/sfu_fanout.py [--viewers 1,10,25,50] [--relay-viewers 1,4] [--seconds 8]
+* ``packet``: ODS (``make_app``, WHIP in, WHEP out, recording off) with
+  ``media.forwarding = "packet"`` (the default);
+* ``frame``: the same with ``media.forwarding = "frame"``;
+* ``janus`` / ``janus-el2``: Debian's Janus 1.1.2 VideoRoom, default
+  config and ``event_loops = 2``, loopback only (an LD_PRELOAD shim makes
+  getifaddrs() report 127.0.0.1 alone; every candidate and c= line Janus
+  sends is checked, and the run stops if one is not 127.0.0.1);
+* ``floor``: bench/native/sendfloor.c, one plain sendto() per packet per
+  destination at the clip's packet rate and mean size (no SRTP, no
+  rewrite): what the kernel charges for the sends alone.
+
+Viewers (all in this process) are aiortc peers whose DTLS transport hands
+RTP to a counter: no jitter buffer, no depacketization, SRTP undone only
+for the packets sampled for latency, so one process can hold 40 of them.
+The publisher runs in its own process.
+
+Per step: publisher and N viewers connected, warm-up, then a measured
+window.  Server CPU = user+system time of the server process (psutil) over
+the window; per viewer = (CPU at N - CPU with the publisher alone, same
+round) / N; per delivered packet = that extra CPU / RTP packets the viewers
+counted; fps = each viewer's completed video frames (marker bits) per
+second, median and minimum over viewers; forward latency = publisher
+handing a frame's last packet to its socket -> a viewer receiving it,
+matched by the payload's last 16 bytes (both processes read
+CLOCK_MONOTONIC), p50/p99 over all viewers.  Rounds alternate the order of
+the servers; tables give medians over rounds and, because the machine is
+shared, ratios computed within each round.  The 1-minute load average is
+recorded with every step.  Everything runs on 127.0.0.1; every phase has a
+deadline.
+
+    .venv/bin/python bench/sfu_fanout.py [--viewers 1,5,10,20,40] [--rounds 2] [--seconds 6]
+        [--modes packet,frame,janus,janus-el2,floor]
 """
 
 from __future__ import annotations
@@ -29,7 +44,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import fractions
-import hashlib
 import json
 import math
 import os
@@ -37,6 +51,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -47,23 +62,19 @@ sys.path.insert(0, str(REPO))
 import aiohttp  # noqa: E402
 import av  # noqa: E402
 import psutil  # noqa: E402
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription  # noqa: E402
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription, sdp  # noqa: E402
 from aiortc.mediastreams import MediaStreamError  # noqa: E402
 from aiortc.rtcrtpsender import RTCRtpSender  # noqa: E402
 
 from odsmedia.media import ice  # noqa: E402
-from odsmedia.media.receiver import tap  # noqa: E402
 
 ADMIN_DSN = os.environ.get("ODS_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("ODS_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 FPS = 30
 CLIP_SECONDS = 3
-SENT_ATTR = "_RTCRtpSender__packet_count"
-
-
-def frame_key(data: bytes) -> bytes:
-    # aiortc's depacketizer writes 4-byte start codes; x264 writes some 3-byte ones.
-    return hashlib.blake2b(data.replace(b"\x00\x00\x00\x01", b"\x00\x00\x01"), digest_size=8).digest()
+JANUS_ROOM = 1234
+JANUS_LIB = Path("/usr/lib/x86_64-linux-gnu/janus")
+NATIVE = Path(__file__).resolve().parent / "native"
 
 
 # --- the clip ---------------------------------------------------------------------------------
@@ -116,8 +127,7 @@ def make_clip(width: int = 1280, height: int = 720, bitrate: int = 1_500_000) ->
 class ClipTrack(MediaStreamTrack):
     """Loops pre-encoded packets in real time; returns av.Packet so aiortc only packs."""
 
-    def __init__(self, kind: str, packets: list[bytes], interval: float, step: int, clock: int,
-                 sent: dict[bytes, list[float]] | None = None) -> None:
+    def __init__(self, kind: str, packets: list[bytes], interval: float, step: int, clock: int) -> None:
         super().__init__()
         self.kind = kind
         self.packets = packets
@@ -126,7 +136,6 @@ class ClipTrack(MediaStreamTrack):
         self.time_base = fractions.Fraction(1, clock)
         self.index = 0
         self.start: float | None = None
-        self.sent = sent
 
     async def recv(self) -> av.Packet:
         if self.readyState != "live":
@@ -143,58 +152,27 @@ class ClipTrack(MediaStreamTrack):
         packet.pts = packet.dts = self.index * self.step
         packet.time_base = self.time_base
         self.index += 1
-        if self.sent is not None:
-            self.sent.setdefault(frame_key(data), []).append(time.monotonic())
         return packet
 
 
-# --- server processes -------------------------------------------------------------------------
+# --- servers ----------------------------------------------------------------------------------
 
-async def serve_sfu(database_url: str, prefix: str, aiortc_loop: bool = False) -> None:
+async def serve_ods(database_url: str, prefix: str, forwarding: str) -> None:
     from aiohttp import web
 
-    if aiortc_loop:
-        # A/B: aiortc's own RTP loop instead of the lean one (bench only).
-        import odsmedia.rooms.transport as transport_mod
-
-        transport_mod.install_lean_loop = lambda sender: None
-
-    import odsmedia.media.sender as sender_mod
     from odsmedia.app import make_app
     from odsmedia.auth import tokens
     from odsmedia.config import load
     from odsmedia.keys import DB
-    from odsmedia.rooms.sfu import SFU
     from odsmedia.rooms import directory
 
-    latencies: list[float] = []
-    real_pack = sender_mod.Packer.pack
-
-    def timed_pack(self, frame):  # bench instrumentation only: time from receiver hook to pack
-        if frame.kind == "video":
-            latencies.append(time.monotonic() - frame.arrival)
-        return real_pack(self, frame)
-
-    sender_mod.Packer.pack = timed_pack
     config = load(environ={"DATABASE_URL": database_url, "REDIS_URL": REDIS_URL, "ODS_REDIS_PREFIX": prefix,
                            "ODS_ICE_ADDRESSES": "127.0.0.1", "ODS_HTTP_PORT": "0", "ODS_RECORDING_ENABLED": "false",
-                           "ODS_DATA_DIR": f"/tmp/ods-bench-{prefix.strip(':')}", "ODS_LOG_LEVEL": "warning",
+                           "ODS_MEDIA_FORWARDING": forwarding,
+                           "ODS_DATA_DIR": f"/tmp/ods-bench-{prefix.strip(':').replace(':', '-')}",
+                           "ODS_LOG_LEVEL": "warning",
                            "ODS_SECRET_KEY": "bench-secret-key-0123456789-abcdefghijklmnop"})
     app = make_app(config)
-
-    async def stats(request: web.Request) -> web.Response:
-        sfu = request.app[SFU]
-        sent = 0
-        for room in sfu.rooms.values():
-            for participant in room.participants.values():
-                for transport in participant.transports.values():
-                    for t in transport.pc.getTransceivers():
-                        sent += getattr(t.sender, SENT_ATTR, 0)
-        samples = list(latencies)
-        latencies.clear()
-        return web.json_response({"packets_sent": sent, "latency": samples})
-
-    app.router.add_get("/bench/stats", stats)
     profile_to = os.environ.get("ODS_BENCH_PROFILE")
     if profile_to:
         # Where the server's time goes: a cProfile dump written when the bench stops it.
@@ -206,7 +184,7 @@ async def serve_sfu(database_url: str, prefix: str, aiortc_loop: bool = False) -
 
         def dump(*_):
             profiler.disable()
-            profiler.dump_stats(profile_to)
+            profiler.dump_stats(f"{profile_to}.{forwarding}")
             os._exit(0)
 
         signal.signal(signal.SIGTERM, dump)
@@ -217,74 +195,194 @@ async def serve_sfu(database_url: str, prefix: str, aiortc_loop: bool = False) -
     port = site._server.sockets[0].getsockname()[1]
     slug = "bench-" + uuid.uuid4().hex[:8]
     record = await directory.create(app[DB], slug, title="bench")
-    token, _ = await tokens.mint(app[DB], room_id=record.id, role="host", ttl_seconds=3600)
-    print(json.dumps({"port": port, "whip": f"/rooms/{slug}/whip", "whep": f"/rooms/{slug}/whep",
-                      "token": token}), flush=True)
+    token, _ = await tokens.mint(app[DB], room_id=record.id, role="host", ttl_seconds=7200)
+    print(json.dumps({"kind": "ods", "base": f"http://127.0.0.1:{port}", "whip": f"/rooms/{slug}/whip",
+                      "whep": f"/rooms/{slug}/whep", "token": token}), flush=True)
     await asyncio.Event().wait()
 
 
-async def serve_relay() -> None:
-    from aiohttp import web
-    from aiortc.contrib.media import MediaRelay
-
-    ice.configure(["127.0.0.1"])
-    relay = MediaRelay()
-    tracks: dict[str, MediaStreamTrack] = {}
-    pcs: set[RTCPeerConnection] = set()
-
-    async def negotiate(pc: RTCPeerConnection, offer: str) -> web.Response:
-        await pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
-        await pc.setLocalDescription(await pc.createAnswer())
-        location = f"/session/{id(pc)}"
-        return web.Response(status=201, text=pc.localDescription.sdp, content_type="application/sdp",
-                            headers={"Location": location})
-
-    async def publish(request: web.Request) -> web.Response:
-        pc = RTCPeerConnection(ice.rtc_configuration())
-        pcs.add(pc)
-
-        @pc.on("track")
-        def on_track(track: MediaStreamTrack) -> None:
-            tracks[track.kind] = track
-
-        return await negotiate(pc, await request.text())
-
-    async def play(request: web.Request) -> web.Response:
-        pc = RTCPeerConnection(ice.rtc_configuration())
-        pcs.add(pc)
-        for kind in ("video", "audio"):
-            if kind in tracks:
-                pc.addTrack(relay.subscribe(tracks[kind], buffered=False))
-        return await negotiate(pc, await request.text())
-
-    async def delete(request: web.Request) -> web.Response:
-        for pc in list(pcs):
-            if f"/session/{id(pc)}" == request.path:
-                pcs.discard(pc)
-                await pc.close()
-        if not pcs:
-            tracks.clear()
-        return web.Response(status=200)
-
-    async def stats(request: web.Request) -> web.Response:
-        sent = sum(getattr(t.sender, SENT_ATTR, 0) for pc in pcs for t in pc.getTransceivers())
-        return web.json_response({"packets_sent": sent, "latency": []})
-
-    app = web.Application()
-    app.router.add_post("/whip", publish)
-    app.router.add_post("/whep", play)
-    app.router.add_delete("/session/{id}", delete)
-    app.router.add_get("/bench/stats", stats)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
-    print(json.dumps({"port": port, "whip": "/whip", "whep": "/whep", "token": ""}), flush=True)
-    await asyncio.Event().wait()
+def build_native(tmp: Path) -> dict[str, Path]:
+    """Compile the floor sender and the Janus loopback shim with cc (absent: those modes are skipped)."""
+    out = {}
+    cc = shutil.which("cc")
+    if cc is None:
+        print("no C compiler: the floor and Janus modes are skipped", file=sys.stderr)
+        return out
+    for name, extra in (("sendfloor", []), ("lo_only.so", ["-shared", "-fPIC"])):
+        target = tmp / name
+        source = NATIVE / (name.split(".")[0] + ".c")
+        subprocess.run([cc, "-O2", *extra, "-o", str(target), str(source)], check=True)
+        out[name] = target
+    return out
 
 
-# --- load -------------------------------------------------------------------------------------
+def janus_config(folder: Path, port: int, event_loops: int | None) -> None:
+    """A minimal loopback-only Janus: the VideoRoom plugin and the HTTP transport, nothing else."""
+    folder.mkdir(parents=True, exist_ok=True)
+    plugins = sorted({p.name.split(".so")[0] + ".so" for p in (JANUS_LIB / "plugins").glob("*.so")}
+                     - {"libjanus_videoroom.so"})
+    transports = sorted({p.name.split(".so")[0] + ".so" for p in (JANUS_LIB / "transports").glob("*.so")}
+                        - {"libjanus_http.so"})
+    events = sorted({p.name.split(".so")[0] + ".so" for p in (JANUS_LIB / "events").glob("*.so")})
+    loggers = sorted({p.name.split(".so")[0] + ".so" for p in (JANUS_LIB / "loggers").glob("*.so")})
+    loops = f"\tevent_loops = {event_loops}\n" if event_loops else ""
+    (folder / "janus.jcfg").write_text(
+        "general: {\n"
+        f"\tconfigs_folder = \"{folder}\"\n\tplugins_folder = \"{JANUS_LIB / 'plugins'}\"\n"
+        f"\ttransports_folder = \"{JANUS_LIB / 'transports'}\"\n\tevents_folder = \"{JANUS_LIB / 'events'}\"\n"
+        f"\tloggers_folder = \"{JANUS_LIB / 'loggers'}\"\n\tdebug_level = 2\n\tsession_timeout = 600\n"
+        f"\tinterface = \"127.0.0.1\"\n{loops}"
+        "}\nmedia: {\n\tipv6 = false\n}\n"
+        "nat: {\n\tnice_debug = false\n\tignore_mdns = true\n}\n"
+        f"plugins: {{\n\tdisable = \"{','.join(plugins)}\"\n}}\n"
+        f"transports: {{\n\tdisable = \"{','.join(transports)}\"\n}}\n"
+        f"events: {{\n\tbroadcast = false\n\tdisable = \"{','.join(events)}\"\n}}\n"
+        f"loggers: {{\n\tdisable = \"{','.join(loggers)}\"\n}}\n")
+    (folder / "janus.transport.http.jcfg").write_text(
+        "general: {\n\tjson = \"compact\"\n\tbase_path = \"/janus\"\n\thttp = true\n"
+        f"\tport = {port}\n\tip = \"127.0.0.1\"\n\thttps = false\n}}\n"
+        "admin: {\n\tadmin_http = false\n\tadmin_https = false\n}\n")
+    (folder / "janus.plugin.videoroom.jcfg").write_text(
+        "general: {\n}\n"
+        f"room-{JANUS_ROOM}: {{\n\tdescription = \"bench\"\n\tpublishers = 1\n\tbitrate = 3000000\n"
+        "\tfir_freq = 0\n\taudiocodec = \"opus\"\n\tvideocodec = \"h264\"\n\th264_profile = \"42e01f\"\n}\n")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_janus(tmp: Path, shim: Path, event_loops: int | None) -> tuple[subprocess.Popen, dict]:
+    port = free_port()
+    folder = tmp / f"janus-{event_loops or 'default'}"
+    janus_config(folder, port, event_loops)
+    log = open(folder / "janus.log", "w")
+    env = {**os.environ, "LD_PRELOAD": str(shim)}
+    proc = subprocess.Popen(["janus", "-C", str(folder / "janus.jcfg"), "-F", str(folder)], env=env,
+                            stdout=log, stderr=subprocess.STDOUT, cwd=folder)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    import urllib.request
+
+    while True:
+        try:
+            with urllib.request.urlopen(base + "/janus/info", timeout=1) as resp:
+                if resp.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"janus did not start; see {folder / 'janus.log'}")
+        time.sleep(0.2)
+    return proc, {"kind": "janus", "base": base, "pid": proc.pid}
+
+
+def start_ods(forwarding: str, database_url: str) -> tuple[subprocess.Popen, dict]:
+    prefix = f"odsbench:{uuid.uuid4().hex[:6]}:"
+    cmd = [sys.executable, __file__, "--serve", forwarding, "--database-url", database_url, "--prefix", prefix]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=REPO, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        proc.kill()
+        raise RuntimeError(f"{forwarding} server did not start")
+    info = json.loads(line)
+    info["pid"] = proc.pid
+    return proc, info
+
+
+# --- signaling: WHIP/WHEP (ODS) and the VideoRoom HTTP API (Janus) ------------------------------
+
+def check_loopback(text: str) -> None:
+    """Abort when a peer's SDP names any address but 127.0.0.1 (the network rule)."""
+    for line in text.splitlines():
+        if line.startswith("a=candidate:"):
+            address = line.split()[4]
+        elif line.startswith("c=IN "):
+            address = line.split()[2]
+        else:
+            continue
+        if address not in ("127.0.0.1", "0.0.0.0"):
+            raise RuntimeError(f"non-loopback address in SDP: {line}")
+
+
+class Janus:
+    """One Janus session over the HTTP API: long-poll events per handle, keepalives."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.http = aiohttp.ClientSession()
+        self.session = 0
+        self.queues: dict[int, asyncio.Queue] = {}
+        self.tasks: list[asyncio.Task] = []
+
+    async def post(self, path: str, body: dict) -> dict:
+        body = {**body, "transaction": uuid.uuid4().hex[:12]}
+        async with self.http.post(self.base + path, json=body, timeout=aiohttp.ClientTimeout(total=20)) as resp:
+            reply = await resp.json(content_type=None)
+        if reply.get("janus") == "error":
+            raise RuntimeError(f"janus {path} {body.get('janus')}: {reply['error']}")
+        return reply
+
+    async def start(self) -> None:
+        self.session = (await self.post("/janus", {"janus": "create"}))["data"]["id"]
+        self.tasks = [asyncio.ensure_future(self._poll()), asyncio.ensure_future(self._keepalive())]
+
+    async def attach(self) -> int:
+        handle = (await self.post(f"/janus/{self.session}", {"janus": "attach",
+                                                              "plugin": "janus.plugin.videoroom"}))["data"]["id"]
+        self.queues[handle] = asyncio.Queue()
+        return handle
+
+    async def message(self, handle: int, body: dict, jsep: dict | None = None) -> dict:
+        message = {"janus": "message", "body": body}
+        if jsep is not None:
+            message["jsep"] = jsep
+        return await self.post(f"/janus/{self.session}/{handle}", message)
+
+    async def event(self, handle: int, with_jsep: bool = True, timeout: float = 20) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            event = await asyncio.wait_for(self.queues[handle].get(), max(0.01, deadline - time.monotonic()))
+            if event.get("janus") == "event" and (event.get("jsep") or not with_jsep):
+                return event
+
+    async def _poll(self) -> None:
+        while True:
+            try:
+                async with self.http.get(f"{self.base}/janus/{self.session}?maxev=20",
+                                         timeout=aiohttp.ClientTimeout(total=40)) as resp:
+                    events = await resp.json(content_type=None)
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                await asyncio.sleep(0.2)
+                continue
+            for event in events if isinstance(events, list) else [events]:
+                queue = self.queues.get(event.get("sender"))
+                if queue is not None:
+                    queue.put_nowait(event)
+
+    async def _keepalive(self) -> None:
+        while True:
+            await asyncio.sleep(20)
+            try:
+                await self.post(f"/janus/{self.session}", {"janus": "keepalive"})
+            except Exception:
+                pass
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        try:
+            await self.post(f"/janus/{self.session}", {"janus": "destroy"})
+        except Exception:
+            pass
+        await self.http.close()
+
 
 def prefer_h264(transceiver) -> None:
     caps = RTCRtpSender.getCapabilities("video").codecs
@@ -293,80 +391,257 @@ def prefer_h264(transceiver) -> None:
                                     + [c for c in caps if c.name == "rtx"])
 
 
-class Load:
-    def __init__(self, base: str, info: dict, video: list[bytes], audio: list[bytes]) -> None:
-        self.base = base
-        self.info = info
-        self.video = video
-        self.audio = audio
-        self.arrivals: list[tuple[bytes, float]] = []
-        self.measuring = False
-        self.sessions: list[tuple[RTCPeerConnection, str]] = []
-        self.http = aiohttp.ClientSession()
+async def connected(pc: RTCPeerConnection) -> None:
+    deadline = time.monotonic() + 20
+    while pc.connectionState != "connected":
+        if time.monotonic() > deadline or pc.connectionState == "failed":
+            raise RuntimeError("peer did not connect")
+        await asyncio.sleep(0.05)
 
-    async def _post(self, path: str, sdp: str, auth: bool) -> tuple[str, str]:
+
+class Signaling:
+    """Publish and view on one server, whichever protocol it speaks."""
+
+    def __init__(self, info: dict) -> None:
+        self.info = info
+        self.http = aiohttp.ClientSession()
+        self.janus: Janus | None = None
+        self.feed = 0
+        self.locations: list[str] = []
+        self._lock = asyncio.Lock()
+
+    async def _whip(self, path: str, offer: str, auth: bool) -> str:
         headers = {"Content-Type": "application/sdp"}
-        if auth and self.info["token"]:
+        if auth:
             headers["Authorization"] = f"Bearer {self.info['token']}"
-        async with self.http.post(self.base + path, data=sdp, headers=headers,
+        async with self.http.post(self.info["base"] + path, data=offer, headers=headers,
                                   timeout=aiohttp.ClientTimeout(total=20)) as resp:
             body = await resp.text()
             if resp.status != 201:
                 raise RuntimeError(f"{path}: {resp.status} {body[:200]}")
-            return body, resp.headers["Location"]
+            self.locations.append(resp.headers["Location"])
+            return body
 
-    async def publish(self, sent: dict[bytes, list[float]] | None = None) -> None:
-        pc = RTCPeerConnection(ice.rtc_configuration())
-        video = ClipTrack("video", self.video, 1 / FPS, 90000 // FPS, 90000, sent)
-        prefer_h264(pc.addTransceiver(video, direction="sendonly"))
-        pc.addTransceiver(ClipTrack("audio", self.audio, 0.02, 960, 48000), direction="sendonly")
+    async def _janus(self) -> Janus:
+        async with self._lock:          # viewers join concurrently: one session, one feed lookup
+            if self.janus is None:
+                janus = Janus(self.info["base"])
+                await janus.start()
+                self.janus = janus
+            return self.janus
+
+    async def publish(self, pc: RTCPeerConnection) -> None:
         await pc.setLocalDescription(await pc.createOffer())
-        answer, location = await self._post(self.info["whip"], pc.localDescription.sdp, True)
+        if self.info["kind"] == "ods":
+            answer = await self._whip(self.info["whip"], pc.localDescription.sdp, True)
+        else:
+            janus = await self._janus()
+            handle = await janus.attach()
+            await janus.message(handle, {"request": "joinandconfigure", "room": JANUS_ROOM, "ptype": "publisher",
+                                         "display": "bench", "audio": True, "video": True},
+                                {"type": "offer", "sdp": pc.localDescription.sdp})
+            answer = (await janus.event(handle))["jsep"]["sdp"]
+        check_loopback(answer)
         await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
-        self.sessions.append((pc, location))
-        await self._connected(pc)
 
-    async def view(self) -> None:
-        pc = RTCPeerConnection(ice.rtc_configuration())
-        video = pc.addTransceiver("video", direction="recvonly")
-        prefer_h264(video)
-        audio = pc.addTransceiver("audio", direction="recvonly")
-
-        def on_video(frame) -> None:
-            if self.measuring:
-                self.arrivals.append((frame_key(frame.data), frame.arrival))
-
-        tap(video.receiver, on_video, lambda: None, kind="video")
-        tap(audio.receiver, lambda frame: None, lambda: None, kind="audio")
-        await pc.setLocalDescription(await pc.createOffer())
-        answer, location = await self._post(self.info["whep"], pc.localDescription.sdp, False)
-        await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
-        self.sessions.append((pc, location))
-        await self._connected(pc)
-
-    async def _connected(self, pc: RTCPeerConnection) -> None:
-        deadline = time.monotonic() + 20
-        while pc.connectionState != "connected":
-            if time.monotonic() > deadline or pc.connectionState == "failed":
-                raise RuntimeError("peer did not connect")
-            await asyncio.sleep(0.05)
-
-    async def stats(self) -> dict:
-        async with self.http.get(self.base + "/bench/stats") as resp:
-            return await resp.json()
+    async def view(self, pc: RTCPeerConnection) -> None:
+        if self.info["kind"] == "ods":
+            prefer_h264(pc.addTransceiver("video", direction="recvonly"))
+            pc.addTransceiver("audio", direction="recvonly")
+            await pc.setLocalDescription(await pc.createOffer())
+            answer = await self._whip(self.info["whep"], pc.localDescription.sdp, False)
+            check_loopback(answer)
+            await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+            return
+        janus = await self._janus()
+        async with self._lock:
+            if not self.feed:
+                handle = await janus.attach()
+                reply = await janus.message(handle, {"request": "listparticipants", "room": JANUS_ROOM})
+                publishers = [p for p in reply["plugindata"]["data"]["participants"] if p.get("publisher")]
+                if not publishers:
+                    raise RuntimeError("janus: nobody publishes in the bench room")
+                self.feed = publishers[0]["id"]
+        handle = await janus.attach()
+        await janus.message(handle, {"request": "join", "ptype": "subscriber", "room": JANUS_ROOM,
+                                     "streams": [{"feed": self.feed}]})
+        offer = (await janus.event(handle))["jsep"]["sdp"]
+        check_loopback(offer)
+        await pc.setRemoteDescription(RTCSessionDescription(offer, "offer"))
+        await pc.setLocalDescription(await pc.createAnswer())
+        await janus.message(handle, {"request": "start", "room": JANUS_ROOM},
+                            {"type": "answer", "sdp": pc.localDescription.sdp})
 
     async def close(self) -> None:
-        for pc, location in reversed(self.sessions):
-            headers = {"Authorization": f"Bearer {self.info['token']}"} if self.info["token"] else {}
+        for location in reversed(self.locations):
+            headers = {"Authorization": f"Bearer {self.info['token']}"} if self.info.get("token") else {}
             try:
-                async with self.http.delete(self.base + location, headers=headers,
+                async with self.http.delete(self.info["base"] + location, headers=headers,
                                             timeout=aiohttp.ClientTimeout(total=5)):
                     pass
             except Exception:
                 pass
-            await pc.close()
-        self.sessions.clear()
+        self.locations.clear()
+        if self.janus is not None:
+            await self.janus.close()
+            self.janus = None
         await self.http.close()
+
+
+# --- publisher (own process) and viewers ------------------------------------------------------
+
+def payload_key(plain: bytes) -> bytes:
+    return plain[-16:]
+
+
+async def publisher_main(info_path: str, clip_path: str, log_path: str) -> None:
+    """Publishes the clip; records when each video frame's last packet went to the socket."""
+    import pickle
+    import signal
+
+    ice.configure(["127.0.0.1"])
+    info = json.loads(Path(info_path).read_text())
+    video, audio = pickle.loads(Path(clip_path).read_bytes())
+    signaling = Signaling(info)
+    pc = RTCPeerConnection(ice.rtc_configuration())
+    prefer_h264(pc.addTransceiver(ClipTrack("video", video, 1 / FPS, 90000 // FPS, 90000), direction="sendonly"))
+    pc.addTransceiver(ClipTrack("audio", audio, 0.02, 960, 48000), direction="sendonly")
+    sent: list[tuple[str, float]] = []
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await signaling.publish(pc)
+    dtls = pc.getTransceivers()[0].sender.transport
+    send_rtp = dtls._send_rtp
+    video_pt = {c.payloadType for t in pc.getTransceivers() if t.kind == "video"
+                for c in t._codecs if c.name != "rtx"}
+
+    async def timed_send_rtp(data: bytes) -> None:
+        await send_rtp(data)
+        if data[1] & 0x80 and data[1] & 0x7F in video_pt:       # a video frame's last packet, sent
+            sent.append((payload_key(data).hex(), time.monotonic()))
+
+    dtls._send_rtp = timed_send_rtp
+    await connected(pc)
+    print("ready", flush=True)
+    await stop.wait()
+    Path(log_path).write_text(json.dumps(sent))
+    await pc.close()
+    await signaling.close()
+
+
+class LightViewer:
+    """A viewer that only counts: RTP reaches a counter straight from the DTLS transport."""
+
+    def __init__(self) -> None:
+        self.pc = RTCPeerConnection(ice.rtc_configuration())
+        self.packets = 0
+        self.frames = 0
+        self.arrivals: list[tuple[bytes, float]] = []
+        self.sample = False
+
+    def attach(self) -> None:
+        transceivers = self.pc.getTransceivers()
+        dtls = transceivers[0].receiver.transport
+        video_pt = {c.payloadType for t in transceivers if t.kind == "video" for c in t._codecs
+                    if c.name != "rtx"}
+        srtp = dtls._rx_srtp
+
+        class Deferred:
+            """SRTP undone only where the bench looks inside (RTCP still fully)."""
+
+            unprotect_rtcp = srtp.unprotect_rtcp
+
+            @staticmethod
+            def unprotect(data: bytes) -> bytes:
+                return data
+
+        async def on_rtp(data: bytes, arrival_time_ms: int) -> None:
+            self.packets += 1
+            second = data[1]
+            if second & 0x80 and second & 0x7F in video_pt:
+                self.frames += 1
+                if self.sample:
+                    try:
+                        self.arrivals.append((payload_key(srtp.unprotect(data)), time.monotonic()))
+                    except Exception:
+                        pass
+
+        dtls._rx_srtp = Deferred
+        dtls._handle_rtp_data = on_rtp
+
+
+async def measure(mode: str, info: dict, viewers: int, args, clip_path: str, tmp: Path) -> dict:
+    server = psutil.Process(info["pid"])
+    info_path, log_path = tmp / "info.json", tmp / f"sent-{mode}-{viewers}.json"
+    info_path.write_text(json.dumps(info))
+    publisher = subprocess.Popen([sys.executable, __file__, "--publisher", str(info_path), clip_path, str(log_path)],
+                                 stdout=subprocess.PIPE, cwd=REPO, text=True)
+    signaling = Signaling(info)
+    peers: list[LightViewer] = []
+    load = [os.getloadavg()[0]]
+    try:
+        assert publisher.stdout is not None
+        if publisher.stdout.readline().strip() != "ready":
+            raise RuntimeError("publisher did not start")
+        # Viewers join a few at a time so the handshakes do not starve the running streams.
+        for start in range(0, viewers, 5):
+            batch = [LightViewer() for _ in range(min(5, viewers - start))]
+            await asyncio.gather(*(signaling.view(v.pc) for v in batch))
+            await asyncio.gather(*(connected(v.pc) for v in batch))
+            for v in batch:
+                v.attach()
+            peers += batch
+        await asyncio.sleep(args.warmup)
+        before_cpu = sum(server.cpu_times()[:2])
+        before = [(v.packets, v.frames) for v in peers]
+        for v in peers:
+            v.sample = True
+        started = time.monotonic()
+        await asyncio.sleep(args.seconds)
+        elapsed = time.monotonic() - started
+        cpu = (sum(server.cpu_times()[:2]) - before_cpu) / elapsed
+        for v in peers:
+            v.sample = False
+        after = [(v.packets, v.frames) for v in peers]
+        load.append(os.getloadavg()[0])
+    finally:
+        publisher.terminate()
+        try:
+            publisher.wait(15)
+        except subprocess.TimeoutExpired:
+            publisher.kill()
+        for v in peers:
+            await v.pc.close()
+        await signaling.close()
+        await asyncio.sleep(0.5)
+    sent: dict[bytes, list[float]] = {}
+    if log_path.exists():
+        for key, at in json.loads(log_path.read_text()):
+            sent.setdefault(bytes.fromhex(key), []).append(at)
+    latency = []
+    for v in peers:
+        for key, arrival in v.arrivals:
+            earlier = [t for t in sent.get(key, ()) if t <= arrival]
+            if earlier:
+                latency.append(arrival - earlier[-1])
+    fps = [(a[1] - b[1]) / elapsed for a, b in zip(after, before)]
+    return {"mode": mode, "viewers": viewers, "cpu": cpu, "elapsed": elapsed,
+            "pps": sum(a[0] - b[0] for a, b in zip(after, before)) / elapsed,
+            "fps_median": statistics.median(fps) if fps else float("nan"), "fps_min": min(fps, default=float("nan")),
+            "lat_p50": pct(latency, 0.5), "lat_p99": pct(latency, 0.99), "load": load}
+
+
+def measure_floor(binary: Path, viewers: int, pps: int, size: int, seconds: float) -> dict:
+    load = [os.getloadavg()[0]]
+    if viewers == 0:
+        return {"mode": "floor", "viewers": 0, "cpu": 0.0, "pps": 0.0, "load": load * 2, "elapsed": seconds}
+    out = subprocess.run([str(binary), str(viewers), str(pps), str(size), str(seconds)], capture_output=True,
+                         text=True, timeout=seconds + 30, check=True)
+    result = json.loads(out.stdout)
+    load.append(os.getloadavg()[0])
+    return {"mode": "floor", "viewers": viewers, "cpu": result["cpu"] / result["elapsed"],
+            "pps": result["sent"] / result["elapsed"], "fps_median": float("nan"), "fps_min": float("nan"),
+            "lat_p50": float("nan"), "lat_p99": float("nan"), "load": load, "elapsed": result["elapsed"]}
 
 
 def pct(samples: list[float], q: float) -> float:
@@ -376,189 +651,154 @@ def pct(samples: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))] * 1000
 
 
-def latencies(arrivals: list[tuple[bytes, float]], sent: dict[bytes, list[float]]) -> list[float]:
-    """Arrival minus the latest send of the same frame bytes before it (the clip loops every 3 s)."""
-    out = []
-    for key, arrival in arrivals:
-        earlier = [t for t in sent.get(key, ()) if t <= arrival]
-        if earlier:
-            out.append(arrival - earlier[-1])
-    return out
+def clip_packets(video: list[bytes], audio: list[bytes]) -> tuple[int, int]:
+    """Packets per second and mean packet size on the wire (RTP + MID extension + SRTP tag)."""
+    from aiortc.codecs.h264 import H264Encoder
+
+    sizes = []
+    for frame in video:
+        sizes += [len(p) for p in H264Encoder._packetize(H264Encoder._split_bitstream(frame))]
+    sizes += [len(p) for p in audio]
+    pps = len(sizes) / CLIP_SECONDS
+    return round(pps), round(statistics.mean(sizes)) + 12 + 8 + 10
 
 
-async def publisher_main(info_path: str, clip_path: str, log_path: str) -> None:
-    """The publisher in its own process, so viewers' receive work cannot delay what it sends."""
-    import pickle
-    import signal
-
-    ice.configure(["127.0.0.1"])
-    info = json.loads(Path(info_path).read_text())
-    video, audio = pickle.loads(Path(clip_path).read_bytes())
-    load = Load(info["base"], info, video, audio)
-    sent: dict[bytes, list[float]] = {}
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    await load.publish(sent)
-    print("ready", flush=True)
-    await stop.wait()
-    Path(log_path).write_text(json.dumps({k.hex(): v for k, v in sent.items()}))
-    await load.close()
-
-
-async def measure(mode: str, info: dict, viewers: int, args, clip_path: str, tmp: Path) -> dict:
-    server = psutil.Process(info["pid"])
-    base = f"http://127.0.0.1:{info['port']}"
-    info_path, log_path = tmp / "info.json", tmp / f"sent-{mode}-{viewers}.json"
-    info_path.write_text(json.dumps({**info, "base": base}))
-    publisher = subprocess.Popen([sys.executable, __file__, "--publisher", str(info_path), clip_path, str(log_path)],
-                                 stdout=subprocess.PIPE, cwd=REPO, text=True)
-    load = Load(base, info, [], [])
-    try:
-        assert publisher.stdout is not None
-        if publisher.stdout.readline().strip() != "ready":
-            raise RuntimeError("publisher did not start")
-        # Viewers join a few at a time so the handshakes do not starve the running streams.
-        for start in range(0, viewers, 5):
-            await asyncio.gather(*(load.view() for _ in range(min(5, viewers - start))))
-        await asyncio.sleep(args.warmup)
-        await load.stats()                      # drop warm-up latency samples
-        procs = [server, psutil.Process(publisher.pid)]
-        before_cpu = sum(server.cpu_times()[:2])
-        before = (await load.stats())["packets_sent"]
-        load_before = sum(psutil.Process().cpu_times()[:2]) + sum(procs[1].cpu_times()[:2])
-        load.measuring = True
-        started = time.monotonic()
-        await asyncio.sleep(args.seconds)
-        elapsed = time.monotonic() - started
-        load.measuring = False
-        after_stats = await load.stats()
-        cpu = (sum(server.cpu_times()[:2]) - before_cpu) / elapsed
-        mine = (sum(psutil.Process().cpu_times()[:2]) + sum(procs[1].cpu_times()[:2]) - load_before) / elapsed
-    finally:
-        publisher.terminate()
-        try:
-            publisher.wait(15)
-        except subprocess.TimeoutExpired:
-            publisher.kill()
-        await load.close()
-        await asyncio.sleep(0.5)
-    sent = {bytes.fromhex(k): v for k, v in json.loads(log_path.read_text()).items()} if log_path.exists() else {}
-    e2e = latencies(load.arrivals, sent)
-    return {"mode": mode, "viewers": viewers, "cpu": cpu, "load_cpu": mine,
-            "pps": (after_stats["packets_sent"] - before) / elapsed,
-            "server_p50": pct(after_stats["latency"], 0.5), "server_p99": pct(after_stats["latency"], 0.99),
-            "e2e_p50": pct(e2e, 0.5), "e2e_p99": pct(e2e, 0.99)}
-
-
-def start_server(mode: str, database_url: str, prefix: str) -> tuple[subprocess.Popen, dict]:
-    cmd = [sys.executable, __file__, "--serve", mode, "--database-url", database_url, "--prefix", prefix]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=REPO, text=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line:
-        proc.kill()
-        raise RuntimeError(f"{mode} server did not start")
-    info = json.loads(line)
-    info["pid"] = proc.pid
-    return proc, info
-
+# --- the run ----------------------------------------------------------------------------------
 
 async def run(args) -> None:
+    import pickle
+
     import asyncpg
 
     from odsmedia.storage import migrate
 
-    import pickle
-    import tempfile
-
     ice.configure(["127.0.0.1"])
+    tmp = Path(tempfile.mkdtemp(prefix="ods-sfu-bench-"))
     print("encoding the clip ...", file=sys.stderr)
     clip = make_clip()
-    tmp = Path(tempfile.mkdtemp(prefix="ods-sfu-bench-"))
     clip_path = tmp / "clip.pickle"
     clip_path.write_bytes(pickle.dumps(clip))
     kbps = sum(len(p) for p in clip[0]) * 8 / CLIP_SECONDS / 1000
-    print(f"clip: {len(clip[0])} video frames, {kbps:.0f} kbit/s video", file=sys.stderr)
+    floor_pps, floor_size = clip_packets(*clip)
+    print(f"clip: {kbps:.0f} kbit/s video, {floor_pps} packets/s, mean {floor_size} bytes on the wire",
+          file=sys.stderr)
+    native = build_native(tmp)
+    modes = [m for m in args.modes if m in ("packet", "frame") or (m == "floor" and "sendfloor" in native)
+             or (m.startswith("janus") and "lo_only.so" in native and shutil.which("janus"))]
+    for m in set(args.modes) - set(modes):
+        print(f"{m}: not available on this machine (janus or cc missing), skipped", file=sys.stderr)
     dbname = f"ods_bench_{uuid.uuid4().hex[:8]}"
     admin = await asyncpg.connect(ADMIN_DSN)
     await admin.execute(f'CREATE DATABASE "{dbname}"')
     database_url = ADMIN_DSN.rsplit("/", 1)[0] + "/" + dbname
+    servers: dict[str, tuple[subprocess.Popen, dict]] = {}
     rows = []
     try:
         await migrate(database_url)
-        modes = [("sfu", args.viewers), ("relay", args.relay_viewers)]
-        if args.compare_senders:
-            modes.insert(1, ("sfu-aiortc-loop", args.viewers))
-        for mode, counts in modes:
-            if not counts:
-                continue
-            proc, info = start_server(mode, database_url, f"odsbench:{uuid.uuid4().hex[:6]}:")
-            try:
-                for n in [0, *counts]:
-                    print(f"{mode}: {n} viewers ...", file=sys.stderr)
-                    rows.append(await asyncio.wait_for(measure(mode, info, n, args, str(clip_path), tmp),
-                                                       args.seconds + args.warmup + 120))
-            finally:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+        for mode in modes:
+            if mode in ("packet", "frame"):
+                servers[mode] = start_ods(mode, database_url)
+            elif mode == "janus":
+                servers[mode] = start_janus(tmp, native["lo_only.so"], None)
+            elif mode == "janus-el2":
+                servers[mode] = start_janus(tmp, native["lo_only.so"], 2)
+        for r in range(args.rounds):
+            order = modes if r % 2 == 0 else list(reversed(modes))
+            for n in [0, *args.viewers]:
+                for mode in order:
+                    print(f"round {r + 1}: {mode}, {n} viewers (load {os.getloadavg()[0]:.2f}) ...", file=sys.stderr)
+                    if mode == "floor":
+                        row = measure_floor(native["sendfloor"], n, floor_pps, floor_size, args.seconds)
+                    else:
+                        row = await asyncio.wait_for(measure(mode, servers[mode][1], n, args, str(clip_path), tmp),
+                                                     args.seconds + args.warmup + 120)
+                    row["round"] = r
+                    rows.append(row)
+                    print(json.dumps(row), file=sys.stderr)
     finally:
+        for proc, _ in servers.values():
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
         await admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
         await admin.close()
+        (REPO / "bench" / "last_sfu_fanout.json").write_text(json.dumps(rows, indent=1))
         shutil.rmtree(tmp, ignore_errors=True)
-    report(rows, kbps)
+    report(rows, kbps, floor_pps)
 
 
-def report(rows: list[dict], kbps: float) -> None:
-    base = {r["mode"]: r["cpu"] for r in rows if r["viewers"] == 0}
-    print(f"\nclip video bitrate: {kbps:.0f} kbit/s, 1280x720 {FPS} fps H.264 baseline + Opus\n")
-    print("| mode | viewers | server CPU (cores) | CPU per viewer (% of a core) | egress packets/s | "
-          "server CPU per egress packet (us) | server latency p50/p99 (ms) | end-to-end p50/p99 (ms) | "
-          "load-generator CPU |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    per_viewer: dict[str, list[float]] = {}
+def report(rows: list[dict], kbps: float, pps: int) -> None:
+    base = {(r["mode"], r["round"]): r["cpu"] for r in rows if r["viewers"] == 0}
     for r in rows:
-        pv = (r["cpu"] - base[r["mode"]]) / r["viewers"] * 100 if r["viewers"] else float("nan")
-        if r["viewers"]:
-            per_viewer.setdefault(r["mode"], []).append(pv)
-        sfu_mode = r["mode"].startswith("sfu") and r["viewers"]
-        lat = f"{r['server_p50']:.2f} / {r['server_p99']:.2f}" if sfu_mode else "-"
-        e2e = f"{r['e2e_p50']:.1f} / {r['e2e_p99']:.1f}" if sfu_mode else "-"
-        # Robust to a starved machine: extra CPU over extra packets actually sent.
-        per_packet = (r["cpu"] - base[r["mode"]]) / r["pps"] * 1e6 if r["pps"] else float("nan")
-        print(f"| {r['mode']} | {r['viewers']} | {r['cpu']:.2f} | {pv:.2f} | {r['pps']:.0f} | {per_packet:.0f} | "
-              f"{lat} | {e2e} | {r['load_cpu']:.2f} |")
-    if per_viewer.get("sfu") and per_viewer.get("relay"):
-        sfu = statistics.median(per_viewer["sfu"])
-        relay = statistics.median(per_viewer["relay"])
-        print(f"\nmedian CPU per viewer: sfu {sfu:.2f}% of a core, relay {relay:.2f}%: relay/sfu = {relay / sfu:.1f}x")
+        extra = r["cpu"] - base.get((r["mode"], r["round"]), 0.0)
+        r["per_viewer"] = extra / r["viewers"] * 100 if r["viewers"] else float("nan")
+        r["per_packet"] = extra / r["pps"] * 1e6 if r["viewers"] and r["pps"] else float("nan")
+    modes = list(dict.fromkeys(r["mode"] for r in rows))
+    counts = sorted({r["viewers"] for r in rows if r["viewers"]})
+    print(f"\nclip: 1280x720 {FPS} fps H.264 42e01f at {kbps:.0f} kbit/s + Opus; {pps} RTP packets/s per viewer")
+    print("\n| viewers | server | CPU per viewer (% core) | us per delivered packet | delivered pkt/s | "
+          "fps median / min | forward latency p50 / p99 (ms) | load avg (1 min) |")
+    print("|---|---|---|---|---|---|---|---|")
+
+    def med(values):
+        values = [v for v in values if not math.isnan(v)]
+        return statistics.median(values) if values else float("nan")
+
+    for n in counts:
+        for mode in modes:
+            rs = [r for r in rows if r["mode"] == mode and r["viewers"] == n]
+            if not rs:
+                continue
+            loads = [x for r in rs for x in r["load"]]
+            fps = f"{med([r['fps_median'] for r in rs]):.1f} / {min(r['fps_min'] for r in rs):.1f}" \
+                if mode != "floor" else "-"
+            lat = f"{med([r['lat_p50'] for r in rs]):.1f} / {med([r['lat_p99'] for r in rs]):.1f}" \
+                if mode != "floor" else "-"
+            print(f"| {n} | {mode} | {med([r['per_viewer'] for r in rs]):.3f} | {med([r['per_packet'] for r in rs]):.1f}"
+                  f" | {med([r['pps'] for r in rs]):.0f} | {fps} | {lat} | {min(loads):.2f}-{max(loads):.2f} |")
+    if "packet" in modes:
+        print("\nRatios of us per delivered packet, computed within each round, median over rounds "
+              "(> 1: the other costs more than the packet path):\n")
+        others = [m for m in modes if m != "packet"]
+        print("| viewers | " + " | ".join(f"{m} / packet" for m in others) + " |")
+        print("|---|" + "---|" * len(others))
+        for n in counts:
+            cells = []
+            for m in others:
+                ratios = []
+                for r in {x["round"] for x in rows}:
+                    p = next((x for x in rows if x["mode"] == "packet" and x["viewers"] == n and x["round"] == r), None)
+                    o = next((x for x in rows if x["mode"] == m and x["viewers"] == n and x["round"] == r), None)
+                    if p and o and p["per_packet"] > 0:
+                        ratios.append(o["per_packet"] / p["per_packet"])
+                cells.append(f"{med(ratios):.2f}" if ratios else "-")
+            print(f"| {n} | " + " | ".join(cells) + " |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--viewers", default="1,10,25,50", help="viewer counts for the SFU")
-    parser.add_argument("--relay-viewers", default="1,4", help="viewer counts for the re-encoding relay")
-    parser.add_argument("--seconds", type=float, default=8.0, help="measured window per step")
-    parser.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring")
-    parser.add_argument("--compare-senders", action="store_true",
-                        help="also run the SFU with aiortc's own RTP loop instead of the lean one")
-    parser.add_argument("--serve", choices=("sfu", "sfu-aiortc-loop", "relay"), help=argparse.SUPPRESS)
+    parser.add_argument("--viewers", default="1,5,10,20,40", help="viewer counts")
+    parser.add_argument("--modes", default="packet,frame,janus,janus-el2,floor", help="servers to measure")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds, alternating the order of the servers")
+    parser.add_argument("--seconds", type=float, default=6.0, help="measured window per step")
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
+    parser.add_argument("--serve", choices=("packet", "frame"), help=argparse.SUPPRESS)
     parser.add_argument("--database-url", help=argparse.SUPPRESS)
     parser.add_argument("--prefix", help=argparse.SUPPRESS)
     parser.add_argument("--publisher", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.publisher:
         asyncio.run(publisher_main(*args.publisher))
-    elif args.serve in ("sfu", "sfu-aiortc-loop"):
-        asyncio.run(serve_sfu(args.database_url, args.prefix, aiortc_loop=args.serve == "sfu-aiortc-loop"))
-    elif args.serve == "relay":
-        asyncio.run(serve_relay())
+    elif args.serve:
+        asyncio.run(serve_ods(args.database_url, args.prefix, args.serve))
     else:
         args.viewers = [int(v) for v in args.viewers.split(",") if v]
-        args.relay_viewers = [int(v) for v in args.relay_viewers.split(",") if v]
-        asyncio.run(asyncio.wait_for(run(args), 1800))
+        if any(v < 0 or v > 100 for v in args.viewers) or not 1 <= args.rounds <= 10 or args.seconds > 60:
+            parser.error("at most 100 viewers, 10 rounds and 60 s windows")
+        args.modes = [m for m in args.modes.split(",") if m]
+        asyncio.run(asyncio.wait_for(run(args), 3600))
 
 
 if __name__ == "__main__":
