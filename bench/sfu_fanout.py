@@ -792,7 +792,9 @@ def main() -> None:
     if args.publisher:
         asyncio.run(publisher_main(*args.publisher))
     elif args.serve:
-        asyncio.run(serve_ods(args.database_url, args.prefix, args.serve))
+        from odsmedia.cli import run_async
+
+        run_async(serve_ods(args.database_url, args.prefix, args.serve))   # uvloop, as `odsmedia serve`
     else:
         args.viewers = [int(v) for v in args.viewers.split(",") if v]
         if any(v < 0 or v > 100 for v in args.viewers) or not 1 <= args.rounds <= 10 or args.seconds > 60:

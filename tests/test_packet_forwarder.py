@@ -204,3 +204,23 @@ async def test_mute_holds_and_resumes_at_a_keyframe_and_reports_use_the_publishe
     assert [p.payload for p in wire.packets] == [b"opus-1", b"opus-2", b"opus-4"]
     assert_contiguous(wire.packets)
     fanout.end()
+
+
+def test_direct_protect_matches_pylibsrtp_and_unprotects():
+    import os
+
+    from pylibsrtp import Policy, Session
+
+    from odsmedia.media.srtp import direct_protect
+
+    key = os.urandom(28)
+
+    def session(direction: int) -> Session:
+        return Session(Policy(key=key, ssrc_type=direction, srtp_profile=Policy.SRTP_PROFILE_AEAD_AES_128_GCM))
+
+    packet = bytes([0x80, 102, 0, 7]) + (3000).to_bytes(4, "big") + (1234).to_bytes(4, "big") + os.urandom(1100)
+    protected = direct_protect(session(Policy.SSRC_ANY_OUTBOUND))(packet)
+    assert protected == session(Policy.SSRC_ANY_OUTBOUND).protect(packet)
+    assert session(Policy.SSRC_ANY_INBOUND).unprotect(protected) == packet
+    with pytest.raises(ValueError):
+        direct_protect(session(Policy.SSRC_ANY_OUTBOUND))(packet * 2)

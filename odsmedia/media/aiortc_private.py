@@ -1,4 +1,4 @@
-"""Every aiortc/aioice private the media path touches, named in one place.
+"""Every aiortc/aioice/pylibsrtp private the media path touches, named in one place.
 
 aiortc (pinned ``1.16.*``) has no public hook for encoded frames, RTP
 packets or the sockets under a peer connection, so the SFU reaches into
@@ -75,6 +75,10 @@ ICE_CONNECTION = "_connection"                    # RTCIceTransport -> aioice.Co
 ICE_NOMINATED = "_nominated"                      # component -> CandidatePair (socket + remote address)
 ICE_MODULE_ATTRS = ("get_host_addresses", "validate_remote_candidate", "StunProtocol")
 
+# --- pylibsrtp (under aiortc) ------------------------------------------------------------------
+SRTP_SESSION_HANDLE = "_srtp"                     # Session -> srtp_t* (cffi), for the direct protect call
+SRTP_BINDING_ATTRS = ("ffi", "lib")               # pylibsrtp._binding: lib.srtp_protect
+
 # --- module level -----------------------------------------------------------------------------
 JITTER_BUFFER_ATTRS = ("_remove_frame", "remove")                 # EagerJitterBuffer overrides/calls
 JITTER_BUFFER_INSTANCE = ("_packets", "_origin", "_capacity", "_is_video")
@@ -86,7 +90,15 @@ def missing(obj: Any, names: tuple[str, ...]) -> list[str]:
 
 
 def missing_module_level() -> list[str]:
+    import pylibsrtp
+    import pylibsrtp._binding
+
     out = [f"aioice.ice.{n}" for n in missing(aioice.ice, ICE_MODULE_ATTRS)]
+    out += [f"pylibsrtp._binding.{n}" for n in missing(pylibsrtp._binding, SRTP_BINDING_ATTRS)]
+    if not hasattr(pylibsrtp._binding.lib, "srtp_protect"):
+        out.append("pylibsrtp._binding.lib.srtp_protect")
+    if not hasattr(pylibsrtp.Session(), SRTP_SESSION_HANDLE):
+        out.append(f"pylibsrtp.Session.{SRTP_SESSION_HANDLE}")
     out += [f"aiortc.rtcrtpsender.{n}" for n in missing(aiortc.rtcrtpsender, SENDER_MODULE_ATTRS)]
     out += [f"JitterBuffer.{n}" for n in missing(aiortc.jitterbuffer.JitterBuffer, JITTER_BUFFER_ATTRS)]
     return out

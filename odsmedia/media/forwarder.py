@@ -291,7 +291,15 @@ class PacketFanout:
                         d.ssrc) + (d.ext if level is None else d.ext_with_level(level)) + payload
             d.packets += 1
             d.octets += len(payload)
-            d.sendto(d.protect(data), d.addr)   # type: ignore[misc]
+            try:                                         # (free in 3.11 unless it raises)
+                d.sendto(d.protect(data), d.addr)   # type: ignore[misc]
+            except Exception:
+                self._failed(d)
+
+    def _failed(self, d: Downstream) -> None:
+        # One subscriber's SRTP or socket failed: it leaves, the others go on.
+        log.exception("forwarding to a subscriber failed; it is dropped")
+        d.disconnect()
 
     def _opens_keyframe(self, seq: int, ts: int, payload: bytes) -> bool:
         if not starts_keyframe(self.codec, payload):

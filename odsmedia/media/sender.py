@@ -214,6 +214,7 @@ async def lean_run_rtp(sender: RTCRtpSender, codec) -> None:
 # (``report_sink``), PLI/FIR go through ``on_keyframe_request``.
 
 from .forwarder import Downstream  # noqa: E402
+from .srtp import direct_protect  # noqa: E402
 
 _P = private
 
@@ -276,5 +277,5 @@ def connect_downstream(sender: RTCRtpSender, downstream: Downstream) -> bool:
 
         def sendto(data: bytes, addr: tuple[str, int]) -> None:
             asyncio.ensure_future(protocol.send_data(data, addr))
-    downstream.connect(srtp.protect, sendto, pair.remote_addr)
+    downstream.connect(direct_protect(srtp), sendto, pair.remote_addr)
     return True
