@@ -134,9 +134,12 @@ async def test_loss_to_one_viewer_is_repaired_by_nack_and_reports_keep_av_sync(c
         lossy_video = next(s for s in lossy if s.kind == "video").downstream
         assert dropped["video"] >= 5
         assert lossy_video.retransmitted >= dropped["video"] - 2     # (a drop in the last moments may be pending)
+        # The lossy viewer's receiver reports say so; the others report nothing lost.
+        await wait_for(lambda: lossy_video.cumulative_lost > 0, 5, "a receiver report with the loss")
         for name in ("clean 1", "clean 2"):
             for subscription in server_subscriptions(client, room.slug, name):
                 assert subscription.downstream.retransmitted == 0   # nobody else saw a repair
+                assert subscription.downstream.cumulative_lost == 0
             for tap in taps[name].values():                         # nor a gap in their numbering
                 seqs = [p[1] for p in tap.packets]
                 assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:]))

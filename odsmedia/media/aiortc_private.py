@@ -55,12 +55,13 @@ SENDER_PACKET_COUNT = _S + "packet_count"
 SENDER_RUN_RTP = "_run_rtp"                       # replaced per sender: lean loop / packet path
 SENDER_RETRANSMIT = "_retransmit"                 # replaced per sender on the packet path
 SENDER_SEND_KEYFRAME = "_send_keyframe"           # viewer PLI/FIR -> ask the publisher
+SENDER_HANDLE_RTCP = "_handle_rtcp_packet"        # replaced per sender on the packet path
 SENDER_RTX_SSRC = "_rtx_ssrc"
 SENDER_SSRC = "_ssrc"
 SENDER_ATTRS = (SENDER_ENCODER, SENDER_TRACK, SENDER_MID, SENDER_EXTENSIONS_MAP, SENDER_RTX_PAYLOAD_TYPE,
                 SENDER_RTX_SEQUENCE, SENDER_RTP_TASK, SENDER_RTP_STARTED, SENDER_RTP_EXITED, SENDER_RTP_HISTORY,
                 SENDER_NTP_TIMESTAMP, SENDER_RTP_TIMESTAMP, SENDER_OCTET_COUNT, SENDER_PACKET_COUNT,
-                SENDER_RUN_RTP, SENDER_RETRANSMIT, SENDER_SEND_KEYFRAME, SENDER_RTX_SSRC, SENDER_SSRC)
+                SENDER_RUN_RTP, SENDER_RETRANSMIT, SENDER_SEND_KEYFRAME, SENDER_HANDLE_RTCP, SENDER_RTX_SSRC, SENDER_SSRC)
 
 # --- RTCDtlsTransport -------------------------------------------------------------------------
 _D = "_RTCDtlsTransport__"

@@ -67,7 +67,7 @@ class Downstream:
     __slots__ = ("fanout", "video", "ssrc", "rtx_ssrc", "pt", "rtx_pt", "rtx_seq", "seq_off", "ts_off",
                  "gated", "next_seq", "next_ts", "held_at", "segments", "first_byte", "ext", "_ext_map",
                  "_mid", "_levels", "protect", "sendto", "addr", "packets", "octets", "retransmitted",
-                 "resumes", "active", "configured", "report_sink")
+                 "resumes", "active", "configured", "report_sink", "fraction_lost", "jitter", "cumulative_lost")
 
     def __init__(self, fanout: "PacketFanout") -> None:
         self.fanout = fanout
@@ -100,6 +100,10 @@ class Downstream:
         self.active = False            # configured (negotiated) and connected (SRTP + socket)
         self.configured = False
         self.report_sink: Callable[[tuple[int, int] | None], None] | None = None
+        # From the subscriber's receiver reports (RFC 3550 6.4.1).
+        self.fraction_lost = 0
+        self.jitter = 0
+        self.cumulative_lost = 0
 
     # --- set-up (the sender's parameters and its connected transport) -----------------------
 

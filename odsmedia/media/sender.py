@@ -213,6 +213,9 @@ async def lean_run_rtp(sender: RTCRtpSender, codec) -> None:
 # handler stay: sender reports get their figures from the PacketFanout
 # (``report_sink``), PLI/FIR go through ``on_keyframe_request``.
 
+from aiortc.rtp import (RTCP_PSFB_FIR, RTCP_PSFB_PLI, RTCP_RTPFB_NACK, RtcpPsfbPacket,  # noqa: E402
+                        RtcpRrPacket, RtcpRtpfbPacket, RtcpSrPacket)
+
 from .forwarder import Downstream  # noqa: E402
 from .srtp import direct_protect  # noqa: E402
 
@@ -255,8 +258,27 @@ def install_downstream(sender: RTCRtpSender, downstream: Downstream) -> None:
         setattr(dtls, _P.DTLS_TX_PACKETS, getattr(dtls, _P.DTLS_TX_PACKETS) + packets)
         setattr(dtls, _P.DTLS_TX_BYTES, getattr(dtls, _P.DTLS_TX_BYTES) + octets + packets * (12 + len(downstream.ext) + 10))
 
+    async def handle_rtcp(packet) -> None:
+        # aiortc's handler, leaner: receiver reports only update three figures (no stats
+        # objects, no datetimes), NACKs go to the publication's history, PLI/FIR to the
+        # publisher (rate-limited there).  REMB is not acted on: one publisher encoding
+        # serves every viewer, so one viewer's estimate must not lower everyone's quality
+        # (docs/forwarding.md).
+        if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+            for block in packet.reports:
+                if block.ssrc == downstream.ssrc:
+                    downstream.fraction_lost = block.fraction_lost
+                    downstream.jitter = block.jitter
+                    downstream.cumulative_lost = block.packets_lost
+        elif isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+            for seq in packet.lost:
+                await downstream.retransmit(seq)
+        elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+            getattr(sender, _P.SENDER_SEND_KEYFRAME)()
+
     setattr(sender, _P.SENDER_RUN_RTP, run_rtp)
     setattr(sender, _P.SENDER_RETRANSMIT, downstream.retransmit)
+    setattr(sender, _P.SENDER_HANDLE_RTCP, handle_rtcp)
     downstream.report_sink = report
 
 
