@@ -83,6 +83,15 @@ def on_keyframe_request(sender: RTCRtpSender, callback: Callable[[], None]) -> N
 # aiortc's own (same header extensions, same RTX/NACK history, same RTCP
 # sender-report bookkeeping); test_aiortc_hooks and the forwarding tests
 # decode what it sends.
+#
+# It is the frame path's loop only (``media.forwarding = "frame"``); the
+# default packet path sends nothing from the sender (``install_downstream``
+# below).  It mirrors ``RTCRtpSender._run_rtp`` of the aiortc 1.16.0 release
+# (aiortc/rtcrtpsender.py, the loop after ``_next_encoded_frame``: one
+# RtpPacket per payload, abs-send-time + MID extensions, history entry,
+# ``transport._send_rtp``, then the ntp/rtp timestamp and octet/packet
+# counters its RTCP loop reads); re-check it against that function when the
+# aiortc pin moves.
 
 import asyncio  # noqa: E402
 import struct  # noqa: E402
