@@ -224,3 +224,12 @@ def test_direct_protect_matches_pylibsrtp_and_unprotects():
     assert session(Policy.SSRC_ANY_INBOUND).unprotect(protected) == packet
     with pytest.raises(ValueError):
         direct_protect(session(Policy.SSRC_ANY_OUTBOUND))(packet * 2)
+
+
+async def test_a_second_copy_of_an_older_packet_is_not_forwarded_again():
+    fanout = PacketFanout("video", "H264", 90000)
+    d, wire = subscriber(fanout, ssrc=1, mid="0")
+    seq = keyframe(fanout, 7, 10, 0)
+    delta(fanout, 7, seq, 3000)
+    fanout.on_packet(7, 11, 0, 0, FU_IDR_START, None)      # the publisher retransmits one we have
+    assert len(wire.packets) == 4

@@ -272,7 +272,12 @@ class PacketFanout:
                     self.max_ts = ts
             elif 0x10000 - delta > MAX_JUMP:
                 self._restart(ssrc, seq, ts, now)
-            # else: an older packet (reordered, or the publisher's retransmission): forwarded as is
+            else:
+                # An older packet: reordered, or the publisher's retransmission of one the
+                # server lost (forwarded as is), or a second copy of one it has (dropped).
+                entry = self._history[seq & (HISTORY_SIZE - 1)]
+                if entry is not None and entry[0] == seq and entry[1] == self.epoch:
+                    return
         self.last_arrival = now
         epoch = self.epoch
         self._history[seq & (HISTORY_SIZE - 1)] = (seq, epoch, ts, marker, payload, level)
