@@ -516,9 +516,10 @@ async def publisher_main(info_path: str, clip_path: str, log_path: str) -> None:
                 for c in t._codecs if c.name != "rtx"}
 
     async def timed_send_rtp(data: bytes) -> None:
-        await send_rtp(data)
-        if data[1] & 0x80 and data[1] & 0x7F in video_pt:       # a video frame's last packet, sent
+        # Timed as it is handed over (before, so a viewer can never see it "earlier").
+        if data[1] & 0x80 and data[1] & 0x7F in video_pt:       # a video frame's last packet
             sent.append((payload_key(data).hex(), time.monotonic()))
+        await send_rtp(data)
 
     dtls._send_rtp = timed_send_rtp
     await connected(pc)
@@ -621,7 +622,8 @@ async def measure(mode: str, info: dict, viewers: int, args, clip_path: str, tmp
     latency = []
     for v in peers:
         for key, arrival in v.arrivals:
-            earlier = [t for t in sent.get(key, ()) if t <= arrival]
+            # The clip loops every 3 s: the send of these bytes within the last second.
+            earlier = [t for t in sent.get(key, ()) if arrival - 1.0 <= t <= arrival]
             if earlier:
                 latency.append(arrival - earlier[-1])
     fps = [(a[1] - b[1]) / elapsed for a, b in zip(after, before)]
@@ -796,6 +798,9 @@ def main() -> None:
 
         run_async(serve_ods(args.database_url, args.prefix, args.serve))   # uvloop, as `odsmedia serve`
     else:
+        import signal
+
+        signal.signal(signal.SIGTERM, signal.default_int_handler)   # stop like Ctrl-C: servers and database cleaned up
         args.viewers = [int(v) for v in args.viewers.split(",") if v]
         if any(v < 0 or v > 100 for v in args.viewers) or not 1 <= args.rounds <= 10 or args.seconds > 60:
             parser.error("at most 100 viewers, 10 rounds and 60 s windows")
