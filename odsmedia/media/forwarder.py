@@ -47,8 +47,6 @@ import random
 import time
 from typing import Callable
 
-from aiortc import clock
-
 from .rtp import HEADER, RTX_OSN, extension_block, starts_keyframe
 
 log = logging.getLogger("odsmedia.sfu")
@@ -380,9 +378,11 @@ class PacketFanout:
         sr = self._sr
         if sr is not None and sr[2] == self.epoch:
             return sr[0], (sr[1] + d.ts_off) & 0xFFFFFFFF
-        # No publisher report yet: the newest packet's arrival stands for its capture time.
-        age = time.monotonic() - self.last_arrival
-        return clock.current_ntp_time() - int(age * (1 << 32)), (self.max_ts + d.ts_off) & 0xFFFFFFFF
+        # No publisher report for this stream yet: no pair at all (aiortc then reports NTP 0,
+        # which receivers ignore).  An arrival-based pair would disagree with the publisher's
+        # clock by the capture-to-arrival delay, which differs between audio and video, and
+        # receivers fit a line through their last reports: one bad pair skews sync for long.
+        return None
 
     def _report_tick(self) -> None:
         self._report_timer = None
