@@ -195,6 +195,7 @@ async def test_mute_holds_and_resumes_at_a_keyframe_and_reports_use_the_publishe
     fanout.on_packet(3, 2, 1920, 0, b"opus-2", 40)
     assert [(p.payload, p.extensions.audio_level) for p in wire.packets] == [(b"opus-1", (True, 30)),
                                                                              (b"opus-2", (False, 40))]
+    assert fanout.report_for(d) is None                     # no publisher report yet: no pair
     fanout.on_sender_report(3, ntp=123 << 32, rtp_ts=1920)
     assert fanout.report_for(d) == (123 << 32, wire.packets[-1].timestamp)
     fanout.pause(True)
