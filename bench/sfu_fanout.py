@@ -726,7 +726,9 @@ async def run(args) -> None:
                 proc.kill()
         await admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
         await admin.close()
-        (REPO / "bench" / "last_sfu_fanout.json").write_text(json.dumps(rows, indent=1))
+        raw = Path(tempfile.gettempdir()) / f"ods-sfu-fanout-{time.strftime('%Y%m%dT%H%M%S')}.json"
+        raw.write_text(json.dumps(rows, indent=1))
+        print(f"raw rows: {raw}", file=sys.stderr)
         shutil.rmtree(tmp, ignore_errors=True)
     report(rows, kbps, floor_pps)
 
