@@ -13,7 +13,7 @@ import aiortc
 import pytest
 
 from odsmedia.media import aiortc_private as private
-from odsmedia.media.testing import CounterVideoTrack, peer
+from testsupport.peers import CounterVideoTrack, peer
 
 pytestmark = pytest.mark.timeout(60)
 

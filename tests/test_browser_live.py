@@ -151,7 +151,7 @@ async def test_browser_viewer_plays_the_packet_path_in_sync(client, room_factory
         first = stats
         await asyncio.sleep(4)
         last = await viewer.evaluate(INBOUND_STATS)
-        live = client.server.app[FEATURES]["sfu"].get(room.slug)
+        live = client.server.app[SFU].get(room.slug)
         subscriptions = [s for p in live.participants.values() for tr in p.transports.values()
                          for s in getattr(tr, "subscriptions", [])]
         assert subscriptions and all(s.downstream is not None and s.downstream.packets for s in subscriptions)

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 import pytest
 from aiortc.rtp import RtcpSrPacket
 
-from odsmedia.keys import FEATURES
-from odsmedia.media.testing import Publisher, SignalingClient, Viewer
+from odsmedia.rooms.sfu import SFU
 from odsmedia.rooms.transport import SubscriberTransport
+from testsupport.peers import Viewer
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -81,120 +81,96 @@ def wiretap(viewer: Viewer) -> dict[str, Wiretap]:
 
 
 def server_subscriptions(client, slug: str, name: str):
-    live = client.server.app[FEATURES]["sfu"].get(slug)
+    live = client.server.app[SFU].get(slug)
     return [s for p in live.participants.values() if p.name == name for tr in p.transports.values()
             if isinstance(tr, SubscriberTransport) for s in tr.subscriptions]
 
 
-async def open_viewer(base: str, slug: str, name: str) -> tuple[Viewer, dict[str, Wiretap]]:
-    viewer = Viewer(SignalingClient(base, slug))
-    await viewer.client.connect()
-    await viewer.client.join(name=name)
+async def open_viewer(peers, client, room, name: str) -> tuple[Viewer, dict[str, Wiretap]]:
+    viewer = await peers.viewer(client, room, name=name)
     await viewer.subscribe()
     return viewer, wiretap(viewer)
 
 
-async def test_loss_to_one_viewer_is_repaired_by_nack_and_reports_keep_av_sync(client, room_factory, token_factory):
+async def test_loss_to_one_viewer_is_repaired_by_nack_and_reports_keep_av_sync(client, peers, room_factory):
     room = await room_factory()
-    base = str(client.make_url(""))
-    host = SignalingClient(base, room.slug)
-    await host.connect()
-    await host.join(await token_factory(room, "host"))
-    publisher = Publisher(host)
+    publisher = await peers.host(client, room)
     viewers: list[Viewer] = []
-    try:
-        await publisher.publish(fps=30, width=640, height=360)
-        taps = {}
-        for name in ("lossy", "clean 1", "clean 2"):
-            viewer, taps[name] = await open_viewer(base, room.slug, name)
-            viewers.append(viewer)
-        lossy = server_subscriptions(client, room.slug, "lossy")
-        await wait_for(lambda: all(s.downstream.active and s.downstream.packets for s in lossy), 20, "lossy viewer live")
+    await publisher.publish(fps=30, width=640, height=360)
+    taps = {}
+    for name in ("lossy", "clean 1", "clean 2"):
+        viewer, taps[name] = await open_viewer(peers, client, room, name)
+        viewers.append(viewer)
+    lossy = server_subscriptions(client, room.slug, "lossy")
+    await wait_for(lambda: all(s.downstream.active and s.downstream.packets for s in lossy), 20, "lossy viewer live")
 
-        # 5% of what the server sends this viewer (media and repairs alike) never arrives.
-        # Seeded per kind: the video draws include two losses in a row.
-        rngs = {"video": random.Random(2), "audio": random.Random(3)}
-        dropped = {"audio": 0, "video": 0}
-        for subscription in lossy:
-            d = subscription.downstream
-            send = d.sendto
+    # 5% of what the server sends this viewer (media and repairs alike) never arrives.
+    # Seeded per kind: the video draws include two losses in a row.
+    rngs = {"video": random.Random(2), "audio": random.Random(3)}
+    dropped = {"audio": 0, "video": 0}
+    for subscription in lossy:
+        d = subscription.downstream
+        send = d.sendto
 
-            def lossy_send(data, addr, send=send, kind=subscription.kind):
-                if rngs[kind].random() < 0.05:
-                    dropped[kind] += 1
-                    return
-                send(data, addr)
+        def lossy_send(data, addr, send=send, kind=subscription.kind):
+            if rngs[kind].random() < 0.05:
+                dropped[kind] += 1
+                return
+            send(data, addr)
 
-            d.sendto = lossy_send
-        start = {id(v): len(v.video().counters) for v in viewers}
-        await wait_for(lambda: all(len(v.video().counters) - start[id(v)] >= 150 for v in viewers), 60,
-                       "150 more frames per viewer")
-        for viewer in viewers:
-            assert_consecutive(viewer.video().counters)             # the lossy one too: every loss repaired
-        lossy_video = next(s for s in lossy if s.kind == "video").downstream
-        assert dropped["video"] >= 5
-        assert lossy_video.retransmitted >= dropped["video"] - 2     # (a drop in the last moments may be pending)
-        # The lossy viewer's receiver reports say so; the others report nothing lost.
-        await wait_for(lambda: lossy_video.cumulative_lost > 0, 5, "a receiver report with the loss")
-        for name in ("clean 1", "clean 2"):
-            for subscription in server_subscriptions(client, room.slug, name):
-                assert subscription.downstream.retransmitted == 0   # nobody else saw a repair
-                assert subscription.downstream.cumulative_lost == 0
-            for tap in taps[name].values():                         # nor a gap in their numbering
-                seqs = [p[1] for p in tap.packets]
-                assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:]))
-
-        # Sender reports put audio and video of one moment at the same publisher time (lip sync):
-        # for the newest packet of each kind, capture time minus arrival time agrees within 40 ms.
-        tap = taps["clean 1"]
-        await wait_for(lambda: tap["audio"].reports and tap["video"].reports, 10, "sender reports")
-        offsets = {}
-        for kind in ("audio", "video"):
-            _, _, ts, arrival = tap[kind].packets[-1]
-            offsets[kind] = tap[kind].capture_time(ts) - arrival
-        assert abs(offsets["audio"] - offsets["video"]) < 0.04, offsets
-    finally:
-        for viewer in viewers:
-            await viewer.close()
-            await viewer.client.close()
-        await publisher.close()
-        await host.close()
-
-
-async def test_publisher_encoder_restart_keeps_every_viewer_playing(client, room_factory, token_factory):
-    room = await room_factory()
-    base = str(client.make_url(""))
-    host = SignalingClient(base, room.slug)
-    await host.connect()
-    await host.join(await token_factory(room, "host"))
-    publisher = Publisher(host)
-    viewers: list[Viewer] = []
-    try:
-        reply = await publisher.publish(fps=15, audio=False)
-        taps = []
-        for name in ("first", "second"):
-            viewer, tap = await open_viewer(base, room.slug, name)
-            viewers.append(viewer)
-            taps.append(tap["video"])
-        await wait_for(lambda: all(v.video() and len(v.video().counters) >= 15 for v in viewers), 30, "15 frames")
-        publication = client.server.app[FEATURES]["sfu"].get(room.slug).publications[reply["publications"][0]["id"]]
-        old_ssrc = publication.fanout.ssrc
-        new_ssrc = await publisher.restart_video_encoder()
-        assert new_ssrc != old_ssrc
-        before = [len(v.video().counters) for v in viewers]
-        await wait_for(lambda: all(len(v.video().counters) - b >= 30 for v, b in zip(viewers, before)), 30,
-                       "30 frames after the restart")
-        assert publication.fanout.restarts == 1 and publication.fanout.ssrc == new_ssrc
-        for viewer, tap in zip(viewers, taps):
-            assert_consecutive(viewer.video().counters)              # not one picture lost or repeated
-            assert len({p[0] for p in tap.packets}) == 1             # one SSRC for the viewer throughout
+        d.sendto = lossy_send
+    start = {id(v): len(v.video().counters) for v in viewers}
+    await wait_for(lambda: all(len(v.video().counters) - start[id(v)] >= 150 for v in viewers), 60,
+                   "150 more frames per viewer")
+    for viewer in viewers:
+        assert_consecutive(viewer.video().counters)             # the lossy one too: every loss repaired
+    lossy_video = next(s for s in lossy if s.kind == "video").downstream
+    assert dropped["video"] >= 5
+    assert lossy_video.retransmitted >= dropped["video"] - 2     # (a drop in the last moments may be pending)
+    # The lossy viewer's receiver reports say so; the others report nothing lost.
+    await wait_for(lambda: lossy_video.cumulative_lost > 0, 5, "a receiver report with the loss")
+    for name in ("clean 1", "clean 2"):
+        for subscription in server_subscriptions(client, room.slug, name):
+            assert subscription.downstream.retransmitted == 0   # nobody else saw a repair
+            assert subscription.downstream.cumulative_lost == 0
+        for tap in taps[name].values():                         # nor a gap in their numbering
             seqs = [p[1] for p in tap.packets]
-            assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:]))   # contiguous across it
-            stamps = [p[2] for p in tap.packets]
-            assert all((b - a) & 0xFFFFFFFF < 1 << 31 for a, b in zip(stamps, stamps[1:]))   # never backwards
-    finally:
-        for viewer in viewers:
-            await viewer.close()
-            await viewer.client.close()
-        await publisher.close()
-        await host.close()
+            assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:]))
+
+    # Sender reports put audio and video of one moment at the same publisher time (lip sync):
+    # for the newest packet of each kind, capture time minus arrival time agrees within 40 ms.
+    tap = taps["clean 1"]
+    await wait_for(lambda: tap["audio"].reports and tap["video"].reports, 10, "sender reports")
+    offsets = {}
+    for kind in ("audio", "video"):
+        _, _, ts, arrival = tap[kind].packets[-1]
+        offsets[kind] = tap[kind].capture_time(ts) - arrival
+    assert abs(offsets["audio"] - offsets["video"]) < 0.04, offsets
+
+
+async def test_publisher_encoder_restart_keeps_every_viewer_playing(client, peers, room_factory):
+    room = await room_factory()
+    publisher = await peers.host(client, room)
+    viewers: list[Viewer] = []
+    reply = await publisher.publish(fps=15, audio=False)
+    taps = []
+    for name in ("first", "second"):
+        viewer, tap = await open_viewer(peers, client, room, name)
+        viewers.append(viewer)
+        taps.append(tap["video"])
+    await wait_for(lambda: all(v.video() and len(v.video().counters) >= 15 for v in viewers), 30, "15 frames")
+    publication = client.server.app[SFU].get(room.slug).publications[reply["publications"][0]["id"]]
+    old_ssrc = publication.fanout.ssrc
+    new_ssrc = await publisher.restart_video_encoder()
+    assert new_ssrc != old_ssrc
+    before = [len(v.video().counters) for v in viewers]
+    await wait_for(lambda: all(len(v.video().counters) - b >= 30 for v, b in zip(viewers, before)), 30,
+                   "30 frames after the restart")
+    assert publication.fanout.restarts == 1 and publication.fanout.ssrc == new_ssrc
+    for viewer, tap in zip(viewers, taps):
+        assert_consecutive(viewer.video().counters)              # not one picture lost or repeated
+        assert len({p[0] for p in tap.packets}) == 1             # one SSRC for the viewer throughout
+        seqs = [p[1] for p in tap.packets]
+        assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:]))   # contiguous across it
+        stamps = [p[2] for p in tap.packets]
+        assert all((b - a) & 0xFFFFFFFF < 1 << 31 for a, b in zip(stamps, stamps[1:]))   # never backwards

@@ -219,7 +219,7 @@ def remember_codec(sender: Any) -> None:
 async def restart_sender(sender: Any) -> int:
     from aiortc.utils import random32
 
-    from . import aiortc_private as private
+    from odsmedia.media import aiortc_private as private
 
     track = getattr(sender, private.SENDER_TRACK)
     # Detach the track first: aiortc's loop stops its track when it ends.

@@ -21,7 +21,8 @@ class MediaFrame:
 
 
 class Sink(Protocol):
-    """What a Publication fans frames out to: a Subscription (one viewer) or the recorder's track."""
+    """What a Publication fans frames out to: the recorder's track, and each Subscription when
+    ``media.forwarding = "frame"`` (live viewers are otherwise served by the packet fan-out)."""
 
     def on_frame(self, frame: MediaFrame) -> None:
         """One frame, on the event loop: queue it and return, never block or await."""
