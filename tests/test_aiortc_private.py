@@ -23,7 +23,11 @@ def test_aiortc_series_is_pinned():
 
 
 def test_module_level_privates_exist():
+    from aiortc.jitterbuffer import JitterBuffer
+
     assert private.missing_module_level() == []
+    # What EagerJitterBuffer reads on an instance.
+    assert private.missing(JitterBuffer(128, is_video=True), private.JITTER_BUFFER_INSTANCE) == []
 
 
 async def test_object_privates_exist_on_a_connected_pair():

@@ -31,7 +31,8 @@ RECEIVER_HANDLE_RTP = "_handle_rtp_packet"        # called per packet after SRTP
 RECEIVER_HANDLE_RTCP = "_handle_rtcp_packet"      # publisher's sender reports (lip-sync mapping)
 RECEIVER_SEND_PLI = "_send_rtcp_pli"              # keyframe request upstream
 RECEIVER_SEND_NACK = "_send_rtcp_nack"            # loss repair upstream
-RECEIVER_ATTRS = (RECEIVER_DECODER_QUEUE, RECEIVER_STARTED, RECEIVER_JITTER_BUFFER, RECEIVER_RTX_SSRC,
+RECEIVER_ENABLED = "_enabled"                     # a disabled receiver drops what arrives
+RECEIVER_ATTRS = (RECEIVER_ENABLED, RECEIVER_DECODER_QUEUE, RECEIVER_STARTED, RECEIVER_JITTER_BUFFER, RECEIVER_RTX_SSRC,
                   RECEIVER_CODECS, RECEIVER_HANDLE_RTP, RECEIVER_HANDLE_RTCP, RECEIVER_SEND_PLI,
                   RECEIVER_SEND_NACK)
 
@@ -58,7 +59,8 @@ SENDER_SEND_KEYFRAME = "_send_keyframe"           # viewer PLI/FIR -> ask the pu
 SENDER_HANDLE_RTCP = "_handle_rtcp_packet"        # replaced per sender on the packet path
 SENDER_RTX_SSRC = "_rtx_ssrc"
 SENDER_SSRC = "_ssrc"
-SENDER_ATTRS = (SENDER_ENCODER, SENDER_TRACK, SENDER_MID, SENDER_EXTENSIONS_MAP, SENDER_RTX_PAYLOAD_TYPE,
+SENDER_ENABLED = "_enabled"                       # the frame path's loop skips frames while disabled
+SENDER_ATTRS = (SENDER_ENABLED, SENDER_ENCODER, SENDER_TRACK, SENDER_MID, SENDER_EXTENSIONS_MAP, SENDER_RTX_PAYLOAD_TYPE,
                 SENDER_RTX_SEQUENCE, SENDER_RTP_TASK, SENDER_RTP_STARTED, SENDER_RTP_EXITED, SENDER_RTP_HISTORY,
                 SENDER_NTP_TIMESTAMP, SENDER_RTP_TIMESTAMP, SENDER_OCTET_COUNT, SENDER_PACKET_COUNT,
                 SENDER_RUN_RTP, SENDER_RETRANSMIT, SENDER_SEND_KEYFRAME, SENDER_HANDLE_RTCP, SENDER_RTX_SSRC, SENDER_SSRC)

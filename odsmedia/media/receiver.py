@@ -157,7 +157,7 @@ def tap_packets(receiver: RTCRtpReceiver, on_packet: Callable[[int, int, int, in
 
     async def rtp(packet: Any, arrival_time_ms: int) -> None:
         codec = codecs.get(packet.payload_type)
-        if codec is not None and receiver._enabled:
+        if codec is not None and getattr(receiver, private.RECEIVER_ENABLED):
             level = packet.extensions.audio_level
             if level is not None:
                 level = (0x80 if level[0] else 0) | level[1]

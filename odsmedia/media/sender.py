@@ -150,7 +150,7 @@ async def lean_run_rtp(sender: RTCRtpSender, codec) -> None:
     try:
         while True:
             frame = await track.recv()
-            if not sender._enabled:
+            if not getattr(sender, private.SENDER_ENABLED):
                 continue
             payloads, relative = packer.pack(frame)
             if not payloads:
