@@ -160,7 +160,8 @@ async def test_browser_viewer_plays_the_packet_path_in_sync(client, room_factory
         assert decoded >= 4 * 15, last                             # ~the fake camera's rate, not a trickle
         assert video["packetsLost"] == 0 and audio["packetsLost"] == 0, last
         for s in (video, audio):
-            assert s["jitterBufferDelay"] / s["jitterBufferEmittedCount"] < 0.25, last
+            # (mean over the session; NetEq grows it when a starved machine delivers in bursts)
+            assert s["jitterBufferDelay"] / s["jitterBufferEmittedCount"] < 0.5, last
         # ms between what is seen and what is heard, in the publisher's clock (Chromium computes
         # it only from sender reports; a wrong timestamp offset in them would put it seconds or
         # hours apart).  The best of several samples: video's figure moves a frame at a time,
