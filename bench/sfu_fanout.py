@@ -62,7 +62,7 @@ sys.path.insert(0, str(REPO))
 import aiohttp  # noqa: E402
 import av  # noqa: E402
 import psutil  # noqa: E402
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription, sdp  # noqa: E402
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription  # noqa: E402
 from aiortc.mediastreams import MediaStreamError  # noqa: E402
 from aiortc.rtcrtpsender import RTCRtpSender  # noqa: E402
 

@@ -15,8 +15,7 @@ import pytest
 from aiortc import RTCRtpHeaderExtensionParameters, RTCRtpParameters
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 
-from odsmedia.media.forwarder import PacketFanout
-from odsmedia.media.forwarder import Downstream
+from odsmedia.media.forwarder import Downstream, PacketFanout
 from odsmedia.media.rtp import h264_starts_keyframe, starts_keyframe, vp8_starts_keyframe
 
 MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
