@@ -173,6 +173,25 @@ async def serve_ods(database_url: str, prefix: str, forwarding: str) -> None:
                            "ODS_LOG_LEVEL": "warning",
                            "ODS_SECRET_KEY": "bench-secret-key-0123456789-abcdefghijklmnop"})
     app = make_app(config)
+
+    # Bench instrumentation: CPU time spent inside the packet fan-out loop (thread CPU
+    # clock around PacketFanout.on_packet: two clock reads per incoming packet, not per viewer).
+    from odsmedia.media.forwarder import PacketFanout
+
+    loop_cpu = [0.0]
+    on_packet = PacketFanout.on_packet
+
+    def timed_on_packet(self, *args):
+        started = time.thread_time()
+        on_packet(self, *args)
+        loop_cpu[0] += time.thread_time() - started
+
+    PacketFanout.on_packet = timed_on_packet
+
+    async def bench_stats(request: web.Request) -> web.Response:
+        return web.json_response({"fanout_cpu": loop_cpu[0]})
+
+    app.router.add_get("/bench/stats", bench_stats)
     profile_to = os.environ.get("ODS_BENCH_PROFILE")
     if profile_to:
         # Where the server's time goes: a cProfile dump written when the bench stops it.
@@ -571,6 +590,15 @@ class LightViewer:
         dtls._handle_rtp_data = on_rtp
 
 
+async def fanout_cpu(info: dict) -> float | None:
+    """CPU seconds the ODS server spent in its packet fan-out loop so far (None: not ODS)."""
+    if info["kind"] != "ods":
+        return None
+    async with aiohttp.ClientSession() as http:
+        async with http.get(info["base"] + "/bench/stats", timeout=aiohttp.ClientTimeout(total=5)) as resp:
+            return (await resp.json())["fanout_cpu"]
+
+
 async def measure(mode: str, info: dict, viewers: int, args, clip_path: str, tmp: Path) -> dict:
     server = psutil.Process(info["pid"])
     info_path, log_path = tmp / "info.json", tmp / f"sent-{mode}-{viewers}.json"
@@ -593,6 +621,7 @@ async def measure(mode: str, info: dict, viewers: int, args, clip_path: str, tmp
                 v.attach()
             peers += batch
         await asyncio.sleep(args.warmup)
+        before_loop = await fanout_cpu(info)
         before_cpu = sum(server.cpu_times()[:2])
         before = [(v.packets, v.frames) for v in peers]
         for v in peers:
@@ -601,6 +630,8 @@ async def measure(mode: str, info: dict, viewers: int, args, clip_path: str, tmp
         await asyncio.sleep(args.seconds)
         elapsed = time.monotonic() - started
         cpu = (sum(server.cpu_times()[:2]) - before_cpu) / elapsed
+        after_loop = await fanout_cpu(info)
+        loop = (after_loop - before_loop) / elapsed if after_loop is not None else float("nan")
         for v in peers:
             v.sample = False
         after = [(v.packets, v.frames) for v in peers]
@@ -627,7 +658,7 @@ async def measure(mode: str, info: dict, viewers: int, args, clip_path: str, tmp
             if earlier:
                 latency.append(arrival - earlier[-1])
     fps = [(a[1] - b[1]) / elapsed for a, b in zip(after, before)]
-    return {"mode": mode, "viewers": viewers, "cpu": cpu, "elapsed": elapsed,
+    return {"mode": mode, "viewers": viewers, "cpu": cpu, "fanout_cpu": loop, "elapsed": elapsed,
             "pps": sum(a[0] - b[0] for a, b in zip(after, before)) / elapsed,
             "fps_median": statistics.median(fps) if fps else float("nan"), "fps_min": min(fps, default=float("nan")),
             "lat_p50": pct(latency, 0.5), "lat_p99": pct(latency, 0.99), "load": load}
@@ -739,6 +770,9 @@ def report(rows: list[dict], kbps: float, pps: int) -> None:
         extra = r["cpu"] - base.get((r["mode"], r["round"]), 0.0)
         r["per_viewer"] = extra / r["viewers"] * 100 if r["viewers"] else float("nan")
         r["per_packet"] = extra / r["pps"] * 1e6 if r["viewers"] and r["pps"] else float("nan")
+    for r in rows:
+        loop = r.get("fanout_cpu", float("nan"))
+        r["loop_per_packet"] = loop / r["pps"] * 1e6 if r["viewers"] and r["pps"] else float("nan")
     modes = list(dict.fromkeys(r["mode"] for r in rows))
     counts = sorted({r["viewers"] for r in rows if r["viewers"]})
     print(f"\nclip: 1280x720 {FPS} fps H.264 42e01f at {kbps:.0f} kbit/s + Opus; {pps} RTP packets/s per viewer")
@@ -763,6 +797,14 @@ def report(rows: list[dict], kbps: float, pps: int) -> None:
             print(f"| {n} | {mode} | {med([r['per_viewer'] for r in rs]):.3f} | {med([r['per_packet'] for r in rs]):.1f}"
                   f" | {med([r['pps'] for r in rs]):.0f} | {fps} | {lat} | {min(loads):.2f}-{max(loads):.2f} |")
     if "packet" in modes:
+        print("\nPacket path: server CPU per delivered packet inside the fan-out loop (thread CPU clock "
+              "around PacketFanout.on_packet: header rewrite, SRTP, sendto), median over rounds:\n")
+        print("| viewers | in the loop (us) | whole server (us) |")
+        print("|---|---|---|")
+        for n in counts:
+            rs = [r for r in rows if r["mode"] == "packet" and r["viewers"] == n]
+            if rs:
+                print(f"| {n} | {med([r['loop_per_packet'] for r in rs]):.1f} | {med([r['per_packet'] for r in rs]):.1f} |")
         print("\nRatios of us per delivered packet, computed within each round, median over rounds "
               "(> 1: the other costs more than the packet path):\n")
         others = [m for m in modes if m != "packet"]
