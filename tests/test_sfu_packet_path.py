@@ -174,3 +174,43 @@ async def test_publisher_encoder_restart_keeps_every_viewer_playing(client, peer
         assert all((b - a) & 0xFFFF == 1 for a, b in zip(seqs, seqs[1:]))   # contiguous across it
         stamps = [p[2] for p in tap.packets]
         assert all((b - a) & 0xFFFFFFFF < 1 << 31 for a, b in zip(stamps, stamps[1:]))   # never backwards
+
+
+async def test_loss_between_publisher_and_server_is_repaired_for_every_viewer(client, peers, room_factory):
+    """Packets the server never got: its NACK (and the viewers', passed upstream) bring the
+    publisher's RTX, which the packet tap unwraps and the fan-out sends on in each viewer's numbering."""
+    room = await room_factory()
+    publisher = await peers.host(client, room)
+    await publisher.publish(fps=30, width=640, height=360, audio=False)
+    sender = publisher.pc.getTransceivers()[0].sender
+    dtls = sender.transport
+    send_rtp = dtls._send_rtp
+    rng = random.Random(4)
+    counts = {"dropped": 0, "rtx": 0}
+    media_pt = None
+
+    async def lossy_send_rtp(data: bytes) -> None:
+        nonlocal media_pt
+        if data[1] & 0x7F >= 96:                         # RTP (RTCP packet types read as 72-78 here)
+            pt = data[1] & 0x7F
+            media_pt = media_pt or pt
+            if pt != media_pt:
+                counts["rtx"] += 1
+            elif counts["dropped"] < 8 and rng.random() < 0.05:
+                counts["dropped"] += 1
+                return
+        await send_rtp(data)
+
+    viewers = []
+    for name in ("one", "two"):
+        viewer = await peers.viewer(client, room, name=name)
+        await viewer.subscribe()
+        viewers.append(viewer)
+    await wait_for(lambda: all(v.video() and len(v.video().counters) >= 5 for v in viewers), 20, "viewers live")
+    dtls._send_rtp = lossy_send_rtp
+    start = [len(v.video().counters) for v in viewers]
+    await wait_for(lambda: all(len(v.video().counters) - s >= 150 for v, s in zip(viewers, start)), 60,
+                   "150 more frames per viewer")
+    assert counts["dropped"] >= 5 and counts["rtx"] >= counts["dropped"] - 1, counts
+    for viewer in viewers:
+        assert_consecutive(viewer.video().counters)              # every gap filled by the publisher's RTX
