@@ -2,7 +2,10 @@
  * send the same packets to N loopback UDP destinations with one plain
  * sendto() each, nothing else (no SRTP, no header rewrite, no event loop).
  *
- *   sendfloor N PPS SIZE SECONDS  ->  one JSON line on stdout
+ *   sendfloor N PPS SIZE SECONDS [per-destination]  ->  one JSON line on stdout
+ *
+ * With "per-destination" every destination gets its own sending socket, as
+ * every subscriber's ICE pair has its own socket in aiortc/aioice.
  *
  * A child process owns the N destination sockets and drains them, so the
  * packets are delivered (loopback delivery is charged to the sender, as it
@@ -30,8 +33,8 @@ static double now(void) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 5) {
-        fprintf(stderr, "usage: sendfloor N PPS SIZE SECONDS\n");
+    if (argc != 5 && !(argc == 6 && strcmp(argv[5], "per-destination") == 0)) {
+        fprintf(stderr, "usage: sendfloor N PPS SIZE SECONDS [per-destination]\n");
         return 2;
     }
     int n = atoi(argv[1]), pps = atoi(argv[2]), size = atoi(argv[3]);
@@ -67,7 +70,10 @@ int main(int argc, char **argv) {
         }
         _exit(0);
     }
-    int tx = socket(AF_INET, SOCK_DGRAM, 0);
+    int per_destination = argc == 6;
+    int *tx = calloc(n, sizeof(int));
+    for (int i = 0; i < n; i++)
+        tx[i] = (per_destination || i == 0) ? socket(AF_INET, SOCK_DGRAM, 0) : tx[0];
     char *packet = malloc(size);
     memset(packet, 0xAB, size);
     packet[0] = (char)0x80;
@@ -83,7 +89,7 @@ int main(int argc, char **argv) {
             nanosleep(&ts, NULL);
         }
         for (int i = 0; i < n; i++) {
-            if (sendto(tx, packet, size, 0, (struct sockaddr *)&dst[i], sizeof dst[i]) == size) sent++;
+            if (sendto(tx[i], packet, size, 0, (struct sockaddr *)&dst[i], sizeof dst[i]) == size) sent++;
             else errors++;
         }
         k++;
