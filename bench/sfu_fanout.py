@@ -178,18 +178,26 @@ async def serve_ods(database_url: str, prefix: str, forwarding: str) -> None:
     # clock around PacketFanout.on_packet: two clock reads per incoming packet, not per viewer).
     from odsmedia.media.forwarder import PacketFanout
 
+    # Also the wall time of one incoming packet's fan-out (its last viewer's copy leaves
+    # at the end): the server's share of the forward latency after aiortc's receive path.
     loop_cpu = [0.0]
+    spans: list[float] = []
     on_packet = PacketFanout.on_packet
 
     def timed_on_packet(self, *args):
-        started = time.thread_time()
+        started, wall = time.thread_time(), time.perf_counter()
         on_packet(self, *args)
         loop_cpu[0] += time.thread_time() - started
+        if len(spans) < 100_000:
+            spans.append(time.perf_counter() - wall)
 
     PacketFanout.on_packet = timed_on_packet
 
     async def bench_stats(request: web.Request) -> web.Response:
-        return web.json_response({"fanout_cpu": loop_cpu[0]})
+        samples = sorted(spans)
+        spans.clear()
+        return web.json_response({"fanout_cpu": loop_cpu[0], "spans": [
+            samples[int(q * (len(samples) - 1))] if samples else None for q in (0.5, 0.99)]})
 
     app.router.add_get("/bench/stats", bench_stats)
     profile_to = os.environ.get("ODS_BENCH_PROFILE")
@@ -590,13 +598,14 @@ class LightViewer:
         dtls._handle_rtp_data = on_rtp
 
 
-async def fanout_cpu(info: dict) -> float | None:
-    """CPU seconds the ODS server spent in its packet fan-out loop so far (None: not ODS)."""
+async def fanout_stats(info: dict) -> dict | None:
+    """The ODS server's fan-out figures so far: loop CPU seconds, and p50/p99 of one incoming
+    packet's fan-out wall time since the last call (None: not ODS)."""
     if info["kind"] != "ods":
         return None
     async with aiohttp.ClientSession() as http:
         async with http.get(info["base"] + "/bench/stats", timeout=aiohttp.ClientTimeout(total=5)) as resp:
-            return (await resp.json())["fanout_cpu"]
+            return await resp.json()
 
 
 async def measure(mode: str, info: dict, viewers: int, args, clip_path: str, tmp: Path) -> dict:
@@ -621,7 +630,7 @@ async def measure(mode: str, info: dict, viewers: int, args, clip_path: str, tmp
                 v.attach()
             peers += batch
         await asyncio.sleep(args.warmup)
-        before_loop = await fanout_cpu(info)
+        before_loop = await fanout_stats(info)
         before_cpu = sum(server.cpu_times()[:2])
         before = [(v.packets, v.frames) for v in peers]
         for v in peers:
@@ -630,8 +639,9 @@ async def measure(mode: str, info: dict, viewers: int, args, clip_path: str, tmp
         await asyncio.sleep(args.seconds)
         elapsed = time.monotonic() - started
         cpu = (sum(server.cpu_times()[:2]) - before_cpu) / elapsed
-        after_loop = await fanout_cpu(info)
-        loop = (after_loop - before_loop) / elapsed if after_loop is not None else float("nan")
+        after_loop = await fanout_stats(info)
+        loop = (after_loop["fanout_cpu"] - before_loop["fanout_cpu"]) / elapsed if after_loop else float("nan")
+        span = after_loop["spans"] if after_loop and after_loop["spans"][0] is not None else [float("nan")] * 2
         for v in peers:
             v.sample = False
         after = [(v.packets, v.frames) for v in peers]
@@ -658,7 +668,8 @@ async def measure(mode: str, info: dict, viewers: int, args, clip_path: str, tmp
             if earlier:
                 latency.append(arrival - earlier[-1])
     fps = [(a[1] - b[1]) / elapsed for a, b in zip(after, before)]
-    return {"mode": mode, "viewers": viewers, "cpu": cpu, "fanout_cpu": loop, "elapsed": elapsed,
+    return {"mode": mode, "viewers": viewers, "cpu": cpu, "fanout_cpu": loop, "span_p50": span[0] * 1000,
+            "span_p99": span[1] * 1000, "elapsed": elapsed,
             "pps": sum(a[0] - b[0] for a, b in zip(after, before)) / elapsed,
             "fps_median": statistics.median(fps) if fps else float("nan"), "fps_min": min(fps, default=float("nan")),
             "lat_p50": pct(latency, 0.5), "lat_p99": pct(latency, 0.99), "load": load}
@@ -799,12 +810,15 @@ def report(rows: list[dict], kbps: float, pps: int) -> None:
     if "packet" in modes:
         print("\nPacket path: server CPU per delivered packet inside the fan-out loop (thread CPU clock "
               "around PacketFanout.on_packet: header rewrite, SRTP, sendto), median over rounds:\n")
-        print("| viewers | in the loop (us) | whole server (us) |")
-        print("|---|---|---|")
+        print("| viewers | in the loop (us) | whole server (us) | one packet's fan-out, p50 / p99 (ms) |")
+        print("|---|---|---|---|")
         for n in counts:
             rs = [r for r in rows if r["mode"] == "packet" and r["viewers"] == n]
             if rs:
-                print(f"| {n} | {med([r['loop_per_packet'] for r in rs]):.1f} | {med([r['per_packet'] for r in rs]):.1f} |")
+                print(f"| {n} | {med([r['loop_per_packet'] for r in rs]):.1f} | {med([r['per_packet'] for r in rs]):.1f}"
+                      f" | {med([r.get('span_p50', float('nan')) for r in rs]):.2f} / "
+                      f"{med([r.get('span_p99', float('nan')) for r in rs]):.2f} |")
+    if "packet" in modes and len(modes) > 1:
         print("\nRatios of us per delivered packet, computed within each round, median over rounds "
               "(> 1: the other costs more than the packet path):\n")
         others = [m for m in modes if m != "packet"]
