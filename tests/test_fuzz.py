@@ -219,7 +219,7 @@ def test_signaling_frames(server, room):
     viewer = Socket(server, f"/rooms/{record.slug}/ws", {"type": "join", "ref": "j"})
     fresh = Socket(server, f"/rooms/{record.slug}/ws", None)     # not joined: join itself is fuzzed
 
-    @settings(max_examples=700, **SETTINGS)
+    @settings(max_examples=600, **SETTINGS)
     @given(frame=messages(SIGNALING_TYPES, SIGNALING_FIELDS), joined=st.booleans())
     def check(frame: str, joined: bool) -> None:
         socket = viewer if joined else fresh
@@ -234,7 +234,7 @@ def test_chat_frames(server, room):
     record, host = room
     as_host = Socket(server, f"/rooms/{record.slug}/chat", {"type": "join", "token": host})
 
-    @settings(max_examples=700, **SETTINGS)
+    @settings(max_examples=600, **SETTINGS)
     @given(frame=messages(CHAT_TYPES, CHAT_FIELDS))
     def check(frame: str) -> None:
         events = server.run(as_host.exchange(frame, error_key="error", ping={"type": "ping"}))
@@ -317,7 +317,7 @@ def test_json_bodies_of_every_api_route(server, room, signed_in):
         routes.append((route.method, path.format(**{k: v for k, v in fill.items() if "{" + k in path})))
     assert len(routes) >= 10, routes
 
-    @settings(max_examples=1200, **SETTINGS)
+    @settings(max_examples=1000, **SETTINGS)
     @given(route=st.sampled_from(routes), body=json_values, raw=st.booleans())
     def check(route: tuple[str, str], body: Any, raw: bool) -> None:
         method, path = route
