@@ -23,6 +23,7 @@ from odsmedia.files import kept
 from .recording import RoomRecording
 from .storage import Storage
 from .track import TrackSink
+from .upload import Uploader
 
 if TYPE_CHECKING:
     from odsmedia.rooms.publication import Publication
@@ -48,9 +49,15 @@ class Recorder:
         enabled: bool = True,
         queue_size: int = 1024,
         audio_codec: str = "opus",
+        spool: Storage | None = None,
+        upload_retry_max: float = 5.0,
     ) -> None:
         self.db = db
+        # Where episodes live (what replay reads); with a remote store the writer
+        # writes to the local ``spool`` and each closed file is uploaded from there.
         self.storage = storage
+        self.spool = spool if spool is not None else storage
+        self.uploader = Uploader(self.spool, storage, max_delay=upload_retry_max) if spool is not None else None
         self.node = node
         self.segment_seconds = segment_seconds
         self.reconnect_grace = reconnect_grace

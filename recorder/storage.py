@@ -2,8 +2,9 @@
 
 The recorder's worker thread writes through ``Storage`` and the replay
 routes read through it (from a thread), so an S3-compatible store can
-implement the same seven methods with a blocking client and nothing else in
-the recorder changes.  Keys are ``/``-separated relative names built by the
+implement the same methods (``recorder/s3.py`` does) and nothing else in the
+recorder changes.  With a remote store the writer still writes to a local
+``LocalStorage`` spool, and ``recorder/upload.py`` moves each closed file on.  Keys are ``/``-separated relative names built by the
 recorder from validated parts (an episode's storage key and a segment name
 from its own list); they are checked here again so a bad key can never
 escape the root.
@@ -15,6 +16,7 @@ half of one (temp file + fsync + ``os.replace`` locally; S3 PUTs already are).
 from __future__ import annotations
 
 import abc
+import asyncio
 import os
 import re
 import shutil
@@ -67,6 +69,21 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def discard_partials(self, prefix: str) -> int:
         """Remove leftovers of interrupted writes under ``prefix``; returns how many."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove one object (missing is fine)."""
+
+    async def aput(self, key: str, data: bytes) -> None:
+        """``put`` for callers on an event loop (a remote store overrides it without a thread)."""
+        await asyncio.to_thread(self.put, key, data)
+
+    async def apresign(self, key: str, seconds: int) -> str:
+        """A URL that serves ``key`` to anyone for ``seconds`` (stores that can sign override it)."""
+        raise StorageError("this store cannot presign URLs")
+
+    def close(self) -> None:
+        """Release connections (nothing to do for files)."""
 
 
 class LocalStorage(Storage):
@@ -131,6 +148,12 @@ class LocalStorage(Storage):
     def delete_prefix(self, prefix: str) -> None:
         shutil.rmtree(self._path(prefix), ignore_errors=True)
 
+    def delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink()
+        except FileNotFoundError:
+            pass
+
     def discard_partials(self, prefix: str) -> int:
         removed = 0
         try:
@@ -145,3 +168,19 @@ class LocalStorage(Storage):
                 except FileNotFoundError:
                     pass
         return removed
+
+
+def open_stores(config) -> tuple[Storage, LocalStorage | None]:
+    """(the store episodes live in, the local spool the writer fills; None when they are one).
+
+    ``storage.backend = local``: files under <data dir>/episodes, written in place.
+    ``storage.backend = s3``: a bucket, filled from <data dir>/spool by the uploader."""
+    if config["storage.backend"] == "s3":
+        from .s3 import S3Storage
+
+        store = S3Storage(
+            config["storage.bucket"], prefix=config["storage.prefix"],
+            endpoint_url=config["storage.endpoint_url"], region=config["storage.region"],
+        )
+        return store, LocalStorage(config.data_dir / "spool")
+    return LocalStorage(config.data_dir / "episodes"), None
