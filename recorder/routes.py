@@ -36,7 +36,7 @@ from .playlist import CONTENT_TYPE as PLAYLIST_TYPE
 from .playlist import Playlist, PlaylistEntry
 from .purge import Purger
 from .recorder import RECORDER, Recorder, local_node_id
-from .storage import Storage, StorageError, open_stores
+from .storage import MissingObject, Storage, StorageError, open_stores
 
 SEGMENT_PATTERN = r"[0-9]{5,9}-[0-9]{1,6}\.m4s|init-[0-9]{1,6}\.mp4"
 IMMUTABLE = "private, max-age=31536000, immutable"
@@ -179,7 +179,10 @@ async def get_segment(request: web.Request) -> web.Response:
         if name is not None and presign:
             return await _redirect(storage, f"{episode.storage_key}/{name}", presign)
         if name is not None:
-            size = await asyncio.to_thread(storage.size, f"{episode.storage_key}/{name}")
+            try:
+                size = await asyncio.to_thread(storage.size, f"{episode.storage_key}/{name}")
+            except StorageError:
+                raise ApiError(503, "storage_unavailable", "the episode store did not answer; retry") from None
     else:
         row = await episodes.segment_by_name(db, episode.id, requested)
         name, size = (row.name, row.size_bytes) if row else (None, None)
@@ -209,8 +212,10 @@ async def get_segment(request: web.Request) -> web.Response:
             return web.Response(body=body, headers={**headers, "Content-Type": content_type})
         start, end = wanted
         body = await asyncio.to_thread(storage.read, key, start, end - start)
-    except StorageError:
+    except MissingObject:
         raise ApiError(404, "segment_not_found", "the segment file is missing") from None
+    except StorageError:
+        raise ApiError(503, "storage_unavailable", "the episode store did not answer; retry") from None
     headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
     return web.Response(status=206, body=body, headers={**headers, "Content-Type": content_type})
 
@@ -218,7 +223,10 @@ async def get_segment(request: web.Request) -> web.Response:
 async def _redirect(storage: Storage, key: str, seconds: int) -> web.Response:
     """To the object itself, signed for ``seconds``: the bucket (or a CDN before it) serves
     the bytes, Range and ETag included, and no node's bandwidth is spent on them."""
-    url = await storage.apresign(key, seconds)
+    try:
+        url = await storage.apresign(key, seconds)
+    except StorageError:
+        raise ApiError(503, "storage_unavailable", "the episode store cannot sign a URL now; retry") from None
     # A cache may keep the redirect only while the URL still works.
     return web.Response(status=302, headers={
         "Location": url, "Cache-Control": f"private, max-age={max(0, seconds // 2)}",

@@ -26,7 +26,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .storage import Storage, StorageError, check_key
+from .storage import MissingObject, Storage, StorageError, check_key
 
 _MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
 
@@ -58,6 +58,8 @@ class S3Storage(Storage):
             "endpoint_url": endpoint_url or None,
             "region_name": region or None,
             "config": AioConfig(
+                # SigV4 everywhere, presigned URLs too (SigV2 is gone from most regions and R2).
+                signature_version="s3v4",
                 connect_timeout=connect_timeout,
                 read_timeout=read_timeout,
                 # The uploader retries with its own backoff; reads get botocore's few quick retries.
@@ -139,7 +141,7 @@ class S3Storage(Storage):
                 return await body.read()
         except ClientError as exc:
             if _missing(exc):
-                raise StorageError(f"no object {key!r}") from None
+                raise MissingObject(f"no object {key!r}") from None
             raise StorageError(f"cannot read {key!r}: {exc}") from exc
         except (BotoCoreError, OSError, asyncio.TimeoutError) as exc:
             raise StorageError(f"cannot read {key!r}: {exc}") from exc
@@ -227,9 +229,12 @@ class S3Storage(Storage):
     # --- replay --------------------------------------------------------------------------------
 
     async def _presign(self, key: str, seconds: int) -> str:
-        s3 = await self._s3()
-        return await s3.generate_presigned_url(
-            "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=seconds)
+        try:
+            s3 = await self._s3()
+            return await s3.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=seconds)
+        except (ClientError, BotoCoreError) as exc:   # no credentials in the chain, typically
+            raise StorageError(f"cannot presign {key!r}: {exc}") from exc
 
     async def apresign(self, key: str, seconds: int) -> str:
         """A GET URL for ``key`` that works for ``seconds`` (signing only; no request is made)."""

@@ -32,6 +32,10 @@ class StorageError(Exception):
     """The store refused or failed an operation."""
 
 
+class MissingObject(StorageError):
+    """No object under that key."""
+
+
 def check_key(key: str) -> list[str]:
     parts = key.split("/")
     if not parts or not all(_PART.match(p) for p in parts) or key.endswith(TEMP_SUFFIX):
@@ -122,7 +126,7 @@ class LocalStorage(Storage):
                     fh.seek(start)
                 return fh.read() if length is None else fh.read(length)
         except FileNotFoundError:
-            raise StorageError(f"no object {key!r}") from None
+            raise MissingObject(f"no object {key!r}") from None
 
     def size(self, key: str) -> int | None:
         try:
