@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -108,13 +109,35 @@ class Recorder:
                 del self._sinks[key]
                 publication.remove_sink(sink)
 
-    async def close(self) -> None:
-        """Shutdown: end every recording and wait until each episode is finalized."""
+    async def close(self, timeout: float | None = None) -> None:
+        """Shutdown: end every recording and wait until each episode is finalized.
+
+        After ``timeout`` seconds (a bucket that does not take uploads) the rest is
+        cancelled: those episodes stay live on this node with their files in the
+        spool, and the next start's recovery uploads and finalizes them."""
         for recording in list(self.recordings.values()):
             recording.end()
-        pending = [r.task for r in self._ending]
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+        ending = list(self._ending)
+        if not ending:
+            return
+        if timeout is not None:
+            # The last segments reach the disk (spool) whatever the bucket does: the
+            # writer threads need no store, only a moment.
+            await asyncio.to_thread(_join_writers, [r.writer for r in ending], WRITER_CLOSE_TIMEOUT)
+        done, late = await asyncio.wait([r.task for r in ending], timeout=timeout)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.gather(*late, return_exceptions=True)
+
+
+WRITER_CLOSE_TIMEOUT = 30.0
+
+
+def _join_writers(writers: list, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    for writer in writers:
+        writer.join(max(0.0, deadline - time.monotonic()))
 
 
 RECORDER: web.AppKey[Recorder] = web.AppKey("recorder", Recorder)

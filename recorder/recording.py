@@ -24,6 +24,7 @@ from . import episodes, metrics
 from .episodes import SegmentRow
 from .hls import ClosedSegment, HlsWriter, Sample
 from .playlist import Playlist, PlaylistEntry
+from .storage import StorageError
 from .track import TrackSink
 
 if TYPE_CHECKING:
@@ -218,9 +219,13 @@ class RoomRecording:
             pass
 
     async def _delete_files(self) -> None:
-        await asyncio.to_thread(self.recorder.storage.delete_prefix, self.storage_key)
         if self.recorder.spool is not self.recorder.storage:
             await asyncio.to_thread(self.recorder.spool.delete_prefix, self.storage_key)
+        try:
+            await asyncio.to_thread(self.recorder.storage.delete_prefix, self.storage_key)
+        except StorageError:
+            # The row's deletion queued a purge (recorder/purge.py): the objects go when the store is back.
+            log.warning("cannot delete episode files now; left to the purge queue", extra={"key": self.storage_key})
 
     async def _upload(self, segment: ClosedSegment) -> None:
         """Init section (first use) and segment into the store, before the row lists them."""

@@ -51,6 +51,8 @@ def _position(digits: str) -> int:
     return int(digits) if len(digits) <= _POSITION_DIGITS else 10**_POSITION_DIGITS
 
 
+# Longest wait at shutdown for recordings still uploading (stop grace is 15 s).
+UPLOAD_SHUTDOWN_GRACE = 10.0
 # Seconds a presigned segment URL lives; 0: segments are served by this node (local or proxy).
 PRESIGN_SECONDS: web.AppKey[int] = web.AppKey("presign_seconds", int)
 PURGER: web.AppKey[Purger] = web.AppKey("episode_purger", Purger)
@@ -301,7 +303,9 @@ def setup(app: web.Application) -> None:
         if sfu is not None:
             sfu.remove_observer(recorder)
         purging.cancel()
-        await recorder.close()
+        # Local files are finalized in moments; uploads wait on the bucket, so they get a
+        # bound (what is left is in the spool for the next start).
+        await recorder.close(timeout=UPLOAD_SHUTDOWN_GRACE if remote else None)
         await asyncio.gather(purging, return_exceptions=True)
         await asyncio.to_thread(recorder.storage.close)
 

@@ -441,3 +441,42 @@ async def test_episode_upload_all_moves_local_episodes_idempotently(
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     _, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 2 and b"storage.backend = s3" in err
+
+
+async def test_shutdown_while_the_bucket_refuses_leaves_the_spool_for_the_next_start(
+        aiohttp_client, service_urls, db, room_factory, tmp_path, moto, gate, bucket, monkeypatch):
+    from recorder import routes
+
+    monkeypatch.setattr(routes, "UPLOAD_SHUTDOWN_GRACE", 0.5)
+    data_dir = tmp_path / "data"
+    client = await aiohttp_client(make_app(s3_config(service_urls, data_dir, gate, bucket)))
+    recorder = client.app[RECORDER]
+    room = await room_factory()
+    gate.refuse_writes = True
+    recording = recorder.recording_for(room.id, room.slug, room.title)
+    _, video_frames = feed(recording, 3.0)
+    await asyncio.wait_for(recording.created.wait(), 30)
+    spool = data_dir / "spool" / recording.storage_key
+
+    async def spooled():
+        return spool.exists() and len([p for p in spool.iterdir() if p.name.endswith(".m4s")]) >= 2
+
+    await poll(spooled)
+    await client.close()     # shutdown: the grace runs out, the recording is cancelled
+    episode = await episodes.get(db, recording.episode_id)
+    assert episode.status == "live" and spool.exists()
+
+    gate.refuse_writes = False
+    client = await aiohttp_client(make_app(s3_config(service_urls, data_dir, gate, bucket)))
+    episode = await episodes.get(db, recording.episode_id)
+    rows = await episodes.segments(db, episode.id)
+    assert episode.status == "interrupted" and len(rows) == 3
+    assert set(await bucket_objects(moto, bucket)) == expected_keys(episode.storage_key, rows)
+    assert not spool.exists()
+    counters = []
+    async with aiohttp.ClientSession() as http:
+        _, init, _ = await fetch_redirected(client, f"/episodes/{episode.id}/init-0.mp4", http)
+        for row in rows:
+            _, data, _ = await fetch_redirected(client, f"/episodes/{episode.id}/{row.name}", http)
+            counters += [c for _, c in read_segment(init, data).video]
+    assert counters == list(range(video_frames))
