@@ -283,6 +283,11 @@ def setup(app: web.Application) -> None:
         recorder = make_recorder(app)
         app[RECORDER] = recorder
         remote = recorder.uploader is not None
+        if remote:
+            fault = await asyncio.to_thread(recorder.storage.check)
+            if fault is not None:
+                await asyncio.to_thread(recorder.storage.close)
+                raise ConfigError(f"invalid storage settings: {fault}")
         app[PRESIGN_SECONDS] = (
             config["storage.presign_seconds"] if remote and config["storage.serve"] == "redirect" else 0)
         await finalize.recover(recorder.db, recorder.storage, recorder.node, recorder.segment_seconds,

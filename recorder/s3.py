@@ -24,7 +24,7 @@ from typing import Any, Awaitable, Coroutine
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from .storage import MissingObject, Storage, StorageError, check_key
 
@@ -225,6 +225,26 @@ class S3Storage(Storage):
 
     def discard_partials(self, prefix: str) -> int:
         return 0   # a PUT is atomic: a bucket never holds half an object
+
+    async def _check(self) -> str | None:
+        try:
+            s3 = await self._s3()
+            await s3.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in ("404", "NoSuchBucket", "403", "AccessDenied", "InvalidAccessKeyId",
+                        "SignatureDoesNotMatch"):
+                return f"bucket {self.bucket!r}: {code}"
+        except NoCredentialsError:
+            return "no AWS credentials found (environment, shared config files, or an instance role)"
+        except (BotoCoreError, OSError, asyncio.TimeoutError):
+            pass   # unreachable now: uploads retry, the spool holds the segments meanwhile
+        return None
+
+    def check(self) -> str | None:
+        """A configuration fault that no retry will fix (missing bucket, refused or missing
+        credentials), or None (reachable, or only unreachable for now)."""
+        return self._wait(self._check())
 
     # --- replay --------------------------------------------------------------------------------
 

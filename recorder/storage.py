@@ -86,6 +86,10 @@ class Storage(abc.ABC):
         """A URL that serves ``key`` to anyone for ``seconds`` (stores that can sign override it)."""
         raise StorageError("this store cannot presign URLs")
 
+    def check(self) -> str | None:
+        """A configuration fault no retry will fix, or None (a directory is created on demand)."""
+        return None
+
     def close(self) -> None:
         """Release connections (nothing to do for files)."""
 

@@ -25,6 +25,7 @@ from aiobotocore.session import get_session
 
 from conftest import ODSMEDIA, REPO, make_config, odsmedia_env
 from odsmedia.app import make_app
+from odsmedia.config import ConfigError
 from recorder import episodes
 from recorder.recorder import RECORDER
 from recorder.routes import PURGER
@@ -184,6 +185,11 @@ async def test_record_on_node_a_replay_from_node_b(aiohttp_client, service_urls,
     assert resp.status == 206 and await resp.read() == init[:8]
     resp = await node_c.get(f"/episodes/{episode_id}/00099-0.m4s")
     assert resp.status == 404 and (await resp.json())["error"] == "segment_not_found"
+
+
+async def test_a_missing_bucket_stops_start_up_with_a_clear_error(aiohttp_client, service_urls, tmp_path, gate):
+    with pytest.raises(ConfigError, match="invalid storage settings: bucket 'no-such-bucket-here'"):
+        await aiohttp_client(make_app(s3_config(service_urls, tmp_path / "data", gate, "no-such-bucket-here")))
 
 
 async def test_bucket_refusing_writes_delays_listing_but_loses_nothing(
