@@ -211,7 +211,7 @@ SETTINGS: tuple[Setting, ...] = (
             "How long an episode waits for the host to publish again before it is finalized (seconds)."),
     Setting("recording.audio_codec", "ODS_RECORDING_AUDIO_CODEC", _choice("opus", "aac"), "opus",
             "Episode audio: opus (as received; no Apple HLS players) or aac (one Opus->AAC transcode per session)."),
-    Setting("recording.retention_days", "ODS_RECORDING_RETENTION_DAYS", _int, 0,
+    Setting("recording.retention_days", "ODS_RECORDING_RETENTION_DAYS", _bounded(0, 36500), 0,
             "Episodes that ended longer ago than this many days are deleted with their media (0: kept)."),
     Setting("storage.backend", "ODS_STORAGE_BACKEND", _choice("local", "s3"), "local",
             "Where episode media lives: local (<data dir>/episodes on the recording node) or s3 (a bucket)."),

@@ -184,7 +184,12 @@ def open_stores(config) -> tuple[Storage, LocalStorage | None]:
     ``storage.backend = local``: files under <data dir>/episodes, written in place.
     ``storage.backend = s3``: a bucket, filled from <data dir>/spool by the uploader."""
     if config["storage.backend"] == "s3":
+        from odsmedia.config import ConfigError
+
         from .s3 import S3Storage
+
+        if not config["storage.bucket"]:
+            raise ConfigError("invalid storage.bucket='': expected a bucket name with storage.backend = s3")
 
         store = S3Storage(
             config["storage.bucket"], prefix=config["storage.prefix"],

@@ -192,6 +192,12 @@ async def test_a_missing_bucket_stops_start_up_with_a_clear_error(aiohttp_client
         await aiohttp_client(make_app(s3_config(service_urls, tmp_path / "data", gate, "no-such-bucket-here")))
 
 
+async def test_the_s3_backend_without_a_bucket_is_a_config_error(aiohttp_client, service_urls, tmp_path):
+    config = make_config(service_urls, tmp_path / "data", ODS_STORAGE_BACKEND="s3")
+    with pytest.raises(ConfigError, match="invalid storage.bucket"):
+        await aiohttp_client(make_app(config))
+
+
 async def test_bucket_refusing_writes_delays_listing_but_loses_nothing(
         aiohttp_client, service_urls, room_factory, tmp_path, moto, gate, bucket):
     client = await aiohttp_client(make_app(s3_config(service_urls, tmp_path / "data", gate, bucket)))
