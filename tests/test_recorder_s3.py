@@ -143,6 +143,7 @@ async def test_record_on_node_a_replay_from_node_b(aiohttp_client, service_urls,
     # playlists come from the rows), each stored with the MD5 the uploader sent.
     objects = await bucket_objects(moto, bucket)
     assert set(objects) == expected_keys(episode.storage_key, rows)
+    assert gate.forwarded["PUT"] == len(objects)     # each file uploaded once
     # Node A kept nothing once the episode was finalized.
     assert not (tmp_path / "a" / "spool" / episode.storage_key).exists()
     assert not (tmp_path / "b" / "spool" / episode.storage_key).exists()
