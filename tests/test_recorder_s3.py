@@ -448,6 +448,15 @@ async def test_episode_upload_all_moves_local_episodes_idempotently(
             _, data, _ = await fetch_redirected(node, f"/episodes/{episode_id}/{row.name}", http)
             assert hashlib.md5(data).hexdigest() == before[row.name]
 
+    # `odsmedia episode delete` on the bucket: rows and objects go.
+    proc = await asyncio.create_subprocess_exec(
+        *ODSMEDIA, "episode", "delete", str(episode_id), env=env, cwd=REPO,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert await episodes.get(db, episode_id) is None
+    assert await bucket_objects(moto, bucket) == {}
+
     # Without the s3 backend the command refuses, clearly.
     proc = await asyncio.create_subprocess_exec(
         *ODSMEDIA, "episode", "upload", "--all", env=odsmedia_env(service_urls, data_dir), cwd=REPO,
