@@ -18,3 +18,5 @@ uploads = Counter("ods_recorder_uploads_total", "Episode files uploaded from the
 upload_bytes = Counter("ods_recorder_upload_bytes_total", "Bytes uploaded from the spool to the store")
 upload_failures = Counter("ods_recorder_upload_failures_total", "Upload attempts that failed (each is retried)")
 purged = Counter("ods_recorder_purged_total", "Episode prefixes removed from the store after their rows went")
+upload_backlog = Gauge("ods_recorder_upload_backlog",
+                       "Closed segments waiting in the spool for their upload and listing (bucket backend)")

@@ -163,6 +163,8 @@ class RoomRecording:
     # --- writer thread -> loop -----------------------------------------------------------------
 
     def _segment_closed_in_thread(self, segment: ClosedSegment) -> None:
+        if self.recorder.uploader is not None:
+            metrics.upload_backlog.inc()   # thread-safe; taken off when listed (or dropped)
         self.loop.call_soon_threadsafe(self._events.put_nowait, segment)
 
     def _keyframe_wanted_in_thread(self) -> None:
@@ -200,14 +202,15 @@ class RoomRecording:
                 event = await self._events.get()
                 if event is _FINISHED:
                     break
-                if failed:
-                    continue
                 try:
-                    await self._list(event)
+                    if not failed:
+                        await self._list(event)
                 except Exception:
                     log.exception("cannot list segment; episode failed", extra={"episode": self.episode_id})
                     failed = True
                     self.end()
+                finally:
+                    self._taken(event)
             await self._finalize(failed)
         finally:
             metrics.recordings_live.dec()
@@ -215,8 +218,12 @@ class RoomRecording:
             self.done.set()
 
     async def _drain_until_finished(self) -> None:
-        while await self._events.get() is not _FINISHED:
-            pass
+        while (event := await self._events.get()) is not _FINISHED:
+            self._taken(event)
+
+    def _taken(self, segment: ClosedSegment) -> None:
+        if self.recorder.uploader is not None:
+            metrics.upload_backlog.dec()
 
     async def _delete_files(self) -> None:
         if self.recorder.spool is not self.recorder.storage:

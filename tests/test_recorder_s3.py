@@ -26,7 +26,7 @@ from aiobotocore.session import get_session
 from conftest import ODSMEDIA, REPO, make_config, odsmedia_env
 from odsmedia.app import make_app
 from odsmedia.config import ConfigError
-from recorder import episodes
+from recorder import episodes, metrics
 from recorder.recorder import RECORDER
 from recorder.routes import PURGER
 from testsupport.s3 import CREDENTIALS, MotoServer, S3Gate
@@ -204,6 +204,7 @@ async def test_bucket_refusing_writes_delays_listing_but_loses_nothing(
     client = await aiohttp_client(make_app(s3_config(service_urls, tmp_path / "data", gate, bucket)))
     recorder = client.app[RECORDER]
     room = await room_factory()
+    backlog = metrics.upload_backlog._value.get()     # process-wide gauge: compare with its start
     gate.refuse_writes = True
     recording = recorder.recording_for(room.id, room.slug, room.title)
     sinks, video_frames = feed(recording, 4.0)
@@ -217,6 +218,7 @@ async def test_bucket_refusing_writes_delays_listing_but_loses_nothing(
     # The writer goes on into the spool while the bucket refuses: nothing is listed meanwhile.
     await poll(spooled)
     assert len(recording.listed) == 0
+    assert metrics.upload_backlog._value.get() - backlog >= 3
     assert await recorder.db.fetchval("SELECT count(*) FROM segments WHERE episode_id = $1",
                                       recording.episode_id) == 0
     assert await bucket_objects(moto, bucket) == {}
@@ -228,6 +230,7 @@ async def test_bucket_refusing_writes_delays_listing_but_loses_nothing(
         sink.on_end()
     await asyncio.wait_for(recording.done.wait(), 60)
     assert recording.status == "ready"
+    assert metrics.upload_backlog._value.get() == backlog
     rows = await episodes.segments(recorder.db, recording.episode_id)
     assert [r.seq for r in rows] == list(range(1, len(rows) + 1)) and len(rows) == 4
     objects = await bucket_objects(moto, bucket)
