@@ -300,19 +300,25 @@ async def test_deletion_leaves_no_object(aiohttp_client, service_urls, db, room_
     assert await db.fetchval("SELECT count(*) FROM episode_purges WHERE storage_key = $1", keys[first]) == 0
 
     # A room deleted (its episodes by cascade) while the bucket refuses: queued, purged once it is back.
+    # (The database is shared by the whole run: other tests' queue rows may be purged too,
+    # so the checks are on this test's keys and bucket, not on pass counts.)
     purger = client.app[PURGER]
+
+    async def queued(episode_id):
+        return await db.fetchval("SELECT count(*) FROM episode_purges WHERE storage_key = $1", keys[episode_id])
+
     gate.refuse_writes = True
     await db.execute("DELETE FROM rooms WHERE id = $1", other.id)
-    assert await purger.run_once() == 0
+    await purger.run_once()
     assert len(under(await bucket_objects(moto, bucket), third)) == 3
-    assert await db.fetchval("SELECT count(*) FROM episode_purges WHERE storage_key = $1", keys[third]) == 1
+    assert await queued(third) == 1 and gate.refused >= 1
     gate.refuse_writes = False
-    assert await purger.run_once() == 1
-    assert under(await bucket_objects(moto, bucket), third) == []
+    await purger.run_once()
+    assert under(await bucket_objects(moto, bucket), third) == [] and await queued(third) == 0
 
     # Retention: an episode that ended longer ago than recording.retention_days goes with its media.
     await db.execute("UPDATE episodes SET ended_at = now() - interval '3 days' WHERE id = $1", second)
-    assert await purger.run_once() == 1
+    await purger.run_once()
     assert await episodes.get(db, second) is None
     assert await bucket_objects(moto, bucket) == {}
     assert await db.fetchval("SELECT count(*) FROM episode_purges WHERE storage_key = ANY($1::text[])",
