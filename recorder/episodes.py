@@ -1,6 +1,8 @@
 """Episode and segment rows in Postgres.
 
-The owner of the ``episodes`` and ``segments`` tables: the recorder, replay,
+The owner of the ``episodes``, ``segments`` and ``episode_purges`` tables
+(a trigger queues a deleted episode's storage key in the last one; the purge
+loop removes its media and then the queue row): the recorder, replay,
 chat (which episode is live, which room an episode is of) and the CLI read
 and write them through these functions.
 """
@@ -218,3 +220,28 @@ async def room_slug(db: asyncpg.Pool | asyncpg.Connection, episode_id: int) -> s
     """The slug of the room an episode belongs to (None: no such episode)."""
     return await db.fetchval(
         "SELECT r.slug FROM episodes e JOIN rooms r ON r.id = e.room_id WHERE e.id = $1", episode_id)
+
+
+async def purges_due(db: asyncpg.Pool | asyncpg.Connection, limit: int = 100) -> list[str]:
+    """Storage keys of deleted episodes whose media may still be in the store (oldest first)."""
+    rows = await db.fetch("SELECT storage_key FROM episode_purges ORDER BY queued_at LIMIT $1", limit)
+    return [r["storage_key"] for r in rows]
+
+
+async def purged(db: asyncpg.Pool | asyncpg.Connection, storage_key: str) -> None:
+    """The media is gone: drop the queue row (unless an episode with the key came back, it never does)."""
+    await db.execute("DELETE FROM episode_purges WHERE storage_key = $1", storage_key)
+
+
+async def expire(db: asyncpg.Pool | asyncpg.Connection, days: int, limit: int = 500) -> int:
+    """Retention: delete finished episodes that ended more than ``days`` ago (their
+    purges are queued by the trigger); returns how many."""
+    deleted = await db.fetch(
+        """DELETE FROM episodes WHERE id IN (
+               SELECT id FROM episodes
+               WHERE status NOT IN ('live', 'finalizing') AND ended_at < now() - make_interval(days => $1)
+               ORDER BY ended_at LIMIT $2)
+           RETURNING id""",
+        days, limit,
+    )
+    return len(deleted)

@@ -10,6 +10,14 @@ out of the table, durations read back with PyAV), a VOD playlist with
 EXT-X-ENDLIST replaces the EVENT one, and the episode is marked
 ``interrupted``.  Only this node's episodes are touched: another node's
 files are on another node's disk.
+
+With a remote store (``storage.backend = s3``) the files on disk are the
+node's spool: what the crash left there is uploaded first (init sections
+and segments the rows do not list yet), rows are added for it, the spool
+copy is deleted, and the playlist needs no file (replay builds it from the
+rows).  If the store cannot be reached for ``RECOVERY_UPLOAD_WINDOW``
+seconds, the episode is left as it is, its spool intact, for the next
+start (or ``odsmedia episode finalize``).
 """
 
 from __future__ import annotations
@@ -27,10 +35,12 @@ from .episodes import Episode, SegmentRow
 from .hls import init_name
 from .playlist import Playlist, PlaylistEntry
 from .storage import Storage
+from .upload import UploadFailed, Uploader
 
 log = logging.getLogger("odsmedia.recorder")
 
 SEGMENT_FILE = re.compile(r"^(\d{5,9})-(\d+)\.m4s$")
+RECOVERY_UPLOAD_WINDOW = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,11 +69,17 @@ def probe_span(init: bytes, data: bytes) -> tuple[float, float]:
     return first, max(0.001, last - first)
 
 
-def scan(storage: Storage, key: str, rows: list[SegmentRow]) -> list[SegmentRow]:
-    """Every whole segment on disk, in order, as rows (known rows kept as they are)."""
+def scan(storage: Storage, key: str, rows: list[SegmentRow], *, with_rows: bool = False) -> list[SegmentRow]:
+    """Every whole segment on disk, in order, as rows (known rows kept as they are).
+
+    ``with_rows``: the rows' own segments count even without a file (a spool
+    whose listed segments were uploaded and deleted)."""
     storage.discard_partials(key)
     known = {row.name: row for row in rows}
-    names = sorted((n for n in storage.list(key) if SEGMENT_FILE.match(n)), key=lambda n: int(n.split("-")[0]))
+    on_disk = {n for n in storage.list(key) if SEGMENT_FILE.match(n)}
+    if with_rows:
+        on_disk |= set(known)
+    names = sorted(on_disk, key=lambda n: int(n.split("-")[0]))
     inits: dict[int, bytes | None] = {}
     result: list[SegmentRow] = []
     previous_period = None
@@ -95,13 +111,24 @@ def scan(storage: Storage, key: str, rows: list[SegmentRow]) -> list[SegmentRow]
     return result
 
 
-async def finalize_episode(db, storage: Storage, episode: Episode, target: float) -> Recovered:
+async def finalize_episode(db, storage: Storage, episode: Episode, target: float,
+                           uploader: Uploader | None = None) -> Recovered:
     rows = await episodes.segments(db, episode.id)
-    found = await asyncio.to_thread(scan, storage, episode.storage_key, rows)
+    disk = storage if uploader is None else uploader.spool
+    key = episode.storage_key
+    found = await asyncio.to_thread(scan, disk, key, rows, with_rows=uploader is not None)
     known = {row.name for row in rows}
     added = [row for row in found if row.name not in known]
+    if uploader is not None:
+        await _upload_found(uploader, key, added)
     for row in added:
         await episodes.add_segment(db, episode.id, row)
+    if uploader is not None:
+        status = "interrupted" if found else "failed"
+        duration = max((row.start_offset + row.duration for row in found), default=0.0)
+        await episodes.recovered(db, episode.id, status, duration=duration, segment_count=len(found))
+        await asyncio.to_thread(disk.delete_prefix, key)
+        return Recovered(episode.id, len(found), len(added), duration, status)
     playlist = Playlist(target, ended=True)
     for row in found:
         playlist.add(PlaylistEntry(row.name, row.duration, row.init_name, row.discontinuity))
@@ -111,6 +138,29 @@ async def finalize_episode(db, storage: Storage, episode: Episode, target: float
     duration = max((row.start_offset + row.duration for row in found), default=0.0)
     await episodes.recovered(db, episode.id, status, duration=duration, segment_count=len(found))
     return Recovered(episode.id, len(found), len(added), duration, status)
+
+
+async def _upload_found(uploader: Uploader, key: str, rows: list[SegmentRow]) -> None:
+    """The crash's leftovers into the store: each init section once, then the segments."""
+    inits = {row.init_name for row in rows if row.init_name}
+    for name in sorted(inits) + [row.name for row in rows]:
+        await uploader.upload(f"{key}/{name}", give_up_after=RECOVERY_UPLOAD_WINDOW)
+
+
+async def sweep_spool(db, spool: Storage, node: str) -> list[str]:
+    """Spool directories of no unfinished episode of this node go (start-up, after recovery).
+
+    What recovery could not upload stays, under its unfinished episode; anything
+    else in the spool is either listed in the store already (a crash after the
+    episode was finalized) or belongs to no row."""
+    on_disk = await asyncio.to_thread(spool.prefixes)
+    if not on_disk:
+        return []
+    keep = {e.storage_key for e in await episodes.unfinished_on_node(db, node)}
+    stale = [key for key in on_disk if key not in keep]
+    for key in stale:
+        await asyncio.to_thread(spool.delete_prefix, key)
+    return stale
 
 
 async def sweep_orphans(db, storage: Storage) -> list[str]:
@@ -131,12 +181,18 @@ async def sweep_orphans(db, storage: Storage) -> list[str]:
     return orphans
 
 
-async def recover(db, storage: Storage, node: str, target: float) -> list[Recovered]:
+async def recover(db, storage: Storage, node: str, target: float,
+                  uploader: Uploader | None = None) -> list[Recovered]:
     """Finalize every episode this node left live or finalizing; returns what was done."""
     done = []
     for episode in await episodes.unfinished_on_node(db, node):
         try:
-            result = await finalize_episode(db, storage, episode, target)
+            result = await finalize_episode(db, storage, episode, target, uploader)
+        except UploadFailed:
+            # The spool keeps every byte; the next start tries again.
+            log.warning("store unreachable; interrupted episode left for the next start",
+                        extra={"episode": episode.id})
+            continue
         except Exception:
             log.exception("cannot finalize interrupted episode", extra={"episode": episode.id})
             await episodes.set_status(db, episode.id, "failed", ended=True)

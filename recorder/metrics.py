@@ -14,3 +14,9 @@ listing_delay = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 episodes_finished = Counter("ods_recorder_episodes_total", "Episodes finalized, by final status", ["status"])
+uploads = Counter("ods_recorder_uploads_total", "Episode files uploaded from the spool to the store")
+upload_bytes = Counter("ods_recorder_upload_bytes_total", "Bytes uploaded from the spool to the store")
+upload_failures = Counter("ods_recorder_upload_failures_total", "Upload attempts that failed (each is retried)")
+purged = Counter("ods_recorder_purged_total", "Episode prefixes removed from the store after their rows went")
+upload_backlog = Gauge("ods_recorder_upload_backlog",
+                       "Closed segments waiting in the spool for their upload and listing (bucket backend)")

@@ -62,9 +62,3 @@ class Playlist:
             lines.append(ENDLIST)
         return "\n".join(lines) + "\n"
 
-
-def with_endlist(text: str) -> str:
-    """A playlist of an episode that is no longer live always ends (interrupted ones too)."""
-    if ENDLIST in text:
-        return text
-    return text.rstrip("\n") + "\n" + ENDLIST + "\n"

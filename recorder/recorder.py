@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +24,7 @@ from odsmedia.files import kept
 from .recording import RoomRecording
 from .storage import Storage
 from .track import TrackSink
+from .upload import Uploader
 
 if TYPE_CHECKING:
     from odsmedia.rooms.publication import Publication
@@ -48,9 +50,15 @@ class Recorder:
         enabled: bool = True,
         queue_size: int = 1024,
         audio_codec: str = "opus",
+        spool: Storage | None = None,
+        upload_retry_max: float = 5.0,
     ) -> None:
         self.db = db
+        # Where episodes live (what replay reads); with a remote store the writer
+        # writes to the local ``spool`` and each closed file is uploaded from there.
         self.storage = storage
+        self.spool = spool if spool is not None else storage
+        self.uploader = Uploader(self.spool, storage, max_delay=upload_retry_max) if spool is not None else None
         self.node = node
         self.segment_seconds = segment_seconds
         self.reconnect_grace = reconnect_grace
@@ -101,13 +109,35 @@ class Recorder:
                 del self._sinks[key]
                 publication.remove_sink(sink)
 
-    async def close(self) -> None:
-        """Shutdown: end every recording and wait until each episode is finalized."""
+    async def close(self, timeout: float | None = None) -> None:
+        """Shutdown: end every recording and wait until each episode is finalized.
+
+        After ``timeout`` seconds (a bucket that does not take uploads) the rest is
+        cancelled: those episodes stay live on this node with their files in the
+        spool, and the next start's recovery uploads and finalizes them."""
         for recording in list(self.recordings.values()):
             recording.end()
-        pending = [r.task for r in self._ending]
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+        ending = list(self._ending)
+        if not ending:
+            return
+        if timeout is not None:
+            # The last segments reach the disk (spool) whatever the bucket does: the
+            # writer threads need no store, only a moment.
+            await asyncio.to_thread(_join_writers, [r.writer for r in ending], WRITER_CLOSE_TIMEOUT)
+        done, late = await asyncio.wait([r.task for r in ending], timeout=timeout)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.gather(*late, return_exceptions=True)
+
+
+WRITER_CLOSE_TIMEOUT = 30.0
+
+
+def _join_writers(writers: list, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    for writer in writers:
+        writer.join(max(0.0, deadline - time.monotonic()))
 
 
 RECORDER: web.AppKey[Recorder] = web.AppKey("recorder", Recorder)

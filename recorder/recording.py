@@ -24,6 +24,7 @@ from . import episodes, metrics
 from .episodes import SegmentRow
 from .hls import ClosedSegment, HlsWriter, Sample
 from .playlist import Playlist, PlaylistEntry
+from .storage import StorageError
 from .track import TrackSink
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ class RoomRecording:
         self.loop = asyncio.get_running_loop()
         self.target = recorder.segment_seconds
         self.writer = HlsWriter(
-            recorder.storage, self.storage_key,
+            recorder.spool, self.storage_key,
             segment_seconds=self.target,
             on_segment=self._segment_closed_in_thread,
             on_keyframe_wanted=self._keyframe_wanted_in_thread,
@@ -68,6 +69,7 @@ class RoomRecording:
         self.ending = False
         # (segment, time.monotonic() when the playlist listing it was written), for benchmarks.
         self.listed: deque[tuple[ClosedSegment, float]] = deque(maxlen=10_000)
+        self.uploaded_inits: set[str] = set()
         self.created = asyncio.Event()
         self.done = asyncio.Event()
         self._events: asyncio.Queue = asyncio.Queue()
@@ -161,6 +163,8 @@ class RoomRecording:
     # --- writer thread -> loop -----------------------------------------------------------------
 
     def _segment_closed_in_thread(self, segment: ClosedSegment) -> None:
+        if self.recorder.uploader is not None:
+            metrics.upload_backlog.inc()   # thread-safe; taken off when listed (or dropped)
         self.loop.call_soon_threadsafe(self._events.put_nowait, segment)
 
     def _keyframe_wanted_in_thread(self) -> None:
@@ -175,7 +179,6 @@ class RoomRecording:
 
     async def _run(self) -> None:
         db = self.recorder.db
-        storage = self.recorder.storage
         try:
             episode = await episodes.create(
                 db, self.room_id, title=self.title, storage_key=self.storage_key, node=self.recorder.node,
@@ -186,7 +189,7 @@ class RoomRecording:
             self.created.set()
             self.end()
             await self._drain_until_finished()
-            await asyncio.to_thread(storage.delete_prefix, self.storage_key)
+            await self._delete_files()
             self.done.set()
             return
         self.episode_id = episode.id
@@ -199,14 +202,15 @@ class RoomRecording:
                 event = await self._events.get()
                 if event is _FINISHED:
                     break
-                if failed:
-                    continue
                 try:
-                    await self._list(event)
+                    if not failed:
+                        await self._list(event)
                 except Exception:
                     log.exception("cannot list segment; episode failed", extra={"episode": self.episode_id})
                     failed = True
                     self.end()
+                finally:
+                    self._taken(event)
             await self._finalize(failed)
         finally:
             metrics.recordings_live.dec()
@@ -214,11 +218,36 @@ class RoomRecording:
             self.done.set()
 
     async def _drain_until_finished(self) -> None:
-        while await self._events.get() is not _FINISHED:
-            pass
+        while (event := await self._events.get()) is not _FINISHED:
+            self._taken(event)
+
+    def _taken(self, segment: ClosedSegment) -> None:
+        if self.recorder.uploader is not None:
+            metrics.upload_backlog.dec()
+
+    async def _delete_files(self) -> None:
+        if self.recorder.spool is not self.recorder.storage:
+            await asyncio.to_thread(self.recorder.spool.delete_prefix, self.storage_key)
+        try:
+            await asyncio.to_thread(self.recorder.storage.delete_prefix, self.storage_key)
+        except StorageError:
+            # The row's deletion queued a purge (recorder/purge.py): the objects go when the store is back.
+            log.warning("cannot delete episode files now; left to the purge queue", extra={"key": self.storage_key})
+
+    async def _upload(self, segment: ClosedSegment) -> None:
+        """Init section (first use) and segment into the store, before the row lists them."""
+        uploader = self.recorder.uploader
+        assert uploader is not None
+        if segment.init is not None and segment.init not in self.uploaded_inits:
+            await uploader.upload(f"{self.storage_key}/{segment.init}")
+            self.uploaded_inits.add(segment.init)
+        await uploader.upload(f"{self.storage_key}/{segment.name}")
 
     async def _list(self, segment: ClosedSegment) -> None:
         assert self.episode_id is not None
+        uploader = self.recorder.uploader
+        if uploader is not None:
+            await self._upload(segment)
         await episodes.add_segment(self.recorder.db, self.episode_id, SegmentRow(
             seq=segment.seq, name=segment.name, init_name=segment.init,
             discontinuity=segment.discontinuity, duration=segment.duration,
@@ -230,13 +259,18 @@ class RoomRecording:
             started = dt.datetime.fromtimestamp(self.epoch_wall + segment.start, dt.timezone.utc)
             await episodes.set_started(self.recorder.db, self.episode_id, started)
         self.playlist.add(PlaylistEntry(segment.name, segment.duration, segment.init, segment.discontinuity))
-        await asyncio.to_thread(self.recorder.storage.put, f"{self.storage_key}/{PLAYLIST}",
-                                self.playlist.render().encode())
+        if uploader is None:
+            await asyncio.to_thread(self.recorder.storage.put, f"{self.storage_key}/{PLAYLIST}",
+                                    self.playlist.render().encode())
+        # With a store, replay builds the playlist from the rows: the row is the listing.
         listed = time.monotonic()
         self.listed.append((segment, listed))
         metrics.segments.inc()
         metrics.segment_bytes.inc(segment.size)
         metrics.listing_delay.observe(listed - segment.closed_at)
+        if uploader is not None:
+            # Listed, so in the store for good: the spool copy is no longer needed.
+            await asyncio.to_thread(self.recorder.spool.delete, f"{self.storage_key}/{segment.name}")
 
     async def _finalize(self, failed: bool) -> None:
         assert self.episode_id is not None
@@ -244,7 +278,7 @@ class RoomRecording:
         storage = self.recorder.storage
         if await episodes.get(db, self.episode_id) is None:
             # The row went while recording (the room was deleted): so do the files.
-            await asyncio.to_thread(storage.delete_prefix, self.storage_key)
+            await self._delete_files()
             self.status = "deleted"
             return
         if not self.playlist.entries:
@@ -254,14 +288,19 @@ class RoomRecording:
                 return
             # Nothing was captured (no keyframe ever came): not an episode anyone can watch.
             await episodes.discard(db, self.episode_id)
-            await asyncio.to_thread(storage.delete_prefix, self.storage_key)
+            await self._delete_files()
             self.status = "deleted"
             return
         await episodes.set_status(db, self.episode_id, "finalizing")
         self.playlist.ended = True
-        await asyncio.to_thread(storage.put, f"{self.storage_key}/{PLAYLIST}", self.playlist.render().encode())
+        if self.recorder.uploader is None:
+            await asyncio.to_thread(storage.put, f"{self.storage_key}/{PLAYLIST}", self.playlist.render().encode())
         # What was captured stays playable; the status says whether it is complete.
         self.status = "interrupted" if failed or self.writer.error is not None else "ready"
         await episodes.set_status(db, self.episode_id, self.status, ended=True)
+        if self.recorder.uploader is not None:
+            # Every listed file is in the store; what is left in the spool (init sections,
+            # a segment whose listing failed) goes.
+            await asyncio.to_thread(self.recorder.spool.delete_prefix, self.storage_key)
         log.info("episode %s", self.status, extra={"episode": self.episode_id, "room": self.room_slug,
                                                    "watch": f"/episodes/{self.episode_id}/watch"})

@@ -3,8 +3,11 @@
 GET    /rooms/{slug}/episodes        JSON list, newest first, paged (?limit=, ?before=); a browser
                                      asking for HTML gets the replay page
 GET    /episodes/{id}                JSON metadata
-GET    /episodes/{id}/index.m3u8     the HLS playlist (EVENT while live, VOD with ENDLIST after)
-GET    /episodes/{id}/{segment}      init sections and segments, with Range, ETag, immutable caching
+GET    /episodes/{id}/index.m3u8     the HLS playlist (EVENT while live, VOD with ENDLIST after),
+                                     built from the segment rows, so any node answers it
+GET    /episodes/{id}/{segment}      init sections and segments, with Range, ETag, immutable caching;
+                                     with a bucket (storage.backend = s3): a redirect to a short-lived
+                                     presigned URL, or the bytes proxied (storage.serve = proxy)
 DELETE /episodes/{id}                host or moderator of the room: rows and files go
 
 Every request passes ``Gate.admit(request, room, Entry.REPLAY)``.  A segment
@@ -30,10 +33,10 @@ from odsmedia.rooms.sfu import SFU
 from . import episodes, finalize
 from .episodes import Episode
 from .playlist import CONTENT_TYPE as PLAYLIST_TYPE
-from .playlist import with_endlist
+from .playlist import Playlist, PlaylistEntry
+from .purge import Purger
 from .recorder import RECORDER, Recorder, local_node_id
-from .recording import PLAYLIST
-from .storage import LocalStorage, Storage, StorageError
+from .storage import MissingObject, Storage, StorageError, open_stores
 
 SEGMENT_PATTERN = r"[0-9]{5,9}-[0-9]{1,6}\.m4s|init-[0-9]{1,6}\.mp4"
 IMMUTABLE = "private, max-age=31536000, immutable"
@@ -46,6 +49,13 @@ _POSITION_DIGITS = 18
 
 def _position(digits: str) -> int:
     return int(digits) if len(digits) <= _POSITION_DIGITS else 10**_POSITION_DIGITS
+
+
+# Longest wait at shutdown for recordings still uploading (stop grace is 15 s).
+UPLOAD_SHUTDOWN_GRACE = 10.0
+# Seconds a presigned segment URL lives; 0: segments are served by this node (local or proxy).
+PRESIGN_SECONDS: web.AppKey[int] = web.AppKey("presign_seconds", int)
+PURGER: web.AppKey[Purger] = web.AppKey("episode_purger", Purger)
 
 
 def recorder_of(app: web.Application) -> Recorder:
@@ -141,14 +151,15 @@ async def get_episode(request: web.Request) -> web.Response:
 
 async def get_playlist(request: web.Request) -> web.Response:
     episode, _ = await _admitted_episode(request)
-    storage = recorder_of(request.app).storage
-    try:
-        text = (await asyncio.to_thread(storage.read, f"{episode.storage_key}/{PLAYLIST}")).decode()
-    except StorageError:
-        raise ApiError(404, "playlist_not_ready", "the episode has no segment yet") from None
-    if episode.status != "live":
-        text = with_endlist(text)
-    body = text.encode()
+    rows = await episodes.segments(request.app[DB], episode.id)
+    if not rows:
+        raise ApiError(404, "playlist_not_ready", "the episode has no segment yet")
+    # The rows are the listing (a row exists only once its segment is stored), so
+    # every node serves the same playlist; an episode no longer live always ends.
+    playlist = Playlist(recorder_of(request.app).segment_seconds, ended=episode.status != "live")
+    for row in rows:
+        playlist.add(PlaylistEntry(row.name, row.duration, row.init_name, row.discontinuity))
+    body = playlist.render().encode()
     etag = '"' + hashlib.sha1(body).hexdigest()[:20] + '"'
     headers = {"ETag": etag, "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
     if _not_modified(request, etag):
@@ -161,16 +172,24 @@ async def get_segment(request: web.Request) -> web.Response:
     requested = request.match_info["name"]
     db = request.app[DB]
     storage = recorder_of(request.app).storage
+    presign = request.app[PRESIGN_SECONDS]
     if requested.startswith("init-"):
         name = await db.fetchval(
             "SELECT init_name FROM segments WHERE episode_id = $1 AND init_name = $2 LIMIT 1", episode.id, requested
         )
         size = None
+        if name is not None and presign:
+            return await _redirect(storage, f"{episode.storage_key}/{name}", presign)
         if name is not None:
-            size = await asyncio.to_thread(storage.size, f"{episode.storage_key}/{name}")
+            try:
+                size = await asyncio.to_thread(storage.size, f"{episode.storage_key}/{name}")
+            except StorageError:
+                raise ApiError(503, "storage_unavailable", "the episode store did not answer; retry") from None
     else:
         row = await episodes.segment_by_name(db, episode.id, requested)
         name, size = (row.name, row.size_bytes) if row else (None, None)
+        if name is not None and presign:
+            return await _redirect(storage, f"{episode.storage_key}/{name}", presign)
     if name is None or size is None:
         raise ApiError(404, "segment_not_found", "no such segment in this episode")
     key = f"{episode.storage_key}/{name}"
@@ -195,10 +214,25 @@ async def get_segment(request: web.Request) -> web.Response:
             return web.Response(body=body, headers={**headers, "Content-Type": content_type})
         start, end = wanted
         body = await asyncio.to_thread(storage.read, key, start, end - start)
-    except StorageError:
+    except MissingObject:
         raise ApiError(404, "segment_not_found", "the segment file is missing") from None
+    except StorageError:
+        raise ApiError(503, "storage_unavailable", "the episode store did not answer; retry") from None
     headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
     return web.Response(status=206, body=body, headers={**headers, "Content-Type": content_type})
+
+
+async def _redirect(storage: Storage, key: str, seconds: int) -> web.Response:
+    """To the object itself, signed for ``seconds``: the bucket (or a CDN before it) serves
+    the bytes, Range and ETag included, and no node's bandwidth is spent on them."""
+    try:
+        url = await storage.apresign(key, seconds)
+    except StorageError:
+        raise ApiError(503, "storage_unavailable", "the episode store cannot sign a URL now; retry") from None
+    # A cache may keep the redirect only while the URL still works.
+    return web.Response(status=302, headers={
+        "Location": url, "Cache-Control": f"private, max-age={max(0, seconds // 2)}",
+    })
 
 
 async def delete_episode(request: web.Request) -> web.Response:
@@ -210,10 +244,18 @@ async def delete_episode(request: web.Request) -> web.Response:
 
 
 async def remove(db, storage: Storage, episode: Episode) -> None:
-    """Delete an episode's rows, then its files (also used by the CLI); 409 while recording."""
+    """Delete an episode's rows, then its files (also used by the CLI); 409 while recording.
+
+    Deleting the row queues the purge (a trigger); the files go now, and the queue
+    row with them, or by the purge loop if the store refuses now."""
     removed = await episodes.delete(db, episode.id)
-    if removed is not None:
+    if removed is None:
+        return
+    try:
         await asyncio.to_thread(storage.delete_prefix, removed.storage_key)
+    except StorageError:
+        return   # still queued: Purger retries
+    await episodes.purged(db, removed.storage_key)
 
 
 def make_recorder(app: web.Application) -> Recorder:
@@ -221,9 +263,12 @@ def make_recorder(app: web.Application) -> Recorder:
     seconds = config["recording.segment_seconds"]
     if not 0.5 <= seconds <= 60:
         raise ConfigError(f"invalid recording.segment_seconds={seconds!r}: expected 0.5 to 60 seconds")
+    store, spool = open_stores(config)
     return Recorder(
         app[DB],
-        LocalStorage(config.data_dir / "episodes"),
+        store,
+        spool=spool,
+        upload_retry_max=config["storage.upload_retry_max"],
         node=local_node_id(config.data_dir),
         segment_seconds=seconds,
         reconnect_grace=config["recording.reconnect_grace"],
@@ -234,17 +279,40 @@ def make_recorder(app: web.Application) -> Recorder:
 
 def setup(app: web.Application) -> None:
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        config = app[CONFIG]
         recorder = make_recorder(app)
         app[RECORDER] = recorder
-        await finalize.recover(recorder.db, recorder.storage, recorder.node, recorder.segment_seconds)
-        await finalize.sweep_orphans(recorder.db, recorder.storage)
+        remote = recorder.uploader is not None
+        if remote:
+            fault = await asyncio.to_thread(recorder.storage.check)
+            if fault is not None:
+                await asyncio.to_thread(recorder.storage.close)
+                raise ConfigError(f"invalid storage settings: {fault}")
+        app[PRESIGN_SECONDS] = (
+            config["storage.presign_seconds"] if remote and config["storage.serve"] == "redirect" else 0)
+        await finalize.recover(recorder.db, recorder.storage, recorder.node, recorder.segment_seconds,
+                               recorder.uploader)
+        if remote:
+            # The bucket is shared: only this node's spool is swept; deleted episodes'
+            # objects go through the purge queue.
+            await finalize.sweep_spool(recorder.db, recorder.spool, recorder.node)
+        else:
+            await finalize.sweep_orphans(recorder.db, recorder.storage)
+        purger = Purger(recorder.db, recorder.storage, retention_days=config["recording.retention_days"])
+        app[PURGER] = purger
+        purging = asyncio.create_task(purger.run(), name="episode-purge")
         sfu = app.get(SFU)
         if sfu is not None:
             sfu.add_observer(recorder)
         yield
         if sfu is not None:
             sfu.remove_observer(recorder)
-        await recorder.close()
+        purging.cancel()
+        # Local files are finalized in moments; uploads wait on the bucket, so they get a
+        # bound (what is left is in the spool for the next start).
+        await recorder.close(timeout=UPLOAD_SHUTDOWN_GRACE if remote else None)
+        await asyncio.gather(purging, return_exceptions=True)
+        await asyncio.to_thread(recorder.storage.close)
 
     app.cleanup_ctx.append(lifecycle)
     app.router.add_get("/rooms/{slug}/episodes", list_episodes)

@@ -2,8 +2,9 @@
 
 The recorder's worker thread writes through ``Storage`` and the replay
 routes read through it (from a thread), so an S3-compatible store can
-implement the same seven methods with a blocking client and nothing else in
-the recorder changes.  Keys are ``/``-separated relative names built by the
+implement the same methods (``recorder/s3.py`` does) and nothing else in the
+recorder changes.  With a remote store the writer still writes to a local
+``LocalStorage`` spool, and ``recorder/upload.py`` moves each closed file on.  Keys are ``/``-separated relative names built by the
 recorder from validated parts (an episode's storage key and a segment name
 from its own list); they are checked here again so a bad key can never
 escape the root.
@@ -15,6 +16,7 @@ half of one (temp file + fsync + ``os.replace`` locally; S3 PUTs already are).
 from __future__ import annotations
 
 import abc
+import asyncio
 import os
 import re
 import shutil
@@ -28,6 +30,10 @@ TEMP_SUFFIX = ".partial"
 
 class StorageError(Exception):
     """The store refused or failed an operation."""
+
+
+class MissingObject(StorageError):
+    """No object under that key."""
 
 
 def check_key(key: str) -> list[str]:
@@ -68,6 +74,25 @@ class Storage(abc.ABC):
     def discard_partials(self, prefix: str) -> int:
         """Remove leftovers of interrupted writes under ``prefix``; returns how many."""
 
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove one object (missing is fine)."""
+
+    async def aput(self, key: str, data: bytes) -> None:
+        """``put`` for callers on an event loop (a remote store overrides it without a thread)."""
+        await asyncio.to_thread(self.put, key, data)
+
+    async def apresign(self, key: str, seconds: int) -> str:
+        """A URL that serves ``key`` to anyone for ``seconds`` (stores that can sign override it)."""
+        raise StorageError("this store cannot presign URLs")
+
+    def check(self) -> str | None:
+        """A configuration fault no retry will fix, or None (a directory is created on demand)."""
+        return None
+
+    def close(self) -> None:
+        """Release connections (nothing to do for files)."""
+
 
 class LocalStorage(Storage):
     """Files under a root directory (default: <data dir>/episodes)."""
@@ -105,7 +130,7 @@ class LocalStorage(Storage):
                     fh.seek(start)
                 return fh.read() if length is None else fh.read(length)
         except FileNotFoundError:
-            raise StorageError(f"no object {key!r}") from None
+            raise MissingObject(f"no object {key!r}") from None
 
     def size(self, key: str) -> int | None:
         try:
@@ -131,6 +156,12 @@ class LocalStorage(Storage):
     def delete_prefix(self, prefix: str) -> None:
         shutil.rmtree(self._path(prefix), ignore_errors=True)
 
+    def delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink()
+        except FileNotFoundError:
+            pass
+
     def discard_partials(self, prefix: str) -> int:
         removed = 0
         try:
@@ -145,3 +176,24 @@ class LocalStorage(Storage):
                 except FileNotFoundError:
                     pass
         return removed
+
+
+def open_stores(config) -> tuple[Storage, LocalStorage | None]:
+    """(the store episodes live in, the local spool the writer fills; None when they are one).
+
+    ``storage.backend = local``: files under <data dir>/episodes, written in place.
+    ``storage.backend = s3``: a bucket, filled from <data dir>/spool by the uploader."""
+    if config["storage.backend"] == "s3":
+        from odsmedia.config import ConfigError
+
+        from .s3 import S3Storage
+
+        if not config["storage.bucket"]:
+            raise ConfigError("invalid storage.bucket='': expected a bucket name with storage.backend = s3")
+
+        store = S3Storage(
+            config["storage.bucket"], prefix=config["storage.prefix"],
+            endpoint_url=config["storage.endpoint_url"], region=config["storage.region"],
+        )
+        return store, LocalStorage(config.data_dir / "spool")
+    return LocalStorage(config.data_dir / "episodes"), None

@@ -56,6 +56,7 @@ TABLE_OWNERS = {
     "room_members": "odsmedia/rooms/directory.py",
     "episodes": "recorder/episodes.py",
     "segments": "recorder/episodes.py",
+    "episode_purges": "recorder/episodes.py",
     "chat_items": "odsmedia/chat/store.py",
     "chat_votes": "odsmedia/chat/store.py",
     "chat_sanctions": "odsmedia/chat/store.py",
