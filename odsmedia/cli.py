@@ -189,8 +189,11 @@ def cmd_dev(args: argparse.Namespace, config: Config) -> int:
     if not config["secret.key"]:
         config = config.replace(**{"secret.key": _dev_secret(config.data_dir)})
     services = Services(config)
+    coturn = None
     try:
         config = services.resolve(redis=True)
+        if config["ice.dev_coturn_port"]:
+            config, coturn = _dev_coturn(config)
 
         if not config["ice.addresses"]:
             # Every interface (what a browser elsewhere on the LAN reaches) plus
@@ -223,8 +226,28 @@ def cmd_dev(args: argparse.Namespace, config: Config) -> int:
 
         run_async(_serve(config, announce))
     finally:
+        if coturn is not None:
+            coturn.stop()
         services.close()
     return 0
+
+
+def _dev_coturn(config: Config):
+    """A local coturn for `odsmedia dev` (ice.dev_coturn), or none when it is not installed."""
+    from .media.coturn import CoturnConfig, LocalCoturn, binary
+
+    if binary() is None:
+        print("odsmedia dev: ODS_ICE_DEV_COTURN_PORT is set but coturn is not installed (apt-get install coturn); "
+              "going on without TURN", file=sys.stderr)
+        return config, None
+    secret = kept(config.data_dir / "coturn.json", lambda text: json.loads(text)["secret"],
+                  lambda: secrets.token_urlsafe(32), lambda key: json.dumps({"secret": key}), mode=0o600)
+    # Loopback peers: the dev node itself is on 127.0.0.1.  Never in production (docs/operations.md).
+    settings = CoturnConfig(secret=secret, port=config["ice.dev_coturn_port"], allow_loopback_peers=True)
+    coturn = LocalCoturn(settings, config.data_dir / "services" / "coturn")
+    coturn.start()
+    print(f"odsmedia dev: coturn on {settings.listen_ip}:{settings.port}", flush=True)
+    return config.replace(**{"ice.turn_secret": secret, "ice.turn_urls": ",".join(settings.urls())}), coturn
 
 
 def cmd_migrate(args: argparse.Namespace, config: Config) -> int:

@@ -135,6 +135,17 @@ def _url(*schemes: str) -> Callable[[Any], str]:
     return parse
 
 
+def _url_list(*schemes: str) -> Callable[[Any], tuple[str, ...]]:
+    def parse(raw: Any) -> tuple[str, ...]:
+        items = _list(raw)
+        for item in items:
+            if not any(item.startswith(s + ":") for s in schemes):
+                raise ValueError("URLs starting with " + " or ".join(s + ":" for s in schemes) + f" ({item!r})")
+        return items
+
+    return parse
+
+
 def _duration(raw: Any) -> float:
     """Seconds, or a number with a unit suffix s/m/h/d ("15m")."""
     if isinstance(raw, (int, float)) and not isinstance(raw, bool):
@@ -195,9 +206,22 @@ SETTINGS: tuple[Setting, ...] = (
             "Remote candidates outside these networks are ignored. Empty: the networks of ice.addresses "
             "when those are loopback, else any."),
     Setting("ice.stun_urls", "ODS_ICE_STUN_URLS", _list, (), "STUN URLs handed to browser clients."),
-    Setting("ice.turn_urls", "ODS_ICE_TURN_URLS", _list, (), "TURN URLs handed to browser clients."),
+    Setting("ice.turn_urls", "ODS_ICE_TURN_URLS", _url_list("turn", "turns"), (),
+            "TURN URLs handed to clients, e.g. turn:host:3478?transport=udp, turn:host:3478?transport=tcp, "
+            "turns:host:443?transport=tcp."),
     Setting("ice.turn_username", "ODS_ICE_TURN_USERNAME", _str, "", "TURN username for browser clients."),
-    Setting("ice.turn_credential", "ODS_ICE_TURN_CREDENTIAL", _str, "", "TURN credential.", secret=True),
+    Setting("ice.turn_credential", "ODS_ICE_TURN_CREDENTIAL", _str, "",
+            "Static TURN credential (used only when ice.turn_secret is empty).", secret=True),
+    Setting("ice.turn_secret", "ODS_ICE_TURN_SECRET", _str, "",
+            "coturn static-auth-secret: each participant gets its own time-limited TURN credential "
+            "(REST-API scheme). Empty: the static username/credential above.", secret=True),
+    Setting("ice.turn_ttl", "ODS_ICE_TURN_TTL", _duration, 43200.0,
+            "How long a minted TURN credential is valid (seconds); coturn refuses it afterwards."),
+    Setting("ice.force_relay", "ODS_ICE_FORCE_RELAY", _bool, False,
+            "Pages connect only through TURN (iceTransportPolicy relay): hides client addresses, tests TURN."),
+    Setting("ice.dev_coturn_port", "ODS_ICE_DEV_COTURN_PORT", _port, 0,
+            "`odsmedia dev` only: start a local coturn (Debian package coturn) on 127.0.0.1 at this port "
+            "(3478 is usual) and hand out credentials for it. 0 (the default): none."),
     Setting("media.forwarding", "ODS_MEDIA_FORWARDING", _choice("packet", "frame"), "packet",
             "How live viewers are served: packet (each RTP packet rewritten and sent to every viewer) or "
             "frame (frames reassembled and re-packetized per viewer; the earlier path)."),

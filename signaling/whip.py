@@ -19,6 +19,7 @@ from odsmedia.abuse import ABUSE, Held
 from odsmedia.errors import ApiError
 from odsmedia.gate import Admission, Entry
 from odsmedia.keys import CONFIG, GATE
+from odsmedia.media.turn import ice_servers
 from odsmedia.reauth import REAUTH, Reauthorizer, credential_of
 from odsmedia.rooms.errors import SfuError
 from odsmedia.rooms.participant import Participant
@@ -54,13 +55,8 @@ async def _read_sdp(request: web.Request) -> str:
         raise SfuError(400, "invalid_sdp", "SDP is not UTF-8") from None
 
 
-def _ice_links(request: web.Request) -> list[str]:
-    config = request.app[CONFIG]
-    links = [f'<{url}>; rel="ice-server"' for url in config["ice.stun_urls"]]
-    for url in config["ice.turn_urls"]:
-        links.append(f'<{url}>; rel="ice-server"; username="{config["ice.turn_username"]}"; '
-                     f'credential="{config["ice.turn_credential"]}"; credential-type="password"')
-    return links
+def _ice_links(request: web.Request, participant: Participant) -> list[str]:
+    return [link for server in ice_servers(request.app[CONFIG], participant.id) for link in server.as_links()]
 
 
 def _find(request: web.Request, via: str) -> tuple[Room, Participant, Transport]:
@@ -70,10 +66,10 @@ def _find(request: web.Request, via: str) -> tuple[Room, Participant, Transport]
     return found
 
 
-def _created(request: web.Request, via: str, transport: Transport) -> web.Response:
+def _created(request: web.Request, via: str, participant: Participant, transport: Transport) -> web.Response:
     response = web.Response(status=201, text=transport.local_sdp(), content_type="application/sdp",
                             headers={**CORS, "Location": f"/rooms/{request.match_info['slug']}/{via}/{transport.id}"})
-    for link in _ice_links(request):
+    for link in _ice_links(request, participant):
         response.headers.add("Link", link)
     return response
 
@@ -98,7 +94,7 @@ async def whip_post(request: web.Request) -> web.Response:
         except BaseException:
             await room.leave(participant, reason="publish_failed")
             raise
-        return _created(request, "whip", transport)
+        return _created(request, "whip", participant, transport)
     except ApiError as exc:
         raise _with_cors(exc) from None
 
@@ -128,7 +124,7 @@ async def whep_post(request: web.Request) -> web.Response:
         except BaseException:
             await room.leave(participant, reason="play_failed")
             raise
-        return _created(request, "whep", transport)
+        return _created(request, "whep", participant, transport)
     except ApiError as exc:
         raise _with_cors(exc) from None
 

@@ -225,7 +225,8 @@ class Session:
             "participant": participant.describe(),
             "room": admission.room.public(),
             **self.room.snapshot(),
-            "ice_servers": browser_ice_servers(self.app[CONFIG]),
+            "ice_servers": browser_ice_servers(self.app[CONFIG], participant.id),
+            "ice_transport_policy": "relay" if self.app[CONFIG]["ice.force_relay"] else "all",
         })
 
     async def on_publish(self, message: dict[str, Any], ref: Any) -> None:

@@ -20,6 +20,8 @@ from typing import Any, Iterable
 import aioice.ice
 from aiortc import RTCConfiguration
 
+from .turn import ice_servers
+
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _original_get_host_addresses = aioice.ice.get_host_addresses
@@ -102,12 +104,6 @@ def rtc_configuration() -> RTCConfiguration:
     return RTCConfiguration(iceServers=[])
 
 
-def browser_ice_servers(config: Any) -> list[dict[str, Any]]:
+def browser_ice_servers(config: Any, subject: str | None = None) -> list[dict[str, Any]]:
     """The iceServers list handed to browsers (RTCConfiguration shape)."""
-    servers: list[dict[str, Any]] = []
-    if config["ice.stun_urls"]:
-        servers.append({"urls": list(config["ice.stun_urls"])})
-    if config["ice.turn_urls"]:
-        servers.append({"urls": list(config["ice.turn_urls"]), "username": config["ice.turn_username"],
-                        "credential": config["ice.turn_credential"]})
-    return servers
+    return [server.as_browser() for server in ice_servers(config, subject)]
