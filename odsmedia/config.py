@@ -222,6 +222,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ice.dev_coturn_port", "ODS_ICE_DEV_COTURN_PORT", _port, 0,
             "`odsmedia dev` only: start a local coturn (Debian package coturn) on 127.0.0.1 at this port "
             "(3478 is usual) and hand out credentials for it. 0 (the default): none."),
+    Setting("media.udp_port", "ODS_MEDIA_UDP_PORT", _port, 0,
+            "The one UDP port all of the node's ICE/DTLS/SRTP traffic uses, on each ICE host address (open it "
+            "in the firewall). 0: an ephemeral port per peer connection."),
     Setting("media.forwarding", "ODS_MEDIA_FORWARDING", _choice("packet", "frame"), "packet",
             "How live viewers are served: packet (each RTP packet rewritten and sent to every viewer) or "
             "frame (frames reassembled and re-packetized per viewer; the earlier path)."),

@@ -68,6 +68,11 @@ def current() -> IcePolicy:
     return _policy
 
 
+def host_addresses() -> list[str]:
+    """The addresses server candidates are gathered on (IPv4 and IPv6)."""
+    return _host_addresses(True, True)
+
+
 def _host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
     if not _policy.addresses:
         return _original_get_host_addresses(use_ipv4, use_ipv6)

@@ -18,7 +18,7 @@ from recorder import episodes
 from ..errors import json_response
 from ..gate import Entry
 from ..keys import BUS, CONFIG, DB, GATE
-from ..media import ice
+from ..media import ice, udpmux
 from ..media.ice import browser_ice_servers
 from . import directory
 from .placement import Placement
@@ -75,8 +75,19 @@ def setup(app: web.Application) -> None:
         refresher = asyncio.create_task(sfu.placement.run(), name="room-placement")
         # The ICE policy is process-wide: the application that starts sets it.
         ice.configure(sfu.config["ice.addresses"], sfu.config["ice.allowed_networks"])
-        yield
-        await sfu.close()
+        muxes = None
+        if sfu.config["media.udp_port"]:
+            # One UDP port per node: every server peer connection on it (media.udpmux).
+            muxes = await udpmux.UdpMuxSet.open(ice.host_addresses(), sfu.config["media.udp_port"])
+        udpmux.install(muxes)
+        try:
+            yield
+        finally:
+            await sfu.close()
+            if muxes is not None:
+                muxes.close()
+                if udpmux.active() is muxes:
+                    udpmux.install(None)
         refresher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await refresher

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 from aiortc import RTCPeerConnection, RTCSessionDescription, sdp
 from aiortc.sdp import candidate_from_sdp
 
-from ..media import codecs, ice
+from ..media import codecs, ice, udpmux
 from ..media.receiver import send_nack, send_pli, tap, tap_packets
 from ..media.sender import (connect_downstream, install_downstream, install_lean_loop, install_packer,
                             on_keyframe_request)
@@ -208,7 +208,8 @@ class PublisherTransport(Transport):
                 tap_packets(transceiver.receiver, fanout.on_packet, fanout.on_sender_report)
             self.publications.append(publication)
         try:
-            await asyncio.wait_for(self.pc.setLocalDescription(await self.pc.createAnswer()), NEGOTIATION_TIMEOUT)
+            with udpmux.serving():  # the node's own connection: on the shared UDP port
+                await asyncio.wait_for(self.pc.setLocalDescription(await self.pc.createAnswer()), NEGOTIATION_TIMEOUT)
         except asyncio.TimeoutError:
             raise SfuError(504, "negotiation_timeout", "ICE gathering timed out") from None
         return self.local_sdp()
@@ -249,7 +250,8 @@ class SubscriberTransport(Transport):
         for publication in self._publications:
             self._add(publication)
         try:
-            await asyncio.wait_for(self.pc.setLocalDescription(await self.pc.createOffer()), NEGOTIATION_TIMEOUT)
+            with udpmux.serving():  # the node's own connection: on the shared UDP port
+                await asyncio.wait_for(self.pc.setLocalDescription(await self.pc.createOffer()), NEGOTIATION_TIMEOUT)
         except asyncio.TimeoutError:
             raise SfuError(504, "negotiation_timeout", "ICE gathering timed out") from None
         return self.local_sdp()
@@ -282,7 +284,8 @@ class SubscriberTransport(Transport):
         try:
             await asyncio.wait_for(self.pc.setRemoteDescription(RTCSessionDescription(offer, "offer")),
                                    NEGOTIATION_TIMEOUT)
-            await asyncio.wait_for(self.pc.setLocalDescription(await self.pc.createAnswer()), NEGOTIATION_TIMEOUT)
+            with udpmux.serving():  # the node's own connection: on the shared UDP port
+                await asyncio.wait_for(self.pc.setLocalDescription(await self.pc.createAnswer()), NEGOTIATION_TIMEOUT)
         except asyncio.TimeoutError:
             raise SfuError(504, "negotiation_timeout", "SDP negotiation timed out") from None
         except Exception as exc:

@@ -1,0 +1,133 @@
+"""One UDP port per node (media.udp_port): a hundred server peer connections
+on one socket, demultiplexed by STUN USERNAME then remote address."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import time
+
+import aioice.ice
+import pytest
+
+from conftest import make_config
+from odsmedia.app import make_app
+from odsmedia.media import udpmux
+from odsmedia.rooms.sfu import SFU
+
+UDP_PORT = 18790
+
+
+def _resolve(dotted: str) -> object:
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        for name in parts[i:]:
+            obj = getattr(obj, name)
+        return obj
+    raise ImportError(dotted)
+
+
+def test_every_aioice_private_the_mux_uses_exists():
+    # Annotated-only and instance attributes are looked up where aioice declares them.
+    instance_attrs = {"aioice.ice.Connection._protocols", "aioice.ice.StunProtocol.local_candidate"}
+    connection = aioice.ice.Connection(ice_controlling=False)
+    for name in udpmux.PRIVATES:
+        if name in instance_attrs:
+            owner, attr = name.rsplit(".", 1)
+            cls = _resolve(owner)
+            assert attr in getattr(cls, "__annotations__", {}) or hasattr(connection, attr), name
+        else:
+            assert _resolve(name) is not None, name
+    assert isinstance(connection._protocols, list)
+    assert udpmux._original_get_component_candidates.__qualname__ == "Connection.get_component_candidates"
+
+
+def _udp_ports_of_this_process() -> list[int]:
+    """Local ports of this process's UDP sockets, from the socket table (/proc/net/udp{,6})."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = []
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        with open(table) as fh:
+            next(fh)
+            for line in fh:
+                fields = line.split()
+                if fields[9] in inodes:
+                    ports.append(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+@pytest.mark.timeout(240)
+async def test_a_hundred_peer_connections_use_the_one_configured_port(aiohttp_client, service_urls, tmp_path,
+                                                                      room_factory, peers):
+    config = make_config(service_urls, tmp_path / "d", ODS_MEDIA_UDP_PORT=str(UDP_PORT),
+                         ODS_ABUSE_SIGNALING_PER_NETWORK="0")
+    c = await aiohttp_client(make_app(config))
+    assert _udp_ports_of_this_process().count(UDP_PORT) == 1
+    room = await room_factory()
+    publisher = await peers.host(c, room)
+    await publisher.publish(fps=5, audio=False)
+    viewers = [await peers.viewer(c, room, decode=(i == 0)) for i in range(9)]
+    # 1 publisher + 9 viewers x 11 subscriptions = 100 server peer connections.
+    for _ in range(11):
+        await asyncio.gather(*(v.subscribe() for v in viewers))
+    live = c.server.app[SFU].get(room.slug)
+    transports = [t for p in live.participants.values() for t in p.transports.values()]
+    assert len(transports) == 100
+    await asyncio.wait_for(asyncio.gather(*(t.connected.wait() for t in transports)), 90)
+
+    # Every server connection's nominated pair is on the one port.
+    for t in transports:
+        connection = t.pc.getTransceivers()[0].sender.transport.transport._connection
+        assert {pair.local_candidate.port for pair in connection._nominated.values()} == {UDP_PORT}
+        assert f"127.0.0.1 {UDP_PORT} typ host" in t.local_sdp()
+    # The socket table: the server holds one UDP socket (the port); the other
+    # UDP sockets of this process are the 100 aiortc clients' own.
+    ports = _udp_ports_of_this_process()
+    assert ports.count(UDP_PORT) == 1
+    client_pcs = [publisher.pc] + [pc for v in viewers for pc in v.pcs]
+    assert len(client_pcs) == 100
+    assert len(ports) == 1 + len(client_pcs), sorted(ports)
+    # Media flows through it: the decoding viewer gets counter frames.
+    received = viewers[0].video()
+    assert received is not None
+    await asyncio.wait_for(received.first_frame.wait(), 20)
+    deadline = time.monotonic() + 10
+    while received.frames < 3 and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert received.frames >= 3
+    mux = udpmux.active().muxes["127.0.0.1"]
+    assert len(mux.by_ufrag) == 100
+
+    # Closing connections detaches them; the port stays.
+    for v in viewers:
+        await v.close()
+    deadline = time.monotonic() + 20
+    while len(mux.by_ufrag) > 1 and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert len(mux.by_ufrag) == 1
+    assert _udp_ports_of_this_process().count(UDP_PORT) == 1
+
+
+async def test_without_the_setting_each_connection_has_its_own_port(client, room_factory, peers):
+    room = await room_factory()
+    publisher = await peers.host(client, room)
+    await publisher.publish(fps=5, audio=False)
+    live = client.server.app[SFU].get(room.slug)
+    [transport] = [t for p in live.participants.values() for t in p.transports.values()]
+    await asyncio.wait_for(transport.connected.wait(), 20)
+    assert udpmux.active() is None
+    connection = transport.pc.getTransceivers()[0].sender.transport.transport._connection
+    [port] = {pair.local_candidate.port for pair in connection._nominated.values()}
+    assert port != UDP_PORT and port in _udp_ports_of_this_process()
