@@ -219,6 +219,9 @@ SETTINGS: tuple[Setting, ...] = (
             "How long a minted TURN credential is valid (seconds); coturn refuses it afterwards."),
     Setting("ice.force_relay", "ODS_ICE_FORCE_RELAY", _bool, False,
             "Pages connect only through TURN (iceTransportPolicy relay): hides client addresses, tests TURN."),
+    Setting("ice.consent_timeout", "ODS_ICE_CONSENT_TIMEOUT", _duration, 30.0,
+            "A peer that stops answering consent checks (RFC 7675) is dropped within this many seconds "
+            "(at least 3)."),
     Setting("ice.dev_coturn_port", "ODS_ICE_DEV_COTURN_PORT", _port, 0,
             "`odsmedia dev` only: start a local coturn (Debian package coturn) on 127.0.0.1 at this port "
             "(3478 is usual) and hand out credentials for it. 0 (the default): none."),

@@ -36,7 +36,9 @@ def test_every_aioice_private_the_mux_uses_exists():
     # Annotated-only and instance attributes are looked up where aioice declares them.
     instance_attrs = {"aioice.ice.Connection._protocols", "aioice.ice.StunProtocol.local_candidate"}
     connection = aioice.ice.Connection(ice_controlling=False)
-    for name in udpmux.PRIVATES:
+    from odsmedia.media import ice
+
+    for name in udpmux.PRIVATES + ice.PRIVATES:
         if name in instance_attrs:
             owner, attr = name.rsplit(".", 1)
             cls = _resolve(owner)

@@ -24,6 +24,14 @@ from .turn import ice_servers
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+# aioice internals used here (tests/test_udpmux.py checks each one, with media.udpmux's).
+PRIVATES = (
+    "aioice.ice.get_host_addresses",
+    "aioice.ice.validate_remote_candidate",
+    "aioice.ice.CONSENT_INTERVAL",
+    "aioice.ice.CONSENT_FAILURES",
+)
+
 _original_get_host_addresses = aioice.ice.get_host_addresses
 _original_validate = aioice.ice.validate_remote_candidate
 
@@ -62,6 +70,23 @@ def configure(addresses: Iterable[str], allowed_networks: Iterable[str] = ()) ->
     aioice.ice.get_host_addresses = _host_addresses
     aioice.ice.validate_remote_candidate = _validate_remote_candidate
     return _policy
+
+
+CONSENT_FAILURES = 5
+
+
+def set_consent_timeout(seconds: float) -> float:
+    """Drop a peer whose consent (RFC 7675) lapsed for ``seconds``; returns the check interval.
+
+    aioice checks consent every CONSENT_INTERVAL (randomized 0.8-1.2x), each check
+    given one 0.5 s RTO, and closes the connection after CONSENT_FAILURES misses in
+    a row: the interval is chosen so the worst case stays within ``seconds``.
+    """
+    # 95%: a margin for event-loop lag.
+    interval = max(0.1, (0.95 * seconds / CONSENT_FAILURES - 0.5) / 1.2)
+    aioice.ice.CONSENT_FAILURES = CONSENT_FAILURES
+    aioice.ice.CONSENT_INTERVAL = interval
+    return interval
 
 
 def current() -> IcePolicy:

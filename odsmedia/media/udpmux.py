@@ -222,9 +222,9 @@ async def _get_component_candidates(self: aioice.ice.Connection, component: int,
     if muxes is None or not _serving.get():
         return await _original_get_component_candidates(self, component, addresses, timeout)
     candidates = []
-    for address in addresses:
-        mux = muxes.muxes.get(address)
-        if mux is None or mux.transport is None:
+    # The node's addresses are those it bound at start, whatever the process policy says now.
+    for mux in muxes.muxes.values():
+        if mux.transport is None:
             continue
         protocol = aioice.ice.StunProtocol(self)
         mux.attach(protocol, self.local_username)

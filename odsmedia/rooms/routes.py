@@ -75,6 +75,7 @@ def setup(app: web.Application) -> None:
         refresher = asyncio.create_task(sfu.placement.run(), name="room-placement")
         # The ICE policy is process-wide: the application that starts sets it.
         ice.configure(sfu.config["ice.addresses"], sfu.config["ice.allowed_networks"])
+        ice.set_consent_timeout(max(3.0, sfu.config["ice.consent_timeout"]))
         muxes = None
         if sfu.config["media.udp_port"]:
             # One UDP port per node: every server peer connection on it (media.udpmux).
