@@ -1,8 +1,12 @@
 """WHIP (RFC 9725) publishing and WHEP playback, one resource model.
 
-POST an SDP offer -> 201 Created, ``Location`` of the session, the SDP
-answer.  DELETE on the Location ends the session.  OPTIONS answers CORS
-preflights.  Candidates travel in the SDP (no trickle: PATCH gets 405).
+POST an SDP offer -> 201 Created, ``Location`` of the session, its
+``ETag``, the SDP answer.  DELETE on the Location ends the session.
+PATCH with an ``application/trickle-ice-sdpfrag`` body trickles client
+candidates (RFC 9725 section 4.3.1, RFC 8840); an ICE restart (``If-Match:
+*`` or new credentials) answers 422, the RFC's answer when only one of the
+two is supported: such a client restarts by a new POST.  OPTIONS answers
+CORS preflights.
 WHIP needs a host bearer token; WHEP admits like the viewer page (viewer
 token, cookies, or nothing in a public room) and answers 409
 ``nothing_published`` when the room has nothing live.
@@ -29,9 +33,9 @@ from odsmedia.rooms.transport import MAX_SDP, Transport
 
 CORS = {
     "Access-Control-Allow-Origin": "*",
-    "Access-Control-Allow-Methods": "POST, DELETE, OPTIONS",
-    "Access-Control-Allow-Headers": "Authorization, Content-Type",
-    "Access-Control-Expose-Headers": "Location, Link",
+    "Access-Control-Allow-Methods": "POST, PATCH, DELETE, OPTIONS",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match",
+    "Access-Control-Expose-Headers": "Location, Link, ETag",
     "Access-Control-Max-Age": "600",
 }
 
@@ -44,6 +48,10 @@ def _with_cors(exc: ApiError) -> ApiError:
 async def _read_sdp(request: web.Request) -> str:
     if request.content_type != "application/sdp":
         raise SfuError(415, "unsupported_media_type", "the body must be application/sdp")
+    return await _read_body(request)
+
+
+async def _read_body(request: web.Request) -> str:
     if request.content_length is not None and request.content_length > MAX_SDP:
         raise SfuError(413, "body_too_large", f"SDP over {MAX_SDP} bytes")
     raw = await request.content.read(MAX_SDP + 1)
@@ -66,9 +74,15 @@ def _find(request: web.Request, via: str) -> tuple[Room, Participant, Transport]
     return found
 
 
+def _etag(transport: Transport) -> str:
+    # One ICE session per resource (no restarts): the server's ufrag names it.
+    return f'"{transport.local_ufrag()}"'
+
+
 def _created(request: web.Request, via: str, participant: Participant, transport: Transport) -> web.Response:
     response = web.Response(status=201, text=transport.local_sdp(), content_type="application/sdp",
-                            headers={**CORS, "Location": f"/rooms/{request.match_info['slug']}/{via}/{transport.id}"})
+                            headers={**CORS, "Location": f"/rooms/{request.match_info['slug']}/{via}/{transport.id}",
+                                     "ETag": _etag(transport)})
     for link in _ice_links(request, participant):
         response.headers.add("Link", link)
     return response
@@ -152,15 +166,20 @@ class SessionEnding:
             done()
 
 
+async def _owned(request: web.Request, via: str) -> tuple[Room, Participant, Transport]:
+    room, participant, transport = _find(request, via)
+    if participant.subject != "none" or request.headers.get("Authorization"):
+        # A session made with credentials is acted on only by the same identity.
+        identity = await request.app[GATE].identify(request)
+        if identity.subject != participant.subject:
+            raise SfuError(403, "not_your_session", "this session belongs to someone else")
+    return room, participant, transport
+
+
 def _delete(via: str):
     async def handler(request: web.Request) -> web.Response:
         try:
-            room, participant, transport = _find(request, via)
-            if participant.subject != "none" or request.headers.get("Authorization"):
-                # A session made with credentials is ended only by the same identity.
-                identity = await request.app[GATE].identify(request)
-                if identity.subject != participant.subject:
-                    raise SfuError(403, "not_your_session", "this session belongs to someone else")
+            _, _, transport = await _owned(request, via)
             await transport.close()
             return web.Response(status=200, headers=CORS)
         except ApiError as exc:
@@ -169,14 +188,61 @@ def _delete(via: str):
     return handler
 
 
+def _patch(via: str):
+    async def handler(request: web.Request) -> web.Response:
+        try:
+            _, _, transport = await _owned(request, via)
+            if request.content_type != "application/trickle-ice-sdpfrag":
+                raise SfuError(415, "unsupported_media_type", "the body must be application/trickle-ice-sdpfrag")
+            frag = parse_sdpfrag(await _read_body(request))
+            if_match = request.headers.get("If-Match")
+            if if_match == "*" or (frag.ufrag is not None and frag.ufrag != transport.remote_ufrag()):
+                exc = SfuError(422, "ice_restart_not_supported",
+                               "ICE restart is not supported: DELETE this session and POST a new offer")
+                raise exc
+            if if_match is not None and if_match != _etag(transport):
+                raise SfuError(412, "etag_mismatch", "If-Match does not name this ICE session")
+            for mid, line in frag.candidates:
+                await transport.add_candidate({"candidate": line, "sdpMid": mid, "sdpMLineIndex": 0})
+            return web.Response(status=204, headers={**CORS, "ETag": _etag(transport)})
+        except ApiError as exc:
+            raise _with_cors(exc) from None
+
+    return handler
+
+
+class SdpFrag:
+    """The parts of an RFC 8840 SDP fragment a trickle PATCH carries."""
+
+    def __init__(self) -> None:
+        self.ufrag: str | None = None
+        self.pwd: str | None = None
+        self.candidates: list[tuple[str | None, str]] = []   # (mid, "candidate:...")
+
+
+MAX_CANDIDATES = 64
+
+
+def parse_sdpfrag(text: str) -> SdpFrag:
+    frag = SdpFrag()
+    mid: str | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("a=mid:"):
+            mid = line[6:]
+        elif line.startswith("a=ice-ufrag:"):
+            frag.ufrag = line[12:]
+        elif line.startswith("a=ice-pwd:"):
+            frag.pwd = line[10:]
+        elif line.startswith("a=candidate:"):
+            frag.candidates.append((mid, line[2:]))
+    if len(frag.candidates) > MAX_CANDIDATES:
+        raise SfuError(413, "too_many_candidates", f"at most {MAX_CANDIDATES} candidates per PATCH")
+    return frag
+
+
 async def options(request: web.Request) -> web.Response:
     return web.Response(status=204, headers={**CORS, "Accept-Post": "application/sdp"})
-
-
-async def patch(request: web.Request) -> web.Response:
-    exc = SfuError(405, "trickle_not_supported", "candidates travel in the SDP; trickle ICE is not supported")
-    exc.headers["Allow"] = "DELETE, OPTIONS"
-    raise _with_cors(exc)
 
 
 def setup_routes(app: web.Application) -> None:
@@ -185,4 +251,4 @@ def setup_routes(app: web.Application) -> None:
         app.router.add_route("OPTIONS", f"/rooms/{{slug}}/{via}", options)
         app.router.add_delete(f"/rooms/{{slug}}/{via}/{{session}}", _delete(via))
         app.router.add_route("OPTIONS", f"/rooms/{{slug}}/{via}/{{session}}", options)
-        app.router.add_route("PATCH", f"/rooms/{{slug}}/{via}/{{session}}", patch)
+        app.router.add_route("PATCH", f"/rooms/{{slug}}/{via}/{{session}}", _patch(via))

@@ -98,13 +98,85 @@ async def test_whip_publish_then_whep_play_then_delete(client, room_factory, tok
         # Someone else cannot end the publisher's session.
         other = {"Authorization": f"Bearer {await token_factory(room, 'host')}"}
         assert (await client.delete(whip_location, headers=other)).status == 403
-        assert (await client.patch(whep_location, data="a=candidate:x")).status == 405
+        assert (await client.patch(whep_location, data="a=candidate:x")).status == 415
         assert (await client.delete(whep_location)).status == 200
         assert (await client.delete(whep_location)).status == 404
         assert (await client.delete(whip_location, headers=host)).status == 200
         assert client.server.app[SFU].get(room.slug) is None
         resp = await client.post(f"/rooms/{room.slug}/whep", data=viewer.localDescription.sdp, headers=SDP)
         assert resp.status == 409
+    finally:
+        for task in tasks:
+            task.cancel()
+        await viewer.close()
+        await publisher.close()
+
+
+async def test_whep_trickles_candidates_with_patch_and_refuses_ice_restart(client, room_factory, token_factory):
+    """RFC 9725 section 4.3: the offer goes without candidates, they follow in a PATCH
+    (application/trickle-ice-sdpfrag, If-Match: the ETag); an ICE restart answers 422."""
+    room = await room_factory()
+    host = {"Authorization": f"Bearer {await token_factory(room, 'host')}"}
+    publisher, offer = await whip_offer()
+    viewer = peer()
+    counters: list[int] = []
+    tasks = []
+    try:
+        resp = await client.post(f"/rooms/{room.slug}/whip", data=offer, headers={**host, **SDP})
+        assert resp.status == 201
+        await publisher.setRemoteDescription(RTCSessionDescription(await resp.text(), "answer"))
+        viewer.addTransceiver("video", direction="recvonly")
+
+        @viewer.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            async def consume() -> None:
+                try:
+                    while True:
+                        counters.append(read_counter(await track.recv()))
+                except MediaStreamError:
+                    pass
+            tasks.append(asyncio.ensure_future(consume()))
+
+        await viewer.setLocalDescription(await viewer.createOffer())
+        full = viewer.localDescription.sdp
+        candidates = [line for line in full.splitlines() if line.startswith("a=candidate:")]
+        ufrag = next(line for line in full.splitlines() if line.startswith("a=ice-ufrag:"))
+        mid = next(line for line in full.splitlines() if line.startswith("a=mid:"))
+        assert candidates
+        bare = "\r\n".join(line for line in full.splitlines()
+                           if not line.startswith(("a=candidate:", "a=end-of-candidates"))) + "\r\n"
+        resp = await client.post(f"/rooms/{room.slug}/whep", data=bare, headers=SDP)
+        assert resp.status == 201, await resp.text()
+        location, etag = resp.headers["Location"], resp.headers["ETag"]
+        await viewer.setRemoteDescription(RTCSessionDescription(await resp.text(), "answer"))
+        frag = "\r\n".join([ufrag, mid, *candidates]) + "\r\n"
+        trickle = {"Content-Type": "application/trickle-ice-sdpfrag"}
+
+        assert (await client.patch(location, data=frag, headers={**trickle, "If-Match": '"stale"'})).status == 412
+        resp = await client.patch(location, data=frag.replace(ufrag, "a=ice-ufrag:n3wU"),
+                                  headers={**trickle, "If-Match": "*"})
+        assert resp.status == 422 and (await resp.json())["error"] == "ice_restart_not_supported"
+        assert (await client.patch(location, data=frag, headers=SDP)).status == 415
+        assert (await client.patch(location + "x", data=frag, headers=trickle)).status == 404
+        session = location.rsplit("/", 1)[1]
+        [transport] = [t for p in client.server.app[SFU].get(room.slug).participants.values()
+                       for t in p.transports.values() if t.id == session]
+        connection = transport.pc.getTransceivers()[0].sender.transport.transport._connection
+
+        def host_candidates() -> set[tuple[str, int]]:
+            return {(c.host, c.port) for c in connection.remote_candidates if c.type == "host"}
+
+        # The server knows no host candidate of the viewer (at most peer-reflexive ones
+        # learned from its checks) until the PATCH brings them.
+        assert host_candidates() == set()
+        resp = await client.patch(location, data=frag, headers={**trickle, "If-Match": etag})
+        assert resp.status == 204 and resp.headers["ETag"] == etag
+        expected = {(line.split()[4], int(line.split()[5])) for line in candidates}
+        assert host_candidates() == expected
+        deadline = time.monotonic() + 30
+        while len(counters) < 10 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert len(counters) >= 10, "no media after trickled candidates"
     finally:
         for task in tasks:
             task.cancel()

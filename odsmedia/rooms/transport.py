@@ -69,6 +69,13 @@ def parse_offer(text: object, *, direction: str) -> sdp.SessionDescription:
     return desc
 
 
+def _ufrag(sdp_text: str) -> str:
+    for line in sdp_text.splitlines():
+        if line.startswith("a=ice-ufrag:"):
+            return line[12:].strip()
+    return ""
+
+
 class Transport:
     role = ""
 
@@ -105,6 +112,12 @@ class Transport:
 
     def on_connected(self) -> None:
         pass
+
+    def local_ufrag(self) -> str:
+        return _ufrag(self.pc.localDescription.sdp if self.pc.localDescription else "")
+
+    def remote_ufrag(self) -> str:
+        return _ufrag(self.pc.remoteDescription.sdp if self.pc.remoteDescription else "")
 
     def local_sdp(self) -> str:
         return ice.announce(self.pc.localDescription.sdp, self._announced)
