@@ -12,34 +12,9 @@ from conftest import make_config
 from odsmedia.app import make_app
 from odsmedia.media import ice
 from odsmedia.rooms.sfu import SFU
+from testsupport.peers import cut_off
 
 pytestmark = pytest.mark.timeout(90)
-
-
-class _Blackhole:
-    """Stands in for a socket whose network went away: sends nothing."""
-
-    def __init__(self, real) -> None:
-        self.real = real
-
-    def sendto(self, data, addr=None) -> None:
-        pass
-
-    def get_extra_info(self, name, default=None):
-        return self.real.get_extra_info(name, default)
-
-    def close(self) -> None:
-        self.real.close()
-
-
-def _cut_off(pc) -> None:
-    """The client's network is gone: its ICE sockets neither send nor receive."""
-    for transceiver in pc.getTransceivers():
-        connection = transceiver.receiver.transport.transport._connection
-        for protocol in connection._protocols:
-            if not isinstance(protocol.transport, _Blackhole):
-                protocol.transport = _Blackhole(protocol.transport)
-                protocol.datagram_received = lambda data, addr: None
 
 
 def _server_transports(c, slug):
@@ -57,7 +32,7 @@ async def test_a_dead_publisher_is_dropped_within_the_consent_timeout(aiohttp_cl
     [transport] = _server_transports(c, room.slug).values()
     await asyncio.wait_for(transport.connected.wait(), 20)
     cut_at = time.monotonic()
-    _cut_off(publisher.pc)
+    cut_off(publisher.pc)
     unpublished = await watcher.next_event("track_unpublished", timeout=15)
     elapsed = time.monotonic() - cut_at
     assert transport.closed
@@ -96,7 +71,7 @@ async def test_a_viewer_moving_to_another_address_keeps_watching(aiohttp_client,
         await asyncio.sleep(0.05)
     assert len(received.counters) >= fps
 
-    _cut_off(viewer.pcs[0])
+    cut_off(viewer.pcs[0])
     last_before = received.counters[-1]
     seen_before = len(received.counters)
     try:

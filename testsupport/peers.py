@@ -27,7 +27,7 @@ from odsmedia.media import ice
 from .counter import HEIGHT, WIDTH, draw_counter, read_counter
 
 __all__ = ["CounterVideoTrack", "Peers", "Publisher", "Received", "SignalingClient", "SignalingError", "Viewer", "peer",
-           "read_counter", "whip_offer"]
+           "cut_off", "read_counter", "whip_offer"]
 
 
 class CounterVideoTrack(MediaStreamTrack):
@@ -77,6 +77,32 @@ async def whip_offer(*, fps: int = 15) -> tuple[RTCPeerConnection, str]:
     pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
     await pc.setLocalDescription(await pc.createOffer())
     return pc, pc.localDescription.sdp
+
+
+class _Blackhole:
+    """Stands in for a socket whose network went away: sends nothing."""
+
+    def __init__(self, real) -> None:
+        self.real = real
+
+    def sendto(self, data, addr=None) -> None:
+        pass
+
+    def get_extra_info(self, name, default=None):
+        return self.real.get_extra_info(name, default)
+
+    def close(self) -> None:
+        self.real.close()
+
+
+def cut_off(pc: RTCPeerConnection) -> None:
+    """This peer's network is gone: its ICE sockets neither send nor receive (aioice internals)."""
+    for transceiver in pc.getTransceivers():
+        connection = transceiver.receiver.transport.transport._connection
+        for protocol in connection._protocols:
+            if not isinstance(protocol.transport, _Blackhole):
+                protocol.transport = _Blackhole(protocol.transport)
+                protocol.datagram_received = lambda data, addr: None
 
 
 class SignalingError(Exception):
