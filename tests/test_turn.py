@@ -72,9 +72,9 @@ async def test_coturn_accepts_fresh_credentials_and_refuses_expired_ones(coturn)
     assert failed.value.response.attributes["ERROR-CODE"][0] == 401
 
 
-def _turn_config(service_urls, tmp_path, **extra):
-    return make_config(service_urls, tmp_path / "d", ODS_ICE_TURN_URLS=
-                       f"turn:127.0.0.1:{TURN_PORT}?transport=udp,turn:127.0.0.1:{TURN_PORT}?transport=tcp",
+def _turn_config(service_urls, tmp_path, transports=("udp", "tcp"), **extra):
+    urls = ",".join(f"turn:127.0.0.1:{TURN_PORT}?transport={t}" for t in transports)
+    return make_config(service_urls, tmp_path / "d", ODS_ICE_TURN_URLS=urls,
                        ODS_ICE_TURN_SECRET=SECRET, ODS_ICE_TURN_TTL="10m", **extra)
 
 
@@ -137,9 +137,13 @@ async def test_whip_links_carry_the_sessions_credential(aiohttp_client, service_
 
 @pytest.mark.browser
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
 async def test_chromium_publishes_and_plays_through_coturn_only(aiohttp_client, service_urls, tmp_path,
-                                                                room_factory, token_factory, browser, coturn):
-    c = await aiohttp_client(make_app(_turn_config(service_urls, tmp_path, ODS_ICE_FORCE_RELAY="true")))
+                                                                room_factory, token_factory, browser, coturn,
+                                                                transport):
+    """Pages that may only use the relay (iceTransportPolicy "relay"), over TURN/UDP and
+    over TURN/TCP (what a client behind a UDP-blocking firewall has)."""
+    c = await aiohttp_client(make_app(_turn_config(service_urls, tmp_path, (transport,), ODS_ICE_FORCE_RELAY="true")))
     room = await room_factory(title="Relay room")
     token = await token_factory(room, "host")
     errors: list[str] = []
@@ -158,7 +162,8 @@ async def test_chromium_publishes_and_plays_through_coturn_only(aiohttp_client, 
         await host.wait_for_selector("body[data-ready='1']", timeout=10000)
         await host.click("#golive")
         await host.wait_for_selector("body[data-connection='connected']", timeout=30000)
-        assert await host.evaluate(f"({relay_pair})(window.odsHost.pc)") == {"type": "relay", "relayProtocol": "udp"}
+        relayed = {"type": "relay", "relayProtocol": transport}
+        assert await host.evaluate(f"({relay_pair})(window.odsHost.pc)") == relayed
 
         viewer = await viewer_ctx.new_page()
         viewer.on("pageerror", lambda exc: errors.append(f"viewer: {exc}"))
@@ -171,7 +176,7 @@ async def test_chromium_publishes_and_plays_through_coturn_only(aiohttp_client, 
         assert decoded > 0, "the viewer page decoded no video frames through the relay"
         pairs = await viewer.evaluate(
             f"Promise.all([...window.odsViewer.transports.values()].map(({{pc}}) => ({relay_pair})(pc)))")
-        assert pairs and all(p == {"type": "relay", "relayProtocol": "udp"} for p in pairs), pairs
+        assert pairs and all(p == relayed for p in pairs), pairs
         assert not errors, errors
     finally:
         await host_ctx.close()

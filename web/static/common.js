@@ -229,6 +229,21 @@
   }
 
   // The server does not need trickle ICE: send complete SDP, bounded wait.
+  // Calls lost() once when a peer connection's ICE path dies: "failed" at once,
+  // "disconnected" after a second without recovering (a blip heals itself; a
+  // network change does not). The server does no ICE restart, so the pages
+  // reconnect on a fresh peer connection from wherever they are now.
+  function onIceLost(pc, lost, graceMs = 1000) {
+    let timer = null;
+    let fired = false;
+    const fire = () => { if (!fired && pc.connectionState !== "closed") { fired = true; lost(); } };
+    pc.addEventListener("iceconnectionstatechange", () => {
+      clearTimeout(timer);
+      if (pc.iceConnectionState === "failed") fire();
+      else if (pc.iceConnectionState === "disconnected") timer = setTimeout(fire, graceMs);
+    });
+  }
+
   function gatheringComplete(pc, timeoutMs = 3000) {
     if (pc.iceGatheringState === "complete") return Promise.resolve();
     return new Promise((resolve) => {
@@ -263,5 +278,5 @@
   }
 
   window.ODS = {ApiFailure, fetchJSON, api, csrfToken, loadRoom, escapeHTML, el, showRefusal, roomSlug, Signaling, gatheringComplete,
-                setChatRoom, pageToken, forgetToken, guestName, setGuestName, backoff};
+                onIceLost, setChatRoom, pageToken, forgetToken, guestName, setGuestName, backoff};
 })();

@@ -28,7 +28,7 @@
   };
 
   const state = {signaling: null, pc: null, streams: new Map(), transport: null, publications: [],
-                 iceServers: [], me: null, muted: {audio: false, video: false}, modMuted: {audio: false, video: false},
+                 iceServers: [], icePolicy: "all", recoveries: 0, me: null, muted: {audio: false, video: false}, modMuted: {audio: false, video: false},
                  wantLive: false, publishing: false, people: null};
   window.odsHost = state;            // for tests and debugging
 
@@ -85,7 +85,7 @@
     const signaling = state.signaling;
     try {
       closePeer();
-      const pc = new RTCPeerConnection({iceServers: state.iceServers});
+      const pc = new RTCPeerConnection({iceServers: state.iceServers, iceTransportPolicy: state.icePolicy});
       state.pc = pc;
       const transceivers = [];
       for (const [name, stream] of state.streams) {
@@ -104,10 +104,17 @@
         if (state.pc !== pc) return;
         document.body.dataset.connection = pc.connectionState;
         if (pc.connectionState === "connected") { status("You are live."); setLive(true); }
-        if (pc.connectionState === "failed") {
-          setLive(false);
-          if (state.wantLive && signaling.connected) { status("Media connection lost; going live again…"); publish(); }
-        }
+      });
+      // The media path died (network change, server gone) while signaling lives on: end
+      // the old publications and publish the same sources again on a fresh connection.
+      ODS.onIceLost(pc, () => {
+        if (state.pc !== pc) return;
+        setLive(false);
+        if (!state.wantLive || !signaling.connected) return;   // the rejoin publishes again
+        state.recoveries += 1;
+        status("Media connection lost; going live again…");
+        if (state.transport) signaling.request({type: "unpublish", transport: state.transport}).catch(() => {});
+        publish();
       });
       await pc.setLocalDescription(await pc.createOffer());
       await ODS.gatheringComplete(pc);
@@ -202,6 +209,7 @@
   async function joined(reply) {
     state.me = reply.participant;
     state.iceServers = reply.ice_servers || state.iceServers;
+    state.icePolicy = reply.ice_transport_policy || "all";
     state.people.reset(reply);
     document.body.dataset.ready = "1";
     if (reply.participant.role !== "host") {

@@ -10,7 +10,7 @@
   ODS.setChatRoom(slug);
   const token = ODS.pageToken(slug);
   const $ = (id) => document.getElementById(id);
-  const state = {signaling: null, iceServers: [], publications: new Map(), transports: new Map(),
+  const state = {signaling: null, iceServers: [], icePolicy: "all", recoveries: 0, publications: new Map(), transports: new Map(),
                  figures: new Map(), pendingIds: new Set(), timer: null, me: null, people: null, audible: false};
   window.odsViewer = state;          // for tests and debugging
 
@@ -101,7 +101,7 @@
     try {
       status("Starting playback…");
       const offer = await signaling.request({type: "subscribe", publications: ids});
-      const pc = new RTCPeerConnection({iceServers: state.iceServers});
+      const pc = new RTCPeerConnection({iceServers: state.iceServers, iceTransportPolicy: state.icePolicy});
       const byMid = new Map(offer.publications.map((p) => [p.mid, p.publication]));
       const entry = {pc, publications: offer.publications.map((p) => p.publication)};
       state.transports.set(offer.transport, entry);
@@ -116,11 +116,17 @@
       pc.addEventListener("connectionstatechange", () => {
         document.body.dataset.connection = pc.connectionState;
         if (pc.connectionState === "connected") status(state.audible ? "Watching live." : "Watching live (sound off: press Unmute).");
-        if (pc.connectionState === "failed") {
-          endTransport(offer.transport);
-          // Media failed while signaling lives on: subscribe again.
-          if (state.signaling === signaling && signaling.connected) queueSubscribe(entry.publications);
-        }
+      });
+      // The media path died (network change, NAT rebinding) while signaling lives on:
+      // release the old transport and subscribe again from wherever this browser is now.
+      ODS.onIceLost(pc, () => {
+        if (!state.transports.has(offer.transport)) return;
+        endTransport(offer.transport);
+        if (state.signaling !== signaling || !signaling.connected) return;   // the rejoin subscribes again
+        state.recoveries += 1;
+        status("Reconnecting…");
+        signaling.request({type: "unsubscribe", transport: offer.transport}).catch(() => { /* gone already */ });
+        queueSubscribe(entry.publications);
       });
       await pc.setRemoteDescription({type: "offer", sdp: offer.sdp});
       await pc.setLocalDescription(await pc.createAnswer());
@@ -168,6 +174,7 @@
     endAll();      // a rejoin starts clean: the old transports died with the old socket
     state.me = reply.participant;
     state.iceServers = reply.ice_servers || state.iceServers;
+    state.icePolicy = reply.ice_transport_policy || "all";
     reply.publications.forEach((p) => state.publications.set(p.id, p));
     state.people.reset(reply);
     render();
