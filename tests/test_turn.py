@@ -26,14 +26,46 @@ SECRET = "turn-test-secret-0123456789"
 TURN_PORT = 18701
 
 
+TLS_PORT = 18703
+
+
+def _self_signed(directory) -> tuple[str, str]:
+    """A throwaway certificate for 127.0.0.1 (the test's TLS client trusts exactly it)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=2))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
 @pytest.fixture(scope="module")
 def coturn(tmp_path_factory):
-    """coturn on 127.0.0.1 with the test secret; loopback peers allowed in this config only."""
+    """coturn on 127.0.0.1 (UDP, TCP, TLS) with the test secret; loopback peers allowed in this config only."""
     if binary() is None:
         pytest.fail("turnserver is missing; scripts/test installs it (apt-get install coturn)")
+    workdir = tmp_path_factory.mktemp("coturn")
+    cert, pkey = _self_signed(workdir)
     server = LocalCoturn(CoturnConfig(secret=SECRET, port=TURN_PORT, min_port=18710, max_port=18760,
-                                      allow_loopback_peers=True, realm="odsmedia.test"),
-                         tmp_path_factory.mktemp("coturn"))
+                                      allow_loopback_peers=True, realm="odsmedia.test",
+                                      tls_port=TLS_PORT, cert=cert, pkey=pkey),
+                         workdir)
     server.start()
     yield server
     server.stop()
@@ -46,10 +78,28 @@ def test_rest_credential_is_coturns_scheme():
     assert cred.password == expected
 
 
-async def _allocate(username: str, password: str, transport: str = "udp"):
+async def _allocate(username: str, password: str, transport: str = "udp", tls=None):
     return await aioice.turn.create_turn_endpoint(
-        asyncio.DatagramProtocol, server_addr=("127.0.0.1", TURN_PORT), username=username, password=password,
-        transport=transport)
+        asyncio.DatagramProtocol, server_addr=("127.0.0.1", TLS_PORT if tls else TURN_PORT), username=username,
+        password=password, transport=transport, ssl=tls)
+
+
+@pytest.mark.timeout(30)
+async def test_coturn_relays_over_tls_with_the_same_credentials(coturn):
+    import ssl
+
+    context = ssl.create_default_context(cafile=coturn.config.cert)
+    fresh = rest_credential(SECRET, "PAtls", 60)
+    relay, _ = await _allocate(fresh.username, fresh.password, "tcp", tls=context)
+    try:
+        host, port = relay.get_extra_info("sockname")
+        assert host == "127.0.0.1" and 18710 <= port <= 18760
+    finally:
+        relay.close()
+    expired = rest_credential(SECRET, "PAtlsold", -5)
+    with pytest.raises(aioice.stun.TransactionFailed) as failed:
+        await _allocate(expired.username, expired.password, "tcp", tls=context)
+    assert failed.value.response.attributes["ERROR-CODE"][0] == 401
 
 
 @pytest.mark.timeout(30)

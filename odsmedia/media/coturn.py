@@ -50,6 +50,10 @@ class CoturnConfig:
     # Only for a coturn on loopback with loopback peers (dev, tests): the
     # production config keeps every private range denied.
     allow_loopback_peers: bool = False
+    # TURN over TLS (turns:), e.g. on 443 where only HTTPS passes a firewall.
+    tls_port: int = 0
+    cert: str = ""
+    pkey: str = ""
     extra: tuple[str, ...] = field(default=())
 
     def render(self) -> str:
@@ -57,9 +61,13 @@ class CoturnConfig:
             f"listening-ip={self.listen_ip}", f"listening-port={self.port}", f"relay-ip={self.relay_ip}",
             f"min-port={self.min_port}", f"max-port={self.max_port}", f"realm={self.realm}",
             "use-auth-secret", f"static-auth-secret={self.secret}", "fingerprint",
-            "no-cli", "no-tls", "no-dtls", "no-multicast-peers", "no-software-attribute",
+            "no-cli", "no-dtls", "no-multicast-peers", "no-software-attribute",
             "log-file=stdout", "simple-log",
         ]
+        if self.tls_port:
+            lines += [f"tls-listening-port={self.tls_port}", f"cert={self.cert}", f"pkey={self.pkey}"]
+        else:
+            lines.append("no-tls")
         if self.allow_loopback_peers:
             lines.append("allow-loopback-peers")
         lines += [f"denied-peer-ip={r}" for r in DENIED_PEERS
