@@ -50,6 +50,8 @@ PRIVATES = (
     "aioice.stun.parse_message",
 )
 
+SOCKET_BUFFER = 8 * 1024 * 1024   # the kernel caps it at net.core.rmem_max / wmem_max
+
 _original_get_component_candidates = aioice.ice.Connection.get_component_candidates
 _serving: contextvars.ContextVar[bool] = contextvars.ContextVar("odsmedia_udpmux_serving", default=False)
 
@@ -66,8 +68,10 @@ class _MuxTransport(asyncio.DatagramTransport):
     def sendto(self, data: Any, addr: Any = None) -> None:
         if self._closed or self._mux.transport is None:
             return
-        # Replies to checks this connection sends come back from that address.
-        self._mux.bind_address((addr[0], addr[1]), self._protocol)
+        if data[0] < 4:
+            # A STUN check: its response comes back from that address.  (Media packets
+            # go only where checks went first, so the hot path skips this.)
+            self._mux.bind_address((addr[0], addr[1]), self._protocol)
         self._mux.transport.sendto(data, addr)
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
@@ -104,6 +108,13 @@ class UdpMux(asyncio.DatagramProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # Every connection of the node shares this socket's buffers: a burst of
+            # many peers must not overflow them (aioice gives one connection 1 MiB).
+            for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
         name = transport.get_extra_info("sockname")
         self.sockname = (name[0], name[1])
 
