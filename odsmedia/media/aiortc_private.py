@@ -76,7 +76,17 @@ DTLS_ATTRS = (DTLS_TX_SRTP, DTLS_STATE, DTLS_TX_BYTES, DTLS_TX_PACKETS)
 # --- RTCIceTransport -> aioice Connection -----------------------------------------------------
 ICE_CONNECTION = "_connection"                    # RTCIceTransport -> aioice.Connection
 ICE_NOMINATED = "_nominated"                      # component -> CandidatePair (socket + remote address)
-ICE_MODULE_ATTRS = ("get_host_addresses", "validate_remote_candidate", "StunProtocol")
+ICE_MODULE_ATTRS = ("get_host_addresses", "validate_remote_candidate", "StunProtocol",
+                    # consent freshness timing, set from ice.consent_timeout (media.ice)
+                    "CONSENT_INTERVAL", "CONSENT_FAILURES",
+                    # host candidates on the node's one UDP port (media.udpmux)
+                    "Candidate", "candidate_foundation", "candidate_priority")
+# aioice.Connection: the mux replaces where host sockets are made, routes by the local ufrag,
+# and adds its per-connection protocol to the sockets close() closes (an instance list).
+ICE_CONNECTION_ATTRS = ("get_component_candidates", "local_username")
+ICE_CONNECTION_PROTOCOLS = "_protocols"
+# aioice.StunProtocol: the mux hands it datagrams and a transport of its own.
+ICE_STUN_PROTOCOL_ATTRS = ("connection_made", "connection_lost", "datagram_received")
 
 # --- pylibsrtp (under aiortc) ------------------------------------------------------------------
 SRTP_SESSION_HANDLE = "_srtp"                     # Session -> srtp_t* (cffi), for the direct protect call
@@ -97,6 +107,10 @@ def missing_module_level() -> list[str]:
     import pylibsrtp._binding
 
     out = [f"aioice.ice.{n}" for n in missing(aioice.ice, ICE_MODULE_ATTRS)]
+    out += [f"aioice.ice.Connection.{n}" for n in missing(aioice.ice.Connection, ICE_CONNECTION_ATTRS)]
+    if not hasattr(aioice.ice.Connection(ice_controlling=False), ICE_CONNECTION_PROTOCOLS):
+        out.append(f"aioice.ice.Connection.{ICE_CONNECTION_PROTOCOLS}")
+    out += [f"aioice.ice.StunProtocol.{n}" for n in missing(aioice.ice.StunProtocol, ICE_STUN_PROTOCOL_ATTRS)]
     out += [f"pylibsrtp._binding.{n}" for n in missing(pylibsrtp._binding, SRTP_BINDING_ATTRS)]
     if not hasattr(pylibsrtp._binding.lib, "srtp_protect"):
         out.append("pylibsrtp._binding.lib.srtp_protect")

@@ -24,14 +24,6 @@ from .turn import ice_servers
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-# aioice internals used here (tests/test_udpmux.py checks each one, with media.udpmux's).
-PRIVATES = (
-    "aioice.ice.get_host_addresses",
-    "aioice.ice.validate_remote_candidate",
-    "aioice.ice.CONSENT_INTERVAL",
-    "aioice.ice.CONSENT_FAILURES",
-)
-
 _original_get_host_addresses = aioice.ice.get_host_addresses
 _original_validate = aioice.ice.validate_remote_candidate
 

@@ -17,8 +17,9 @@ that gathers their candidates): aiortc clients in the same process (tests,
 the recorder) keep ephemeral ports.  ``media.udp_port = 0`` keeps aioice's
 ephemeral ports for the server too.
 
-The aioice internals this relies on are named in ``PRIVATES`` (a test
-checks each still exists).
+The aioice internals this relies on are named in media.aiortc_private
+(ICE_CONNECTION_ATTRS, ICE_CONNECTION_PROTOCOLS, ICE_STUN_PROTOCOL_ATTRS and
+ICE_MODULE_ATTRS), where tests/test_aiortc_private.py checks each one.
 """
 
 from __future__ import annotations
@@ -33,22 +34,9 @@ from typing import Any, Iterator
 import aioice.ice
 import aioice.stun
 
-log = logging.getLogger("odsmedia.media.udpmux")
+from .aiortc_private import ICE_CONNECTION_PROTOCOLS
 
-# Every aioice internal used below (tests/test_udpmux.py checks each one).
-PRIVATES = (
-    "aioice.ice.Connection.get_component_candidates",  # replaced: where host sockets are made
-    "aioice.ice.Connection._protocols",                # the connection's sockets, closed by close()
-    "aioice.ice.Connection.local_username",            # the local ufrag the mux routes by
-    "aioice.ice.StunProtocol",                         # the per-socket protocol, fed by the mux
-    "aioice.ice.StunProtocol.local_candidate",
-    "aioice.ice.StunProtocol.connection_made",
-    "aioice.ice.StunProtocol.connection_lost",
-    "aioice.ice.StunProtocol.datagram_received",
-    "aioice.ice.candidate_foundation",
-    "aioice.ice.candidate_priority",
-    "aioice.stun.parse_message",
-)
+log = logging.getLogger("odsmedia.media.udpmux")
 
 SOCKET_BUFFER = 8 * 1024 * 1024   # the kernel caps it at net.core.rmem_max / wmem_max
 
@@ -244,6 +232,6 @@ async def _get_component_candidates(self: aioice.ice.Connection, component: int,
             foundation=aioice.ice.candidate_foundation("host", "udp", host), component=component,
             transport="udp", priority=aioice.ice.candidate_priority(component, "host"),
             host=host, port=port, type="host")
-        self._protocols.append(protocol)
+        getattr(self, ICE_CONNECTION_PROTOCOLS).append(protocol)
         candidates.append(protocol.local_candidate)
     return candidates
