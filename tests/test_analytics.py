@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import datetime, timedelta, timezone
 
 import orjson
@@ -12,7 +13,8 @@ from conftest import make_config
 from odsmedia.analytics import store
 from odsmedia.analytics.events import AUDIENCE_RECORDER, AudienceRecorder
 from odsmedia.analytics.replay import BEACON_GUARD
-from odsmedia.analytics.visitors import Viewer, browser_family, opted_out
+from odsmedia.analytics.sink import opted_out
+from odsmedia.analytics.visitors import Viewer, browser_family
 from odsmedia.app import make_app
 from test_chat_support import ChatSocket
 
@@ -428,3 +430,25 @@ async def test_players_of_the_live_episode_over_hls_are_live_viewers_until_their
     # Not a replay: no plays, no retention buckets.
     assert await db.fetchval("SELECT replay_plays FROM analytics_episodes WHERE episode_id = $1", episode) == 0
     assert await db.fetchval("SELECT count(*) FROM analytics_replay_buckets WHERE episode_id = $1", episode) == 0
+
+
+async def test_opted_out_requests_are_logged_for_security_but_left_out_of_the_request_aggregates(browser_client,
+                                                                                                 db):
+    from odsmedia.privacy import retention
+    from odsmedia.privacy.requestlog import REQUEST_LOG
+
+    client = browser_client
+    route = f"/api/nothing-here-{uuid.uuid4().hex[:6]}"
+    assert (await client.get(route)).status == 404
+    assert (await client.get(route, headers={"Sec-GPC": "1"})).status == 404
+    await client.app[REQUEST_LOG].flush(db)
+    rows = await db.fetch("SELECT counted FROM request_logs WHERE route = 'unmatched' ORDER BY at DESC LIMIT 2")
+    assert sorted(r["counted"] for r in rows) == [False, True]
+    old = datetime.now(timezone.utc) - timedelta(days=40)
+    folded = f"/rollup-{uuid.uuid4().hex[:6]}"
+    await db.executemany(
+        "INSERT INTO request_logs (at, method, route, status, duration_ms, region, counted) "
+        "VALUES ($1, 'GET', $2, 200, 1, 'GB', $3)", [(old, folded, True), (old, folded, False), (old, folded, True)])
+    await retention.sweep(db, request_log_days=30, session_event_days=180)
+    assert await db.fetchval("SELECT requests FROM analytics_daily WHERE route = $1", folded) == 2
+    assert await db.fetchval("SELECT count(*) FROM request_logs WHERE route = $1", folded) == 0

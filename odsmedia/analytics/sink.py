@@ -14,6 +14,12 @@ from typing import Protocol
 from aiohttp import web
 
 
+def opted_out(headers) -> bool:
+    """Do Not Track or Global Privacy Control: this request counts in no analytics at all
+    (the one rule, for the audience counts and the request-log aggregates alike)."""
+    return headers.get("DNT", "").strip() == "1" or headers.get("Sec-GPC", "").strip() == "1"
+
+
 class LiveView(Protocol):
     """One viewer watching a room live: ``start()`` once they are in (a join refused after
     the view was made counts nothing), ``end()`` when they leave (idempotent)."""

@@ -22,6 +22,7 @@ from aiohttp import web
 
 from ..privacy.region import client_region
 from . import store
+from .sink import opted_out
 
 VISITOR_BYTES = 16
 
@@ -35,11 +36,6 @@ _FAMILIES = (
     ("chrome", re.compile(r"\bChrom(e|ium)/|\bCriOS/")),
     ("safari", re.compile(r"\bSafari/")),
 )
-
-
-def opted_out(headers) -> bool:
-    """Do Not Track or Global Privacy Control: no analytics at all for this request."""
-    return headers.get("DNT", "").strip() == "1" or headers.get("Sec-GPC", "").strip() == "1"
 
 
 @lru_cache(maxsize=2048)

@@ -2,6 +2,10 @@
 -- cookieless, no address anywhere.  Raw rows (visitor hashes, salts) live a
 -- day or two; aggregates live for analytics.aggregate_days.
 
+-- A request with DNT or Sec-GPC is logged for security like any other, but
+-- not folded into the analytics_daily aggregate.
+ALTER TABLE request_logs ADD COLUMN counted boolean NOT NULL DEFAULT true;
+
 -- One secret per UTC day; deleted once the day is over, so the day's visitor
 -- hashes can never be recomputed or linked to another day's.
 CREATE TABLE analytics_salts (
