@@ -43,6 +43,7 @@ FEATURE_MODULES = (
     "odsmedia.chat.routes",
     "signaling.routes",
     "odsmedia.privacy.routes",
+    "odsmedia.analytics.routes",
     "web.routes",
 )
 

@@ -5,6 +5,9 @@ dev      embedded PostgreSQL and Redis under the data dir, a public room `demo`
 migrate  apply pending schema migrations
 room     create and list rooms
 token    mint a bearer token for a room and role (prints only the token)
+operator grant or revoke the operator role of an account
+account  delete an account on request (the same deletion as self-service, audited)
+policy   publish a version of the privacy policy
 
 Commands other than serve use the configured services, or the embedded ones
 of the data dir (attaching to those of a running `odsmedia dev`).
@@ -366,6 +369,77 @@ def cmd_token(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def cmd_operator(args: argparse.Namespace, config: Config) -> int:
+    from .analytics import operators
+
+    async def work(pool):
+        if args.operator_command == "grant":
+            await operators.grant(pool, args.email, by="cli")
+            return f"{args.email}: operator"
+        if args.operator_command == "revoke":
+            return f"{args.email}: " + ("no longer an operator" if await operators.revoke(pool, args.email)
+                                        else "was not an operator")
+        rows = await pool.fetch("SELECT a.email, o.granted_at FROM operators o JOIN accounts a ON a.id = o.account_id "
+                                "ORDER BY a.email")
+        return "\n".join(f"{r['email']}\t{r['granted_at'].isoformat()}" for r in rows) or "no operators"
+
+    try:
+        print(_with_pool(config, work))
+    except operators.NoSuchAccount:
+        print(f"odsmedia operator: no account with e-mail {args.email!r} (it is created at first sign-in)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_account_delete(args: argparse.Namespace, config: Config) -> int:
+    from .errors import ApiError
+    from .privacy import rights
+
+    async def work(pool):
+        account_id, counts = await rights.delete_on_request(pool, args.email, actor="cli", reason=args.reason)
+        return {"deleted": True, "account_id": account_id, "removed": counts}
+
+    try:
+        result = _with_pool(config, work)
+    except ApiError as exc:
+        print(f"odsmedia account delete: {exc.reason}: {exc.message}", file=sys.stderr)
+        return 1
+    print(json.dumps(result))
+    return 0
+
+
+def cmd_policy_publish(args: argparse.Namespace, config: Config) -> int:
+    from .analytics import policy
+    from .mail import make_mailer
+
+    try:
+        body = Path(args.file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"odsmedia policy publish: cannot read {args.file}: {exc}", file=sys.stderr)
+        return 2
+
+    async def work(pool):
+        published = await policy.publish(pool, body, version=args.version, material=args.material)
+        sent = 0
+        if published.material:
+            mailer = make_mailer(config)
+            try:
+                sent = await policy.send_pending(pool, mailer, public_url=config.public_url, limit=10**9)
+            finally:
+                await mailer.close()
+        return published, sent
+
+    try:
+        published, sent = _with_pool(config, work)
+    except policy.PolicyError as exc:
+        print(f"odsmedia policy publish: {exc}", file=sys.stderr)
+        return 1
+    print(f"published version {published.version}" + (f" (material: {sent} notice e-mails sent)"
+                                                       if published.material else ""))
+    return 0
+
+
 def cmd_config(args: argparse.Namespace, config: Config) -> int:
     if args.docs:
         print(configmod.markdown_table(), end="")
@@ -417,6 +491,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ttl", default="", help="lifetime such as 1h or 7d (default: auth.token_ttl)")
     p.add_argument("--label", default="cli", help="label shown in token listings")
     p.set_defaults(func=cmd_token)
+
+    op = sub.add_parser("operator", help="grant or revoke the operator role")
+    op_sub = op.add_subparsers(dest="operator_command", required=True, metavar="ACTION")
+    for action, text in (("grant", "make the account with this e-mail an operator"),
+                         ("revoke", "take the operator role away")):
+        p = op_sub.add_parser(action, help=text)
+        p.add_argument("email")
+        p.set_defaults(func=cmd_operator)
+    p = op_sub.add_parser("list", help="list operators")
+    p.set_defaults(func=cmd_operator)
+
+    account = sub.add_parser("account", help="act on accounts")
+    account_sub = account.add_subparsers(dest="account_command", required=True, metavar="ACTION")
+    p = account_sub.add_parser("delete", help="delete an account on request (audited; same path as self-service)")
+    p.add_argument("email")
+    p.add_argument("--reason", required=True, help="why (recorded in the audit row), e.g. 'under-16 report'")
+    p.set_defaults(func=cmd_account_delete)
+
+    policy = sub.add_parser("policy", help="publish the privacy policy")
+    policy_sub = policy.add_subparsers(dest="policy_command", required=True, metavar="ACTION")
+    p = policy_sub.add_parser("publish", help="publish FILE as the new version served at /privacy")
+    p.add_argument("file")
+    p.add_argument("--version", default="", help="version name (default: the 'Last updated:' date in the file)")
+    p.add_argument("--material", action="store_true",
+                   help="a material change: e-mail every account once and ask signed-in people to acknowledge")
+    p.set_defaults(func=cmd_policy_publish)
     return parser
 
 

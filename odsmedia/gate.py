@@ -16,6 +16,7 @@ module imports no feature.
 from __future__ import annotations
 
 import enum
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Awaitable, Callable, Protocol
@@ -212,6 +213,7 @@ class Gate:
 
     async def _admit(self, room: RoomRecord | str, entry: Entry,
                      identify: Callable[[], Awaitable[Identity]]) -> Admission:
+        started = time.perf_counter()
         try:
             if isinstance(room, str):
                 room = await directory.require(self.db, room)
@@ -222,8 +224,10 @@ class Gate:
                 await check(admission, entry)
         except ApiError as exc:
             metrics.gate_decisions.labels(entry.value, exc.reason).inc()
+            metrics.gate_latency.labels(entry.value).observe(time.perf_counter() - started)
             raise
         metrics.gate_decisions.labels(entry.value, "allowed").inc()
+        metrics.gate_latency.labels(entry.value).observe(time.perf_counter() - started)
         return admission
 
     async def decide(self, room: RoomRecord, identity: Identity, role: str, entry: Entry) -> Admission:

@@ -20,6 +20,7 @@ from typing import Callable
 from aiohttp import web
 
 from odsmedia.abuse import ABUSE, Held
+from odsmedia.analytics.sink import audience
 from odsmedia.errors import ApiError
 from odsmedia.gate import Admission, Entry
 from odsmedia.keys import CONFIG, GATE
@@ -121,9 +122,12 @@ async def whep_post(request: web.Request) -> web.Response:
         live = sfu.get(admission.room.slug)
         if live is None or not live.publications:
             raise SfuError(409, "nothing_published", "nothing is published in this room yet")
+        view = audience(request.app).live_view(request, admission.room.id, admission.identity.subject,
+                                               admission.role, "webrtc")
         # Held while the session lives: released when the participant leaves the room.
         lease = request.app[ABUSE].acquire(Held.WHEP, request)
-        ending = SessionEnding(request.app[REAUTH], admission, lease.release)
+        ending = SessionEnding(request.app[REAUTH], admission, lease.release,
+                               *([view.end] if view is not None else []))
         try:
             room, participant = await sfu.join(
                 admission.room, subject=admission.identity.subject,
@@ -138,6 +142,8 @@ async def whep_post(request: web.Request) -> web.Response:
         except BaseException:
             await room.leave(participant, reason="play_failed")
             raise
+        if view is not None:
+            view.start()
         return _created(request, "whep", participant, transport)
     except ApiError as exc:
         raise _with_cors(exc) from None

@@ -19,6 +19,7 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from odsmedia.abuse import ABUSE, Held, Lease
+from odsmedia.analytics.sink import audience
 from odsmedia.auth.accounts import shown_name
 from odsmedia.errors import CLOSE_UNAVAILABLE, OUTAGE_ERRORS, ApiError, unavailable
 from odsmedia.gate import Admission, Entry
@@ -214,10 +215,15 @@ class Session:
         # Held until the socket ends (cleanup releases it).
         self.lease = self.app[ABUSE].acquire(Held.SIGNALING, self.request)
         name = await shown_name(self.app[DB], admission, _supplied_name(message.get("name")))
+        view = audience(self.app).live_view(self.request, admission.room.id, admission.identity.subject,
+                                            admission.role, "webrtc")
         self.room, participant = await self.app[SFU].join(
             admission.room, subject=admission.identity.subject, name=name[:NAME_MAX],
             role=admission.role, via="ws", write=self._write,
-            close_socket=lambda code: asyncio.ensure_future(self.ws.close(code=code)))
+            close_socket=lambda code: asyncio.ensure_future(self.ws.close(code=code)),
+            on_leave=view.end if view is not None else None)
+        if view is not None:
+            view.start()
         self.admission, self.participant = admission, participant
         self.unwatch = self.app[REAUTH].watch(credential_of(admission.identity), self.revoked)
         await self.reply({

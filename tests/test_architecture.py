@@ -38,6 +38,8 @@ PUBLIC = {
     "billing": {"odsmedia.billing.customers", "odsmedia.billing.orgs", "odsmedia.billing.service"},
     "chat": {"odsmedia.chat.store", "odsmedia.chat.feature"},
     "privacy": {"odsmedia.privacy.region", "odsmedia.privacy.requestlog"},
+    # The sink is the one call features make; operators and policy are read by privacy's export.
+    "analytics": {"odsmedia.analytics.sink", "odsmedia.analytics.operators", "odsmedia.analytics.policy"},
     "rooms": {"odsmedia.rooms.sfu", "odsmedia.rooms.errors", "odsmedia.rooms.room", "odsmedia.rooms.participant",
               "odsmedia.rooms.publication", "odsmedia.rooms.transport", "odsmedia.media.ice",
               "odsmedia.media.turn"},
@@ -71,6 +73,18 @@ TABLE_OWNERS = {
     "request_logs": "odsmedia/privacy/requestlog.py",
     "analytics_daily": "odsmedia/privacy/requestlog.py",
     "schema_migrations": "odsmedia/storage/db.py",
+    "account_deletions": "odsmedia/privacy/rights.py",
+    "analytics_salts": "odsmedia/analytics/store.py",
+    "analytics_visitors": "odsmedia/analytics/store.py",
+    "analytics_room_minutes": "odsmedia/analytics/store.py",
+    "analytics_concurrency": "odsmedia/analytics/store.py",
+    "analytics_room_days": "odsmedia/analytics/store.py",
+    "analytics_episodes": "odsmedia/analytics/store.py",
+    "analytics_replay_buckets": "odsmedia/analytics/store.py",
+    "operators": "odsmedia/analytics/operators.py",
+    "policy_versions": "odsmedia/analytics/policy.py",
+    "policy_acknowledgements": "odsmedia/analytics/policy.py",
+    "policy_mailings": "odsmedia/analytics/policy.py",
 }
 
 

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from recorder import episodes
 
+from ..analytics.sink import audience
 from ..errors import ApiError, has_unstorable, json_response, path_id, query_int
 from ..gate import Entry
 from ..keys import GATE
@@ -79,6 +80,7 @@ async def search(request: web.Request) -> web.Response:
         raise ApiError(400, "invalid_query", "q must be 1-200 characters, without NUL")
     limit = query_int(request, "limit", SEARCH_LIMIT, low=1, high=200)
     items = await store.search(chat.db, admission.room.id, q, limit)
+    audience(request.app).search(request, admission.room.id)
     return json_response({"query": q, "items": [i.wire() for i in items]})
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any, Awaitable, Callable
 
 import asyncpg
@@ -19,7 +20,9 @@ from redis.exceptions import RedisError
 
 from recorder import episodes
 
+from .. import metrics
 from ..abuse import ABUSE, Held
+from ..analytics.sink import audience
 from ..errors import CLOSE_UNAVAILABLE, OUTAGE_ERRORS, STORAGE_ERRORS, ApiError, json_int
 from ..gate import ROLE_RANK, Admission, Entry
 from ..reauth import CLOSE_REVOKED, REASONS, REAUTH, credential_of
@@ -44,8 +47,10 @@ Handler = Callable[["ChatSession", dict[str, Any]], Awaitable[dict[str, Any]]]
 class ChatSession:
     """One client's requests on its socket, after it joined."""
 
-    def __init__(self, chat: Chat, admission: Admission, client: ChatClient, channel: RoomChannel) -> None:
+    def __init__(self, chat: Chat, admission: Admission, client: ChatClient, channel: RoomChannel,
+                 request: web.Request) -> None:
         self.chat = chat
+        self.request = request   # the socket's handshake: analytics reads its opt-out headers
         self.room = admission.room
         self.client = client
         self.channel = channel
@@ -75,6 +80,7 @@ class ChatSession:
             raise ChatError("sign_in_required", "sign in to chat")
 
     async def post(self, data: dict[str, Any]) -> dict[str, Any]:
+        started = time.perf_counter()
         self._require_poster()
         kind = data.get("kind", "message")
         if kind not in KINDS:
@@ -99,7 +105,17 @@ class ChatSession:
             raise ChatError("timed_out", "you are timed out",
                             until=sanction.until.isoformat() if sanction.until else None)
         await self.chat.hub.dispatch(room.slug, item.event())
+        metrics.chat_items.labels(kind).inc()
+        metrics.chat_post.observe(time.perf_counter() - started)
+        audience(self.request.app).chat_item(self.request, room.id, kind)
         return {"id": item.id}
+
+    async def answer(self, data: dict[str, Any]) -> dict[str, Any]:
+        answered = data.get("answered", True)
+        result = await self.chat.moderation.answer(self.room, self.actor, data.get("id"), answered)
+        if answered is not False:
+            audience(self.request.app).question_answered(self.request, self.room.id)
+        return result
 
     async def upvote(self, data: dict[str, Any]) -> dict[str, Any]:
         self._require_poster()
@@ -130,7 +146,7 @@ HANDLERS: dict[str, Handler] = {
     "post": ChatSession.post,
     "upvote": ChatSession.upvote,
     "ping": ChatSession.ping,
-    "answer": _moderation(lambda m, room, actor, d: m.answer(room, actor, d.get("id"), d.get("answered", True))),
+    "answer": ChatSession.answer,
     "delete": _moderation(lambda m, room, actor, d: m.delete(room, actor, d.get("id"))),
     "clear": _moderation(lambda m, room, actor, d: m.clear(room, actor)),
     "timeout": _moderation(lambda m, room, actor, d: m.timeout(room, actor, d.get("target"), d.get("minutes"),
@@ -300,7 +316,7 @@ async def chat_socket(request: web.Request) -> web.StreamResponse:
             CLOSE_REVOKED, {"type": "error", "error": reason, "message": REASONS[reason]}))
         try:
             await _welcome(chat, room, client, _parse_after(join.get("after")))
-            await _serve(ws, ChatSession(chat, admission, client, channel))
+            await _serve(ws, ChatSession(chat, admission, client, channel, request))
         finally:
             unwatch()
             await chat.hub.detach(room.slug, client)

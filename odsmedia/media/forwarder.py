@@ -47,6 +47,7 @@ import random
 import time
 from typing import Callable
 
+from ..metrics import FORWARD_SAMPLE_MASK, egress_bytes as egress, forward_latency
 from .rtp import HEADER, RTX_OSN, extension_block, starts_keyframe
 
 log = logging.getLogger("odsmedia.sfu")
@@ -299,9 +300,14 @@ class PacketFanout:
             d.packets += 1
             d.octets += len(payload)
             try:                                         # (free in 3.11 unless it raises)
-                d.sendto(d.protect(data), d.addr)   # type: ignore[misc]
+                data = d.protect(data)   # type: ignore[misc]
+                d.sendto(data, d.addr)   # type: ignore[misc]
             except Exception:
                 self._failed(d)
+                continue
+            egress.value += len(data)
+            if not d.packets & FORWARD_SAMPLE_MASK:      # one packet in 16 per viewer: its time in the server
+                forward_latency.observe(time.monotonic() - now)
 
     def _failed(self, d: Downstream) -> None:
         # One subscriber's SRTP or socket failed: it leaves, the others go on.

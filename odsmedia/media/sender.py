@@ -104,6 +104,8 @@ from aiortc.rtcrtpsender import RTP_HISTORY_SIZE, random_sequence_number  # noqa
 from aiortc.rtp import RtpPacket  # noqa: E402
 from aiortc.utils import random32  # noqa: E402
 
+from ..metrics import egress_bytes as egress  # noqa: E402
+
 _S = private._S
 _D = private._D
 LEAN_DTLS_ATTRS = private.DTLS_ATTRS
@@ -191,7 +193,9 @@ async def lean_run_rtp(sender: RTCRtpSender, codec) -> None:
                 packets += 1
                 sequence_number = (sequence_number + 1) & 0xFFFF
             # RTCP sender reports and getStats read these.
-            setattr(dtls, _D + "tx_bytes", getattr(dtls, _D + "tx_bytes") + octets_frame(payloads, len(extension)))
+            sent = octets_frame(payloads, len(extension))
+            setattr(dtls, _D + "tx_bytes", getattr(dtls, _D + "tx_bytes") + sent)
+            egress.value += sent
             setattr(dtls, _D + "tx_packets", getattr(dtls, _D + "tx_packets") + len(payloads))
             setattr(sender, _S + "ntp_timestamp", ntp)
             setattr(sender, _S + "rtp_timestamp", timestamp)

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 import asyncpg
 from aiohttp import web
 
+from ..analytics.sink import opted_out
 from ..errors import STORAGE_ERRORS
 from ..keys import SUBJECT
 from .region import client_region
@@ -24,7 +25,7 @@ log = logging.getLogger("odsmedia.privacy")
 
 # Probes and scrapes would drown the useful rows.
 SKIP_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
-COLUMNS = ("at", "method", "route", "status", "duration_ms", "region", "subject")
+COLUMNS = ("at", "method", "route", "status", "duration_ms", "region", "subject", "counted")
 
 
 class RequestLog:
@@ -55,6 +56,8 @@ class RequestLog:
                     (time.perf_counter() - started) * 1000.0,
                     client_region(request, self.trusted_proxies),
                     request.get(SUBJECT),
+                    # Kept for security like any other row, but left out of the analytics roll-up.
+                    not opted_out(request.headers),
                 ))
 
     async def flush(self, db: asyncpg.Pool) -> int:
@@ -90,11 +93,11 @@ async def forget(conn: asyncpg.Connection, subject: str) -> None:
 async def roll_up(conn: asyncpg.Connection, days: int) -> int:
     """Retention, in the caller's transaction: rows older than ``days`` are folded into
     ``analytics_daily`` (route x region counts) and deleted, so the aggregate never double
-    counts.  Returns the rows deleted."""
+    counts; rows of opted-out requests (DNT, Sec-GPC) are deleted without being counted.  Returns the rows deleted."""
     await conn.execute(
         """INSERT INTO analytics_daily (day, route, region, requests, errors)
            SELECT at::date, route, region, count(*), count(*) FILTER (WHERE status >= 500)
-           FROM request_logs WHERE at < now() - make_interval(days => $1)
+           FROM request_logs WHERE at < now() - make_interval(days => $1) AND counted
            GROUP BY 1, 2, 3
            ON CONFLICT (day, route, region) DO UPDATE
            SET requests = analytics_daily.requests + EXCLUDED.requests,

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from recorder import episodes
 
+from .. import metrics
 from ..errors import json_response
 from ..gate import Entry
 from ..keys import BUS, CONFIG, DB, GATE
@@ -67,6 +68,7 @@ async def participants(request: web.Request) -> web.Response:
 
 def setup(app: web.Application) -> None:
     sfu = Sfu(app[CONFIG])
+    metrics.watch(sfu)
     app[SFU] = sfu
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from ..media.forwarder import Downstream
 from ..media.frame import MediaFrame
+from ..metrics import FORWARD_SAMPLE_MASK, forward_latency
 
 if TYPE_CHECKING:
     from .participant import Participant
@@ -104,7 +106,10 @@ class Subscription(MediaStreamTrack):
         while True:
             if self._queue:
                 self.forwarded += 1
-                return self._queue.popleft()
+                frame = self._queue.popleft()
+                if not self.forwarded & FORWARD_SAMPLE_MASK:
+                    forward_latency.observe(time.monotonic() - frame.arrival)
+                return frame
             if self._finished or self.readyState != "live":
                 raise MediaStreamError
             self._waiter = asyncio.get_running_loop().create_future()

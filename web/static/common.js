@@ -279,4 +279,35 @@
 
   window.ODS = {ApiFailure, fetchJSON, api, csrfToken, loadRoom, escapeHTML, el, showRefusal, roomSlug, Signaling, gatheringComplete,
                 onIceLost, setChatRoom, pageToken, forgetToken, guestName, setGuestName, backoff};
+
+  // A material change of the privacy policy: signed-in people see a notice on every
+  // page until they acknowledge it (the acknowledgement is recorded with the version).
+  async function policyNotice() {
+    if (!csrfToken()) return;   // not signed in
+    let body;
+    try {
+      body = await fetchJSON("/api/policy/notice");
+    } catch (_) {
+      return;
+    }
+    if (!body.notice) return;
+    const version = body.notice.version;
+    const ok = el("button", {id: "policy-ack", type: "button"}, "Got it");
+    const bar = el("div", {id: "policy-notice", class: "policy-notice", role: "status"});
+    bar.append("Our privacy policy changed (version " + version + "). ",
+               el("a", {href: "/privacy?version=" + encodeURIComponent(version)}, "Read it"), ok);
+    ok.addEventListener("click", async () => {
+      ok.disabled = true;
+      try {
+        await api("POST", "/api/policy/acknowledge", {version});
+        bar.remove();
+      } catch (failure) {
+        ok.disabled = false;
+        bar.append(" " + failure.message);
+      }
+    });
+    document.body.prepend(bar);
+  }
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", policyNotice);
+  else policyNotice();
 })();

@@ -118,6 +118,43 @@
     return "";
   }
 
+  // First-party audience counting (docs/privacy.md): when this play started, the seconds
+  // watched, and which 10 s stretches of the episode it reached, so the host sees where
+  // people stop. Nothing is sent for people with Do Not Track or Global Privacy Control.
+  function countAudience(video, id) {
+    if (navigator.globalPrivacyControl || navigator.doNotTrack === "1") return;
+    const BUCKET = 10;
+    const reached = new Set();
+    let fresh = [], seconds = 0, playing = false, playSent = false, last = null;
+    function send() {
+      if (!playing || (playSent && !fresh.length && seconds < 0.5)) return;
+      const body = {episode: Number(id), seconds: Math.min(60, Math.round(seconds * 10) / 10),
+                    buckets: fresh.splice(0, 12)};
+      if (!playSent) body.play = playSent = true;
+      seconds = 0;
+      fetch("/api/analytics/replay", {
+        method: "POST", keepalive: true, credentials: "same-origin",
+        headers: {"Content-Type": "application/json", "X-CSRF-Token": window.ODS.csrfToken()},
+        body: JSON.stringify(body),
+      }).catch(() => {});
+    }
+    video.addEventListener("playing", () => { playing = true; last = video.currentTime; });
+    video.addEventListener("seeking", () => { last = null; });
+    video.addEventListener("timeupdate", () => {
+      const now = video.currentTime;
+      if (video.paused || video.seeking) { last = now; return; }
+      const bucket = Math.floor(now / BUCKET);
+      if (!reached.has(bucket)) { reached.add(bucket); fresh.push(bucket); }
+      // Only continuous playback counts as watched (a jump is a seek).
+      if (last !== null && now > last && now - last < 2) seconds += now - last;
+      last = now;
+      if (seconds >= 10 || fresh.length >= 12) send();
+    });
+    video.addEventListener("pause", send);
+    video.addEventListener("ended", send);
+    window.addEventListener("pagehide", send);
+  }
+
   async function watchPage(id) {
     if (chat) chat.dataset.episode = id;
     const player = document.getElementById("player");
@@ -157,10 +194,15 @@
       const seek = () => { video.currentTime = start; };
       if (video.readyState >= 1) seek(); else video.addEventListener("loadedmetadata", seek, {once: true});
     }
+    countAudience(video, id);
     video.muted = true;   // muted autoplay is allowed everywhere; the controls unmute
     video.play().catch(() => { status.textContent = "Press play to start."; });
 
     if (episode.can_delete) {
+      // The room's host reads how the session went (moderators are refused there, politely).
+      const report = document.getElementById("report");
+      report.href = `/episodes/${id}/report`;
+      report.hidden = false;
       const button = document.getElementById("delete");
       button.hidden = false;
       button.addEventListener("click", async () => {
