@@ -191,13 +191,15 @@ class PacketFanout:
 
     def __init__(self, kind: str, codec: str, clock_rate: int, *,
                  request_keyframe: Callable[[str], None] | None = None,
-                 send_nack: Callable[[int, list[int]], None] | None = None) -> None:
+                 send_nack: Callable[[int, list[int]], None] | None = None,
+                 nack_repeat: float = NACK_REPEAT) -> None:
         self.kind = kind
         self.codec = codec
         self.video = kind == "video"
         self.clock_rate = clock_rate
         self.request_keyframe = request_keyframe
         self.send_nack = send_nack
+        self.nack_repeat = nack_repeat
         self.downstreams: list[Downstream] = []
         self.paused = False
         self.ended = False
@@ -361,7 +363,7 @@ class PacketFanout:
         self._nack_timer = None
         now = time.monotonic()
         asked = self._nack_asked
-        lost = sorted(s for s in self._nack_pending if now - asked.get(s, -1e9) >= NACK_REPEAT)
+        lost = sorted(s for s in self._nack_pending if now - asked.get(s, -1e9) >= self.nack_repeat)
         self._nack_pending.clear()
         if len(asked) > 4 * HISTORY_SIZE:
             asked.clear()
