@@ -6,6 +6,9 @@ process and platform collectors), so every app in a process shares them.
 
 from __future__ import annotations
 
+import weakref
+from typing import Protocol
+
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 http_requests = Counter(
@@ -27,6 +30,30 @@ abuse_refusals = Counter("ods_abuse_refusals_total",
 authority_ended = Counter("ods_authority_ended_total",
                           "Open sockets and WHIP/WHEP sessions ended because what admitted them ended", ["reason"])
 gate_decisions = Counter("ods_gate_decisions_total", "Entry gate decisions", ["entry", "outcome"])
+
+
+class Census(Protocol):
+    """What the live-media gauges count, read at scrape time (the SFU's rooms)."""
+
+    def census(self) -> dict[str, int]: ...
+
+
+# The SFUs alive in this process (one per app); the gauges sum them when scraped, so a
+# count can never drift from the rooms it describes.
+_censuses: "weakref.WeakSet[Census]" = weakref.WeakSet()
+
+
+def count_live(source: Census) -> None:
+    _censuses.add(source)
+
+
+def _summed(name: str):
+    return lambda: float(sum(source.census()[name] for source in list(_censuses)))
+
+
+for _gauge, _name in ((rooms_live, "rooms"), (participants, "participants"), (publications, "publications"),
+                      (subscriptions, "subscriptions")):
+    _gauge.set_function(_summed(_name))
 
 
 def render() -> tuple[bytes, str]:

@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 
 from recorder import episodes
 
+from .. import metrics
 from ..abuse import ABUSE, Held
 from ..errors import CLOSE_UNAVAILABLE, OUTAGE_ERRORS, STORAGE_ERRORS, ApiError, json_int
 from ..gate import ROLE_RANK, Admission, Entry
@@ -98,6 +99,7 @@ class ChatSession:
                 raise ChatError("banned", "you are banned from this room")
             raise ChatError("timed_out", "you are timed out",
                             until=sanction.until.isoformat() if sanction.until else None)
+        metrics.chat_items.labels(kind).inc()
         await self.chat.hub.dispatch(room.slug, item.event())
         return {"id": item.id}
 

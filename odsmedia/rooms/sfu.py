@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from aiohttp import web
 
+from .. import metrics
 from ..channels import control_channel
 from .errors import SfuError
 from .participant import Participant, Writer
@@ -48,6 +49,16 @@ class Sfu:
         self._lock = asyncio.Lock()
         # Seconds a transport may take to connect before it is released.
         self.connect_timeout = CONNECT_TIMEOUT
+        metrics.count_live(self)
+
+    def census(self) -> dict[str, int]:
+        """Live rooms, participants, publications and subscriptions on this node (the gauges)."""
+        rooms = [r for r in self.rooms.values() if r.participants]
+        people = [p for r in rooms for p in r.participants.values()]
+        return {"rooms": len(rooms), "participants": len(people),
+                "publications": sum(len(r.publications) for r in rooms),
+                "subscriptions": sum(len(getattr(t, "subscriptions", ())) for p in people
+                                     for t in p.transports.values())}
 
     def add_observer(self, observer: Observer) -> None:
         self.observers.append(observer)
