@@ -4,6 +4,8 @@ signaling `unsubscribe`, trickle `candidate`, `publish.sources` and their refusa
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import pytest
 from aiortc import RTCSessionDescription
@@ -135,3 +137,26 @@ async def test_chat_refuses_bad_ids_and_lifting_what_is_not_there(client, room_f
                 replies[ref] = (reply["type"], reply["error"])
     assert replies == {"id": ("error", "invalid_id"), "timeout": ("error", "not_sanctioned"),
                        "ban": ("error", "not_sanctioned")}
+
+
+async def test_a_chat_ban_removes_the_person_from_the_media_and_keeps_them_out(client, peers, room_factory,
+                                                                               token_factory):
+    room = await room_factory()
+    token = await token_factory(room, "viewer")
+    target = await peers.client(client, room, join=False)
+    subject = (await target.join(token))["participant"]["subject"]
+    async with client.ws_connect(f"/rooms/{room.slug}/chat") as mod:
+        await mod.send_json({"type": "join", "token": await token_factory(room, "moderator")})
+        assert (await mod.receive_json(timeout=10))["type"] == "welcome"
+        await mod.send_json({"type": "ban", "target": subject, "reason": "spam", "ref": 1})
+        while (reply := await mod.receive_json(timeout=10)).get("ref") != 1:
+            pass
+        assert reply["type"] == "ack"
+    # The SFU (through room:{slug}:control) kicks the signaling participant, saying it is a ban.
+    kicked = await target.next_event("kicked", timeout=15)
+    assert (kicked["reason"], kicked["banned"]) == ("spam", True)
+    await asyncio.wait_for(target.closed.wait(), 10)
+    assert target.ws.close_code == 4001
+    # And the gate keeps them out of the room's media.
+    again = await peers.client(client, room, join=False)
+    assert await refused(again, {"type": "join", "token": token}) == (403, "banned")
