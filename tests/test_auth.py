@@ -11,13 +11,10 @@ from email import policy
 from pathlib import Path
 
 import pytest
-from aiohttp import web
+from aiohttp import WSMsgType
 
 from conftest import make_config
 from odsmedia.app import make_app
-from odsmedia.errors import json_response
-from odsmedia.gate import Entry
-from odsmedia.keys import GATE
 from odsmedia.auth.service import AUTH
 
 LINK = re.compile(r"/auth/confirm#token=([A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+)")
@@ -64,16 +61,51 @@ async def sign_in(client, address: str | None = None) -> tuple[str, dict]:
     return data["csrf_token"], data["account"]
 
 
-def admit_route(app: web.Application) -> None:
-    """A route that asks the real gate, so resolvers are exercised the way entry points use them."""
+async def admit(client, slug: str, entry: str = "join", headers: dict | None = None) -> tuple[int, dict]:
+    """Asks the gate through the real entry point for ``entry``; returns (HTTP status, JSON body).
 
-    async def admit(request: web.Request) -> web.Response:
-        admission = await request.app[GATE].admit(request, request.match_info["slug"], Entry(request.query["entry"]))
-        return json_response({"subject": admission.identity.subject, "role": admission.role,
-                              "kind": admission.identity.kind})
-
-    app.router.add_get("/test/admit/{slug}", admit)
-    app.router.add_post("/test/admit/{slug}", admit)
+    Signaling and chat answer over a WebSocket: a refusal carries the gate's status
+    (signaling ``status``, chat close code 4000 + status); admission is 200 with the
+    participant (signaling) or the chat post's ack.  ``publish`` joins, then publishes
+    an empty offer: past the gate the SDP itself is refused (400 ``invalid_sdp``)."""
+    headers = dict(headers or {})
+    if entry == "play":
+        resp = await client.post(f"/rooms/{slug}/whep", data="v=0\r\n",
+                                 headers={**headers, "Content-Type": "application/sdp"})
+        return resp.status, await resp.json()
+    if entry == "replay":
+        resp = await client.get(f"/rooms/{slug}/episodes", headers={**headers, "Accept": "application/json"})
+        return resp.status, await resp.json()
+    if entry in ("join", "publish"):
+        async with client.ws_connect(f"/rooms/{slug}/ws", headers=headers) as ws:
+            await ws.send_json({"type": "join", "ref": 1})
+            reply = await ws.receive_json(timeout=10)
+            if reply["type"] == "error":
+                return reply["status"], {"error": reply["code"], **{k: v for k, v in reply.items()
+                                                                     if k not in ("type", "code", "ref")}}
+            assert reply["type"] == "joined", reply
+            if entry == "join":
+                return 200, reply["participant"]
+            await ws.send_json({"type": "publish", "sdp": "v=0\r\n", "ref": 2})
+            while (reply := await ws.receive_json(timeout=10)).get("ref") != 2:
+                pass
+            assert reply["type"] == "error", reply
+            return reply["status"], {"error": reply["code"]}
+    assert entry == "chat", entry
+    async with client.ws_connect(f"/rooms/{slug}/chat", headers=headers) as ws:
+        await ws.send_json({"type": "join"})
+        first = await ws.receive(timeout=10)
+        if first.type == WSMsgType.TEXT and first.json()["type"] == "error":
+            body = first.json()
+            closing = await ws.receive(timeout=10)
+            assert closing.type in (WSMsgType.CLOSE, WSMsgType.CLOSED), closing
+            return ws.close_code - 4000, body
+        assert first.json()["type"] == "welcome", first.data
+        await ws.send_json({"type": "post", "kind": "message", "text": "admitted?", "ref": 1})
+        while (reply := await ws.receive_json(timeout=10)).get("ref") != 1:
+            pass
+        assert reply["type"] == "ack", reply   # a post refused past the gate is not an admission outcome
+        return 200, reply
 
 
 @pytest.fixture
@@ -86,9 +118,7 @@ def config(service_urls, tmp_path):
 
 @pytest.fixture
 async def gate_client(aiohttp_client, config):
-    app = make_app(config)
-    admit_route(app)
-    return await aiohttp_client(app)
+    return await aiohttp_client(make_app(config))
 
 
 async def test_full_flow_through_outbox(client, db, config):
@@ -353,37 +383,49 @@ async def test_audit_and_sessions_keep_no_address(client, db):
 
 async def test_anonymous_viewer_cookie(gate_client, room_factory):
     room = await room_factory("public")
-    resp = await gate_client.get(f"/test/admit/{room.slug}?entry=join")
-    assert resp.status == 200
-    first = await resp.json()
-    assert first["kind"] == "anonymous" and first["subject"].startswith("v:")
-    cookie = resp.cookies["ods_anon"]
+    page = await gate_client.get(f"/rooms/{room.slug}")
+    cookie = page.cookies["ods_anon"]
     assert cookie["httponly"] and cookie["samesite"] == "Lax"
-    # Stable across requests.
-    again = await (await gate_client.get(f"/test/admit/{room.slug}?entry=join")).json()
-    assert again["subject"] == first["subject"]
-    # A forged cookie is not believed: a fresh id replaces it.
-    anon_id = first["subject"][2:]
-    forged = await gate_client.get(f"/test/admit/{room.slug}?entry=join",
-                                   cookies={"ods_anon": f"{anon_id}x.{cookie.value.split('.')[1]}"})
-    assert (await forged.json())["subject"] not in (first["subject"], f"v:{anon_id}x")
-    # Writes without a cookie get no identity (chat needs a stable author).
+    status, first = await admit(gate_client, room.slug)
+    anon_id = cookie.value.split(".")[0]
+    assert status == 200 and first["subject"] == f"v:{anon_id}" and first["role"] == "viewer"
+    # Stable across joins.
+    assert (await admit(gate_client, room.slug))[1]["subject"] == first["subject"]
+    # A forged cookie is not believed: the join gets no identity of its own choosing.
     gate_client.session.cookie_jar.clear()
-    resp = await gate_client.post(f"/test/admit/{room.slug}?entry=chat")
-    assert resp.status == 401 and (await resp.json())["error"] == "sign_in_required"
+    forged = f"{anon_id}x.{cookie.value.split('.')[1]}"
+    status, other = await admit(gate_client, room.slug, headers={"Cookie": f"ods_anon={forged}"})
+    assert status == 200 and other["subject"] not in (first["subject"], f"v:{anon_id}x")
+    # Chat needs a stable author: a cookieless chat handshake is given a fresh
+    # guest id on its 101 response, and the post is that guest's.
+    gate_client.session.cookie_jar.clear()
+    async with gate_client.ws_connect(f"/rooms/{room.slug}/chat") as ws:
+        minted = gate_client.session.cookie_jar.filter_cookies(gate_client.make_url("/"))["ods_anon"].value
+        await ws.send_json({"type": "join"})
+        welcome = await ws.receive_json(timeout=10)
+        assert welcome["type"] == "welcome" and welcome["you"]["can_post"] is True
+        assert welcome["you"]["subject"] == f"v:{minted.split('.')[0]}" != first["subject"]
 
 
 async def test_session_identity_at_the_gate(gate_client, room_factory):
     room = await room_factory("signed-in")
-    resp = await gate_client.get(f"/test/admit/{room.slug}?entry=join")
-    assert resp.status == 401 and (await resp.json())["error"] == "sign_in_required"
+    status, body = await admit(gate_client, room.slug)
+    assert (status, body["error"], body["plans"]) == (401, "sign_in_required", [])
+    status, body = await admit(gate_client, room.slug, "chat")
+    assert (status, body["error"]) == (401, "sign_in_required")
     _, account = await sign_in(gate_client)
-    resp = await gate_client.get(f"/test/admit/{room.slug}?entry=join")
-    assert resp.status == 200 and (await resp.json())["subject"] == account["subject"]
-    # A WebSocket handshake from another site does not carry the session.
-    resp = await gate_client.get(f"/test/admit/{room.slug}?entry=join",
-                                 headers={"Upgrade": "websocket", "Origin": "http://evil.example"})
-    assert resp.status == 401
+    status, joined = await admit(gate_client, room.slug)
+    assert status == 200 and joined["subject"] == account["subject"]
+    # A WebSocket handshake from another site does not carry the session: the
+    # real signaling and chat sockets both refuse it as anonymous.
+    evil = {"Origin": "http://evil.example"}
+    status, body = await admit(gate_client, room.slug, headers=evil)
+    assert (status, body["error"]) == (401, "sign_in_required")
+    status, body = await admit(gate_client, room.slug, "chat", headers=evil)
+    assert (status, body["error"]) == (401, "sign_in_required")
+    # The same-site handshake still carries it.
+    status, body = await admit(gate_client, room.slug, "chat", headers={"Origin": str(gate_client.make_url("")).rstrip("/")})
+    assert status == 200 and body["type"] == "ack"
 
 
 async def test_api_tokens_listed_and_revoked_by_owner(gate_client, aiohttp_client, room_factory, db):
@@ -399,8 +441,9 @@ async def test_api_tokens_listed_and_revoked_by_owner(gate_client, aiohttp_clien
     assert [t["id"] for t in listed] == [minted["id"]] and "token" not in listed[0] and listed[0]["active"]
 
     bearer = {"Authorization": f"Bearer {minted['token']}"}
-    resp = await gate_client.get(f"/test/admit/{owned.slug}?entry=publish", headers=bearer)
-    assert resp.status == 200 and (await resp.json())["role"] == "host"
+    status, joined = await admit(gate_client, owned.slug, headers=bearer)
+    assert status == 200 and joined["role"] == "host"
+    assert await admit(gate_client, owned.slug, "publish", headers=bearer) == (400, {"error": "invalid_sdp"})
 
     # Not the owner: cannot revoke it.
     stranger = await aiohttp_client(gate_client.server)
@@ -417,8 +460,8 @@ async def test_api_tokens_listed_and_revoked_by_owner(gate_client, aiohttp_clien
 
     resp = await gate_client.delete(f"/api/tokens/{minted['id']}", headers=h)
     assert resp.status == 204
-    resp = await gate_client.get(f"/test/admit/{owned.slug}?entry=publish", headers=bearer)
-    assert resp.status == 401 and (await resp.json())["error"] == "invalid_token"
+    status, body = await admit(gate_client, owned.slug, headers=bearer)
+    assert (status, body["error"]) == (401, "invalid_token")
     listed = (await (await gate_client.get("/api/tokens")).json())["tokens"]
     assert listed[0]["revoked_at"] is not None and not listed[0]["active"]
 
@@ -490,8 +533,8 @@ async def test_room_page_gives_a_viewer_the_id_later_joins_use(gate_client, room
     assert page.status == 200 and page.content_type == "text/html"
     cookie = page.cookies["ods_anon"]
     anon_id = cookie.value.split(".")[0]
-    joined = await (await gate_client.get(f"/test/admit/{room.slug}?entry=join")).json()
-    assert joined["subject"] == f"v:{anon_id}"
+    status, joined = await admit(gate_client, room.slug)
+    assert status == 200 and joined["subject"] == f"v:{anon_id}"
     # The next page load keeps it; static assets never set one.
     again = await gate_client.get(f"/rooms/{room.slug}")
     assert "ods_anon" not in again.cookies

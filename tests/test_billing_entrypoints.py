@@ -13,25 +13,32 @@ from test_auth import sign_in
 from test_billing import billing_env, deliver, event, stripe_api, subscription  # noqa: F401 (fixtures)
 
 
+async def outcome(resp) -> tuple[int, str | None]:
+    """(status, machine-readable reason); None for a success body that carries none."""
+    if resp.content_type == "application/json":
+        return resp.status, (await resp.json()).get("error")
+    return resp.status, None
+
+
 async def entry_statuses(client, slug: str, episode_id: int, csrf: str, viewer_token: str) -> dict[str, object]:
     got: dict[str, object] = {}
-    got["participants"] = (await client.get(f"/api/rooms/{slug}/participants")).status
-    got["episode list"] = (await client.get(f"/rooms/{slug}/episodes",
-                                            headers={"Accept": "application/json"})).status
-    got["playlist"] = (await client.get(f"/episodes/{episode_id}/index.m3u8")).status
-    got["segment"] = (await client.get(f"/episodes/{episode_id}/00000-0.m4s")).status
-    got["whep"] = (await client.post(f"/rooms/{slug}/whep", data="v=0\r\n",
-                                     headers={"Content-Type": "application/sdp", "X-CSRF-Token": csrf})).status
-    got["whip (viewer token)"] = (await client.post(
+    got["participants"] = await outcome(await client.get(f"/api/rooms/{slug}/participants"))
+    got["episode list"] = await outcome(await client.get(f"/rooms/{slug}/episodes",
+                                                         headers={"Accept": "application/json"}))
+    got["playlist"] = await outcome(await client.get(f"/episodes/{episode_id}/index.m3u8"))
+    got["segment"] = await outcome(await client.get(f"/episodes/{episode_id}/00000-0.m4s"))
+    got["whep"] = await outcome(await client.post(f"/rooms/{slug}/whep", data="v=0\r\n",
+                                                  headers={"Content-Type": "application/sdp", "X-CSRF-Token": csrf}))
+    got["whip (viewer token)"] = await outcome(await client.post(
         f"/rooms/{slug}/whip", data="v=0\r\n",
-        headers={"Content-Type": "application/sdp", "Authorization": f"Bearer {viewer_token}"})).status
+        headers={"Content-Type": "application/sdp", "Authorization": f"Bearer {viewer_token}"}))
     async with client.ws_connect(f"/rooms/{slug}/ws") as ws:
         await ws.send_str(orjson.dumps({"type": "join", "ref": 1}).decode())
-        reply = orjson.loads((await ws.receive(timeout=5)).data)
-        got["signaling join"] = reply.get("status", reply["type"])
+        reply = orjson.loads((await ws.receive(timeout=10)).data)
+        got["signaling join"] = (reply.get("status"), reply.get("code")) if reply["type"] == "error" else reply["type"]
     async with client.ws_connect(f"/rooms/{slug}/chat") as ws:
         await ws.send_str(orjson.dumps({"type": "join"}).decode())
-        reply = orjson.loads((await ws.receive(timeout=5)).data)
+        reply = orjson.loads((await ws.receive(timeout=10)).data)
         got["chat join"] = reply.get("error") or reply["type"]
     return got
 
@@ -46,9 +53,10 @@ async def test_each_entry_point_refuses_then_admits(aiohttp_client, billing_env,
     viewer_token = await token_factory(room, role="viewer", account_id=account["id"])
 
     refused = await entry_statuses(client, room.slug, episode_id, csrf, viewer_token)
+    plan = (402, "plan_required")
     assert refused == {
-        "participants": 402, "episode list": 402, "playlist": 402, "segment": 402, "whep": 402,
-        "whip (viewer token)": 403, "signaling join": 402, "chat join": "plan_required",
+        "participants": plan, "episode list": plan, "playlist": plan, "segment": plan, "whep": plan,
+        "whip (viewer token)": (403, "not_a_publisher"), "signaling join": plan, "chat join": "plan_required",
     }
 
     customer = f"cus_{uuid.uuid4().hex[:10]}"
@@ -59,13 +67,14 @@ async def test_each_entry_point_refuses_then_admits(aiohttp_client, billing_env,
                                             created=time.time()))
     assert status == 200
     admitted = await entry_statuses(client, room.slug, episode_id, csrf, viewer_token)
-    # Past the gate each endpoint does its own work (nothing is live or recorded here).
-    assert admitted["participants"] == 200 and admitted["episode list"] == 200
-    assert admitted["playlist"] not in (401, 402, 403) and admitted["segment"] not in (401, 402, 403)
-    assert admitted["whep"] not in (401, 402, 403)
-    assert admitted["whip (viewer token)"] == 403   # viewers never publish
-    assert admitted["signaling join"] == "joined"
-    assert admitted["chat join"] not in ("plan_required", "sign_in_required")
+    # Past the gate each endpoint does its own work, and says exactly why it has
+    # nothing to give: the episode row has no files, nothing is live.
+    assert admitted == {
+        "participants": (200, None), "episode list": (200, None),
+        "playlist": (404, "playlist_not_ready"), "segment": (404, "segment_not_found"),
+        "whep": (409, "nothing_published"), "whip (viewer token)": (403, "not_a_publisher"),
+        "signaling join": "joined", "chat join": "welcome",
+    }
 
 
 async def test_participant_is_removed_when_access_ends(aiohttp_client, billing_env, room_factory, db):  # noqa: F811

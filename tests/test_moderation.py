@@ -196,9 +196,12 @@ async def test_moderators_cannot_act_on_hosts_or_each_other(client, room_factory
     host = await ChatSocket.open(client, chat(room), token=await token_factory(room, "host"))
     mod = await ChatSocket.open(client, chat(room), token=await token_factory(room, "moderator"))
     mod2 = await ChatSocket.open(client, chat(room), token=await token_factory(room, "moderator"))
-    for target in (host, mod2, mod):
+    errors = {}
+    for name, target in (("host", host), ("other moderator", mod2), ("self", mod)):
         reply = await mod.request({"type": "timeout", "target": target.welcome["you"]["subject"], "minutes": 1})
-        assert reply["error"] in ("target_outranks", "invalid_target"), reply
+        assert reply["type"] == "error", reply
+        errors[name] = reply["error"]
+    assert errors == {"host": "target_outranks", "other moderator": "target_outranks", "self": "invalid_target"}
     assert (await host.request({"type": "timeout", "target": mod2.welcome["you"]["subject"],
                                 "minutes": 1}))["type"] == "ack"
     for sock in (host, mod, mod2):

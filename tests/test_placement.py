@@ -53,12 +53,22 @@ async def test_refresh_reports_a_lost_claim(buses):
     assert await node_a.refresh() == [slug]
 
 
-async def test_join_on_a_second_node_names_the_first(aiohttp_client, config, room_factory, token_factory):
-    """Two app nodes on one Redis: the room goes live on A; joining it through B is refused with A's URL."""
+async def test_join_on_a_second_node_names_the_first(aiohttp_server, aiohttp_client, service_urls, tmp_path,
+                                                     room_factory, token_factory):
+    """Two app nodes on one Redis, each with its own data dir (node id), listening port and public
+    URL: the room goes live on A; joining it through B is refused with A's URL, the one A serves on."""
+    from aiohttp.test_utils import unused_port
+
+    from conftest import make_config
     from odsmedia.app import make_app
 
-    node_a = await aiohttp_client(make_app(config))
-    node_b = await aiohttp_client(make_app(config))
+    nodes, urls = [], []
+    for name in ("a", "b"):
+        port = unused_port()
+        urls.append(f"http://127.0.0.1:{port}")
+        config = make_config(service_urls, tmp_path / name, ODS_PUBLIC_URL=urls[-1], ODS_HTTP_PORT=str(port))
+        nodes.append(await aiohttp_client(await aiohttp_server(make_app(config), port=port)))
+    node_a, node_b = nodes
     room = await room_factory()
     ws_a = await node_a.ws_connect(f"/rooms/{room.slug}/ws")
     await ws_a.send_json({"type": "join", "name": "Alice"})
@@ -68,7 +78,8 @@ async def test_join_on_a_second_node_names_the_first(aiohttp_client, config, roo
     await ws_b.send_json({"type": "join", "name": "Bob"})
     refused = await ws_b.receive_json(timeout=10)
     assert refused["type"] == "error" and refused["code"] == "room_on_other_node"
-    assert refused["node_url"] == config.public_url
+    assert refused["node_url"] == urls[0] != urls[1]
+    assert (await node_b.session.get(f"{refused['node_url']}/healthz")).status == 200   # reachable: A answers
     await ws_b.close()
     # When the room empties on A, its claim goes and B may host it.
     await ws_a.close()

@@ -40,7 +40,7 @@ async def play(page, url):
         "() => { const v = document.querySelector('video'); return v && v.currentTime > 1.5; }", timeout=30000)
     return await page.evaluate("""() => {
         const v = document.querySelector('video');
-        return {player: v.dataset.player, time: v.currentTime, width: v.videoWidth, error: v.error && v.error.code,
+        return {player: v.dataset.player, time: v.currentTime, frames: v.getVideoPlaybackQuality().totalVideoFrames, width: v.videoWidth, error: v.error && v.error.code,
                 duration: v.duration, hlsjs_loaded: typeof window.Hls !== "undefined"};
     }""")
 
@@ -58,7 +58,7 @@ async def test_chromium_lists_episodes_and_plays_one(app_client, room_factory, b
         await page.wait_for_url(f"**/episodes/{episode_id}/watch")
         state = await play(page, page.url)
         assert state["player"] == "native" and not state["hlsjs_loaded"]   # fetched only when needed
-        assert state["width"] == 640 and not state["error"]
+        assert state["width"] == 640 and not state["error"] and state["frames"] > 0   # pictures were decoded
         # The chat section replays this episode's chat (chat.js mounted in replay mode).
         await page.wait_for_selector(f"#chat[data-episode='{episode_id}'][data-state='loaded']", timeout=10000)
         assert await page.get_attribute("#chat", "data-room") == room.slug
@@ -66,7 +66,7 @@ async def test_chromium_lists_episodes_and_plays_one(app_client, room_factory, b
 
         # The hls.js fallback (what a browser without native HLS gets) plays it too.
         state = await play(page, f"{base}/episodes/{episode_id}/watch?player=hlsjs")
-        assert state["player"] == "hls.js" and not state["error"]
+        assert state["player"] == "hls.js" and not state["error"] and state["frames"] > 0
     finally:
         await page.close()
 
@@ -119,7 +119,7 @@ async def test_chromium_host_session_is_recorded_and_replayed(app_client, room_f
     page = await browser.new_page()
     try:
         state = await play(page, str(app_client.make_url(f"/episodes/{recording.episode_id}/watch")))
-        assert state["player"] == "native" and not state["error"] and state["width"] > 0
+        assert state["player"] == "native" and not state["error"] and state["width"] > 0 and state["frames"] > 0
     finally:
         await page.close()
     # Chromium honours the recorder's keyframe requests (PLIs through the SFU): segments

@@ -1,0 +1,132 @@
+"""Every contract docs/protocol.md and docs/recording.md state is exercised by some test.
+
+The tables are parsed from the docs, so a message type, error code, close code or
+HTTP method added there without a test fails here.  "Exercised" is a static scan:
+the name appears as a string literal (or the close code as a number) in another
+test module.  That is weaker than recording what the suite really sends and
+receives, but it needs no full-suite run to answer and it names what is missing.
+
+``UNEXERCISED`` lists what no test reaches yet, each with why.  The check is two-
+sided: a gap not listed fails, and so does a listed one that a test now covers
+(remove it from the list).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PROTOCOL = (ROOT / "docs" / "protocol.md").read_text()
+RECORDING = (ROOT / "docs" / "recording.md").read_text()
+TICKED = re.compile(r"`([a-z][a-z0-9_]*)`")
+
+# What no test reaches yet (name -> why); keep it short and shrinking.
+UNEXERCISED: dict[str, str] = {
+    "signaling error negotiation_timeout": "needs a peer that stalls ICE gathering past the fixed 10 s",
+    "signaling error past_due_expired": "the grace-period end is covered at the gate (test_gate_entitlements), "
+                                        "not yet through a signaling join",
+    "signaling error publication_ended": "a race: the publication must end between subscribe and offer",
+    "signaling error too_many_transports": "17 aiortc transports on one participant: slow on a loaded runner",
+}
+
+
+def section(text: str, heading: str) -> str:
+    """The body of the markdown section ``heading`` (up to the next heading of any level)."""
+    start = text.index(heading) + len(heading)
+    following = re.search(r"^#{1,6} ", text[start:], re.M)
+    return text[start:start + following.start()] if following else text[start:]
+
+
+def table_rows(body: str) -> list[list[str]]:
+    rows = []
+    for line in body.splitlines():
+        if line.startswith("|") and not line.startswith("|---"):
+            rows.append([cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip("|"))])
+    return rows[1:] if rows else rows   # the header row
+
+
+def signaling_contracts() -> set[str]:
+    names: set[str] = set()
+    for row in table_rows(section(PROTOCOL, "### Errors")):
+        names |= {f"signaling error {n}" for n in TICKED.findall(row[0])}
+    client = section(PROTOCOL, "### Client -> server")
+    for heading in re.findall(r"^\*\*([a-z /]+)\*\*", client, re.M):
+        names |= {f"signaling request {n.strip()}" for n in heading.split("/")}
+    for row in table_rows(section(PROTOCOL, "### Server -> client events")):
+        names |= {f"signaling event {n}" for n in TICKED.findall(row[0])}
+    return names
+
+
+def chat_contracts() -> set[str]:
+    names: set[str] = set()
+    requests = section(PROTOCOL, "### Requests (client -> server)")
+    for row in table_rows(requests):
+        names |= {f"chat request {n}" for n in re.findall(r'"type": "([a-z_]+)"', row[0])}
+        names |= {f"chat request {n}" for n in re.findall(r'"type": "[a-z_]+" \\\| "([a-z_]+)"', row[0])}
+        names |= {f"chat refusal {n}" for n in TICKED.findall(row[3])}
+    names |= {f"chat refusal {n}" for n in TICKED.findall(requests.split("|---|")[-1].split("\n\n", 1)[1])}
+    events = section(PROTOCOL, "### Live events (server -> client)")
+    for row in table_rows(events):
+        names |= {f"chat event {n}" for n in TICKED.findall(row[0])}
+        names |= {f"chat error {n}" for n in re.findall(r'"([a-z_]+)"', row[1])}
+    return names
+
+
+def close_codes() -> set[str]:
+    return {f"close {code}" for code in re.findall(r"`?\b(4\d\d\d|1011|1001)\b`?", PROTOCOL)} - {"close 4000"}
+
+
+def http_methods() -> set[str]:
+    """Each (method, endpoint) the docs name: WHIP/WHEP sessions and the replay API."""
+    names = {f"http {m} {p}" for m, p in re.findall(r"`(GET|POST|DELETE|PATCH|HEAD|OPTIONS) (/[^`]*)`",
+                                                    PROTOCOL + RECORDING)}
+    whip = section(PROTOCOL, "## WHIP: `POST /rooms/{slug}/whip` (RFC 9725)")
+    names |= {f"http {m} whip session" for m in re.findall(r"`(DELETE|PATCH|OPTIONS)`", whip)}
+    return names
+
+
+def documented() -> set[str]:
+    return signaling_contracts() | chat_contracts() | close_codes() | http_methods()
+
+
+def other_test_sources() -> str:
+    return "\n".join(p.read_text() for p in sorted((ROOT / "tests").glob("test_*.py"))
+                     if p.name != Path(__file__).name)
+
+
+def exercised(name: str, source: str) -> bool:
+    kind, _, rest = name.partition(" ")
+    if kind == "close":
+        return re.search(rf"\b{rest}\b", source) is not None
+    if kind == "http":
+        method, _, path = rest.partition(" ")
+        call = rf"\.{method.lower()}\(|\"{method}\"" + (r"|ws_connect\(" if method == "GET" else "")
+        calls = re.findall(rf"(?:{call})[^\n]*", source)
+        path = path.split("?", 1)[0]
+        if path == "whip session":
+            return any("location" in c.lower() or "/whip/" in c for c in calls)
+        # The last fixed segment of the route (e.g. "whip", "episodes", "index.m3u8").
+        words = [w for w in re.split(r"[/{}]", path) if w and not w.startswith(("slug", "id", "init", "NNNNN"))]
+        marker = words[-1] if words else ""
+        return any(marker in c for c in calls) or (method in ("GET", "HEAD") and bool(calls) and not marker)
+    word = name.rsplit(" ", 1)[1]
+    if " request " in f" {name} ":
+        return re.search(rf"""["']type["']: ["']{word}["']""", source) is not None
+    return f'"{word}"' in source or f"'{word}'" in source
+
+
+def test_the_contract_tables_parse_to_something():
+    names = documented()
+    # Guards against a docs reshuffle silently emptying the check.
+    assert {"signaling error invalid_candidate", "signaling request unsubscribe", "signaling request candidate",
+            "chat request ping", "chat refusal slow_mode", "chat error too_slow", "close 4008", "close 4408",
+            "http PATCH whip session", "http OPTIONS whip session"} <= names
+    assert len(names) > 120
+
+
+def test_every_documented_contract_is_exercised():
+    source = other_test_sources()
+    missing = {name for name in documented() if not exercised(name, source)}
+    assert sorted(missing - set(UNEXERCISED)) == [], "documented but no test exercises it"
+    assert sorted(set(UNEXERCISED) - missing) == [], "exercised now: remove from UNEXERCISED"

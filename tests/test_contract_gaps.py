@@ -1,0 +1,162 @@
+"""Documented messages, closes and methods no other test reached (see test_contract_coverage.py):
+signaling `unsubscribe`, trickle `candidate`, `publish.sources` and their refusals; the chat
+`ping` and the first-frame closes; WHIP OPTIONS on a session URL."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+from aiortc import RTCSessionDescription
+
+import odsmedia.chat.socket as chat_socket
+import signaling.ws as signaling_ws
+from odsmedia.rooms.sfu import SFU
+from testsupport.peers import SignalingError, whip_offer
+
+pytestmark = pytest.mark.timeout(120)
+SDP = {"Content-Type": "application/sdp"}
+LOOPBACK_CANDIDATE = "candidate:1 1 udp 2130706431 127.0.0.1 9 typ host"
+
+
+async def refused(client, message: dict) -> tuple[int, str]:
+    with pytest.raises(SignalingError) as exc:
+        await client.request(message)
+    return exc.value.status, exc.value.code
+
+
+async def test_sources_candidates_and_unsubscribe_over_signaling(client, peers, room_factory):
+    room = await room_factory()
+    host = await peers.host(client, room)
+    pc, offer = await whip_offer()
+    try:
+        # A source outside the documented four is refused, and nothing is published.
+        assert await refused(host.client, {"type": "publish", "sdp": offer, "sources": {"0": "webcam"}}) == \
+            (400, "invalid_source")
+        assert not client.server.app[SFU].get(room.slug).publications
+        answer = await host.client.request({"type": "publish", "sdp": offer, "sources": {"0": "screen"}})
+        await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+        sources = {p["kind"]: p["source"] for p in answer["publications"]}
+        assert sources == {"video": "screen", "audio": "microphone"}
+        publisher_transport = answer["transport"]
+
+        viewer = await peers.viewer(client, room, decode=False)
+        offered = await viewer.subscribe()
+        assert offered["publications"] and offered["transport"]
+        transport = offered["transport"]
+        # A second answer to a transport that is no longer waiting for one.
+        assert await refused(viewer.client, {"type": "answer", "transport": transport,
+                                             "sdp": viewer.pcs[0].localDescription.sdp}) == (409, "unexpected_answer")
+        # Trickle: a well-formed candidate gets no reply (the next request's reply comes first);
+        # the end-of-candidates null is accepted too; a malformed one is refused.
+        for candidate in ({"candidate": LOOPBACK_CANDIDATE, "sdpMid": "0", "sdpMLineIndex": 0}, None):
+            await viewer.client.send({"type": "candidate", "transport": transport, "candidate": candidate})
+        assert (await viewer.client.request({"type": "ping"}))["type"] == "pong"
+        while not viewer.client.events.empty():
+            assert viewer.client.events.get_nowait()["type"] != "error"
+        assert await refused(viewer.client, {"type": "candidate", "transport": transport,
+                                             "candidate": {"candidate": "candidate:garbage", "sdpMid": "0"}}) == \
+            (400, "invalid_candidate")
+        # unsubscribe needs a subscriber transport; then the transport is gone.
+        assert await refused(host.client, {"type": "unsubscribe", "transport": publisher_transport}) == \
+            (409, "wrong_transport")
+        reply = await viewer.client.request({"type": "unsubscribe", "transport": transport})
+        assert reply == {"type": "ok", "ref": reply["ref"], "for": "unsubscribe", "transport": transport}
+        assert await refused(viewer.client, {"type": "unsubscribe", "transport": transport}) == \
+            (404, "unknown_transport")
+    finally:
+        await pc.close()
+
+
+async def test_signaling_join_timeout_closes_the_socket(client, room_factory, monkeypatch):
+    monkeypatch.setattr(signaling_ws, "JOIN_TIMEOUT", 0.3)   # 10 s in production; the path is the same
+    room = await room_factory()
+    async with client.ws_connect(f"/rooms/{room.slug}/ws") as ws:
+        error = await ws.receive_json(timeout=10)
+        assert (error["type"], error["code"], error["status"]) == ("error", "join_timeout", 408)
+        closing = await ws.receive(timeout=10)
+        assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+
+
+async def test_chat_ping_and_refused_first_frames(client, room_factory, monkeypatch):
+    room = await room_factory()
+    url = f"/rooms/{room.slug}/chat"
+    async with client.ws_connect(url) as ws:
+        await ws.send_json({"type": "join"})
+        assert (await ws.receive_json(timeout=10))["type"] == "welcome"
+        await ws.send_json({"type": "ping", "ref": "p1"})
+        assert await ws.receive_json(timeout=10) == {"type": "ack", "ref": "p1"}
+    # Not JSON: refused and closed with 4400.
+    async with client.ws_connect(url) as ws:
+        await ws.send_str("{not json")
+        assert (await ws.receive_json(timeout=10))["error"] == "invalid_json"
+        assert (await ws.receive(timeout=10)).type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        assert ws.close_code == 4400
+    # No join in time: refused and closed with 4408.
+    monkeypatch.setattr(chat_socket, "JOIN_TIMEOUT", 0.3)
+    async with client.ws_connect(url) as ws:
+        assert (await ws.receive_json(timeout=10))["error"] == "join_timeout"
+        assert (await ws.receive(timeout=10)).type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        assert ws.close_code == 4408
+
+
+async def test_whip_session_url_answers_options(client, room_factory, token_factory):
+    room = await room_factory()
+    host = {"Authorization": f"Bearer {await token_factory(room, 'host')}"}
+    pc, offer = await whip_offer()
+    try:
+        resp = await client.post(f"/rooms/{room.slug}/whip", data=offer, headers={**host, **SDP})
+        assert resp.status == 201
+        location = resp.headers["Location"]
+        resp = await client.options(location)
+        assert resp.status == 204
+        assert resp.headers["Access-Control-Allow-Origin"] == "*"
+        assert {"DELETE", "OPTIONS"} <= {m.strip() for m in resp.headers["Access-Control-Allow-Methods"].split(",")}
+        assert (await client.delete(location, headers=host)).status == 200
+    finally:
+        await pc.close()
+
+
+async def test_chat_refuses_bad_ids_and_lifting_what_is_not_there(client, room_factory, token_factory):
+    room = await room_factory()
+    url = f"/rooms/{room.slug}/chat"
+    async with client.ws_connect(url) as viewer:
+        await viewer.send_json({"type": "join"})
+        subject = (await viewer.receive_json(timeout=10))["you"]["subject"]
+        async with client.ws_connect(url) as mod:
+            await mod.send_json({"type": "join", "token": await token_factory(room, "moderator")})
+            assert (await mod.receive_json(timeout=10))["type"] == "welcome"
+            replies = {}
+            for ref, message in (("id", {"type": "upvote", "id": "seven"}),
+                                 ("timeout", {"type": "end_timeout", "target": subject}),
+                                 ("ban", {"type": "unban", "target": subject})):
+                await mod.send_json({**message, "ref": ref})
+                while (reply := await mod.receive_json(timeout=10)).get("ref") != ref:
+                    pass
+                replies[ref] = (reply["type"], reply["error"])
+    assert replies == {"id": ("error", "invalid_id"), "timeout": ("error", "not_sanctioned"),
+                       "ban": ("error", "not_sanctioned")}
+
+
+async def test_a_chat_ban_removes_the_person_from_the_media_and_keeps_them_out(client, peers, room_factory,
+                                                                               token_factory):
+    room = await room_factory()
+    token = await token_factory(room, "viewer")
+    target = await peers.client(client, room, join=False)
+    subject = (await target.join(token))["participant"]["subject"]
+    async with client.ws_connect(f"/rooms/{room.slug}/chat") as mod:
+        await mod.send_json({"type": "join", "token": await token_factory(room, "moderator")})
+        assert (await mod.receive_json(timeout=10))["type"] == "welcome"
+        await mod.send_json({"type": "ban", "target": subject, "reason": "spam", "ref": 1})
+        while (reply := await mod.receive_json(timeout=10)).get("ref") != 1:
+            pass
+        assert reply["type"] == "ack"
+    # The SFU (through room:{slug}:control) kicks the signaling participant, saying it is a ban.
+    kicked = await target.next_event("kicked", timeout=15)
+    assert (kicked["reason"], kicked["banned"]) == ("spam", True)
+    await asyncio.wait_for(target.closed.wait(), 10)
+    assert target.ws.close_code == 4001
+    # And the gate keeps them out of the room's media.
+    again = await peers.client(client, room, join=False)
+    assert await refused(again, {"type": "join", "token": token}) == (403, "banned")
