@@ -22,6 +22,7 @@ class TrackSpan:
     start: int       # baseMediaDecodeTime, in the track's timescale
     duration: int    # sum of the fragment's sample durations
     samples: int
+    sync: bool = True  # the first sample is a sync sample (a keyframe for video)
 
 
 @dataclass(slots=True)
@@ -34,6 +35,7 @@ class Fragment:
 class MovieInfo:
     timescales: dict[int, int] = field(default_factory=dict)        # track_ID -> timescale
     default_durations: dict[int, int] = field(default_factory=dict)  # trex default_sample_duration
+    default_flags: dict[int, int] = field(default_factory=dict)      # trex default_sample_flags
 
 
 def iter_boxes(data: bytes | memoryview, start: int = 0, end: int | None = None):
@@ -76,8 +78,9 @@ def parse_moov(moov: bytes) -> MovieInfo:
         info.timescales[track_id] = struct.unpack_from(">I", moov, mdhd_s + (20 if version == 1 else 12))[0]
     for s, e in top.get(b"mvex", ()):
         for ts, _ in _children(moov, s, e).get(b"trex", ()):
-            track_id, _desc, duration = struct.unpack_from(">III", moov, ts + 4)
+            track_id, _desc, duration, _size, flags = struct.unpack_from(">IIIII", moov, ts + 4)
             info.default_durations[track_id] = duration
+            info.default_flags[track_id] = flags
     return info
 
 
@@ -95,8 +98,15 @@ def parse_moof(moof: bytes, movie: MovieInfo) -> dict[int, TrackSpan]:
         if flags & 0x02:
             pos += 4   # sample_description_index
         default_duration = movie.default_durations.get(track_id, 0)
+        default_flags = movie.default_flags.get(track_id, 0)
         if flags & 0x08:
             default_duration = struct.unpack_from(">I", moof, pos)[0]
+            pos += 4
+        if flags & 0x10:
+            pos += 4   # default_sample_size
+        if flags & 0x20:
+            default_flags = struct.unpack_from(">I", moof, pos)[0]
+        first_flags: int | None = None
         start = 0
         if b"tfdt" in traf:
             ds, _ = traf[b"tfdt"][0]
@@ -110,15 +120,24 @@ def parse_moof(moof: bytes, movie: MovieInfo) -> dict[int, TrackSpan]:
             if tr_flags & 0x001:
                 pos += 4   # data_offset
             if tr_flags & 0x004:
-                pos += 4   # first_sample_flags
+                if first_flags is None:
+                    first_flags = struct.unpack_from(">I", moof, pos)[0]
+                pos += 4
             per_sample = 4 * bin(tr_flags & 0xF00).count("1")
+            if first_flags is None and samples and tr_flags & 0x400:
+                # The flags field follows the duration and size fields when present.
+                offset = 4 * bin(tr_flags & 0x300).count("1")
+                first_flags = struct.unpack_from(">I", moof, pos + offset)[0]
             if tr_flags & 0x100:
                 for i in range(samples):
                     total += struct.unpack_from(">I", moof, pos + i * per_sample)[0]
             else:
                 total += default_duration * samples
             count += samples
-        spans[track_id] = TrackSpan(start, total, count)
+        if first_flags is None:
+            first_flags = default_flags
+        # sample_is_non_sync_sample is bit 16 of the sample flags (ISO/IEC 14496-12 8.8.3.1).
+        spans[track_id] = TrackSpan(start, total, count, not first_flags & 0x10000)
     return spans
 
 

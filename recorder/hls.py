@@ -41,7 +41,7 @@ from typing import Callable
 import av
 
 from .codecs import OPUS_SILENCE, OPUS_SILENCE_SAMPLES, h264_parameter_sets, opus_samples
-from .fmp4 import BoxSplitter, Fragment
+from .fmp4 import BoxSplitter, Fragment, TrackSpan
 from .storage import Storage
 
 log = logging.getLogger("odsmedia.recorder")
@@ -54,6 +54,7 @@ MAX_SILENCE_FILL = 3600 * AUDIO_CLOCK
 # it that long): the gap is filled with silence before the segment can close.
 AUDIO_STALL = AUDIO_CLOCK * 3 // 10
 _END = object()
+_SYNC = TrackSpan(0, 0, 0, True)
 
 
 @dataclass(slots=True)
@@ -82,6 +83,23 @@ class ClosedSegment:
     duration: float
     size: int
     closed_at: float    # time.monotonic() when its last byte was muxed
+
+
+@dataclass(frozen=True, slots=True)
+class WrittenPart:
+    """A part of the open segment (LL-HLS): whole fMP4 fragments, kept by the caller
+    in memory while live; the segment written to storage is the concatenation of its parts."""
+
+    seq: int            # the segment's media sequence number
+    period: int
+    index: int          # the part's index in its segment
+    segment: str        # the segment's name
+    init: str | None
+    discontinuity: bool
+    independent: bool   # begins with a video keyframe (or is audio only)
+    data: bytes
+    duration: float
+    written_at: float   # time.monotonic() when it was muxed
 
 
 def _startable(sample: Sample) -> bool:
@@ -118,6 +136,7 @@ class _Period:
     fragments: list[Fragment] = field(default_factory=list)
     segment_start: float | None = None
     segment_end: float = 0.0
+    gop_start: float = 0.0
     discontinuity: bool = False
 
 
@@ -129,6 +148,8 @@ class HlsWriter:
         *,
         segment_seconds: float = 4.0,
         on_segment: Callable[[ClosedSegment], None] = lambda s: None,
+        on_part: Callable[[WrittenPart], None] | None = None,
+        part_seconds: float = 0.0,
         on_keyframe_wanted: Callable[[], None] = lambda: None,
         on_failed: Callable[[], None] = lambda: None,
         queue_size: int = 1024,
@@ -141,6 +162,10 @@ class HlsWriter:
         # A segment may close this much short of the target at a keyframe.
         self.tolerance = min(0.5, segment_seconds * 0.25)
         self.on_segment = on_segment
+        # Parts (LL-HLS): the muxer also fragments every part_seconds, so a fragment
+        # may begin without a keyframe; segments still begin only at keyframes.
+        self.on_part = on_part
+        self.part_seconds = part_seconds if on_part is not None else 0.0
         self.on_keyframe_wanted = on_keyframe_wanted
         self.on_failed = on_failed
         self.start_wait = start_wait
@@ -283,7 +308,7 @@ class HlsWriter:
         options = {
             "movflags": "frag_keyframe+empty_moov+default_base_moof+skip_trailer",
             # Audio-only periods fragment on time instead of keyframes.
-            "frag_duration": str(int(self.target * 1_000_000)) if audio_only else "0",
+            "frag_duration": str(int((self.part_seconds or (self.target if audio_only else 0)) * 1_000_000)),
             # Hold a packet at most this long waiting for the other stream (a muted track
             # sends nothing), so a segment is never held back for long.
             "max_interleave_delta": "300000",
@@ -404,6 +429,9 @@ class HlsWriter:
         return start, start + span.duration / scale
 
     def _add_fragment(self, period: _Period, fragment: Fragment) -> None:
+        if self.part_seconds:
+            self._add_part(period, fragment)
+            return
         start, end = self._span(period, fragment)
         if period.fragments and end - period.segment_start > self.target + self.tolerance:
             # This fragment would make the segment too long: close what we have first.
@@ -419,6 +447,33 @@ class HlsWriter:
             length >= self.target - self.tolerance and length + (end - start) > self.target + 1e-3
         ):
             self._close_segment(period)
+
+    def _add_part(self, period: _Period, fragment: Fragment) -> None:
+        """Parts mode: each fragment is published as a part at once, so the decision to
+        close a segment is taken when the next keyframe fragment arrives (a segment can
+        only end before a keyframe), with the same target and tolerance on whole GOPs."""
+        start, end = self._span(period, fragment)
+        independent = period.video is None or fragment.tracks.get(1, _SYNC).sync
+        if period.fragments and independent:
+            length = period.segment_end - period.segment_start
+            gop = period.segment_end - period.gop_start
+            if length >= self.target - 1e-3 or (
+                length >= self.target - self.tolerance and length + gop > self.target + 1e-3
+            ):
+                self._close_segment(period)
+        if not period.fragments:
+            period.segment_start = start
+        if independent:
+            period.gop_start = start
+        period.fragments.append(fragment)
+        period.segment_end = end
+        assert self.on_part is not None
+        self.on_part(WrittenPart(
+            seq=self._seq, period=period.index, index=len(period.fragments) - 1,
+            segment=segment_name(self._seq, period.index), init=period.init,
+            discontinuity=period.discontinuity, independent=independent, data=fragment.data,
+            duration=max(0.001, end - start), written_at=time.monotonic(),
+        ))
 
     def _close_segment(self, period: _Period) -> None:
         if not period.fragments:
