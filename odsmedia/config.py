@@ -238,6 +238,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("recording.enabled", "ODS_RECORDING_ENABLED", _bool, True, "Record every live session to an episode."),
     Setting("recording.segment_seconds", "ODS_RECORDING_SEGMENT_SECONDS", _float, 4.0,
             "Target HLS segment duration."),
+    Setting("recording.part_seconds", "ODS_RECORDING_PART_SECONDS", _float, 1.0,
+            "LL-HLS part duration while live (0 disables parts and the live LL-HLS playlist)."),
     Setting("recording.segment_type", "ODS_RECORDING_SEGMENT_TYPE", _choice("fmp4"), "fmp4",
             "HLS segment container (fMP4 only; docs/recording.md says why)."),
     Setting("recording.reconnect_grace", "ODS_RECORDING_RECONNECT_GRACE", _duration, 10.0,

@@ -98,6 +98,7 @@ class WrittenPart:
     discontinuity: bool
     independent: bool   # begins with a video keyframe (or is audio only)
     data: bytes
+    start: float        # seconds on the episode timeline
     duration: float
     written_at: float   # time.monotonic() when it was muxed
 
@@ -472,7 +473,7 @@ class HlsWriter:
             seq=self._seq, period=period.index, index=len(period.fragments) - 1,
             segment=segment_name(self._seq, period.index), init=period.init,
             discontinuity=period.discontinuity, independent=independent, data=fragment.data,
-            duration=max(0.001, end - start), written_at=time.monotonic(),
+            start=start, duration=max(0.001, end - start), written_at=time.monotonic(),
         ))
 
     def _close_segment(self, period: _Period) -> None:

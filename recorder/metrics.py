@@ -20,3 +20,8 @@ upload_failures = Counter("ods_recorder_upload_failures_total", "Upload attempts
 purged = Counter("ods_recorder_purged_total", "Episode prefixes removed from the store after their rows went")
 upload_backlog = Gauge("ods_recorder_upload_backlog",
                        "Closed segments waiting in the spool for their upload and listing (bucket backend)")
+part_delay = Histogram(
+    "ods_llhls_part_publish_seconds", "From a part's last byte muxed to its listing on the live playlist",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5),
+)
+blocking_requests = Gauge("ods_llhls_blocking_requests", "Blocking LL-HLS playlist requests waiting")

@@ -46,6 +46,7 @@ class Recorder:
         *,
         node: str,
         segment_seconds: float = 4.0,
+        part_seconds: float = 0.0,
         reconnect_grace: float = 10.0,
         enabled: bool = True,
         queue_size: int = 1024,
@@ -61,6 +62,7 @@ class Recorder:
         self.uploader = Uploader(self.spool, storage, max_delay=upload_retry_max) if spool is not None else None
         self.node = node
         self.segment_seconds = segment_seconds
+        self.part_seconds = part_seconds
         self.reconnect_grace = reconnect_grace
         self.enabled = enabled
         self.queue_size = queue_size

@@ -22,7 +22,8 @@ from odsmedia.media.frame import MediaFrame
 
 from . import episodes, metrics
 from .episodes import SegmentRow
-from .hls import ClosedSegment, HlsWriter, Sample
+from .hls import ClosedSegment, HlsWriter, Sample, WrittenPart
+from .llhls import LivePlaylist, part_name
 from .playlist import Playlist, PlaylistEntry
 from .storage import StorageError
 from .track import TrackSink
@@ -36,6 +37,7 @@ PLAYLIST = "index.m3u8"
 # Ask for the keyframe that ends a segment this long before the segment is due.
 KEYFRAME_LEAD = 0.3
 _FINISHED = object()
+PART_SEGMENTS_HELD = 5
 
 
 class RoomRecording:
@@ -53,12 +55,20 @@ class RoomRecording:
             recorder.spool, self.storage_key,
             segment_seconds=self.target,
             on_segment=self._segment_closed_in_thread,
+            on_part=self._part_in_thread if recorder.part_seconds else None,
+            part_seconds=recorder.part_seconds,
             on_keyframe_wanted=self._keyframe_wanted_in_thread,
             on_failed=lambda: self.loop.call_soon_threadsafe(self.end),
             queue_size=recorder.queue_size,
             audio_codec=recorder.audio_codec,
         )
         self.playlist = Playlist(self.target)
+        # LL-HLS (recording.part_seconds > 0): the live playlist and the bytes of the
+        # recent parts, served from memory by this node while the session is live.
+        self.live: LivePlaylist | None = (
+            LivePlaylist(target=self.target, part_target=recorder.part_seconds) if recorder.part_seconds else None)
+        self.part_bytes: dict[str, bytes] = {}
+        self.segment_parts: dict[str, list[str]] = {}     # segment name -> its parts' names, while held
         self.tracks: set[TrackSink] = set()
         self.active: dict[str, TrackSink] = {}     # kind -> the track being recorded
         self.epoch: float | None = None             # arrival (monotonic) of the first frame: time zero
@@ -165,7 +175,45 @@ class RoomRecording:
     def _segment_closed_in_thread(self, segment: ClosedSegment) -> None:
         if self.recorder.uploader is not None:
             metrics.upload_backlog.inc()   # thread-safe; taken off when listed (or dropped)
+        if self.live is not None:
+            # After its parts (call_soon_threadsafe is FIFO); served from memory until listed.
+            self.loop.call_soon_threadsafe(self.live.close_segment, segment.seq, segment.duration)
         self.loop.call_soon_threadsafe(self._events.put_nowait, segment)
+
+    def _part_in_thread(self, part: WrittenPart) -> None:
+        self.loop.call_soon_threadsafe(self._part_written, part)
+
+    def _part_written(self, part: WrittenPart) -> None:
+        """A part on the live playlist at once (blocking reloads waiting for it answer now)."""
+        assert self.live is not None
+        name = part_name(part.seq, part.period, part.index)
+        self.part_bytes[name] = part.data
+        self.segment_parts.setdefault(part.segment, []).append(name)
+        self.live.add_part(
+            msn=part.seq, segment_uri=part.segment, part_uri=name, duration=part.duration,
+            independent=part.independent, init=part.init, discontinuity=part.discontinuity,
+            program_date_time=dt.datetime.fromtimestamp(self.epoch_wall + part.start, dt.timezone.utc),
+        )
+        metrics.part_delay.observe(time.monotonic() - part.written_at)
+        self._forget_old_parts()
+
+    def _forget_old_parts(self) -> None:
+        # Keep the parts of the segments a live playlist can still list (about the last
+        # three target durations, the open segment, and one of slack for slow readers).
+        while len(self.segment_parts) > PART_SEGMENTS_HELD:
+            oldest = next(iter(self.segment_parts))
+            for name in self.segment_parts.pop(oldest):
+                self.part_bytes.pop(name, None)
+
+    def live_segment_bytes(self, name: str) -> bytes | None:
+        """A segment still held as parts (closed, maybe not yet listed in Postgres)."""
+        names = self.segment_parts.get(name)
+        if names is None or self.live is None:
+            return None
+        segment = next((s for s in reversed(self.live.segments) if s.uri == name), None)
+        if segment is None or not segment.closed:
+            return None
+        return b"".join(self.part_bytes[n] for n in names)
 
     def _keyframe_wanted_in_thread(self) -> None:
         self.loop.call_soon_threadsafe(self._request_keyframes)
@@ -293,6 +341,8 @@ class RoomRecording:
             return
         await episodes.set_status(db, self.episode_id, "finalizing")
         self.playlist.ended = True
+        if self.live is not None:
+            self.live.end()
         if self.recorder.uploader is None:
             await asyncio.to_thread(storage.put, f"{self.storage_key}/{PLAYLIST}", self.playlist.render().encode())
         # What was captured stays playable; the status says whether it is complete.

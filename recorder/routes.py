@@ -8,6 +8,10 @@ GET    /episodes/{id}/index.m3u8     the HLS playlist (EVENT while live, VOD wit
 GET    /episodes/{id}/{segment}      init sections and segments, with Range, ETag, immutable caching;
                                      with a bucket (storage.backend = s3): a redirect to a short-lived
                                      presigned URL, or the bytes proxied (storage.serve = proxy)
+GET    /episodes/{id}/live.m3u8      LL-HLS while live (parts, blocking reload ?_HLS_msn=&_HLS_part=,
+                                     delta updates ?_HLS_skip=YES), answered by the recording node
+                                     from memory; once the episode is no longer live, the VOD playlist
+GET    /episodes/{id}/{part}         a part (NNNNN-P.I.m4s) of a recent segment, from memory
 DELETE /episodes/{id}                host or moderator of the room: rows and files go
 
 Every request passes ``Gate.admit(request, room, Entry.REPLAY)``.  A segment
@@ -30,14 +34,16 @@ from odsmedia.gate import Entry
 from odsmedia.keys import CONFIG, DB, GATE
 from odsmedia.rooms.sfu import SFU
 
-from . import episodes, finalize
+from . import episodes, finalize, metrics
 from .episodes import Episode
 from .playlist import CONTENT_TYPE as PLAYLIST_TYPE
 from .playlist import Playlist, PlaylistEntry
+from .llhls import BlockingRequest, PlaylistRequestError, PlaylistTimeout
 from .purge import Purger
 from .recorder import RECORDER, Recorder, local_node_id
 from .storage import MissingObject, Storage, StorageError, open_stores
 
+PART_PATTERN = r"[0-9]{5,9}-[0-9]{1,6}\.[0-9]{1,4}\.m4s"
 SEGMENT_PATTERN = r"[0-9]{5,9}-[0-9]{1,6}\.m4s|init-[0-9]{1,6}\.mp4"
 IMMUTABLE = "private, max-age=31536000, immutable"
 # ASCII digits only (\d would take any script's digits).
@@ -167,12 +173,87 @@ async def get_playlist(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={**headers, "Content-Type": PLAYLIST_TYPE})
 
 
+def _live_recording(request: web.Request, episode: Episode):
+    """This node's recording of ``episode`` with a live LL-HLS playlist, or None."""
+    recording = recorder_of(request.app).recordings.get(episode.room_slug)
+    if recording is None or recording.episode_id != episode.id or recording.live is None:
+        return None
+    return recording
+
+
+async def get_live_playlist(request: web.Request) -> web.Response:
+    episode, _ = await _admitted_episode(request)
+    recording = _live_recording(request, episode)
+    if recording is None:
+        if episode.status == "live":
+            # Only the recording node holds the parts; a load balancer pins the room to it.
+            raise ApiError(404, "live_playlist_not_here", "this node does not record the episode")
+        # The session ended: the same URL now serves the episode's VOD playlist.
+        return await get_playlist(request)
+    live = recording.live
+    try:
+        wanted = BlockingRequest.parse(request.query, live)
+    except PlaylistRequestError as error:
+        raise ApiError(400, error.reason, "bad LL-HLS delivery directive") from None
+    if wanted.msn is not None:
+        metrics.blocking_requests.inc()
+        try:
+            await live.wait_for(wanted.msn, wanted.part)
+        except PlaylistTimeout:
+            raise ApiError(503, "part_not_available", "the requested part did not appear in time") from None
+        finally:
+            metrics.blocking_requests.dec()
+    if not live.segments:
+        raise ApiError(404, "playlist_not_ready", "the episode has no part yet")
+    body = live.render(skip=wanted.skip).encode()
+    # Blocking responses name a future state, so they may be cached longer; a plain
+    # reload must go stale within a part (RFC 8216bis 6.2.5.3 / Apple's CDN guidance).
+    seconds = max(1, int(6 * live.target)) if wanted.msn is not None else max(0, int(live.part_target / 2))
+    headers = {
+        "Cache-Control": f"private, max-age={seconds}",
+        "X-Content-Type-Options": "nosniff",
+        "Content-Type": PLAYLIST_TYPE,
+    }
+    return web.Response(body=body, headers=headers)
+
+
+async def get_part(request: web.Request) -> web.Response:
+    episode, _ = await _admitted_episode(request)
+    recording = _live_recording(request, episode)
+    name = request.match_info["name"]
+    data = recording.part_bytes.get(name) if recording is not None else None
+    if data is None:
+        raise ApiError(404, "part_not_found", "no such part (parts are held only while recent)")
+    etag = f'"e{episode.id}-{name}-{len(data)}"'
+    headers = {"ETag": etag, "Cache-Control": IMMUTABLE, "X-Content-Type-Options": "nosniff"}
+    if _not_modified(request, etag):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=data, headers={**headers, "Content-Type": "video/mp4"})
+
+
 async def get_segment(request: web.Request) -> web.Response:
     episode, _ = await _admitted_episode(request)
     requested = request.match_info["name"]
+    recording = _live_recording(request, episode)
+    held = recording.live_segment_bytes(requested) if recording is not None else None
+    if held is not None and request.headers.get("Range") is None:
+        # Closed, still held as parts (its row may not be written yet): the same bytes.
+        etag = f'"e{episode.id}-{requested}-{len(held)}"'
+        return web.Response(body=held, headers={
+            "ETag": etag, "Cache-Control": IMMUTABLE, "X-Content-Type-Options": "nosniff",
+            "Content-Type": "video/mp4"})
     db = request.app[DB]
     storage = recorder_of(request.app).storage
     presign = request.app[PRESIGN_SECONDS]
+    if requested.startswith("init-") and recording is not None and any(
+            seg.init == requested for seg in recording.live.segments):
+        # Listed on the live playlist before any row names it: from the writer's spool.
+        try:
+            body = await asyncio.to_thread(recorder_of(request.app).spool.read, f"{episode.storage_key}/{requested}")
+        except StorageError:
+            raise ApiError(404, "segment_not_found", "the init section is missing") from None
+        return web.Response(body=body, headers={
+            "Cache-Control": IMMUTABLE, "X-Content-Type-Options": "nosniff", "Content-Type": "video/mp4"})
     if requested.startswith("init-"):
         name = await db.fetchval(
             "SELECT init_name FROM segments WHERE episode_id = $1 AND init_name = $2 LIMIT 1", episode.id, requested
@@ -263,6 +344,11 @@ def make_recorder(app: web.Application) -> Recorder:
     seconds = config["recording.segment_seconds"]
     if not 0.5 <= seconds <= 60:
         raise ConfigError(f"invalid recording.segment_seconds={seconds!r}: expected 0.5 to 60 seconds")
+    parts = config["recording.part_seconds"]
+    if parts and not 0.2 <= parts <= 10:
+        raise ConfigError(f"invalid recording.part_seconds={parts!r}: expected 0, or 0.2 to 10 seconds")
+    # At least two parts per segment, whatever the segment target.
+    parts = min(parts, seconds / 2)
     store, spool = open_stores(config)
     return Recorder(
         app[DB],
@@ -271,6 +357,7 @@ def make_recorder(app: web.Application) -> Recorder:
         upload_retry_max=config["storage.upload_retry_max"],
         node=local_node_id(config.data_dir),
         segment_seconds=seconds,
+        part_seconds=parts,
         reconnect_grace=config["recording.reconnect_grace"],
         enabled=config["recording.enabled"],
         audio_codec=config["recording.audio_codec"],
@@ -319,4 +406,6 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/episodes/{episode_id:[0-9]+}", get_episode)
     app.router.add_delete("/episodes/{episode_id:[0-9]+}", delete_episode)
     app.router.add_get("/episodes/{episode_id:[0-9]+}/index.m3u8", get_playlist)
+    app.router.add_get("/episodes/{episode_id:[0-9]+}/live.m3u8", get_live_playlist)
+    app.router.add_get("/episodes/{episode_id:[0-9]+}/{name:" + PART_PATTERN + "}", get_part)
     app.router.add_get("/episodes/{episode_id:[0-9]+}/{name:" + SEGMENT_PATTERN + "}", get_segment)

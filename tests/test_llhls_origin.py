@@ -1,0 +1,132 @@
+"""LL-HLS over HTTP: a client using blocking reload gets every part in order, decodable."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+
+from recorder import episodes
+from recorder.recorder import RECORDER
+from testsupport.synthetic import SyntheticSession, read_segment
+
+PART = re.compile(r'#EXT-X-PART:DURATION=([0-9.]+),URI="([^"]+)"(,INDEPENDENT=YES)?')
+
+
+def parse_parts(text: str) -> list[tuple[int, int, str, bool]]:
+    """(msn, part index, uri, independent) of every EXT-X-PART, from the part names."""
+    found = []
+    for match in PART.finditer(text):
+        uri = match.group(2)
+        seq, rest = uri.split("-")
+        _, index, _ = rest.split(".")
+        found.append((int(seq), int(index), uri, bool(match.group(3))))
+    return found
+
+
+async def feed(sinks, frames) -> None:
+    """Frames at their capture pace (the source of media, not a synchronization)."""
+    start = time.monotonic()
+    first = frames[0].arrival
+    for frame in frames:
+        delay = (frame.arrival - first) - (time.monotonic() - start)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        sinks[frame.kind].on_frame(frame)
+
+
+async def test_blocking_reload_client_receives_every_part_in_order(aiohttp_client, service_urls, db,
+                                                                   room_factory, tmp_path):
+    from conftest import make_config
+    from odsmedia.app import make_app
+
+    room = await room_factory()
+    config = make_config(service_urls, tmp_path / "data", ODS_RECORDING_SEGMENT_SECONDS="2",
+                         ODS_RECORDING_PART_SECONDS="0.5", ODS_RECORDING_RECONNECT_GRACE="0")
+    client = await aiohttp_client(make_app(config))
+    recorder = client.app[RECORDER]
+    recording = recorder.recording_for(room.id, room.slug)
+    sinks = {"video": recording.add_track("video"), "audio": recording.add_track("audio")}
+    session = SyntheticSession(5.0, gop_seconds=1.0, jitter=0.0)
+    feeder = asyncio.create_task(feed(sinks, session.frames))
+    await recording.created.wait()
+    base = f"/episodes/{recording.episode_id}"
+
+    # Bad delivery directives are 400s with a reason, before any waiting.
+    for query, reason in [("_HLS_part=1", "hls_part_without_msn"), ("_HLS_msn=abc", "bad_hls_msn"),
+                          ("_HLS_msn=99", "hls_msn_too_far_ahead"), ("_HLS_skip=maybe", "bad_hls_skip")]:
+        response = await client.get(f"{base}/live.m3u8?{query}")
+        assert response.status == 400, query
+        assert (await response.json())["error"] == reason
+
+    received: dict[str, bytes] = {}
+    order: list[tuple[int, int]] = []
+    independent: dict[str, bool] = {}
+    msn, part = 1, 0
+    init = None
+    deadline = time.monotonic() + 30
+    while True:
+        assert time.monotonic() < deadline, "client did not keep up"
+        response = await client.get(f"{base}/live.m3u8", params={"_HLS_msn": str(msn), "_HLS_part": str(part)})
+        if feeder.done() and response.status == 503:
+            break                                   # nothing more is coming: caught up
+        assert response.status == 200, await response.text()
+        assert response.headers["Content-Type"] == "application/vnd.apple.mpegurl"
+        text = await response.text()
+        assert "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES" in text and "#EXT-X-PART-INF:PART-TARGET=0.500" in text
+        assert "#EXT-X-PROGRAM-DATE-TIME:" in text and "#EXT-X-PRELOAD-HINT:TYPE=PART" in text
+        if init is None:
+            init_uri = re.search(r'#EXT-X-MAP:URI="([^"]+)"', text).group(1)
+            init = await (await client.get(f"{base}/{init_uri}")).read()
+        parts = parse_parts(text)
+        # The blocking request returned only once the part it named exists.
+        assert (msn, part) in {(m, i) for m, i, _, _ in parts} or f"{msn:05d}-0.m4s" in text
+        for m, i, uri, ind in parts:
+            if uri in received:
+                continue
+            response = await client.get(f"{base}/{uri}")
+            assert response.status == 200 and "immutable" in response.headers["Cache-Control"]
+            received[uri] = await response.read()
+            order.append((m, i))
+            independent[uri] = ind
+        last_m, last_i = order[-1]
+        # Next: the following part, or part 0 of the next segment once this one is listed whole.
+        closed = f"\n{last_m:05d}-0.m4s\n" in text
+        msn, part = (last_m + 1, 0) if closed else (last_m, last_i + 1)
+        if feeder.done() and recording.writer.queue.empty() and closed and last_m >= 3:
+            break
+    await feeder
+
+    # Every part, in order, without a hole: (1,0), (1,1), ... (2,0), ...
+    expected = []
+    for m in sorted({m for m, _ in order}):
+        count = max(i for mm, i in order if mm == m) + 1
+        expected += [(m, i) for i in range(count)]
+    assert order == expected
+    assert len({m for m, _ in order}) >= 2
+
+    for sink in sinks.values():
+        sink.on_end()
+    await asyncio.wait_for(recording.done.wait(), 30)
+    rows = await episodes.segments(db, recording.episode_id)
+    by_segment: dict[int, list[bytes]] = {}
+    for (m, i), uri in zip(order, received):
+        by_segment.setdefault(m, []).append(received[uri])
+    counters = []
+    for row in rows:
+        if row.seq not in by_segment:
+            continue
+        stored = recorder.storage.read(f"{recording.storage_key}/{row.name}")
+        got = b"".join(by_segment[row.seq])
+        if row.seq < max(by_segment):
+            # The parts of a segment are exactly its stored bytes: one write.
+            assert got == stored
+        assert independent[f"{row.seq:05d}-0.0.m4s"]
+        counters += [c for _, c in read_segment(init, got).video]
+    # Frame counter without gaps across every part received.
+    assert counters == list(range(len(counters))) and len(counters) >= 60
+
+    # After the session, the same URL is the VOD playlist.
+    response = await client.get(f"{base}/live.m3u8")
+    text = await response.text()
+    assert response.status == 200 and text.rstrip().endswith("#EXT-X-ENDLIST") and "#EXT-X-PART:" not in text
