@@ -138,6 +138,8 @@ class _Period:
     segment_start: float | None = None
     segment_end: float = 0.0
     gop_start: float = 0.0
+    keyframes: list[float] = field(default_factory=list)   # parts mode: keyframe times not yet cut at
+    first_video_pts: int | None = None
     discontinuity: bool = False
 
 
@@ -371,6 +373,11 @@ class HlsWriter:
         packet.is_keyframe = sample.keyframe
         packet.stream = period.video
         period.last_video_pts = pts
+        if sample.keyframe and self.part_seconds:
+            period.keyframes.append(period.start + (pts - period.first_video_pts) / VIDEO_CLOCK
+                                    if period.first_video_pts is not None else period.start)
+        if period.first_video_pts is None:
+            period.first_video_pts = pts
         period.container.mux(packet)
 
     def _mux_audio(self, period: _Period, sample: Sample) -> None:
@@ -456,12 +463,7 @@ class HlsWriter:
         start, end = self._span(period, fragment)
         independent = period.video is None or fragment.tracks.get(1, _SYNC).sync
         if period.fragments and independent:
-            length = period.segment_end - period.segment_start
-            gop = period.segment_end - period.gop_start
-            if length >= self.target - 1e-3 or (
-                length >= self.target - self.tolerance and length + gop > self.target + 1e-3
-            ):
-                self._close_segment(period)
+            self._maybe_close_at_keyframe(period)
         if not period.fragments:
             period.segment_start = start
         if independent:
@@ -475,6 +477,20 @@ class HlsWriter:
             discontinuity=period.discontinuity, independent=independent, data=fragment.data,
             start=start, duration=max(0.001, end - start), written_at=time.monotonic(),
         ))
+        # A keyframe was muxed right at this fragment's end: the GOP is complete, so
+        # the segment may close now rather than when the next fragment comes out.
+        slack = 0.5 / 30
+        period.keyframes = [k for k in period.keyframes if k > end - slack]
+        if period.keyframes and abs(period.keyframes[0] - end) < slack:
+            self._maybe_close_at_keyframe(period)
+
+    def _maybe_close_at_keyframe(self, period: _Period) -> None:
+        length = period.segment_end - period.segment_start
+        gop = period.segment_end - period.gop_start
+        if length >= self.target - 1e-3 or (
+            length >= self.target - self.tolerance and length + gop > self.target + 1e-3
+        ):
+            self._close_segment(period)
 
     def _close_segment(self, period: _Period) -> None:
         if not period.fragments:
