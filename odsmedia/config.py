@@ -231,6 +231,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("media.forwarding", "ODS_MEDIA_FORWARDING", _choice("packet", "frame"), "packet",
             "How live viewers are served: packet (each RTP packet rewritten and sent to every viewer) or "
             "frame (frames reassembled and re-packetized per viewer; the earlier path)."),
+    Setting("media.max_webrtc_viewers_per_room", "ODS_MEDIA_MAX_WEBRTC_VIEWERS_PER_ROOM", _bounded(0, 1_000_000),
+            1_000_000, "WebRTC viewers (subscribers that do not publish) one room takes; "
+            "past it a viewer gets webrtc_viewer_cap and the viewer page plays LL-HLS."),
     Setting("media.subscriber_queue", "ODS_MEDIA_SUBSCRIBER_QUEUE", _int, 256,
             "Packets a subscriber may lag behind before it is resynced at the next keyframe."),
     Setting("media.pli_interval", "ODS_MEDIA_PLI_INTERVAL", _duration, 0.5,

@@ -104,6 +104,17 @@ class Room:
             self.sfu.publication_added(self, publication)
         return transport
 
+    def _check_viewer_cap(self, participant: Participant, cap: int) -> None:
+        """A viewer (subscribing, not publishing) past the room's WebRTC cap is refused;
+        the viewer page then plays the live LL-HLS playlist instead."""
+        def viewing(p: Participant) -> bool:
+            kinds = [type(t) for t in p.transports.values()]
+            return SubscriberTransport in kinds and PublisherTransport not in kinds
+        if any(isinstance(t, PublisherTransport) for t in participant.transports.values()) or viewing(participant):
+            return
+        if sum(1 for p in self.participants.values() if viewing(p)) >= cap:
+            raise SfuError(429, "webrtc_viewer_cap", "this room's WebRTC viewers are full; watch over LL-HLS")
+
     async def subscribe(self, participant: Participant, publication_ids: Iterable[str] | None = None,
                         *, offer: object = None) -> SubscriberTransport:
         """A subscriber transport for these publications (all live ones when None).
@@ -123,6 +134,7 @@ class Room:
         if not chosen:
             raise SfuError(409, "nothing_published", "nothing is published in this room")
         config = self.sfu.config
+        self._check_viewer_cap(participant, config["media.max_webrtc_viewers_per_room"])
         transport = SubscriberTransport(participant, chosen, queue_size=config["media.subscriber_queue"],
                                         announced=config["ice.announced_address"], on_close=self._transport_closed,
                                         connect_timeout=self.sfu.connect_timeout,
