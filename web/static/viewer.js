@@ -88,6 +88,7 @@
 
   // Publications appearing together (audio + video of one go-live) share one transport.
   function queueSubscribe(ids) {
+    if (state.mode === "low-latency") return;      // the HLS player shows everything
     ids.forEach((id) => state.pendingIds.add(id));
     clearTimeout(state.timer);
     state.timer = setTimeout(flushSubscribe, 150);
@@ -98,6 +99,7 @@
     state.pendingIds.clear();
     if (!ids.length) return;
     const signaling = state.signaling;
+    if (typeof window.RTCPeerConnection !== "function") { startHls("WebRTC is not available in this browser"); return; }
     try {
       status("Starting playback…");
       const offer = await signaling.request({type: "subscribe", publications: ids});
@@ -132,9 +134,83 @@
       await pc.setLocalDescription(await pc.createAnswer());
       await ODS.gatheringComplete(pc);
       await signaling.request({type: "answer", transport: offer.transport, sdp: pc.localDescription.sdp});
+      // UDP blocked (corporate, school networks): no connection within a few seconds.
+      setTimeout(() => {
+        if (state.transports.get(offer.transport) === entry && pc.connectionState !== "connected") {
+          startHls("WebRTC could not connect");
+        }
+      }, WEBRTC_CONNECT_SECONDS * 1000);
     } catch (err) {
+      if (err.code === "webrtc_viewer_cap") { startHls("the room's real-time seats are full"); return; }
       if (signaling.connected) status("Could not start playback: " + err.message);
     }
+  }
+
+  // --- Low-latency HLS: the fallback when WebRTC cannot be used -------------------------------
+  const WEBRTC_CONNECT_SECONDS = 5;
+
+  function setMode(mode) {
+    state.mode = mode;
+    document.body.dataset.mode = mode;
+    $("mode").textContent = mode;
+    $("switch-mode").textContent = mode === "real-time" ? "Switch to low-latency HLS" : "Switch to real-time";
+  }
+
+  // hls.js (vendored) only where the browser cannot play HLS itself.
+  function loadHlsJs() {
+    if (window.Hls) return Promise.resolve();
+    return new Promise((resolve) => {
+      const script = document.createElement("script");
+      script.src = "/static/vendor/hls.light.min.js";
+      script.onload = resolve;
+      script.onerror = resolve;
+      document.head.appendChild(script);
+    });
+  }
+
+  async function startHls(why) {
+    if (state.mode === "low-latency") return;
+    setMode("low-latency");
+    // WebRTC goes; the publications stay known, so switching back subscribes again.
+    for (const id of [...state.transports.keys()]) endTransport(id);
+    for (const id of [...state.figures.keys()]) dropFigure(id);
+    state.pendingIds.clear();
+    status("Low-latency mode (" + why + "): finding the live stream…");
+    let live = null;
+    try {
+      const body = await ODS.fetchJSON(`/rooms/${slug}/episodes?limit=1`, {headers: {Accept: "application/json"}});
+      live = (body.episodes || []).find((e) => e.status === "live");
+    } catch (e) { /* reported below */ }
+    if (!live) { status("Low-latency mode: the live stream is not available yet."); return; }
+    const url = `/episodes/${live.id}/live.m3u8`;
+    const video = ODS.el("video", {id: "hls-video", playsinline: "", autoplay: "", muted: ""});
+    video.muted = !state.audible;
+    $("videos").replaceChildren(video);
+    $("offline").hidden = true;
+    if (video.canPlayType("application/vnd.apple.mpegurl") && !window.MediaSource) {
+      video.src = url;
+      state.hlsPlayer = "native";
+    } else {
+      await loadHlsJs();
+      if (!window.Hls || !window.Hls.isSupported()) { status("This browser can play neither WebRTC nor HLS."); return; }
+      // No worker: the page's CSP allows no blob: scripts.
+      const hls = new window.Hls({lowLatencyMode: true, enableWorker: false});
+      hls.on(window.Hls.Events.ERROR, (_e, data) => { if (data.fatal) status("Playback failed: " + data.details); });
+      hls.loadSource(url);
+      hls.attachMedia(video);
+      state.hls = hls;
+      state.hlsPlayer = "hls.js";
+    }
+    video.play().catch(() => {});
+    status("Watching in low-latency mode (a few seconds behind).");
+  }
+
+  function stopHls() {
+    if (state.hls) { state.hls.destroy(); state.hls = null; }
+    const video = $("hls-video");
+    if (video) video.remove();
+    setMode("real-time");
+    queueSubscribe([...state.publications.keys()]);
   }
 
   function endTransport(id) {
@@ -240,6 +316,10 @@
     const info = await ODS.loadRoom(slug);
     if (!info) { stopChat(); return; }
     state.iceServers = info.ice_servers || [];
+    setMode("real-time");
+    $("switch-mode").addEventListener("click", () => {
+      if (state.mode === "real-time") startHls("chosen"); else stopHls();
+    });
     connect();
     $("chat").addEventListener("ods-chat-you", () => state.people.render());
     $("chat").addEventListener("ods-rename", () => { state.signaling.close(); connect(); });
