@@ -21,7 +21,7 @@ purged = Counter("ods_recorder_purged_total", "Episode prefixes removed from the
 upload_backlog = Gauge("ods_recorder_upload_backlog",
                        "Closed segments waiting in the spool for their upload and listing (bucket backend)")
 part_delay = Histogram(
-    "ods_llhls_part_publish_seconds", "From a part's last byte muxed to its listing on the live playlist",
+    "ods_recorder_llhls_part_publish_seconds", "From a part's last byte muxed to its listing on the live playlist",
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5),
 )
-blocking_requests = Gauge("ods_llhls_blocking_requests", "Blocking LL-HLS playlist requests waiting")
+blocking_requests = Gauge("ods_recorder_llhls_blocking_requests", "Blocking LL-HLS playlist requests waiting")

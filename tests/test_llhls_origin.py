@@ -150,3 +150,8 @@ async def test_blocking_reload_client_receives_every_part_in_order(aiohttp_clien
     response = await client.get(f"{base}/live.m3u8")
     text = await response.text()
     assert response.status == 200 and text.rstrip().endswith("#EXT-X-ENDLIST") and "#EXT-X-PART:" not in text
+    # The part publish delay was observed for every part; no blocking request is left waiting.
+    exposition = await (await client.get("/metrics")).text()
+    count = re.search(r"^ods_recorder_llhls_part_publish_seconds_count (\S+)$", exposition, re.M)
+    assert count and float(count.group(1)) >= len(order)
+    assert re.search(r"^ods_recorder_llhls_blocking_requests 0\.0$", exposition, re.M)
