@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 import aioice.ice
-from aiortc import RTCConfiguration
+from aiortc import RTCBundlePolicy, RTCConfiguration
 
 from .turn import ice_servers
 
@@ -121,8 +121,18 @@ def announce(sdp: str, announced: str) -> str:
     return _CONNECTION.sub(lambda m: f"c=IN {family} {announced}{m.group(3)}", sdp)
 
 
-def rtc_configuration() -> RTCConfiguration:
-    # No STUN on the server: its addresses are configured, not discovered.
+def rtc_configuration(*, max_bundle: bool = False) -> RTCConfiguration:
+    """No STUN on the server: its addresses are configured, not discovered.
+
+    ``max_bundle`` (the server's own peers): every m-line on one transport from
+    the start.  aiortc's default "balanced" policy pre-bundles each m-line onto
+    the first one of its kind, and when the answer's BUNDLE group then moves the
+    first video onto the audio transport, a second video m-line stays on the
+    stopped video transport and never sends: a late viewer of a host sharing a
+    screen and a camera got one video only.  Browsers, OBS and WHIP/WHEP
+    clients all bundle (RFC 9725 requires it)."""
+    if max_bundle:
+        return RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
     return RTCConfiguration(iceServers=[])
 
 

@@ -83,7 +83,7 @@ class Transport:
                  on_close: CloseCallback | None = None, connect_timeout: float = CONNECT_TIMEOUT) -> None:
         self.id = "TR" + secrets.token_hex(12)  # also the WHIP/WHEP resource capability
         self.participant = participant
-        self.pc = RTCPeerConnection(ice.rtc_configuration())
+        self.pc = RTCPeerConnection(ice.rtc_configuration(max_bundle=True))
         self.closed = False
         self._announced = announced
         self._on_close = on_close
@@ -232,6 +232,10 @@ class PublisherTransport(Transport):
             publication.end()
 
 
+# WHEP: which publication of a kind answers the offer's first, second, ... m-line of that kind.
+WHEP_ORDER = {"screen": 0, "camera": 1, "microphone": 2, "screen-audio": 3}
+
+
 class SubscriberTransport(Transport):
     role = "subscribe"
 
@@ -285,7 +289,9 @@ class SubscriberTransport(Transport):
     async def answer(self, offer: object) -> str:
         """Client-offer variant (WHEP): the offer's recvonly m-lines get publications by kind."""
         desc = parse_offer(offer, direction="recvonly")
-        waiting = list(self._publications)
+        # A player with one video m-line gets the screen when one is shared (it is what a
+        # live coding session is about), the camera otherwise; a second m-line gets the next.
+        waiting = sorted(self._publications, key=lambda p: WHEP_ORDER.get(p.source, len(WHEP_ORDER)))
         for media in desc.media:
             match = next((p for p in waiting if p.kind == media.kind), None)
             if match is None:

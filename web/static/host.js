@@ -1,11 +1,15 @@
-// Host page: go live with camera and microphone, stop, mute, share the viewer
-// link, see and moderate who watches. The host is whoever opened the page:
+// Host page: go live with camera and/or microphone, share a screen, window or
+// tab (with its audio when the browser offers it), stop, mute, share the
+// viewer link, see and moderate who watches. The host is whoever opened the page:
 // ?token=... (from `odsmedia token --role host`, moved out of the address bar
 // at once) or the signed-in room owner's session.
 //
-// What goes out is a list of *sources* (SOURCES below: each one gives tracks
-// and names itself in the publish message's mid -> source map), so another
-// source, such as a screen share, is one more entry.
+// What goes out is grouped: the "main" group (camera and microphone, each
+// optional) and the "screen" group (the shared surface and its audio) are
+// each one publish on their own peer connection, so a screen share starts,
+// stops or switches during the broadcast without touching the camera and
+// voice (docs/live-coding.md).  A switch to another screen/window replaces
+// the track on the same sender (no renegotiation).
 //
 // The page keeps itself live: if signaling drops (network blip, server
 // restart) it rejoins with backoff and, while the host wants to be live,
@@ -18,16 +22,42 @@
   const token = ODS.pageToken(slug);
   const $ = (id) => document.getElementById(id);
 
-  // name -> how to get its MediaStream and what its tracks are called. Tracks of every started source are published together.
+  // Encoder settings for legible code (docs/live-coding.md): up to 1080p, at
+  // most 30 fps, a 3 Mbit/s ceiling, and keep the resolution when bandwidth
+  // drops (text stays sharp, motion gets choppier instead).
+  const SCREEN = {width: 1920, height: 1080, frameRate: 30, maxBitrate: 3000000};
+
+  // group -> how to get its MediaStream and what its tracks are called.
   const SOURCES = {
-    camera: {
+    main: {
       label: "camera and microphone",
       names: {video: "camera", audio: "microphone"},   // publication source per track kind
-      start: () => navigator.mediaDevices.getUserMedia({video: {width: 1280, height: 720}, audio: true}),
+      start: () => {
+        const video = $("src-camera").checked ? {width: 1280, height: 720} : false;
+        const audio = $("src-mic").checked;
+        if (!video && !audio) return Promise.resolve(new MediaStream());
+        return navigator.mediaDevices.getUserMedia({video, audio});
+      },
+    },
+    screen: {
+      label: "screen share",
+      names: {video: "screen", audio: "screen-audio"},
+      start: async () => {
+        const stream = await navigator.mediaDevices.getDisplayMedia({
+          video: {width: {max: SCREEN.width}, height: {max: SCREEN.height}, frameRate: {ideal: 15, max: SCREEN.frameRate}},
+          audio: true,
+        });
+        // "detail": the encoder favours sharp edges (text) over smooth motion.
+        stream.getVideoTracks().forEach((t) => { if ("contentHint" in t) t.contentHint = "detail"; });
+        return stream;
+      },
     },
   };
+  const canShareScreen = !!(navigator.mediaDevices && navigator.mediaDevices.getDisplayMedia);
 
+  // pc/transport/publications are the main group's; state.screen is the screen group's.
   const state = {signaling: null, pc: null, streams: new Map(), transport: null, publications: [],
+                 screen: {pc: null, transport: null, publications: [], senders: [], publishing: false},
                  iceServers: [], icePolicy: "all", recoveries: 0, me: null, muted: {audio: false, video: false}, modMuted: {audio: false, video: false},
                  wantLive: false, publishing: false, people: null};
   window.odsHost = state;            // for tests and debugging
@@ -54,21 +84,36 @@
     $("preview-camera-off").hidden = !camOff;
     $("preview-camera-off").textContent = state.modMuted.video ? "Camera off (muted by a moderator)" : "Camera off";
     $("preview-mic-off").hidden = !(state.wantLive && off("audio"));
+    const sharing = state.streams.has("screen");
+    $("share-screen").hidden = !canShareScreen;
+    $("no-screen-share").hidden = canShareScreen;
+    $("share-screen").disabled = !state.wantLive || sharing;
+    $("switch-screen").disabled = !sharing;
+    $("stop-screen").disabled = !sharing;
+    $("src-camera").disabled = $("src-mic").disabled = state.wantLive;
+    document.body.dataset.screen = sharing ? "1" : "0";
+  }
+
+  function showPreviews() {
+    const main = state.streams.get("main");
+    $("preview").srcObject = main && main.getVideoTracks().length ? main : null;
+    $("preview").closest("figure").hidden = !!state.streams.get("screen") && !(main && main.getVideoTracks().length);
+    const screen = state.streams.get("screen");
+    $("preview-screen").srcObject = screen || null;
+    $("preview-screen").closest("figure").hidden = !screen;
   }
 
   async function startSources() {
-    for (const [name, source] of Object.entries(SOURCES)) {
-      if (state.streams.has(name)) continue;
-      status("Starting " + source.label + "…");
-      state.streams.set(name, await source.start());
-    }
-    $("preview").srcObject = state.streams.get("camera") || null;
+    if (state.streams.has("main")) return;
+    status("Starting " + SOURCES.main.label + "…");
+    state.streams.set("main", await SOURCES.main.start());
+    showPreviews();
   }
 
   function stopSources() {
     for (const stream of state.streams.values()) stream.getTracks().forEach((t) => t.stop());
     state.streams.clear();
-    $("preview").srcObject = null;
+    showPreviews();
   }
 
   function closePeer() {
@@ -76,35 +121,169 @@
     state.publications = [];
     if (state.pc) state.pc.close();
     state.pc = null;
+    closeScreenPeer();
   }
 
-  // One publish of every started source on a fresh peer connection.
+  function closeScreenPeer() {
+    const g = state.screen;
+    g.transport = null;
+    g.publications = [];
+    g.senders = [];
+    if (g.pc) g.pc.close();
+    g.pc = null;
+  }
+
+  // Offer every track of `stream` on a fresh peer connection and publish it;
+  // resolves to {pc, reply, transceivers}. `names` maps track kind -> source.
+  async function publishStream(stream, names, onState) {
+    const pc = new RTCPeerConnection({iceServers: state.iceServers, iceTransportPolicy: state.icePolicy});
+    const transceivers = [];
+    for (const track of stream.getTracks()) {
+      const screen = names.video === "screen" && track.kind === "video";
+      const init = {direction: "sendonly", streams: [stream]};
+      if (screen) init.sendEncodings = [{maxBitrate: SCREEN.maxBitrate, maxFramerate: SCREEN.frameRate}];
+      const t = pc.addTransceiver(track, init);
+      transceivers.push([t, names[track.kind]]);
+      if (track.kind === "video" && RTCRtpSender.getCapabilities && t.setCodecPreferences) {
+        // H.264 first: the server forwards it as is and records it without transcoding.
+        const codecs = RTCRtpSender.getCapabilities("video").codecs;
+        const rank = (c) => (/h264/i.test(c.mimeType) && /packetization-mode=1/.test(c.sdpFmtpLine || "") ? 0 : /vp8/i.test(c.mimeType) ? 1 : 2);
+        t.setCodecPreferences([...codecs].sort((a, b) => rank(a) - rank(b)));
+      }
+    }
+    pc.addEventListener("connectionstatechange", () => onState(pc));
+    await pc.setLocalDescription(await pc.createOffer());
+    await ODS.gatheringComplete(pc);
+    const sources = {};
+    for (const [t, name] of transceivers) if (t.mid != null) sources[t.mid] = name;
+    const reply = await state.signaling.request({type: "publish", sdp: pc.localDescription.sdp, sources});
+    return {pc, reply, transceivers};
+  }
+
+  // The screen group: its own publish, so it comes and goes while the camera stays live.
+  async function publishScreen() {
+    const g = state.screen;
+    const stream = state.streams.get("screen");
+    if (!stream || g.publishing || !state.signaling || !state.signaling.connected) return;
+    g.publishing = true;
+    try {
+      closeScreenPeer();
+      const {pc, reply, transceivers} = await publishStream(stream, SOURCES.screen.names, () => {});
+      g.pc = pc;
+      // As for the camera: a dead media path ends the old screen publications and shares again.
+      ODS.onIceLost(pc, () => {
+        if (g.pc !== pc || !state.streams.has("screen") || !state.signaling.connected) return;
+        state.recoveries += 1;
+        if (g.transport) state.signaling.request({type: "unpublish", transport: g.transport}).catch(() => {});
+        publishScreen();
+      });
+      g.senders = transceivers.map(([t]) => t.sender);
+      await pc.setRemoteDescription({type: "answer", sdp: reply.sdp});
+      g.transport = reply.transport;
+      g.publications = reply.publications;
+      for (const sender of g.senders) {
+        if (!sender.track || sender.track.kind !== "video") continue;
+        // Keep the resolution when bandwidth drops: blurry code is worse than a lower frame rate.
+        const params = sender.getParameters();
+        params.degradationPreference = "maintain-resolution";
+        await sender.setParameters(params).catch(() => {});
+      }
+      status("You are live, sharing your screen.");
+    } catch (err) {
+      if (state.signaling.connected) status("Could not share the screen: " + err.message);
+    } finally {
+      g.publishing = false;
+      controls();
+    }
+  }
+
+  async function shareScreen() {
+    let stream;
+    try {
+      stream = await SOURCES.screen.start();
+    } catch (err) {
+      status("Screen sharing did not start: " + err.message);
+      return;
+    }
+    state.streams.set("screen", stream);
+    watchScreenEnd(stream);
+    showPreviews();
+    controls();
+    await publishScreen();
+  }
+
+  // The browser's own "Stop sharing" ends the track: stop the share, stay live.
+  function watchScreenEnd(stream) {
+    stream.getVideoTracks().forEach((t) => t.addEventListener("ended", () => {
+      if (state.streams.get("screen") === stream) stopScreen();
+    }));
+  }
+
+  async function switchScreen() {
+    const old = state.streams.get("screen");
+    let stream;
+    try {
+      stream = await SOURCES.screen.start();
+    } catch (err) {
+      status("Kept the current screen: " + err.message);
+      return;
+    }
+    const g = state.screen;
+    const kinds = (s) => s.getTracks().map((t) => t.kind).sort().join();
+    state.streams.set("screen", stream);
+    watchScreenEnd(stream);
+    if (g.pc && kinds(stream) === kinds(old)) {
+      // Same kinds of tracks: swap them on the live senders, viewers keep their subscription.
+      for (const sender of g.senders) {
+        const track = stream.getTracks().find((t) => sender.track && t.kind === sender.track.kind);
+        if (track) await sender.replaceTrack(track);
+      }
+    } else {
+      await publishScreen();    // audio came or went: publish the new set
+    }
+    old.getTracks().forEach((t) => t.stop());
+    showPreviews();
+    status("Now sharing the new screen.");
+    controls();
+  }
+
+  async function stopScreen() {
+    const stream = state.streams.get("screen");
+    state.streams.delete("screen");
+    const g = state.screen;
+    if (g.transport && state.signaling && state.signaling.connected) {
+      try { await state.signaling.request({type: "unpublish", transport: g.transport}); } catch (_) { /* gone already */ }
+    }
+    closeScreenPeer();
+    if (stream) stream.getTracks().forEach((t) => t.stop());
+    showPreviews();
+    if (state.wantLive) status("Screen sharing stopped; you are still live.");
+    controls();
+  }
+
+  // One publish of the main group (camera and/or microphone) on a fresh peer connection.
   async function publish() {
     if (state.publishing) return;
     state.publishing = true;
     const signaling = state.signaling;
     try {
       closePeer();
-      const pc = new RTCPeerConnection({iceServers: state.iceServers, iceTransportPolicy: state.icePolicy});
-      state.pc = pc;
-      const transceivers = [];
-      for (const [name, stream] of state.streams) {
-        for (const track of stream.getTracks()) {
-          const t = pc.addTransceiver(track, {direction: "sendonly", streams: [stream]});
-          transceivers.push([t, SOURCES[name].names[track.kind]]);
-          if (track.kind === "video" && RTCRtpSender.getCapabilities && t.setCodecPreferences) {
-            // H.264 first: the server forwards it as is and records it without transcoding.
-            const codecs = RTCRtpSender.getCapabilities("video").codecs;
-            const rank = (c) => (/h264/i.test(c.mimeType) && /packetization-mode=1/.test(c.sdpFmtpLine || "") ? 0 : /vp8/i.test(c.mimeType) ? 1 : 2);
-            t.setCodecPreferences([...codecs].sort((a, b) => rank(a) - rank(b)));
-          }
-        }
+      const stream = state.streams.get("main");
+      if (!stream.getTracks().length) {
+        // Neither camera nor microphone: live with the screen alone.
+        status("You are live. Share your screen to be seen.");
+        setLive(true);
+        if (state.streams.has("screen")) await publishScreen();
+        return;
       }
-      pc.addEventListener("connectionstatechange", () => {
-        if (state.pc !== pc) return;
-        document.body.dataset.connection = pc.connectionState;
-        if (pc.connectionState === "connected") { status("You are live."); setLive(true); }
-      });
+      status("Connecting…");
+      const onState = (p) => {
+        if (state.pc !== p) return;
+        document.body.dataset.connection = p.connectionState;
+        if (p.connectionState === "connected") { status("You are live."); setLive(true); }
+      };
+      const {pc, reply} = await publishStream(stream, SOURCES.main.names, onState);
+      state.pc = pc;
       // The media path died (network change, server gone) while signaling lives on: end
       // the old publications and publish the same sources again on a fresh connection.
       ODS.onIceLost(pc, () => {
@@ -116,16 +295,11 @@
         if (state.transport) signaling.request({type: "unpublish", transport: state.transport}).catch(() => {});
         publish();
       });
-      await pc.setLocalDescription(await pc.createOffer());
-      await ODS.gatheringComplete(pc);
-      const sources = {};
-      for (const [t, name] of transceivers) if (t.mid != null) sources[t.mid] = name;
-      status("Connecting…");
-      const reply = await signaling.request({type: "publish", sdp: pc.localDescription.sdp, sources});
-      if (state.pc !== pc) return;
       state.transport = reply.transport;
       state.publications = reply.publications;
       await pc.setRemoteDescription({type: "answer", sdp: reply.sdp});
+      if (pc.connectionState === "connected") onState(pc);
+      if (state.streams.has("screen") && !state.screen.pc) await publishScreen();
       // A self-mute outlives a reconnect: tell the new publications.
       state.modMuted = {audio: false, video: false};
       for (const kind of ["audio", "video"]) {
@@ -155,7 +329,8 @@
       await startSources();
     } catch (err) {
       state.wantLive = false;
-      status("Could not start the camera: " + err.message);
+      stopSources();
+      status("Could not start the camera or microphone: " + err.message);
       controls();
       return;
     }
@@ -164,8 +339,9 @@
 
   async function stop() {
     state.wantLive = false;
-    if (state.transport && state.signaling && state.signaling.connected) {
-      try { await state.signaling.request({type: "unpublish", transport: state.transport}); } catch (_) { /* gone already */ }
+    for (const transport of [state.screen.transport, state.transport]) {
+      if (!transport || !state.signaling || !state.signaling.connected) continue;
+      try { await state.signaling.request({type: "unpublish", transport}); } catch (_) { /* gone already */ }
     }
     closePeer();
     stopSources();
@@ -197,7 +373,7 @@
   function onTrackMuted(m, muted) {
     state.people.muted(m.publication, muted, m.by);
     const own = state.publications.find((p) => p.id === m.publication);
-    if (!own) return;
+    if (!own) { controls(); return; }
     const what = own.kind === "audio" ? "microphone" : "camera";
     if (m.by === "moderator") {
       state.modMuted[own.kind] = muted;
@@ -290,5 +466,9 @@
   $("mute-audio").addEventListener("click", () => toggleMute("audio"));
   $("mute-video").addEventListener("click", () => toggleMute("video"));
   $("share").addEventListener("click", share);
+  $("share-screen").addEventListener("click", shareScreen);
+  $("switch-screen").addEventListener("click", switchScreen);
+  $("stop-screen").addEventListener("click", stopScreen);
+  controls();
   main();
 })();

@@ -85,8 +85,10 @@
         b.addEventListener("click", () => this.command({...message, target: p.subject}, done));
         acts.push(b);
       };
+      const kinds = new Set();     // the moderator's mute is per kind: one button each, not one per source
       for (const pub of this.publications.values()) {
-        if (pub.participant !== p.id) continue;
+        if (pub.participant !== p.id || kinds.has(pub.kind)) continue;
+        kinds.add(pub.kind);
         const what = pub.kind === "audio" ? "mic" : "camera";
         if (pub.muted) button("Unmute " + what, "Let them use their " + what + " again:", {type: "unmute", kind: pub.kind}, p.name + "'s " + what + " is back on.");
         else button("Mute " + what, "Stop the " + what + " of", {type: "mute", kind: pub.kind}, p.name + "'s " + what + " is muted.");
@@ -116,8 +118,8 @@
         if (this.me && p.id === this.me.id) li.append(" ", ODS.el("span", {class: "muted"}, "(you)"));
         for (const pub of this.publications.values()) {
           if (pub.participant !== p.id) continue;
-          const what = pub.kind === "audio" ? "mic" : "camera";
-          const label = pub.muted ? (what === "mic" ? "mic muted" : "camera off") : (what === "mic" ? "mic on" : "camera on");
+          const what = pub.source === "screen" ? "screen" : pub.source === "screen-audio" ? "screen audio" : pub.kind === "audio" ? "mic" : "camera";
+          const label = what + (pub.muted ? (pub.kind === "audio" ? " muted" : " off") : " on");
           li.append(" ", ODS.el("span", {class: "media-state" + (pub.muted ? " off" : ""), "data-kind": pub.kind}, label));
         }
         const acts = this.actionsFor(p);

@@ -3,6 +3,11 @@
 // later), see who is live and who is here, and keep doing so across network
 // blips and server restarts: signaling rejoins with backoff and every
 // publication is subscribed again, without a reload.
+//
+// Live coding layout (docs/live-coding.md): a host's screen share is its own
+// figure and takes the stage; their camera becomes a picture-in-picture that
+// can be dragged, hidden or swapped with the screen.  Fullscreen shows the
+// screen alone.  With no screen, the camera fills the stage as before.
 "use strict";
 
 (function () {
@@ -11,7 +16,8 @@
   const token = ODS.pageToken(slug);
   const $ = (id) => document.getElementById(id);
   const state = {signaling: null, iceServers: [], icePolicy: "all", recoveries: 0, publications: new Map(), transports: new Map(),
-                 figures: new Map(), pendingIds: new Set(), timer: null, me: null, people: null, audible: false};
+                 figures: new Map(), pendingIds: new Set(), timer: null, me: null, people: null, audible: false,
+                 swapped: false, pipHidden: false};
   window.odsViewer = state;          // for tests and debugging
 
   function status(text) { $("status").textContent = text; }
@@ -26,6 +32,67 @@
     return total;
   };
 
+  // Decoded video frames per publication source ({camera: n, screen: m}); the browser tests read this.
+  state.framesBySource = async function () {
+    const out = {};
+    for (const {pc, byMid} of state.transports.values()) {
+      const stats = await pc.getStats();
+      stats.forEach((s) => {
+        if (s.type !== "inbound-rtp" || s.kind !== "video") return;
+        const pub = state.publications.get(byMid.get(s.mid));
+        const source = pub ? pub.source : "unknown";
+        out[source] = (out[source] || 0) + (s.framesDecoded || 0);
+      });
+    }
+    return out;
+  };
+
+  const isScreen = (pub) => pub.source === "screen" || pub.source === "screen-audio";
+  // Figures are keyed by participant (camera and microphone) or "screen:" + participant.
+  const figureKey = (pub) => (isScreen(pub) ? "screen:" + pub.participant : pub.participant);
+
+  function layout() {
+    const screens = [...state.figures.entries()].filter(([key]) => key.startsWith("screen:"));
+    const cameras = [...state.figures.entries()].filter(([key]) => !key.startsWith("screen:"));
+    const hasScreen = screens.length > 0;
+    $("videos").classList.toggle("has-screen", hasScreen);
+    $("layout-controls").hidden = !(hasScreen && cameras.length);
+    for (const [, fig] of screens) fig.figure.classList.toggle("pip", state.swapped && cameras.length > 0);
+    for (const [, fig] of cameras) {
+      const small = hasScreen && !state.swapped;
+      fig.figure.classList.toggle("pip", small);
+    }
+    for (const fig of state.figures.values()) {
+      if (!fig.figure.classList.contains("pip")) fig.figure.style.left = fig.figure.style.top = fig.figure.style.right = fig.figure.style.bottom = "";
+      fig.figure.classList.toggle("pip-hidden", state.pipHidden && fig.figure.classList.contains("pip"));
+    }
+    // The large one first, so it sets the stage's size.
+    const large = [...state.figures.values()].find((f) => !f.figure.classList.contains("pip"));
+    if (large && large.figure !== $("videos").firstChild) $("videos").prepend(large.figure);
+    $("hide-pip").textContent = state.pipHidden ? "Show picture-in-picture" : "Hide picture-in-picture";
+    $("hide-pip").setAttribute("aria-pressed", state.pipHidden ? "true" : "false");
+  }
+
+  // Drag the picture-in-picture anywhere over the stage.
+  function draggable(figure) {
+    figure.addEventListener("pointerdown", (e) => {
+      if (!figure.classList.contains("pip")) return;
+      const stage = $("videos").getBoundingClientRect();
+      const box = figure.getBoundingClientRect();
+      const dx = e.clientX - box.left, dy = e.clientY - box.top;
+      figure.setPointerCapture(e.pointerId);
+      const move = (ev) => {
+        const x = Math.max(0, Math.min(stage.width - box.width, ev.clientX - stage.left - dx));
+        const y = Math.max(0, Math.min(stage.height - box.height, ev.clientY - stage.top - dy));
+        Object.assign(figure.style, {left: x + "px", top: y + "px", right: "auto", bottom: "auto"});
+      };
+      const up = () => { figure.removeEventListener("pointermove", move); figure.removeEventListener("pointerup", up); };
+      figure.addEventListener("pointermove", move);
+      figure.addEventListener("pointerup", up);
+      e.preventDefault();
+    });
+  }
+
   function publishers() {
     return new Set([...state.publications.values()].map((p) => p.participant));
   }
@@ -36,14 +103,17 @@
     $("live-badge").hidden = live.size === 0;
     $("player-controls").hidden = state.figures.size === 0;
     document.body.dataset.live = live.size > 0 ? "1" : "0";
-    for (const [participantId, fig] of state.figures) updateFigure(participantId, fig);
+    for (const [key, fig] of state.figures) updateFigure(key, fig);
+    layout();
     if (!live.size && state.signaling && state.signaling.connected) status("");
   }
 
-  function updateFigure(participantId, fig) {
+  function updateFigure(key, fig) {
+    const screen = key.startsWith("screen:");
+    const participantId = screen ? key.slice(7) : key;
     const p = state.people && state.people.people.get(participantId);
-    fig.caption.textContent = p ? p.name : "";
-    const pubs = [...state.publications.values()].filter((x) => x.participant === participantId);
+    fig.caption.textContent = (p ? p.name : "") + (screen ? " · screen" : "");
+    const pubs = [...state.publications.values()].filter((x) => x.participant === participantId && isScreen(x) === screen);
     const video = pubs.find((x) => x.kind === "video");
     const audio = pubs.find((x) => x.kind === "audio");
     const camOff = !video || !!video.muted;
@@ -53,8 +123,10 @@
     fig.micOff.hidden = !(audio && audio.muted);
   }
 
-  function figureFor(participantId) {
-    let fig = state.figures.get(participantId);
+  function figureFor(key) {
+    const screen = key.startsWith("screen:");
+    const participantId = screen ? key.slice(7) : key;
+    let fig = state.figures.get(key);
     if (!fig) {
       const video = ODS.el("video", {autoplay: "", playsinline: ""});
       video.muted = !state.audible;     // autoplay policy: start muted, offer Unmute
@@ -62,17 +134,18 @@
       const stream = new MediaStream();
       video.srcObject = stream;
       const p = state.people && state.people.people.get(participantId);
-      video.setAttribute("aria-label", "Live video of " + (p ? p.name : "the host"));
+      video.setAttribute("aria-label", (screen ? "Shared screen of " : "Live video of ") + (p ? p.name : "the host"));
       const camOff = ODS.el("div", {class: "camera-off", role: "status"}, "Camera off");
       camOff.hidden = true;
       const micOff = ODS.el("div", {class: "mic-off"}, "Mic muted");
       micOff.hidden = true;
       const caption = ODS.el("figcaption");
-      const figure = ODS.el("figure", {"data-participant": participantId});
+      const figure = ODS.el("figure", screen ? {"data-screen": participantId, class: "screen"} : {"data-participant": participantId});
       figure.append(video, camOff, micOff, caption);
-      $("videos").append(figure);
+      if (screen) $("videos").prepend(figure); else $("videos").append(figure);
+      draggable(figure);
       fig = {figure, video, stream, caption, camOff, micOff};
-      state.figures.set(participantId, fig);
+      state.figures.set(key, fig);
     }
     render();
     return fig;
@@ -105,13 +178,13 @@
       const offer = await signaling.request({type: "subscribe", publications: ids});
       const pc = new RTCPeerConnection({iceServers: state.iceServers, iceTransportPolicy: state.icePolicy});
       const byMid = new Map(offer.publications.map((p) => [p.mid, p.publication]));
-      const entry = {pc, publications: offer.publications.map((p) => p.publication)};
+      const entry = {pc, byMid, publications: offer.publications.map((p) => p.publication)};
       state.transports.set(offer.transport, entry);
       pc.addEventListener("track", (e) => {
         const pubId = byMid.get(e.transceiver.mid);
         const pub = state.publications.get(pubId);
         if (!pub) return;
-        const fig = figureFor(pub.participant);
+        const fig = figureFor(figureKey(pub));
         fig.stream.addTrack(e.track);
         fig.video.play().catch(() => {});
       });
@@ -234,7 +307,7 @@
     for (const [id, entry] of state.transports) {
       if (entry.publications.every((p) => !state.publications.has(p))) endTransport(id);
     }
-    if (pub && !publishers().has(pub.participant)) dropFigure(pub.participant);
+    if (pub && ![...state.publications.values()].some((x) => figureKey(x) === figureKey(pub))) dropFigure(figureKey(pub));
     render();
     if (!publishers().size) status("The host stopped. This page plays again when they go live.");
   }
@@ -327,9 +400,11 @@
 
   // Player controls: sound, volume, picture-in-picture, fullscreen.
   function firstVideo() {
-    const fig = state.figures.values().next().value;
+    const fig = [...state.figures.values()].find((f) => !f.figure.classList.contains("pip")) || state.figures.values().next().value;
     return fig ? fig.video : null;
   }
+  $("swap").addEventListener("click", () => { state.swapped = !state.swapped; layout(); });
+  $("hide-pip").addEventListener("click", () => { state.pipHidden = !state.pipHidden; layout(); });
   $("unmute").addEventListener("click", () => {
     state.audible = !state.audible;
     for (const fig of state.figures.values()) { fig.video.muted = !state.audible; fig.video.play().catch(() => {}); }
@@ -346,7 +421,9 @@
     (document.pictureInPictureElement ? document.exitPictureInPicture() : video.requestPictureInPicture()).catch((e) => status(e.message));
   });
   $("fullscreen").addEventListener("click", () => {
-    const stage = $("videos");
+    // A shared screen goes fullscreen alone; otherwise the whole stage.
+    const screen = [...state.figures.entries()].find(([key]) => key.startsWith("screen:"));
+    const stage = screen ? screen[1].video : $("videos");
     if (document.fullscreenElement) document.exitFullscreen();
     else if (stage.requestFullscreen) stage.requestFullscreen().catch((e) => status(e.message));
   });
