@@ -14,7 +14,7 @@ from odsmedia.media.receiver import EncodedFrameTap
 from odsmedia.media.sender import ENCODER_ATTR, Packer
 from odsmedia.rooms.sfu import SFU
 from odsmedia.rooms.transport import PublisherTransport, SubscriberTransport
-from testsupport.peers import Viewer
+from testsupport.peers import Received, Viewer
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -164,3 +164,23 @@ async def test_viewer_gets_publications_that_appear_later_from_two_publishers(cl
                    and all(len(r.counters) >= 15 for r in viewer.received.values()), 30, "both publications")
     for received in viewer.received.values():
         assert_consecutive(received.counters)
+
+
+async def test_a_late_viewer_gets_two_videos_and_two_audios_on_one_transport(client, peers, room_factory):
+    """Two live videos (a camera and a screen, or two hosts) and a viewer who joins after:
+    one subscriber transport with four m-lines, and every one of them carries media.  aiortc's
+    "balanced" bundle policy left the second video m-line on a stopped transport (issue 14)."""
+    room = await room_factory()
+    video_ids = []
+    for _ in range(2):
+        publisher = await peers.host(client, room)
+        reply = await publisher.publish(fps=15, audio=True)
+        video_ids += [p["id"] for p in reply["publications"] if p["kind"] == "video"]
+    viewer = await peers.viewer(client, room)
+    offer = await viewer.subscribe()          # all four publications, one transport
+    assert len(viewer.pcs) == 1 and len(offer["publications"]) == 4
+    await wait_for(lambda: all(len(viewer.received.get(v, Received("video")).counters) >= 15 for v in video_ids)
+                   and sum(r.frames > 0 for r in viewer.received.values() if r.kind == "audio") == 2,
+                   30, "both videos and both audios on the late viewer's one transport")
+    for video in video_ids:
+        assert_consecutive(viewer.received[video].counters)

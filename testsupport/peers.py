@@ -65,7 +65,9 @@ def peer() -> RTCPeerConnection:
     another interface)."""
     if not ice.current().addresses:
         ice.configure(["127.0.0.1"])
-    return RTCPeerConnection(ice.rtc_configuration())
+    # max-bundle as browsers effectively do: aiortc's "balanced" default strands a
+    # second m-line of one kind on a stopped transport (see ice.rtc_configuration).
+    return RTCPeerConnection(ice.rtc_configuration(max_bundle=True))
 
 
 async def whip_offer(*, fps: int = 15) -> tuple[RTCPeerConnection, str]:
