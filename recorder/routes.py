@@ -28,6 +28,7 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
+from odsmedia.chat import store as chat_store
 from odsmedia.config import ConfigError
 from odsmedia.errors import INT64_MAX, ApiError, json_response, path_id, query_int
 from odsmedia.gate import Entry
@@ -147,10 +148,14 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
 async def get_episode(request: web.Request) -> web.Response:
     episode, admission = await _admitted_episode(request)
     body = episode.summary()
+    # Highlights are the episode's chapters: marks on the replay timeline, in time order.
+    highlights = await chat_store.episode_highlights(request.app[DB], episode.id)
     body.update(
         room=episode.room_slug,
         playlist=f"/episodes/{episode.id}/index.m3u8",
         can_delete=admission.is_moderator,
+        chapters=[{"id": h.id, "offset": h.wire()["offset"], "title": h.text or f"Highlight by {h.author_name}",
+                   "name": h.author_name} for h in highlights if h.offset is not None],
     )
     return json_response(body, headers={"Cache-Control": "no-cache"})
 

@@ -36,6 +36,17 @@ async def test_replay_window_returns_items_between_offsets_and_highlights(client
     assert empty["items"] == []
 
 
+async def test_highlights_are_the_episode_chapters(client, room_factory, db):
+    room = await room_factory()
+    episode = await seed_episode(db, room, [
+        (1.0, "message", "hello"), (42.5, "highlight", "the fix"), (7.25, "highlight", ""), (50.0, "question", "q?")])
+    resp = await client.get(f"/episodes/{episode}")
+    assert resp.status == 200
+    chapters = (await resp.json())["chapters"]
+    assert [(c["offset"], c["title"], c["name"]) for c in chapters] == [(7.25, "Highlight by X", "X"),
+                                                                       (42.5, "the fix", "X")]
+
+
 async def test_replay_refusals(client, room_factory, db, token_factory):
     room = await room_factory()
     episode = await seed_episode(db, room, [(1.0, "message", "x")])

@@ -178,3 +178,27 @@ async def test_chromium_plays_through_a_reconnect_discontinuity(app_client, room
             assert state == [480, None], (query, state)
     finally:
         await page.close()
+
+
+async def test_highlights_are_chapter_marks_that_seek_the_replay(app_client, room_factory, browser, db, tmp_path):
+    room = await room_factory(title="Live coding")
+    episode_id = await record(app_client.app, room, 6.0)
+    # A highlight posted 4.25 s into the session (what live posting stores).
+    await db.execute(
+        "INSERT INTO chat_items (room_id, id, changed_seq, kind, author, author_name, body, episode_id, "
+        "episode_offset) VALUES ($1, 1, 1, 'highlight', 'v:x', 'Ada', 'the fix', $2, 4.25)", room.id, episode_id)
+    await db.execute("INSERT INTO chat_rooms (room_id, last_seq) VALUES ($1, 1) ON CONFLICT DO NOTHING", room.id)
+    page = await browser.new_page()
+    try:
+        await play(page, str(app_client.make_url(f"/episodes/{episode_id}/watch")))
+        await page.wait_for_selector("#chapters:not([hidden]) .chapter-mark")
+        assert await page.text_content("#chapter-list li button") == "0:04 the fix"
+        left = await page.evaluate("document.querySelector('.chapter-mark').style.left")
+        assert float(left.rstrip("%")) == pytest.approx(100 * 4.25 / 6.0, abs=3)
+        await page.evaluate("document.querySelector('video').pause()")
+        await page.click("#chapter-list li button")
+        await page.wait_for_function("() => Math.abs(document.querySelector('video').currentTime - 4.25) < 0.5",
+                                     timeout=10000)
+        await page.screenshot(path=str(tmp_path / "replay-chapters.png"))
+    finally:
+        await page.close()

@@ -155,6 +155,38 @@
     window.addEventListener("pagehide", send);
   }
 
+  // Highlights are chapters: marks on a timeline bar under the video and a list, each seeks there.
+  function showChapters(video, episode) {
+    const chapters = episode.chapters || [];
+    const nav = document.getElementById("chapters");
+    if (!chapters.length) return;
+    nav.hidden = false;
+    const bar = document.getElementById("chapter-bar");
+    const list = document.getElementById("chapter-list");
+    const clock = (t) => `${Math.floor(t / 60)}:${String(Math.floor(t % 60)).padStart(2, "0")}`;
+    const total = () => (isFinite(video.duration) && video.duration > 0 ? video.duration : episode.duration || 0);
+    const marks = chapters.map((c) => {
+      const go = () => { video.currentTime = c.offset; video.play().catch(() => {}); };
+      const mark = window.ODS.el("button", {type: "button", class: "chapter-mark", title: `${clock(c.offset)} ${c.title}`,
+                                             "aria-label": `Chapter at ${clock(c.offset)}: ${c.title}`});
+      mark.addEventListener("click", go);
+      bar.append(mark);
+      const item = window.ODS.el("li");
+      const button = window.ODS.el("button", {type: "button", class: "link", "data-offset": String(c.offset)}, `${clock(c.offset)} ${c.title}`);
+      button.addEventListener("click", go);
+      item.append(button);
+      list.append(item);
+      return [mark, c.offset];
+    });
+    const place = () => {
+      const t = total();
+      for (const [mark, offset] of marks) mark.style.left = t > 0 ? `${Math.min(100, (100 * offset) / t)}%` : "0";
+    };
+    place();
+    video.addEventListener("loadedmetadata", place);
+    video.addEventListener("durationchange", place);
+  }
+
   async function watchPage(id) {
     if (chat) chat.dataset.episode = id;
     const player = document.getElementById("player");
@@ -195,6 +227,7 @@
       if (video.readyState >= 1) seek(); else video.addEventListener("loadedmetadata", seek, {once: true});
     }
     countAudience(video, id);
+    showChapters(video, episode);
     video.muted = true;   // muted autoplay is allowed everywhere; the controls unmute
     video.play().catch(() => { status.textContent = "Press play to start."; });
 
