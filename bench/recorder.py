@@ -53,7 +53,7 @@ from recorder import episodes  # noqa: E402
 from recorder.recorder import Recorder  # noqa: E402
 from recorder.storage import LocalStorage  # noqa: E402
 from testsupport.counter import draw_counter  # noqa: E402
-from testsupport.synthetic import SyntheticSession, read_segment  # noqa: E402
+from testsupport.synthetic import SyntheticSession, feed_realtime, read_segment  # noqa: E402
 
 ADMIN_DSN = os.environ.get("ODS_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -124,33 +124,6 @@ class Reencoder:
                 out.append(MediaFrame("video", "H264", bytes(encoded), encoded.pts, 90000, encoded.is_keyframe,
                                       frame.arrival))
         return out
-
-
-async def feed_realtime(recorder: Recorder | None, room, frames: list[MediaFrame], transform=None):
-    """Deliver frames at their arrival times; returns (cpu seconds, wall seconds, recording)."""
-    recording = sinks = None
-    if recorder is not None:
-        recording = recorder.recording_for(room.id, room.slug, room.title)
-        sinks = {"video": recording.add_track("video"), "audio": recording.add_track("audio")}
-    loop = asyncio.get_running_loop()
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    start = loop.time() + 0.05
-    first = frames[0].arrival
-    for frame in frames:
-        delay = start + (frame.arrival - first) - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        now_arrival = frame.arrival
-        items = transform(frame) if (transform is not None and frame.kind == "video") else [frame]
-        for item in items:
-            item.arrival = now_arrival
-            if sinks is not None:
-                sinks[item.kind].on_frame(item)
-    if recording is not None:
-        for sink in sinks.values():
-            sink.on_end()
-        await asyncio.wait_for(recording.done.wait(), 120)
-    return time.process_time() - cpu0, time.perf_counter() - wall0, recording
 
 
 def mix(video: list[MediaFrame], seconds: float) -> list[MediaFrame]:

@@ -50,7 +50,7 @@ from recorder.s3 import S3Storage  # noqa: E402
 from recorder.storage import LocalStorage  # noqa: E402
 from testsupport.counter import draw_counter  # noqa: E402
 from testsupport.s3 import CREDENTIALS, MotoServer  # noqa: E402
-from testsupport.synthetic import SyntheticSession  # noqa: E402
+from testsupport.synthetic import SyntheticSession, feed_realtime  # noqa: E402
 
 ADMIN_DSN = os.environ.get("ODS_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -87,30 +87,6 @@ def encode(seconds: float, gop_seconds: float, fps: int = 30) -> list[MediaFrame
                                      packet.pts / 90000))
     audio = SyntheticSession(seconds, video=False, audio_start=0.0, arrival0=0.0, jitter=0.0).frames
     return sorted(frames + audio, key=lambda f: f.arrival)
-
-
-async def feed_realtime(recorder: Recorder | None, room, frames: list[MediaFrame]):
-    """Deliver frames at their arrival times; returns (cpu seconds, wall seconds, recording)."""
-    recording = sinks = None
-    if recorder is not None:
-        recording = recorder.recording_for(room.id, room.slug, room.title)
-        sinks = {"video": recording.add_track("video"), "audio": recording.add_track("audio")}
-    loop = asyncio.get_running_loop()
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    start = loop.time() + 0.05
-    first = frames[0].arrival
-    for frame in frames:
-        delay = start + (frame.arrival - first) - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        if sinks is not None:
-            sinks[frame.kind].on_frame(frame)
-    if recording is not None:
-        for sink in sinks.values():
-            sink.on_end()
-        await asyncio.wait_for(recording.done.wait(), 120)
-        assert recording.status == "ready", recording.status
-    return time.process_time() - cpu0, time.perf_counter() - wall0, recording
 
 
 async def main(args) -> None:
@@ -153,6 +129,7 @@ async def main(args) -> None:
                     load0 = os.getloadavg()[0]
                     moto_cpu0 = sum(moto_process.cpu_times()[:2])
                     cpu, wall, recording = await feed_realtime(recorders.get(mode), room, frames)
+                    assert recording is None or recording.status == "ready", recording.status
                     moto_cpu = sum(moto_process.cpu_times()[:2]) - moto_cpu0
                     load = (load0 + os.getloadavg()[0]) / 2
                     delays = [] if recording is None else [

@@ -16,9 +16,11 @@ PyAV and returns the frame indexes and beep onsets it finds.
 from __future__ import annotations
 
 import array
+import asyncio
 import io
 import math
 import random
+import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -177,3 +179,32 @@ def read_segment(init: bytes | None, data: bytes, *, container_format: str = "mp
                     else:
                         quiet += 1
     return result
+
+
+async def feed_realtime(recorder, room, frames: list[MediaFrame], transform=None):
+    """Deliver ``frames`` to a new recording of ``room`` at their arrival times (benchmarks: the
+    recorder's CPU at the real pace); ``recorder`` None measures the pacing loop alone.
+    ``transform`` maps each video frame to the frames to deliver instead (a VP8 -> H.264
+    conversion). Returns (cpu seconds, wall seconds, the finished recording or None)."""
+    recording = sinks = None
+    if recorder is not None:
+        recording = recorder.recording_for(room.id, room.slug, room.title)
+        sinks = {"video": recording.add_track("video"), "audio": recording.add_track("audio")}
+    loop = asyncio.get_running_loop()
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    start = loop.time() + 0.05
+    first = frames[0].arrival
+    for frame in frames:
+        delay = start + (frame.arrival - first) - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        items = transform(frame) if (transform is not None and frame.kind == "video") else [frame]
+        for item in items:
+            item.arrival = frame.arrival
+            if sinks is not None:
+                sinks[item.kind].on_frame(item)
+    if recording is not None:
+        for sink in sinks.values():
+            sink.on_end()
+        await asyncio.wait_for(recording.done.wait(), 120)
+    return time.process_time() - cpu0, time.perf_counter() - wall0, recording
