@@ -96,7 +96,7 @@ class LiveCollector:
 
     def _relay_figures(self) -> Iterator:
         """Pipes (rooms.relay, media.pipe): per direction, live pipes plus those already closed."""
-        relayed = rebuilds = 0
+        rebuilds = 0
         totals = {d: dict(figures) for d, figures in retired_pipes.items()}
         pipes = {"out": 0, "in": 0}
         for sfu in list(self.sfus):
@@ -109,7 +109,7 @@ class LiveCollector:
                     pipes[direction] += 1
                     for name in totals[direction]:
                         totals[direction][name] += getattr(end.stats, name)
-            relayed += pipes["in"]
+        relayed = pipes["in"]
         yield GaugeMetricFamily("ods_relayed_publications",
                                 "Publications this node serves as a relay, each fed by one pipe", value=relayed)
         gauge = GaugeMetricFamily("ods_pipes", "Open pipes: out = fed by this node, in = feeding it",

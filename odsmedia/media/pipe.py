@@ -28,7 +28,7 @@ the relay draws and sends over the Redis control channel, which is
 authenticated (docs/relays.md).  Each end accepts packets only from the
 address the control exchange named.
 
-``PipeSink.drop`` is a deterministic loss hook (tests and benchmarks put
+``PipeSink.drop`` (by sequence number) is a deterministic loss hook (tests and benchmarks put
 loss on the pipe with it, never a sleep); ``PipeStats`` are the pipe
 figures /metrics reports.
 """
@@ -54,6 +54,7 @@ log = logging.getLogger("odsmedia.relay")
 
 AUDIO_LEVEL_ID = 1
 AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
+EMPTY_EXTENSIONS = b"\xbe\xde\x00\x00"   # RFC 8285 one-byte header form, no elements
 KEY_BYTES = 30                     # AES_CM_128 master key (16) + salt (14)
 MAX_JUMP = 1000                    # a larger sequence jump is a restart upstream, not loss
 
@@ -150,6 +151,10 @@ class PipeSource:
         self.downstream = Downstream(fanout)
         self.downstream.configure(ssrc=self.ssrc, rtx_ssrc=0, pt=payload_type, rtx_pt=None,
                                   ext_map=pipe_extensions(), mid=None)
+        # Always an extension block (empty unless the packet has an audio level): the header's X
+        # bit is fixed per Downstream, and a level block must not pass for payload.
+        self.downstream.ext = EMPTY_EXTENSIONS
+        self.downstream.first_byte = 0x90
         self.downstream.report_sink = self._report
         self.endpoint: _Endpoint | None = None
         self.local: tuple[str, int] | None = None
@@ -236,9 +241,9 @@ class PipeSink:
         self.last_packet = time.monotonic()
         self.closed = False
         self.ended = False                       # the source said BYE
-        self.drop: Callable[[int], bool] | None = None    # loss hook: called with each packet's number
+        # Loss hook: called with each RTP packet's sequence number; True drops it (as the network would).
+        self.drop: Callable[[int], bool] | None = None
         self._max_seq: int | None = None
-        self._arrivals = 0
 
     async def open(self, address: str) -> tuple[str, int]:
         self.endpoint, self.local = await _bind(address, self._datagram)
@@ -255,8 +260,8 @@ class PipeSink:
         if is_rtcp(data):
             self._rtcp(data)
             return
-        self._arrivals += 1
-        if self.drop is not None and self.drop(self._arrivals):
+        # (The header is in the clear under SRTP too; dropped before unprotect, so the repair is no replay.)
+        if self.drop is not None and len(data) > 3 and self.drop(data[2] << 8 | data[3]):
             return
         try:
             data = self.crypto.unprotect(data)
