@@ -55,7 +55,8 @@ log = logging.getLogger("odsmedia.relay")
 AUDIO_LEVEL_ID = 1
 AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 EMPTY_EXTENSIONS = b"\xbe\xde\x00\x00"   # RFC 8285 one-byte header form, no elements
-KEY_BYTES = 30                     # AES_CM_128 master key (16) + salt (14)
+KEY_BYTES = 30
+REPLAY_WINDOW = 1024               # the publication history's size (forwarder.HISTORY_SIZE)                     # AES_CM_128 master key (16) + salt (14)
 MAX_JUMP = 1000                    # a larger sequence jump is a restart upstream, not loss
 
 
@@ -79,8 +80,11 @@ class PipeCrypto:
         if self.plain:
             self._tx = self._rx = None
         else:
-            self._tx = Session(Policy(key=bytes.fromhex(send_key), ssrc_type=Policy.SSRC_ANY_OUTBOUND))
-            self._rx = Session(Policy(key=bytes.fromhex(receive_key), ssrc_type=Policy.SSRC_ANY_INBOUND))
+            tx = Policy(key=bytes.fromhex(send_key), ssrc_type=Policy.SSRC_ANY_OUTBOUND)
+            tx.allow_repeat_tx = True           # a NACK's answer is the same packet, same index, again
+            rx = Policy(key=bytes.fromhex(receive_key), ssrc_type=Policy.SSRC_ANY_INBOUND)
+            rx.window_size = REPLAY_WINDOW      # a repair may come this many packets late
+            self._tx, self._rx = Session(tx), Session(rx)
 
     def protect(self, data: bytes) -> bytes:
         return data if self._tx is None else self._tx.protect(data)
