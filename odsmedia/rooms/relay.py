@@ -151,9 +151,9 @@ class RelayRoom(Room):
 
     async def dispose(self) -> None:
         """The last local participant left (or the source went away): stop pulling."""
-        if self._watch is not None:
-            self._watch.cancel()
-            self._watch = None
+        watch, self._watch = self._watch, None
+        if watch is not None and watch is not asyncio.current_task():
+            watch.cancel()          # (when the watch itself ended the room, it returns by itself)
         for publication in list(self.publications.values()):
             publication.end()
         await self._stop_watching()
