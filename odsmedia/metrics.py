@@ -110,22 +110,22 @@ class LiveCollector:
                     for name in totals[direction]:
                         totals[direction][name] += getattr(end.stats, name)
         relayed = pipes["in"]
-        yield GaugeMetricFamily("ods_relayed_publications",
+        yield GaugeMetricFamily("ods_relay_publications",
                                 "Publications this node serves as a relay, each fed by one pipe", value=relayed)
-        gauge = GaugeMetricFamily("ods_pipes", "Open pipes: out = fed by this node, in = feeding it",
+        gauge = GaugeMetricFamily("ods_relay_pipes", "Open pipes: out = fed by this node, in = feeding it",
                                   labels=["direction"])
         for name, help_text in (("packets", "RTP packets on pipes (sent out, received in)"),
                                 ("bytes", "RTP bytes on pipes (sent out, received in)"),
                                 ("lost", "RTP packets a pipe's receiving end never got (in only)"),
                                 ("nacks", "Sequence numbers NACKed up pipes (in: asked, out: answered)")):
-            family = CounterMetricFamily(f"ods_pipe_{name}", help_text, labels=["direction"])
+            family = CounterMetricFamily(f"ods_relay_pipe_{name}", help_text, labels=["direction"])
             for direction in ("out", "in"):
                 family.add_metric([direction], totals[direction][name])
             yield family
         for direction in ("out", "in"):
             gauge.add_metric([direction], pipes[direction])
         yield gauge
-        yield CounterMetricFamily("ods_pipe_rebuilds", "Pipes rebuilt after a stall", value=rebuilds)
+        yield CounterMetricFamily("ods_relay_pipe_rebuilds", "Pipes rebuilt after a stall", value=rebuilds)
 
 
 live = LiveCollector()
