@@ -247,3 +247,32 @@ async def test_viewer_below_threshold_is_sent_to_the_origin(make_nodes, peers, r
     assert isinstance(sfu(b).get(room.slug), RelayRoom)
     assert relayed.video().counters
     assert first.client.joined["type"] == "joined"
+
+
+async def test_relay_mirrors_publications_and_mutes(make_nodes, peers, room_factory):
+    """A relay viewer who joined before anything was published sees the publication appear,
+    plays it, sees the host's mute and unmute, and plays on after the unmute."""
+    a, b = await make_nodes("a", "b")
+    room = await room_factory()
+    publisher = await peers.host(a, room)
+    early = await peers.viewer(b, room, name="early on b")
+    assert early.client.joined["publications"] == []
+    assert isinstance(sfu(b).get(room.slug), RelayRoom)
+    reply = await publisher.publish(fps=15, audio=False)
+    video_id = reply["publications"][0]["id"]
+    published = await early.client.next_event("track_published")
+    assert published["publication"]["id"] == video_id and published["publication"]["kind"] == "video"
+    await early.subscribe()
+    await wait_for(lambda: early.video() is not None and len(early.video().counters) >= 10, 30, "10 frames")
+    await publisher.client.request({"type": "mute", "publication": video_id})
+    muted = await early.client.next_event("track_muted")
+    assert muted == {"type": "track_muted", "publication": video_id, "by": "self"}
+    assert sfu(b).get(room.slug).snapshot()["publications"][0]["muted_by"] == "self"
+    await publisher.client.request({"type": "unmute", "publication": video_id})
+    unmuted = await early.client.next_event("track_unmuted")
+    assert unmuted["publication"] == video_id
+    before = len(early.video().counters)
+    await wait_for(lambda: len(early.video().counters) - before >= 10, 30, "10 frames after the unmute")
+    counters = early.video().counters
+    assert all(b > a for a, b in zip(counters, counters[1:]))      # never backwards across the mute
+    assert hub(b).rebuilds == 0                                     # a muted pipe is not a stalled one

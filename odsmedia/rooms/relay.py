@@ -123,7 +123,10 @@ class RelayRoom(Room):
         self.ended = False
         self._unsubscribe_events = None
         self._watch: asyncio.Task[None] | None = None
-        self._pending: set[asyncio.Task[None]] = set()
+        # Source events, applied in order by one task: applying one may wait for a reply, which
+        # the bus delivers on the same reader that delivers the events.
+        self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._applier: asyncio.Task[None] | None = None
 
     # --- start and end ----------------------------------------------------------------------
 
@@ -131,14 +134,18 @@ class RelayRoom(Room):
         """Watch the source and pipe every publication it has; 409 room_on_other_node when it
         does not serve the room (any more)."""
         hub = self.hub
-        self._unsubscribe_events = await hub.bus.subscribe(relay_room_channel(self.source, self.slug), self._on_event)
+        self._unsubscribe_events = await hub.bus.subscribe(relay_room_channel(self.source, self.slug),
+                                                           self._events.put_nowait)
         reply = await hub.request(self.source, {"type": "watch", "slug": self.slug})
         if reply is None or not reply.get("ok"):
             await self._stop_watching()
             raise self._elsewhere()
         for description in reply.get("publications", ()):
-            await self._add(description, announce=False)
+            if not await self._add(description, announce=False):
+                await self.dispose()
+                raise self._elsewhere()
         self._watch = asyncio.ensure_future(self._watch_pipes())
+        self._applier = asyncio.ensure_future(self._apply_events())
 
     def _elsewhere(self) -> SfuError:
         err = SfuError(409, "room_on_other_node", "this room is live on another node")
@@ -151,9 +158,10 @@ class RelayRoom(Room):
 
     async def dispose(self) -> None:
         """The last local participant left (or the source went away): stop pulling."""
-        watch, self._watch = self._watch, None
-        if watch is not None and watch is not asyncio.current_task():
-            watch.cancel()          # (when the watch itself ended the room, it returns by itself)
+        for task in (self._watch, self._applier):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()       # (the task that ended the room returns by itself)
+        self._watch = self._applier = None
         for publication in list(self.publications.values()):
             publication.end()
         await self._stop_watching()
@@ -176,21 +184,21 @@ class RelayRoom(Room):
 
     # --- publications -----------------------------------------------------------------------
 
-    async def _add(self, description: dict[str, Any], *, announce: bool = True) -> None:
+    async def _add(self, description: dict[str, Any], *, announce: bool = True) -> bool:
+        """Mirror one publication and open its pipe; False when the source does not answer."""
         if description.get("id") in self.publications or self.ended:
-            return
+            return True
         params = description.get("codec_params") or {}
         codec = codecs.forwardable(params.get("mimeType", ""), params.get("parameters") or {})
         if codec is None:
             log.warning("relay: publication codec not forwardable", extra={"room": self.slug})
-            return
+            return True
         publication = MirroredPublication(_owner(description), description, codec,
                                           pli_interval=self.sfu.config["media.pli_interval"])
         self.publications[publication.id] = publication
         if announce:
             self.broadcast({"type": "track_published", "publication": publication.describe()})
-        if not await self._pipe(publication):
-            await self.end("origin_lost")
+        return await self._pipe(publication)
 
     async def _pipe(self, publication: MirroredPublication) -> bool:
         """Open (or rebuild) ``publication``'s pipe; False when the source does not answer."""
@@ -217,12 +225,20 @@ class RelayRoom(Room):
             await hub.send(self.source, {"type": "unpipe", "slug": self.slug, "pipe": old.local and list(old.local)})
         return True
 
+    async def _apply_events(self) -> None:
+        try:
+            while not self.ended:
+                await self._on_event(await self._events.get())
+        except asyncio.CancelledError:
+            pass
+
     async def _on_event(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
         if kind == "ended":
             await self.end("origin_ended")
         elif kind == "track_published" and isinstance(message.get("publication"), dict):
-            await self._add(message["publication"])
+            if not await self._add(message["publication"]):
+                await self.end("origin_lost")
         elif kind == "track_unpublished":
             publication = self.publications.get(message.get("publication"))   # type: ignore[arg-type]
             if publication is not None:
