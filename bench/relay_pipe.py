@@ -83,6 +83,15 @@ def viewer(fanout: PacketFanout, sock: socket.socket, dest, on_send=None) -> Dow
     return d
 
 
+def fanout_with_viewer(on_send) -> tuple[PacketFanout, list[socket.socket]]:
+    """A publication's fan-out with one viewer whose every copy calls ``on_send`` as it leaves."""
+    fanout = PacketFanout("video", "VP8", 90000)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink, dest = discard_socket()
+    viewer(fanout, sender, dest, on_send=on_send)
+    return fanout, [sender, sink]
+
+
 def discard_socket() -> tuple[socket.socket, tuple[str, int]]:
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sink.bind(("127.0.0.1", 0))
@@ -152,12 +161,9 @@ async def paced_round(n: int, rate: int, srtp: bool, relay_cmd: list[str]) -> di
     try:
         loop = asyncio.get_running_loop()
         ready = json.loads(await asyncio.wait_for(loop.run_in_executor(None, relay.stdout.readline), 60))
-        fanout = PacketFanout("video", "VP8", 90000)
-        sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sink, dest = discard_socket()
         direct: list[float] = []
         stamp = [0]
-        viewer(fanout, sender, dest, on_send=lambda: direct.append(time.monotonic_ns() - stamp[0]))
+        fanout, sockets = fanout_with_viewer(lambda: direct.append(time.monotonic_ns() - stamp[0]))
         pipe = PipeSource(fanout, 96, remote=tuple(ready["addr"]), request_keyframe=lambda reason: None,
                           crypto=PipeCrypto(keys[0], keys[1]) if keys else PipeCrypto(None, None))
         local = await pipe.open("127.0.0.1")
@@ -174,8 +180,8 @@ async def paced_round(n: int, rate: int, srtp: bool, relay_cmd: list[str]) -> di
             fanout.on_packet(SSRC, i & 0xFFFF, i * 3000 & 0xFFFFFFFF, 1, payload(now), None)
         result = json.loads(await asyncio.wait_for(loop.run_in_executor(None, relay.stdout.readline), 60))
         pipe.close()
-        sink.close()
-        sender.close()
+        for sock in sockets:
+            sock.close()
         direct = direct[200:]
         result["direct_p50_ms"] = statistics.median(direct) / 1e6
         result["direct_p99_ms"] = sorted(direct)[int(len(direct) * 0.99)] / 1e6
@@ -190,12 +196,9 @@ async def child(spec: dict) -> None:
     """The relay end: a PipeSink into a fan-out with one viewer; reports CPU and latencies."""
     keys = spec["keys"]
     n = spec["n"]
-    fanout = PacketFanout("video", "VP8", 90000)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sink_sock, dest = discard_socket()
     latencies: list[float] = []
     current = [0]
-    viewer(fanout, sock, dest, on_send=lambda: latencies.append(time.monotonic_ns() - current[0]))
+    fanout, _ = fanout_with_viewer(lambda: latencies.append(time.monotonic_ns() - current[0]))
     on_packet = fanout.on_packet
 
     def tapped(ssrc, seq, ts, marker, data, level):

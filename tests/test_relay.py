@@ -19,22 +19,10 @@ from conftest import make_config
 from odsmedia.app import make_app
 from odsmedia.rooms.relay import CLOSE_MOVED, RelayRoom
 from odsmedia.rooms.sfu import SFU
+from test_sfu_packet_path import assert_consecutive, wait_for
 from testsupport.peers import Viewer, peer
 
 pytestmark = pytest.mark.timeout(180)
-
-
-async def wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-def assert_consecutive(counters: list[int]) -> None:
-    gaps = [(a, b) for a, b in zip(counters, counters[1:]) if b != a + 1]
-    assert not gaps, f"frame counter gaps: {gaps[:5]}"
 
 
 @pytest.fixture

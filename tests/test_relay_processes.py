@@ -10,7 +10,6 @@ pipes stall and A answers nothing), its viewers are told the room moved.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import time
@@ -22,24 +21,12 @@ from aiohttp.test_utils import unused_port
 
 from conftest import ODSMEDIA, odsmedia_env
 from odsmedia.rooms.relay import CLOSE_MOVED
+from test_sfu_packet_path import assert_consecutive, wait_for
 from testsupport.peers import Publisher, SignalingClient, Viewer
 
 pytestmark = pytest.mark.timeout(240)
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-async def wait_for(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-def assert_consecutive(counters: list[int]) -> None:
-    gaps = [(a, b) for a, b in zip(counters, counters[1:]) if b != a + 1]
-    assert not gaps, f"frame counter gaps: {gaps[:5]}"
 
 
 class Node:

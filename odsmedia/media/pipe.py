@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import random
 import socket
@@ -52,8 +51,6 @@ from pylibsrtp import Policy, Session
 from ..metrics import PIPE_FIGURES, retired_pipes
 from .forwarder import Downstream, PacketFanout
 from .srtp import direct_protect
-
-log = logging.getLogger("odsmedia.relay")
 
 AUDIO_LEVEL_ID = 1
 AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
