@@ -1,6 +1,7 @@
 """Relays across real processes: three `odsmedia serve` nodes on loopback, SIGKILLed ones included.
 
-Origin A holds the publisher; B and C serve viewers as relays of A.  B is
+Origin A holds the publisher and a viewer; B and C serve viewers as relays
+of A, and every viewer decodes every frame.  B is
 SIGKILLed: its viewer's socket drops, it joins again on C (what a page does
 when its socket closes) and plays again within 10 s, while C's own viewer
 never misses a frame.  Then A, the origin, is SIGKILLed: C notices (its
@@ -96,9 +97,11 @@ async def test_relay_and_origin_killed(service_urls, tmp_path, room_factory, tok
             closers.append(publisher.close)
             await publisher.publish(fps=15, audio=False)
 
-            on_b, on_c = await viewer(b, "on b"), await viewer(c, "on c")
-            await wait_for(lambda: all(v.video() and len(v.video().counters) >= 15 for v in (on_b, on_c)), 60,
-                           "15 frames on b and c")
+            on_a, on_b, on_c = await viewer(a, "on a"), await viewer(b, "on b"), await viewer(c, "on c")
+            await wait_for(lambda: all(v.video() and len(v.video().counters) >= 15 for v in (on_a, on_b, on_c)),
+                           60, "15 frames on every node")
+            for v in (on_a, on_b, on_c):
+                assert_consecutive(v.video().counters)
 
             b.kill()
             killed_at = time.monotonic()

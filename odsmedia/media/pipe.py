@@ -252,7 +252,6 @@ class PipeSink:
         self.local: tuple[str, int] | None = None
         self.last_packet = time.monotonic()
         self.closed = False
-        self.ended = False                       # the source said BYE
         # Loss hook: called with each RTP packet's sequence number; True drops it (as the network would).
         self.drop: Callable[[int], bool] | None = None
         self._max_seq: int | None = None
@@ -324,8 +323,6 @@ class PipeSink:
             if isinstance(packet, RtcpSrPacket):
                 info = packet.sender_info
                 self.fanout.on_sender_report(packet.ssrc, info.ntp_timestamp, info.rtp_timestamp)
-            elif isinstance(packet, RtcpByePacket):
-                self.ended = True
 
     def _send_rtcp(self, packet: object) -> None:
         if self.closed or self.source is None or self.endpoint is None or self.endpoint.transport is None:

@@ -262,7 +262,9 @@ class RelayRoom(Room):
                     if pipe is None or publication.ended:
                         continue
                     pipe.heartbeat()
-                    if publication.forwarding and not pipe.ended and pipe.idle_for(now) > stall:
+                    # (A pipe the source said BYE to while the publication is still mirrored here
+                    # -- its sweep took this relay for dead -- goes silent and is rebuilt the same way.)
+                    if publication.forwarding and pipe.idle_for(now) > stall:
                         log.warning("relay pipe stalled; rebuilding", extra={"room": self.slug,
                                                                              "publication": publication.id})
                         if not await self._pipe(publication):

@@ -65,8 +65,8 @@ class Sfu:
         """Join ``participant`` to the live room, created (and its control channel joined) on first use."""
         async with self._lock:
             room = self.rooms.get(record.slug)
-            if isinstance(room, RelayRoom) and participant.role == "host":
-                raise _elsewhere(room.origin_url)            # publishers go to the origin
+            if isinstance(room, RelayRoom) and (participant.role == "host" or room.ended):
+                raise _elsewhere(room.origin_url)            # publishers go to the origin; an ending relay takes no one
             if room is None:
                 room = await self._open(record, participant)
                 self.rooms[record.slug] = room
