@@ -110,7 +110,7 @@ class LiveCollector:
                     for name in totals[direction]:
                         totals[direction][name] += getattr(end.stats, name)
         relayed = pipes["in"]
-        yield GaugeMetricFamily("ods_relay_publications",
+        yield GaugeMetricFamily("ods_relayed_publications",
                                 "Publications this node serves as a relay, each fed by one pipe", value=relayed)
         gauge = GaugeMetricFamily("ods_relay_pipes", "Open pipes: out = fed by this node, in = feeding it",
                                   labels=["direction"])

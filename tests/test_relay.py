@@ -120,7 +120,7 @@ async def test_viewers_on_origin_and_relays_play_every_frame(make_nodes, peers, 
     # feed two pipes each.
     metrics = {line.split(" ")[0]: float(line.split(" ")[1]) for line in
                (await (await b.get("/metrics")).text()).splitlines() if line.startswith("ods_")}
-    assert metrics["ods_relay_publications"] == 4
+    assert metrics["ods_relayed_publications"] == 4
     assert metrics['ods_relay_pipes{direction="in"}'] == metrics['ods_relay_pipes{direction="out"}'] == 4
     assert metrics['ods_relay_pipe_packets_total{direction="in"}'] > 0
     assert metrics['ods_relay_pipe_lost_total{direction="in"}'] == 0
