@@ -264,3 +264,45 @@ async def test_relay_mirrors_publications_and_mutes(make_nodes, peers, room_fact
     counters = early.video().counters
     assert all(b > a for a, b in zip(counters, counters[1:]))      # never backwards across the mute
     assert hub(b).rebuilds == 0                                     # a muted pipe is not a stalled one
+
+
+async def test_pipe_takes_only_authentic_packets_from_its_source():
+    """A pipe's receiving end counts and forwards only what its source sent: a copy from another
+    address and, with SRTP, a packet under another key from the source's own address are dropped."""
+    import socket
+
+    from odsmedia.media.forwarder import PacketFanout
+    from odsmedia.media.pipe import PipeCrypto, PipeSink, PipeSource, new_keys
+
+    origin, relay = PacketFanout("video", "VP8", 90000), PacketFanout("video", "VP8", 90000)
+    down, up = new_keys()
+    sink = PipeSink(relay, crypto=PipeCrypto(up, down))
+    sink_addr = await sink.open("127.0.0.1")
+    seen: list[bytes] = []
+    source = PipeSource(origin, 96, remote=sink_addr, request_keyframe=lambda reason: None,
+                        crypto=PipeCrypto(down, up))
+    sent: list[bytes] = []
+    source_addr = await source.open("127.0.0.1")
+    sink.connect(source_addr)
+    send = source.downstream.sendto
+    source.downstream.sendto = lambda data, addr: (sent.append(bytes(data)), send(data, addr))
+    relay_on_packet = relay.on_packet
+    relay.on_packet = lambda *args: (seen.append(args[4]), relay_on_packet(*args))
+    keyframe = b"\x10\x00" + bytes(100)
+    for seq in range(5):
+        origin.on_packet(7, seq, seq * 3000, 1, keyframe, None)
+    await wait_for(lambda: sink.stats.packets == 5, 5, "five packets through the pipe")
+    # An authentic-looking next packet (the pipe's SSRC, the right key) from another address,
+    # then one from the source's address under another key.
+    ahead = ((int.from_bytes(sent[-1][2:4], "big") + 10) & 0xFFFF).to_bytes(2, "big")
+    header = bytes([0x80, 96]) + ahead + sent[-1][4:12]
+    stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    stranger.sendto(PipeCrypto(down, up).protect(header + keyframe), sink_addr)
+    source.endpoint.transport.sendto(PipeCrypto(*new_keys()).protect(header + keyframe), sink_addr)
+    last = b"\x10\x00" + b"\x01" * 100
+    origin.on_packet(7, 5, 5 * 3000, 1, last, None)          # then a real one (sent after both: read after them)
+    await wait_for(lambda: last in seen, 5, "the sixth packet")
+    stranger.close()
+    assert seen == [keyframe] * 5 + [last] and sink.stats.packets == 6 and sink.stats.lost == 0
+    source.close()
+    sink.close()
