@@ -45,19 +45,20 @@ from typing import Callable
 
 from aiortc import RTCRtpHeaderExtensionParameters, RTCRtpParameters
 from aiortc.rtp import (RTCP_PSFB_FIR, RTCP_PSFB_PLI, RTCP_RTPFB_NACK, HeaderExtensionsMap, RtcpByePacket,
-                        RtcpPacket, RtcpPsfbPacket, RtcpRrPacket, RtcpRtpfbPacket, RtcpSenderInfo, RtcpSrPacket, is_rtcp)
+                        RtcpPacket, RtcpPsfbPacket, RtcpRrPacket, RtcpRtpfbPacket, RtcpSenderInfo, RtcpSrPacket,
+                        is_rtcp)
 from pylibsrtp import Policy, Session
 
 from ..metrics import PIPE_FIGURES, retired_pipes
-from .forwarder import Downstream, PacketFanout
+from .forwarder import HISTORY_SIZE, Downstream, PacketFanout
 from .srtp import direct_protect
 
 AUDIO_LEVEL_ID = 1
 AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 EMPTY_EXTENSIONS = b"\xbe\xde\x00\x00"   # RFC 8285 one-byte header form, no elements
-KEY_BYTES = 30
-RECEIVE_BUFFER = 1 << 20            # bytes asked for each pipe socket (the kernel caps it at rmem_max)
-REPLAY_WINDOW = 1024               # the publication history's size (forwarder.HISTORY_SIZE)                     # AES_CM_128 master key (16) + salt (14)
+KEY_BYTES = 30                     # AES_CM_128 master key (16) + salt (14)
+RECEIVE_BUFFER = 1 << 20           # bytes asked for each pipe socket (the kernel caps it at rmem_max)
+REPLAY_WINDOW = HISTORY_SIZE       # a repair may come this late: as old as the publication's history
 MAX_JUMP = 1000                    # a larger sequence jump is a restart upstream, not loss
 
 
@@ -84,7 +85,7 @@ class PipeCrypto:
             tx = Policy(key=bytes.fromhex(send_key), ssrc_type=Policy.SSRC_ANY_OUTBOUND)
             tx.allow_repeat_tx = True           # a NACK's answer is the same packet, same index, again
             rx = Policy(key=bytes.fromhex(receive_key), ssrc_type=Policy.SSRC_ANY_INBOUND)
-            rx.window_size = REPLAY_WINDOW      # a repair may come this many packets late
+            rx.window_size = REPLAY_WINDOW
             self._tx, self._rx = Session(tx), Session(rx)
             self.protect = direct_protect(self._tx)     # type: ignore[method-assign]  # the hot path's call
 
@@ -327,7 +328,8 @@ class PipeSink:
     def _send_rtcp(self, packet: object) -> None:
         if self.closed or self.source is None or self.endpoint is None or self.endpoint.transport is None:
             return
-        self.endpoint.transport.sendto(self.crypto.protect_rtcp(bytes(packet)), self.source)   # type: ignore[call-overload]
+        data = self.crypto.protect_rtcp(bytes(packet))     # type: ignore[call-overload]
+        self.endpoint.transport.sendto(data, self.source)
 
     def send_pli(self) -> None:
         self.stats.plis += 1

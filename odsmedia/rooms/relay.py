@@ -379,13 +379,14 @@ class RelayHub:
 
     async def _open_pipe(self, slug: str, node: str, message: dict[str, Any]) -> dict[str, Any]:
         room = self.sfu.rooms.get(slug)
-        publication = room.publications.get(message.get("publication")) if room is not None else None  # type: ignore[arg-type]
-        addr, keys = message.get("addr"), message.get("keys")
+        pid, addr, keys = message.get("publication"), message.get("addr"), message.get("keys")
+        publication = room.publications.get(pid) if room is not None and isinstance(pid, str) else None
         if publication is None or publication.ended:
             return {"ok": False, "reason": "unknown_publication"}
         if not (isinstance(addr, list) and len(addr) == 2 and isinstance(addr[0], str) and isinstance(addr[1], int)):
             return {"ok": False, "reason": "invalid_address"}
-        if keys is not None and not (isinstance(keys, list) and len(keys) == 2 and all(isinstance(k, str) for k in keys)):
+        if keys is not None and not (isinstance(keys, list) and len(keys) == 2
+                                     and all(isinstance(k, str) for k in keys)):
             return {"ok": False, "reason": "invalid_keys"}
         served = self.served.setdefault(slug, {}).setdefault(node, _Served(node))
         crypto = PipeCrypto(keys[0], keys[1]) if keys else PipeCrypto(None, None)
