@@ -433,7 +433,10 @@
       .on("joined", joined)
       .on("state", (text) => { status(text); setLive(false); document.body.dataset.connection = "reconnecting"; })
       .on("refused", (err) => { ODS.forgetToken(slug, err); ODS.showRefusal("refusal", err); status(""); })
-      .on("participant_joined", (m) => state.people.add(m.participant))
+      .on("participant_joined", (m) => {
+        state.people.add(m.participant);
+        if (m.participant.role === "host") listInvitations();   // perhaps a co-host we invited
+      })
       .on("participant_left", (m) => state.people.remove(m.participant))
       .on("role", (m) => state.people.role(m.participant, m.role))
       .on("track_published", (m) => state.people.published(m.publication))
