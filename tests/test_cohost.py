@@ -242,3 +242,23 @@ async def test_a_role_change_reaches_everyone_in_the_room(client, peers, room_fa
     expected = {"type": "role", "participant": target.id, "role": "moderator"}
     assert await onlooker.client.next_event("role") == expected
     assert await person.client.next_event("role") == expected
+
+
+async def test_nothing_outlives_the_token_it_came_from(client, db, room_factory, token_factory):
+    room = await room_factory()
+    short_host = await token_factory(room, "host", ttl=600)
+    parent = await db.fetchval("SELECT expires_at FROM api_tokens WHERE room_id = $1", room.id)
+    status, made = await invite(client, room, short_host, ttl=86400)
+    assert status == 201
+    invitation_expiry = await db.fetchval("SELECT expires_at FROM api_tokens WHERE id = $1", made["id"])
+    assert invitation_expiry <= parent
+    _, got = await accept(client, made["invitation"])
+    cohost_expiry = await db.fetchval("SELECT expires_at FROM api_tokens WHERE id = $1", int(got["subject"][2:]))
+    assert cohost_expiry <= parent
+    # Revoking the inviter's token (DELETE /api/tokens/{id} does the same) revokes what it gave.
+    inviter = await db.fetchval("SELECT parent_id FROM api_tokens WHERE id = $1", made["id"])
+    from odsmedia.auth import tokens
+    assert await tokens.revoke(db, inviter, account_id=None)
+    revoked = await db.fetch("SELECT id FROM api_tokens WHERE room_id = $1 AND revoked_at IS NOT NULL ORDER BY id",
+                             room.id)
+    assert [r["id"] for r in revoked] == [inviter, made["id"], int(got["subject"][2:])]

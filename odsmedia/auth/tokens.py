@@ -53,7 +53,10 @@ async def mint(
     purpose: str = "access",
     parent_id: int | None = None,
 ) -> tuple[str, int]:
-    """Create a token; returns (token, id). The token is not recoverable later."""
+    """Create a token; returns (token, id). The token is not recoverable later.
+
+    A token made from another (``parent_id``) expires no later than it: nothing outlives
+    its source, so retention, deleting an expired parent, takes no live child with it."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
     if purpose not in PURPOSES:
@@ -64,7 +67,9 @@ async def mint(
     expires = datetime.now(timezone.utc) + timedelta(seconds=ttl_seconds)
     token_id = await db.fetchval(
         """INSERT INTO api_tokens (token_hash, account_id, room_id, role, label, expires_at, purpose, parent_id)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id""",
+           VALUES ($1, $2, $3, $4, $5,
+                   LEAST($6, (SELECT p.expires_at FROM api_tokens p WHERE p.id = $8)), $7, $8)
+           RETURNING id""",
         digest(token), account_id, room_id, role, label, expires, purpose, parent_id,
     )
     return token, token_id
@@ -141,7 +146,8 @@ async def revoke(db: asyncpg.Pool | asyncpg.Connection, token_id: int, *, accoun
 
 async def invite(db: asyncpg.Pool | asyncpg.Connection, *, room_id: int, ttl_seconds: float,
                  account_id: int | None, parent_id: int | None, label: str = "") -> tuple[str, int]:
-    """An invitation to co-host the room: shown once, exchanged once (``accept``)."""
+    """An invitation to co-host the room: shown once, exchanged once (``accept``); it expires
+    no later than the inviter's token."""
     return await mint(db, room_id=room_id, role="host", ttl_seconds=ttl_seconds, account_id=account_id,
                       label=label, purpose="invitation", parent_id=parent_id)
 
@@ -172,6 +178,7 @@ async def accept(db: asyncpg.Pool, invitation: object, *, ttl_seconds: float, na
                 raise InvitationError("invalid_invitation")
             raise InvitationError("invitation_revoked" if found["revoked"]
                                   else "invitation_used" if found["used"] else "invitation_expired")
+        # The co-host's grant ends no later than the invitation (so than the inviter's token).
         token, token_id = await mint(conn, room_id=row["room_id"], role="host", ttl_seconds=ttl_seconds,
                                      label=name, parent_id=row["id"])
         return token, token_id, row["slug"]
