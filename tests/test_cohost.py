@@ -206,11 +206,20 @@ async def test_muting_a_hosts_camera_leaves_their_screen_flowing_and_holds_acros
         await frames_past(watcher.received[screen_pub["id"]], watcher.received[screen_pub["id"]].frames + 30)
         assert watcher.received[camera_id].frames <= cam_frames + 2     # at most what was in flight
 
-        # The host's connection drops and it publishes its camera again from a new socket: still muted.
+        # Everyone leaves (the room empties on this node); the host reconnects within the session's
+        # grace and publishes its camera again from a new socket: still muted.
+        await watcher.close()
+        await watcher.client.close()
         await camera.close()
+        await screen.close()
         await host.close()
+        deadline = time.monotonic() + 10
+        while client.server.app[SFU].get(room.slug) is not None:
+            assert time.monotonic() < deadline, "the room did not empty"
+            await asyncio.sleep(0.05)
         again = await peers.client(client, room, join=False)
         await again.join(host_token)
+        live = client.server.app[SFU].get(room.slug)
         republished = Publisher(again)
         reply = await republished.publish(fps=15, audio=False)
         [pub] = reply["publications"]
