@@ -7,7 +7,8 @@ with camera and screen, the host with camera.  A viewer page lays the room
 out: the screen large, both cameras as picture-in-pictures labelled with
 their publishers' names, every video decoding.  When the screen stops, the
 two cameras sit side by side.  A used invitation link shows its reason and
-leaves the page off the air.
+leaves the page off the air.  A moderator mutes the co-host's camera from
+the people list and her screen keeps playing.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ async def test_a_host_invites_a_co_host_and_viewers_see_the_screen_and_both_came
     host_ctx = await browser.new_context(viewport={"width": 1280, "height": 900})
     cohost_ctx = await browser.new_context(viewport={"width": 1280, "height": 900})
     viewer_ctx = await browser.new_context(viewport={"width": 1280, "height": 900})
+    contexts = [viewer_ctx, cohost_ctx, host_ctx]
     try:
         host = await host_ctx.new_page()
         host.on("pageerror", lambda exc: errors.append(f"host: {exc}"))
@@ -117,6 +119,25 @@ async def test_a_host_invites_a_co_host_and_viewers_see_the_screen_and_both_came
         assert await viewer.locator("#videos figure.pip-hidden").count() == 0
         await viewer.screenshot(path=str(server.log_path.parent / "viewer-cohost.png"))
 
+        # A moderator mutes Grace's camera from the people list: her screen keeps playing.
+        mod_ctx = await browser.new_context(viewport={"width": 1280, "height": 900})
+        contexts.append(mod_ctx)
+        mod = await mod_ctx.new_page()
+        mod.on("pageerror", lambda exc: errors.append(f"moderator: {exc}"))
+        await mod.goto(f"{server.base}/rooms/{server.slug}?token={server.token('moderator')}")
+        await mod.wait_for_selector("section#chat[data-role='moderator']", timeout=15000)
+        grace_row = "#people li:has(.person-name:text-is('Grace'))"
+        await mod.wait_for_selector(f"{grace_row} button:has-text('Mute screen')", timeout=15000)
+        await mod.click(f"{grace_row} button:has-text('Mute camera')")
+        grace_camera = "#videos figure[data-participant]:has(figcaption:text-is('Grace'))"
+        await viewer.wait_for_selector(f"{grace_camera}[data-camera-off='1']", timeout=10000)
+        await until(cohost, "document.getElementById('status').textContent.includes('moderator turned your camera off')")
+        before = await viewer.evaluate("window.odsViewer.framesBySource()")
+        await until(viewer, f"window.odsViewer.framesBySource().then(f => f.screen > {before['screen'] + 20})", 30)
+        assert await viewer.get_attribute("#videos figure.screen", "data-camera-off") == "0"
+        await mod.click(f"{grace_row} button:has-text('Unmute camera')")
+        await viewer.wait_for_selector(f"{grace_camera}[data-camera-off='0']", timeout=10000)
+
         # The co-host stops sharing: no screen, the two cameras side by side.
         await cohost.click("#stop-screen")
         await viewer.wait_for_selector("#videos:not(.has-screen)[data-cameras='2']", timeout=15000)
@@ -136,6 +157,5 @@ async def test_a_host_invites_a_co_host_and_viewers_see_the_screen_and_both_came
         assert await again.is_hidden("section.stage")
         assert errors == []
     finally:
-        await viewer_ctx.close()
-        await cohost_ctx.close()
-        await host_ctx.close()
+        for context in reversed(contexts):
+            await context.close()
