@@ -135,6 +135,11 @@ async def main(out: Path, env: dict[str, str]) -> None:
             await host.wait_for_selector("#invitations li[data-status='accepted']", timeout=30000)
             await shoot(browser, base + "/rooms/demo", out, "viewer-cohost",
                         "#videos.has-screen figure.screen.large")
+            # A second invitation, open: what the invited person sees (the host page keeps showing the link).
+            await host.click("#invite-cohost")
+            await until(host, "document.getElementById('invite-link').value.includes('#invite=')")
+            await shoot(browser, await host.input_value("#invite-link"), out, "cohost-invitation",
+                        "#invitation:not([hidden])")
             # The host page itself, live (the one already open, at both sizes).
             for size, (width, height) in SIZES.items():
                 await host.set_viewport_size({"width": width, "height": height})

@@ -19,7 +19,7 @@ import pytest
 
 from test_studio_browser import server, until  # noqa: F401  (the fixture: `odsmedia serve` with a room)
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(420)]
 
 # Each figure on the viewer's stage: who it shows, its label, whether it is a PiP, and its video's state.
 FIGURES = """[...document.querySelectorAll('#videos figure')].map(f => {
@@ -88,6 +88,9 @@ async def test_a_host_invites_a_co_host_and_viewers_see_the_screen_and_both_came
         # The host's list shows who came in through the invitation.
         await host.wait_for_selector("#invitations li[data-status='accepted']", timeout=10000)
         assert "Grace (co-host)" in await host.text_content("#invitations li[data-status='accepted']")
+        # The spent link is no longer on show.
+        await until(host, "document.getElementById('invite-link').hidden")
+        assert await host.text_content("#invite-status") == "Grace joined as co-host."
 
         viewer = await viewer_ctx.new_page()
         viewer.on("pageerror", lambda exc: errors.append(f"viewer: {exc}"))

@@ -465,6 +465,7 @@
     $("invite-status").textContent = "";
     try {
       const made = await ODS.fetchJSON(`/api/rooms/${slug}/invitations`, asHost("POST", {}));
+      state.shownInvitation = made.id;
       $("invite-link").value = made.url;
       $("invite-link").hidden = $("copy-invite").hidden = false;
       $("invite-link").previousElementSibling.hidden = false;
@@ -492,6 +493,14 @@
       body = await ODS.fetchJSON(`/api/rooms/${slug}/invitations`, asHost("GET"));
     } catch (_) {
       return;   // not a host (any more): nothing to show
+    }
+    // The link on show was used (or revoked): it invites nobody any more, so it goes.
+    const shown = body.invitations.find((i) => i.id === state.shownInvitation);
+    if (shown && shown.status !== "open") {
+      state.shownInvitation = null;
+      $("invite-link").value = "";
+      $("invite-link").hidden = $("copy-invite").hidden = $("invite-link").previousElementSibling.hidden = true;
+      $("invite-status").textContent = shown.cohost ? (shown.cohost.name || "Your co-host") + " joined as co-host." : "";
     }
     const items = body.invitations.filter((i) => i.status === "open" || (i.cohost && i.cohost.active)).map((i) => {
       const who = i.cohost ? (i.cohost.name || "a co-host") + " (co-host)" : "Invitation, unused";
