@@ -243,7 +243,7 @@ async def list_for(db: asyncpg.Pool | asyncpg.Connection, account_id: int, *, li
 
 async def export(db: asyncpg.Pool | asyncpg.Connection, account_id: int) -> list[dict]:
     return [dict(r) for r in await db.fetch(
-        "SELECT t.id, r.slug AS room, t.role, t.label, t.created_at, t.expires_at, t.revoked_at, "
+        "SELECT t.id, r.slug AS room, t.role, t.purpose, t.label, t.created_at, t.expires_at, t.revoked_at, "
         "t.last_used_at FROM api_tokens t JOIN rooms r ON r.id = t.room_id "
         "WHERE t.account_id = $1 ORDER BY t.created_at", account_id)]
 

@@ -83,6 +83,13 @@
       }, (err) => { say("Could not do that: " + err.message); });
     }
 
+    // A person's publications in a fixed order: camera, mic, screen, screen audio.
+    sourcesOf(p) {
+      const order = Object.keys(SOURCE_LABEL);
+      return [...this.publications.values()].filter((pub) => pub.participant === p.id)
+        .sort((a, b) => order.indexOf(a.source) - order.indexOf(b.source));
+    }
+
     actionsFor(p) {
       const mine = this.myRole();
       if (RANK[mine] < RANK.moderator || !this.me || p.subject === this.me.subject || !p.subject) return [];
@@ -94,7 +101,7 @@
         acts.push(b);
       };
       // One button per source: muting someone's camera leaves their shared screen alone.
-      for (const pub of this.publications.values()) {
+      for (const pub of this.sourcesOf(p)) {
         if (pub.participant !== p.id) continue;
         const what = SOURCE_LABEL[pub.source] || pub.source;
         if (pub.muted && pub.muted_by === "moderator") button("Unmute " + what, "Let them use their " + what + " again:", {type: "unmute", source: pub.source}, p.name + "'s " + what + " is back on.");
@@ -123,8 +130,7 @@
         const b = badge(p.role);
         if (b) li.append(" ", b);
         if (this.me && p.id === this.me.id) li.append(" ", ODS.el("span", {class: "muted"}, "(you)"));
-        for (const pub of this.publications.values()) {
-          if (pub.participant !== p.id) continue;
+        for (const pub of this.sourcesOf(p)) {
           const what = SOURCE_LABEL[pub.source] || pub.source;
           const label = what + (pub.muted ? (pub.kind === "audio" ? " muted" : " off") : " on");
           li.append(" ", ODS.el("span", {class: "media-state" + (pub.muted ? " off" : ""), "data-kind": pub.kind}, label));
