@@ -102,7 +102,6 @@
       };
       // One button per source: muting someone's camera leaves their shared screen alone.
       for (const pub of this.sourcesOf(p)) {
-        if (pub.participant !== p.id) continue;
         const what = SOURCE_LABEL[pub.source] || pub.source;
         if (pub.muted && pub.muted_by === "moderator") button("Unmute " + what, "Let them use their " + what + " again:", {type: "unmute", source: pub.source}, p.name + "'s " + what + " is back on.");
         else button("Mute " + what, "Stop the " + what + " of", {type: "mute", source: pub.source}, p.name + "'s " + what + " is muted.");
