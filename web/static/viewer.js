@@ -141,7 +141,8 @@
     const camOff = !video || !!video.muted;
     fig.figure.dataset.cameraOff = camOff ? "1" : "0";
     fig.camOff.hidden = !camOff;
-    fig.camOff.textContent = video && video.muted_by === "moderator" ? "Camera off (muted by a moderator)" : "Camera off";
+    const off = screen ? "Screen off" : "Camera off";
+    fig.camOff.textContent = video && video.muted_by === "moderator" ? off + " (muted by a moderator)" : off;
     fig.micOff.hidden = !(audio && audio.muted);
   }
 
