@@ -25,6 +25,8 @@ from __future__ import annotations
 from typing import Literal, NotRequired, TypedDict
 
 SESSIONS = "auth:sessions"
+# What a publication carries; moderation mutes one source of a person (never "all video").
+SOURCES = ("camera", "microphone", "screen", "screen-audio")
 BILLING_INVALIDATE = "billing:invalidate"
 
 
@@ -48,20 +50,21 @@ def relay_room_channel(node_id: str, slug: str) -> str:
 
 
 class ControlMessage(TypedDict):
-    """``{"action", "target", "by"}`` plus ``kind`` (mute/unmute), ``reason`` (kick/ban) or
+    """``{"action", "target", "by"}`` plus ``source`` (mute/unmute: which of the target's
+    publications, camera/microphone/screen/screen-audio), ``reason`` (kick/ban) or
     ``role`` (role: a promotion or demotion the SFU applies to the target's participants)."""
 
     action: Literal["mute", "unmute", "kick", "ban", "role"]
     target: str
     by: str
-    kind: NotRequired[str]
+    source: NotRequired[str]
     reason: NotRequired[str]
     detail: NotRequired[str]
     role: NotRequired[str]
 
 
-def mute_message(target: str, kind: str, *, by: str, mute: bool = True) -> ControlMessage:
-    return {"action": "mute" if mute else "unmute", "target": target, "kind": kind, "by": by}
+def mute_message(target: str, source: str, *, by: str, mute: bool = True) -> ControlMessage:
+    return {"action": "mute" if mute else "unmute", "target": target, "source": source, "by": by}
 
 
 def kick_message(target: str, *, by: str, reason: str = "", ban: bool = False,

@@ -298,6 +298,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("auth.session_absolute", "ODS_AUTH_SESSION_ABSOLUTE", _duration, 30 * 86400.0,
             "Session absolute expiry."),
     Setting("auth.token_ttl", "ODS_AUTH_TOKEN_TTL", _duration, 86400.0, "Default API token lifetime."),
+    Setting("auth.invitation_ttl", "ODS_AUTH_INVITATION_TTL", _duration, 86400.0,
+            "Default lifetime of an unused co-host invitation (at most 7 days)."),
+    Setting("auth.cohost_ttl", "ODS_AUTH_COHOST_TTL", _duration, 43200.0,
+            "Lifetime of the host token a co-host gets by accepting an invitation."),
     Setting("auth.reauth_interval", "ODS_AUTH_REAUTH_INTERVAL", _duration, 2.0,
             "How often each node re-checks the sessions, tokens and accounts its open chat and signaling sockets "
             "were admitted with; those that ended are closed (4401)."),

@@ -2,7 +2,8 @@
 
 Starts `odsmedia dev` (embedded services under a temporary data dir unless
 DATABASE_URL/REDIS_URL are set), goes live from the host page with Chromium's
-fake camera, chats as host, guest and moderator, records a short episode,
+fake camera, chats as host, guest and moderator, invites a co-host who
+shares a screen (the viewer page with two cameras + screen), records a short episode,
 then photographs the pages as people see them:
 
     .venv/bin/python scripts/screenshots.py [--out docs/screenshots] [--port 0]
@@ -115,11 +116,37 @@ async def main(out: Path, env: dict[str, str]) -> None:
 
             await shoot(browser, base + "/rooms/demo", out, "viewer-questions", "section#chat[data-state='connected']",
                         questions)
+            # Co-hosting: the host invites Grace from the host page; she joins as co-host with camera
+            # and screen, and viewers see her screen large with both cameras as labelled PiPs.
+            await host.click("#invite-cohost")
+            await until(host, "document.getElementById('invite-link').value.includes('#invite=')")
+            link = await host.input_value("#invite-link")
+            cohost_ctx = await browser.new_context(viewport={"width": 1280, "height": 800})
+            cohost = await cohost_ctx.new_page()
+            await cohost.goto(link)
+            await cohost.wait_for_selector("#invitation:not([hidden])", timeout=30000)
+            await cohost.fill("#cohost-name", "Grace Hopper")
+            await cohost.click("#accept-invite")
+            await cohost.wait_for_selector("body[data-ready='1']", timeout=30000)
+            await cohost.click("#golive")
+            await cohost.wait_for_selector("body[data-connection='connected']", timeout=30000)
+            await cohost.click("#share-screen")
+            await until(cohost, "window.odsHost.screen.pc && window.odsHost.screen.pc.connectionState === 'connected'")
+            await host.wait_for_selector("#invitations li[data-status='accepted']", timeout=30000)
+            await shoot(browser, base + "/rooms/demo", out, "viewer-cohost",
+                        "#videos.has-screen figure.screen.large")
+            # A second invitation, open: what the invited person sees (the host page keeps showing the link).
+            await host.click("#invite-cohost")
+            await until(host, "document.getElementById('invite-link').value.includes('#invite=')")
+            await shoot(browser, await host.input_value("#invite-link"), out, "cohost-invitation",
+                        "#invitation:not([hidden])")
             # The host page itself, live (the one already open, at both sizes).
             for size, (width, height) in SIZES.items():
                 await host.set_viewport_size({"width": width, "height": height})
                 await asyncio.sleep(1.0)
                 await host.screenshot(path=str(out / f"host-{size}.png"))
+            await cohost.click("#stop")
+            await cohost_ctx.close()
             await asyncio.sleep(6)
             await host.click("#stop")
             await guest_ctx.close()

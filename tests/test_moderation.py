@@ -109,8 +109,8 @@ async def test_non_moderators_get_typed_errors_and_nothing_changes(client, room_
         {"type": "ban", "target": target},
         {"type": "unban", "target": target},
         {"type": "slow_mode", "seconds": 30},
-        {"type": "mute", "target": target, "kind": "audio"},
-        {"type": "unmute", "target": target, "kind": "audio"},
+        {"type": "mute", "target": target, "source": "microphone"},
+        {"type": "unmute", "target": target, "source": "microphone"},
         {"type": "kick", "target": target},
     ]
     for attempt in attempts:
@@ -286,11 +286,13 @@ async def test_mute_and_kick_go_to_the_control_channel_and_kick_closes_chat(clie
     mod = await ChatSocket.open(client, chat(room), token=await token_factory(room, "moderator"))
     viewer = await ChatSocket.open(client, chat(room), token=await token_factory(room, "viewer"))
     target, by = viewer.welcome["you"]["subject"], mod.welcome["you"]["subject"]
-    assert (await mod.request({"type": "mute", "target": target, "kind": "video"}))["type"] == "ack"
-    assert await next_message() == {"action": "mute", "target": target, "kind": "video", "by": by}
-    assert (await mod.request({"type": "mute", "target": target, "kind": "screen"}))["error"] == "invalid_kind"
-    assert (await mod.request({"type": "unmute", "target": target, "kind": "video"}))["type"] == "ack"
-    assert await next_message() == {"action": "unmute", "target": target, "kind": "video", "by": by}
+    assert (await mod.request({"type": "mute", "target": target, "source": "camera"}))["type"] == "ack"
+    assert await next_message() == {"action": "mute", "target": target, "source": "camera", "by": by}
+    # A kind is not a source: "video" would be camera and screen at once.
+    for bad in ({"kind": "video"}, {"source": "video"}, {"source": None}):
+        assert (await mod.request({"type": "mute", "target": target, **bad}))["error"] == "invalid_source"
+    assert (await mod.request({"type": "unmute", "target": target, "source": "camera"}))["type"] == "ack"
+    assert await next_message() == {"action": "unmute", "target": target, "source": "camera", "by": by}
     assert (await mod.request({"type": "kick", "target": target, "reason": "bye"}))["type"] == "ack"
     assert await next_message() == {"action": "kick", "target": target, "by": by, "reason": "bye"}
     assert (await viewer.wait(lambda e: e["type"] == "kicked"))["message"] == "bye"
@@ -314,7 +316,7 @@ async def test_with_redis_down_media_actions_fail_cleanly_and_chat_still_persist
         viewer = await ChatSocket.open(client, chat(room), token=await token_factory(room, "viewer"))
         target = viewer.welcome["you"]["subject"]
         valkey.stop()
-        reply = await mod.request({"type": "mute", "target": target, "kind": "audio"})
+        reply = await mod.request({"type": "mute", "target": target, "source": "microphone"})
         assert reply["type"] == "error" and reply["error"] == "unavailable"
         assert (await mod.request({"type": "kick", "target": target}))["error"] == "unavailable"
         assert await audit_rows(db, room) == []  # nothing recorded for what did not happen

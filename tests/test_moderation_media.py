@@ -43,7 +43,7 @@ async def test_moderator_mute_from_another_node_stops_frames_at_an_aiortc_viewer
         target = next(p.subject for p in live.participants.values() if p.role == "host")
 
         sent = time.monotonic()
-        ack = await mod.request({"type": "mute", "target": target, "kind": "video"})
+        ack = await mod.request({"type": "mute", "target": target, "source": "camera"})
         assert ack["type"] == "ack", ack
         event = await viewer.next_event("track_muted")
         effect_ms = (time.monotonic() - sent) * 1000
@@ -59,7 +59,7 @@ async def test_moderator_mute_from_another_node_stops_frames_at_an_aiortc_viewer
             await host.request({"type": "unmute", "publication": video})
         assert exc.value.code == "muted_by_moderator"
 
-        assert (await mod.request({"type": "unmute", "target": target, "kind": "video"}))["type"] == "ack"
+        assert (await mod.request({"type": "unmute", "target": target, "source": "camera"}))["type"] == "ack"
         assert (await viewer.next_event("track_unmuted"))["by"] == "moderator"
         await frames_reach(watcher, frames + 5)
         actions = await db.fetch("SELECT action, target FROM moderation_actions WHERE room_id = $1 ORDER BY id",

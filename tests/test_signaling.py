@@ -132,7 +132,7 @@ async def test_moderation_on_the_control_channel(client, peers, room_factory):
     assert watcher.video().frames >= 5
 
     await bus.publish(f"room:{room.slug}:control",
-                      {"action": "mute", "target": subject, "kind": "video", "by": "a:99"})
+                      {"action": "mute", "target": subject, "source": "camera", "by": "a:99"})
     assert (await viewer.next_event("track_muted"))["by"] == "moderator"
     assert not publication.forwarding
     frames = watcher.video().frames
@@ -143,7 +143,7 @@ async def test_moderation_on_the_control_channel(client, peers, room_factory):
     assert exc.value.code == "muted_by_moderator"
 
     await bus.publish(f"room:{room.slug}:control",
-                      {"action": "unmute", "target": subject, "kind": "video", "by": "a:99"})
+                      {"action": "unmute", "target": subject, "source": "camera", "by": "a:99"})
     assert (await viewer.next_event("track_unmuted"))["by"] == "moderator"
     deadline = time.monotonic() + 10
     while watcher.video().frames < frames + 5 and time.monotonic() < deadline:

@@ -203,7 +203,9 @@ class Publisher:
     publications: list[dict[str, Any]] = field(default_factory=list)
 
     async def publish(self, *, fps: int = 15, audio: bool = True, codec: str | None = None,
-                      width: int = WIDTH, height: int = HEIGHT) -> dict[str, Any]:
+                      width: int = WIDTH, height: int = HEIGHT, source: str | None = None) -> dict[str, Any]:
+        """Publish counter video (+ silence audio); ``source`` names the video's source
+        (``screen``: what a browser's screen share sends), by default the camera."""
         from aiortc import AudioStreamTrack
         from aiortc.rtcrtpsender import RTCRtpSender
 
@@ -216,7 +218,10 @@ class Publisher:
         if audio:
             self.pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
         await self.pc.setLocalDescription(await self.pc.createOffer())
-        reply = await self.client.request({"type": "publish", "sdp": self.pc.localDescription.sdp})
+        message: dict[str, Any] = {"type": "publish", "sdp": self.pc.localDescription.sdp}
+        if source is not None:
+            message["sources"] = {transceiver.mid: source}
+        reply = await self.client.request(message)
         await self.pc.setRemoteDescription(RTCSessionDescription(reply["sdp"], "answer"))
         self.transport = reply["transport"]
         self.publications = reply["publications"]

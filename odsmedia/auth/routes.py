@@ -11,6 +11,10 @@ Routes
   GET    /api/tokens           the owner's API tokens
   POST   /api/tokens           {"room", "role", "ttl"?, "label"?} -> the token, shown once
   DELETE /api/tokens/{id}      revoke
+  POST   /api/rooms/{slug}/invitations       host: invite a co-host {"ttl"?, "label"?} -> link, shown once
+  GET    /api/rooms/{slug}/invitations       host: the room's invitations and their co-hosts
+  DELETE /api/rooms/{slug}/invitations/{id}  host: revoke an invitation and its co-host
+  POST   /api/invitations/accept             {"invitation", "name"?} -> the co-host's host token
 
 The gate learns two identity resolvers from here (session cookie, then the
 anonymous-viewer cookie); they are registered once the gate exists, in a
@@ -27,12 +31,14 @@ from typing import AsyncIterator
 from aiohttp import web
 
 from .. import config as configmod
+from .. import names
 from ..channels import SESSIONS
 from ..errors import ApiError, json_response, path_id, read_json
-from ..gate import ROLE_RANK, Identity
+from ..gate import ROLE_RANK, Admission, Entry, Identity
 from ..keys import BUS, CONFIG, DB, GATE
 from ..mail import make_mailer, render
 from ..privacy.region import client_ip
+from ..wire import NAME_MAX
 from ..rooms import directory
 from . import accounts, events, links, ratelimit, sessions, tokens
 from .csrf import csrf_guard, require_same_origin
@@ -43,6 +49,7 @@ from .sessions_web import (anonymous_identity, clear_session_cookies, current_se
 log = logging.getLogger("odsmedia.auth")
 
 MAX_TOKEN_TTL = 365 * 86400.0
+MAX_INVITATION_TTL = 7 * 86400.0
 
 
 # ---- magic links ------------------------------------------------------------------------
@@ -215,6 +222,24 @@ async def list_tokens(request: web.Request) -> web.Response:
     return json_response({"tokens": await tokens.list_for(request.app[DB], found.account_id)})
 
 
+def _label(body: dict) -> str:
+    label = body.get("label", "")
+    if not isinstance(label, str) or len(label) > 80 or any(unicodedata.category(c) == "Cc" for c in label):
+        raise ApiError(400, "invalid_label", "label must be a string of at most 80 characters, "
+                                             "without control characters")
+    return label
+
+
+def _ttl(body: dict, default: float, maximum: float) -> float:
+    try:
+        ttl = configmod._duration(body.get("ttl", default))
+    except ValueError:
+        raise ApiError(400, "invalid_ttl", "ttl must be seconds or a duration such as 1h or 30d") from None
+    if not 0 < ttl <= maximum:
+        raise ApiError(400, "invalid_ttl", f"ttl must be positive and at most {int(maximum // 86400)} days")
+    return ttl
+
+
 async def create_token(request: web.Request) -> web.Response:
     found = await require_session(request)
     body = await read_json(request, limit=4096)
@@ -225,17 +250,8 @@ async def create_token(request: web.Request) -> web.Response:
     slug = body.get("room")
     if not isinstance(slug, str):
         raise ApiError(400, "invalid_room", "room must be a room slug")
-    label = body.get("label", "")
-    if not isinstance(label, str) or len(label) > 80 or any(unicodedata.category(c) == "Cc" for c in label):
-        raise ApiError(400, "invalid_label", "label must be a string of at most 80 characters, "
-                                             "without control characters")
-    raw_ttl = body.get("ttl", config["auth.token_ttl"])
-    try:
-        ttl = configmod._duration(raw_ttl)
-    except ValueError:
-        raise ApiError(400, "invalid_ttl", "ttl must be seconds or a duration such as 1h or 30d") from None
-    if not 0 < ttl <= MAX_TOKEN_TTL:
-        raise ApiError(400, "invalid_ttl", "ttl must be positive and at most 365 days")
+    label = _label(body)
+    ttl = _ttl(body, config["auth.token_ttl"], MAX_TOKEN_TTL)
     db = request.app[DB]
     room = await directory.require(db, slug)
     # Nobody hands out more than they hold: a host may mint any role, a moderator
@@ -254,6 +270,72 @@ async def delete_token(request: web.Request) -> web.Response:
     if not await tokens.revoke(request.app[DB], _path_id(request), account_id=found.account_id):
         raise ApiError(404, "token_not_found", "no such live token of yours")
     return web.Response(status=204)
+
+
+# ---- co-host invitations ---------------------------------------------------------------------
+
+async def _room_host(request: web.Request) -> Admission:
+    """Whoever asks (bearer host token, or the room owner's session) must be a host of the room."""
+    admission = await request.app[GATE].admit(request, request.match_info["slug"], Entry.JOIN)
+    if admission.role != "host":
+        raise ApiError(403, "not_the_host", "only a host of this room may invite co-hosts")
+    return admission
+
+
+async def create_invitation(request: web.Request) -> web.Response:
+    admission = await _room_host(request)
+    body = await read_json(request, limit=4096)
+    label = _label(body)
+    ttl = _ttl(body, request.app[CONFIG]["auth.invitation_ttl"], MAX_INVITATION_TTL)
+    identity = admission.identity
+    db = request.app[DB]
+    invitation, invitation_id = await tokens.invite(
+        db, room_id=admission.room.id, ttl_seconds=ttl, account_id=identity.account_id,
+        parent_id=identity.token.token_id if identity.token is not None else None, label=label)
+    listed = next(i for i in await tokens.invitations(db, admission.room.id) if i["id"] == invitation_id)
+    # The invitation rides in the fragment: it never reaches a server log or a Referer.
+    url = f"{link_base(request)}/rooms/{admission.room.slug}/host#invite={invitation}"
+    return json_response({**listed, "invitation": invitation, "url": url}, status=201)
+
+
+async def list_invitations(request: web.Request) -> web.Response:
+    admission = await _room_host(request)
+    return json_response({"invitations": await tokens.invitations(request.app[DB], admission.room.id)})
+
+
+async def revoke_invitation(request: web.Request) -> web.Response:
+    admission = await _room_host(request)
+    invitation_id = path_id(request, "id", "invitation_not_found", "no such invitation in this room")
+    if not await tokens.revoke_invitation(request.app[DB], admission.room.id, invitation_id):
+        raise ApiError(404, "invitation_not_found", "no such live invitation in this room")
+    return web.Response(status=204)
+
+
+async def accept_invitation(request: web.Request) -> web.Response:
+    body = await read_json(request, limit=4096)
+    name = body.get("name")
+    if name is not None:
+        try:
+            name = names.display_name(name, max_length=NAME_MAX)
+        except names.InvalidName as exc:
+            raise ApiError(400, "invalid_display_name", str(exc)) from None
+    db = request.app[DB]
+    try:
+        token, token_id, slug = await tokens.accept(db, body.get("invitation"),
+                                                       ttl_seconds=request.app[CONFIG]["auth.cohost_ttl"],
+                                                       name=name or "")
+    except tokens.InvitationError as exc:
+        raise ApiError(400, exc.reason, INVITATION_REFUSALS[exc.reason]) from None
+    return json_response({"token": token, "subject": f"t:{token_id}", "room": slug, "role": "host",
+                          "name": name}, status=201)
+
+
+INVITATION_REFUSALS = {
+    "invalid_invitation": "this invitation link is not valid; ask the host for a new one",
+    "invitation_used": "this invitation was already used; ask the host for a new one",
+    "invitation_expired": "this invitation expired; ask the host for a new one",
+    "invitation_revoked": "the host withdrew this invitation",
+}
 
 
 # ---- wiring -------------------------------------------------------------------------------
@@ -295,3 +377,7 @@ def setup(app: web.Application) -> None:
     r.add_get("/api/tokens", list_tokens)
     r.add_post("/api/tokens", create_token)
     r.add_delete("/api/tokens/{id}", delete_token)
+    r.add_post("/api/rooms/{slug}/invitations", create_invitation)
+    r.add_get("/api/rooms/{slug}/invitations", list_invitations)
+    r.add_delete("/api/rooms/{slug}/invitations/{id}", revoke_invitation)
+    r.add_post("/api/invitations/accept", accept_invitation)

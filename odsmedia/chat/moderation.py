@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 
 from ..bus import Bus
-from ..channels import ControlMessage, control_channel, kick_message, mute_message, role_message
+from ..channels import SOURCES, ControlMessage, control_channel, kick_message, mute_message, role_message
 from ..errors import INT64_MAX, has_unstorable, json_int
 from ..gate import ROLE_RANK, Gate
 from ..rooms import directory
@@ -229,21 +229,23 @@ class Moderation:
             log.warning("role change not published to the SFU", extra={"room": room.slug}, exc_info=True)
         return {"target": target, "role": role}
 
-    async def mute(self, room: RoomRecord, actor: Actor, target: Any, kind: Any, mute: bool) -> dict[str, Any]:
+    async def mute(self, room: RoomRecord, actor: Actor, target: Any, source: Any, mute: bool) -> dict[str, Any]:
         # Only hosts publish, so muting is the one action a moderator may take on a
-        # host (a co-host's open mic); it is reversible by any moderator.
+        # host (a co-host's open mic); it is reversible by any moderator.  It names one
+        # source of the person (their camera, never also their screen), and holds for
+        # that source across their republishing until a moderator unmutes it.
         self.require_moderator(actor)
         target = _target(target)
         if target == actor.subject:
             raise ChatError("invalid_target", "use your own controls to mute yourself")
-        if kind not in ("audio", "video"):
-            raise ChatError("invalid_kind", "kind must be audio or video")
+        if source not in SOURCES:
+            raise ChatError("invalid_source", "source must be one of " + ", ".join(SOURCES))
         action = "mute" if mute else "unmute"
         # Published first: if Redis is down the request fails and nothing is recorded.
-        await self._control(room, mute_message(target, kind, by=actor.subject, mute=mute))
+        await self._control(room, mute_message(target, source, by=actor.subject, mute=mute))
         async with transaction(self.db) as conn:
-            await audit(conn, room, actor, action, target, kind=kind)
-        return {"target": target, "kind": kind}
+            await audit(conn, room, actor, action, target, source=source)
+        return {"target": target, "source": source}
 
     async def kick(self, room: RoomRecord, actor: Actor, target: Any, reason: Any = None) -> dict[str, Any]:
         target = await self._outranked_target(room, actor, target)

@@ -158,8 +158,8 @@ HANDLERS: dict[str, Handler] = {
     "slow_mode": _moderation(lambda m, room, actor, d: m.slow_mode(room, actor, d.get("seconds"))),
     "promote": _moderation(lambda m, room, actor, d: m.set_role(room, actor, d.get("target"), True)),
     "demote": _moderation(lambda m, room, actor, d: m.set_role(room, actor, d.get("target"), False)),
-    "mute": _moderation(lambda m, room, actor, d: m.mute(room, actor, d.get("target"), d.get("kind"), True)),
-    "unmute": _moderation(lambda m, room, actor, d: m.mute(room, actor, d.get("target"), d.get("kind"), False)),
+    "mute": _moderation(lambda m, room, actor, d: m.mute(room, actor, d.get("target"), d.get("source"), True)),
+    "unmute": _moderation(lambda m, room, actor, d: m.mute(room, actor, d.get("target"), d.get("source"), False)),
     "kick": _moderation(lambda m, room, actor, d: m.kick(room, actor, d.get("target"), d.get("reason"))),
 }
 

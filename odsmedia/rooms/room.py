@@ -33,6 +33,9 @@ class Room:
         self.slug = record.slug
         self.participants: dict[str, Participant] = {}
         self.publications: dict[str, Publication] = {}
+        # (subject, source) a moderator muted: held for the person while the room is live
+        # here, so a host who republishes (reconnect, new camera) comes back still muted.
+        self.moderator_mutes: set[tuple[str, str]] = set()
         self.unsubscribe_control = None  # set by the Sfu while the room is live here
 
     # --- participants -----------------------------------------------------------------------
@@ -108,6 +111,8 @@ class Room:
         log.info("live", extra={"room": self.slug, "participant": participant.name,
                                 "tracks": ",".join(p.kind for p in transport.publications)})
         for publication in transport.publications:
+            if (participant.subject, publication.source) in self.moderator_mutes:
+                publication.moderator_muted = True
             self.publications[publication.id] = publication
             self.broadcast({"type": "track_published", "publication": publication.describe()})
             self.sfu.publication_added(self, publication)
@@ -227,10 +232,16 @@ class Room:
             return      # "none" is every unidentified visitor, never one person
         targets = self.of_subject(target)
         if action in ("mute", "unmute"):
-            kind = message.get("kind")
+            source = message.get("source")
+            if not isinstance(source, str):
+                return
+            if action == "mute":
+                self.moderator_mutes.add((target, source))
+            else:
+                self.moderator_mutes.discard((target, source))
             for participant in targets:
                 for publication in list(self.publications.values()):
-                    if publication.participant is participant and (kind is None or publication.kind == kind):
+                    if publication.participant is participant and publication.source == source:
                         self.set_muted(publication, action == "mute", by="moderator")
         elif action == "role":
             role = message.get("role")
@@ -239,7 +250,8 @@ class Room:
             for participant in targets:
                 if participant.role != "host":
                     participant.role = role
-                    participant.notify({"type": "role", "participant": participant.id, "role": role})
+                    # Everyone's people list shows the new badge at once, not after a rejoin.
+                    self.broadcast({"type": "role", "participant": participant.id, "role": role})
         elif action in ("kick", "ban"):
             reason = message.get("reason") if isinstance(message.get("reason"), str) else ""
             for participant in targets:

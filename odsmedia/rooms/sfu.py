@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from aiohttp import web
@@ -53,6 +54,9 @@ class Sfu:
         self._lock = asyncio.Lock()
         # Seconds a transport may take to connect before it is released.
         self.connect_timeout = CONNECT_TIMEOUT
+        # Moderator mutes of rooms that emptied (slug -> (when, mutes)): a host alone in the room
+        # who reconnects within the session's grace (the recorder's: same episode) is still muted.
+        self._held_mutes: dict[str, tuple[float, set[tuple[str, str]]]] = {}
 
     def add_observer(self, observer: Observer) -> None:
         self.observers.append(observer)
@@ -69,6 +73,9 @@ class Sfu:
                 raise _elsewhere(room.origin_url)            # publishers go to the origin; an ending relay takes no one
             if room is None:
                 room = await self._open(record, participant)
+                held = self._held_mutes.pop(record.slug, None)
+                if held is not None and time.monotonic() - held[0] <= self.config["recording.reconnect_grace"]:
+                    room.moderator_mutes = held[1]
                 self.rooms[record.slug] = room
                 if self.bus is not None:
                     async def on_control(message: dict[str, Any], room: Room = room) -> None:
@@ -148,6 +155,13 @@ class Sfu:
     async def room_empty(self, room: Room) -> None:
         if self.rooms.get(room.slug) is room and not room.participants:
             del self.rooms[room.slug]
+            now = time.monotonic()
+            grace = self.config["recording.reconnect_grace"]
+            for slug, (since, _) in list(self._held_mutes.items()):
+                if now - since > grace:
+                    del self._held_mutes[slug]
+            if room.moderator_mutes:
+                self._held_mutes[room.slug] = (now, room.moderator_mutes)
             unsubscribe, room.unsubscribe_control = room.unsubscribe_control, None
             if unsubscribe is not None:
                 await unsubscribe()

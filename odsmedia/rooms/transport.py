@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 from aiortc import RTCPeerConnection, RTCSessionDescription, sdp
 from aiortc.sdp import candidate_from_sdp
 
+from ..channels import SOURCES
 from ..media import codecs, ice, udpmux
 from ..media.receiver import send_nack, send_pli, tap, tap_packets
 from ..media.sender import (connect_downstream, install_downstream, install_lean_loop, install_packer,
@@ -35,7 +36,6 @@ MAX_SDP = 64 * 1024
 MAX_MEDIA = 8
 NEGOTIATION_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 30.0      # a transport that never connects (no answer, ICE never works) is released
-SOURCES = ("camera", "microphone", "screen", "screen-audio")
 
 CloseCallback = Callable[["Transport"], Awaitable[None] | None]
 

@@ -392,9 +392,10 @@
         acts.push(button("Kick", "Remove from the room", () => this.send({ type: "kick", target: t })));
       }
       if (item.role === "host") {
-        // Only hosts publish: a moderator may silence a host's open mic or camera.
-        acts.push(button("Mute mic", "Stop their microphone", () => this.send({ type: "mute", target: t, kind: "audio" })));
-        acts.push(button("Mute cam", "Stop their camera", () => this.send({ type: "mute", target: t, kind: "video" })));
+        // Only hosts publish: a moderator may silence a host's open mic or camera (one source
+        // each: the camera's mute leaves their screen alone; the people list has every source).
+        acts.push(button("Mute mic", "Stop their microphone", () => this.send({ type: "mute", target: t, source: "microphone" })));
+        acts.push(button("Mute cam", "Stop their camera", () => this.send({ type: "mute", target: t, source: "camera" })));
       }
       if (you.role === "host" && t.startsWith("a:")) {
         acts.push(button("Make mod", "Promote to moderator", () => this.send({ type: "promote", target: t })));

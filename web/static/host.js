@@ -11,6 +11,12 @@
 // voice (docs/live-coding.md).  A switch to another screen/window replaces
 // the track on the same sender (no renegotiation).
 //
+// Co-hosts: a host invites one with "Invite co-host" (a single-use link,
+// /rooms/{slug}/host#invite=..., expiring and revocable; docs/auth.md). The
+// invited person opens it, picks a name and presses "Join as co-host": the
+// page exchanges the invitation for a host token of this room, keeps it for
+// the tab like a ?token= and reloads, so chat and signaling both use it.
+//
 // The page keeps itself live: if signaling drops (network blip, server
 // restart) it rejoins with backoff and, while the host wants to be live,
 // publishes again with the same camera stream.
@@ -20,6 +26,7 @@
   const slug = ODS.roomSlug();
   ODS.setChatRoom(slug);
   const token = ODS.pageToken(slug);
+  const invitation = new URLSearchParams(location.hash.slice(1)).get("invite");
   const $ = (id) => document.getElementById(id);
 
   // Encoder settings for legible code (docs/live-coding.md): up to 1080p, at
@@ -58,7 +65,7 @@
   // pc/transport/publications are the main group's; state.screen is the screen group's.
   const state = {signaling: null, pc: null, streams: new Map(), transport: null, publications: [],
                  screen: {pc: null, transport: null, publications: [], senders: [], publishing: false},
-                 iceServers: [], icePolicy: "all", recoveries: 0, me: null, muted: {audio: false, video: false}, modMuted: {audio: false, video: false},
+                 iceServers: [], icePolicy: "all", recoveries: 0, me: null, muted: {audio: false, video: false}, modMuted: {},
                  wantLive: false, publishing: false, people: null};
   window.odsHost = state;            // for tests and debugging
 
@@ -75,14 +82,14 @@
     $("stop").disabled = !state.wantLive;
     $("mute-audio").disabled = !hasPub("audio");
     $("mute-video").disabled = !hasPub("video");
-    const off = (kind) => state.muted[kind] || state.modMuted[kind];
+    const off = (kind) => state.muted[kind] || modMuted(kind);
     $("mute-audio").textContent = off("audio") ? "Unmute microphone" : "Mute microphone";
     $("mute-video").textContent = off("video") ? "Turn camera on" : "Turn camera off";
     $("mute-audio").setAttribute("aria-pressed", off("audio") ? "true" : "false");
     $("mute-video").setAttribute("aria-pressed", off("video") ? "true" : "false");
     const camOff = state.wantLive && off("video");
     $("preview-camera-off").hidden = !camOff;
-    $("preview-camera-off").textContent = state.modMuted.video ? "Camera off (muted by a moderator)" : "Camera off";
+    $("preview-camera-off").textContent = modMuted("video") ? "Camera off (muted by a moderator)" : "Camera off";
     $("preview-mic-off").hidden = !(state.wantLive && off("audio"));
     const sharing = state.streams.has("screen");
     $("share-screen").hidden = !canShareScreen;
@@ -92,6 +99,18 @@
     $("stop-screen").disabled = !sharing;
     $("src-camera").disabled = $("src-mic").disabled = state.wantLive;
     document.body.dataset.screen = sharing ? "1" : "0";
+    $("cohosts").hidden = !state.me || state.me.role !== "host";
+  }
+
+  // The camera group's sources by track kind; a moderator mutes one source (camera, mic, screen).
+  const MAIN_SOURCE = {video: "camera", audio: "microphone"};
+  function modMuted(kind) { return !!state.modMuted[MAIN_SOURCE[kind]]; }
+  function ownPublication(id) {
+    return state.publications.find((p) => p.id === id) || state.screen.publications.find((p) => p.id === id);
+  }
+  // A moderator's mute outlives our republishing: the server says so in the publish reply.
+  function learnModeration(publications) {
+    for (const p of publications) state.modMuted[p.source] = p.muted_by === "moderator";
   }
 
   function showPreviews() {
@@ -181,6 +200,7 @@
       await pc.setRemoteDescription({type: "answer", sdp: reply.sdp});
       g.transport = reply.transport;
       g.publications = reply.publications;
+      learnModeration(reply.publications);
       for (const sender of g.senders) {
         if (!sender.track || sender.track.kind !== "video") continue;
         // Keep the resolution when bandwidth drops: blurry code is worse than a lower frame rate.
@@ -301,7 +321,7 @@
       if (pc.connectionState === "connected") onState(pc);
       if (state.streams.has("screen") && !state.screen.pc) await publishScreen();
       // A self-mute outlives a reconnect: tell the new publications.
-      state.modMuted = {audio: false, video: false};
+      learnModeration(reply.publications);
       for (const kind of ["audio", "video"]) {
         const pub = state.publications.find((p) => p.kind === kind);
         if (pub && state.muted[kind]) await signaling.request({type: "mute", publication: pub.id}).catch(() => {});
@@ -346,7 +366,7 @@
     closePeer();
     stopSources();
     state.muted = {audio: false, video: false};
-    state.modMuted = {audio: false, video: false};
+    state.modMuted = {};
     setLive(false);
     document.body.dataset.connection = "closed";
     status(state.me && state.me.role === "host" ? "Not live. Press Go live to start." : "");
@@ -356,7 +376,7 @@
   async function toggleMute(kind) {
     const pub = state.publications.find((p) => p.kind === kind);
     if (!pub) return;
-    if (state.modMuted[kind]) {
+    if (modMuted(kind)) {
       status("A moderator muted this; only a moderator can unmute it.");
       return;
     }
@@ -372,11 +392,11 @@
 
   function onTrackMuted(m, muted) {
     state.people.muted(m.publication, muted, m.by);
-    const own = state.publications.find((p) => p.id === m.publication);
+    const own = ownPublication(m.publication);
     if (!own) { controls(); return; }
-    const what = own.kind === "audio" ? "microphone" : "camera";
+    const what = {camera: "camera", microphone: "microphone", screen: "screen share", "screen-audio": "screen audio"}[own.source];
     if (m.by === "moderator") {
-      state.modMuted[own.kind] = muted;
+      state.modMuted[own.source] = muted;
       status(muted ? "A moderator turned your " + what + " off." : "A moderator turned your " + what + " back on.");
     }
     controls();
@@ -396,6 +416,7 @@
       return;
     }
     $("refusal").hidden = true;
+    listInvitations();
     if (state.wantLive) {
       status("Reconnected; going live again…");
       await publish();
@@ -412,8 +433,12 @@
       .on("joined", joined)
       .on("state", (text) => { status(text); setLive(false); document.body.dataset.connection = "reconnecting"; })
       .on("refused", (err) => { ODS.forgetToken(slug, err); ODS.showRefusal("refusal", err); status(""); })
-      .on("participant_joined", (m) => state.people.add(m.participant))
+      .on("participant_joined", (m) => {
+        state.people.add(m.participant);
+        if (m.participant.role === "host") listInvitations();   // perhaps a co-host we invited
+      })
       .on("participant_left", (m) => state.people.remove(m.participant))
+      .on("role", (m) => state.people.role(m.participant, m.role))
       .on("track_published", (m) => state.people.published(m.publication))
       .on("track_unpublished", (m) => state.people.unpublished(m.publication))
       .on("track_muted", (m) => onTrackMuted(m, true))
@@ -422,6 +447,101 @@
       .on("error", (m) => { if (m.code === "server_shutdown") status("The server is restarting; reconnecting…"); })
       .on("close", () => { closePeer(); setLive(false); controls(); });
     signaling.start(() => ({type: "join", token, name: ODS.guestName()}));
+  }
+
+  // --- co-hosts ----------------------------------------------------------------------------------
+
+  // The host's own credential for the invitation API: the page's token, else the session cookie.
+  function asHost(method, body) {
+    const options = {method, headers: token ? {Authorization: "Bearer " + token} : {}};
+    if (body !== undefined) {
+      options.headers["Content-Type"] = "application/json";
+      options.body = JSON.stringify(body);
+    }
+    return options;
+  }
+
+  async function inviteCohost() {
+    $("invite-status").textContent = "";
+    try {
+      const made = await ODS.fetchJSON(`/api/rooms/${slug}/invitations`, asHost("POST", {}));
+      state.shownInvitation = made.id;
+      $("invite-link").value = made.url;
+      $("invite-link").hidden = $("copy-invite").hidden = false;
+      $("invite-link").previousElementSibling.hidden = false;
+      $("invite-status").textContent = "Send this link to your co-host. It works once and expires " +
+        new Date(made.expires_at).toLocaleString() + ".";
+      await listInvitations();
+    } catch (err) {
+      $("invite-status").textContent = "Could not invite: " + err.message;
+    }
+  }
+
+  async function copyInvite() {
+    try {
+      await navigator.clipboard.writeText($("invite-link").value);
+      $("invite-status").textContent = "Invitation link copied.";
+    } catch (_) {
+      $("invite-link").select();
+      $("invite-status").textContent = "Press Ctrl+C (or ⌘C) to copy the selected link.";
+    }
+  }
+
+  async function listInvitations() {
+    let body;
+    try {
+      body = await ODS.fetchJSON(`/api/rooms/${slug}/invitations`, asHost("GET"));
+    } catch (_) {
+      return;   // not a host (any more): nothing to show
+    }
+    // The link on show was used (or revoked): it invites nobody any more, so it goes.
+    const shown = body.invitations.find((i) => i.id === state.shownInvitation);
+    if (shown && shown.status !== "open") {
+      state.shownInvitation = null;
+      $("invite-link").value = "";
+      $("invite-link").hidden = $("copy-invite").hidden = $("invite-link").previousElementSibling.hidden = true;
+      $("invite-status").textContent = shown.cohost ? (shown.cohost.name || "Your co-host") + " joined as co-host." : "";
+    }
+    const items = body.invitations.filter((i) => i.status === "open" || (i.cohost && i.cohost.active)).map((i) => {
+      const who = i.cohost ? (i.cohost.name || "a co-host") + " (co-host)" : "Invitation, unused";
+      const li = ODS.el("li", {"data-id": String(i.id), "data-status": i.status}, who + " ");
+      const revoke = ODS.el("button", {type: "button", class: "small"}, i.cohost ? "Remove co-host" : "Revoke");
+      revoke.addEventListener("click", async () => {
+        try {
+          await ODS.fetchJSON(`/api/rooms/${slug}/invitations/${i.id}`, asHost("DELETE"));
+          $("invite-status").textContent = i.cohost ? "Co-host removed." : "Invitation revoked.";
+        } catch (err) {
+          $("invite-status").textContent = "Could not revoke: " + err.message;
+        }
+        listInvitations();
+      });
+      li.append(revoke);
+      return li;
+    });
+    $("invitations").replaceChildren(...items);
+  }
+
+  // Opened from an invitation link: exchange it for a host token of this room, once.
+  function offerInvitation() {
+    $("invitation").hidden = false;
+    document.querySelector("section.stage").hidden = true;
+    $("cohost-name").value = ODS.guestName() || "";
+    $("accept-invite").addEventListener("click", async () => {
+      const name = $("cohost-name").value.trim();
+      if (!name) { $("invitation-status").textContent = "Enter your name first."; return; }
+      $("accept-invite").disabled = true;
+      try {
+        const got = await ODS.api("POST", "/api/invitations/accept", {invitation, name});
+        try { sessionStorage.setItem("ods_token:" + slug, got.token); } catch (_) { /* storage disabled */ }
+        ODS.setGuestName(name);
+        // Reload without the invitation: chat and signaling both join with the new token.
+        location.replace(location.pathname);
+      } catch (err) {
+        $("accept-invite").disabled = false;
+        $("invitation").dataset.code = err.code || "";
+        $("invitation-status").textContent = "This invitation cannot be used: " + err.message + " (" + (err.code || "error") + ")";
+      }
+    });
   }
 
   async function share() {
@@ -458,6 +578,7 @@
     }
     state.iceServers = info.ice_servers || [];
     $("chat").addEventListener("ods-chat-you", () => state.people.render());
+    if (invitation) { offerInvitation(); return; }
     connect();
   }
 
@@ -469,6 +590,8 @@
   $("share-screen").addEventListener("click", shareScreen);
   $("switch-screen").addEventListener("click", switchScreen);
   $("stop-screen").addEventListener("click", stopScreen);
+  $("invite-cohost").addEventListener("click", inviteCohost);
+  $("copy-invite").addEventListener("click", copyInvite);
   controls();
   main();
 })();

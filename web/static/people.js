@@ -9,6 +9,7 @@
 (function () {
   const RANK = {viewer: 0, moderator: 1, host: 2};
   const ROLE_LABEL = {host: "Host", moderator: "Mod", viewer: ""};
+  const SOURCE_LABEL = {camera: "camera", microphone: "mic", screen: "screen", "screen-audio": "screen audio"};
 
   function badge(role) {
     const label = ROLE_LABEL[role] || "";
@@ -40,6 +41,13 @@
     }
 
     add(p) { this.people.set(p.id, p); this.render(); }
+    // A promotion or demotion, announced to the whole room.
+    role(id, role) {
+      const p = this.people.get(id);
+      if (p) p.role = role;
+      if (this.me && this.me.id === id) this.me.role = role;
+      this.render();
+    }
     remove(id) { this.people.delete(id); this.render(); }
     published(pub) { this.publications.set(pub.id, pub); this.render(); }
     unpublished(id) { this.publications.delete(id); this.render(); }
@@ -75,6 +83,13 @@
       }, (err) => { say("Could not do that: " + err.message); });
     }
 
+    // A person's publications in a fixed order: camera, mic, screen, screen audio.
+    sourcesOf(p) {
+      const order = Object.keys(SOURCE_LABEL);
+      return [...this.publications.values()].filter((pub) => pub.participant === p.id)
+        .sort((a, b) => order.indexOf(a.source) - order.indexOf(b.source));
+    }
+
     actionsFor(p) {
       const mine = this.myRole();
       if (RANK[mine] < RANK.moderator || !this.me || p.subject === this.me.subject || !p.subject) return [];
@@ -85,13 +100,11 @@
         b.addEventListener("click", () => this.command({...message, target: p.subject}, done));
         acts.push(b);
       };
-      const kinds = new Set();     // the moderator's mute is per kind: one button each, not one per source
-      for (const pub of this.publications.values()) {
-        if (pub.participant !== p.id || kinds.has(pub.kind)) continue;
-        kinds.add(pub.kind);
-        const what = pub.kind === "audio" ? "mic" : "camera";
-        if (pub.muted) button("Unmute " + what, "Let them use their " + what + " again:", {type: "unmute", kind: pub.kind}, p.name + "'s " + what + " is back on.");
-        else button("Mute " + what, "Stop the " + what + " of", {type: "mute", kind: pub.kind}, p.name + "'s " + what + " is muted.");
+      // One button per source: muting someone's camera leaves their shared screen alone.
+      for (const pub of this.sourcesOf(p)) {
+        const what = SOURCE_LABEL[pub.source] || pub.source;
+        if (pub.muted && pub.muted_by === "moderator") button("Unmute " + what, "Let them use their " + what + " again:", {type: "unmute", source: pub.source}, p.name + "'s " + what + " is back on.");
+        else button("Mute " + what, "Stop the " + what + " of", {type: "mute", source: pub.source}, p.name + "'s " + what + " is muted.");
       }
       if (RANK[p.role] < RANK[mine]) {
         button("Timeout", "Time out for 10 minutes:", {type: "timeout", minutes: 10}, p.name + " is timed out for 10 minutes.");
@@ -116,9 +129,8 @@
         const b = badge(p.role);
         if (b) li.append(" ", b);
         if (this.me && p.id === this.me.id) li.append(" ", ODS.el("span", {class: "muted"}, "(you)"));
-        for (const pub of this.publications.values()) {
-          if (pub.participant !== p.id) continue;
-          const what = pub.source === "screen" ? "screen" : pub.source === "screen-audio" ? "screen audio" : pub.kind === "audio" ? "mic" : "camera";
+        for (const pub of this.sourcesOf(p)) {
+          const what = SOURCE_LABEL[pub.source] || pub.source;
           const label = what + (pub.muted ? (pub.kind === "audio" ? " muted" : " off") : " on");
           li.append(" ", ODS.el("span", {class: "media-state" + (pub.muted ? " off" : ""), "data-kind": pub.kind}, label));
         }

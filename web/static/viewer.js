@@ -5,9 +5,10 @@
 // publication is subscribed again, without a reload.
 //
 // Live coding layout (docs/live-coding.md): a host's screen share is its own
-// figure and takes the stage; their camera becomes a picture-in-picture that
-// can be dragged, hidden or swapped with the screen.  Fullscreen shows the
-// screen alone.  With no screen, the camera fills the stage as before.
+// figure and takes the stage; every camera (the host's, a co-host's) becomes
+// a picture-in-picture labelled with its publisher's name that can be
+// dragged, hidden or swapped with the screen.  Fullscreen shows the screen
+// alone.  With no screen, two cameras sit side by side and one fills the stage.
 "use strict";
 
 (function () {
@@ -17,7 +18,7 @@
   const $ = (id) => document.getElementById(id);
   const state = {signaling: null, iceServers: [], icePolicy: "all", recoveries: 0, publications: new Map(), transports: new Map(),
                  figures: new Map(), pendingIds: new Set(), timer: null, me: null, people: null, audible: false,
-                 swapped: false, pipHidden: false};
+                 large: null, pipHidden: false};
   window.odsViewer = state;          // for tests and debugging
 
   function status(text) { $("status").textContent = text; }
@@ -51,26 +52,45 @@
   // Figures are keyed by participant (camera and microphone) or "screen:" + participant.
   const figureKey = (pub) => (isScreen(pub) ? "screen:" + pub.participant : pub.participant);
 
+  // Which figure holds the stage: the one the viewer chose (state.large), else a screen,
+  // else (no screen) none: cameras share the stage side by side.
+  function largeKey(screens) {
+    if (state.large && state.figures.has(state.large) && screens.length) return state.large;
+    return screens.length ? screens[0][0] : null;
+  }
+
   function layout() {
     const screens = [...state.figures.entries()].filter(([key]) => key.startsWith("screen:"));
     const cameras = [...state.figures.entries()].filter(([key]) => !key.startsWith("screen:"));
     const hasScreen = screens.length > 0;
-    $("videos").classList.toggle("has-screen", hasScreen);
+    const large = largeKey(screens);
+    const videos = $("videos");
+    videos.classList.toggle("has-screen", hasScreen);
+    videos.dataset.cameras = String(cameras.length);
     $("layout-controls").hidden = !(hasScreen && cameras.length);
-    for (const [, fig] of screens) fig.figure.classList.toggle("pip", state.swapped && cameras.length > 0);
-    for (const [, fig] of cameras) {
-      const small = hasScreen && !state.swapped;
-      fig.figure.classList.toggle("pip", small);
+    let slot = 0;
+    for (const [key, fig] of state.figures) {
+      const pip = hasScreen && key !== large;
+      fig.figure.classList.toggle("pip", pip);
+      fig.figure.classList.toggle("large", hasScreen && key === large);
+      // PiPs stack up the right edge until the viewer drags one elsewhere.
+      if (pip) fig.figure.style.setProperty("--pip-slot", String(slot++));
+      else fig.figure.style.left = fig.figure.style.top = fig.figure.style.right = fig.figure.style.bottom = "";
+      fig.figure.classList.toggle("pip-hidden", pip && (state.pipHidden || fig.hidden));
+      fig.swap.hidden = fig.hide.hidden = !pip;
     }
-    for (const fig of state.figures.values()) {
-      if (!fig.figure.classList.contains("pip")) fig.figure.style.left = fig.figure.style.top = fig.figure.style.right = fig.figure.style.bottom = "";
-      fig.figure.classList.toggle("pip-hidden", state.pipHidden && fig.figure.classList.contains("pip"));
-    }
-    // The large one first, so it sets the stage's size.
-    const large = [...state.figures.values()].find((f) => !f.figure.classList.contains("pip"));
-    if (large && large.figure !== $("videos").firstChild) $("videos").prepend(large.figure);
-    $("hide-pip").textContent = state.pipHidden ? "Show picture-in-picture" : "Hide picture-in-picture";
-    $("hide-pip").setAttribute("aria-pressed", state.pipHidden ? "true" : "false");
+    // The large one first, so it sets the stage's size; without a screen, in join order.
+    const first = hasScreen ? state.figures.get(large) : null;
+    if (first && first.figure !== videos.firstChild) videos.prepend(first.figure);
+    const anyHidden = state.pipHidden || [...state.figures.values()].some((f) => f.hidden);
+    $("hide-pip").textContent = anyHidden ? "Show picture-in-picture" : "Hide picture-in-picture";
+    $("hide-pip").setAttribute("aria-pressed", anyHidden ? "true" : "false");
+  }
+
+  // Put a picture-in-picture on the stage and the stage's figure into the corner.
+  function swapWith(key) {
+    state.large = key;
+    layout();
   }
 
   // Drag the picture-in-picture anywhere over the stage.
@@ -113,13 +133,16 @@
     const participantId = screen ? key.slice(7) : key;
     const p = state.people && state.people.people.get(participantId);
     fig.caption.textContent = (p ? p.name : "") + (screen ? " · screen" : "");
+    fig.swap.setAttribute("aria-label", "Show " + (p ? p.name : "this") + (screen ? "'s screen" : "'s camera") + " large");
+    fig.hide.setAttribute("aria-label", "Hide " + (p ? p.name : "this") + (screen ? "'s screen" : "'s camera"));
     const pubs = [...state.publications.values()].filter((x) => x.participant === participantId && isScreen(x) === screen);
     const video = pubs.find((x) => x.kind === "video");
     const audio = pubs.find((x) => x.kind === "audio");
     const camOff = !video || !!video.muted;
     fig.figure.dataset.cameraOff = camOff ? "1" : "0";
     fig.camOff.hidden = !camOff;
-    fig.camOff.textContent = video && video.muted_by === "moderator" ? "Camera off (muted by a moderator)" : "Camera off";
+    const off = screen ? "Screen off" : "Camera off";
+    fig.camOff.textContent = video && video.muted_by === "moderator" ? off + " (muted by a moderator)" : off;
     fig.micOff.hidden = !(audio && audio.muted);
   }
 
@@ -140,11 +163,17 @@
       const micOff = ODS.el("div", {class: "mic-off"}, "Mic muted");
       micOff.hidden = true;
       const caption = ODS.el("figcaption");
+      // A picture-in-picture's own controls: swap it with the stage, or hide it.
+      const swap = ODS.el("button", {type: "button", class: "pip-button pip-swap", title: "Show this large"}, "⇄");
+      const hide = ODS.el("button", {type: "button", class: "pip-button pip-hide", title: "Hide this picture-in-picture"}, "×");
       const figure = ODS.el("figure", screen ? {"data-screen": participantId, class: "screen"} : {"data-participant": participantId});
-      figure.append(video, camOff, micOff, caption);
+      figure.append(video, camOff, micOff, caption, swap, hide);
       if (screen) $("videos").prepend(figure); else $("videos").append(figure);
       draggable(figure);
-      fig = {figure, video, stream, caption, camOff, micOff};
+      fig = {figure, video, stream, caption, camOff, micOff, swap, hide, hidden: false};
+      swap.addEventListener("click", () => swapWith(key));
+      hide.addEventListener("click", () => { fig.hidden = true; layout(); });
+      for (const b of [swap, hide]) b.addEventListener("pointerdown", (e) => e.stopPropagation());
       state.figures.set(key, fig);
     }
     render();
@@ -341,6 +370,7 @@
       .on("refused", (err) => { ODS.forgetToken(slug, err); ODS.showRefusal("refusal", err); status(""); stopChat(); })
       .on("participant_joined", (m) => { state.people.add(m.participant); render(); })
       .on("participant_left", (m) => { state.people.remove(m.participant); render(); })
+      .on("role", (m) => state.people.role(m.participant, m.role))
       .on("track_published", (m) => {
         state.publications.set(m.publication.id, m.publication);
         state.people.published(m.publication);
@@ -403,8 +433,20 @@
     const fig = [...state.figures.values()].find((f) => !f.figure.classList.contains("pip")) || state.figures.values().next().value;
     return fig ? fig.video : null;
   }
-  $("swap").addEventListener("click", () => { state.swapped = !state.swapped; layout(); });
-  $("hide-pip").addEventListener("click", () => { state.pipHidden = !state.pipHidden; layout(); });
+  // Cycle the stage: screen -> first camera -> second camera -> ... -> screen.
+  $("swap").addEventListener("click", () => {
+    const keys = [...state.figures.keys()];
+    const screens = keys.filter((k) => k.startsWith("screen:"));
+    const order = [...screens.slice(0, 1), ...keys.filter((k) => !k.startsWith("screen:"))];
+    const at = order.indexOf(largeKey(screens.map((k) => [k])));
+    swapWith(order[(at + 1) % order.length]);
+  });
+  $("hide-pip").addEventListener("click", () => {
+    const anyHidden = state.pipHidden || [...state.figures.values()].some((f) => f.hidden);
+    for (const fig of state.figures.values()) fig.hidden = false;
+    state.pipHidden = !anyHidden;
+    layout();
+  });
   $("unmute").addEventListener("click", () => {
     state.audible = !state.audible;
     for (const fig of state.figures.values()) { fig.video.muted = !state.audible; fig.video.play().catch(() => {}); }
