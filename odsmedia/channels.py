@@ -12,6 +12,11 @@ channel                     published by                            applied by
                                                                     chat (billing's kicks)
 ``auth:sessions``           auth (``AuthService.forget``)           auth session cache
 ``billing:invalidate``      billing (``Entitlements.invalidate``)   billing entitlement cache
+``relay:{node}``            relay hubs (``rooms.relay``): requests  the relay hub of that node
+                            to that node, and replies to its own
+``relay:{node}:{slug}``     the relay hub of the node serving the   relay rooms fed by it
+                            room: publications new/ended/muted,
+                            room ended
 ==========================  ======================================  =========================
 """
 
@@ -32,6 +37,16 @@ def chat_channel(slug: str) -> str:
 def control_channel(slug: str) -> str:
     """Moderation that touches media, for the node holding the room's SFU state."""
     return f"room:{slug}:control"
+
+
+def relay_node_channel(node_id: str) -> str:
+    """Pipe and watch requests addressed to one node, and the replies to requests it made."""
+    return f"relay:{node_id}"
+
+
+def relay_room_channel(node_id: str, slug: str) -> str:
+    """What changes in ``slug`` as node ``node_id`` serves it, for the relays it feeds (docs/relays.md)."""
+    return f"relay:{node_id}:{slug}"
 
 
 class ControlMessage(TypedDict):

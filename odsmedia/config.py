@@ -238,6 +238,18 @@ SETTINGS: tuple[Setting, ...] = (
             "Packets a subscriber may lag behind before it is resynced at the next keyframe."),
     Setting("media.pli_interval", "ODS_MEDIA_PLI_INTERVAL", _duration, 0.5,
             "Shortest interval between keyframe requests sent to one publisher (seconds)."),
+    Setting("rooms.relay_threshold", "ODS_ROOMS_RELAY_THRESHOLD", _bounded(0, 1_000_000), 200,
+            "Viewers on a room's origin node at or above which a viewer joining on another node is served "
+            "there, as a relay of the origin (below it, that node answers room_on_other_node). 0: always relay."),
+    Setting("relay.stall_seconds", "ODS_RELAY_STALL_SECONDS", _duration, 3.0,
+            "A pipe that carries no packet for this long while its publication is live and unmuted is rebuilt; "
+            "a source node that does not answer within it is gone, and its relay rooms end."),
+    Setting("relay.srtp", "ODS_RELAY_SRTP", _bool, False,
+            "Protect pipes between nodes with SRTP (keys exchanged over the Redis control channel); "
+            "off: plain RTP/RTCP, for pipes between workers of one machine on loopback."),
+    Setting("relay.address", "ODS_RELAY_ADDRESS", _optional_ip, "127.0.0.1",
+            "Address this node's pipe sockets bind and announce to the other end of a pipe (another "
+            "node's relay reaches it there)."),
     Setting("recording.enabled", "ODS_RECORDING_ENABLED", _bool, True, "Record every live session to an episode."),
     Setting("recording.segment_seconds", "ODS_RECORDING_SEGMENT_SECONDS", _float, 4.0,
             "Target HLS segment duration."),

@@ -59,6 +59,9 @@ class Tally:
 
 
 egress_bytes = Tally()
+# Figures of pipes already closed (media.pipe adds them), so the pipe counters never go down.
+PIPE_FIGURES = ("packets", "bytes", "lost", "nacks")
+retired_pipes: dict[str, dict[str, int]] = {d: dict.fromkeys(PIPE_FIGURES, 0) for d in ("out", "in")}
 
 
 class LiveCollector:
@@ -86,8 +89,43 @@ class LiveCollector:
             ("ods_subscriptions", "Active subscriptions on this node", subscriptions),
         ):
             yield GaugeMetricFamily(name, text, value=value)
+        yield from self._relay_figures()
         yield CounterMetricFamily("ods_egress_bytes", "Media bytes sent to subscribers (RTP payload and headers)",
                                   value=egress_bytes.value)
+
+
+    def _relay_figures(self) -> Iterator:
+        """Pipes (rooms.relay, media.pipe): per direction, live pipes plus those already closed."""
+        rebuilds = 0
+        totals = {d: dict(figures) for d, figures in retired_pipes.items()}
+        pipes = {"out": 0, "in": 0}
+        for sfu in list(self.sfus):
+            hub = getattr(sfu, "relays", None)
+            if hub is None:
+                continue
+            rebuilds += hub.rebuilds
+            for direction, ends in zip(("out", "in"), hub.pipes()):
+                for end in ends:
+                    pipes[direction] += 1
+                    for name in totals[direction]:
+                        totals[direction][name] += getattr(end.stats, name)
+        relayed = pipes["in"]
+        yield GaugeMetricFamily("ods_relayed_publications",
+                                "Publications this node serves as a relay, each fed by one pipe", value=relayed)
+        gauge = GaugeMetricFamily("ods_relay_pipes", "Open pipes: out = fed by this node, in = feeding it",
+                                  labels=["direction"])
+        for name, help_text in (("packets", "RTP packets on pipes (sent out, received in)"),
+                                ("bytes", "RTP bytes on pipes (sent out, received in)"),
+                                ("lost", "RTP packets a pipe's receiving end never got (in only)"),
+                                ("nacks", "Sequence numbers NACKed up pipes (in: asked, out: answered)")):
+            family = CounterMetricFamily(f"ods_relay_pipe_{name}", help_text, labels=["direction"])
+            for direction in ("out", "in"):
+                family.add_metric([direction], totals[direction][name])
+            yield family
+        for direction in ("out", "in"):
+            gauge.add_metric([direction], pipes[direction])
+        yield gauge
+        yield CounterMetricFamily("ods_relay_pipe_rebuilds", "Pipes rebuilt after a stall", value=rebuilds)
 
 
 live = LiveCollector()

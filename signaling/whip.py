@@ -120,7 +120,7 @@ async def whep_post(request: web.Request) -> web.Response:
         offer = await _read_sdp(request)
         sfu = request.app[SFU]
         live = sfu.get(admission.room.slug)
-        if live is None or not live.publications:
+        if live is not None and not live.publications:
             raise SfuError(409, "nothing_published", "nothing is published in this room yet")
         view = audience(request.app).live_view(request, admission.room.id, admission.identity.subject,
                                                admission.role, "webrtc")
@@ -138,6 +138,9 @@ async def whep_post(request: web.Request) -> web.Response:
             raise
         ending.watch(room, participant)
         try:
+            if not room.publications:
+                # Not live here before this join (nor on another node, or this one would relay it).
+                raise SfuError(409, "nothing_published", "nothing is published in this room yet")
             transport = await room.subscribe(participant, None, offer=offer)
         except BaseException:
             await room.leave(participant, reason="play_failed")

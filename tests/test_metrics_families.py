@@ -15,7 +15,8 @@ from odsmedia.app import make_app
 from test_auth import sign_in
 
 pytestmark = pytest.mark.timeout(120)
-# The recorder's ods_recorder_* counters are moved by finished recordings (test_replay_routes).
+# The recorder's ods_recorder_* counters are moved by finished recordings (test_replay_routes), the
+# relays' ods_relay_* by rooms served across nodes (test_relay).
 FAMILIES = {"ods_http_requests", "ods_http_request_duration_seconds", "ods_rooms_live", "ods_participants",
             "ods_publications", "ods_subscriptions", "ods_chat_items", "ods_abuse_refusals",
             "ods_authority_ended", "ods_gate_decisions", "ods_recordings_live",
@@ -30,7 +31,7 @@ async def scrape(client) -> dict[str, float]:
     assert resp.status == 200
     totals: dict[str, float] = {}
     for family in text_string_to_metric_families(await resp.text()):
-        if (not family.name.startswith("ods_") or family.name.startswith("ods_recorder")
+        if (not family.name.startswith("ods_") or family.name.startswith(("ods_recorder", "ods_relay"))
                 or family.name.endswith("_created")):
             continue
         wanted = family.name + ("_count" if family.type == "histogram" else "_total" if family.type == "counter" else "")

@@ -36,6 +36,14 @@ def _local(mime: str, profile: str | None) -> RTCRtpCodecParameters | None:
     return None
 
 
+def forwardable(mime: str, parameters: dict) -> RTCRtpCodecParameters | None:
+    """The local codec a relay's publication uses for a codec its source node described."""
+    for c in CODECS.get(mime.split("/")[0], ()):
+        if c.mimeType.lower() == mime.lower() and c.parameters == parameters:
+            return c
+    return None
+
+
 def choose(media: sdp.MediaDescription) -> RTCRtpCodecParameters:
     """The local codec to answer this offered m-line with, by preference."""
     common = find_common_codecs(CODECS[media.kind], media.rtp.codecs)

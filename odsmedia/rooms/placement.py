@@ -24,22 +24,40 @@ _REFRESH = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEX
 
 
 class RoomOnOtherNode(Exception):
-    def __init__(self, node_id: str, url: str) -> None:
+    def __init__(self, node_id: str, url: str, viewers: int = 0) -> None:
         super().__init__(f"room is hosted by node {node_id}")
         self.node_id = node_id
         self.url = url
+        self.viewers = viewers          # the origin's viewer count for the room, as it last published it
 
 
 class Placement:
-    def __init__(self, bus: Bus, public_url: str, *, ttl: float = 15.0) -> None:
+    def __init__(self, bus: Bus, public_url: str, *, ttl: float = 15.0, relay_threshold: int = 200) -> None:
         self.bus = bus
         self.node_id = bus.node_id
         self.public_url = public_url
         self.ttl_ms = int(ttl * 1000)
+        self.relay_threshold = relay_threshold
         self.claimed: set[str] = set()
 
     def _room_key(self, slug: str) -> str:
         return self.bus.key("room", slug, "node")
+
+    def _viewers_key(self, slug: str) -> str:
+        return self.bus.key("room", slug, "viewers")
+
+    def relay_source(self, other: RoomOnOtherNode, role: str) -> str | None:
+        """The policy: should this node serve a participant of a room live on ``other``'s node, as
+        a relay, and fed by which node?  None: no, answer room_on_other_node.  Publishers (hosts)
+        always go to the origin; a viewer is relayed once the origin has ``relay_threshold``
+        viewers."""
+        if role == "host" or other.viewers < self.relay_threshold:
+            return None
+        return other.node_id
+
+    async def publish_viewers(self, slug: str, viewers: int) -> None:
+        """The origin's viewer count for ``slug`` (what ``relay_source`` weighs on other nodes)."""
+        await self.bus.redis.set(self._viewers_key(slug), str(viewers), px=self.ttl_ms)
 
     def _node_key(self, node_id: str) -> str:
         return self.bus.key("node", node_id)
@@ -66,11 +84,13 @@ class Placement:
             self.claimed.add(slug)
             return
         url = await redis.hget(self._node_key(owner_id), "url")
-        raise RoomOnOtherNode(owner_id, url.decode() if url else "")
+        viewers = await redis.get(self._viewers_key(slug))
+        raise RoomOnOtherNode(owner_id, url.decode() if url else "", int(viewers or 0))
 
     async def release(self, slug: str) -> None:
         self.claimed.discard(slug)
         await self.bus.redis.eval(_RELEASE, 1, self._room_key(slug), self.node_id)
+        await self.bus.redis.delete(self._viewers_key(slug))
 
     async def refresh(self) -> list[str]:
         """Extend every claim; returns the rooms whose claim was lost (expired and taken)."""
@@ -80,6 +100,8 @@ class Placement:
             ok = await self.bus.redis.eval(_REFRESH, 1, self._room_key(slug), self.node_id, self.ttl_ms)
             if not ok:
                 lost.append(slug)
+            else:
+                await self.bus.redis.pexpire(self._viewers_key(slug), self.ttl_ms)
         return lost
 
     async def run(self) -> None:

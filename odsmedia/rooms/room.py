@@ -43,6 +43,7 @@ class Room:
     def join(self, participant: Participant) -> None:
         self.participants[participant.id] = participant
         self.broadcast({"type": "participant_joined", "participant": participant.describe()}, skip=participant)
+        self.sfu.audience_changed(self)
 
     async def leave(self, participant: Participant, *, reason: str = "left") -> None:
         if self.participants.pop(participant.id, None) is None:
@@ -54,6 +55,7 @@ class Room:
         for transport in list(participant.transports.values()):
             await transport.close()
         self.broadcast({"type": "participant_left", "participant": participant.id, "reason": reason})
+        self.sfu.audience_changed(self)
         if not self.participants:
             await self.sfu.room_empty(self)
 
@@ -67,6 +69,13 @@ class Room:
         for participant in self.participants.values():
             if participant is not skip:
                 participant.notify(message)
+        relays = self.sfu.relays
+        if relays is not None:
+            relays.room_event(self, message)
+
+    def viewers(self) -> int:
+        """Participants other than hosts: the room's audience on this node."""
+        return sum(1 for p in self.participants.values() if p.role != "host")
 
     def of_subject(self, subject: str) -> list[Participant]:
         return [p for p in self.participants.values() if p.subject == subject]
@@ -169,19 +178,23 @@ class Room:
         if isinstance(transport, PublisherTransport):
             if transport.publications:
                 log.info("stopped", extra={"room": self.slug, "participant": transport.participant.name})
-            for publication in transport.publications:
-                if self.publications.pop(publication.id, None) is not None:
-                    self.broadcast({"type": "track_unpublished", "publication": publication.id})
-                    self.sfu.publication_removed(self, publication)
-            # Viewers' transports that carried only these publications have nothing left to do.
-            for participant in list(self.participants.values()):
-                for other in list(participant.transports.values()):
-                    if isinstance(other, SubscriberTransport) and other.ended():
-                        await other.close()
+            await self._publications_ended(transport.publications)
         participant = transport.participant
         if participant.via != "ws" and not participant.transports and participant.id in self.participants:
             # A WHIP/WHEP session is its one transport.
             await self.leave(participant, reason="session_ended")
+
+    async def _publications_ended(self, publications: Iterable[Publication]) -> None:
+        for publication in publications:
+            publication.end()
+            if self.publications.pop(publication.id, None) is not None:
+                self.broadcast({"type": "track_unpublished", "publication": publication.id})
+                self.sfu.publication_removed(self, publication)
+        # Viewers' transports that carried only these publications have nothing left to do.
+        for participant in list(self.participants.values()):
+            for other in list(participant.transports.values()):
+                if isinstance(other, SubscriberTransport) and other.ended():
+                    await other.close()
 
     # --- mute -------------------------------------------------------------------------------
 
@@ -251,12 +264,13 @@ class Room:
             participant.close_socket(4001)
         await self.leave(participant, reason="kicked")
 
-    async def close(self) -> None:
+    async def close(self, *, code: str = "server_shutdown", message: str = "the server is stopping",
+                    close_code: int = 1001, reason: str = "shutdown") -> None:
+        """Every participant is told (an ``error`` event with ``code``), its socket closed, and leaves."""
         for participant in list(self.participants.values()):
-            participant.notify({"type": "error", "code": "server_shutdown", "message": "the server is stopping",
-                                "ref": None})
+            participant.notify({"type": "error", "code": code, "message": message, "ref": None})
             await participant.flush_and_stop(timeout=0.2)
             if participant.close_socket is not None:
-                participant.close_socket(1001)
-            await self.leave(participant, reason="shutdown")
+                participant.close_socket(close_code)
+            await self.leave(participant, reason=reason)
         await asyncio.sleep(0)

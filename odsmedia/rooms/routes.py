@@ -23,6 +23,7 @@ from ..media import ice, udpmux
 from ..media.ice import browser_ice_servers
 from . import directory
 from .placement import Placement
+from .relay import RelayHub
 from .sfu import SFU, Sfu
 
 
@@ -73,7 +74,10 @@ def setup(app: web.Application) -> None:
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         sfu.bus = app[BUS]
-        sfu.placement = Placement(app[BUS], app[CONFIG].public_url)
+        sfu.placement = Placement(app[BUS], app[CONFIG].public_url,
+                                  relay_threshold=app[CONFIG]["rooms.relay_threshold"])
+        sfu.relays = RelayHub(sfu, app[BUS])
+        await sfu.relays.start()
         refresher = asyncio.create_task(sfu.placement.run(), name="room-placement")
         # The ICE policy is process-wide: the application that starts sets it.
         ice.configure(sfu.config["ice.addresses"], sfu.config["ice.allowed_networks"])
@@ -87,6 +91,7 @@ def setup(app: web.Application) -> None:
             yield
         finally:
             await sfu.close()
+            await sfu.relays.close()
             if muxes is not None:
                 muxes.close()
                 if udpmux.active() is muxes:

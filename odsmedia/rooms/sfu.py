@@ -19,6 +19,7 @@ from ..channels import control_channel
 from .errors import SfuError
 from .participant import Participant, Writer
 from .placement import Placement, RoomOnOtherNode
+from .relay import RelayHub, RelayRoom
 from .room import Room
 from .transport import CONNECT_TIMEOUT
 
@@ -46,6 +47,10 @@ class Sfu:
         self.observers: list[Observer] = []
         # Set with the bus: which node hosts each room (None: single node, no Redis).
         self.placement: Placement | None = None
+        # Set with the bus: this node's relay control (rooms.relay), as a source and as a relay.
+        self.relays: "RelayHub | None" = None
+        self._audience_dirty: set[str] = set()
+        self._audience_flush: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         # Seconds a transport may take to connect before it is released.
         self.connect_timeout = CONNECT_TIMEOUT
@@ -64,15 +69,10 @@ class Sfu:
         """Join ``participant`` to the live room, created (and its control channel joined) on first use."""
         async with self._lock:
             room = self.rooms.get(record.slug)
+            if isinstance(room, RelayRoom) and (participant.role == "host" or room.ended):
+                raise _elsewhere(room.origin_url)            # publishers go to the origin; an ending relay takes no one
             if room is None:
-                if self.placement is not None:
-                    try:
-                        await self.placement.claim(record.slug)
-                    except RoomOnOtherNode as other:
-                        err = SfuError(409, "room_on_other_node", "this room is live on another node")
-                        err.extra["node_url"] = other.url
-                        raise err from None
-                room = Room(self, record)
+                room = await self._open(record, participant)
                 held = self._held_mutes.pop(record.slug, None)
                 if held is not None and time.monotonic() - held[0] <= self.config["recording.reconnect_grace"]:
                     room.moderator_mutes = held[1]
@@ -85,6 +85,40 @@ class Sfu:
             # Joined under the lock, so a room emptying concurrently is never joined after removal.
             room.join(participant)
             return room
+
+    async def _open(self, record: "RoomRecord", participant: Participant) -> Room:
+        """The room goes live here: as its origin (the claim is ours), or as a relay of the node
+        that has it when placement says this participant is served here (the one hook)."""
+        if self.placement is None:
+            return Room(self, record)
+        try:
+            await self.placement.claim(record.slug)
+            return Room(self, record)
+        except RoomOnOtherNode as other:
+            source = self.placement.relay_source(other, participant.role) if self.relays is not None else None
+            if source is None:
+                raise _elsewhere(other.url) from None
+            assert self.relays is not None
+            room = RelayRoom(self, record, hub=self.relays, source=source, origin_url=other.url)
+            await room.start()
+            return room
+
+    def audience_changed(self, room: Room) -> None:
+        """An origin room's viewer count goes to the registry (coalesced), for other nodes' placement."""
+        if self.placement is None or isinstance(room, RelayRoom):
+            return
+        self._audience_dirty.add(room.slug)
+        if self._audience_flush is None or self._audience_flush.done():
+            self._audience_flush = asyncio.ensure_future(self._flush_audience())
+
+    async def _flush_audience(self) -> None:
+        while self._audience_dirty and self.placement is not None:
+            slug = self._audience_dirty.pop()
+            room = self.rooms.get(slug)
+            try:
+                await self.placement.publish_viewers(slug, room.viewers() if room is not None else 0)
+            except Exception:
+                log.warning("room viewer count not published; the claim refresh publishes it")
 
     def get(self, slug: str) -> Room | None:
         return self.rooms.get(slug)
@@ -131,6 +165,11 @@ class Sfu:
             unsubscribe, room.unsubscribe_control = room.unsubscribe_control, None
             if unsubscribe is not None:
                 await unsubscribe()
+            if self.relays is not None:
+                self.relays.room_ended(room)              # relays it feeds end theirs
+            if isinstance(room, RelayRoom):
+                await room.dispose()
+                return
             if self.placement is not None:
                 try:
                     await self.placement.release(room.slug)
@@ -156,6 +195,12 @@ class Sfu:
         for room in list(self.rooms.values()):
             await room.close()
             await self.room_empty(room)
+
+
+def _elsewhere(url: str) -> SfuError:
+    err = SfuError(409, "room_on_other_node", "this room is live on another node")
+    err.extra["node_url"] = url
+    return err
 
 
 SFU: web.AppKey[Sfu] = web.AppKey("sfu", Sfu)
