@@ -24,6 +24,7 @@ live-playlist pollers per minute without keeping who they are.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import re
@@ -109,23 +110,34 @@ class LiveEpisodes:
         self.ttl = ttl
         self.clock = clock
         self.entries: dict[int, tuple[Episode, RoomRecord, float]] = {}
+        self.pending: dict[int, asyncio.Future] = {}
         self.queries = 0          # lookups that went to Postgres (the bench reads it)
 
     async def get(self, db, episode_id: int) -> tuple[Episode, RoomRecord]:
+        if self.ttl <= 0:
+            return await self._lookup(db, episode_id)     # off: every request asks Postgres
         entry = self.entries.get(episode_id)
-        now = self.clock()
-        if entry is not None and now - entry[2] < self.ttl and self.recording_live(entry[0]):
+        if entry is not None and self.clock() - entry[2] < self.ttl and self.recording_live(entry[0]):
             return entry[0], entry[1]
         self.entries.pop(episode_id, None)
+        # One lookup at a time per episode: a thousand pollers woken by the same part and
+        # finding the entry expired wait for one query, not a thousand.
+        pending = self.pending.get(episode_id)
+        if pending is None:
+            pending = self.pending[episode_id] = asyncio.ensure_future(self._lookup(db, episode_id))
+            pending.add_done_callback(lambda _: self.pending.pop(episode_id, None))
+        return await asyncio.shield(pending)
+
+    async def _lookup(self, db, episode_id: int) -> tuple[Episode, RoomRecord]:
         self.queries += 1
         episode = await episodes.get(db, episode_id)
         if episode is None:
             raise ApiError(404, "episode_not_found", "no such episode")
         room = await directory.require(db, episode.room_slug)
-        if episode.status == "live" and self.recording_live(episode):
+        if episode.status == "live" and self.recording_live(episode) and self.ttl > 0:
             if len(self.entries) > 1000:
                 self.entries.clear()
-            self.entries[episode_id] = (episode, room, now)
+            self.entries[episode.id] = (episode, room, self.clock())
         return episode, room
 
 

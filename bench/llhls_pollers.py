@@ -1,0 +1,272 @@
+"""1,000 concurrent LL-HLS blocking pollers against one origin process, before/after.
+
+    .venv/bin/python bench/llhls_pollers.py [--pollers 1000] [--seconds 10] [--rounds 1]
+
+Creates a throwaway database (dropped at the end), uses the local Redis under a
+throwaway prefix, and runs the full app (this process, uvloop) on a loopback
+port with a live recording of a gated ("signed-in") room fed in real time
+(synthetic H.264 + Opus, 2 s segments, 0.5 s parts).  The pollers live in a
+child process (its CPU is not the server's): each follows blocking playlist
+reload the way a player does, asking for the part its last response's
+EXT-X-PRELOAD-HINT names.
+
+Two modes, measured in the same run, alternating per round:
+
+- **before**: every poll is admitted by the gate (a viewer's bearer token) and
+  looks the episode up in Postgres (the live episode cache off);
+- **after**: polls carry the signed URL token (no gate query) and the live
+  episode cache is on (what the viewer page and a CDN do now).
+
+Per mode: delay from a part being listed on the live playlist (the server's
+CLOCK_MONOTONIC) to each poller that was waiting for it getting its response
+(the child's CLOCK_MONOTONIC, same clock), p50/p99 over responses, and per
+part the time until *all* waiting pollers were answered (p50/p99 over parts);
+server CPU over the window minus the same process's CPU with no pollers
+(recording alone), per poller; Postgres episode lookups and gate decisions
+during the window.  Prints the 1-minute load average with each row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import resource
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import aiohttp  # noqa: E402
+import asyncpg  # noqa: E402
+import redis.asyncio as redis  # noqa: E402
+from aiohttp import web  # noqa: E402
+
+HINT = re.compile(r'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="([0-9]+)-[0-9]+\.([0-9]+)\.m4s')
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+# --- the pollers (child process) -------------------------------------------------------------
+
+async def poll(args: argparse.Namespace) -> None:
+    headers = json.loads(args.headers)
+    extra = json.loads(args.params)
+    url = args.url
+    records: list[tuple[int, int, float, float]] = []
+    errors: dict[int, int] = {}
+    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        async def first() -> tuple[int, int]:
+            async with session.get(url, params=extra, headers=headers) as resp:
+                text = await resp.text()
+            match = HINT.search(text)
+            return int(match.group(1)), int(match.group(2))
+
+        start = await first()
+        window: dict[str, float] = {}
+
+        async def poller() -> None:
+            msn, part = start
+            while time.monotonic() < window["end"]:
+                asked = time.monotonic()
+                params = {**extra, "_HLS_msn": str(msn), "_HLS_part": str(part)}
+                try:
+                    async with session.get(url, params=params, headers=headers) as resp:
+                        text = await resp.text()
+                        status = resp.status
+                except (aiohttp.ClientError, asyncio.TimeoutError):
+                    status = 0
+                answered = time.monotonic()
+                if status != 200:
+                    errors[status] = errors.get(status, 0) + 1
+                    msn, part = await first()
+                    continue
+                if window["start"] <= asked:
+                    records.append((msn, part, asked, answered))
+                match = HINT.search(text)
+                msn, part = int(match.group(1)), int(match.group(2))
+
+        now = time.monotonic()
+        # A second to open the connections and line up; then the measured window.
+        window["start"] = now + 1.0
+        window["end"] = window["start"] + args.seconds
+        print(json.dumps({"window": [window["start"], window["end"]]}), flush=True)
+        await asyncio.wait_for(asyncio.gather(*(poller() for _ in range(args.pollers))), args.seconds + 40)
+    print(json.dumps({"records": records, "errors": errors}), flush=True)
+
+
+# --- the origin (this process) ---------------------------------------------------------------
+
+async def main(args: argparse.Namespace) -> None:
+    from odsmedia import config as configmod
+    from odsmedia.app import make_app
+    from odsmedia.auth import tokens
+    from odsmedia.gate import Entry
+    from odsmedia.metrics import gate_decisions
+    from odsmedia.rooms import directory
+    from odsmedia.storage import migrate
+    from recorder.recorder import RECORDER
+    from recorder.routes import HLS_ORIGIN
+    from testsupport.synthetic import SyntheticSession
+
+    run = uuid.uuid4().hex[:8]
+    dbname = f"ods_bench_{run}"
+    admin = await asyncpg.connect(args.admin_dsn)
+    await admin.execute(f'CREATE DATABASE "{dbname}"')
+    await admin.close()
+    database_url = args.admin_dsn.rsplit("/", 1)[0] + "/" + dbname
+    prefix = f"odsbench:{run}:"
+    tmp = Path(tempfile.mkdtemp(prefix="ods-bench-"))
+    runner = None
+    feeder = None
+    try:
+        await migrate(database_url)
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+        room = await directory.create(pool, "bench-gated", policy="signed-in")
+        viewer_token, _ = await tokens.mint(pool, room_id=room.id, role="viewer", ttl_seconds=3600)
+        await pool.close()
+        config = configmod.load(environ={
+            "DATABASE_URL": database_url, "REDIS_URL": args.redis_url, "ODS_REDIS_PREFIX": prefix,
+            "ODS_DATA_DIR": str(tmp / "data"), "ODS_SECRET_KEY": "bench-secret-key-0123456789-abcdefghijkl",
+            "ODS_HTTP_PORT": "0", "ODS_LOG_LEVEL": "warning", "ODS_ICE_ADDRESSES": "127.0.0.1",
+            "ODS_RECORDING_SEGMENT_SECONDS": "2", "ODS_RECORDING_PART_SECONDS": "0.5",
+            "ODS_RECORDING_RECONNECT_GRACE": "0",
+        }, dev=True)
+        app = make_app(config)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        origin = app[HLS_ORIGIN]
+
+        # The live session: long enough for every round, fed at its capture pace.
+        rounds = args.rounds
+        total = rounds * 2 * (args.seconds + 2 * args.idle_seconds + 15) + 30
+        recording = app[RECORDER].recording_for(room.id, room.slug, room.title)
+        sinks = {"video": recording.add_track("video"), "audio": recording.add_track("audio")}
+        published: dict[tuple[int, int], float] = {}
+        listed = recording._part_written
+
+        def observed(part) -> None:
+            listed(part)
+            published[(part.seq, part.index)] = time.monotonic()
+
+        recording._part_written = observed
+        frames = SyntheticSession(total, gop_seconds=1.0, jitter=0.0).frames
+
+        async def feed() -> None:
+            begin = time.monotonic()
+            first = frames[0].arrival
+            for frame in frames:
+                delay = (frame.arrival - first) - (time.monotonic() - begin)
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                sinks[frame.kind].on_frame(frame)
+
+        feeder = asyncio.create_task(feed())
+        await recording.created.wait()
+        await recording.live.wait_for(1, 1, timeout=30)
+        url = f"http://127.0.0.1:{port}/episodes/{recording.episode_id}/live.m3u8"
+        token = origin.tokens.mint(recording.episode_id)
+        modes = {
+            "before": ({"Authorization": f"Bearer {viewer_token}"}, {}, 0.0),
+            "after": ({}, {"token": token}, origin.live_episodes.ttl),
+        }
+
+        def allowed() -> float:
+            return gate_decisions.labels(Entry.REPLAY.value, "allowed")._value.get()
+
+        print(f"{args.pollers} pollers, {args.seconds:.0f} s window per mode, {rounds} round(s); "
+              f"cpu count {os.cpu_count()}")
+        print(f"{'mode':7} {'answers':>8} {'p50 ms':>7} {'p99 ms':>7} {'all-answered p50':>17} {'p99':>7} "
+              f"{'cpu %':>6} {'idle %':>7} {'us/poller/s':>12} {'pg lookups':>11} {'gate':>6} {'errors':>8} load1")
+        order = ["before", "after"]
+        for r in range(rounds):
+            for name in (order if r % 2 == 0 else order[::-1]):
+                headers, params, ttl = modes[name]
+                origin.live_episodes.ttl = ttl
+                # The recording alone, same process, just before: what the pollers add is the rest.
+                idle0, wall0 = time.process_time(), time.monotonic()
+                await asyncio.sleep(args.idle_seconds)
+                idle = (time.process_time() - idle0) / (time.monotonic() - wall0)
+                child = await asyncio.create_subprocess_exec(
+                    sys.executable, __file__, "--poll", url, "--pollers", str(args.pollers),
+                    "--seconds", str(args.seconds), "--headers", json.dumps(headers), "--params", json.dumps(params),
+                    stdout=asyncio.subprocess.PIPE, limit=64 * 1024 * 1024)
+                window = json.loads(await asyncio.wait_for(child.stdout.readline(), 60))["window"]
+                await asyncio.sleep(max(0.0, window[0] - time.monotonic()))
+                cpu0, t0 = time.process_time(), time.monotonic()
+                queries0, gate0 = origin.live_episodes.queries, allowed()
+                await asyncio.sleep(max(0.0, window[1] - time.monotonic()))
+                cpu = (time.process_time() - cpu0) / (time.monotonic() - t0)
+                queries, gate = origin.live_episodes.queries - queries0, allowed() - gate0
+                result = json.loads(await asyncio.wait_for(child.stdout.readline(), args.seconds + 60))
+                await child.wait()
+                delays, last = [], {}
+                for msn, part, asked, answered in result["records"]:
+                    at = published.get((msn, part))
+                    if at is None or asked >= at:
+                        continue         # not a wait: the part existed when asked
+                    delays.append(answered - at)
+                    last[(msn, part)] = max(last.get((msn, part), 0.0), answered - at)
+                per_part = list(last.values()) or [float("nan")]
+                delays = delays or [float("nan")]
+                extra = max(0.0, cpu - idle)
+                print(f"{name:7} {len(delays):8d} {statistics.median(delays) * 1000:7.1f} {pct(delays, 99) * 1000:7.1f} "
+                      f"{statistics.median(per_part) * 1000:17.1f} {pct(per_part, 99) * 1000:7.1f} "
+                      f"{cpu * 100:6.1f} {idle * 100:7.1f} {extra / args.pollers * 1e6:12.1f} {queries:11d} "
+                      f"{gate:6.0f} {str(result['errors']):>8} {os.getloadavg()[0]:.2f}", flush=True)
+    finally:
+        if feeder is not None:
+            feeder.cancel()
+            await asyncio.gather(feeder, return_exceptions=True)
+        if runner is not None:
+            await runner.cleanup()
+        admin = await asyncpg.connect(args.admin_dsn)
+        await admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+        await admin.close()
+        client = redis.from_url(args.redis_url)
+        keys = [k async for k in client.scan_iter(match=prefix + "*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+
+
+def cli() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pollers", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--idle-seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--admin-dsn", default=os.environ.get("BENCH_ADMIN_DSN", "postgresql://127.0.0.1/test"))
+    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    parser.add_argument("--poll", metavar="URL", dest="url", help=argparse.SUPPRESS)
+    parser.add_argument("--headers", default="{}", help=argparse.SUPPRESS)
+    parser.add_argument("--params", default="{}", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.pollers = max(1, min(args.pollers, 5000))
+    args.seconds = max(1.0, min(args.seconds, 60.0))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4 * args.pollers + 256)), hard))
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(poll(args) if args.url else main(args))
+
+
+if __name__ == "__main__":
+    cli()
