@@ -34,7 +34,7 @@ from typing import Callable
 
 from aiohttp import web
 
-from odsmedia.analytics.sink import opted_out
+from odsmedia.analytics.sink import audience, opted_out
 from odsmedia.errors import ApiError, path_id
 from odsmedia.gate import Entry, Gate
 from odsmedia.privacy.region import client_region
@@ -54,6 +54,9 @@ ANON_COOKIE = "ods_anon"
 MEDIA_PATH = re.compile(r"^/episodes/[0-9]+/[^/]+$")
 _URI_ATTR = re.compile(r'URI="([^"?]+)"')
 _URI_LINE = re.compile(r"^(?!#)[^\s?]+$", re.M)
+# (id of a rendered playlist, token) -> (that playlist, its tokenized text); the playlist
+# is kept so its id cannot be reused by another string while the entry lives.
+_TOKENIZED: dict[tuple[int, str], tuple[str, str]] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,9 +75,19 @@ class MediaAccess:
         """``playlist`` with every URI (segment lines, URI="..." attributes) carrying the token."""
         if self.token is None:
             return playlist
+        # The pollers woken by one part share one rendered text and (within a quarter of
+        # the token lifetime) one token: rewrite it once for all of them.
+        key = (id(playlist), self.token)
+        hit = _TOKENIZED.get(key)
+        if hit is not None and hit[0] is playlist:
+            return hit[1]
         suffix = f"?token={self.token}"
         text = _URI_ATTR.sub(lambda m: f'URI="{m.group(1)}{suffix}"', playlist)
-        return _URI_LINE.sub(lambda m: m.group(0) + suffix, text)
+        text = _URI_LINE.sub(lambda m: m.group(0) + suffix, text)
+        if len(_TOKENIZED) >= 64:
+            _TOKENIZED.clear()
+        _TOKENIZED[key] = (playlist, text)
+        return text
 
     def _ceiling(self, seconds: int) -> int:
         # A cached copy must not outlive the token it was fetched with.
@@ -275,3 +288,5 @@ class HlsOrigin:
         who = access.subject or request.cookies.get(ANON_COOKIE, "")
         region = client_region(request, self.trusted_proxies)
         self.pollers.seen(access.episode.id, "\x00".join((region, headers.get("User-Agent", ""), who)))
+        # The audience analytics count the same poller as a live viewer over HLS.
+        audience(request.app).hls_poll(request, access.room.id, access.episode.id, who)

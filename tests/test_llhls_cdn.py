@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 import pytest
 
 from conftest import make_config
+from odsmedia.analytics.events import AUDIENCE_RECORDER
 from odsmedia.errors import ApiError
 from odsmedia.rooms.sfu import SFU
 from recorder.llhls import LivePlaylist
@@ -304,10 +305,17 @@ async def test_distinct_pollers_per_minute(aiohttp_client, service_urls, room_fa
         await client.get(url, headers={"User-Agent": "Mozilla/5.0 Safari/17", "DNT": "1"})
         await client.get(url, headers={"User-Agent": "Mozilla/5.0 Safari/17", "Sec-GPC": "1"})
         assert pollers.last_minute() == {}          # the minute is not over
+        # The audience analytics count the same two as live viewers over HLS (a bot, an
+        # opted-out request: not counted), next to the WebRTC viewers.
+        audience = client.app[AUDIENCE_RECORDER]
+        assert sorted(v.family for v in audience.rooms[room.id].hls) == ["chrome", "firefox"]
+        await client.get(url, headers={"User-Agent": "curl/8.0"})
+        assert len(audience.rooms[room.id].hls) == 2
         minute[0] += 60
-        assert pollers.last_minute() == {recording.episode_id: 2}
+        # The node's count takes every poller (a script or a CDN's fetcher is load on it too).
+        assert pollers.last_minute() == {recording.episode_id: 3}
         exposition = await (await client.get("/metrics")).text()
-        assert re.search(r"^ods_recorder_llhls_viewers 2\.0$", exposition, re.M)
+        assert re.search(r"^ods_recorder_llhls_viewers 3\.0$", exposition, re.M)
         # No hash outlives its minute.
         minute[0] += 120
         assert pollers.last_minute() == {} and pollers.current == {}
