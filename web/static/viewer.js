@@ -251,7 +251,7 @@
     status("Low-latency mode (" + why + "): finding the live stream…");
     let live = null;
     try {
-      const body = await ODS.fetchJSON(`/rooms/${slug}/episodes?limit=1`, {headers: {Accept: "application/json"}});
+      const body = await ODS.fetchJSON(`/rooms/${slug}/episodes?limit=1`, {headers: listingHeaders()});
       live = (body.episodes || []).find((e) => e.status === "live");
     } catch (e) { /* reported below */ }
     if (!live) { status("Low-latency mode: the live stream is not available yet."); return; }
@@ -283,6 +283,13 @@
     status("Watching in low-latency mode (a few seconds behind).");
   }
 
+  // The listing is admitted like the page: its ?token= (kept for the tab), else the cookies.
+  function listingHeaders() {
+    const headers = {Accept: "application/json"};
+    if (token) headers.Authorization = "Bearer " + token;
+    return headers;
+  }
+
   function withHlsToken(xhr, requested) {
     if (!state.hlsToken) return;
     const target = new URL(requested, location.href);
@@ -297,7 +304,7 @@
     state.hlsRenewal = setTimeout(async () => {
       if (state.mode !== "low-latency") return;
       try {
-        const body = await ODS.fetchJSON(`/rooms/${slug}/episodes?limit=1`, {headers: {Accept: "application/json"}});
+        const body = await ODS.fetchJSON(`/rooms/${slug}/episodes?limit=1`, {headers: listingHeaders()});
         const live = (body.episodes || []).find((e) => e.status === "live" && e.live_playlist);
         if (!live) return;
         state.hlsToken = new URL(live.live_playlist, location.href).searchParams.get("token");
