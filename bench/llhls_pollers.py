@@ -144,6 +144,20 @@ async def main(args: argparse.Namespace) -> None:
             "ODS_RECORDING_RECONNECT_GRACE": "0",
         }, dev=True)
         app = make_app(config)
+        handled: list[tuple[int, int, float, float]] = []
+
+        @web.middleware
+        async def served(request: web.Request, handler):
+            # When the origin finished each blocking response (before the socket write), so the
+            # server's share is seen apart from the client process's scheduling.
+            asked = time.monotonic()
+            response = await handler(request)
+            msn, part = request.query.get("_HLS_msn"), request.query.get("_HLS_part")
+            if msn is not None and part is not None and response.status == 200:
+                handled.append((int(msn), int(part), asked, time.monotonic()))
+            return response
+
+        app.middlewares.append(served)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -207,6 +221,7 @@ async def main(args: argparse.Namespace) -> None:
                     stdout=asyncio.subprocess.PIPE, limit=64 * 1024 * 1024)
                 window = json.loads(await asyncio.wait_for(child.stdout.readline(), 60))["window"]
                 await asyncio.sleep(max(0.0, window[0] - time.monotonic()))
+                handled.clear()
                 cpu0, t0 = time.process_time(), time.monotonic()
                 queries0, gate0 = origin.live_episodes.queries, allowed()
                 await asyncio.sleep(max(0.0, window[1] - time.monotonic()))
@@ -221,6 +236,14 @@ async def main(args: argparse.Namespace) -> None:
                         continue         # not a wait: the part existed when asked
                     delays.append(answered - at)
                     last[(msn, part)] = max(last.get((msn, part), 0.0), answered - at)
+                server, server_last = [], {}
+                for (msn, part, asked, done) in handled:
+                    at = published.get((msn, part))
+                    if at is not None and asked < at:        # it waited for the part
+                        server.append(done - at)
+                        server_last[(msn, part)] = max(server_last.get((msn, part), 0.0), done - at)
+                server = server or [float("nan")]
+                server_parts = list(server_last.values()) or [float("nan")]
                 per_part = list(last.values()) or [float("nan")]
                 delays = delays or [float("nan")]
                 extra = max(0.0, cpu - idle)
@@ -229,6 +252,10 @@ async def main(args: argparse.Namespace) -> None:
                       f"{cpu * 100:6.1f} {idle * 100:7.1f} {extra / args.pollers * 1e6:12.1f} "
                       f"{extra * args.seconds / max(1, len(result['records'])) * 1e6:10.0f} {queries:11d} "
                       f"{gate:6.0f} {str(result['errors']):>8} {os.getloadavg()[0]:.2f}", flush=True)
+                print(f"{'':7} server side (part listed -> response handed to aiohttp): p50 "
+                      f"{statistics.median(server) * 1000:.1f} ms, p99 {pct(server, 99) * 1000:.1f} ms; "
+                      f"all of one part's waiters: p50 {statistics.median(server_parts) * 1000:.1f} ms, "
+                      f"p99 {pct(server_parts, 99) * 1000:.1f} ms", flush=True)
     finally:
         if feeder is not None:
             feeder.cancel()
