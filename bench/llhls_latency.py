@@ -27,15 +27,15 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aiohttp  # noqa: E402
 import asyncpg  # noqa: E402
-import redis.asyncio as redis  # noqa: E402
 from aiohttp import web  # noqa: E402
+
+from testsupport.services import ADMIN_DSN, REDIS_URL, throwaway  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -74,6 +74,11 @@ def pct(values: list[float], p: float) -> float:
 
 
 async def main(args: argparse.Namespace) -> None:
+    async with throwaway(args.admin_dsn, args.redis_url) as services:
+        await measure(args, services)
+
+
+async def measure(args: argparse.Namespace, services) -> None:
     from aiortc import AudioStreamTrack, RTCSessionDescription
     from playwright.async_api import async_playwright
 
@@ -81,7 +86,6 @@ async def main(args: argparse.Namespace) -> None:
     from odsmedia.app import make_app
     from odsmedia.auth import tokens
     from odsmedia.rooms import directory
-    from odsmedia.storage import migrate
     from testsupport.peers import CounterVideoTrack, peer
 
     class StampedCounter(CounterVideoTrack):
@@ -96,23 +100,16 @@ async def main(args: argparse.Namespace) -> None:
             self.captured[self.index - 1] = time.time() * 1000
             return frame
 
-    run = uuid.uuid4().hex[:8]
-    dbname = f"ods_bench_{run}"
-    admin = await asyncpg.connect(args.admin_dsn)
-    await admin.execute(f'CREATE DATABASE "{dbname}"')
-    await admin.close()
-    database_url = args.admin_dsn.rsplit("/", 1)[0] + "/" + dbname
-    prefix = f"odsbench:{run}:"
     tmp = Path(tempfile.mkdtemp(prefix="ods-bench-"))
     runner = publisher = None
     try:
-        await migrate(database_url)
-        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+        pool = await asyncpg.create_pool(services.database_url, min_size=1, max_size=2)
         room = await directory.create(pool, "bench-latency", policy="public")
         host_token, _ = await tokens.mint(pool, room_id=room.id, role="host", ttl_seconds=3600)
         await pool.close()
         config = configmod.load(environ={
-            "DATABASE_URL": database_url, "REDIS_URL": args.redis_url, "ODS_REDIS_PREFIX": prefix,
+            "DATABASE_URL": services.database_url, "REDIS_URL": services.redis_url,
+            "ODS_REDIS_PREFIX": services.prefix,
             "ODS_DATA_DIR": str(tmp / "data"), "ODS_SECRET_KEY": "bench-secret-key-0123456789-abcdefghijkl",
             "ODS_HTTP_PORT": "0", "ODS_LOG_LEVEL": "warning", "ODS_ICE_ADDRESSES": "127.0.0.1",
             "ODS_RECORDING_SEGMENT_SECONDS": str(args.segment), "ODS_RECORDING_PART_SECONDS": str(args.part),
@@ -188,14 +185,6 @@ async def main(args: argparse.Namespace) -> None:
             await publisher.close()
         if runner is not None:
             await runner.cleanup()
-        admin = await asyncpg.connect(args.admin_dsn)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-        await admin.close()
-        client = redis.from_url(args.redis_url)
-        keys = [k async for k in client.scan_iter(match=prefix + "*")]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
 
 
 def cli() -> None:
@@ -205,8 +194,8 @@ def cli() -> None:
     parser.add_argument("--fps", type=int, default=30)
     parser.add_argument("--segment", type=float, default=2.0)
     parser.add_argument("--part", type=float, default=0.5)
-    parser.add_argument("--admin-dsn", default=os.environ.get("BENCH_ADMIN_DSN", "postgresql://127.0.0.1/test"))
-    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    parser.add_argument("--admin-dsn", default=ADMIN_DSN)
+    parser.add_argument("--redis-url", default=REDIS_URL)
     args = parser.parse_args()
     args.seconds = max(5.0, min(args.seconds, 120.0))
     args.warmup = max(0.0, min(args.warmup, 60.0))

@@ -38,15 +38,15 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aiohttp  # noqa: E402
 import asyncpg  # noqa: E402
-import redis.asyncio as redis  # noqa: E402
 from aiohttp import web  # noqa: E402
+
+from testsupport.services import ADMIN_DSN, REDIS_URL, throwaway  # noqa: E402
 
 HINT = re.compile(r'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="([0-9]+)-[0-9]+\.([0-9]+)\.m4s')
 
@@ -109,35 +109,32 @@ async def poll(args: argparse.Namespace) -> None:
 # --- the origin (this process) ---------------------------------------------------------------
 
 async def main(args: argparse.Namespace) -> None:
+    async with throwaway(args.admin_dsn, args.redis_url) as services:
+        await measure(args, services)
+
+
+async def measure(args: argparse.Namespace, services) -> None:
     from odsmedia import config as configmod
     from odsmedia.app import make_app
     from odsmedia.auth import tokens
     from odsmedia.gate import Entry
     from odsmedia.metrics import gate_decisions
     from odsmedia.rooms import directory
-    from odsmedia.storage import migrate
     from recorder.recorder import RECORDER
     from recorder.routes import HLS_ORIGIN
-    from testsupport.synthetic import SyntheticSession
+    from testsupport.synthetic import SyntheticSession, feed_sinks
 
-    run = uuid.uuid4().hex[:8]
-    dbname = f"ods_bench_{run}"
-    admin = await asyncpg.connect(args.admin_dsn)
-    await admin.execute(f'CREATE DATABASE "{dbname}"')
-    await admin.close()
-    database_url = args.admin_dsn.rsplit("/", 1)[0] + "/" + dbname
-    prefix = f"odsbench:{run}:"
     tmp = Path(tempfile.mkdtemp(prefix="ods-bench-"))
     runner = None
     feeder = None
     try:
-        await migrate(database_url)
-        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+        pool = await asyncpg.create_pool(services.database_url, min_size=1, max_size=2)
         room = await directory.create(pool, "bench-gated", policy="signed-in")
         viewer_token, _ = await tokens.mint(pool, room_id=room.id, role="viewer", ttl_seconds=3600)
         await pool.close()
         config = configmod.load(environ={
-            "DATABASE_URL": database_url, "REDIS_URL": args.redis_url, "ODS_REDIS_PREFIX": prefix,
+            "DATABASE_URL": services.database_url, "REDIS_URL": services.redis_url,
+            "ODS_REDIS_PREFIX": services.prefix,
             "ODS_DATA_DIR": str(tmp / "data"), "ODS_SECRET_KEY": "bench-secret-key-0123456789-abcdefghijkl",
             "ODS_HTTP_PORT": "0", "ODS_LOG_LEVEL": "warning", "ODS_ICE_ADDRESSES": "127.0.0.1",
             "ODS_RECORDING_SEGMENT_SECONDS": "2", "ODS_RECORDING_PART_SECONDS": "0.5",
@@ -180,16 +177,7 @@ async def main(args: argparse.Namespace) -> None:
         recording._part_written = observed
         frames = SyntheticSession(total, gop_seconds=1.0, jitter=0.0).frames
 
-        async def feed() -> None:
-            begin = time.monotonic()
-            first = frames[0].arrival
-            for frame in frames:
-                delay = (frame.arrival - first) - (time.monotonic() - begin)
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                sinks[frame.kind].on_frame(frame)
-
-        feeder = asyncio.create_task(feed())
+        feeder = asyncio.create_task(feed_sinks(sinks, frames))
         await recording.created.wait()
         await recording.live.wait_for(1, 1, timeout=30)
         url = f"http://127.0.0.1:{port}/episodes/{recording.episode_id}/live.m3u8"
@@ -262,14 +250,6 @@ async def main(args: argparse.Namespace) -> None:
             await asyncio.gather(feeder, return_exceptions=True)
         if runner is not None:
             await runner.cleanup()
-        admin = await asyncpg.connect(args.admin_dsn)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-        await admin.close()
-        client = redis.from_url(args.redis_url)
-        keys = [k async for k in client.scan_iter(match=prefix + "*")]
-        if keys:
-            await client.delete(*keys)
-        await client.aclose()
 
 
 def cli() -> None:
@@ -278,8 +258,8 @@ def cli() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--idle-seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--admin-dsn", default=os.environ.get("BENCH_ADMIN_DSN", "postgresql://127.0.0.1/test"))
-    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    parser.add_argument("--admin-dsn", default=ADMIN_DSN)
+    parser.add_argument("--redis-url", default=REDIS_URL)
     parser.add_argument("--poll", metavar="URL", dest="url", help=argparse.SUPPRESS)
     parser.add_argument("--headers", default="{}", help=argparse.SUPPRESS)
     parser.add_argument("--params", default="{}", help=argparse.SUPPRESS)

@@ -19,7 +19,7 @@ from recorder.llhls import LivePlaylist
 from recorder.recorder import RECORDER
 from recorder.routes import HLS_ORIGIN
 from recorder.urltoken import UrlTokens, derive_key
-from testsupport.synthetic import SyntheticSession
+from testsupport.synthetic import SyntheticSession, feed_sinks
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -35,23 +35,12 @@ def first_part(text: str) -> str:
     return re.search(r'#EXT-X-PART:[^\n]*URI="([^"?]+)', text).group(1)
 
 
-async def _feed(sinks, frames) -> None:
-    """Frames at their capture pace (the source of media, not a synchronization)."""
-    start = time.monotonic()
-    first = frames[0].arrival
-    for frame in frames:
-        delay = (frame.arrival - first) - (time.monotonic() - start)
-        if delay > 0:
-            await asyncio.sleep(delay)
-        sinks[frame.kind].on_frame(frame)
-
-
 @asynccontextmanager
 async def live(app, room, seconds: float = 6.0):
     """A recording of ``room`` on ``app`` fed in real time; yields it once a part is listed."""
     recording = app[RECORDER].recording_for(room.id, room.slug)
     sinks = {"video": recording.add_track("video"), "audio": recording.add_track("audio")}
-    feeder = asyncio.create_task(_feed(sinks, SyntheticSession(seconds, gop_seconds=1.0, jitter=0.0).frames))
+    feeder = asyncio.create_task(feed_sinks(sinks, SyntheticSession(seconds, gop_seconds=1.0, jitter=0.0).frames))
     await recording.created.wait()
     await recording.live.wait_for(1, 0, timeout=30)
     try:
