@@ -54,14 +54,18 @@ def _float(raw: Any) -> float:
         raise ValueError("a number") from None
 
 
-def _bounded(low: int, high: int) -> Callable[[Any], int]:
-    def parse(raw: Any) -> int:
-        value = _int(raw)
+def _within(parse: Callable[[Any], Any], low: int, high: int, noun: str) -> Callable[[Any], Any]:
+    def checked(raw: Any) -> Any:
+        value = parse(raw)
         if not low <= value <= high:
-            raise ValueError(f"an integer from {low} to {high}")
+            raise ValueError(f"{noun} from {low} to {high}")
         return value
 
-    return parse
+    return checked
+
+
+def _bounded(low: int, high: int) -> Callable[[Any], int]:
+    return _within(_int, low, high, "an integer")
 
 
 def _port(raw: Any) -> int:
@@ -155,14 +159,8 @@ def _origin_list(raw: Any) -> tuple[str, ...]:
     return items
 
 
-def _duration_between(low: float, high: float) -> Callable[[Any], float]:
-    def parse(raw: Any) -> float:
-        value = _duration(raw)
-        if not low <= value <= high:
-            raise ValueError(f"a duration from {low:g} to {high:g} seconds")
-        return value
-
-    return parse
+def _duration_between(low: int, high: int) -> Callable[[Any], float]:
+    return _within(_duration, low, high, "a duration in seconds")
 
 
 def _duration(raw: Any) -> float:

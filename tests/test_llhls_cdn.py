@@ -341,3 +341,16 @@ def test_delta_playlist_keeps_the_discontinuity_sequence_of_skipped_restarts():
     # A client merging the delta into the full playlist counts the same discontinuities.
     before_listed = full[:full.index("00009-2.m4s")].count("#EXT-X-DISCONTINUITY\n")
     assert before_listed == 2
+
+
+def test_hls_settings_are_checked():
+    from odsmedia import config as configmod
+
+    assert configmod.load(environ={"ODS_HLS_CORS_ORIGINS": "https://a.example, http://b.example:8080"})[
+        "hls.cors_origins"] == ("https://a.example", "http://b.example:8080")
+    assert configmod.load(environ={"ODS_HLS_TOKEN_SECONDS": "10m"})["hls.token_seconds"] == 600.0
+    for env, value in [("ODS_HLS_CORS_ORIGINS", "https://a.example/path"), ("ODS_HLS_CORS_ORIGINS", "ftp://a"),
+                       ("ODS_HLS_TOKEN_SECONDS", "5"), ("ODS_HLS_TOKEN_SECONDS", "2d")]:
+        with pytest.raises(configmod.ConfigError) as refused:
+            configmod.load(environ={env: value})
+        assert str(refused.value).startswith(f"invalid {env}={value!r}: expected "), str(refused.value)
