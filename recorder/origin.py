@@ -43,6 +43,7 @@ from odsmedia.rooms.directory import RoomRecord
 
 from . import episodes
 from .episodes import Episode
+from .urltoken import expiry
 
 # A year: parts, segments and init sections never change under their name.
 IMMUTABLE_SECONDS = 31536000
@@ -264,8 +265,7 @@ class HlsOrigin:
         if Gate.open_to_all(room, Entry.REPLAY):
             return MediaAccess(episode, room, shared=True, subject=subject)
         fresh = self.tokens.mint(episode.id)
-        return MediaAccess(episode, room, shared=False, token=fresh,
-                           expires=self.tokens.verify(fresh, episode.id).expires, subject=subject)
+        return MediaAccess(episode, room, shared=False, token=fresh, expires=expiry(fresh), subject=subject)
 
     def listed(self, episode: Episode, room: RoomRecord) -> dict:
         """An episode's summary for a viewer the gate admitted; a live one names its LL-HLS
@@ -276,7 +276,7 @@ class HlsOrigin:
             if not Gate.open_to_all(room, Entry.REPLAY):
                 token = self.tokens.mint(episode.id)
                 url += f"?token={token}"
-                summary["token_expires"] = int(token.partition(".")[0])
+                summary["token_expires"] = expiry(token)
             summary["live_playlist"] = url
         return summary
 

@@ -289,6 +289,9 @@ async def get_segment(request: web.Request) -> web.Response:
     if held is not None:
         # Closed, still held as parts (its row may not be written yet): the same bytes.
         return _media_response(request, held, f'"e{episode.id}-{requested}-{len(held)}"', access.media_cache())
+    if recording is None and episode.status == "live" and recorder_of(request.app).uploader is None:
+        # Local storage: a live episode's files are on the disk of the node recording it.
+        return await _to_recording_node(request, episode)
     db = request.app[DB]
     storage = recorder_of(request.app).storage
     presign = request.app[PRESIGN_SECONDS]

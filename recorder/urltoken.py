@@ -42,6 +42,11 @@ def derive_key(secret: str) -> bytes:
     return hmac.new(secret.encode(), b"hls-url-token", hashlib.sha256).digest()
 
 
+def expiry(token: str) -> int:
+    """The expiry (Unix seconds) of a token this origin minted (unchecked: for display)."""
+    return int(token.partition(".")[0])
+
+
 @dataclass(frozen=True, slots=True)
 class UrlGrant:
     """What a valid token grants: the episode's media until ``expires`` (Unix seconds)."""

@@ -273,6 +273,14 @@ async def test_live_playlist_asked_of_another_node_redirects_to_the_recording_no
             token = path.split("token=")[1]
             moved_part = await node_b.get(f"{base}/{part}?token={token}", allow_redirects=False)
             assert moved_part.status == 307 and moved_part.headers["Location"] == f"{urls[0]}{base}/{part}?token={token}"
+            # Local storage: the live episode's closed segments and init sections are on A's disk too.
+            await recording.live.wait_for(2, 0, timeout=30)
+            init = re.search(r'#EXT-X-MAP:URI="([^"?]+)', text).group(1)
+            for name in ("00001-0.m4s", init):
+                moved = await node_b.get(f"{base}/{name}?token={token}", allow_redirects=False)
+                assert moved.status == 307 and moved.headers["Location"] == f"{urls[0]}{base}/{name}?token={token}"
+                followed = await node_b.get(f"{base}/{name}?token={token}")
+                assert followed.status == 200 and len(await followed.read()) > 100
             # A refusal is decided before anything is revealed about where the room lives.
             refused = await node_b.get(f"{base}/live.m3u8", allow_redirects=False)
             assert refused.status == 401
