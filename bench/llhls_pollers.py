@@ -193,7 +193,8 @@ async def measure(args: argparse.Namespace, services) -> None:
         print(f"{args.pollers} pollers, {args.seconds:.0f} s window per mode, {rounds} round(s); "
               f"cpu count {os.cpu_count()}")
         print(f"{'mode':7} {'answers':>8} {'p50 ms':>7} {'p99 ms':>7} {'all-answered p50':>17} {'p99':>7} "
-              f"{'cpu %':>6} {'idle %':>7} {'us/poller/s':>12} {'us/answer':>10} {'pg lookups':>11} {'gate':>6} {'errors':>8} load1")
+              f"{'cpu %':>6} {'idle %':>7} {'us/poller/s':>12} {'us/answer':>10} {'pg lookups':>11} {'gate':>6} "
+              f"{'errors':>8} load1")
         order = ["before", "after"]
         for r in range(rounds):
             for name in (order if r % 2 == 0 else order[::-1]):
@@ -235,7 +236,8 @@ async def measure(args: argparse.Namespace, services) -> None:
                 per_part = list(last.values()) or [float("nan")]
                 delays = delays or [float("nan")]
                 extra = max(0.0, cpu - idle)
-                print(f"{name:7} {len(delays):8d} {statistics.median(delays) * 1000:7.1f} {pct(delays, 99) * 1000:7.1f} "
+                print(f"{name:7} {len(delays):8d} {statistics.median(delays) * 1000:7.1f} "
+                      f"{pct(delays, 99) * 1000:7.1f} "
                       f"{statistics.median(per_part) * 1000:17.1f} {pct(per_part, 99) * 1000:7.1f} "
                       f"{cpu * 100:6.1f} {idle * 100:7.1f} {extra / args.pollers * 1e6:12.1f} "
                       f"{extra * args.seconds / max(1, len(result['records'])) * 1e6:10.0f} {queries:11d} "

@@ -52,7 +52,7 @@ ROOM_TTL = 5.0
 # The anonymous-viewer cookie (auth.anonymous): a public room's poller without the gate's identity.
 ANON_COOKIE = "ods_anon"
 # Paths whose responses the CORS policy covers: an episode's playlists and media.
-MEDIA_PATH = re.compile(r"^/episodes/[0-9]+/[^/]+$")
+MEDIA_PATH = re.compile(r"^/episodes/[0-9]+/(live\.m3u8|index\.m3u8|[0-9]+-[0-9]+(\.[0-9]+)?\.m4s|init-[0-9]+\.mp4)$")
 _URI_ATTR = re.compile(r'URI="([^"?]+)"')
 _URI_LINE = re.compile(r"^(?!#)[^\s?]+$", re.M)
 # (id of a rendered playlist, token) -> (that playlist, its tokenized text); the playlist

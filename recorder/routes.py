@@ -183,7 +183,10 @@ async def _rows_playlist(request: web.Request, access: MediaAccess) -> web.Respo
     playlist = Playlist(recorder_of(request.app).segment_seconds, ended=episode.status != "live")
     for row in rows:
         playlist.add(PlaylistEntry(row.name, row.duration, row.init_name, row.discontinuity))
-    body = access.carry_token(playlist.render()).encode()
+    # A token URL's playlist carries that token on; one admitted by cookie does not (a VOD
+    # playlist is loaded once, and a token in it would expire under a long replay).
+    text = playlist.render()
+    body = (access.carry_token(text) if access.shared else text).encode()
     etag = '"' + hashlib.sha1(body).hexdigest()[:20] + '"'
     headers = {"ETag": etag, "Cache-Control": access.revalidated(), "X-Content-Type-Options": "nosniff"}
     if _not_modified(request, etag):

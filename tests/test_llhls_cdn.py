@@ -152,6 +152,18 @@ async def test_gated_room_uses_signed_url_tokens(aiohttp_client, service_urls, r
                 assert response.status == 403, (bad, path)
                 assert (await response.json())["error"] == reason
 
+        # The replay playlist (from the rows): admitted by the gate it carries no token (loaded
+        # once, it would outlive one); asked with a token it carries that token on.
+        deadline = time.monotonic() + 30
+        while (rows := await client.get(f"{base}/index.m3u8", headers=viewer)).status == 404:
+            assert time.monotonic() < deadline, "no segment row was listed"
+            await asyncio.sleep(0.1)
+        assert rows.status == 200 and rows.headers["Cache-Control"] == "no-cache"
+        assert all("token=" not in u for u in uris(await rows.text()))
+        shared_rows = await client.get(f"{base}/index.m3u8", params={"token": token})
+        assert shared_rows.headers["Cache-Control"] == "public, no-cache"
+        assert all(u.endswith(f"?token={token}") for u in uris(await shared_rows.text()))
+
 
 def test_url_tokens_are_shared_within_a_quantum_and_survive_a_key_rotation():
     now = 1_000_000.0
@@ -272,7 +284,8 @@ async def test_live_playlist_asked_of_another_node_redirects_to_the_recording_no
             part = first_part(text)
             token = path.split("token=")[1]
             moved_part = await node_b.get(f"{base}/{part}?token={token}", allow_redirects=False)
-            assert moved_part.status == 307 and moved_part.headers["Location"] == f"{urls[0]}{base}/{part}?token={token}"
+            assert moved_part.status == 307
+            assert moved_part.headers["Location"] == f"{urls[0]}{base}/{part}?token={token}"
             # Local storage: the live episode's closed segments and init sections are on A's disk too.
             await recording.live.wait_for(2, 0, timeout=30)
             init = re.search(r'#EXT-X-MAP:URI="([^"?]+)', text).group(1)
