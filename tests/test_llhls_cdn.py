@@ -61,8 +61,9 @@ def gate_allowed(exposition: str) -> float:
 async def app_client(aiohttp_client, service_urls, tmp_path, name="data", **env):
     from odsmedia.app import make_app
 
-    config = make_config(service_urls, tmp_path / name, ODS_RECORDING_SEGMENT_SECONDS="2",
-                         ODS_RECORDING_PART_SECONDS="0.5", ODS_RECORDING_RECONNECT_GRACE="0", **env)
+    settings = {"ODS_RECORDING_SEGMENT_SECONDS": "2", "ODS_RECORDING_PART_SECONDS": "0.5",
+                "ODS_RECORDING_RECONNECT_GRACE": "0", **env}
+    config = make_config(service_urls, tmp_path / name, **settings)
     return await aiohttp_client(make_app(config))
 
 
@@ -375,3 +376,52 @@ def test_hls_settings_are_checked():
         with pytest.raises(configmod.ConfigError) as refused:
             configmod.load(environ={env: value})
         assert str(refused.value).startswith(f"invalid {env}={value!r}: expected "), str(refused.value)
+
+
+async def test_publisher_restart_is_a_discontinuity_in_full_and_delta_playlists(aiohttp_client, service_urls,
+                                                                               room_factory, tmp_path):
+    """The host's encoder restarts (new parameter sets: a new period) within the reconnect grace;
+    the live playlist marks the restart, and a delta update that skips it carries the count."""
+    # 1 s segments: the skip boundary (6 target durations) is reached sooner.
+    client = await app_client(aiohttp_client, service_urls, tmp_path, ODS_RECORDING_RECONNECT_GRACE="30",
+                              ODS_RECORDING_SEGMENT_SECONDS="1")
+    room = await room_factory()
+    recording = client.app[RECORDER].recording_for(room.id, room.slug)
+    first = SyntheticSession(3.0, gop_seconds=0.5, jitter=0.0)
+    sinks = {"video": recording.add_track("video"), "audio": recording.add_track("audio")}
+    await feed_sinks(sinks, first.frames)
+    for sink in sinks.values():
+        sink.on_end()                      # the publisher is gone; the grace keeps the episode open
+    again = SyntheticSession(12.0, gop_seconds=0.5, jitter=0.0, width=352, height=192, first_index=1000,
+                             arrival0=first.frames[-1].arrival + 0.5, seed=2)
+    sinks = {"video": recording.add_track("video"), "audio": recording.add_track("audio")}
+    feeder = asyncio.create_task(feed_sinks(sinks, again.frames))
+    try:
+        live = recording.live
+        deadline = time.monotonic() + 60
+        while not (restart := next((s.msn for s in live.segments if s.discontinuity), None)):
+            assert time.monotonic() < deadline, "no new period after the restart"
+            await live.wait_for(live.last_position()[0] + 1, None, timeout=30)
+        # Enough after the restart that a delta update skips it (CAN-SKIP-UNTIL: 6 target durations).
+        await live.wait_for(restart + 7, None, timeout=30)
+        base = f"/episodes/{recording.episode_id}/live.m3u8"
+        full = await (await client.get(base)).text()
+        delta = await (await client.get(base, params={"_HLS_skip": "YES"})).text()
+    finally:
+        feeder.cancel()
+        await asyncio.gather(feeder, return_exceptions=True)
+        for sink in sinks.values():
+            sink.on_end()
+        recording.end()
+        await asyncio.wait_for(recording.done.wait(), 30)
+    assert full.count("#EXT-X-DISCONTINUITY\n") == 1 and "#EXT-X-DISCONTINUITY-SEQUENCE" not in full
+    assert full.index("#EXT-X-DISCONTINUITY\n") < full.index('#EXT-X-MAP:URI="init-1.mp4"') < full.index(
+        f"{restart:05d}-1.m4s")
+    skipped = int(re.search(r"#EXT-X-SKIP:SKIPPED-SEGMENTS=([0-9]+)", delta).group(1))
+    assert skipped > restart - 1
+    assert "#EXT-X-DISCONTINUITY-SEQUENCE:1\n" in delta and "#EXT-X-DISCONTINUITY\n" not in delta
+    # The delta lists the full playlist's last segments, with the restart's init section.
+    listed = [line for line in delta.splitlines() if line.endswith(".m4s") and not line.startswith("#")]
+    full_listed = [line for line in full.splitlines() if line.endswith(".m4s") and not line.startswith("#")]
+    assert listed == full_listed[skipped:] and all(name.endswith("-1.m4s") for name in listed)
+    assert '#EXT-X-MAP:URI="init-1.mp4"' in delta
