@@ -34,7 +34,10 @@ import json
 import os
 import re
 import resource
+import shutil
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -106,6 +109,68 @@ async def poll(args: argparse.Namespace) -> None:
     print(json.dumps({"records": records, "errors": errors}), flush=True)
 
 
+# --- nginx in front (docs/operations.md's config, on loopback) --------------------------------
+
+class Nginx:
+    def __init__(self, process: subprocess.Popen, port: int) -> None:
+        self.process = process
+        self.port = port
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def documented_nginx(origin_port: int, port: int, root: Path) -> str:
+    """The ```nginx block of docs/operations.md, pointed at this origin on loopback, without TLS."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text()
+    block = doc.split("```nginx\n", 1)[1].split("```", 1)[0]
+    replaced = {
+        "/var/cache/nginx/ods": str(root / "cache"),
+        "server 10.0.0.11:8080;": f"server 127.0.0.1:{origin_port};",
+    }
+    for old, new in replaced.items():
+        assert old in block, f"docs/operations.md no longer has {old!r}"
+        block = block.replace(old, new)
+    block = re.sub(r"listen 443 ssl http2;[^\n]*", f"listen 127.0.0.1:{port} reuseport;", block)
+    return f"""worker_processes 1;
+daemon off;
+user root;
+pid {root}/nginx.pid;
+error_log {root}/error.log warn;
+worker_rlimit_nofile 16384;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    client_body_temp_path {root}/body;
+    proxy_temp_path {root}/proxy;
+    map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
+{block}
+}}
+"""
+
+
+async def start_nginx(origin_port: int, root: Path) -> Nginx:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "nginx.conf").write_text(documented_nginx(origin_port, port, root))
+    process = subprocess.Popen([shutil.which("nginx") or "/usr/sbin/nginx", "-p", str(root), "-c",
+                                str(root / "nginx.conf")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    for _ in range(100):
+        with socket.socket() as client:
+            if client.connect_ex(("127.0.0.1", port)) == 0:
+                return Nginx(process, port)
+        if process.poll() is not None:
+            raise RuntimeError("nginx did not start: " + process.stderr.read().decode()[-500:])
+        await asyncio.sleep(0.1)
+    raise RuntimeError("nginx did not listen")
+
+
 # --- the origin (this process) ---------------------------------------------------------------
 
 async def main(args: argparse.Namespace) -> None:
@@ -127,6 +192,7 @@ async def measure(args: argparse.Namespace, services) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="ods-bench-"))
     runner = None
     feeder = None
+    proxy = None
     try:
         pool = await asyncpg.create_pool(services.database_url, min_size=1, max_size=2)
         room = await directory.create(pool, "bench-gated", policy="signed-in")
@@ -183,9 +249,13 @@ async def measure(args: argparse.Namespace, services) -> None:
         url = f"http://127.0.0.1:{port}/episodes/{recording.episode_id}/live.m3u8"
         token = origin.tokens.mint(recording.episode_id)
         modes = {
-            "before": ({"Authorization": f"Bearer {viewer_token}"}, {}, 0.0),
-            "after": ({}, {"token": token}, origin.live_episodes.ttl),
+            "before": ({"Authorization": f"Bearer {viewer_token}"}, {}, 0.0, url),
+            "after": ({}, {"token": token}, origin.live_episodes.ttl, url),
         }
+        if args.nginx:
+            proxy = await start_nginx(port, tmp / "nginx")
+            modes["nginx"] = ({}, {"token": token}, origin.live_episodes.ttl,
+                              url.replace(f":{port}/", f":{proxy.port}/"))
 
         def allowed() -> float:
             return gate_decisions.labels(Entry.REPLAY.value, "allowed")._value.get()
@@ -194,18 +264,18 @@ async def measure(args: argparse.Namespace, services) -> None:
               f"cpu count {os.cpu_count()}")
         print(f"{'mode':7} {'answers':>8} {'p50 ms':>7} {'p99 ms':>7} {'all-answered p50':>17} {'p99':>7} "
               f"{'cpu %':>6} {'idle %':>7} {'us/poller/s':>12} {'us/answer':>10} {'pg lookups':>11} {'gate':>6} "
-              f"{'errors':>8} load1")
-        order = ["before", "after"]
+              f"{'errors':>8} {'origin/part':>11} load1")
+        order = list(modes)
         for r in range(rounds):
             for name in (order if r % 2 == 0 else order[::-1]):
-                headers, params, ttl = modes[name]
+                headers, params, ttl, target = modes[name]
                 origin.live_episodes.ttl = ttl
                 # The recording alone, same process, just before: what the pollers add is the rest.
                 idle0, wall0 = time.process_time(), time.monotonic()
                 await asyncio.sleep(args.idle_seconds)
                 idle = (time.process_time() - idle0) / (time.monotonic() - wall0)
                 child = await asyncio.create_subprocess_exec(
-                    sys.executable, __file__, "--poll", url, "--pollers", str(args.pollers),
+                    sys.executable, __file__, "--poll", target, "--pollers", str(args.pollers),
                     "--seconds", str(args.seconds), "--headers", json.dumps(headers), "--params", json.dumps(params),
                     stdout=asyncio.subprocess.PIPE, limit=64 * 1024 * 1024)
                 window = json.loads(await asyncio.wait_for(child.stdout.readline(), 60))["window"]
@@ -241,12 +311,15 @@ async def measure(args: argparse.Namespace, services) -> None:
                       f"{statistics.median(per_part) * 1000:17.1f} {pct(per_part, 99) * 1000:7.1f} "
                       f"{cpu * 100:6.1f} {idle * 100:7.1f} {extra / args.pollers * 1e6:12.1f} "
                       f"{extra * args.seconds / max(1, len(result['records'])) * 1e6:10.0f} {queries:11d} "
-                      f"{gate:6.0f} {str(result['errors']):>8} {os.getloadavg()[0]:.2f}", flush=True)
+                      f"{gate:6.0f} {str(result['errors']):>8} {len(handled) / max(1, len(last)):11.1f} "
+                      f"{os.getloadavg()[0]:.2f}", flush=True)
                 print(f"{'':7} server side (part listed -> response handed to aiohttp): p50 "
                       f"{statistics.median(server) * 1000:.1f} ms, p99 {pct(server, 99) * 1000:.1f} ms; "
                       f"all of one part's waiters: p50 {statistics.median(server_parts) * 1000:.1f} ms, "
                       f"p99 {pct(server_parts, 99) * 1000:.1f} ms", flush=True)
     finally:
+        if proxy is not None:
+            proxy.stop()
         if feeder is not None:
             feeder.cancel()
             await asyncio.gather(feeder, return_exceptions=True)
@@ -260,6 +333,8 @@ def cli() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--idle-seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--nginx", action="store_true",
+                        help="a third mode: the pollers through nginx with docs/operations.md's proxy_cache config")
     parser.add_argument("--admin-dsn", default=ADMIN_DSN)
     parser.add_argument("--redis-url", default=REDIS_URL)
     parser.add_argument("--poll", metavar="URL", dest="url", help=argparse.SUPPRESS)
