@@ -82,7 +82,6 @@ async def measure(args: argparse.Namespace, services) -> None:
     from aiortc import AudioStreamTrack, RTCSessionDescription
     from playwright.async_api import async_playwright
 
-    from odsmedia import config as configmod
     from odsmedia.app import make_app
     from odsmedia.auth import tokens
     from odsmedia.rooms import directory
@@ -107,14 +106,8 @@ async def measure(args: argparse.Namespace, services) -> None:
         room = await directory.create(pool, "bench-latency", policy="public")
         host_token, _ = await tokens.mint(pool, room_id=room.id, role="host", ttl_seconds=3600)
         await pool.close()
-        config = configmod.load(environ={
-            "DATABASE_URL": services.database_url, "REDIS_URL": services.redis_url,
-            "ODS_REDIS_PREFIX": services.prefix,
-            "ODS_DATA_DIR": str(tmp / "data"), "ODS_SECRET_KEY": "bench-secret-key-0123456789-abcdefghijkl",
-            "ODS_HTTP_PORT": "0", "ODS_LOG_LEVEL": "warning", "ODS_ICE_ADDRESSES": "127.0.0.1",
-            "ODS_RECORDING_SEGMENT_SECONDS": str(args.segment), "ODS_RECORDING_PART_SECONDS": str(args.part),
-            "ODS_MEDIA_MAX_WEBRTC_VIEWERS_PER_ROOM": "1",
-        }, dev=True)
+        config = services.config(tmp / "data", ODS_RECORDING_SEGMENT_SECONDS=str(args.segment),
+                                 ODS_RECORDING_PART_SECONDS=str(args.part), ODS_MEDIA_MAX_WEBRTC_VIEWERS_PER_ROOM="1")
         runner = web.AppRunner(make_app(config), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()

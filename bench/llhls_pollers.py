@@ -179,7 +179,6 @@ async def main(args: argparse.Namespace) -> None:
 
 
 async def measure(args: argparse.Namespace, services) -> None:
-    from odsmedia import config as configmod
     from odsmedia.app import make_app
     from odsmedia.auth import tokens
     from odsmedia.gate import Entry
@@ -198,14 +197,8 @@ async def measure(args: argparse.Namespace, services) -> None:
         room = await directory.create(pool, "bench-gated", policy="signed-in")
         viewer_token, _ = await tokens.mint(pool, room_id=room.id, role="viewer", ttl_seconds=3600)
         await pool.close()
-        config = configmod.load(environ={
-            "DATABASE_URL": services.database_url, "REDIS_URL": services.redis_url,
-            "ODS_REDIS_PREFIX": services.prefix,
-            "ODS_DATA_DIR": str(tmp / "data"), "ODS_SECRET_KEY": "bench-secret-key-0123456789-abcdefghijkl",
-            "ODS_HTTP_PORT": "0", "ODS_LOG_LEVEL": "warning", "ODS_ICE_ADDRESSES": "127.0.0.1",
-            "ODS_RECORDING_SEGMENT_SECONDS": "2", "ODS_RECORDING_PART_SECONDS": "0.5",
-            "ODS_RECORDING_RECONNECT_GRACE": "0",
-        }, dev=True)
+        config = services.config(tmp / "data", ODS_RECORDING_SEGMENT_SECONDS="2", ODS_RECORDING_PART_SECONDS="0.5",
+                                 ODS_RECORDING_RECONNECT_GRACE="0")
         app = make_app(config)
         handled: list[tuple[int, int, float, float]] = []
 

@@ -6,6 +6,7 @@ import os
 import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import AsyncIterator
 
 import asyncpg
@@ -22,6 +23,17 @@ class Services:
     database_url: str
     redis_url: str
     prefix: str
+
+    def config(self, data_dir: Path, **env: str):
+        """The app's configuration on these services: loopback ICE, quiet logs, any port; ``env``
+        adds or overrides settings by their environment names."""
+        from odsmedia import config as configmod
+
+        return configmod.load(environ={
+            "DATABASE_URL": self.database_url, "REDIS_URL": self.redis_url, "ODS_REDIS_PREFIX": self.prefix,
+            "ODS_DATA_DIR": str(data_dir), "ODS_SECRET_KEY": "bench-secret-key-0123456789-abcdefghijkl",
+            "ODS_HTTP_PORT": "0", "ODS_LOG_LEVEL": "warning", "ODS_ICE_ADDRESSES": "127.0.0.1", **env,
+        }, dev=True)
 
 
 @asynccontextmanager
