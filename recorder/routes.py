@@ -202,19 +202,31 @@ def _live_recording(request: web.Request, episode: Episode):
     return recording
 
 
-async def _to_recording_node(request: web.Request, episode: Episode) -> web.Response:
-    """A live episode recorded elsewhere: 307 to the node that holds its parts (same path and
-    query, so the token and the delivery directives go along)."""
+async def _recording_node(request: web.Request, episode: Episode) -> str | None:
+    """The public URL of the other node hosting ``episode``'s room now; None when no other does."""
     sfu = request.app.get(SFU)
     placement = sfu.placement if sfu is not None else None
     owner = await placement.owner(episode.room_slug) if placement is not None else None
     if owner is None or not owner[1] or owner[0] == placement.node_id:
-        raise ApiError(404, "live_playlist_not_here", "no node records this episode now")
+        return None
+    return owner[1]
+
+
+def _redirect_to(node_url: str, request: web.Request) -> web.Response:
+    # Same path and query: the token and the delivery directives go along.
     return web.Response(status=307, headers={
-        "Location": owner[1].rstrip("/") + request.path_qs,
+        "Location": node_url.rstrip("/") + request.path_qs,
         # The room may move when its node goes: a cache must ask again.
         "Cache-Control": "no-store",
     })
+
+
+async def _to_recording_node(request: web.Request, episode: Episode) -> web.Response:
+    """A live episode recorded elsewhere: 307 to the node that holds its parts."""
+    node_url = await _recording_node(request, episode)
+    if node_url is None:
+        raise ApiError(404, "live_playlist_not_here", "no node records this episode now")
+    return _redirect_to(node_url, request)
 
 
 async def get_live_playlist(request: web.Request) -> web.Response:
@@ -292,9 +304,14 @@ async def get_segment(request: web.Request) -> web.Response:
     if held is not None:
         # Closed, still held as parts (its row may not be written yet): the same bytes.
         return _media_response(request, held, f'"e{episode.id}-{requested}-{len(held)}"', access.media_cache())
-    if recording is None and episode.status == "live" and recorder_of(request.app).uploader is None:
+    recorder = recorder_of(request.app)
+    here = recorder.recordings.get(episode.room_slug)
+    if (episode.status == "live" and recorder.uploader is None
+            and (here is None or here.episode_id != episode.id)):
         # Local storage: a live episode's files are on the disk of the node recording it.
-        return await _to_recording_node(request, episode)
+        node_url = await _recording_node(request, episode)
+        if node_url is not None:
+            return _redirect_to(node_url, request)
     db = request.app[DB]
     storage = recorder_of(request.app).storage
     presign = request.app[PRESIGN_SECONDS]

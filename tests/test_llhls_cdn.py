@@ -432,3 +432,35 @@ async def test_publisher_restart_is_a_discontinuity_in_full_and_delta_playlists(
     full_listed = [line for line in full.splitlines() if line.endswith(".m4s") and not line.startswith("#")]
     assert listed == full_listed[skipped:] and all(name.endswith("-1.m4s") for name in listed)
     assert '#EXT-X-MAP:URI="init-1.mp4"' in delta
+
+
+async def test_without_parts_the_recording_node_serves_its_live_segments(aiohttp_client, service_urls, db,
+                                                                        room_factory, tmp_path):
+    """recording.part_seconds = 0 (no LL-HLS): the node recording a live episode serves its stored
+    segments itself (the redirect is only for a node that does not record it)."""
+    from recorder import episodes
+
+    client = await app_client(aiohttp_client, service_urls, tmp_path, ODS_RECORDING_PART_SECONDS="0",
+                              ODS_RECORDING_SEGMENT_SECONDS="1")
+    room = await room_factory()
+    await client.app[SFU].placement.claim(room.slug)
+    recording = client.app[RECORDER].recording_for(room.id, room.slug)
+    sinks = {"video": recording.add_track("video"), "audio": recording.add_track("audio")}
+    feeder = asyncio.create_task(feed_sinks(sinks, SyntheticSession(4.0, gop_seconds=0.5, jitter=0.0).frames))
+    try:
+        await recording.created.wait()
+        assert recording.live is None
+        deadline = time.monotonic() + 30
+        while not (rows := await episodes.segments(db, recording.episode_id)):
+            assert time.monotonic() < deadline, "no segment row"
+            await asyncio.sleep(0.1)
+        response = await client.get(f"/episodes/{recording.episode_id}/{rows[0].name}", allow_redirects=False)
+        assert response.status == 200 and len(await response.read()) == rows[0].size_bytes
+        live = await client.get(f"/episodes/{recording.episode_id}/live.m3u8", allow_redirects=False)
+        assert live.status == 404 and (await live.json())["error"] == "live_playlist_not_here"
+    finally:
+        await feeder
+        for sink in sinks.values():
+            sink.on_end()
+        await asyncio.wait_for(recording.done.wait(), 30)
+        await client.app[SFU].placement.release(room.slug)
