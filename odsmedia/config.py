@@ -54,14 +54,18 @@ def _float(raw: Any) -> float:
         raise ValueError("a number") from None
 
 
-def _bounded(low: int, high: int) -> Callable[[Any], int]:
-    def parse(raw: Any) -> int:
-        value = _int(raw)
+def _within(parse: Callable[[Any], Any], low: int, high: int, noun: str) -> Callable[[Any], Any]:
+    def checked(raw: Any) -> Any:
+        value = parse(raw)
         if not low <= value <= high:
-            raise ValueError(f"an integer from {low} to {high}")
+            raise ValueError(f"{noun} from {low} to {high}")
         return value
 
-    return parse
+    return checked
+
+
+def _bounded(low: int, high: int) -> Callable[[Any], int]:
+    return _within(_int, low, high, "an integer")
 
 
 def _port(raw: Any) -> int:
@@ -144,6 +148,19 @@ def _url_list(*schemes: str) -> Callable[[Any], tuple[str, ...]]:
         return items
 
     return parse
+
+
+def _origin_list(raw: Any) -> tuple[str, ...]:
+    """``*``, or origins (scheme://host[:port], no path)."""
+    items = _list(raw)
+    for item in items:
+        if item != "*" and not re.fullmatch(r"https?://[^/\s]+", item.rstrip("/")):
+            raise ValueError(f"* or origins such as https://player.example ({item!r})")
+    return items
+
+
+def _duration_between(low: int, high: int) -> Callable[[Any], float]:
+    return _within(_duration, low, high, "a duration in seconds")
 
 
 def _duration(raw: Any) -> float:
@@ -278,6 +295,13 @@ SETTINGS: tuple[Setting, ...] = (
             "Lifetime of a presigned segment URL (backend s3, serve redirect)."),
     Setting("storage.upload_retry_max", "ODS_STORAGE_UPLOAD_RETRY_MAX", _duration, 5.0,
             "Longest wait between retries of a failed upload (backoff from 0.2 s doubles up to this)."),
+    Setting("hls.token_seconds", "ODS_HLS_TOKEN_SECONDS", _duration_between(30, 86400), 300.0,
+            "Lifetime of the signed URL tokens a gated room's HLS URLs carry (a CDN fetches with them, no cookie)."),
+    Setting("hls.token_previous_key", "ODS_HLS_TOKEN_PREVIOUS_KEY", _str, "",
+            "The previous secret.key during a rotation: HLS URL tokens it signed stay valid (one token lifetime).",
+            secret=True),
+    Setting("hls.cors_origins", "ODS_HLS_CORS_ORIGINS", _origin_list, (),
+            "Origins of players on other sites allowed to fetch episode playlists and media (* for any)."),
     Setting("chat.max_length", "ODS_CHAT_MAX_LENGTH", _bounded(1, 4000), 500,
             "Longest chat message, in characters (at most 4000, the column's limit)."),
     Setting("chat.rate_per_10s", "ODS_CHAT_RATE_PER_10S", _int, 10, "Messages one user may post per 10 seconds."),

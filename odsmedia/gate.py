@@ -230,6 +230,13 @@ class Gate:
         metrics.gate_latency.labels(entry.value).observe(time.perf_counter() - started)
         return admission
 
+    @staticmethod
+    def open_to_all(room: RoomRecord, entry: Entry) -> bool:
+        """Whether ``decide`` admits every identity (anonymous included) to ``entry``: replay and
+        live HLS of a public room.  Callers that serve such requests to a shared cache skip the
+        identity lookups (a bearer token still goes through ``admit``: it may be refused)."""
+        return entry is Entry.REPLAY and room.access_policy == "public"
+
     async def decide(self, room: RoomRecord, identity: Identity, role: str, entry: Entry) -> Admission:
         admission = Admission(room, identity, role)
         if entry is Entry.PUBLISH:

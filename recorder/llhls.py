@@ -119,6 +119,9 @@ class LivePlaylist:
         self.segments: list[Segment] = []
         self.ended = False
         self._changed = asyncio.Event()
+        # The rendered text per variant (full, delta) until the next change: a thousand
+        # pollers woken by one part get the same bytes, rendered once.
+        self._rendered: dict[bool, str] = {}
 
     # --- the writer's side (on the event loop) -------------------------------------------------
 
@@ -154,6 +157,7 @@ class LivePlaylist:
         self._wake()
 
     def _wake(self) -> None:
+        self._rendered.clear()
         self._changed.set()
         self._changed = asyncio.Event()
 
@@ -199,6 +203,12 @@ class LivePlaylist:
         return max(1, math.ceil(self.target - 1e-6), longest)
 
     def render(self, *, skip: bool = False) -> str:
+        text = self._rendered.get(skip)
+        if text is None:
+            text = self._rendered[skip] = self._render(skip)
+        return text
+
+    def _render(self, skip: bool) -> str:
         target = self.target_duration
         skip_until = SKIP_TARGETS * target
         lines = [
@@ -229,6 +239,11 @@ class LivePlaylist:
                 elapsed += segment.duration
                 skipped += 1
             if skipped:
+                # The first listed segment keeps its Discontinuity Sequence Number: the
+                # publisher restarts among the skipped segments are counted, not listed.
+                restarts = sum(1 for s in self.segments[1:skipped] if s.discontinuity)
+                if restarts:
+                    lines.append(f"#EXT-X-DISCONTINUITY-SEQUENCE:{restarts}")
                 lines.append(f"#EXT-X-SKIP:SKIPPED-SEGMENTS={skipped}")
         # Parts are listed only for the recent segments (RFC 8216bis: at least the
         # last three target durations); older segments appear as plain segments.

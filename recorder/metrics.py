@@ -25,3 +25,6 @@ part_delay = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5),
 )
 blocking_requests = Gauge("ods_recorder_llhls_blocking_requests", "Blocking LL-HLS playlist requests waiting")
+live_hls_viewers = Gauge(
+    "ods_recorder_llhls_viewers",
+    "Distinct live LL-HLS playlist pollers on this node in the last complete minute (behind a CDN: its fetchers)")

@@ -14,7 +14,11 @@ GET    /episodes/{id}/live.m3u8      LL-HLS while live (parts, blocking reload ?
 GET    /episodes/{id}/{part}         a part (NNNNN-P.I.m4s) of a recent segment, from memory
 DELETE /episodes/{id}                host or moderator of the room: rows and files go
 
-Every request passes ``Gate.admit(request, room, Entry.REPLAY)``.  A segment
+Every request passes ``Gate.admit(request, room, Entry.REPLAY)``; the playlists, parts and
+segments resolve their access through ``origin.HlsOrigin`` instead (a public room needs no
+identity, a ``?token=`` URL token stands for the gate's admission; docs/recording.md "Behind a
+CDN"), which also decides what a shared cache may keep.  A live playlist or part asked of a node
+that does not record the episode is a 307 to the node that does (``rooms.placement``).  A segment
 name must match the naming pattern *and* be one of the episode's own rows;
 the storage key is built from the stored row, never from request text.
 """
@@ -24,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+import secrets
 from typing import AsyncIterator
 
 from aiohttp import web
@@ -40,13 +45,14 @@ from .episodes import Episode
 from .playlist import CONTENT_TYPE as PLAYLIST_TYPE
 from .playlist import Playlist, PlaylistEntry
 from .llhls import BlockingRequest, PlaylistRequestError, PlaylistTimeout
+from .origin import Cors, HlsOrigin, LiveEpisodes, MediaAccess
 from .purge import Purger
 from .recorder import RECORDER, Recorder, local_node_id
 from .storage import MissingObject, Storage, StorageError, open_stores
+from .urltoken import UrlTokens, derive_key
 
 PART_PATTERN = r"[0-9]{5,9}-[0-9]{1,6}\.[0-9]{1,4}\.m4s"
 SEGMENT_PATTERN = r"[0-9]{5,9}-[0-9]{1,6}\.m4s|init-[0-9]{1,6}\.mp4"
-IMMUTABLE = "private, max-age=31536000, immutable"
 # ASCII digits only (\d would take any script's digits).
 _RANGE = re.compile(r"^bytes=([0-9]*)-([0-9]*)$", re.ASCII)
 # A position of more digits than this is past the end of any file; int() of thousands
@@ -63,6 +69,7 @@ UPLOAD_SHUTDOWN_GRACE = 10.0
 # Seconds a presigned segment URL lives; 0: segments are served by this node (local or proxy).
 PRESIGN_SECONDS: web.AppKey[int] = web.AppKey("presign_seconds", int)
 PURGER: web.AppKey[Purger] = web.AppKey("episode_purger", Purger)
+HLS_ORIGIN: web.AppKey[HlsOrigin] = web.AppKey("hls_origin", HlsOrigin)
 
 
 def recorder_of(app: web.Application) -> Recorder:
@@ -133,9 +140,10 @@ async def list_episodes(request: web.Request) -> web.StreamResponse:
         before = (cursor.started_at, cursor.id)
     items = await episodes.for_room(request.app[DB], admission.room.id, limit=limit + 1, before=before)
     page = items[:limit]
+    origin = request.app[HLS_ORIGIN]
     return json_response({
         "room": admission.room.public(),
-        "episodes": [e.summary() for e in page],
+        "episodes": [origin.listed(e, admission.room) for e in page],
         # The next page: ?before=<this id> (null on the last page).
         "next_before": page[-1].id if len(items) > limit else None,
     }, headers={"Cache-Control": "no-cache"})
@@ -161,7 +169,12 @@ async def get_episode(request: web.Request) -> web.Response:
 
 
 async def get_playlist(request: web.Request) -> web.Response:
-    episode, _ = await _admitted_episode(request)
+    access = await request.app[HLS_ORIGIN].admit(request)
+    return await _rows_playlist(request, access)
+
+
+async def _rows_playlist(request: web.Request, access: MediaAccess) -> web.Response:
+    episode = access.episode
     rows = await episodes.segments(request.app[DB], episode.id)
     if not rows:
         raise ApiError(404, "playlist_not_ready", "the episode has no segment yet")
@@ -170,9 +183,12 @@ async def get_playlist(request: web.Request) -> web.Response:
     playlist = Playlist(recorder_of(request.app).segment_seconds, ended=episode.status != "live")
     for row in rows:
         playlist.add(PlaylistEntry(row.name, row.duration, row.init_name, row.discontinuity))
-    body = playlist.render().encode()
+    # A token URL's playlist carries that token on; one admitted by cookie does not (a VOD
+    # playlist is loaded once, and a token in it would expire under a long replay).
+    text = playlist.render()
+    body = (access.carry_token(text) if access.shared else text).encode()
     etag = '"' + hashlib.sha1(body).hexdigest()[:20] + '"'
-    headers = {"ETag": etag, "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
+    headers = {"ETag": etag, "Cache-Control": access.revalidated(), "X-Content-Type-Options": "nosniff"}
     if _not_modified(request, etag):
         return web.Response(status=304, headers=headers)
     return web.Response(body=body, headers={**headers, "Content-Type": PLAYLIST_TYPE})
@@ -186,20 +202,49 @@ def _live_recording(request: web.Request, episode: Episode):
     return recording
 
 
+async def _recording_node(request: web.Request, episode: Episode) -> str | None:
+    """The public URL of the other node hosting ``episode``'s room now; None when no other does."""
+    sfu = request.app.get(SFU)
+    placement = sfu.placement if sfu is not None else None
+    owner = await placement.owner(episode.room_slug) if placement is not None else None
+    if owner is None or not owner[1] or owner[0] == placement.node_id:
+        return None
+    return owner[1]
+
+
+def _redirect_to(node_url: str, request: web.Request) -> web.Response:
+    # Same path and query: the token and the delivery directives go along.
+    return web.Response(status=307, headers={
+        "Location": node_url.rstrip("/") + request.path_qs,
+        # The room may move when its node goes: a cache must ask again.
+        "Cache-Control": "no-store",
+    })
+
+
+async def _to_recording_node(request: web.Request, episode: Episode) -> web.Response:
+    """A live episode recorded elsewhere: 307 to the node that holds its parts."""
+    node_url = await _recording_node(request, episode)
+    if node_url is None:
+        raise ApiError(404, "live_playlist_not_here", "no node records this episode now")
+    return _redirect_to(node_url, request)
+
+
 async def get_live_playlist(request: web.Request) -> web.Response:
-    episode, _ = await _admitted_episode(request)
+    origin = request.app[HLS_ORIGIN]
+    access = await origin.admit(request)
+    episode = access.episode
     recording = _live_recording(request, episode)
     if recording is None:
         if episode.status == "live":
-            # Only the recording node holds the parts; a load balancer pins the room to it.
-            raise ApiError(404, "live_playlist_not_here", "this node does not record the episode")
+            return await _to_recording_node(request, episode)
         # The session ended: the same URL now serves the episode's VOD playlist.
-        return await get_playlist(request)
+        return await _rows_playlist(request, access)
     live = recording.live
     try:
         wanted = BlockingRequest.parse(request.query, live)
     except PlaylistRequestError as error:
         raise ApiError(400, error.reason, "bad LL-HLS delivery directive") from None
+    origin.poll(request, access)
     if wanted.msn is not None:
         metrics.blocking_requests.inc()
         try:
@@ -210,43 +255,63 @@ async def get_live_playlist(request: web.Request) -> web.Response:
             metrics.blocking_requests.dec()
     if not live.segments:
         raise ApiError(404, "playlist_not_ready", "the episode has no part yet")
-    body = live.render(skip=wanted.skip).encode()
+    body = access.carry_token(live.render(skip=wanted.skip)).encode()
     # Blocking responses name a future state, so they may be cached longer; a plain
     # reload must go stale within a part (RFC 8216bis 6.2.5.3 / Apple's CDN guidance).
     seconds = max(1, int(6 * live.target)) if wanted.msn is not None else max(0, int(live.part_target / 2))
     headers = {
-        "Cache-Control": f"private, max-age={seconds}",
+        "Cache-Control": access.playlist_cache(seconds),
         "X-Content-Type-Options": "nosniff",
         "Content-Type": PLAYLIST_TYPE,
     }
     return web.Response(body=body, headers=headers)
 
 
+def _media_response(request: web.Request, data: bytes, etag: str, cache: str) -> web.Response:
+    """Bytes held in memory (a part, or a closed segment still held as parts), with ETag and Range."""
+    headers = {"ETag": etag, "Cache-Control": cache, "Accept-Ranges": "bytes", "X-Content-Type-Options": "nosniff"}
+    if _not_modified(request, etag):
+        return web.Response(status=304, headers=headers)
+    wanted = parse_range(request.headers.get("Range"), len(data))
+    if wanted is not None and request.headers.get("If-Range", etag) != etag:
+        wanted = None
+    if wanted is None:
+        return web.Response(body=data, headers={**headers, "Content-Type": "video/mp4"})
+    start, end = wanted
+    headers["Content-Range"] = f"bytes {start}-{end - 1}/{len(data)}"
+    return web.Response(status=206, body=data[start:end], headers={**headers, "Content-Type": "video/mp4"})
+
+
 async def get_part(request: web.Request) -> web.Response:
-    episode, _ = await _admitted_episode(request)
+    access = await request.app[HLS_ORIGIN].admit(request)
+    episode = access.episode
     recording = _live_recording(request, episode)
     name = request.match_info["name"]
+    if recording is None and episode.status == "live":
+        return await _to_recording_node(request, episode)
     data = recording.part_bytes.get(name) if recording is not None else None
     if data is None:
         raise ApiError(404, "part_not_found", "no such part (parts are held only while recent)")
-    etag = f'"e{episode.id}-{name}-{len(data)}"'
-    headers = {"ETag": etag, "Cache-Control": IMMUTABLE, "X-Content-Type-Options": "nosniff"}
-    if _not_modified(request, etag):
-        return web.Response(status=304, headers=headers)
-    return web.Response(body=data, headers={**headers, "Content-Type": "video/mp4"})
+    return _media_response(request, data, f'"e{episode.id}-{name}-{len(data)}"', access.media_cache())
 
 
 async def get_segment(request: web.Request) -> web.Response:
-    episode, _ = await _admitted_episode(request)
+    access = await request.app[HLS_ORIGIN].admit(request)
+    episode = access.episode
     requested = request.match_info["name"]
     recording = _live_recording(request, episode)
     held = recording.live_segment_bytes(requested) if recording is not None else None
-    if held is not None and request.headers.get("Range") is None:
+    if held is not None:
         # Closed, still held as parts (its row may not be written yet): the same bytes.
-        etag = f'"e{episode.id}-{requested}-{len(held)}"'
-        return web.Response(body=held, headers={
-            "ETag": etag, "Cache-Control": IMMUTABLE, "X-Content-Type-Options": "nosniff",
-            "Content-Type": "video/mp4"})
+        return _media_response(request, held, f'"e{episode.id}-{requested}-{len(held)}"', access.media_cache())
+    recorder = recorder_of(request.app)
+    here = recorder.recordings.get(episode.room_slug)
+    if (episode.status == "live" and recorder.uploader is None
+            and (here is None or here.episode_id != episode.id)):
+        # Local storage: a live episode's files are on the disk of the node recording it.
+        node_url = await _recording_node(request, episode)
+        if node_url is not None:
+            return _redirect_to(node_url, request)
     db = request.app[DB]
     storage = recorder_of(request.app).storage
     presign = request.app[PRESIGN_SECONDS]
@@ -257,8 +322,7 @@ async def get_segment(request: web.Request) -> web.Response:
             body = await asyncio.to_thread(recorder_of(request.app).spool.read, f"{episode.storage_key}/{requested}")
         except StorageError:
             raise ApiError(404, "segment_not_found", "the init section is missing") from None
-        return web.Response(body=body, headers={
-            "Cache-Control": IMMUTABLE, "X-Content-Type-Options": "nosniff", "Content-Type": "video/mp4"})
+        return _media_response(request, body, f'"e{episode.id}-{requested}-{len(body)}"', access.media_cache())
     if requested.startswith("init-"):
         name = await db.fetchval(
             "SELECT init_name FROM segments WHERE episode_id = $1 AND init_name = $2 LIMIT 1", episode.id, requested
@@ -282,7 +346,7 @@ async def get_segment(request: web.Request) -> web.Response:
     etag = f'"e{episode.id}-{name}-{size}"'
     headers = {
         "ETag": etag,
-        "Cache-Control": IMMUTABLE,
+        "Cache-Control": access.media_cache(),
         "Accept-Ranges": "bytes",
         "X-Content-Type-Options": "nosniff",
     }
@@ -369,7 +433,34 @@ def make_recorder(app: web.Application) -> Recorder:
     )
 
 
+def make_origin(app: web.Application, recorder: Recorder) -> HlsOrigin:
+    config = app[CONFIG]
+    # Without secret.key (tests, a single dev node) tokens are this process's own.
+    secret = config["secret.key"] or secrets.token_urlsafe(32)
+    previous = config["hls.token_previous_key"]
+    tokens = UrlTokens(derive_key(secret), lifetime=config["hls.token_seconds"],
+                       previous=derive_key(previous) if previous else None)
+
+    def recording_live(episode: Episode) -> bool:
+        recording = recorder.recordings.get(episode.room_slug)
+        return (recording is not None and recording.episode_id == episode.id and recording.live is not None
+                and not recording.live.ended)
+
+    origin = HlsOrigin(app[DB], app[GATE], tokens, Cors(config["hls.cors_origins"]), LiveEpisodes(recording_live),
+                       trusted_proxies=config["http.trusted_proxies"])
+    metrics.live_hls_viewers.set_function(origin.pollers.total)
+    return origin
+
+
 def setup(app: web.Application) -> None:
+    async def cors(request: web.Request, response: web.StreamResponse) -> None:
+        origin = request.app.get(HLS_ORIGIN)
+        if origin is not None:
+            origin.cors.decorate(request, response)
+
+    async def preflight(request: web.Request) -> web.Response:
+        return await request.app[HLS_ORIGIN].cors.preflight(request)
+
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         config = app[CONFIG]
         recorder = make_recorder(app)
@@ -380,6 +471,7 @@ def setup(app: web.Application) -> None:
             if fault is not None:
                 await asyncio.to_thread(recorder.storage.close)
                 raise ConfigError(f"invalid storage settings: {fault}")
+        app[HLS_ORIGIN] = make_origin(app, recorder)
         app[PRESIGN_SECONDS] = (
             config["storage.presign_seconds"] if remote and config["storage.serve"] == "redirect" else 0)
         await finalize.recover(recorder.db, recorder.storage, recorder.node, recorder.segment_seconds,
@@ -407,6 +499,9 @@ def setup(app: web.Application) -> None:
         await asyncio.to_thread(recorder.storage.close)
 
     app.cleanup_ctx.append(lifecycle)
+    app.on_response_prepare.append(cors)
+    app.router.add_route("OPTIONS", "/episodes/{episode_id:[0-9]+}/{name:(live|index)\\.m3u8|"
+                         + PART_PATTERN + "|" + SEGMENT_PATTERN + "}", preflight)
     app.router.add_get("/rooms/{slug}/episodes", list_episodes)
     app.router.add_get("/episodes/{episode_id:[0-9]+}", get_episode)
     app.router.add_delete("/episodes/{episode_id:[0-9]+}", delete_episode)

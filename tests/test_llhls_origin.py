@@ -8,7 +8,7 @@ import time
 
 from recorder import episodes
 from recorder.recorder import RECORDER
-from testsupport.synthetic import SyntheticSession, read_segment
+from testsupport.synthetic import SyntheticSession, feed_sinks, read_segment
 
 PART = re.compile(r'#EXT-X-PART:DURATION=([0-9.]+),URI="([^"]+)"(,INDEPENDENT=YES)?')
 
@@ -22,17 +22,6 @@ def parse_parts(text: str) -> list[tuple[int, int, str, bool]]:
         _, index, _ = rest.split(".")
         found.append((int(seq), int(index), uri, bool(match.group(3))))
     return found
-
-
-async def feed(sinks, frames) -> None:
-    """Frames at their capture pace (the source of media, not a synchronization)."""
-    start = time.monotonic()
-    first = frames[0].arrival
-    for frame in frames:
-        delay = (frame.arrival - first) - (time.monotonic() - start)
-        if delay > 0:
-            await asyncio.sleep(delay)
-        sinks[frame.kind].on_frame(frame)
 
 
 async def test_blocking_reload_client_receives_every_part_in_order(aiohttp_client, service_urls, db,
@@ -58,7 +47,7 @@ async def test_blocking_reload_client_receives_every_part_in_order(aiohttp_clien
         added_at[(part.seq, part.index)] = time.monotonic()
 
     recording._part_written = observed
-    feeder = asyncio.create_task(feed(sinks, session.frames))
+    feeder = asyncio.create_task(feed_sinks(sinks, session.frames))
     await recording.created.wait()
     base = f"/episodes/{recording.episode_id}"
 

@@ -181,6 +181,19 @@ def read_segment(init: bytes | None, data: bytes, *, container_format: str = "mp
     return result
 
 
+async def feed_sinks(sinks: dict, frames: list[MediaFrame]) -> None:
+    """Deliver ``frames`` to ``sinks`` (by kind) at their capture pace: the source of media of a
+    live recording a test or benchmark watches while it grows (the caller ends the sinks)."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    first = frames[0].arrival
+    for frame in frames:
+        delay = start + (frame.arrival - first) - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        sinks[frame.kind].on_frame(frame)
+
+
 async def feed_realtime(recorder, room, frames: list[MediaFrame], transform=None):
     """Deliver ``frames`` to a new recording of ``room`` at their arrival times (benchmarks: the
     recorder's CPU at the real pace); ``recorder`` None measures the pacing loop alone.

@@ -257,6 +257,17 @@ class AudienceRecorder:
         view.seen = now
         self._credit(room_id, now - seconds, now, 1)
 
+    def hls_poll(self, request: web.Request, room_id: int, episode_id: int, subject: str) -> None:
+        """A live LL-HLS playlist poll: the player is present; the time since its previous
+        poll (at most ``HLS_IDLE``, after which it had left) is its watch time."""
+        viewer = self.viewer(request, subject)
+        if viewer is None:
+            return
+        room = self.rooms.get(room_id)
+        view = room.hls.get(viewer) if room is not None else None
+        seconds = 0.0 if view is None else min(max(0.0, self.clock() - view.seen), HLS_IDLE)
+        self.hls_beacon(room_id, episode_id, viewer, seconds)
+
     def _expire_hls(self, room_id: int, room: RoomAudience, now: float) -> None:
         for viewer, view in list(room.hls.items()):
             if now - view.seen > HLS_IDLE:

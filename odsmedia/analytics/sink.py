@@ -34,6 +34,10 @@ class AudienceSink(Protocol):
                   via: str) -> LiveView | None:
         """Someone is joining live (``via``: ``webrtc`` or ``hls``); None when not counted (hosts, opt-outs)."""
 
+    def hls_poll(self, request: web.Request, room_id: int, episode_id: int, subject: str) -> None:
+        """A player polled the live LL-HLS playlist of ``episode_id``: it is watching live
+        over HLS (a heartbeat, like the replay page's beacon for a live episode)."""
+
     def chat_item(self, request: web.Request, room_id: int, kind: str) -> None:
         """A message, question or highlight was accepted."""
 
@@ -46,6 +50,9 @@ class AudienceSink(Protocol):
 class _NullSink:
     def live_view(self, request, room_id, subject, role, via):
         return None
+
+    def hls_poll(self, request, room_id, episode_id, subject):
+        pass
 
     def chat_item(self, request, room_id, kind):
         pass

@@ -87,6 +87,14 @@ class Placement:
         viewers = await redis.get(self._viewers_key(slug))
         raise RoomOnOtherNode(owner_id, url.decode() if url else "", int(viewers or 0))
 
+    async def owner(self, slug: str) -> tuple[str, str] | None:
+        """(node id, public URL) of the node hosting ``slug`` now; None when no node does."""
+        owner = await self.bus.redis.get(self._room_key(slug))
+        if not owner:
+            return None
+        url = await self.bus.redis.hget(self._node_key(owner.decode()), "url")
+        return owner.decode(), url.decode() if url else ""
+
     async def release(self, slug: str) -> None:
         self.claimed.discard(slug)
         await self.bus.redis.eval(_RELEASE, 1, self._room_key(slug), self.node_id)

@@ -280,23 +280,28 @@
     status("Low-latency mode (" + why + "): finding the live stream…");
     let live = null;
     try {
-      const body = await ODS.fetchJSON(`/rooms/${slug}/episodes?limit=1`, {headers: {Accept: "application/json"}});
+      const body = await ODS.fetchJSON(`/rooms/${slug}/episodes?limit=1`, {headers: listingHeaders()});
       live = (body.episodes || []).find((e) => e.status === "live");
     } catch (e) { /* reported below */ }
     if (!live) { status("Low-latency mode: the live stream is not available yet."); return; }
-    const url = `/episodes/${live.id}/live.m3u8`;
+    // A gated room's playlist URL carries a short-lived token (so a CDN can serve it without
+    // our cookie); hls.js puts the newest token on every request and the page renews it.
+    const url = live.live_playlist || `/episodes/${live.id}/live.m3u8`;
+    state.hlsToken = new URL(url, location.href).searchParams.get("token");
+    if (state.hlsToken) renewHlsToken(live.token_expires);
     const video = ODS.el("video", {id: "hls-video", playsinline: "", autoplay: "", muted: ""});
     video.muted = !state.audible;
     $("videos").replaceChildren(video);
     $("offline").hidden = true;
     if (video.canPlayType("application/vnd.apple.mpegurl") && !window.MediaSource) {
-      video.src = url;
+      // Native HLS cannot swap tokens: the same-origin URL, admitted by the cookie each time.
+      video.src = `/episodes/${live.id}/live.m3u8`;
       state.hlsPlayer = "native";
     } else {
       await loadHlsJs();
       if (!window.Hls || !window.Hls.isSupported()) { status("This browser can play neither WebRTC nor HLS."); return; }
       // No worker: the page's CSP allows no blob: scripts.
-      const hls = new window.Hls({lowLatencyMode: true, enableWorker: false});
+      const hls = new window.Hls({lowLatencyMode: true, enableWorker: false, xhrSetup: withHlsToken});
       hls.on(window.Hls.Events.ERROR, (_e, data) => { if (data.fatal) status("Playback failed: " + data.details); });
       hls.loadSource(url);
       hls.attachMedia(video);
@@ -307,7 +312,39 @@
     status("Watching in low-latency mode (a few seconds behind).");
   }
 
+  // The listing is admitted like the page: its ?token= (kept for the tab), else the cookies.
+  function listingHeaders() {
+    const headers = {Accept: "application/json"};
+    if (token) headers.Authorization = "Bearer " + token;
+    return headers;
+  }
+
+  function withHlsToken(xhr, requested) {
+    if (!state.hlsToken) return;
+    const target = new URL(requested, location.href);
+    target.searchParams.set("token", state.hlsToken);
+    xhr.open("GET", target.href, true);
+  }
+
+  // Fetches a new token (the listing, admitted by the cookie) halfway through the old one's life.
+  function renewHlsToken(expires) {
+    clearTimeout(state.hlsRenewal);
+    const wait = Math.max(5, (expires - Date.now() / 1000) / 2);
+    state.hlsRenewal = setTimeout(async () => {
+      if (state.mode !== "low-latency") return;
+      try {
+        const body = await ODS.fetchJSON(`/rooms/${slug}/episodes?limit=1`, {headers: listingHeaders()});
+        const live = (body.episodes || []).find((e) => e.status === "live" && e.live_playlist);
+        if (!live) return;
+        state.hlsToken = new URL(live.live_playlist, location.href).searchParams.get("token");
+        if (state.hlsToken) renewHlsToken(live.token_expires);
+      } catch (e) { renewHlsToken(Date.now() / 1000 + 20); }
+    }, wait * 1000);
+  }
+
   function stopHls() {
+    clearTimeout(state.hlsRenewal);
+    state.hlsToken = null;
     if (state.hls) { state.hls.destroy(); state.hls = null; }
     const video = $("hls-video");
     if (video) video.remove();
