@@ -61,6 +61,9 @@ class Publication:
         self._request_pli = request_pli
         self._last_pli = -1e9
         self._trailing: asyncio.TimerHandle | None = None
+        # The publisher's latest RTCP sender report (NTP, RTP) for this track: what lines up
+        # its tracks in the recording.  None until the first one.
+        self.sender_report: tuple[int, int] | None = None
 
     # --- sinks ------------------------------------------------------------------------------
 
@@ -129,6 +132,11 @@ class Publication:
                 sink.on_end()
             except Exception:
                 log.exception("sink on_end failed", extra={"publication": self.id})
+
+    def on_sender_report(self, ssrc: int, ntp: int, rtp_timestamp: int) -> None:
+        """An RTCP SR from the publisher (receiver tap): kept for the recorder, passed to the fan-out."""
+        self.sender_report = (ntp, rtp_timestamp)
+        self.fanout.on_sender_report(ssrc, ntp, rtp_timestamp)
 
     # --- keyframes --------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription, sdp
 from aiortc.sdp import candidate_from_sdp
 
 from ..media import codecs, ice, udpmux
-from ..media.receiver import send_nack, send_pli, tap, tap_packets
+from ..media.receiver import send_nack, send_pli, tap, tap_packets, tap_sender_reports
 from ..media.sender import (connect_downstream, install_downstream, install_lean_loop, install_packer,
                             on_keyframe_request)
 from .errors import SfuError
@@ -218,7 +218,9 @@ class PublisherTransport(Transport):
             if self._packet:
                 fanout = publication.fanout
                 fanout.send_nack = send_nack(transceiver.receiver)
-                tap_packets(transceiver.receiver, fanout.on_packet, fanout.on_sender_report)
+                tap_packets(transceiver.receiver, fanout.on_packet, publication.on_sender_report)
+            else:
+                tap_sender_reports(transceiver.receiver, publication.on_sender_report)
             self.publications.append(publication)
         try:
             with udpmux.serving():  # the node's own connection: on the shared UDP port
