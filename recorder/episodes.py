@@ -177,14 +177,31 @@ async def renditions(db: asyncpg.Pool | asyncpg.Connection, episode_id: int) -> 
     return [Rendition(**dict(r)) for r in rows]
 
 
-async def rendition_starts(db: asyncpg.Pool | asyncpg.Connection, episode_id: int) -> dict[str, float]:
-    """Each rendition's first segment start on the episode timeline (seconds)."""
+@dataclass(frozen=True, slots=True)
+class RenditionStats:
+    start: float            # its first segment's start on the episode timeline (seconds)
+    peak_bps: int           # the highest segment bit rate (HLS BANDWIDTH)
+    average_bps: int
+
+
+async def rendition_stats(db: asyncpg.Pool | asyncpg.Connection, episode_id: int) -> dict[str, RenditionStats]:
+    """Per rendition, from its listed segments: where it starts, and its bit rates."""
     rows = await db.fetch(
-        """SELECT rendition, min(start_offset) AS start FROM segments WHERE episode_id = $1
-           GROUP BY rendition""",
+        """SELECT rendition, min(start_offset) AS start,
+                  max(size_bytes * 8 / greatest(duration, 0.001)) AS peak,
+                  sum(size_bytes) * 8 / greatest(sum(duration), 0.001) AS average
+           FROM segments WHERE episode_id = $1 GROUP BY rendition""",
         episode_id,
     )
-    return {r["rendition"]: r["start"] for r in rows}
+    return {r["rendition"]: RenditionStats(r["start"], int(r["peak"]), int(r["average"])) for r in rows}
+
+
+def main_rendition(renditions: list[Rendition]) -> Rendition | None:
+    """What a player shows large: the (first) screen share, else the first rendition."""
+    screens = sorted((r for r in renditions if r.source == "screen"), key=lambda r: (len(r.label), r.label))
+    if screens:
+        return screens[0]
+    return next((r for r in renditions if not r.rendition), renditions[0] if renditions else None)
 
 
 async def segments(db: asyncpg.Pool | asyncpg.Connection, episode_id: int,

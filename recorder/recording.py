@@ -30,7 +30,7 @@ from odsmedia.media.frame import MediaFrame
 
 from . import episodes, metrics
 from .clock import SR_WAIT, SenderClock, SenderReport
-from .episodes import Rendition, SegmentRow
+from .episodes import Rendition, SegmentRow, main_rendition
 from .hls import ClosedSegment, HlsWriter, PeriodFormat, Sample, WrittenPart
 from .llhls import LivePlaylist, part_name
 from .playlist import Playlist, PlaylistEntry
@@ -64,6 +64,7 @@ class RenditionWriter:
         self.started = False             # its video reached the writer: audio goes in from now on
         self.next_keyframe_request = recording.target - KEYFRAME_LEAD
         self.format: PeriodFormat | None = None
+        self.first_start: float | None = None    # its first listed segment's start (timeline seconds)
 
     @property
     def playlist_name(self) -> str:
@@ -450,6 +451,8 @@ class RoomRecording:
             start_offset=segment.start, size_bytes=segment.size, rendition=segment.rendition,
         ))
         rendition = self._rendition(segment.rendition)
+        if rendition.first_start is None:
+            rendition.first_start = segment.start
         if rendition is self.main and not self.playlist.entries:
             # Replay time zero is the first rendition's first segment start: anchor started_at
             # there, so wall-clock offsets (chat items, highlights) line up with the video.
@@ -468,6 +471,19 @@ class RoomRecording:
         if uploader is not None:
             # Listed, so in the store for good: the spool copy is no longer needed.
             await asyncio.to_thread(self.recorder.spool.delete, f"{self.storage_key}/{segment.name}")
+
+    async def _anchor_replay_at_main(self) -> None:
+        """Replay time zero is the main rendition's start (the screen's, when one was shared):
+        chat items and chapters are offsets from started_at, and the replay page's clock is the
+        main player's.  While live it was the first rendition's start."""
+        listed = [r for r in self.renditions if r.first_start is not None]
+        main = main_rendition([Rendition(rendition=r.rendition, label=r.label, source=r.source) for r in listed])
+        if main is None or not main.rendition:
+            return
+        start = next(r.first_start for r in listed if r.rendition == main.rendition)
+        assert self.episode_id is not None and start is not None
+        await episodes.set_started(self.recorder.db, self.episode_id,
+                                   dt.datetime.fromtimestamp(self.epoch_wall + start, dt.timezone.utc))
 
     async def _finalize(self, failed: bool) -> None:
         assert self.episode_id is not None
@@ -497,6 +513,7 @@ class RoomRecording:
             if self.recorder.uploader is None and rendition.playlist.entries:
                 await asyncio.to_thread(storage.put, f"{self.storage_key}/{rendition.playlist_name}",
                                         rendition.playlist.render().encode())
+        await self._anchor_replay_at_main()
         # What was captured stays playable; the status says whether it is complete.
         self.status = "interrupted" if failed or writer_error else "ready"
         await episodes.set_status(db, self.episode_id, self.status, ended=True)

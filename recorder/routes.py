@@ -3,8 +3,12 @@
 GET    /rooms/{slug}/episodes        JSON list, newest first, paged (?limit=, ?before=); a browser
                                      asking for HTML gets the replay page
 GET    /episodes/{id}                JSON metadata
-GET    /episodes/{id}/index.m3u8     the HLS playlist (EVENT while live, VOD with ENDLIST after),
-                                     built from the segment rows, so any node answers it
+GET    /episodes/{id}/index.m3u8     the first rendition's HLS media playlist (EVENT while live, VOD
+                                     with ENDLIST after), built from the segment rows, so any node
+                                     answers it
+GET    /episodes/{id}/master.m3u8    the multivariant playlist: the main rendition (screen, else the
+                                     first) with every video source declared as an alternative
+GET    /episodes/{id}/{rendition}.m3u8  another rendition's media playlist (screen.m3u8, camera-2.m3u8)
 GET    /episodes/{id}/{segment}      init sections and segments, with Range, ETag, immutable caching;
                                      with a bucket (storage.backend = s3): a redirect to a short-lived
                                      presigned URL, or the bytes proxied (storage.serve = proxy)
@@ -36,16 +40,18 @@ from odsmedia.keys import CONFIG, DB, GATE
 from odsmedia.rooms.sfu import SFU
 
 from . import episodes, finalize, metrics
-from .episodes import Episode
+from .episodes import Episode, Rendition, main_rendition
 from .playlist import CONTENT_TYPE as PLAYLIST_TYPE
-from .playlist import Playlist, PlaylistEntry
+from .playlist import Playlist, PlaylistEntry, VideoRendition, render_multivariant
 from .llhls import BlockingRequest, PlaylistRequestError, PlaylistTimeout
 from .purge import Purger
 from .recorder import RECORDER, Recorder, local_node_id
 from .storage import MissingObject, Storage, StorageError, open_stores
 
 PART_PATTERN = r"[0-9]{5,9}-[0-9]{1,6}\.[0-9]{1,4}\.m4s"
-SEGMENT_PATTERN = r"[0-9]{5,9}-[0-9]{1,6}\.m4s|init-[0-9]{1,6}\.mp4"
+# A rendition other than the first: its playlist is NAME.m3u8 and its files are prefixed "NAME.".
+RENDITION_PATTERN = r"(?:camera|screen)(?:-[0-9]{1,3})?"
+SEGMENT_PATTERN = (r"(?:" + RENDITION_PATTERN + r"\.)?(?:[0-9]{5,9}-[0-9]{1,6}\.m4s|init-[0-9]{1,6}\.mp4)")
 IMMUTABLE = "private, max-age=31536000, immutable"
 # ASCII digits only (\d would take any script's digits).
 _RANGE = re.compile(r"^bytes=([0-9]*)-([0-9]*)$", re.ASCII)
@@ -153,6 +159,8 @@ async def get_episode(request: web.Request) -> web.Response:
     body.update(
         room=episode.room_slug,
         playlist=f"/episodes/{episode.id}/index.m3u8",
+        master=f"/episodes/{episode.id}/master.m3u8",
+        renditions=await _renditions(request, episode),
         can_delete=admission.is_moderator,
         chapters=[{"id": h.id, "offset": h.wire()["offset"], "title": h.text or f"Highlight by {h.author_name}",
                    "name": h.author_name} for h in highlights if h.offset is not None],
@@ -160,9 +168,60 @@ async def get_episode(request: web.Request) -> web.Response:
     return json_response(body, headers={"Cache-Control": "no-cache"})
 
 
+async def _renditions(request: web.Request, episode: Episode) -> list[dict]:
+    """The episode's video sources for players: which is the screen, which the camera, their
+    playlists, and where each starts relative to the main rendition's time zero (replay time)."""
+    db = request.app[DB]
+    listed = await episodes.renditions(db, episode.id)
+    stats = await episodes.rendition_stats(db, episode.id)
+    listed = [r for r in listed if r.rendition in stats]
+    main = main_rendition(listed)
+    zero = stats[main.rendition].start if main is not None else 0.0
+    return [{
+        "name": r.label, "source": r.source, "main": r is main,
+        "video_codec": r.video_codec, "audio_codec": r.audio_codec, "width": r.width, "height": r.height,
+        "playlist": f"/episodes/{episode.id}/{r.playlist}",
+        "offset": round(stats[r.rendition].start - zero, 3),
+    } for r in listed]
+
+
+def _playlist_response(request: web.Request, body: bytes) -> web.Response:
+    etag = '"' + hashlib.sha1(body).hexdigest()[:20] + '"'
+    headers = {"ETag": etag, "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
+    if _not_modified(request, etag):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=body, headers={**headers, "Content-Type": PLAYLIST_TYPE})
+
+
+async def get_master(request: web.Request) -> web.Response:
+    episode, _ = await _admitted_episode(request)
+    db = request.app[DB]
+    stats = await episodes.rendition_stats(db, episode.id)
+    if not stats:
+        raise ApiError(404, "playlist_not_ready", "the episode has no segment yet")
+    # Episodes recorded before renditions have segments but no rendition rows: one variant.
+    listed = [r for r in await episodes.renditions(db, episode.id) if r.rendition in stats] or [
+        Rendition(rendition="", label="camera", source="camera")]
+
+    def declared(r: Rendition) -> VideoRendition:
+        codecs = ",".join(c for c in (r.video_codec, r.audio_codec) if c) if r.video_codec else ""
+        s = stats.get(r.rendition)
+        return VideoRendition(name=r.label, uri=r.playlist, codecs=codecs, width=r.width, height=r.height,
+                              peak_bps=s.peak_bps if s else 1, average_bps=s.average_bps if s else 1)
+
+    main = main_rendition(listed)
+    assert main is not None
+    body = render_multivariant(declared(main), [declared(r) for r in listed if r is not main])
+    return _playlist_response(request, body.encode())
+
+
 async def get_playlist(request: web.Request) -> web.Response:
     episode, _ = await _admitted_episode(request)
-    rows = await episodes.segments(request.app[DB], episode.id)
+    rendition = request.match_info.get("rendition", "")
+    db = request.app[DB]
+    if rendition and not any(r.rendition == rendition for r in await episodes.renditions(db, episode.id)):
+        raise ApiError(404, "rendition_not_found", "the episode has no such rendition")
+    rows = await episodes.segments(db, episode.id, rendition)
     if not rows:
         raise ApiError(404, "playlist_not_ready", "the episode has no segment yet")
     # The rows are the listing (a row exists only once its segment is stored), so
@@ -170,12 +229,7 @@ async def get_playlist(request: web.Request) -> web.Response:
     playlist = Playlist(recorder_of(request.app).segment_seconds, ended=episode.status != "live")
     for row in rows:
         playlist.add(PlaylistEntry(row.name, row.duration, row.init_name, row.discontinuity))
-    body = playlist.render().encode()
-    etag = '"' + hashlib.sha1(body).hexdigest()[:20] + '"'
-    headers = {"ETag": etag, "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
-    if _not_modified(request, etag):
-        return web.Response(status=304, headers=headers)
-    return web.Response(body=body, headers={**headers, "Content-Type": PLAYLIST_TYPE})
+    return _playlist_response(request, playlist.render().encode())
 
 
 def _live_recording(request: web.Request, episode: Episode):
@@ -250,7 +304,8 @@ async def get_segment(request: web.Request) -> web.Response:
     db = request.app[DB]
     storage = recorder_of(request.app).storage
     presign = request.app[PRESIGN_SECONDS]
-    if requested.startswith("init-") and recording is not None and any(
+    is_init = requested.endswith(".mp4")
+    if is_init and recording is not None and any(
             seg.init == requested for seg in recording.live.segments):
         # Listed on the live playlist before any row names it: from the writer's spool.
         try:
@@ -259,7 +314,7 @@ async def get_segment(request: web.Request) -> web.Response:
             raise ApiError(404, "segment_not_found", "the init section is missing") from None
         return web.Response(body=body, headers={
             "Cache-Control": IMMUTABLE, "X-Content-Type-Options": "nosniff", "Content-Type": "video/mp4"})
-    if requested.startswith("init-"):
+    if is_init:
         name = await db.fetchval(
             "SELECT init_name FROM segments WHERE episode_id = $1 AND init_name = $2 LIMIT 1", episode.id, requested
         )
@@ -411,6 +466,8 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/episodes/{episode_id:[0-9]+}", get_episode)
     app.router.add_delete("/episodes/{episode_id:[0-9]+}", delete_episode)
     app.router.add_get("/episodes/{episode_id:[0-9]+}/index.m3u8", get_playlist)
+    app.router.add_get("/episodes/{episode_id:[0-9]+}/master.m3u8", get_master)
     app.router.add_get("/episodes/{episode_id:[0-9]+}/live.m3u8", get_live_playlist)
+    app.router.add_get("/episodes/{episode_id:[0-9]+}/{rendition:" + RENDITION_PATTERN + "}.m3u8", get_playlist)
     app.router.add_get("/episodes/{episode_id:[0-9]+}/{name:" + PART_PATTERN + "}", get_part)
     app.router.add_get("/episodes/{episode_id:[0-9]+}/{name:" + SEGMENT_PATTERN + "}", get_segment)

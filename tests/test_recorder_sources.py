@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 
 import pytest
 
+from conftest import make_config
+from odsmedia.app import make_app
 from recorder import episodes
 from recorder.clock import SR_WAIT
-from recorder.recorder import Recorder
+from recorder.recorder import RECORDER, Recorder
 from recorder.storage import LocalStorage
 from testsupport.synthetic import SyntheticSession, read_segment
 
@@ -127,3 +130,84 @@ async def test_a_track_without_reports_is_placed_by_arrival_after_the_wait(db, r
     assert [c for _, c in video] == list(range(len(session.frames)))
     assert video[0][0] == pytest.approx(0.0, abs=0.01)
     await recorder.close()
+
+
+async def record_camera_then_screen(app, room, screen_after: float = 0.5):
+    """Camera + microphone from the start, the screen share from ``screen_after`` s: the episode the API lists."""
+    recorder = app[RECORDER]
+    recording = recorder.recording_for(room.id, room.slug, room.title)
+    camera = SyntheticSession(3.0, audio=True, gop_seconds=0.5, seed=1)
+    screen = SyntheticSession(3.0 - screen_after, audio=False, gop_seconds=0.5, first_index=1000, seed=2,
+                              width=352, height=192, arrival0=1000.0 + screen_after)
+    sinks = {"camera": recording.add_track("video", source="camera"),
+             "microphone": recording.add_track("audio", source="microphone"),
+             "screen": recording.add_track("video", source="screen")}
+    merged = sorted([(f, "camera" if f.kind == "video" else "microphone") for f in camera.frames]
+                    + [(f, "screen") for f in screen.frames], key=lambda pair: pair[0].arrival)
+    for frame, source in merged:
+        sinks[source].on_frame(frame)
+    for sink in sinks.values():
+        sink.on_end()
+    await asyncio.wait_for(recording.done.wait(), 30)
+    assert recording.status == "ready"
+    return recording.episode_id
+
+
+@pytest.fixture
+async def app_client(aiohttp_client, service_urls, tmp_path):
+    config = make_config(service_urls, tmp_path / "data", ODS_RECORDING_SEGMENT_SECONDS="1",
+                         ODS_RECORDING_RECONNECT_GRACE="0")
+    return await aiohttp_client(make_app(config))
+
+
+async def test_episode_api_and_multivariant_playlist_name_screen_and_camera(app_client, room_factory, token_factory):
+    room = await room_factory(policy="signed-in")
+    episode_id = await record_camera_then_screen(app_client.app, room)
+    viewer = {"Authorization": f"Bearer {await token_factory(room, role='viewer')}"}
+
+    meta = await (await app_client.get(f"/episodes/{episode_id}", headers=viewer)).json()
+    assert meta["playlist"] == f"/episodes/{episode_id}/index.m3u8"       # unchanged: the first rendition
+    assert meta["master"] == f"/episodes/{episode_id}/master.m3u8"
+    renditions = {r["name"]: r for r in meta["renditions"]}
+    assert set(renditions) == {"camera", "screen"}
+    camera, screen = renditions["camera"], renditions["screen"]
+    assert (screen["source"], screen["main"], screen["width"], screen["height"], screen["audio_codec"],
+            screen["playlist"], screen["offset"]) == (
+        "screen", True, 352, 192, "opus", f"/episodes/{episode_id}/screen.m3u8", 0.0)
+    assert (camera["source"], camera["main"], camera["width"], camera["height"], camera["playlist"]) == (
+        "camera", False, 320, 180, f"/episodes/{episode_id}/index.m3u8")
+    # The camera started 0.5 s before the screen: replay time zero is the screen's start.
+    assert camera["offset"] == pytest.approx(-0.5, abs=0.02)
+    assert screen["video_codec"].startswith("avc1.42") and camera["video_codec"].startswith("avc1.42")
+
+    resp = await app_client.get(f"/episodes/{episode_id}/master.m3u8", headers=viewer)
+    assert resp.status == 200 and resp.headers["Content-Type"] == "application/vnd.apple.mpegurl"
+    lines = (await resp.text()).splitlines()
+    assert lines[:3] == ["#EXTM3U", "#EXT-X-VERSION:7", "#EXT-X-INDEPENDENT-SEGMENTS"]
+    assert lines[3] == '#EXT-X-MEDIA:TYPE=VIDEO,GROUP-ID="sources",NAME="screen",DEFAULT=YES,AUTOSELECT=YES'
+    assert lines[4] == ('#EXT-X-MEDIA:TYPE=VIDEO,GROUP-ID="sources",NAME="camera",DEFAULT=NO,AUTOSELECT=NO,'
+                        'URI="index.m3u8"')
+    assert re.fullmatch(r'#EXT-X-STREAM-INF:BANDWIDTH=\d+,AVERAGE-BANDWIDTH=\d+,'
+                        + re.escape(f'CODECS="{screen["video_codec"]},opus",RESOLUTION=352x192,VIDEO="sources"'),
+                        lines[5]), lines[5]
+    assert lines[6:] == ["screen.m3u8"]
+
+    text = await (await app_client.get(f"/episodes/{episode_id}/screen.m3u8", headers=viewer)).text()
+    assert '#EXT-X-MAP:URI="screen.init-0.mp4"' in text and text.rstrip().endswith("#EXT-X-ENDLIST")
+    names = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert names[0] == "screen.00001-0.m4s"
+    init = await app_client.get(f"/episodes/{episode_id}/screen.init-0.mp4", headers=viewer)
+    segment = await app_client.get(f"/episodes/{episode_id}/{names[0]}", headers=viewer)
+    assert init.status == segment.status == 200 and segment.headers["Content-Type"] == "video/mp4"
+    got = read_segment(await init.read(), await segment.read())
+    assert got.video[0][1] == 1000
+
+    resp = await app_client.get(f"/episodes/{episode_id}/camera-2.m3u8", headers=viewer)
+    assert resp.status == 404 and (await resp.json())["error"] == "rendition_not_found"
+    resp = await app_client.get(f"/episodes/{episode_id}/camera.00001-0.m4s", headers=viewer)
+    assert resp.status == 404 and (await resp.json())["error"] == "segment_not_found"
+    # Every new URL goes through the room's gate.
+    for path in (f"/episodes/{episode_id}/master.m3u8", f"/episodes/{episode_id}/screen.m3u8",
+                 f"/episodes/{episode_id}/screen.init-0.mp4", f"/episodes/{episode_id}/{names[0]}"):
+        resp = await app_client.get(path)
+        assert resp.status == 401 and (await resp.json())["error"] == "sign_in_required", path
