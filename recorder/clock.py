@@ -21,6 +21,7 @@ once, so two people's sources line up to within their latency difference.
 from __future__ import annotations
 
 from odsmedia.media.frame import MediaFrame
+from odsmedia.media.rtp import timestamp_delta
 
 # An RTP clock this far from the arrival clock has jumped (encoder restart, a
 # misread wrap), not drifted: the track is re-anchored to its arrival time.
@@ -29,16 +30,11 @@ RESYNC_SECONDS = 5
 # report (aiortc sends one every 0.5-1.5 s, browsers about every second).
 SR_WAIT = 2.0
 
-SenderReport = tuple[int, int]     # (NTP 64-bit fixed point, RTP timestamp)
+SenderReport = tuple[int, int]     # (NTP 64-bit fixed point, RTP timestamp on the frames' scale)
 
 
 def ntp_seconds(ntp: int) -> float:
     return (ntp >> 32) + (ntp & 0xFFFFFFFF) / 4294967296.0
-
-
-def rtp_delta(later: int, earlier: int) -> int:
-    """``later - earlier`` on the 32-bit RTP clock (wrap-aware, signed)."""
-    return ((later - earlier + 0x80000000) & 0xFFFFFFFF) - 0x80000000
 
 
 class SenderClock:
@@ -64,7 +60,7 @@ class TrackClock:
         rate = frame.clock_rate
         arrival = frame.arrival - epoch
         if report is not None:
-            ntp = ntp_seconds(report[0]) + rtp_delta(frame.timestamp, report[1]) / rate
+            ntp = ntp_seconds(report[0]) + timestamp_delta(frame.timestamp, report[1]) / rate
             if sender.anchor is None:
                 sender.anchor = arrival - ntp
             at = ntp + sender.anchor

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import array
 import asyncio
 import dataclasses
+import fractions
+import math
 import re
+import time
 
+import av
 import pytest
+from aiortc import MediaStreamTrack, RTCSessionDescription
 
 from conftest import make_config
 from odsmedia.app import make_app
+from odsmedia.rooms.sfu import SFU
 from recorder import episodes
 from recorder.clock import SR_WAIT
 from recorder.recorder import RECORDER, Recorder
 from recorder.storage import LocalStorage
+from recorder.track import TrackSink
+from testsupport.peers import CounterVideoTrack, peer
 from testsupport.synthetic import SyntheticSession, read_segment
 
 NTP_BASE = 3_900_000_000      # seconds since 1900: any sender's wall clock
@@ -24,9 +33,11 @@ def decode(recorder: Recorder, key: str, rows: list[episodes.SegmentRow]):
     for r in rows:
         init = recorder.storage.read(f"{key}/{r.init_name}")
         got = read_segment(init, recorder.storage.read(f"{key}/{r.name}"))
-        # Decode times restart at zero in each period's files; the rows keep the episode timeline.
-        video += [(r.start_offset + pts - got.video[0][0] if got.video else pts, c) for pts, c in got.video]
-        onsets += got.audio_onsets
+        # Decode times restart at zero in each period's files; the rows keep the episode timeline
+        # (a segment starts with its first video frame).
+        base = r.start_offset - got.video[0][0] if got.video else 0.0
+        video += [(base + pts, c) for pts, c in got.video]
+        onsets += [base + t for t in got.audio_onsets]
     return video, onsets
 
 
@@ -211,3 +222,127 @@ async def test_episode_api_and_multivariant_playlist_name_screen_and_camera(app_
                  f"/episodes/{episode_id}/screen.init-0.mp4", f"/episodes/{episode_id}/{names[0]}"):
         resp = await app_client.get(path)
         assert resp.status == 401 and (await resp.json())["error"] == "sign_in_required", path
+
+
+class BeepTrack(MediaStreamTrack):
+    """Microphone stand-in: 20 ms frames, silent except a 1 kHz beep on every whole second
+    (from 1 s) of the shared capture clock, so a reader finds when each second was captured."""
+
+    kind = "audio"
+
+    def __init__(self, start: float) -> None:
+        super().__init__()
+        self.start = start
+        self.sent = 0
+
+    async def recv(self) -> av.AudioFrame:
+        wait = self.start + self.sent / 48000 - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        samples = array.array("h", bytes(960 * 2))
+        for k in range(960):
+            t = (self.sent + k) / 48000
+            if t >= 1.0 and t % 1.0 < 0.1:
+                samples[k] = int(12000 * math.sin(2 * math.pi * 1000 * t))
+        frame = av.AudioFrame(format="s16", layout="mono", samples=960)
+        frame.planes[0].update(samples.tobytes())
+        frame.sample_rate = 48000
+        frame.pts = self.sent
+        frame.time_base = fractions.Fraction(1, 48000)
+        self.sent += 960
+        return frame
+
+
+class DelayedSink:
+    """The network holding one source's frames back ``delay`` s on their way to the recorder
+    (its sender reports, which carry the publisher's capture clock, are unaffected)."""
+
+    def __init__(self, sink, delay: float) -> None:
+        self.sink, self.delay = sink, delay
+        self.loop = asyncio.get_running_loop()
+
+    def on_frame(self, frame) -> None:
+        self.loop.call_later(self.delay, self.sink.on_frame, dataclasses.replace(frame, arrival=frame.arrival + self.delay))
+
+    def on_end(self) -> None:
+        self.loop.call_later(self.delay + 0.05, self.sink.on_end)
+
+    def restart_at_keyframe(self) -> None:
+        self.sink.restart_at_keyframe()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("sender_reports", [True, False])
+async def test_aiortc_publisher_sources_stay_in_sync_when_one_arrives_late(
+        aiohttp_client, service_urls, tmp_path, room_factory, peers, sender_reports):
+    """One aiortc publisher sends camera, screen and microphone on one capture clock (camera and
+    screen frame i, and the beep of second k, captured at the same instant); the screen's frames
+    reach the recorder 0.4 s late.  Decoded with PyAV, the recording keeps all three within 100 ms
+    of each other thanks to the sender reports; with the reports ignored (placed by arrival) the
+    screen sits 0.4 s late, which this test catches."""
+    delay = 0.4
+    config = make_config(service_urls, tmp_path / "data", ODS_RECORDING_SEGMENT_SECONDS="1",
+                         ODS_RECORDING_RECONNECT_GRACE="0")
+    client = await aiohttp_client(make_app(config))
+    recorder = client.app[RECORDER]
+    room = await room_factory()
+    host = await peers.client(client, room, role="host")
+    pc = peer()
+    start = time.monotonic() + 1.0
+    camera, screen, mic = CounterVideoTrack(15), CounterVideoTrack(15), BeepTrack(start)
+    camera._start = screen._start = start           # one capture clock for both pictures
+    tracks = {"camera": camera, "screen": screen, "microphone": mic}
+    transceivers = {source: pc.addTransceiver(track, direction="sendonly") for source, track in tracks.items()}
+    try:
+        await pc.setLocalDescription(await pc.createOffer())
+        reply = await host.request({"type": "publish", "sdp": pc.localDescription.sdp,
+                                    "sources": {t.mid: source for source, t in transceivers.items()}})
+        recording = recorder.recordings[room.slug]
+        live_room = client.app[SFU].get(room.slug)
+        by_source = {p.source: p for p in live_room.publications.values()}
+        for source, publication in by_source.items():
+            sink = next(s for s in publication.sinks if isinstance(s, TrackSink))
+            if not sender_reports:
+                sink.sender_report = lambda: None          # what ignoring the reports amounts to
+            if source == "screen":
+                publication.remove_sink(sink)
+                publication.add_sink(DelayedSink(sink, delay))
+        await pc.setRemoteDescription(RTCSessionDescription(reply["sdp"], "answer"))
+        deadline = time.monotonic() + 60
+        while min(len(r.playlist.entries) for r in recording.renditions) < 5 or len(recording.renditions) < 2:
+            assert time.monotonic() < deadline, "the recorder listed too few segments"
+            await asyncio.sleep(0.1)
+        # Every track was placed by its publisher's sender report, or (ignoring them) by arrival.
+        assert {t.source: t.clock.by_report for t in recording.tracks} == {
+            "camera": sender_reports, "screen": sender_reports, "microphone": sender_reports}
+    finally:
+        await pc.close()
+    await asyncio.wait_for(recording.done.wait(), 30)
+
+    episode_id = recording.episode_id
+    names = {r.source: r.rendition for r in await episodes.renditions(recorder.db, episode_id)}
+    cam_video, cam_onsets = decode(recorder, recording.storage_key,
+                                   await episodes.segments(recorder.db, episode_id, names["camera"]))
+    scr_video, _ = decode(recorder, recording.storage_key,
+                          await episodes.segments(recorder.db, episode_id, names["screen"]))
+    at_cam = {c: pts for pts, c in cam_video}
+    screen_offsets = [pts - at_cam[c] for pts, c in scr_video if c in at_cam]
+    assert len(screen_offsets) >= 30
+    # Beep k was captured with camera frame 15k.
+    audio_offsets = [onset - at_cam[15 * round(onset_k)] for onset, onset_k in _beeps(cam_onsets, at_cam)]
+    assert len(audio_offsets) >= 2
+    if sender_reports:
+        assert max(map(abs, screen_offsets)) <= 0.1, screen_offsets
+        assert max(map(abs, audio_offsets)) <= 0.1, audio_offsets
+    else:
+        assert min(screen_offsets) >= delay - 0.1, screen_offsets
+
+
+def _beeps(onsets: list[float], at_cam: dict[int, float]):
+    """(onset, the capture second it marks): the camera frame nearest in the recording names it."""
+    by_pts = sorted((pts, c) for c, pts in at_cam.items())
+    for onset in onsets:
+        pts, c = min(by_pts, key=lambda pair: abs(pair[0] - onset))
+        second = round(c / 15)
+        if 15 * second in at_cam:
+            yield onset, second

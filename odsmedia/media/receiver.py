@@ -189,6 +189,19 @@ def tap_sender_reports(receiver: RTCRtpReceiver, on_sender_report: Callable[[int
     setattr(receiver, private.RECEIVER_HANDLE_RTCP, rtcp)
 
 
+def frame_timestamp_origin(receiver: RTCRtpReceiver) -> Callable[[], int | None]:
+    """A callable giving the RTP timestamp that the receiver's frame timestamps count from
+    (None before the first frame): aiortc hands frames out relative to the first one."""
+    private.require(receiver, (private.RECEIVER_TIMESTAMP_MAPPER,), "RTCRtpReceiver")
+    mapper = getattr(receiver, private.RECEIVER_TIMESTAMP_MAPPER)
+
+    def origin() -> int | None:
+        value = getattr(mapper, private.TIMESTAMP_MAPPER_ORIGIN)
+        return None if value is None else value & 0xFFFFFFFF
+
+    return origin
+
+
 def send_nack(receiver: RTCRtpReceiver) -> Callable[[int, list[int]], None]:
     """A callable that sends one RTCP NACK for these publisher sequence numbers."""
     import asyncio

@@ -19,7 +19,8 @@ from aiortc import RTCPeerConnection, RTCSessionDescription, sdp
 from aiortc.sdp import candidate_from_sdp
 
 from ..media import codecs, ice, udpmux
-from ..media.receiver import send_nack, send_pli, tap, tap_packets, tap_sender_reports
+from ..media.receiver import (frame_timestamp_origin, send_nack, send_pli, tap, tap_packets,
+                              tap_sender_reports)
 from ..media.sender import (connect_downstream, install_downstream, install_lean_loop, install_packer,
                             on_keyframe_request)
 from .errors import SfuError
@@ -215,6 +216,7 @@ class PublisherTransport(Transport):
                                       pli_interval=self._pli_interval,
                                       request_pli=send_pli(transceiver.receiver))
             tap(transceiver.receiver, publication.deliver, publication.end)
+            publication.frame_timestamp_origin = frame_timestamp_origin(transceiver.receiver)
             if self._packet:
                 fanout = publication.fanout
                 fanout.send_nack = send_nack(transceiver.receiver)
