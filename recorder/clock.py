@@ -21,7 +21,6 @@ once, so two people's sources line up to within their latency difference.
 from __future__ import annotations
 
 from odsmedia.media.frame import MediaFrame
-from odsmedia.media.rtp import timestamp_delta
 
 # An RTP clock this far from the arrival clock has jumped (encoder restart, a
 # misread wrap), not drifted: the track is re-anchored to its arrival time.
@@ -60,7 +59,7 @@ class TrackClock:
         rate = frame.clock_rate
         arrival = frame.arrival - epoch
         if report is not None:
-            ntp = ntp_seconds(report[0]) + timestamp_delta(frame.timestamp, report[1]) / rate
+            ntp = ntp_seconds(report[0]) + (frame.timestamp - report[1]) / rate
             if sender.anchor is None:
                 sender.anchor = arrival - ntp
             at = ntp + sender.anchor

@@ -18,6 +18,7 @@ from typing import Any
 
 import aioice.ice
 import aiortc.jitterbuffer
+import aiortc.rtcrtpreceiver
 import aiortc.rtcrtpsender
 
 # --- RTCRtpReceiver (the server's publisher side) ---------------------------------------------
@@ -122,8 +123,6 @@ def missing_module_level() -> list[str]:
         out.append(f"pylibsrtp.Session.{SRTP_SESSION_HANDLE}")
     out += [f"aiortc.rtcrtpsender.{n}" for n in missing(aiortc.rtcrtpsender, SENDER_MODULE_ATTRS)]
     out += [f"JitterBuffer.{n}" for n in missing(aiortc.jitterbuffer.JitterBuffer, JITTER_BUFFER_ATTRS)]
-    import aiortc.rtcrtpreceiver
-
     if not hasattr(aiortc.rtcrtpreceiver.TimestampMapper(), TIMESTAMP_MAPPER_ORIGIN):
         out.append(f"aiortc.rtcrtpreceiver.TimestampMapper.{TIMESTAMP_MAPPER_ORIGIN}")
     return out
