@@ -30,7 +30,7 @@ from odsmedia.media.frame import MediaFrame
 
 from . import episodes, metrics
 from .clock import SR_WAIT, SenderClock, SenderReport
-from .episodes import Rendition, SegmentRow, main_rendition
+from .episodes import Rendition, SegmentRow
 from .hls import ClosedSegment, HlsWriter, PeriodFormat, Sample, WrittenPart
 from .llhls import LivePlaylist, part_name
 from .playlist import Playlist, PlaylistEntry
@@ -472,19 +472,6 @@ class RoomRecording:
             # Listed, so in the store for good: the spool copy is no longer needed.
             await asyncio.to_thread(self.recorder.spool.delete, f"{self.storage_key}/{segment.name}")
 
-    async def _anchor_replay_at_main(self) -> None:
-        """Replay time zero is the main rendition's start (the screen's, when one was shared):
-        chat items and chapters are offsets from started_at, and the replay page's clock is the
-        main player's.  While live it was the first rendition's start."""
-        listed = [r for r in self.renditions if r.first_start is not None]
-        main = main_rendition([Rendition(rendition=r.rendition, label=r.label, source=r.source) for r in listed])
-        if main is None or not main.rendition:
-            return
-        start = next(r.first_start for r in listed if r.rendition == main.rendition)
-        assert self.episode_id is not None and start is not None
-        await episodes.set_started(self.recorder.db, self.episode_id,
-                                   dt.datetime.fromtimestamp(self.epoch_wall + start, dt.timezone.utc))
-
     async def _finalize(self, failed: bool) -> None:
         assert self.episode_id is not None
         db = self.recorder.db
@@ -513,7 +500,6 @@ class RoomRecording:
             if self.recorder.uploader is None and rendition.playlist.entries:
                 await asyncio.to_thread(storage.put, f"{self.storage_key}/{rendition.playlist_name}",
                                         rendition.playlist.render().encode())
-        await self._anchor_replay_at_main()
         # What was captured stays playable; the status says whether it is complete.
         self.status = "interrupted" if failed or writer_error else "ready"
         await episodes.set_status(db, self.episode_id, self.status, ended=True)

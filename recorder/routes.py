@@ -170,13 +170,14 @@ async def get_episode(request: web.Request) -> web.Response:
 
 async def _renditions(request: web.Request, episode: Episode) -> list[dict]:
     """The episode's video sources for players: which is the screen, which the camera, their
-    playlists, and where each starts relative to the main rendition's time zero (replay time)."""
+    playlists, and where each starts on the episode's clock (``offset``: seconds after the
+    first rendition's start, which is started_at, the zero of chat and chapter offsets)."""
     db = request.app[DB]
     listed = await episodes.renditions(db, episode.id)
     stats = await episodes.rendition_stats(db, episode.id)
     listed = [r for r in listed if r.rendition in stats]
     main = main_rendition(listed)
-    zero = stats[main.rendition].start if main is not None else 0.0
+    zero = stats[""].start if "" in stats else min((s.start for s in stats.values()), default=0.0)
     return [{
         "name": r.label, "source": r.source, "main": r is main,
         "video_codec": r.video_codec, "audio_codec": r.audio_codec, "width": r.width, "height": r.height,

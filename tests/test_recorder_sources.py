@@ -183,12 +183,11 @@ async def test_episode_api_and_multivariant_playlist_name_screen_and_camera(app_
     assert set(renditions) == {"camera", "screen"}
     camera, screen = renditions["camera"], renditions["screen"]
     assert (screen["source"], screen["main"], screen["width"], screen["height"], screen["audio_codec"],
-            screen["playlist"], screen["offset"]) == (
-        "screen", True, 352, 192, "opus", f"/episodes/{episode_id}/screen.m3u8", 0.0)
-    assert (camera["source"], camera["main"], camera["width"], camera["height"], camera["playlist"]) == (
-        "camera", False, 320, 180, f"/episodes/{episode_id}/index.m3u8")
-    # The camera started 0.5 s before the screen: replay time zero is the screen's start.
-    assert camera["offset"] == pytest.approx(-0.5, abs=0.02)
+            screen["playlist"]) == ("screen", True, 352, 192, "opus", f"/episodes/{episode_id}/screen.m3u8")
+    assert (camera["source"], camera["main"], camera["width"], camera["height"], camera["playlist"], camera["offset"]) == (
+        "camera", False, 320, 180, f"/episodes/{episode_id}/index.m3u8", 0.0)
+    # Offsets are on the episode's clock (started_at, chat offsets): the screen came 0.5 s in.
+    assert screen["offset"] == pytest.approx(0.5, abs=0.02)
     assert screen["video_codec"].startswith("avc1.42") and camera["video_codec"].startswith("avc1.42")
 
     resp = await app_client.get(f"/episodes/{episode_id}/master.m3u8", headers=viewer)
