@@ -181,20 +181,26 @@ def read_segment(init: bytes | None, data: bytes, *, container_format: str = "mp
     return result
 
 
-async def feed_realtime(recorder, room, frames: list[MediaFrame], transform=None):
+async def feed_realtime(recorder, room, frames: list[MediaFrame], transform=None, sources: list[str] | None = None):
     """Deliver ``frames`` to a new recording of ``room`` at their arrival times (benchmarks: the
     recorder's CPU at the real pace); ``recorder`` None measures the pacing loop alone.
     ``transform`` maps each video frame to the frames to deliver instead (a VP8 -> H.264
-    conversion). Returns (cpu seconds, wall seconds, the finished recording or None)."""
+    conversion). ``sources`` names each frame's publication (camera, screen, microphone; one
+    track per name); by default one video and one audio track.
+    Returns (cpu seconds, wall seconds, the finished recording or None)."""
     recording = sinks = None
+    names = sources or [f.kind for f in frames]
     if recorder is not None:
         recording = recorder.recording_for(room.id, room.slug, room.title)
-        sinks = {"video": recording.add_track("video"), "audio": recording.add_track("audio")}
+        sinks = {}
+        for name, frame in zip(names, frames):
+            if name not in sinks:
+                sinks[name] = recording.add_track(frame.kind, source=name if sources else "")
     loop = asyncio.get_running_loop()
     cpu0, wall0 = time.process_time(), time.perf_counter()
     start = loop.time() + 0.05
     first = frames[0].arrival
-    for frame in frames:
+    for name, frame in zip(names, frames):
         delay = start + (frame.arrival - first) - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
@@ -202,7 +208,7 @@ async def feed_realtime(recorder, room, frames: list[MediaFrame], transform=None
         for item in items:
             item.arrival = frame.arrival
             if sinks is not None:
-                sinks[item.kind].on_frame(item)
+                sinks[name].on_frame(item)
     if recording is not None:
         for sink in sinks.values():
             sink.on_end()
