@@ -205,11 +205,13 @@ def main_rendition(renditions: list[Rendition]) -> Rendition | None:
 
 
 async def segments(db: asyncpg.Pool | asyncpg.Connection, episode_id: int,
-                   rendition: str = "") -> list[SegmentRow]:
-    """One rendition's segments in order (the first writer's, index.m3u8, by default)."""
+                   rendition: str | None = "") -> list[SegmentRow]:
+    """One rendition's segments in order (the first writer's, index.m3u8, by default);
+    ``rendition=None``: every rendition's (by rendition, then in order)."""
     rows = await db.fetch(
         """SELECT seq, name, init_name, discontinuity, duration, start_offset, size_bytes, rendition
-           FROM segments WHERE episode_id = $1 AND rendition = $2 ORDER BY seq""",
+           FROM segments WHERE episode_id = $1 AND ($2::text IS NULL OR rendition = $2)
+           ORDER BY rendition, seq""",
         episode_id, rendition,
     )
     return [SegmentRow(**dict(r)) for r in rows]
