@@ -371,6 +371,9 @@ class HlsWriter:
             width=width, height=height,
         ))
         pending, self._pending = self._pending, []
+        # In timeline order: a track held until its sender report came (recording.py) arrives
+        # after the other with earlier timestamps.  Stable, so each stream keeps its own order.
+        pending.sort(key=lambda sample: sample.seconds)
         for sample in pending:
             if sample.seconds < first.seconds:
                 continue   # before the keyframe the period starts at

@@ -83,6 +83,7 @@ class RoomRecording:
         self.loop = asyncio.get_running_loop()
         self.target = recorder.segment_seconds
         self.renditions: list[RenditionWriter] = []
+        self.start_wait = 1.0       # HlsWriter's: how long a period waits for audio at its first keyframe
         self.main = self._new_rendition("")
         self.writer = self.main.writer
         self.playlist = self.main.playlist
@@ -129,6 +130,7 @@ class RoomRecording:
             audio_codec=recorder.audio_codec,
             rendition=rendition,
             audio_only_ok=first,
+            start_wait=self.start_wait,
         )
         entry = RenditionWriter(self, rendition, writer)
         holder.append(entry)
@@ -152,6 +154,12 @@ class RoomRecording:
         sink = TrackSink(self, kind, request_keyframe, source=source, publisher=publisher,
                          sender_report=sender_report)
         self.tracks.add(sink)
+        if sender_report is not None:
+            # A track may be held up to SR_WAIT for its first sender report: a period waits
+            # that long for the audio before it opens without it.
+            for writer in self.writers:
+                writer.start_wait = max(writer.start_wait, SR_WAIT + 0.5)
+            self.start_wait = SR_WAIT + 0.5
         if kind == "video":
             self._attach(sink)
         elif self.audio is None:

@@ -23,7 +23,7 @@ from recorder.recorder import RECORDER, Recorder
 from recorder.storage import LocalStorage
 from recorder.track import TrackSink
 from testsupport.peers import CounterVideoTrack, peer
-from testsupport.synthetic import SyntheticSession, read_segment
+from testsupport.synthetic import SyntheticSession, read_segment, record_sources
 
 NTP_BASE = 3_900_000_000      # seconds since 1900: any sender's wall clock
 
@@ -41,10 +41,10 @@ def decode(recorder: Recorder, key: str, rows: list[episodes.SegmentRow]):
     return video, onsets
 
 
-def report_for(track_start: float, clock_rate: int):
-    """A sender report as the publisher's RTCP would carry it: its first RTP timestamp (0)
-    was captured at NTP_BASE + ``track_start``."""
-    ntp = round((NTP_BASE + track_start) * 2**32)
+def first_frame_report():
+    """A sender report as the publisher's RTCP would carry it (on the frames' timestamp scale):
+    timestamp 0, the track's first frame, was captured at NTP_BASE (both tracks start together)."""
+    ntp = NTP_BASE << 32
     return lambda: (ntp, 0)
 
 
@@ -52,19 +52,10 @@ async def test_each_video_source_is_its_own_rendition(db, room_factory, tmp_path
     room = await room_factory()
     recorder = Recorder(db, LocalStorage(tmp_path), node="node-a", segment_seconds=1.0, reconnect_grace=0)
     recording = recorder.recording_for(room.id, room.slug)
-    camera = SyntheticSession(3.0, audio=True, gop_seconds=0.5, seed=1)
-    screen = SyntheticSession(3.0, audio=False, gop_seconds=0.5, first_index=1000, seed=2, width=352,
-                              height=192, arrival0=1000.5)
-    sinks = {"camera": recording.add_track("video", source="camera"),
-             "microphone": recording.add_track("audio", source="microphone"),
-             "screen": recording.add_track("video", source="screen")}
-    merged = sorted([(f, "camera" if f.kind == "video" else "microphone") for f in camera.frames]
-                    + [(f, "screen") for f in screen.frames], key=lambda pair: pair[0].arrival)
-    for frame, source in merged:
-        sinks[source].on_frame(frame)
-    for sink in sinks.values():
-        sink.on_end()
-    await asyncio.wait_for(recording.done.wait(), 30)
+    await record_sources(recording, {
+        "camera": SyntheticSession(3.0, audio=True, gop_seconds=0.5, seed=1),
+        "screen": SyntheticSession(3.0, audio=False, gop_seconds=0.5, first_index=1000, seed=2, width=352,
+                                   height=192, arrival0=1000.5)})
 
     renditions = await episodes.renditions(db, recording.episode_id)
     assert [(r.rendition, r.label, r.source, r.width, r.height, r.audio_codec) for r in renditions] == [
@@ -100,17 +91,9 @@ async def test_sender_reports_line_up_a_source_that_arrives_late(db, room_factor
     recording = recorder.recording_for(room.id, room.slug)
     camera = SyntheticSession(4.0, audio=False, gop_seconds=0.5, seed=1)
     screen = SyntheticSession(4.0, audio=False, gop_seconds=0.5, first_index=1000, seed=2)
-    late = [dataclasses.replace(f, arrival=f.arrival + delay) for f in screen.frames]
-    reports = {s: report_for(0.0, 90000) if with_reports else None for s in ("camera", "screen")}
-    sinks = {s: recording.add_track("video", source=s, publisher="host", sender_report=reports[s])
-             for s in ("camera", "screen")}
-    merged = sorted([(f, "camera") for f in camera.frames] + [(f, "screen") for f in late],
-                    key=lambda pair: pair[0].arrival)
-    for frame, source in merged:
-        sinks[source].on_frame(frame)
-    for sink in sinks.values():
-        sink.on_end()
-    await asyncio.wait_for(recording.done.wait(), 30)
+    screen.frames = [dataclasses.replace(f, arrival=f.arrival + delay) for f in screen.frames]
+    reports = {s: first_frame_report() for s in ("camera", "screen")} if with_reports else None
+    await record_sources(recording, {"camera": camera, "screen": screen}, sender_reports=reports, publisher="host")
 
     cam, _ = decode(recorder, recording.storage_key, await episodes.segments(db, recording.episode_id))
     scr, _ = decode(recorder, recording.storage_key, await episodes.segments(db, recording.episode_id, "screen"))
@@ -145,21 +128,11 @@ async def test_a_track_without_reports_is_placed_by_arrival_after_the_wait(db, r
 
 async def record_camera_then_screen(app, room, screen_after: float = 0.5):
     """Camera + microphone from the start, the screen share from ``screen_after`` s: the episode the API lists."""
-    recorder = app[RECORDER]
-    recording = recorder.recording_for(room.id, room.slug, room.title)
-    camera = SyntheticSession(3.0, audio=True, gop_seconds=0.5, seed=1)
-    screen = SyntheticSession(3.0 - screen_after, audio=False, gop_seconds=0.5, first_index=1000, seed=2,
-                              width=352, height=192, arrival0=1000.0 + screen_after)
-    sinks = {"camera": recording.add_track("video", source="camera"),
-             "microphone": recording.add_track("audio", source="microphone"),
-             "screen": recording.add_track("video", source="screen")}
-    merged = sorted([(f, "camera" if f.kind == "video" else "microphone") for f in camera.frames]
-                    + [(f, "screen") for f in screen.frames], key=lambda pair: pair[0].arrival)
-    for frame, source in merged:
-        sinks[source].on_frame(frame)
-    for sink in sinks.values():
-        sink.on_end()
-    await asyncio.wait_for(recording.done.wait(), 30)
+    recording = app[RECORDER].recording_for(room.id, room.slug, room.title)
+    await record_sources(recording, {
+        "camera": SyntheticSession(3.0, audio=True, gop_seconds=0.5, seed=1),
+        "screen": SyntheticSession(3.0 - screen_after, audio=False, gop_seconds=0.5, first_index=1000, seed=2,
+                                   width=352, height=192, arrival0=1000.0 + screen_after)})
     assert recording.status == "ready"
     return recording.episode_id
 

@@ -9,7 +9,7 @@ import pytest
 from conftest import make_config
 from odsmedia.app import make_app
 from recorder.recorder import RECORDER
-from testsupport.synthetic import SyntheticSession
+from testsupport.synthetic import SyntheticSession, record_sources
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(150)]
 
@@ -27,19 +27,10 @@ async def app_client(aiohttp_client, service_urls, tmp_path):
 async def record_session(app, room, seconds: float) -> int:
     """Camera + microphone from 0, screen from SCREEN_AFTER: one publisher's live-coding session."""
     recording = app[RECORDER].recording_for(room.id, room.slug, room.title)
-    camera = SyntheticSession(seconds, width=320, height=180, gop_seconds=1.0, seed=1)
-    screen = SyntheticSession(seconds - SCREEN_AFTER, audio=False, width=640, height=360, gop_seconds=1.0,
-                              first_index=1000, seed=2, arrival0=1000.0 + SCREEN_AFTER)
-    sinks = {"camera": recording.add_track("video", source="camera"),
-             "microphone": recording.add_track("audio", source="microphone"),
-             "screen": recording.add_track("video", source="screen")}
-    merged = sorted([(f, "camera" if f.kind == "video" else "microphone") for f in camera.frames]
-                    + [(f, "screen") for f in screen.frames], key=lambda pair: pair[0].arrival)
-    for frame, source in merged:
-        sinks[source].on_frame(frame)
-    for sink in sinks.values():
-        sink.on_end()
-    await asyncio.wait_for(recording.done.wait(), 60)
+    await record_sources(recording, {
+        "camera": SyntheticSession(seconds, width=320, height=180, gop_seconds=1.0, seed=1),
+        "screen": SyntheticSession(seconds - SCREEN_AFTER, audio=False, width=640, height=360, gop_seconds=1.0,
+                                   first_index=1000, seed=2, arrival0=1000.0 + SCREEN_AFTER)})
     assert recording.status == "ready"
     return recording.episode_id
 

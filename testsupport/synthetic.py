@@ -214,3 +214,26 @@ async def feed_realtime(recorder, room, frames: list[MediaFrame], transform=None
             sink.on_end()
         await asyncio.wait_for(recording.done.wait(), 120)
     return time.process_time() - cpu0, time.perf_counter() - wall0, recording
+
+
+async def record_sources(recording, sessions: dict[str, SyntheticSession], *, sender_reports=None,
+                         publisher: str = "") -> None:
+    """Feed one publisher's sources to ``recording`` as separate publications, in arrival order,
+    end them and wait for the episode: each session's video under its source name (camera,
+    screen), its audio as the microphone.  ``sender_reports`` maps a source to its publication's
+    sender-report callable (absent: a track placed by arrival)."""
+    sinks: dict[tuple[str, str], object] = {}
+    tagged = []
+    for source, session in sessions.items():
+        for frame in session.frames:
+            name = source if frame.kind == "video" else "microphone"
+            if (frame.kind, name) not in sinks:
+                sinks[(frame.kind, name)] = recording.add_track(
+                    frame.kind, source=name, publisher=publisher,
+                    sender_report=(sender_reports or {}).get(name))
+            tagged.append((frame, sinks[(frame.kind, name)]))
+    for frame, sink in sorted(tagged, key=lambda pair: pair[0].arrival):
+        sink.on_frame(frame)
+    for sink in sinks.values():
+        sink.on_end()
+    await asyncio.wait_for(recording.done.wait(), 60)
