@@ -8,8 +8,9 @@ import pytest
 
 from conftest import make_config
 from odsmedia.app import make_app
+from recorder import episodes
 from recorder.recorder import RECORDER
-from testsupport.synthetic import SyntheticSession, record_sources
+from testsupport.synthetic import SyntheticSession, read_segment, record_sources
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(150)]
 
@@ -120,5 +121,62 @@ async def test_replay_shows_screen_with_camera_pip_in_sync_with_chat(app_client,
         await page.click("#swap")
         await page.wait_for_selector("#main-figure.pip")
         await page.wait_for_selector("#pip-figure:not(.pip)")
+    finally:
+        await page.close()
+
+
+async def test_chromium_host_screen_and_camera_are_recorded_as_two_renditions(
+        app_client, room_factory, token_factory, browser):
+    """The shipped host page publishes camera + microphone and shares a (fake) screen; the
+    episode holds a screen rendition and a camera rendition, each decodable with its audio,
+    and the replay page plays the screen large with the camera in the PiP."""
+    room = await room_factory(title="Browser live coding")
+    token = await token_factory(room, "host")
+    recorder = app_client.app[RECORDER]
+    context = await browser.new_context()
+    try:
+        host = await context.new_page()
+        await host.goto(str(app_client.make_url(f"/rooms/{room.slug}/host?token={token}")))
+        await host.wait_for_selector("body[data-ready='1']", timeout=15000)
+        await host.click("#golive")
+        await host.wait_for_selector("body[data-connection='connected']", timeout=30000)
+        await host.click("#share-screen")
+        await host.wait_for_selector("body[data-screen='1']", timeout=15000)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while True:
+            recording = recorder.recordings.get(room.slug)
+            if recording is not None and len(recording.renditions) == 2 and all(
+                    len(r.playlist.entries) >= 2 for r in recording.renditions):
+                break
+            assert loop.time() < deadline, "the screen and camera were not both recorded"
+            await asyncio.sleep(0.2)
+        await host.click("#stop")
+        await asyncio.wait_for(recording.done.wait(), 30)
+    finally:
+        await context.close()
+    assert recording.status == "ready"
+    renditions = {r.source: r for r in await episodes.renditions(recorder.db, recording.episode_id)}
+    assert set(renditions) == {"camera", "screen"}
+    for source, rendition in renditions.items():
+        assert rendition.video_codec.startswith("avc1.") and rendition.audio_codec == "opus", rendition
+        rows = await episodes.segments(recorder.db, recording.episode_id, rendition.rendition)
+        for r in rows:
+            init = recorder.storage.read(f"{recording.storage_key}/{r.init_name}")
+            decoded = read_segment(init, recorder.storage.read(f"{recording.storage_key}/{r.name}"))
+            assert decoded.video_pts and decoded.audio_pts, (source, r.name)
+
+    page = await browser.new_page()
+    try:
+        await page.goto(str(app_client.make_url(f"/episodes/{recording.episode_id}/watch")))
+        await page.wait_for_selector("#main-figure.screen:not(.pip)")
+        await page.wait_for_function(
+            "() => document.getElementById('video').currentTime > 1 && document.getElementById('pip-video').currentTime > 0.5",
+            timeout=30000)
+        state = await page.evaluate("""() => ({
+            main: document.getElementById('video').videoWidth, pip: document.getElementById('pip-video').videoWidth})""")
+        # The rendition lists its largest picture (the browser's encoder raises the camera's size
+        # as its bandwidth estimate grows: a new period in the same rendition).
+        assert state["main"] == renditions["screen"].width and 0 < state["pip"] <= renditions["camera"].width
     finally:
         await page.close()
