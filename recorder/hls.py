@@ -1,6 +1,7 @@
 """The HLS writer: encoded samples in, fMP4 segments cut at keyframes out.
 
-One ``HlsWriter`` per episode runs PyAV's mp4 muxer in its own thread, fed
+One ``HlsWriter`` per rendition of an episode (each recorded video source,
+with the episode's audio) runs PyAV's mp4 muxer in its own thread, fed
 by a bounded queue, so muxing never runs on the event loop.  Video is
 remuxed as received (H.264 Annex B; the muxer rewrites it to length-prefixed
 NAL units), never decoded; VP8 video is the one exception and goes through

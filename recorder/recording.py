@@ -72,7 +72,8 @@ class RenditionWriter:
 
 
 class RoomRecording:
-    """One episode being recorded: the writer thread plus its row keeping."""
+    """One episode being recorded: a writer thread per rendition, the tracks feeding them, and
+    the row keeping."""
 
     def __init__(self, recorder: "Recorder", room_id: int, room_slug: str, title: str) -> None:
         self.recorder = recorder
