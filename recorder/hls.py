@@ -180,6 +180,7 @@ class HlsWriter:
         self.rendition = rendition
         # A video source's own rendition never opens an audio-only period: it waits for its video.
         self.audio_only_ok = audio_only_ok
+        self.video_expected = False      # set by the recording while its video track is not in yet
         self.on_format = on_format
         self.target = segment_seconds
         # A segment may close this much short of the target at a keyframe.
@@ -322,7 +323,9 @@ class HlsWriter:
             if self.audio_only_ok or any(s.kind == "video" for s in pending):
                 self.on_keyframe_wanted()
             return
-        if latest - pending[0].seconds >= self.start_wait:
+        # A video track the recording already has (held for its first sender report) gets
+        # longer before the audio starts a period without it.
+        if latest - pending[0].seconds >= self.start_wait * (3 if self.video_expected else 1):
             self._open(pending[0], with_audio=True, audio_only=True)
 
     def _open(self, first: Sample, *, with_audio: bool, audio_only: bool = False) -> None:

@@ -186,6 +186,7 @@ class RoomRecording:
             chosen.source = sink.source
             chosen.label = chosen.rendition or sink.source
         chosen.video = sink
+        chosen.writer.video_expected = not chosen.started
         sink.rendition = chosen
         sink.waiting_keyframe = True
         sink.request_keyframe("recorder")
@@ -256,7 +257,9 @@ class RoomRecording:
         accepted = rendition.writer.put(Sample("video", frame.codec, frame.data, pts, frame.clock_rate,
                                                frame.keyframe))
         if accepted:
-            rendition.started = True
+            if not rendition.started:
+                rendition.started = True
+                rendition.writer.video_expected = False
         else:
             metrics.dropped_frames.labels("video").inc()
             # A lost video frame breaks decoding until the next keyframe.
@@ -270,6 +273,7 @@ class RoomRecording:
         if sink.rendition is not None and sink.rendition.video is sink:
             # The rendition waits for its source to come back (its last frame is held meanwhile).
             sink.rendition.video = None
+            sink.rendition.writer.video_expected = False
         if self.audio is sink:
             # Another audio track (a co-host's microphone, screen audio) takes over.
             self.audio = next((t for t in self.tracks if t.kind == "audio"), None)
