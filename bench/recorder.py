@@ -1,6 +1,6 @@
 """Recorder cost, segment listing delay, and long-run A/V sync.
 
-    .venv/bin/python bench/recorder.py [--seconds 20] [--sync-minutes 10]
+    .venv/bin/python bench/recorder.py [--seconds 20] [--sources-seconds 20] [--rounds 2] [--sync-minutes 10]
 
 Creates a throwaway database on the local PostgreSQL (dropped at the end)
 and records into a temporary directory.
@@ -18,6 +18,13 @@ and records into a temporary directory.
                    recorder: what a transcoding recorder would spend
      vp8 input     the same picture sent as VP8: the recorder's VP8 path (decode + x264,
                    in the writer thread)
+1b. CPU per source (``--sources-seconds``): a live-coding session, screen 1920x1080
+   30 fps H.264 (~3 Mbit/s) + camera 1280x720 30 fps (~2.5 Mbit/s) + Opus, each
+   video source its own rendition (audio muxed into both), against the
+   single-source session (camera + Opus) in the same run, rounds alternating:
+     feed only     the pacing loop over the three-source input (subtracted)
+     camera only   camera 720p + Opus: one rendition
+     screen+camera screen 1080p + camera 720p + Opus: two renditions
 2. Segment close -> listed: from the moment the writer thread muxed a segment's
    last byte to the moment the playlist that lists it was written (row inserted
    first), for every segment of the remux run.
@@ -64,7 +71,11 @@ def pct(values: list[float], p: float) -> float:
 
 
 def encode_720p(seconds: float, codec: str, fps: int = 30, bitrate: int = 2_500_000) -> list[MediaFrame]:
-    width, height = 1280, 720
+    return encode_video(seconds, codec, 1280, 720, fps, bitrate)
+
+
+def encode_video(seconds: float, codec: str, width: int, height: int, fps: int = 30,
+                 bitrate: int = 2_500_000) -> list[MediaFrame]:
     if codec == "VP8":
         encoder = av.CodecContext.create("libvpx", "w")
         encoder.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0",
@@ -174,6 +185,41 @@ async def run_cpu(pool, args, tmp: Path) -> None:
     print(f"remux episode: {episode.segment_count} segments, {episode.duration:.2f} s, status {episode.status}")
 
 
+async def run_sources(pool, args, tmp: Path) -> None:
+    seconds = args.sources_seconds
+    print(f"\nencoding {seconds:.0f} s of screen 1080p30 + camera 720p30 + Opus ...", flush=True)
+    screen = encode_video(seconds, "H264", 1920, 1080, 30, 3_000_000)
+    camera = encode_720p(seconds, "H264")
+    audio = SyntheticSession(seconds, video=False, audio_start=0.0, arrival0=0.0, jitter=0.0).frames
+    for name, frames in (("screen", screen), ("camera", camera)):
+        print(f"input {name}: {sum(len(f.data) for f in frames) * 8 / seconds / 1e6:.2f} Mbit/s, {len(frames)} frames")
+    tagged_single = sorted([("camera", f) for f in camera] + [("microphone", f) for f in audio],
+                           key=lambda p: p[1].arrival)
+    tagged_multi = sorted([("screen", f) for f in screen] + [("camera", f) for f in camera]
+                          + [("microphone", f) for f in audio], key=lambda p: p[1].arrival)
+    room = await directory.create(pool, f"bench-{uuid.uuid4().hex[:8]}", title="sources")
+    recorder = Recorder(pool, LocalStorage(tmp / "sources"), node="bench", segment_seconds=4.0, reconnect_grace=0)
+    results: dict[str, list[tuple[float, float]]] = {"feed only": [], "camera only": [], "screen+camera": []}
+    for _ in range(args.rounds):
+        for name, tagged, rec in (("feed only", tagged_multi, None), ("camera only", tagged_single, recorder),
+                                  ("screen+camera", tagged_multi, recorder)):
+            load0 = os.getloadavg()[0]
+            cpu, wall, recording = await feed_realtime(rec, room, [f for _, f in tagged], sources=[s for s, _ in tagged])
+            if recording is not None:
+                assert recording.status == "ready", recording.status
+                assert len(recording.renditions) == (2 if name == "screen+camera" else 1)
+            results[name].append((cpu / wall, (load0 + os.getloadavg()[0]) / 2))
+    base = statistics.median(share for share, _ in results["feed only"])
+    print("| session | % of one core (median) | minus feed loop | per recorded video source | load avg per round |")
+    print("|---|---|---|---|---|")
+    for name, runs in results.items():
+        share = statistics.median(s for s, _ in runs)
+        videos = {"feed only": 0, "camera only": 1, "screen+camera": 2}[name]
+        per = f"{(share - base) * 100 / videos:.2f}%" if videos else "-"
+        loads = ", ".join(f"{load:.1f}" for _, load in runs)
+        print(f"| {name} | {share * 100:.2f}% | {(share - base) * 100:.2f}% | {per} | {loads} |")
+
+
 async def run_sync(pool, args, tmp: Path) -> None:
     seconds = args.sync_minutes * 60
     print(f"\nencoding a {args.sync_minutes:g}-minute 320x180 session ...", flush=True)
@@ -225,6 +271,8 @@ async def main(args) -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 if args.seconds > 0:
                     await run_cpu(pool, args, Path(tmp))
+                if args.sources_seconds > 0:
+                    await run_sources(pool, args, Path(tmp))
                 if args.sync_minutes > 0:
                     await run_sync(pool, args, Path(tmp))
         finally:
@@ -237,5 +285,8 @@ async def main(args) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=20.0, help="length of the 720p session (0 skips part 1)")
+    parser.add_argument("--sources-seconds", type=float, default=20.0,
+                        help="length of the screen+camera session (0 skips part 1b)")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of part 1b (modes alternate within each)")
     parser.add_argument("--sync-minutes", type=float, default=10.0, help="length of the sync run (0 skips it)")
     asyncio.run(main(parser.parse_args()))

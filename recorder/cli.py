@@ -101,7 +101,7 @@ async def upload_local(db, local: LocalStorage, uploader: Uploader, episode: epi
     present = set(await asyncio.to_thread(local.list, key))
     if not present:
         return {"id": episode.id, "uploaded": 0, "state": "done"}
-    rows = await episodes.segments(db, episode.id)
+    rows = await episodes.segments(db, episode.id, rendition=None)     # every rendition's files
     names = sorted({r.init_name for r in rows if r.init_name}) + [r.name for r in rows]
     missing = [n for n in names if n not in present]
     if missing:

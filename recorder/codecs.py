@@ -56,3 +56,11 @@ def h264_parameter_sets(data: bytes) -> bytes:
             break  # parameter sets precede the first slice
         pos = nxt
     return b"".join(found)
+
+
+def h264_codec_string(parameter_sets: bytes) -> str:
+    """RFC 6381 ``avc1.PPCCLL`` from the SPS (the first NAL of ``h264_parameter_sets``)."""
+    # parameter_sets starts with the SPS NAL header (type 7), then profile, constraints, level.
+    if len(parameter_sets) < 4 or parameter_sets[0] & 0x1F != 7:
+        return "avc1.42e01f"   # constrained baseline 3.1: what browsers publish
+    return "avc1." + parameter_sets[1:4].hex()

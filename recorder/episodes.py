@@ -1,6 +1,6 @@
 """Episode and segment rows in Postgres.
 
-The owner of the ``episodes``, ``segments`` and ``episode_purges`` tables
+The owner of the ``episodes``, ``segments``, ``episode_renditions`` and ``episode_purges`` tables
 (a trigger queues a deleted episode's storage key in the last one; the purge
 loop removes its media and then the queue row): the recorder, replay,
 chat (which episode is live, which room an episode is of) and the CLI read
@@ -65,6 +65,24 @@ class SegmentRow:
     duration: float
     start_offset: float
     size_bytes: int
+    rendition: str = ""      # '' = the first writer (index.m3u8); else the file prefix
+
+
+@dataclass(frozen=True, slots=True)
+class Rendition:
+    """One recorded video source (with the episode's audio muxed in)."""
+
+    rendition: str           # '' for the first writer, else its file prefix
+    label: str               # screen, camera, camera-2, ...
+    source: str
+    video_codec: str = ""    # RFC 6381, e.g. avc1.42e01f
+    audio_codec: str = ""    # opus | mp4a.40.2 | ''
+    width: int = 0
+    height: int = 0
+
+    @property
+    def playlist(self) -> str:
+        return f"{self.rendition}.m3u8" if self.rendition else "index.m3u8"
 
 
 _SELECT = """SELECT e.*, r.slug FROM episodes e JOIN rooms r ON r.id = e.room_id"""
@@ -120,31 +138,88 @@ async def add_segment(db: asyncpg.Pool | asyncpg.Connection, episode_id: int, se
     async with transaction(db) as conn:
         await conn.execute(
             """INSERT INTO segments (episode_id, seq, name, init_name, discontinuity, duration,
-                                     start_offset, size_bytes)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
+                                     start_offset, size_bytes, rendition)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
             episode_id, segment.seq, segment.name, segment.init_name, segment.discontinuity,
-            segment.duration, segment.start_offset, segment.size_bytes,
+            segment.duration, segment.start_offset, segment.size_bytes, segment.rendition,
         )
+        # segment_count counts the first rendition's (index.m3u8's) segments; the duration
+        # is the episode timeline's end, whichever rendition reaches furthest.
         await conn.execute(
-            """UPDATE episodes SET segment_count = segment_count + 1,
+            """UPDATE episodes SET segment_count = segment_count + (CASE WHEN $3 = '' THEN 1 ELSE 0 END),
                                    duration = greatest(duration, $2)
                WHERE id = $1""",
-            episode_id, segment.start_offset + segment.duration,
+            episode_id, segment.start_offset + segment.duration, segment.rendition,
         )
 
 
-async def segments(db: asyncpg.Pool | asyncpg.Connection, episode_id: int) -> list[SegmentRow]:
+async def set_rendition(db: asyncpg.Pool | asyncpg.Connection, episode_id: int, rendition: Rendition) -> None:
+    """Insert or update what a rendition carries (its resolution may change with a new period)."""
+    await db.execute(
+        """INSERT INTO episode_renditions (episode_id, rendition, label, source, video_codec, audio_codec,
+                                           width, height)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+           ON CONFLICT (episode_id, rendition) DO UPDATE SET
+               video_codec = EXCLUDED.video_codec, audio_codec = EXCLUDED.audio_codec,
+               width = EXCLUDED.width, height = EXCLUDED.height""",
+        episode_id, rendition.rendition, rendition.label, rendition.source, rendition.video_codec,
+        rendition.audio_codec, rendition.width, rendition.height,
+    )
+
+
+async def renditions(db: asyncpg.Pool | asyncpg.Connection, episode_id: int) -> list[Rendition]:
+    """The episode's renditions, the first writer's first (none for episodes older than renditions)."""
     rows = await db.fetch(
-        """SELECT seq, name, init_name, discontinuity, duration, start_offset, size_bytes
-           FROM segments WHERE episode_id = $1 ORDER BY seq""",
+        """SELECT rendition, label, source, video_codec, audio_codec, width, height
+           FROM episode_renditions WHERE episode_id = $1 ORDER BY rendition""",
         episode_id,
+    )
+    return [Rendition(**dict(r)) for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class RenditionStats:
+    start: float            # its first segment's start on the episode timeline (seconds)
+    peak_bps: int           # the highest segment bit rate (HLS BANDWIDTH)
+    average_bps: int
+
+
+async def rendition_stats(db: asyncpg.Pool | asyncpg.Connection, episode_id: int) -> dict[str, RenditionStats]:
+    """Per rendition, from its listed segments: where it starts, and its bit rates."""
+    rows = await db.fetch(
+        """SELECT rendition, min(start_offset) AS start,
+                  max(size_bytes * 8 / greatest(duration, 0.001)) AS peak,
+                  sum(size_bytes) * 8 / greatest(sum(duration), 0.001) AS average
+           FROM segments WHERE episode_id = $1 GROUP BY rendition""",
+        episode_id,
+    )
+    return {r["rendition"]: RenditionStats(r["start"], int(r["peak"]), int(r["average"])) for r in rows}
+
+
+def main_rendition(renditions: list[Rendition]) -> Rendition | None:
+    """What a player shows large: the (first) screen share, else the first rendition."""
+    screens = sorted((r for r in renditions if r.source == "screen"), key=lambda r: (len(r.label), r.label))
+    if screens:
+        return screens[0]
+    return next((r for r in renditions if not r.rendition), renditions[0] if renditions else None)
+
+
+async def segments(db: asyncpg.Pool | asyncpg.Connection, episode_id: int,
+                   rendition: str | None = "") -> list[SegmentRow]:
+    """One rendition's segments in order (the first writer's, index.m3u8, by default);
+    ``rendition=None``: every rendition's (by rendition, then in order)."""
+    rows = await db.fetch(
+        """SELECT seq, name, init_name, discontinuity, duration, start_offset, size_bytes, rendition
+           FROM segments WHERE episode_id = $1 AND ($2::text IS NULL OR rendition = $2)
+           ORDER BY rendition, seq""",
+        episode_id, rendition,
     )
     return [SegmentRow(**dict(r)) for r in rows]
 
 
 async def segment_by_name(db: asyncpg.Pool, episode_id: int, name: str) -> SegmentRow | None:
     row = await db.fetchrow(
-        """SELECT seq, name, init_name, discontinuity, duration, start_offset, size_bytes
+        """SELECT seq, name, init_name, discontinuity, duration, start_offset, size_bytes, rendition
            FROM segments WHERE episode_id = $1 AND name = $2""",
         episode_id, name,
     )

@@ -1,6 +1,7 @@
 """The HLS writer: encoded samples in, fMP4 segments cut at keyframes out.
 
-One ``HlsWriter`` per episode runs PyAV's mp4 muxer in its own thread, fed
+One ``HlsWriter`` per rendition of an episode (each recorded video source,
+with the episode's audio) runs PyAV's mp4 muxer in its own thread, fed
 by a bounded queue, so muxing never runs on the event loop.  Video is
 remuxed as received (H.264 Annex B; the muxer rewrites it to length-prefixed
 NAL units), never decoded; VP8 video is the one exception and goes through
@@ -40,7 +41,7 @@ from typing import Callable
 
 import av
 
-from .codecs import OPUS_SILENCE, OPUS_SILENCE_SAMPLES, h264_parameter_sets, opus_samples
+from .codecs import OPUS_SILENCE, OPUS_SILENCE_SAMPLES, h264_codec_string, h264_parameter_sets, opus_samples
 from .fmp4 import BoxSplitter, Fragment, TrackSpan
 from .storage import Storage
 
@@ -83,6 +84,17 @@ class ClosedSegment:
     duration: float
     size: int
     closed_at: float    # time.monotonic() when its last byte was muxed
+    rendition: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodFormat:
+    """What a period carries, reported when it opens (the rendition's listing)."""
+
+    video_codec: str    # RFC 6381, '' for an audio-only period
+    audio_codec: str    # opus | mp4a.40.2 | ''
+    width: int
+    height: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,13 +121,14 @@ def _startable(sample: Sample) -> bool:
         h264_parameter_sets(sample.data))
 
 
-def segment_name(seq: int, period: int) -> str:
-    # The period is in the name so recovery can pair a segment with its init section.
-    return f"{seq:05d}-{period}.m4s"
+def segment_name(seq: int, period: int, rendition: str = "") -> str:
+    # The period is in the name so recovery can pair a segment with its init section;
+    # a rendition other than the first prefixes its files ("screen.00001-0.m4s").
+    return f"{rendition}.{seq:05d}-{period}.m4s" if rendition else f"{seq:05d}-{period}.m4s"
 
 
-def init_name(period: int) -> str:
-    return f"init-{period}.mp4"
+def init_name(period: int, rendition: str = "") -> str:
+    return f"{rendition}.init-{period}.mp4" if rendition else f"init-{period}.mp4"
 
 
 @dataclass
@@ -155,12 +168,20 @@ class HlsWriter:
         part_seconds: float = 0.0,
         on_keyframe_wanted: Callable[[], None] = lambda: None,
         on_failed: Callable[[], None] = lambda: None,
+        on_format: Callable[[PeriodFormat], None] = lambda f: None,
         queue_size: int = 1024,
         audio_codec: str = "opus",
         start_wait: float = 1.0,
+        rendition: str = "",
+        audio_only_ok: bool = True,
     ) -> None:
         self.storage = storage
         self.prefix = prefix
+        self.rendition = rendition
+        # A video source's own rendition never opens an audio-only period: it waits for its video.
+        self.audio_only_ok = audio_only_ok
+        self.video_expected = False      # set by the recording while its video track is not in yet
+        self.on_format = on_format
         self.target = segment_seconds
         # A segment may close this much short of the target at a keyframe.
         self.tolerance = min(0.5, segment_seconds * 0.25)
@@ -295,13 +316,16 @@ class HlsWriter:
             if has_audio or latest - keyframe.seconds >= self.start_wait:
                 self._open(keyframe, with_audio=has_audio)
             return
-        if any(s.kind == "video" for s in pending):
+        if any(s.kind == "video" for s in pending) or not self.audio_only_ok:
             # Video exists but no keyframe yet: keep only the last start_wait of audio.
             horizon = latest - self.start_wait
             self._pending = [s for s in pending if s.kind == "audio" and s.seconds >= horizon]
-            self.on_keyframe_wanted()
+            if self.audio_only_ok or any(s.kind == "video" for s in pending):
+                self.on_keyframe_wanted()
             return
-        if latest - pending[0].seconds >= self.start_wait:
+        # A video track the recording already has (held for its first sender report) gets
+        # longer before the audio starts a period without it.
+        if latest - pending[0].seconds >= self.start_wait * (3 if self.video_expected else 1):
             self._open(pending[0], with_audio=True, audio_only=True)
 
     def _open(self, first: Sample, *, with_audio: bool, audio_only: bool = False) -> None:
@@ -319,10 +343,13 @@ class HlsWriter:
         container = av.open(splitter, "w", format="mp4", options=options)
         video = audio = None
         params = b""
+        width = height = 0
         if not audio_only:
             params = h264_parameter_sets(first.data)
             with av.open(io.BytesIO(first.data), format="h264") as probe:
-                video = container.add_stream_from_template(probe.streams.video[0])
+                template = probe.streams.video[0]
+                width, height = template.codec_context.width, template.codec_context.height
+                video = container.add_stream_from_template(template)
             video.time_base = Fraction(1, VIDEO_CLOCK)
         if with_audio:
             # The stream's own encoder context supplies the sample entry (dOps / esds);
@@ -342,7 +369,15 @@ class HlsWriter:
             if self.audio_codec == "aac":
                 period.aac = _AacEncoder(audio, period.audio_end)
         self._period = period
+        self.on_format(PeriodFormat(
+            video_codec=h264_codec_string(params) if video is not None else "",
+            audio_codec=("mp4a.40.2" if self.audio_codec == "aac" else "opus") if audio is not None else "",
+            width=width, height=height,
+        ))
         pending, self._pending = self._pending, []
+        # In timeline order: a track held until its sender report came (recording.py) arrives
+        # after the other with earlier timestamps.  Stable, so each stream keeps its own order.
+        pending.sort(key=lambda sample: sample.seconds)
         for sample in pending:
             if sample.seconds < first.seconds:
                 continue   # before the keyframe the period starts at
@@ -422,7 +457,7 @@ class HlsWriter:
     def _collect(self, period: _Period) -> None:
         splitter = period.splitter
         if period.init is None and splitter.init is not None:
-            period.init = init_name(period.index)
+            period.init = init_name(period.index, self.rendition)
             self.storage.put(f"{self.prefix}/{period.init}", splitter.init)
         for fragment in splitter.take():
             self._add_fragment(period, fragment)
@@ -473,7 +508,7 @@ class HlsWriter:
         assert self.on_part is not None
         self.on_part(WrittenPart(
             seq=self._seq, period=period.index, index=len(period.fragments) - 1,
-            segment=segment_name(self._seq, period.index), init=period.init,
+            segment=segment_name(self._seq, period.index, self.rendition), init=period.init,
             discontinuity=period.discontinuity, independent=independent, data=fragment.data,
             start=start, duration=max(0.001, end - start), written_at=time.monotonic(),
         ))
@@ -497,12 +532,12 @@ class HlsWriter:
             return
         closed_at = time.monotonic()
         data = b"".join(f.data for f in period.fragments)
-        name = segment_name(self._seq, period.index)
+        name = segment_name(self._seq, period.index, self.rendition)
         self.storage.put(f"{self.prefix}/{name}", data)
         segment = ClosedSegment(
             seq=self._seq, name=name, init=period.init, discontinuity=period.discontinuity,
             start=period.segment_start, duration=max(0.001, period.segment_end - period.segment_start),
-            size=len(data), closed_at=closed_at,
+            size=len(data), closed_at=closed_at, rendition=self.rendition,
         )
         self._seq += 1
         period.fragments = []

@@ -52,7 +52,11 @@ ROOM_TTL = 5.0
 # The anonymous-viewer cookie (auth.anonymous): a public room's poller without the gate's identity.
 ANON_COOKIE = "ods_anon"
 # Paths whose responses the CORS policy covers: an episode's playlists and media.
-MEDIA_PATH = re.compile(r"^/episodes/[0-9]+/(live\.m3u8|index\.m3u8|[0-9]+-[0-9]+(\.[0-9]+)?\.m4s|init-[0-9]+\.mp4)$")
+# Playlists (live, the first rendition's, the multivariant one, another rendition's) and media
+# files (another rendition's are prefixed with its name and a dot).
+_RENDITION = r"(?:camera|screen)(?:-[0-9]+)?"
+MEDIA_PATH = re.compile(r"^/episodes/[0-9]+/(?:(?:live|index|master|" + _RENDITION + r")\.m3u8|(?:" + _RENDITION
+                        + r"\.)?(?:[0-9]+-[0-9]+(?:\.[0-9]+)?\.m4s|init-[0-9]+\.mp4))$")
 _URI_ATTR = re.compile(r'URI="([^"?]+)"')
 _URI_LINE = re.compile(r"^(?!#)[^\s?]+$", re.M)
 # (id of a rendered playlist, token) -> (that playlist, its tokenized text); the playlist

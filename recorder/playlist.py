@@ -62,3 +62,41 @@ class Playlist:
             lines.append(ENDLIST)
         return "\n".join(lines) + "\n"
 
+
+
+@dataclass(frozen=True, slots=True)
+class VideoRendition:
+    """One video source of an episode, as a multivariant playlist declares it."""
+
+    name: str               # NAME: screen, camera, camera-2
+    uri: str                # its media playlist
+    codecs: str             # "avc1.42e01f,opus" ('' when unknown: CODECS is left out)
+    width: int
+    height: int
+    peak_bps: int
+    average_bps: int
+
+
+def render_multivariant(main: VideoRendition, others: list[VideoRendition]) -> str:
+    """The episode's multivariant playlist: one variant stream, the main rendition (the screen,
+    with the audio muxed in), and every video source as an alternative VIDEO rendition of it
+    (RFC 8216 4.3.4.1, the "camera angles" form): a player that knows no alternatives plays
+    the main one, one that does can offer the others by NAME."""
+    group = "sources"
+    lines = ["#EXTM3U", "#EXT-X-VERSION:7", "#EXT-X-INDEPENDENT-SEGMENTS"]
+    lines.append(f'#EXT-X-MEDIA:TYPE=VIDEO,GROUP-ID="{group}",NAME="{main.name}",DEFAULT=YES,AUTOSELECT=YES')
+    for other in others:
+        lines.append(f'#EXT-X-MEDIA:TYPE=VIDEO,GROUP-ID="{group}",NAME="{other.name}",DEFAULT=NO,AUTOSELECT=NO,'
+                     f'URI="{other.uri}"')
+    # BANDWIDTH covers whichever rendition of the group a player picks.
+    peak = max([main.peak_bps] + [o.peak_bps for o in others])
+    attributes = [f"BANDWIDTH={max(1, peak)}", f"AVERAGE-BANDWIDTH={max(1, main.average_bps)}"]
+    if main.codecs:
+        attributes.append(f'CODECS="{main.codecs}"')
+    if main.width and main.height:
+        attributes.append(f"RESOLUTION={main.width}x{main.height}")
+    if others:
+        attributes.append(f'VIDEO="{group}"')
+    lines.append("#EXT-X-STREAM-INF:" + ",".join(attributes))
+    lines.append(main.uri)
+    return "\n".join(lines) + "\n"

@@ -77,7 +77,9 @@ class Recorder:
         if not self.enabled or publication.kind not in ("audio", "video"):
             return
         recording = self.recording_for(room.record.id, room.slug, room.record.title)
-        sink = recording.add_track(publication.kind, publication.request_keyframe)
+        sink = recording.add_track(publication.kind, publication.request_keyframe, source=publication.source,
+                                   publisher=publication.participant.id,
+                                   sender_report=lambda: publication.sender_report)
         self._sinks[id(publication)] = (publication, sink)
         publication.add_sink(sink)
 
@@ -125,7 +127,7 @@ class Recorder:
         if timeout is not None:
             # The last segments reach the disk (spool) whatever the bucket does: the
             # writer threads need no store, only a moment.
-            await asyncio.to_thread(_join_writers, [r.writer for r in ending], WRITER_CLOSE_TIMEOUT)
+            await asyncio.to_thread(_join_writers, [w for r in ending for w in r.writers], WRITER_CLOSE_TIMEOUT)
         done, late = await asyncio.wait([r.task for r in ending], timeout=timeout)
         for task in late:
             task.cancel()

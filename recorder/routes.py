@@ -3,8 +3,12 @@
 GET    /rooms/{slug}/episodes        JSON list, newest first, paged (?limit=, ?before=); a browser
                                      asking for HTML gets the replay page
 GET    /episodes/{id}                JSON metadata
-GET    /episodes/{id}/index.m3u8     the HLS playlist (EVENT while live, VOD with ENDLIST after),
-                                     built from the segment rows, so any node answers it
+GET    /episodes/{id}/index.m3u8     the first rendition's HLS media playlist (EVENT while live, VOD
+                                     with ENDLIST after), built from the segment rows, so any node
+                                     answers it
+GET    /episodes/{id}/master.m3u8    the multivariant playlist: the main rendition (screen, else the
+                                     first) with every video source declared as an alternative
+GET    /episodes/{id}/{rendition}.m3u8  another rendition's media playlist (screen.m3u8, camera-2.m3u8)
 GET    /episodes/{id}/{segment}      init sections and segments, with Range, ETag, immutable caching;
                                      with a bucket (storage.backend = s3): a redirect to a short-lived
                                      presigned URL, or the bytes proxied (storage.serve = proxy)
@@ -41,9 +45,9 @@ from odsmedia.keys import CONFIG, DB, GATE
 from odsmedia.rooms.sfu import SFU
 
 from . import episodes, finalize, metrics
-from .episodes import Episode
+from .episodes import Episode, Rendition, main_rendition
 from .playlist import CONTENT_TYPE as PLAYLIST_TYPE
-from .playlist import Playlist, PlaylistEntry
+from .playlist import Playlist, PlaylistEntry, VideoRendition, render_multivariant
 from .llhls import BlockingRequest, PlaylistRequestError, PlaylistTimeout
 from .origin import Cors, HlsOrigin, LiveEpisodes, MediaAccess
 from .purge import Purger
@@ -52,7 +56,9 @@ from .storage import MissingObject, Storage, StorageError, open_stores
 from .urltoken import UrlTokens, derive_key
 
 PART_PATTERN = r"[0-9]{5,9}-[0-9]{1,6}\.[0-9]{1,4}\.m4s"
-SEGMENT_PATTERN = r"[0-9]{5,9}-[0-9]{1,6}\.m4s|init-[0-9]{1,6}\.mp4"
+# A rendition other than the first: its playlist is NAME.m3u8 and its files are prefixed "NAME.".
+RENDITION_PATTERN = r"(?:camera|screen)(?:-[0-9]{1,3})?"
+SEGMENT_PATTERN = (r"(?:" + RENDITION_PATTERN + r"\.)?(?:[0-9]{5,9}-[0-9]{1,6}\.m4s|init-[0-9]{1,6}\.mp4)")
 # ASCII digits only (\d would take any script's digits).
 _RANGE = re.compile(r"^bytes=([0-9]*)-([0-9]*)$", re.ASCII)
 # A position of more digits than this is past the end of any file; int() of thousands
@@ -161,6 +167,8 @@ async def get_episode(request: web.Request) -> web.Response:
     body.update(
         room=episode.room_slug,
         playlist=f"/episodes/{episode.id}/index.m3u8",
+        master=f"/episodes/{episode.id}/master.m3u8",
+        renditions=await _renditions(request, episode),
         can_delete=admission.is_moderator,
         chapters=[{"id": h.id, "offset": h.wire()["offset"], "title": h.text or f"Highlight by {h.author_name}",
                    "name": h.author_name} for h in highlights if h.offset is not None],
@@ -168,14 +176,69 @@ async def get_episode(request: web.Request) -> web.Response:
     return json_response(body, headers={"Cache-Control": "no-cache"})
 
 
+async def _renditions(request: web.Request, episode: Episode) -> list[dict]:
+    """The episode's video sources for players: which is the screen, which the camera, their
+    playlists, and where each starts on the episode's clock (``offset``: seconds after the
+    first rendition's start, which is started_at, the zero of chat and chapter offsets)."""
+    db = request.app[DB]
+    listed = await episodes.renditions(db, episode.id)
+    stats = await episodes.rendition_stats(db, episode.id)
+    listed = [r for r in listed if r.rendition in stats]
+    main = main_rendition(listed)
+    zero = stats[""].start if "" in stats else min((s.start for s in stats.values()), default=0.0)
+    return [{
+        "name": r.label, "source": r.source, "main": r is main,
+        "video_codec": r.video_codec, "audio_codec": r.audio_codec, "width": r.width, "height": r.height,
+        "playlist": f"/episodes/{episode.id}/{r.playlist}",
+        "offset": round(stats[r.rendition].start - zero, 3),
+    } for r in listed]
+
+
+def _playlist_response(request: web.Request, access: MediaAccess, text: str) -> web.Response:
+    # A token URL's playlist carries that token on; one admitted by cookie does not (a VOD
+    # playlist is loaded once, and a token in it would expire under a long replay).
+    body = (access.carry_token(text) if access.shared else text).encode()
+    etag = '"' + hashlib.sha1(body).hexdigest()[:20] + '"'
+    headers = {"ETag": etag, "Cache-Control": access.revalidated(), "X-Content-Type-Options": "nosniff"}
+    if _not_modified(request, etag):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=body, headers={**headers, "Content-Type": PLAYLIST_TYPE})
+
+
+async def get_master(request: web.Request) -> web.Response:
+    access = await request.app[HLS_ORIGIN].admit(request)
+    episode = access.episode
+    db = request.app[DB]
+    stats = await episodes.rendition_stats(db, episode.id)
+    if not stats:
+        raise ApiError(404, "playlist_not_ready", "the episode has no segment yet")
+    # Episodes recorded before renditions have segments but no rendition rows: one variant.
+    listed = [r for r in await episodes.renditions(db, episode.id) if r.rendition in stats] or [
+        Rendition(rendition="", label="camera", source="camera")]
+
+    def declared(r: Rendition) -> VideoRendition:
+        codecs = ",".join(c for c in (r.video_codec, r.audio_codec) if c) if r.video_codec else ""
+        s = stats.get(r.rendition)
+        return VideoRendition(name=r.label, uri=r.playlist, codecs=codecs, width=r.width, height=r.height,
+                              peak_bps=s.peak_bps if s else 1, average_bps=s.average_bps if s else 1)
+
+    main = main_rendition(listed)
+    assert main is not None
+    body = render_multivariant(declared(main), [declared(r) for r in listed if r is not main])
+    return _playlist_response(request, access, body)
+
+
 async def get_playlist(request: web.Request) -> web.Response:
     access = await request.app[HLS_ORIGIN].admit(request)
-    return await _rows_playlist(request, access)
+    return await _rows_playlist(request, access, request.match_info.get("rendition", ""))
 
 
-async def _rows_playlist(request: web.Request, access: MediaAccess) -> web.Response:
+async def _rows_playlist(request: web.Request, access: MediaAccess, rendition: str = "") -> web.Response:
     episode = access.episode
-    rows = await episodes.segments(request.app[DB], episode.id)
+    db = request.app[DB]
+    if rendition and not any(r.rendition == rendition for r in await episodes.renditions(db, episode.id)):
+        raise ApiError(404, "rendition_not_found", "the episode has no such rendition")
+    rows = await episodes.segments(db, episode.id, rendition)
     if not rows:
         raise ApiError(404, "playlist_not_ready", "the episode has no segment yet")
     # The rows are the listing (a row exists only once its segment is stored), so
@@ -183,15 +246,7 @@ async def _rows_playlist(request: web.Request, access: MediaAccess) -> web.Respo
     playlist = Playlist(recorder_of(request.app).segment_seconds, ended=episode.status != "live")
     for row in rows:
         playlist.add(PlaylistEntry(row.name, row.duration, row.init_name, row.discontinuity))
-    # A token URL's playlist carries that token on; one admitted by cookie does not (a VOD
-    # playlist is loaded once, and a token in it would expire under a long replay).
-    text = playlist.render()
-    body = (access.carry_token(text) if access.shared else text).encode()
-    etag = '"' + hashlib.sha1(body).hexdigest()[:20] + '"'
-    headers = {"ETag": etag, "Cache-Control": access.revalidated(), "X-Content-Type-Options": "nosniff"}
-    if _not_modified(request, etag):
-        return web.Response(status=304, headers=headers)
-    return web.Response(body=body, headers={**headers, "Content-Type": PLAYLIST_TYPE})
+    return _playlist_response(request, access, playlist.render())
 
 
 def _live_recording(request: web.Request, episode: Episode):
@@ -315,7 +370,8 @@ async def get_segment(request: web.Request) -> web.Response:
     db = request.app[DB]
     storage = recorder_of(request.app).storage
     presign = request.app[PRESIGN_SECONDS]
-    if requested.startswith("init-") and recording is not None and any(
+    is_init = requested.endswith(".mp4")
+    if is_init and recording is not None and any(
             seg.init == requested for seg in recording.live.segments):
         # Listed on the live playlist before any row names it: from the writer's spool.
         try:
@@ -323,7 +379,7 @@ async def get_segment(request: web.Request) -> web.Response:
         except StorageError:
             raise ApiError(404, "segment_not_found", "the init section is missing") from None
         return _media_response(request, body, f'"e{episode.id}-{requested}-{len(body)}"', access.media_cache())
-    if requested.startswith("init-"):
+    if is_init:
         name = await db.fetchval(
             "SELECT init_name FROM segments WHERE episode_id = $1 AND init_name = $2 LIMIT 1", episode.id, requested
         )
@@ -500,12 +556,15 @@ def setup(app: web.Application) -> None:
 
     app.cleanup_ctx.append(lifecycle)
     app.on_response_prepare.append(cors)
-    app.router.add_route("OPTIONS", "/episodes/{episode_id:[0-9]+}/{name:(live|index)\\.m3u8|"
+    playlists = "(live|index|master|" + RENDITION_PATTERN + ")\\.m3u8"
+    app.router.add_route("OPTIONS", "/episodes/{episode_id:[0-9]+}/{name:" + playlists + "|"
                          + PART_PATTERN + "|" + SEGMENT_PATTERN + "}", preflight)
     app.router.add_get("/rooms/{slug}/episodes", list_episodes)
     app.router.add_get("/episodes/{episode_id:[0-9]+}", get_episode)
     app.router.add_delete("/episodes/{episode_id:[0-9]+}", delete_episode)
     app.router.add_get("/episodes/{episode_id:[0-9]+}/index.m3u8", get_playlist)
+    app.router.add_get("/episodes/{episode_id:[0-9]+}/master.m3u8", get_master)
     app.router.add_get("/episodes/{episode_id:[0-9]+}/live.m3u8", get_live_playlist)
+    app.router.add_get("/episodes/{episode_id:[0-9]+}/{rendition:" + RENDITION_PATTERN + "}.m3u8", get_playlist)
     app.router.add_get("/episodes/{episode_id:[0-9]+}/{name:" + PART_PATTERN + "}", get_part)
     app.router.add_get("/episodes/{episode_id:[0-9]+}/{name:" + SEGMENT_PATTERN + "}", get_segment)

@@ -6,25 +6,36 @@ from typing import TYPE_CHECKING, Callable
 
 from odsmedia.media.frame import MediaFrame
 
-from .clock import TrackClock
+from .clock import SenderReport, TrackClock
 
 if TYPE_CHECKING:
-    from .recording import RoomRecording
+    from .recording import RenditionWriter, RoomRecording
 
 
 class TrackSink:
     """The recorder's sink on one publication's fan-out."""
 
-    __slots__ = ("recording", "kind", "request_keyframe", "clock", "waiting_keyframe", "ended")
+    __slots__ = ("recording", "kind", "source", "publisher", "request_keyframe", "sender_report", "clock",
+                 "waiting_keyframe", "ended", "held", "rendition")
 
-    def __init__(self, recording: "RoomRecording", kind: str, request_keyframe: Callable[[str], None]) -> None:
+    def __init__(self, recording: "RoomRecording", kind: str, request_keyframe: Callable[[str], None], *,
+                 source: str, publisher: str = "",
+                 sender_report: Callable[[], SenderReport | None] | None = None) -> None:
         self.recording = recording
         self.kind = kind
+        self.source = source
+        self.publisher = publisher                  # whose NTP clock the sender reports use
         self.request_keyframe = request_keyframe
+        # The publication's latest (NTP, RTP); None: it has no sender reports (place by arrival).
+        self.sender_report = sender_report
         self.clock = TrackClock()
         # Video enters the recording only at a keyframe (start, and after a dropped frame).
         self.waiting_keyframe = kind == "video"
         self.ended = False
+        # Frames held until the track is placed on the timeline (waiting for a sender report).
+        self.held: list[MediaFrame] = []
+        # Video: the rendition this track feeds (None for audio, which feeds them all).
+        self.rendition: RenditionWriter | None = None
 
     def on_frame(self, frame: MediaFrame) -> None:
         self.recording.on_frame(self, frame)

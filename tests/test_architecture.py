@@ -60,6 +60,7 @@ TABLE_OWNERS = {
     "episodes": "recorder/episodes.py",
     "segments": "recorder/episodes.py",
     "episode_purges": "recorder/episodes.py",
+    "episode_renditions": "recorder/episodes.py",
     "chat_items": "odsmedia/chat/store.py",
     "chat_votes": "odsmedia/chat/store.py",
     "chat_sanctions": "odsmedia/chat/store.py",

@@ -182,43 +182,6 @@ async def test_writer_backlog_drops_video_until_the_next_keyframe(db, room_facto
     await recorder.close()
 
 
-async def test_second_video_publication_waits_and_takes_over(db, room_factory, tmp_path):
-    room = await room_factory()
-    recorder = Recorder(db, LocalStorage(tmp_path), node="node-a", segment_seconds=1.0, reconnect_grace=0)
-    recording = recorder.recording_for(room.id, room.slug)
-    camera = SyntheticSession(2.0, audio=False, gop_seconds=0.5, seed=1)
-    screen = SyntheticSession(4.0, audio=False, gop_seconds=0.5, first_index=1000, seed=2, width=352, height=192)
-    camera_sink = recording.add_track("video")
-    screen_requests = KeyframeRequests()
-    screen_sink = recording.add_track("video", screen_requests)
-    assert screen_requests.reasons == []          # standing by: not recorded, not asked
-    merged = sorted([(f, camera_sink) for f in camera.frames] + [(f, screen_sink) for f in screen.frames],
-                    key=lambda pair: pair[0].arrival)
-    for frame, sink in merged:
-        if sink is camera_sink and frame.arrival > 1002.0:
-            break
-        sink.on_frame(frame)
-    camera_sink.on_end()
-    assert screen_requests.reasons == ["recorder"]  # promoted: asked for a keyframe
-    for frame in screen.frames:
-        if frame.arrival > 1002.0:
-            screen_sink.on_frame(frame)
-    screen_sink.on_end()
-    await asyncio.wait_for(recording.done.wait(), 30)
-    rows = await episodes.segments(db, recording.episode_id)
-    counters = []
-    for r in rows:
-        init = recorder.storage.read(f"{recording.storage_key}/{r.init_name}")
-        counters += [c for _, c in read_segment(init, recorder.storage.read(f"{recording.storage_key}/{r.name}")).video]
-    camera_part = [c for c in counters if c < 1000]
-    screen_part = [c for c in counters if c >= 1000]
-    assert camera_part == list(range(len(camera_part))) and len(camera_part) >= 55
-    # The screen joins the recording at a keyframe after the camera ended, in a new period.
-    assert screen_part and screen_part[0] % 15 == 10 and screen_part == list(range(screen_part[0], 1120))
-    assert any(r.discontinuity for r in rows)
-    await recorder.close()
-
-
 async def test_storage_failure_ends_the_recording_as_failed(db, room_factory, tmp_path):
     room = await room_factory()
     recorder = Recorder(db, LocalStorage(tmp_path), node="node-a", segment_seconds=1.0, reconnect_grace=30)

@@ -85,17 +85,22 @@ def s3_config(service_urls, data_dir: Path, gate: S3Gate, bucket: str, **extra: 
     )
 
 
-def feed(recording, seconds: float):
+def feed(recording, seconds: float, screen: bool = False):
     sinks = {"video": recording.add_track("video"), "audio": recording.add_track("audio")}
     session = SyntheticSession(seconds, gop_seconds=0.5)
     for frame in session.frames:
         sinks[frame.kind].on_frame(frame)
+    if screen:
+        # A screen share alongside: its own rendition (screen.* files).
+        sinks["screen"] = recording.add_track("video", source="screen")
+        for frame in SyntheticSession(seconds, audio=False, gop_seconds=0.5, first_index=1000, seed=2).frames:
+            sinks["screen"].on_frame(frame)
     return sinks, sum(1 for f in session.frames if f.kind == "video")
 
 
-async def record(app, room, seconds: float = 3.0) -> tuple[int, int]:
+async def record(app, room, seconds: float = 3.0, screen: bool = False) -> tuple[int, int]:
     recording = app[RECORDER].recording_for(room.id, room.slug, room.title)
-    sinks, video_frames = feed(recording, seconds)
+    sinks, video_frames = feed(recording, seconds, screen)
     for sink in sinks.values():
         sink.on_end()
     await asyncio.wait_for(recording.done.wait(), 60)
@@ -421,12 +426,13 @@ async def test_episode_upload_all_moves_local_episodes_idempotently(
     local = await aiohttp_client(make_app(make_config(
         service_urls, data_dir, ODS_RECORDING_SEGMENT_SECONDS="1", ODS_RECORDING_RECONNECT_GRACE="0")))
     room = await room_factory()
-    episode_id, _ = await record(local.app, room, 2.0)
+    episode_id, _ = await record(local.app, room, 2.0, screen=True)
     db = local.app[RECORDER].db
     episode = await episodes.get(db, episode_id)
     folder = data_dir / "episodes" / episode.storage_key
     before = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in folder.iterdir() if p.suffix != ".m3u8"}
-    rows = await episodes.segments(db, episode_id)
+    rows = await episodes.segments(db, episode_id, rendition=None)     # camera and screen files
+    assert any(r.rendition == "screen" for r in rows) and any(r.rendition == "" for r in rows)
 
     env = odsmedia_env(service_urls, data_dir, ODS_STORAGE_BACKEND="s3", ODS_STORAGE_BUCKET=bucket,
                        ODS_STORAGE_PREFIX=PREFIX, ODS_STORAGE_ENDPOINT_URL=gate.url, **CREDENTIALS)

@@ -194,20 +194,26 @@ async def feed_sinks(sinks: dict, frames: list[MediaFrame]) -> None:
         sinks[frame.kind].on_frame(frame)
 
 
-async def feed_realtime(recorder, room, frames: list[MediaFrame], transform=None):
+async def feed_realtime(recorder, room, frames: list[MediaFrame], transform=None, sources: list[str] | None = None):
     """Deliver ``frames`` to a new recording of ``room`` at their arrival times (benchmarks: the
     recorder's CPU at the real pace); ``recorder`` None measures the pacing loop alone.
     ``transform`` maps each video frame to the frames to deliver instead (a VP8 -> H.264
-    conversion). Returns (cpu seconds, wall seconds, the finished recording or None)."""
+    conversion). ``sources`` names each frame's publication (camera, screen, microphone; one
+    track per name); by default one video and one audio track.
+    Returns (cpu seconds, wall seconds, the finished recording or None)."""
     recording = sinks = None
+    names = sources or [f.kind for f in frames]
     if recorder is not None:
         recording = recorder.recording_for(room.id, room.slug, room.title)
-        sinks = {"video": recording.add_track("video"), "audio": recording.add_track("audio")}
+        sinks = {}
+        for name, frame in zip(names, frames):
+            if name not in sinks:
+                sinks[name] = recording.add_track(frame.kind, source=name if sources else "")
     loop = asyncio.get_running_loop()
     cpu0, wall0 = time.process_time(), time.perf_counter()
     start = loop.time() + 0.05
     first = frames[0].arrival
-    for frame in frames:
+    for name, frame in zip(names, frames):
         delay = start + (frame.arrival - first) - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
@@ -215,9 +221,32 @@ async def feed_realtime(recorder, room, frames: list[MediaFrame], transform=None
         for item in items:
             item.arrival = frame.arrival
             if sinks is not None:
-                sinks[item.kind].on_frame(item)
+                sinks[name].on_frame(item)
     if recording is not None:
         for sink in sinks.values():
             sink.on_end()
         await asyncio.wait_for(recording.done.wait(), 120)
     return time.process_time() - cpu0, time.perf_counter() - wall0, recording
+
+
+async def record_sources(recording, sessions: dict[str, SyntheticSession], *, sender_reports=None,
+                         publisher: str = "") -> None:
+    """Feed one publisher's sources to ``recording`` as separate publications, in arrival order,
+    end them and wait for the episode: each session's video under its source name (camera,
+    screen), its audio as the microphone.  ``sender_reports`` maps a source to its publication's
+    sender-report callable (absent: a track placed by arrival)."""
+    sinks: dict[tuple[str, str], object] = {}
+    tagged = []
+    for source, session in sessions.items():
+        for frame in session.frames:
+            name = source if frame.kind == "video" else "microphone"
+            if (frame.kind, name) not in sinks:
+                sinks[(frame.kind, name)] = recording.add_track(
+                    frame.kind, source=name, publisher=publisher,
+                    sender_report=(sender_reports or {}).get(name))
+            tagged.append((frame, sinks[(frame.kind, name)]))
+    for frame, sink in sorted(tagged, key=lambda pair: pair[0].arrival):
+        sink.on_frame(frame)
+    for sink in sinks.values():
+        sink.on_end()
+    await asyncio.wait_for(recording.done.wait(), 60)

@@ -18,6 +18,7 @@ from typing import Any
 
 import aioice.ice
 import aiortc.jitterbuffer
+import aiortc.rtcrtpreceiver
 import aiortc.rtcrtpsender
 
 # --- RTCRtpReceiver (the server's publisher side) ---------------------------------------------
@@ -32,7 +33,11 @@ RECEIVER_HANDLE_RTCP = "_handle_rtcp_packet"      # publisher's sender reports (
 RECEIVER_SEND_PLI = "_send_rtcp_pli"              # keyframe request upstream
 RECEIVER_SEND_NACK = "_send_rtcp_nack"            # loss repair upstream
 RECEIVER_ENABLED = "_enabled"                     # a disabled receiver drops what arrives
-RECEIVER_ATTRS = (RECEIVER_ENABLED, RECEIVER_DECODER_QUEUE, RECEIVER_STARTED, RECEIVER_JITTER_BUFFER, RECEIVER_RTX_SSRC,
+# Frame timestamps leave the receiver relative to its first frame's RTP timestamp; the
+# mapper's origin turns a sender report's RTP timestamp into that scale (recorder sync).
+RECEIVER_TIMESTAMP_MAPPER = _R + "timestamp_mapper"
+TIMESTAMP_MAPPER_ORIGIN = "_origin"               # RTP timestamp of frame 0 (less 2^32 per wrap)
+RECEIVER_ATTRS = (RECEIVER_ENABLED, RECEIVER_TIMESTAMP_MAPPER, RECEIVER_DECODER_QUEUE, RECEIVER_STARTED, RECEIVER_JITTER_BUFFER, RECEIVER_RTX_SSRC,
                   RECEIVER_CODECS, RECEIVER_HANDLE_RTP, RECEIVER_HANDLE_RTCP, RECEIVER_SEND_PLI,
                   RECEIVER_SEND_NACK)
 
@@ -118,6 +123,8 @@ def missing_module_level() -> list[str]:
         out.append(f"pylibsrtp.Session.{SRTP_SESSION_HANDLE}")
     out += [f"aiortc.rtcrtpsender.{n}" for n in missing(aiortc.rtcrtpsender, SENDER_MODULE_ATTRS)]
     out += [f"JitterBuffer.{n}" for n in missing(aiortc.jitterbuffer.JitterBuffer, JITTER_BUFFER_ATTRS)]
+    if not hasattr(aiortc.rtcrtpreceiver.TimestampMapper(), TIMESTAMP_MAPPER_ORIGIN):
+        out.append(f"aiortc.rtcrtpreceiver.TimestampMapper.{TIMESTAMP_MAPPER_ORIGIN}")
     return out
 
 

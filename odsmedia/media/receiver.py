@@ -146,12 +146,9 @@ def send_pli(receiver: RTCRtpReceiver) -> Callable[[], None]:
 
 def tap_packets(receiver: RTCRtpReceiver, on_packet: Callable[[int, int, int, int, bytes, int | None], None],
                 on_sender_report: Callable[[int, int, int], None]) -> None:
-    from aiortc.rtp import RtcpSrPacket
-
     private.require(receiver, (private.RECEIVER_CODECS, private.RECEIVER_RTX_SSRC, private.RECEIVER_HANDLE_RTP,
                                private.RECEIVER_HANDLE_RTCP), "RTCRtpReceiver")
     handle_rtp = getattr(receiver, private.RECEIVER_HANDLE_RTP)
-    handle_rtcp = getattr(receiver, private.RECEIVER_HANDLE_RTCP)
     codecs: dict = getattr(receiver, private.RECEIVER_CODECS)        # filled in place by receive()
     rtx_ssrc: dict = getattr(receiver, private.RECEIVER_RTX_SSRC)
 
@@ -171,14 +168,38 @@ def tap_packets(receiver: RTCRtpReceiver, on_packet: Callable[[int, int, int, in
                 on_packet(packet.ssrc, packet.sequence_number, packet.timestamp, packet.marker, payload, level)
         await handle_rtp(packet, arrival_time_ms)
 
+    setattr(receiver, private.RECEIVER_HANDLE_RTP, rtp)
+    tap_sender_reports(receiver, on_sender_report)
+
+
+def tap_sender_reports(receiver: RTCRtpReceiver, on_sender_report: Callable[[int, int, int], None]) -> None:
+    """Pass every RTCP sender report of the publisher (SSRC, NTP, RTP) to ``on_sender_report``
+    before aiortc handles it: the NTP<->RTP mapping that lines up a publisher's tracks."""
+    from aiortc.rtp import RtcpSrPacket
+
+    private.require(receiver, (private.RECEIVER_HANDLE_RTCP,), "RTCRtpReceiver")
+    handle_rtcp = getattr(receiver, private.RECEIVER_HANDLE_RTCP)
+
     async def rtcp(packet: Any) -> None:
         if isinstance(packet, RtcpSrPacket):
             info = packet.sender_info
             on_sender_report(packet.ssrc, info.ntp_timestamp, info.rtp_timestamp)
         await handle_rtcp(packet)
 
-    setattr(receiver, private.RECEIVER_HANDLE_RTP, rtp)
     setattr(receiver, private.RECEIVER_HANDLE_RTCP, rtcp)
+
+
+def frame_timestamp_origin(receiver: RTCRtpReceiver) -> Callable[[], int | None]:
+    """A callable giving the RTP timestamp that the receiver's frame timestamps count from
+    (None before the first frame): aiortc hands frames out relative to the first one."""
+    private.require(receiver, (private.RECEIVER_TIMESTAMP_MAPPER,), "RTCRtpReceiver")
+    mapper = getattr(receiver, private.RECEIVER_TIMESTAMP_MAPPER)
+
+    def origin() -> int | None:
+        value = getattr(mapper, private.TIMESTAMP_MAPPER_ORIGIN)
+        return None if value is None else value & 0xFFFFFFFF
+
+    return origin
 
 
 def send_nack(receiver: RTCRtpReceiver) -> Callable[[int, list[int]], None]:

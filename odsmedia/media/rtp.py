@@ -17,6 +17,11 @@ RTX_OSN = struct.Struct("!H")         # RFC 4588: original sequence number ahead
 _H264_KEY_NALS = (5, 7)               # IDR slice, SPS (a keyframe's first NAL in every encoder here)
 
 
+def timestamp_delta(later: int, earlier: int) -> int:
+    """``later - earlier`` on the 32-bit RTP timestamp clock: wrap-aware and signed."""
+    return ((later - earlier + 0x80000000) & 0xFFFFFFFF) - 0x80000000
+
+
 def h264_starts_keyframe(payload: bytes) -> bool:
     """True when this RTP payload (RFC 6184) opens an IDR picture: an IDR or SPS
     NAL on its own, inside a STAP-A, or the first fragment (FU-A start) of an IDR.

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..media.forwarder import PacketFanout
 from ..media.frame import MediaFrame, Sink
+from ..media.rtp import timestamp_delta
 
 if TYPE_CHECKING:
     from aiortc import RTCRtpCodecParameters
@@ -61,6 +62,11 @@ class Publication:
         self._request_pli = request_pli
         self._last_pli = -1e9
         self._trailing: asyncio.TimerHandle | None = None
+        # The publisher's latest RTCP sender report (NTP, RTP as sent) for this track: what
+        # lines up its tracks in the recording.  None until the first one.
+        self._sender_report: tuple[int, int] | None = None
+        # The RTP timestamp frame timestamps count from (the receiver's; None before a frame).
+        self.frame_timestamp_origin: Callable[[], int | None] = lambda: None
 
     # --- sinks ------------------------------------------------------------------------------
 
@@ -129,6 +135,23 @@ class Publication:
                 sink.on_end()
             except Exception:
                 log.exception("sink on_end failed", extra={"publication": self.id})
+
+    def on_sender_report(self, ssrc: int, ntp: int, rtp_timestamp: int) -> None:
+        """An RTCP SR from the publisher (receiver tap): kept for the recorder, passed to the fan-out."""
+        if ntp:
+            # aiortc reports NTP 0 until its first RTP packet: no mapping in that one.
+            self._sender_report = (ntp, rtp_timestamp)
+        self.fanout.on_sender_report(ssrc, ntp, rtp_timestamp)
+
+    @property
+    def sender_report(self) -> tuple[int, int] | None:
+        """The latest sender report as (NTP, RTP timestamp on the frames' scale), or None."""
+        report, origin = self._sender_report, self.frame_timestamp_origin()
+        if report is None or origin is None:
+            return None
+        # Frames count from the first frame's RTP timestamp: the report's, on the same scale
+        # (signed 32-bit distance: the report is seconds, not hours, from that frame).
+        return report[0], timestamp_delta(report[1], origin)
 
     # --- keyframes --------------------------------------------------------------------------
 

@@ -20,7 +20,8 @@ from aiortc.sdp import candidate_from_sdp
 
 from ..channels import SOURCES
 from ..media import codecs, ice, udpmux
-from ..media.receiver import send_nack, send_pli, tap, tap_packets
+from ..media.receiver import (frame_timestamp_origin, send_nack, send_pli, tap, tap_packets,
+                              tap_sender_reports)
 from ..media.sender import (connect_downstream, install_downstream, install_lean_loop, install_packer,
                             on_keyframe_request)
 from .errors import SfuError
@@ -215,10 +216,13 @@ class PublisherTransport(Transport):
                                       pli_interval=self._pli_interval,
                                       request_pli=send_pli(transceiver.receiver))
             tap(transceiver.receiver, publication.deliver, publication.end)
+            publication.frame_timestamp_origin = frame_timestamp_origin(transceiver.receiver)
             if self._packet:
                 fanout = publication.fanout
                 fanout.send_nack = send_nack(transceiver.receiver)
-                tap_packets(transceiver.receiver, fanout.on_packet, fanout.on_sender_report)
+                tap_packets(transceiver.receiver, fanout.on_packet, publication.on_sender_report)
+            else:
+                tap_sender_reports(transceiver.receiver, publication.on_sender_report)
             self.publications.append(publication)
         try:
             with udpmux.serving():  # the node's own connection: on the shared UDP port

@@ -6,6 +6,8 @@
 //   data-mode     "live" (default) or "replay"
 //   data-episode  episode id (replay mode; default: from /episodes/{id}/watch)
 //   data-video    CSS selector of the <video> replay syncs to (default "video")
+//   data-video-offset  seconds of episode time before that video's zero (replay of an
+//                 episode whose main rendition, the screen, started after the recording)
 //   data-token    optional bearer token sent in the join message; by default the
 //                 page's own token (ODS.pageToken: the ?token= that opened the page),
 //                 so chat and signaling share one identity; without a token the
@@ -491,7 +493,7 @@
       const li = el("li", "chat-jump");
       li.dataset.offset = String(h.offset);
       li.appendChild(button(clock(h.offset), "Jump to this moment", () => {
-        if (this.video) { this.video.currentTime = h.offset; this.sync(); }
+        if (this.video) { this.video.currentTime = Math.max(0, h.offset - this.videoOffset()); this.sync(); }
       }));
       li.appendChild(el("span", "chat-text", h.note || "(highlight)"));
       li.appendChild(el("span", "chat-name", h.name));
@@ -499,9 +501,13 @@
     }));
   };
 
-  // Shows the items posted up to the video's current time.
+  ReplayChat.prototype.videoOffset = function () {
+    return Number(this.root.dataset.videoOffset) || 0;
+  };
+
+  // Shows the items posted up to the video's current time (on the episode's clock).
   ReplayChat.prototype.sync = function () {
-    const t = this.video ? this.video.currentTime : Infinity;
+    const t = this.video ? this.video.currentTime + this.videoOffset() : Infinity;
     let n = 0;
     while (n < this.items.length && this.items[n].offset <= t) n++;
     if (n === this.shown) return;

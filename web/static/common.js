@@ -277,8 +277,29 @@
     if (chat) chat.dataset.room = slug;
   }
 
+  // Drag a picture-in-picture figure (one with class "pip") anywhere over its stage: the
+  // live viewer's camera over the screen, and the replay page's the same way.
+  function draggablePip(figure, stage) {
+    figure.addEventListener("pointerdown", (e) => {
+      if (!figure.classList.contains("pip")) return;
+      const area = stage.getBoundingClientRect();
+      const box = figure.getBoundingClientRect();
+      const dx = e.clientX - box.left, dy = e.clientY - box.top;
+      figure.setPointerCapture(e.pointerId);
+      const move = (ev) => {
+        const x = Math.max(0, Math.min(area.width - box.width, ev.clientX - area.left - dx));
+        const y = Math.max(0, Math.min(area.height - box.height, ev.clientY - area.top - dy));
+        Object.assign(figure.style, {left: x + "px", top: y + "px", right: "auto", bottom: "auto"});
+      };
+      const up = () => { figure.removeEventListener("pointermove", move); figure.removeEventListener("pointerup", up); };
+      figure.addEventListener("pointermove", move);
+      figure.addEventListener("pointerup", up);
+      e.preventDefault();
+    });
+  }
+
   window.ODS = {ApiFailure, fetchJSON, api, csrfToken, loadRoom, escapeHTML, el, showRefusal, roomSlug, Signaling, gatheringComplete,
-                onIceLost, setChatRoom, pageToken, forgetToken, guestName, setGuestName, backoff};
+                onIceLost, setChatRoom, pageToken, forgetToken, guestName, setGuestName, backoff, draggablePip};
 
   // A material change of the privacy policy: signed-in people see a notice on every
   // page until they acknowledge it (the acknowledgement is recorded with the version).

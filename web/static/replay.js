@@ -4,6 +4,9 @@
 //                             hls.js (vendored) over Media Source Extensions otherwise;
 //                             ?player=hlsjs forces the fallback.
 //   ?t=SECONDS starts the episode at that moment (search results link there).
+// An episode with a screen share and a camera plays like the live page: the main
+// rendition (the screen, with the audio) large, the camera a picture-in-picture
+// that follows the main player's clock (docs/recording.md, "Replay layout").
 // Runs before chat.js (script order): it tells the chat section which episode
 // it replays, or removes it on the list page.
 "use strict";
@@ -98,7 +101,7 @@
     });
   }
 
-  async function attach(video, url) {
+  async function attach(video, url, report = true) {
     const forceHlsJs = new URLSearchParams(location.search).get("player") === "hlsjs";
     if (!forceHlsJs && video.canPlayType("application/vnd.apple.mpegurl")) {
       video.src = url;
@@ -109,7 +112,7 @@
       // No worker: the page's CSP allows no blob: scripts.
       const hls = new window.Hls({enableWorker: false});
       hls.on(window.Hls.Events.ERROR, (_event, data) => {
-        if (data.fatal) document.getElementById("status").textContent = "Playback failed: " + data.details;
+        if (data.fatal && report) document.getElementById("status").textContent = "Playback failed: " + data.details;
       });
       hls.loadSource(url);
       hls.attachMedia(video);
@@ -156,7 +159,7 @@
   }
 
   // Highlights are chapters: marks on a timeline bar under the video and a list, each seeks there.
-  function showChapters(video, episode) {
+  function showChapters(video, episode, shift) {
     const chapters = episode.chapters || [];
     const nav = document.getElementById("chapters");
     if (!chapters.length) return;
@@ -166,7 +169,7 @@
     const clock = (t) => `${Math.floor(t / 60)}:${String(Math.floor(t % 60)).padStart(2, "0")}`;
     const total = () => (isFinite(video.duration) && video.duration > 0 ? video.duration : episode.duration || 0);
     const marks = chapters.map((c) => {
-      const go = () => { video.currentTime = c.offset; video.play().catch(() => {}); };
+      const go = () => { video.currentTime = Math.max(0, c.offset - shift); video.play().catch(() => {}); };
       const mark = window.ODS.el("button", {type: "button", class: "chapter-mark", title: `${clock(c.offset)} ${c.title}`,
                                              "aria-label": `Chapter at ${clock(c.offset)}: ${c.title}`});
       mark.addEventListener("click", go);
@@ -180,11 +183,70 @@
     });
     const place = () => {
       const t = total();
-      for (const [mark, offset] of marks) mark.style.left = t > 0 ? `${Math.min(100, (100 * offset) / t)}%` : "0";
+      for (const [mark, offset] of marks) mark.style.left = t > 0 ? `${Math.max(0, Math.min(100, (100 * (offset - shift)) / t))}%` : "0";
     };
     place();
     video.addEventListener("loadedmetadata", place);
     video.addEventListener("durationchange", place);
+  }
+
+  // The picture-in-picture plays another rendition of the same session on the main player's
+  // clock: its time is the main's minus its offset (where it starts relative to the main).
+  // Small drift is absorbed by a playback rate 5% off; more than DRIFT_SEEK is a seek.
+  const DRIFT_RATE = 0.04, DRIFT_SEEK = 0.25;
+  function follow(main, pip, offset, figure) {
+    function correct() {
+      const t = main.currentTime - offset;
+      const outside = t < 0 || (isFinite(pip.duration) && pip.duration > 0 && t > pip.duration);
+      // No picture from that source at this moment (it started later, or had ended).
+      figure.dataset.absent = outside ? "1" : "0";
+      if (outside || main.paused || main.seeking) {
+        if (!pip.paused) pip.pause();
+        if (!outside && Math.abs(pip.currentTime - t) > DRIFT_RATE) pip.currentTime = t;
+        return;
+      }
+      const drift = pip.currentTime - t;
+      if (Math.abs(drift) > DRIFT_SEEK) {
+        pip.currentTime = t;
+        pip.playbackRate = main.playbackRate;
+      } else if (Math.abs(drift) > DRIFT_RATE) {
+        pip.playbackRate = main.playbackRate * (drift > 0 ? 0.95 : 1.05);
+      } else {
+        pip.playbackRate = main.playbackRate;
+      }
+      if (pip.paused) pip.play().catch(() => {});
+    }
+    for (const event of ["play", "pause", "seeking", "seeked", "ratechange", "timeupdate"]) {
+      main.addEventListener(event, correct);
+    }
+    setInterval(correct, 250);
+  }
+
+  // The live viewer's layout controls, on the replay's two figures.
+  function layOut(mainFigure, pipFigure) {
+    const stage = document.getElementById("videos");
+    const state = {swapped: false, hidden: false};
+    function apply() {
+      stage.classList.add("has-screen");
+      mainFigure.classList.toggle("pip", state.swapped);
+      pipFigure.classList.toggle("pip", !state.swapped);
+      const small = state.swapped ? mainFigure : pipFigure;
+      const large = state.swapped ? pipFigure : mainFigure;
+      large.style.left = large.style.top = large.style.right = large.style.bottom = "";
+      mainFigure.classList.toggle("pip-hidden", state.hidden && small === mainFigure);
+      pipFigure.classList.toggle("pip-hidden", state.hidden && small === pipFigure);
+      stage.prepend(large);
+      const hide = document.getElementById("hide-pip");
+      hide.textContent = state.hidden ? "Show picture-in-picture" : "Hide picture-in-picture";
+      hide.setAttribute("aria-pressed", String(state.hidden));
+      document.getElementById("swap").setAttribute("aria-pressed", String(state.swapped));
+    }
+    document.getElementById("swap").addEventListener("click", () => { state.swapped = !state.swapped; apply(); });
+    document.getElementById("hide-pip").addEventListener("click", () => { state.hidden = !state.hidden; apply(); });
+    window.ODS.draggablePip(mainFigure, stage);
+    window.ODS.draggablePip(pipFigure, stage);
+    document.getElementById("layout-controls").hidden = false;
+    apply();
   }
 
   async function watchPage(id) {
@@ -214,7 +276,13 @@
     document.getElementById("back").href = `/rooms/${episode.room}/episodes`;
 
     const video = document.getElementById("video");
-    const how = await attach(video, episode.playlist);
+    // The main rendition (the screen when one was shared) carries the audio and the controls.
+    const renditions = episode.renditions || [];
+    const main = renditions.find((r) => r.main);
+    const how = await attach(video, main ? main.playlist : episode.playlist);
+    // Episode time (chat, chapters, ?t=) is the main player's time plus where it starts.
+    const shift = main ? main.offset : 0;
+    if (chat) chat.dataset.videoOffset = String(shift);
     video.dataset.player = how;
     if (!how) {
       status.textContent = "This browser cannot play HLS video.";
@@ -223,11 +291,27 @@
     // ?t=SECONDS (a search result, a shared moment): start there.
     const start = Number(new URLSearchParams(location.search).get("t"));
     if (start > 0 && isFinite(start)) {
-      const seek = () => { video.currentTime = start; };
+      const seek = () => { video.currentTime = Math.max(0, start - shift); };
       if (video.readyState >= 1) seek(); else video.addEventListener("loadedmetadata", seek, {once: true});
     }
     countAudience(video, id);
-    showChapters(video, episode);
+    showChapters(video, episode, shift);
+    const second = main && (renditions.find((r) => !r.main && r.source === "camera") || renditions.find((r) => !r.main));
+    if (second) {
+      const mainFigure = document.getElementById("main-figure");
+      const pipFigure = document.getElementById("pip-figure");
+      const pip = document.getElementById("pip-video");
+      mainFigure.classList.add(main.source === "screen" ? "screen" : "camera");
+      mainFigure.dataset.source = main.source;
+      pipFigure.dataset.source = second.source;
+      pipFigure.querySelector("figcaption").textContent = second.source === "camera" ? "Camera" : second.name;
+      pip.setAttribute("aria-label", second.source === "camera" ? "Camera" : second.name);
+      pipFigure.hidden = false;
+      await attach(pip, second.playlist, false);
+      pip.muted = true;      // the main rendition carries the same audio
+      layOut(mainFigure, pipFigure);
+      follow(video, pip, second.offset - main.offset, pipFigure);
+    }
     video.muted = true;   // muted autoplay is allowed everywhere; the controls unmute
     video.play().catch(() => { status.textContent = "Press play to start."; });
 

@@ -93,26 +93,6 @@
     layout();
   }
 
-  // Drag the picture-in-picture anywhere over the stage.
-  function draggable(figure) {
-    figure.addEventListener("pointerdown", (e) => {
-      if (!figure.classList.contains("pip")) return;
-      const stage = $("videos").getBoundingClientRect();
-      const box = figure.getBoundingClientRect();
-      const dx = e.clientX - box.left, dy = e.clientY - box.top;
-      figure.setPointerCapture(e.pointerId);
-      const move = (ev) => {
-        const x = Math.max(0, Math.min(stage.width - box.width, ev.clientX - stage.left - dx));
-        const y = Math.max(0, Math.min(stage.height - box.height, ev.clientY - stage.top - dy));
-        Object.assign(figure.style, {left: x + "px", top: y + "px", right: "auto", bottom: "auto"});
-      };
-      const up = () => { figure.removeEventListener("pointermove", move); figure.removeEventListener("pointerup", up); };
-      figure.addEventListener("pointermove", move);
-      figure.addEventListener("pointerup", up);
-      e.preventDefault();
-    });
-  }
-
   function publishers() {
     return new Set([...state.publications.values()].map((p) => p.participant));
   }
@@ -169,7 +149,7 @@
       const figure = ODS.el("figure", screen ? {"data-screen": participantId, class: "screen"} : {"data-participant": participantId});
       figure.append(video, camOff, micOff, caption, swap, hide);
       if (screen) $("videos").prepend(figure); else $("videos").append(figure);
-      draggable(figure);
+      ODS.draggablePip(figure, $("videos"));
       fig = {figure, video, stream, caption, camOff, micOff, swap, hide, hidden: false};
       swap.addEventListener("click", () => swapWith(key));
       hide.addEventListener("click", () => { fig.hidden = true; layout(); });
