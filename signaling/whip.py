@@ -10,6 +10,11 @@ CORS preflights.
 WHIP needs a host bearer token; WHEP admits like the viewer page (viewer
 token, cookies, or nothing in a public room) and answers 409
 ``nothing_published`` when the room has nothing live.
+A POST that reaches a node (or worker) other than the room's origin is
+answered 307 Temporary Redirect to the same path on the origin's node URL
+(RFC 9725 section 4.5: clients follow it with the same method and body),
+with the ``room_on_other_node`` JSON body naming ``node_url`` for clients
+that do not follow redirects.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from odsmedia.gate import Admission, Entry
 from odsmedia.keys import CONFIG, GATE
 from odsmedia.media.turn import ice_servers
 from odsmedia.reauth import REAUTH, Reauthorizer, credential_of
-from odsmedia.rooms.errors import SfuError
+from odsmedia.rooms.errors import SfuError, on_other_node
 from odsmedia.rooms.participant import Participant
 from odsmedia.rooms.room import Room
 from odsmedia.rooms.sfu import SFU
@@ -41,8 +46,13 @@ CORS = {
 }
 
 
-def _with_cors(exc: ApiError) -> ApiError:
+def _with_cors(exc: ApiError, request: web.Request | None = None) -> ApiError:
     exc.headers.update(CORS)
+    node_url = exc.extra.get("node_url")
+    if request is not None and exc.reason == "room_on_other_node" and node_url:
+        # Another node serves this room: send the player there (WHIP/WHEP load balancing).
+        exc.status = 307
+        exc.headers["Location"] = node_url.rstrip("/") + request.path_qs
     return exc
 
 
@@ -111,7 +121,7 @@ async def whip_post(request: web.Request) -> web.Response:
             raise
         return _created(request, "whip", participant, transport)
     except ApiError as exc:
-        raise _with_cors(exc) from None
+        raise _with_cors(exc, request) from None
 
 
 async def whep_post(request: web.Request) -> web.Response:
@@ -120,6 +130,10 @@ async def whep_post(request: web.Request) -> web.Response:
         offer = await _read_sdp(request)
         sfu = request.app[SFU]
         live = sfu.get(admission.room.slug)
+        if live is None and sfu.placement is not None:
+            origin = await sfu.placement.elsewhere(admission.room.slug)
+            if origin is not None:
+                raise on_other_node(origin.url)
         if live is None or not live.publications:
             raise SfuError(409, "nothing_published", "nothing is published in this room yet")
         view = audience(request.app).live_view(request, admission.room.id, admission.identity.subject,
@@ -146,7 +160,7 @@ async def whep_post(request: web.Request) -> web.Response:
             view.start()
         return _created(request, "whep", participant, transport)
     except ApiError as exc:
-        raise _with_cors(exc) from None
+        raise _with_cors(exc, request) from None
 
 
 class SessionEnding:

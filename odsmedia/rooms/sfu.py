@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 from aiohttp import web
 
 from ..channels import control_channel
-from .errors import SfuError
+from .errors import on_other_node
 from .participant import Participant, Writer
 from .placement import Placement, RoomOnOtherNode
+from .placement_policy import Where
 from .room import Room
 from .transport import CONNECT_TIMEOUT
 
@@ -63,11 +64,12 @@ class Sfu:
             if room is None:
                 if self.placement is not None:
                     try:
+                        placed = await self.placement.place(record.slug, participant.role)
+                        if placed.where is Where.REDIRECT and placed.node is not None:
+                            raise RoomOnOtherNode(placed.node.node_id, placed.node.url)
                         await self.placement.claim(record.slug)
                     except RoomOnOtherNode as other:
-                        err = SfuError(409, "room_on_other_node", "this room is live on another node")
-                        err.extra["node_url"] = other.url
-                        raise err from None
+                        raise on_other_node(other.url) from None
                 room = Room(self, record)
                 self.rooms[record.slug] = room
                 if self.bus is not None:
@@ -81,6 +83,11 @@ class Sfu:
 
     def get(self, slug: str) -> Room | None:
         return self.rooms.get(slug)
+
+    def load(self) -> tuple[int, int]:
+        """Rooms live here and their viewers (participants that are not hosts): the node's load."""
+        viewers = sum(p.role != "host" for room in self.rooms.values() for p in room.participants.values())
+        return len(self.rooms), viewers
 
     # --- what the edges (signaling socket, WHIP, WHEP) use -----------------------------------
 
