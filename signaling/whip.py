@@ -31,7 +31,7 @@ from odsmedia.gate import Admission, Entry
 from odsmedia.keys import CONFIG, GATE
 from odsmedia.media.turn import ice_servers
 from odsmedia.reauth import REAUTH, Reauthorizer, credential_of
-from odsmedia.rooms.errors import SfuError, on_other_node
+from odsmedia.rooms.errors import SfuError
 from odsmedia.rooms.participant import Participant
 from odsmedia.rooms.room import Room
 from odsmedia.rooms.sfu import SFU
@@ -130,11 +130,7 @@ async def whep_post(request: web.Request) -> web.Response:
         offer = await _read_sdp(request)
         sfu = request.app[SFU]
         live = sfu.get(admission.room.slug)
-        if live is None and sfu.placement is not None:
-            origin = await sfu.placement.elsewhere(admission.room.slug)
-            if origin is not None:
-                raise on_other_node(origin.url)
-        if live is None or not live.publications:
+        if live is not None and not live.publications:
             raise SfuError(409, "nothing_published", "nothing is published in this room yet")
         view = audience(request.app).live_view(request, admission.room.id, admission.identity.subject,
                                                admission.role, "webrtc")
@@ -152,6 +148,9 @@ async def whep_post(request: web.Request) -> web.Response:
             raise
         ending.watch(room, participant)
         try:
+            if not room.publications:
+                # Not live here before this join (nor on another node, or this one would relay it).
+                raise SfuError(409, "nothing_published", "nothing is published in this room yet")
             transport = await room.subscribe(participant, None, offer=offer)
         except BaseException:
             await room.leave(participant, reason="play_failed")

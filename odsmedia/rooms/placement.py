@@ -129,14 +129,6 @@ class Placement:
             records = await pipe.execute()
         return [load for node_id, record in zip(ids, records) if (load := _node_load(node_id, record))]
 
-    async def elsewhere(self, slug: str) -> NodeLoad | None:
-        """The live node other than this one that holds ``slug``'s claim, if any."""
-        owner = await self.bus.redis.get(self._room_key(slug))
-        owner_id = owner.decode() if owner else ""
-        if not owner_id or owner_id == self.node_id:
-            return None
-        return await self.node(owner_id)
-
     async def place(self, slug: str, role: str, *, room_viewers: int = 0, relays: bool = False) -> Placed:
         """Where a participant with ``role`` joining ``slug`` is served (rooms.placement_policy).
         ``room_viewers``: the room's viewers here when this node is its origin."""

@@ -62,15 +62,7 @@ class Sfu:
         async with self._lock:
             room = self.rooms.get(record.slug)
             if room is None:
-                if self.placement is not None:
-                    try:
-                        placed = await self.placement.place(record.slug, participant.role)
-                        if placed.where is Where.REDIRECT and placed.node is not None:
-                            raise RoomOnOtherNode(placed.node.node_id, placed.node.url)
-                        await self.placement.claim(record.slug)
-                    except RoomOnOtherNode as other:
-                        raise on_other_node(other.url) from None
-                room = Room(self, record)
+                room = await self._open(record, participant)
                 self.rooms[record.slug] = room
                 if self.bus is not None:
                     async def on_control(message: dict[str, Any], room: Room = room) -> None:
@@ -80,6 +72,20 @@ class Sfu:
             # Joined under the lock, so a room emptying concurrently is never joined after removal.
             room.join(participant)
             return room
+
+    async def _open(self, record: "RoomRecord", participant: Participant) -> Room:
+        """The room goes live here as its origin (the claim is ours), unless placement
+        (rooms.placement_policy) sends this participant to another node."""
+        if self.placement is None:
+            return Room(self, record)
+        try:
+            placed = await self.placement.place(record.slug, participant.role)
+            if placed.where is Where.REDIRECT and placed.node is not None:
+                raise RoomOnOtherNode(placed.node.node_id, placed.node.url)
+            await self.placement.claim(record.slug)
+            return Room(self, record)
+        except RoomOnOtherNode as other:
+            raise on_other_node(other.url) from None
 
     def get(self, slug: str) -> Room | None:
         return self.rooms.get(slug)
