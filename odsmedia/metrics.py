@@ -71,7 +71,7 @@ class LiveCollector:
         self.sfus: "weakref.WeakSet[Any]" = weakref.WeakSet()
 
     def collect(self) -> Iterator:
-        rooms = participants = viewers = publications = subscriptions = relayed = 0
+        rooms = participants = viewers = publications = subscriptions = 0
         cpu = 0.0
         for sfu in list(self.sfus):
             placement = getattr(sfu, "placement", None)
@@ -80,8 +80,6 @@ class LiveCollector:
             for room in list(sfu.rooms.values()):
                 rooms += 1
                 publications += len(room.publications)
-                # A relay room (fed from its origin over a pipe) says so with ``relayed``.
-                relayed += len(room.publications) if getattr(room, "relayed", False) else 0
                 for participant in list(room.participants.values()):
                     participants += 1
                     viewers += participant.role != "host"
@@ -92,8 +90,6 @@ class LiveCollector:
             ("ods_viewers", "Connected participants other than hosts on this node (live WebRTC audience)", viewers),
             ("ods_publications", "Live publications on this node", publications),
             ("ods_subscriptions", "Active subscriptions on this node", subscriptions),
-            ("ods_relayed_publications", "Publications this node receives from their origin over a pipe and "
-                                         "fans out (it is a relay for them)", relayed),
             ("ods_node_cpu_percent", "This process's CPU time per wall second at the last placement refresh "
                                      "(percent of one core; what placement publishes)", cpu),
         ):

@@ -43,8 +43,8 @@ def test_viewers_go_to_an_origin_that_is_not_busy():
 
 def test_viewers_past_the_threshold_or_the_cpu_limit_are_relayed():
     # Here is another node, not full: served here through a relay.
-    assert place("viewer", B, A, 100, NODES, LIMITS, relays=True) == Placed(Where.RELAY)
-    assert place("viewer", B, HOT, 0, NODES, LIMITS, relays=True) == Placed(Where.RELAY)
+    assert place("viewer", B, A, 100, NODES, LIMITS, relays=True) == Placed(Where.RELAY, A)
+    assert place("viewer", B, HOT, 0, NODES, LIMITS, relays=True) == Placed(Where.RELAY, HOT)
     # Here is the busy origin: sent to the least-loaded other node, which relays.
     assert place("viewer", A, A, 100, NODES, LIMITS, relays=True) == Placed(Where.REDIRECT, B)
     # Here is full: to the least-loaded node that is neither full nor the origin.
@@ -61,7 +61,7 @@ def test_without_relays_viewers_stay_with_the_origin():
 def test_a_zero_threshold_relays_on_cpu_only():
     limits = Limits(relay_threshold=0, relay_cpu_percent=70, full_cpu_percent=90)
     assert place("viewer", B, A, 10_000, NODES, limits, relays=True) == Placed(Where.REDIRECT, A)
-    assert place("viewer", B, HOT, 0, NODES, limits, relays=True) == Placed(Where.RELAY)
+    assert place("viewer", B, HOT, 0, NODES, limits, relays=True) == Placed(Where.RELAY, HOT)
 
 
 def test_least_loaded_prefers_cpu_then_viewers_and_skips_full_nodes():

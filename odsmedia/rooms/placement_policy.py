@@ -50,18 +50,17 @@ class Limits:
 
 class Where(Enum):
     ORIGIN = "origin"       # serve here as the room's origin (claiming it when live nowhere)
-    RELAY = "relay"         # serve here, fed from the origin over a pipe
+    RELAY = "relay"         # serve here, fed from the origin (``Placed.node``) over a pipe
     REDIRECT = "redirect"   # room_on_other_node: go to ``Placed.node``
 
 
 @dataclass(frozen=True)
 class Placed:
     where: Where
-    node: NodeLoad | None = None    # the node to go to (REDIRECT)
+    node: NodeLoad | None = None    # the node to go to (REDIRECT), or the origin to relay (RELAY)
 
 
 HERE = Placed(Where.ORIGIN)
-RELAYED = Placed(Where.RELAY)
 
 
 def least_loaded(nodes: Iterable[NodeLoad], limits: Limits, *, besides: Iterable[str] = ()) -> NodeLoad | None:
@@ -94,6 +93,6 @@ def place(role: str, here: NodeLoad, origin: NodeLoad | None, room_viewers: int,
     if publishing or not relays or not limits.busy(origin, room_viewers):
         return Placed(Where.REDIRECT, origin)
     if not limits.full(here):
-        return RELAYED
+        return Placed(Where.RELAY, origin)
     other = least_loaded(nodes, limits, besides=(here.node_id, origin.node_id))
     return Placed(Where.REDIRECT, other or origin)
