@@ -58,10 +58,14 @@ def test_without_relays_viewers_stay_with_the_origin():
     assert place("viewer", FULL, HOT, 1000, NODES, LIMITS, relays=False) == Placed(Where.REDIRECT, HOT)
 
 
-def test_a_zero_threshold_relays_on_cpu_only():
+def test_a_zero_threshold_relays_every_viewer_of_another_node():
     limits = Limits(relay_threshold=0, relay_cpu_percent=70, full_cpu_percent=90)
-    assert place("viewer", B, A, 10_000, NODES, limits, relays=True) == Placed(Where.REDIRECT, A)
-    assert place("viewer", B, HOT, 0, NODES, limits, relays=True) == Placed(Where.RELAY, HOT)
+    assert place("viewer", B, A, 0, NODES, limits, relays=True) == Placed(Where.RELAY, A)
+    assert place("host", B, A, 0, NODES, limits, relays=True) == Placed(Where.REDIRECT, A)
+    # It pushes nobody off the origin: only its CPU does.
+    assert place("viewer", A, A, 0, NODES, limits, relays=True) == Placed(Where.ORIGIN)
+    assert place("viewer", A, A, 0, (HOT, B), limits, relays=True) == Placed(Where.ORIGIN)
+    assert place("viewer", HOT, HOT, 0, (HOT, B), limits, relays=True) == Placed(Where.REDIRECT, B)
 
 
 def test_least_loaded_prefers_cpu_then_viewers_and_skips_full_nodes():

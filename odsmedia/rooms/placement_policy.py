@@ -11,7 +11,8 @@ node, published by ``rooms.placement``), so they are tested without sockets.
   ``rooms.relay_cpu_percent``). Past that, and when relays exist, it is served
   through a relay: here, when the origin is another node and this one is not
   full; else on the least-loaded live node that is neither full nor the origin.
-  With no such node it stays with the origin.
+  With no such node it stays with the origin. A zero threshold relays every
+  viewer who reaches another node, but sends none away from the origin.
 - Full means the node's process CPU passed ``rooms.full_cpu_percent``.
 """
 
@@ -35,7 +36,7 @@ class NodeLoad:
 
 @dataclass(frozen=True)
 class Limits:
-    relay_threshold: int        # viewers of one room on its origin past which new ones are relayed (0: never)
+    relay_threshold: int        # viewers of one room on its origin from which new ones are relayed (0: always)
     relay_cpu_percent: float    # origin CPU past which new viewers are relayed
     full_cpu_percent: float     # CPU past which a node takes nothing new
 
@@ -43,7 +44,12 @@ class Limits:
         return node.cpu >= self.full_cpu_percent
 
     def busy(self, origin: NodeLoad, room_viewers: int) -> bool:
-        """Whether the origin should hand new viewers of a room to relays."""
+        """Whether a viewer who reached another node is served there through a relay."""
+        return room_viewers >= self.relay_threshold or origin.cpu >= self.relay_cpu_percent
+
+    def crowded(self, origin: NodeLoad, room_viewers: int) -> bool:
+        """Whether the origin sends a viewer who reached it to another node (a zero threshold
+        relays whoever reaches another node; it does not push viewers off the origin)."""
         return ((self.relay_threshold > 0 and room_viewers >= self.relay_threshold)
                 or origin.cpu >= self.relay_cpu_percent)
 
@@ -86,7 +92,7 @@ def place(role: str, here: NodeLoad, origin: NodeLoad | None, room_viewers: int,
         return HERE
     publishing = role == "host"
     if origin.node_id == here.node_id:
-        if publishing or not relays or not limits.busy(here, room_viewers):
+        if publishing or not relays or not limits.crowded(here, room_viewers):
             return HERE
         other = least_loaded(nodes, limits, besides=(here.node_id,))
         return Placed(Where.REDIRECT, other) if other is not None else HERE
