@@ -6,6 +6,7 @@ for all, a killed worker comes back as the same node, clients are sent to the ro
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import os
 import re
@@ -291,3 +292,68 @@ async def _frames_grow(viewer, by: int, within: float) -> int:
         await asyncio.sleep(0.25)
         now = await viewer.evaluate("window.odsViewer.framesDecoded()")
     return now - start
+
+
+RELAYS = importlib.util.find_spec("odsmedia.rooms.relay") is not None
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not RELAYS, reason="relays (issue 18, branch relay) are not merged: the redirect variant above "
+                                       "covers a node's death until they are")
+async def test_a_relayed_viewer_page_plays_again_from_another_node_when_its_relay_dies(service_urls, tmp_path,
+                                                                                        room_factory, token_factory,
+                                                                                        browser):
+    """The origin is crowded (CPU past a 1 % limit), so a viewer page opened on the shared port
+    ends up on the other worker, served as a relay whichever worker took its socket. That worker
+    is SIGKILLed: the page is placed again through the shared port and plays from the origin."""
+    prefix = f"{service_urls.prefix}{uuid.uuid4().hex[:8]}:"
+    data = tmp_path / "data"
+    env = odsmedia_env(service_urls, data, ODS_HTTP_PORT="0", ODS_REDIS_PREFIX=prefix, ODS_LOG_FORMAT="text",
+                       ODS_ROOMS_RELAY_THRESHOLD="0", ODS_ROOMS_RELAY_CPU_PERCENT="1", ODS_RECORDING_ENABLED="false")
+    cluster = Cluster(env, data, prefix, service_urls.redis_url)
+    room = await room_factory()
+    token = await token_factory(room, "host")
+    errors: list[str] = []
+    host_ctx, viewer_ctx = await browser.new_context(), await browser.new_context()
+    try:
+        cluster.start(2)
+        nodes = await cluster.nodes(2)
+        origin, relay = nodes[0], nodes[1]
+        host = await host_ctx.new_page()
+        host.on("pageerror", lambda exc: errors.append(f"host: {exc}"))
+        await host.goto(f"{origin.url}/rooms/{room.slug}/host?token={token}")
+        await host.wait_for_selector("body[data-ready='1']", timeout=20000)
+        await host.click("#golive")
+        await host.wait_for_selector("body[data-connection='connected']", timeout=30000)
+        deadline = time.monotonic() + 30
+        while float(await cluster.redis.hget(f"{prefix}node:{origin.node_id}", "cpu") or 0) < 1:
+            assert time.monotonic() < deadline, "the origin never published a CPU over 1 %"
+            await asyncio.sleep(0.2)
+
+        viewer = await viewer_ctx.new_page()
+        viewer.on("pageerror", lambda exc: errors.append(f"viewer: {exc}"))
+        await viewer.goto(f"{cluster.url}/rooms/{room.slug}?name=Relayed")
+        await viewer.wait_for_selector("body[data-ready='1']", timeout=20000)
+        assert await _frames_grow(viewer, 10, 30) >= 10
+        async with aiohttp.ClientSession() as session:
+            _, text = await _get(session, relay.url + "/metrics")
+        assert re.search(r"^ods_relayed_publications [1-9]", text, re.M), "the viewer is not on the relay"
+
+        old = set(await viewer.evaluate("[...window.odsViewer.transports.keys()]"))
+        os.kill(cluster.worker_pid(relay.worker), signal.SIGKILL)
+        killed_at = time.monotonic()
+        while True:
+            ids = set(await viewer.evaluate("[...window.odsViewer.transports.keys()]"))
+            if ids and not ids & old and await viewer.evaluate("window.odsViewer.framesDecoded()") >= 5:
+                break
+            # Timing is the feature here: a relay's death costs its viewers a reconnect of a few seconds.
+            assert time.monotonic() - killed_at < 10, "the viewer did not play again within 10 s"
+            await asyncio.sleep(0.1)
+        assert await _frames_grow(viewer, 10, 20) >= 10
+        assert not errors, errors
+    finally:
+        await host_ctx.close()
+        await viewer_ctx.close()
+        if cluster.proc is not None:
+            assert await cluster.stop() == 0
+        await cluster.redis.aclose()
