@@ -24,6 +24,7 @@ from aiortc import RTCSessionDescription
 from yarl import URL
 
 from conftest import ODSMEDIA, REPO, odsmedia_env
+from testsupport.pages import frames_grow, go_live
 from testsupport.peers import Peers, SignalingError, peer, whip_offer
 
 pytestmark = pytest.mark.timeout(240)
@@ -243,10 +244,7 @@ async def test_viewer_page_follows_node_url_and_is_placed_again_when_its_node_di
     try:
         host = await host_ctx.new_page()
         host.on("pageerror", lambda exc: errors.append(f"host: {exc}"))
-        await host.goto(f"{cluster.url}/rooms/{room.slug}/host?token={token}")
-        await host.wait_for_selector("body[data-ready='1']", timeout=20000)
-        await host.click("#golive")
-        await host.wait_for_selector("body[data-connection='connected']", timeout=30000)
+        await go_live(host, f"{cluster.url}/rooms/{room.slug}/host?token={token}")
         origin_id = (await cluster.redis.get(f"{cluster.prefix}room:{room.slug}:node")).decode()
         origin = next(n for n in nodes.values() if n.node_id == origin_id)
         other = next(n for n in nodes.values() if n.node_id != origin_id)
@@ -257,24 +255,14 @@ async def test_viewer_page_follows_node_url_and_is_placed_again_when_its_node_di
         viewer.on("websocket", lambda ws: sockets.append(ws.url))
         await viewer.goto(f"{other.url}/rooms/{room.slug}?name=Follower")
         await viewer.wait_for_selector("body[data-ready='1']", timeout=20000)
-        assert await _frames_grow(viewer, 10, 30) >= 10
+        assert await frames_grow(viewer, 10, 30) >= 10
         ws_origin = origin.url.replace("http://", "ws://")
         signaling = [u for u in sockets if u.endswith(f"/rooms/{room.slug}/ws")]
         assert signaling[:2] == [f"{other.url.replace('http://', 'ws://')}/rooms/{room.slug}/ws",
                                  f"{ws_origin}/rooms/{room.slug}/ws"]
 
-        old = set(await viewer.evaluate("[...window.odsViewer.transports.keys()]"))
-        os.kill(cluster.worker_pid(origin.worker), signal.SIGKILL)
-        killed_at = time.monotonic()
-        # Playing again: a new transport (the old ones end with their socket) decoding frames.
-        while True:
-            ids = set(await viewer.evaluate("[...window.odsViewer.transports.keys()]"))
-            if ids and not ids & old and await viewer.evaluate("window.odsViewer.framesDecoded()") >= 5:
-                break
-            # Timing is the feature here: a node's death costs its viewers a reconnect of a few seconds.
-            assert time.monotonic() - killed_at < 10, "the viewer did not play again within 10 s"
-            await asyncio.sleep(0.1)
-        assert await _frames_grow(viewer, 10, 20) >= 10
+        await _kill_and_play_again(cluster, origin, viewer)
+        assert await frames_grow(viewer, 10, 20) >= 10
         holder = (await cluster.redis.get(f"{cluster.prefix}room:{room.slug}:node")).decode()
         assert holder == other.node_id
         assert not errors, errors
@@ -284,14 +272,19 @@ async def test_viewer_page_follows_node_url_and_is_placed_again_when_its_node_di
     assert await cluster.stop() == 0
 
 
-async def _frames_grow(viewer, by: int, within: float) -> int:
-    start = await viewer.evaluate("window.odsViewer.framesDecoded()")
-    deadline = time.monotonic() + within
-    now = start
-    while now < start + by and time.monotonic() < deadline:
-        await asyncio.sleep(0.25)
-        now = await viewer.evaluate("window.odsViewer.framesDecoded()")
-    return now - start
+async def _kill_and_play_again(cluster: Cluster, node: Node, viewer) -> None:
+    """SIGKILL ``node``'s worker; the viewer page must be playing again within 10 s: a new
+    transport (the old ones end with their socket) decoding frames."""
+    old = set(await viewer.evaluate("[...window.odsViewer.transports.keys()]"))
+    os.kill(cluster.worker_pid(node.worker), signal.SIGKILL)
+    killed_at = time.monotonic()
+    while True:
+        ids = set(await viewer.evaluate("[...window.odsViewer.transports.keys()]"))
+        if ids and not ids & old and await viewer.evaluate("window.odsViewer.framesDecoded()") >= 5:
+            return
+        # Timing is the feature here: a node's death costs its viewers a reconnect of a few seconds.
+        assert time.monotonic() - killed_at < 10, "the viewer did not play again within 10 s"
+        await asyncio.sleep(0.1)
 
 
 RELAYS = importlib.util.find_spec("odsmedia.rooms.relay") is not None
@@ -321,10 +314,7 @@ async def test_a_relayed_viewer_page_plays_again_from_another_node_when_its_rela
         origin, relay = nodes[0], nodes[1]
         host = await host_ctx.new_page()
         host.on("pageerror", lambda exc: errors.append(f"host: {exc}"))
-        await host.goto(f"{origin.url}/rooms/{room.slug}/host?token={token}")
-        await host.wait_for_selector("body[data-ready='1']", timeout=20000)
-        await host.click("#golive")
-        await host.wait_for_selector("body[data-connection='connected']", timeout=30000)
+        await go_live(host, f"{origin.url}/rooms/{room.slug}/host?token={token}")
         deadline = time.monotonic() + 30
         while float(await cluster.redis.hget(f"{prefix}node:{origin.node_id}", "cpu") or 0) < 1:
             assert time.monotonic() < deadline, "the origin never published a CPU over 1 %"
@@ -334,22 +324,13 @@ async def test_a_relayed_viewer_page_plays_again_from_another_node_when_its_rela
         viewer.on("pageerror", lambda exc: errors.append(f"viewer: {exc}"))
         await viewer.goto(f"{cluster.url}/rooms/{room.slug}?name=Relayed")
         await viewer.wait_for_selector("body[data-ready='1']", timeout=20000)
-        assert await _frames_grow(viewer, 10, 30) >= 10
+        assert await frames_grow(viewer, 10, 30) >= 10
         async with aiohttp.ClientSession() as session:
             _, text = await _get(session, relay.url + "/metrics")
         assert re.search(r"^ods_relayed_publications [1-9]", text, re.M), "the viewer is not on the relay"
 
-        old = set(await viewer.evaluate("[...window.odsViewer.transports.keys()]"))
-        os.kill(cluster.worker_pid(relay.worker), signal.SIGKILL)
-        killed_at = time.monotonic()
-        while True:
-            ids = set(await viewer.evaluate("[...window.odsViewer.transports.keys()]"))
-            if ids and not ids & old and await viewer.evaluate("window.odsViewer.framesDecoded()") >= 5:
-                break
-            # Timing is the feature here: a relay's death costs its viewers a reconnect of a few seconds.
-            assert time.monotonic() - killed_at < 10, "the viewer did not play again within 10 s"
-            await asyncio.sleep(0.1)
-        assert await _frames_grow(viewer, 10, 20) >= 10
+        await _kill_and_play_again(cluster, relay, viewer)
+        assert await frames_grow(viewer, 10, 20) >= 10
         assert not errors, errors
     finally:
         await host_ctx.close()
