@@ -146,6 +146,22 @@ async def add_stream(server: Server, origin: Worker, database_url: str) -> Strea
     return stream
 
 
+async def settled(stream: Stream) -> None:
+    """Until the origin lists exactly this step's publications (video + audio): a previous step's
+    publisher that was killed rather than stopped leaves its own until its peer times out."""
+    import aiohttp
+
+    deadline = time.monotonic() + 60
+    async with aiohttp.ClientSession() as http:
+        while True:
+            async with http.get(f"{stream.origin.url}/api/rooms/{stream.slug}") as resp:
+                if (await resp.json()).get("publications") == 2:
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{stream.slug}: the publications did not settle")
+            await asyncio.sleep(0.2)
+
+
 def stop_server(server: Server) -> None:
     server.proc.send_signal(signal.SIGTERM)
     try:
@@ -173,7 +189,8 @@ async def measure(label: str, server: Server, placement: list[tuple[Stream, Work
             assert publisher.stdout is not None
             if publisher.stdout.readline().strip() != "ready":
                 raise RuntimeError("publisher did not start")
-        await asyncio.sleep(1.0)
+        for stream in server.streams:
+            await settled(stream)
         for start in range(0, len(placement), 5):
             batch = []
             for stream, worker in placement[start:start + 5]:
