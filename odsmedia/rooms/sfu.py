@@ -81,10 +81,10 @@ class Sfu:
         try:
             placed = await self.placement.place(record.slug, participant.role)
             if placed.where is Where.REDIRECT and placed.node is not None:
-                raise RoomOnOtherNode(placed.node.node_id, placed.node.url)
+                raise on_other_node(placed.node.url)
             await self.placement.claim(record.slug)
             return Room(self, record)
-        except RoomOnOtherNode as other:
+        except RoomOnOtherNode as other:          # claimed by another node meanwhile
             raise on_other_node(other.url) from None
 
     def get(self, slug: str) -> Room | None:
