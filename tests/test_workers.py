@@ -137,6 +137,30 @@ async def _get(session: aiohttp.ClientSession, url: str) -> tuple[int, str]:
         return resp.status, await resp.text()
 
 
+def test_a_worker_is_reached_at_its_private_port_under_the_configured_url():
+    from odsmedia.config import load
+    from odsmedia.workers import node_url
+
+    assert node_url(load(environ={"ODS_HTTP_HOST": "127.0.0.1"}), 9001) == "http://127.0.0.1:9001"
+    public = load(environ={"ODS_PUBLIC_URL": "https://media.example.com"})
+    assert node_url(public, 9002) == "https://media.example.com:9002"
+    template = load(environ={"ODS_PUBLIC_URL": "https://media.example.com",
+                             "ODS_NODE_URL": "https://w{port}.media.example.com/"})
+    assert node_url(template, 9003) == "https://w9003.media.example.com"
+
+
+def test_workers_refuse_one_node_url_for_all(service_urls, tmp_path):
+    env = odsmedia_env(service_urls, tmp_path / "data", ODS_NODE_URL="https://media.example.com")
+    out = subprocess.run(ODSMEDIA + ["serve", "--workers", "2"], env=env, capture_output=True, text=True, timeout=60,
+                         cwd=REPO)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.strip() == ("odsmedia serve: ODS_NODE_URL must contain {port} with more than one worker "
+                                  "(each worker is a node with its own URL)")
+    out = subprocess.run(ODSMEDIA + ["serve", "--workers", "many"], env=env, capture_output=True, text=True,
+                         timeout=60, cwd=REPO)
+    assert out.returncode == 2 and "argument --workers: expected a whole number (0: one per core)" in out.stderr
+
+
 async def test_workers_are_nodes_behind_one_port_and_a_killed_one_comes_back(cluster):
     cluster.start(2)
     nodes = await cluster.nodes(2)
