@@ -275,8 +275,13 @@ async def run(args) -> list[dict]:
 
     async def step(label: str, server: Server, placement: list[tuple[Stream, Worker]]) -> None:
         print(f"{label}: {len(placement)} viewers (load {os.getloadavg()[0]:.2f}) ...", file=sys.stderr)
-        row = await asyncio.wait_for(measure(label, server, placement, args, str(clip_path), tmp),
-                                     args.seconds + args.warmup + 180)
+        try:
+            row = await asyncio.wait_for(measure(label, server, placement, args, str(clip_path), tmp),
+                                         args.seconds + args.warmup + 180)
+        except (RuntimeError, asyncio.TimeoutError) as exc:
+            # A starved machine can drop the publisher mid-step: say so and go on with the next step.
+            print(f"{label}, {len(placement)} viewers: step failed: {exc}", file=sys.stderr)
+            return
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)
 
