@@ -91,9 +91,13 @@ def _etag(transport: Transport) -> str:
 
 
 def _created(request: web.Request, via: str, participant: Participant, transport: Transport) -> web.Response:
+    path = f"/rooms/{request.match_info['slug']}/{via}/{transport.id}"
+    # A node with a URL of its own (a worker of `serve --workers`) names itself: the session lives
+    # here, and a DELETE or PATCH sent to the shared port could land on another worker.
+    node_url = request.app[CONFIG]["http.node_url"]
+    location = node_url.rstrip("/") + path if node_url else path
     response = web.Response(status=201, text=transport.local_sdp(), content_type="application/sdp",
-                            headers={**CORS, "Location": f"/rooms/{request.match_info['slug']}/{via}/{transport.id}",
-                                     "ETag": _etag(transport)})
+                            headers={**CORS, "Location": location, "ETag": _etag(transport)})
     for link in _ice_links(request, participant):
         response.headers.add("Link", link)
     return response

@@ -233,7 +233,9 @@ async def test_clients_are_sent_to_the_room_origin(cluster, room_factory, token_
                                         headers={"Content-Type": "application/sdp"}) as resp:
                     assert resp.status == 201, await resp.text()
                     assert str(resp.url) == f"{nodes[0].url}/rooms/{room.slug}/whep"
-                    assert resp.headers["Location"].startswith(f"/rooms/{room.slug}/whep/")
+                    # The session lives on worker 0: its Location names that worker, not the port it came in by.
+                    location = resp.headers["Location"]
+                    assert location.startswith(f"{nodes[0].url}/rooms/{room.slug}/whep/TR")
                     await player.setRemoteDescription(RTCSessionDescription(await resp.text(), "answer"))
                 frames = asyncio.get_running_loop().create_future()
 
@@ -245,6 +247,8 @@ async def test_clients_are_sent_to_the_room_origin(cluster, room_factory, token_
                         asyncio.ensure_future(first_frame(transceiver.receiver.track))
                 frame = await asyncio.wait_for(frames, 30)
                 assert frame.width > 0
+                async with session.delete(location) as resp:
+                    assert resp.status == 200
             finally:
                 await player.close()
     finally:
