@@ -118,7 +118,7 @@ async def start_server(count: int, database_url: str, tmp: Path) -> Server:
                 record = {k.decode(): v.decode() for k, v in (await client.hgetall(prefix + "node:" + raw.decode())).items()}
                 if record:
                     index = int(record["worker"])
-                    pid = json.loads((data / f"node-id.worker{index}").read_text())["pid"]
+                    pid = json.loads((data / f"node-id-worker{index}").read_text())["pid"]
                     workers.append(Worker(index, record["url"], pid))
             if len(workers) == count:
                 return Server(proc, sorted(workers, key=lambda w: w.index), data)

@@ -9,8 +9,10 @@ the id when that process is gone, and takes a fresh one while it still runs
 (two nodes sharing a data dir, as tests do, stay two nodes).
 
 The workers of ``odsmedia serve --workers N`` share one data dir: worker i
-keeps its id in ``node-id.worker<i>``, so a worker the supervisor restarts
-comes back as the same node (same id, same URL) and finds its claims.
+keeps its id in ``node-id-worker<i>``, so a worker the supervisor restarts
+comes back as the same node (same id, same URL) and finds its claims. (No
+dot in that name: write_atomic's temporary file replaces the name's suffix,
+so ``node-id.worker1`` and ``node-id.worker2`` would race on one ``node-id.tmp``.)
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ def pid_alive(pid: int) -> bool:
 
 
 def _path(data_dir: Path, worker: int | None) -> Path:
-    return Path(data_dir) / (FILE if worker is None else f"{FILE}.worker{worker}")
+    return Path(data_dir) / (FILE if worker is None else f"{FILE}-worker{worker}")
 
 
 def identity(data_dir: Path, worker: int | None = None) -> str:

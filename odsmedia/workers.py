@@ -5,7 +5,7 @@ room's audience. Here the process the operator starts is a supervisor: it
 binds the shared HTTP socket and one private socket per worker, then starts N
 worker processes (``python -m odsmedia.workers``) that inherit those sockets
 and run the whole application, each as a node of its own in the placement
-registry: its own node id (``node-id.worker<i>`` in the data dir), its own
+registry: its own node id (``node-id-worker<i>`` in the data dir), its own
 node URL (its private port, where ``room_on_other_node`` sends clients), its
 own ICE/UDP port (``media.udp_port`` + i).
 

@@ -84,7 +84,7 @@ class Cluster:
             await asyncio.sleep(0.1)
 
     def worker_pid(self, index: int) -> int:
-        return int(json.loads((self.data / f"node-id.worker{index}").read_text())["pid"])
+        return int(json.loads((self.data / f"node-id-worker{index}").read_text())["pid"])
 
     async def stop(self) -> int:
         assert self.proc is not None
