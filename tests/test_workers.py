@@ -149,6 +149,25 @@ def test_a_worker_is_reached_at_its_private_port_under_the_configured_url():
     assert node_url(template, 9003) == "https://w9003.media.example.com"
 
 
+def test_each_worker_keeps_its_own_node_and_recorder_ids(tmp_path, monkeypatch):
+    """Workers share a data dir: each keeps its own node id and recorder node id (a restarted worker
+    recovers only its own episodes), and `episode finalize` finds every worker's."""
+    from odsmedia import node
+    from recorder.recorder import local_node_id, local_node_ids
+
+    monkeypatch.setattr(node, "issued", node.issued)      # identity() below sets it: restored afterwards
+    single = local_node_id(tmp_path)
+    monkeypatch.setattr(node, "worker_index", 0)
+    first = local_node_id(tmp_path)
+    monkeypatch.setattr(node, "worker_index", 1)
+    second = local_node_id(tmp_path)
+    assert len({single, first, second}) == 3 and local_node_id(tmp_path) == second
+    assert local_node_ids(tmp_path) == sorted([single, first, second])
+    assert node.identity(tmp_path, 0) != node.identity(tmp_path, 1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "node-id-worker0", "node-id-worker1", "recorder-node", "recorder-node-worker0", "recorder-node-worker1"]
+
+
 def test_workers_refuse_one_node_url_for_all(service_urls, tmp_path):
     env = odsmedia_env(service_urls, tmp_path / "data", ODS_NODE_URL="https://media.example.com")
     out = subprocess.run(ODSMEDIA + ["serve", "--workers", "2"], env=env, capture_output=True, text=True, timeout=60,
