@@ -152,7 +152,7 @@ def make_app(config: Config, *, features: tuple[str, ...] = FEATURE_MODULES) -> 
 
     async def services(app: web.Application) -> AsyncIterator[None]:
         app[DB] = await connect(config["database.url"], max_size=config["database.pool_size"])
-        app[BUS] = Bus(config["redis.url"], config["redis.prefix"], node_id=node.identity(config.data_dir))
+        app[BUS] = Bus(config["redis.url"], config["redis.prefix"], node_id=node.identity(config.data_dir, node.worker_index))
         # Bearer tokens are the token table's, not the cookie feature's: WHIP, operator
         # tokens and tokens in join messages work in every feature selection.
         app[GATE] = Gate(app[DB], tokens=GateTokens(app[DB]))

@@ -21,9 +21,10 @@ import errno
 import json
 import secrets
 import signal
+import socket
 import sys
 from pathlib import Path
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Sequence
 
 from . import config as configmod
 from . import logs
@@ -135,28 +136,50 @@ class Services:
             self.embedded.stop()
 
 
-async def _serve(config: Config, announce: Callable[[int], None]) -> None:
+def _listen(host: str, port: int, setting: str) -> socket.socket:
+    """A listening TCP socket, or a StartupError naming the setting (the supervisor binds for its workers)."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        return socket.create_server((host, port), family=family, backlog=1024)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise StartupError(f"port {port} on {host} is already in use ({setting}): stop the other server "
+                               f"or set {setting} to a free port (0 picks one).") from None
+        raise StartupError(f"cannot listen on {host}:{port} (ODS_HTTP_HOST, {setting}): {_reason(exc)}.") from None
+
+
+async def _serve(config: Config, announce: Callable[[int], None], *, listeners: Sequence[socket.socket] = (),
+                 prepare: bool = True, stop: asyncio.Event | None = None) -> None:
+    """Run the application until SIGTERM/SIGINT (or ``stop``). A worker of ``serve --workers`` passes the
+    sockets its supervisor bound (shared, then private) and leaves migrations to the supervisor."""
     from aiohttp import web
 
     from .app import make_app
 
-    await _migrate_checked(config["database.url"])
-    await _check_redis(config["redis.url"])
+    if prepare:
+        await _migrate_checked(config["database.url"])
+        await _check_redis(config["redis.url"])
     app = make_app(config)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=10)
     await runner.setup()
-    host, port = config["http.host"], config["http.port"]
-    site = web.TCPSite(runner, host, port)
-    try:
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        if exc.errno == errno.EADDRINUSE:
-            raise StartupError(f"port {port} on {host} is already in use (ODS_HTTP_PORT): stop the other server "
-                               "or set ODS_HTTP_PORT to a free port (0 picks one).") from None
-        raise StartupError(f"cannot listen on {host}:{port} (ODS_HTTP_HOST, ODS_HTTP_PORT): {_reason(exc)}.") from None
-    port = runner.addresses[0][1]
-    stop = asyncio.Event()
+    if listeners:
+        for sock in listeners:
+            await web.SockSite(runner, sock).start()
+        port = listeners[-1].getsockname()[1]
+    else:
+        host, port = config["http.host"], config["http.port"]
+        site = web.TCPSite(runner, host, port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            if exc.errno == errno.EADDRINUSE:
+                raise StartupError(f"port {port} on {host} is already in use (ODS_HTTP_PORT): stop the other server "
+                                   "or set ODS_HTTP_PORT to a free port (0 picks one).") from None
+            raise StartupError(f"cannot listen on {host}:{port} (ODS_HTTP_HOST, ODS_HTTP_PORT): "
+                               f"{_reason(exc)}.") from None
+        port = runner.addresses[0][1]
+    stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -164,6 +187,45 @@ async def _serve(config: Config, announce: Callable[[int], None]) -> None:
     await stop.wait()
     # Stops accepting, runs on_shutdown (peers, sockets) and cleanup (writers, bus, pool).
     await runner.cleanup()
+
+
+async def _supervise(config: Config, count: int, announce: Callable[[int], None]) -> None:
+    """``count`` worker processes behind one HTTP port (odsmedia.workers); migrations run here, once."""
+    from .workers import Supervisor, WorkerFailed
+
+    await _migrate_checked(config["database.url"])
+    await _check_redis(config["redis.url"])
+    host, base = config["http.host"], config["workers.port_base"]
+    shared = _listen(host, config["http.port"], "ODS_HTTP_PORT")
+    privates: list[socket.socket] = []
+    try:
+        for index in range(count):
+            privates.append(_listen(host, base + index if base else 0, "ODS_WORKERS_PORT_BASE"))
+        await Supervisor(config, shared, privates).run(announce)
+    except WorkerFailed as exc:
+        raise StartupError(str(exc)) from None
+    finally:
+        for sock in (shared, *privates):
+            sock.close()
+
+
+def _worker_count(args: argparse.Namespace, config: Config, default: int) -> int:
+    """--workers, else workers.count when set, else ``default``; 0 means one per core."""
+    from .workers import default_count
+
+    count = args.workers if args.workers is not None else (
+        config["workers.count"] if "workers.count" in config.explicit else default)
+    return count or default_count()
+
+
+def _run(config: Config, count: int, announce: Callable[[int], None]) -> None:
+    if count > 1 and config["http.node_url"] and "{port}" not in config["http.node_url"]:
+        raise StartupError("ODS_NODE_URL must contain {port} with more than one worker (each worker is a node "
+                           "with its own URL)")
+    if count == 1:
+        run_async(_serve(config, announce))
+    else:
+        run_async(_supervise(config, count, announce))
 
 
 def cmd_serve(args: argparse.Namespace, config: Config) -> int:
@@ -183,7 +245,9 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
               "sign-in links to files under the data dir instead of sending them)", file=sys.stderr)
         return 2
     logs.setup(config["log.level"], "text" if config["log.format"] == "text" else "json")
-    run_async(_serve(config, lambda port: print(f"odsmedia listening on http://{config['http.host']}:{port}", flush=True)))
+    count = _worker_count(args, config, 0)
+    _run(config, count, lambda port: print(f"odsmedia listening on http://{config['http.host']}:{port}"
+                                           + (f" ({count} workers)" if count > 1 else ""), flush=True))
     return 0
 
 
@@ -227,7 +291,7 @@ def cmd_dev(args: argparse.Namespace, config: Config) -> int:
             print(f"  host page:   {base}/rooms/demo/host?token={host_token}", flush=True)
             print(f"  viewer page: {base}/rooms/demo", flush=True)
 
-        run_async(_serve(config, announce))
+        _run(config, _worker_count(args, config, 1), announce)
     finally:
         if coturn is not None:
             coturn.stop()
@@ -454,14 +518,29 @@ def cmd_config(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _workers_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a whole number (0: one per core)") from None
+    if not 0 <= value <= 1024:
+        raise argparse.ArgumentTypeError("expected 0 to 1024")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="odsmedia", description="ODS Media: live rooms, recording, chat.")
     parser.add_argument("--config", help="TOML configuration file (default: $ODS_CONFIG)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("serve", help="run the server against DATABASE_URL and REDIS_URL")
+    p.add_argument("--workers", type=_workers_arg, default=None, metavar="N",
+                   help="media processes behind the one HTTP port, each a node (default: workers.count, "
+                        "0 = one per core; 1: one process, no supervisor)")
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("dev", help="run with embedded PostgreSQL and Redis and a public room `demo`")
+    p.add_argument("--workers", type=_workers_arg, default=None, metavar="N",
+                   help="media processes behind the one HTTP port (default 1)")
     p.set_defaults(func=cmd_dev)
     p = sub.add_parser("migrate", help="apply pending schema migrations")
     p.set_defaults(func=cmd_migrate)

@@ -198,6 +198,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("http.port", "ODS_HTTP_PORT", _port, 8080, "Port the HTTP server binds (0 picks a free one)."),
     Setting("http.public_url", "ODS_PUBLIC_URL", _url("http", "https"), "",
             "Externally visible base URL (links in e-mail, WHIP Location). Empty: derived from host and port."),
+    Setting("http.node_url", "ODS_NODE_URL", _str, "",
+            "This node's own URL, named by room_on_other_node when a room lives here (public_url is the "
+            "deployment's, perhaps a load balancer). With `serve --workers`, {port} stands for the worker's "
+            "private port. Empty: http.public_url (one process) or it with the worker's private port."),
     Setting("http.trusted_proxies", "ODS_TRUSTED_PROXIES", _network_list, (),
             "Networks whose X-Forwarded-For is believed when deriving a client's region."),
     Setting("data.dir", "ODS_DATA_DIR", _str, "./.ods-data",
@@ -244,7 +248,8 @@ SETTINGS: tuple[Setting, ...] = (
             "(3478 is usual) and hand out credentials for it. 0 (the default): none."),
     Setting("media.udp_port", "ODS_MEDIA_UDP_PORT", _port, 0,
             "The one UDP port all of the node's ICE/DTLS/SRTP traffic uses, on each ICE host address (open it "
-            "in the firewall). 0: an ephemeral port per peer connection."),
+            "in the firewall); worker i of `serve --workers` uses this port + i. 0: an ephemeral port per peer "
+            "connection."),
     Setting("media.forwarding", "ODS_MEDIA_FORWARDING", _choice("packet", "frame"), "packet",
             "How live viewers are served: packet (each RTP packet rewritten and sent to every viewer) or "
             "frame (frames reassembled and re-packetized per viewer; the earlier path)."),
@@ -255,6 +260,18 @@ SETTINGS: tuple[Setting, ...] = (
             "Packets a subscriber may lag behind before it is resynced at the next keyframe."),
     Setting("media.pli_interval", "ODS_MEDIA_PLI_INTERVAL", _duration, 0.5,
             "Shortest interval between keyframe requests sent to one publisher (seconds)."),
+    Setting("workers.count", "ODS_WORKERS", _bounded(0, 1024), 0,
+            "Media processes `odsmedia serve` runs behind the one HTTP port, each a node of its own "
+            "(`--workers` overrides). 0: one per core; 1: a single process, no supervisor."),
+    Setting("workers.port_base", "ODS_WORKERS_PORT_BASE", _port, 0,
+            "Worker i's private HTTP port (its node URL) is this + i. 0: free ports picked at start, kept "
+            "across worker restarts."),
+    Setting("rooms.relay_cpu_percent", "ODS_ROOMS_RELAY_CPU_PERCENT", _bounded(1, 100_000), 70,
+            "An origin whose process CPU (percent of one core) passes this sends new viewers of its rooms to "
+            "relays on other nodes."),
+    Setting("rooms.full_cpu_percent", "ODS_ROOMS_FULL_CPU_PERCENT", _bounded(1, 100_000), 90,
+            "A node whose process CPU passes this is full: a room that is not live anywhere, or a viewer it "
+            "would relay, is redirected to the least-loaded live node."),
     Setting("rooms.relay_threshold", "ODS_ROOMS_RELAY_THRESHOLD", _bounded(0, 1_000_000), 200,
             "Viewers on a room's origin node at or above which a viewer joining on another node is served "
             "there, as a relay of the origin (below it, that node answers room_on_other_node). 0: always relay."),
@@ -403,6 +420,19 @@ class Config:
         for key, raw in changes.items():
             values[key] = _parse(_BY_KEY[key], raw, source="override")
         return Config(values=values, plans=self.plans, dev=self.dev, explicit=self.explicit | set(changes))
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-able form (secrets included: it goes down a pipe to a worker, never to a file or log)."""
+        return {"values": {k: list(v) if isinstance(v, tuple) else v for k, v in self.values.items()},
+                "plans": {code: dict(plan) for code, plan in self.plans.items()}, "dev": self.dev,
+                "explicit": sorted(self.explicit)}
+
+    @classmethod
+    def restore(cls, snapshot: Mapping[str, Any]) -> "Config":
+        """The Config a ``snapshot`` was taken of, validated again."""
+        values = {s.key: _parse(s, snapshot["values"][s.key], source="override") for s in SETTINGS}
+        return cls(values=values, plans=dict(snapshot["plans"]), dev=bool(snapshot["dev"]),
+                   explicit=frozenset(snapshot["explicit"]))
 
     @property
     def data_dir(self) -> Path:

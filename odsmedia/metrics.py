@@ -16,6 +16,8 @@ from typing import Any, Iterator
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from . import node
+
 http_requests = Counter(
     "ods_http_requests_total", "HTTP requests served", ["method", "route", "status"]
 )
@@ -73,7 +75,11 @@ class LiveCollector:
 
     def collect(self) -> Iterator:
         rooms = participants = viewers = publications = subscriptions = 0
+        cpu = 0.0
         for sfu in list(self.sfus):
+            placement = getattr(sfu, "placement", None)
+            if placement is not None:
+                cpu = max(cpu, placement.cpu.percent)
             for room in list(sfu.rooms.values()):
                 rooms += 1
                 publications += len(room.publications)
@@ -87,8 +93,15 @@ class LiveCollector:
             ("ods_viewers", "Connected participants other than hosts on this node (live WebRTC audience)", viewers),
             ("ods_publications", "Live publications on this node", publications),
             ("ods_subscriptions", "Active subscriptions on this node", subscriptions),
+            ("ods_node_cpu_percent", "This process's CPU time per wall second at the last placement refresh "
+                                     "(percent of one core; what placement publishes)", cpu),
         ):
             yield GaugeMetricFamily(name, text, value=value)
+        # Which node and worker this scrape is: each worker of `serve --workers` is scraped on its own port.
+        info = GaugeMetricFamily("ods_node_info", "This node: its id and worker index (empty: a single process)",
+                                 labels=["node", "worker"])
+        info.add_metric([node.issued, "" if node.worker_index is None else str(node.worker_index)], 1)
+        yield info
         yield from self._relay_figures()
         yield CounterMetricFamily("ods_egress_bytes", "Media bytes sent to subscribers (RTP payload and headers)",
                                   value=egress_bytes.value)

@@ -25,7 +25,7 @@ from odsmedia.errors import ApiError
 from odsmedia.rooms import directory
 
 from . import episodes, finalize
-from .recorder import local_node_id
+from .recorder import local_node_id, local_node_ids
 from .storage import LocalStorage, Storage, StorageError, open_stores
 from .upload import Uploader
 
@@ -84,8 +84,11 @@ def cmd_finalize(args: argparse.Namespace, config: configmod.Config) -> int:
     async def work(pool):
         uploader = Uploader(spool, store) if spool is not None else None
         try:
-            return await finalize.recover(pool, store, local_node_id(config.data_dir),
-                                          config["recording.segment_seconds"], uploader)
+            # The single process's episodes and those of every worker of `serve --workers`.
+            done = []
+            for node in local_node_ids(config.data_dir) or [local_node_id(config.data_dir)]:
+                done += await finalize.recover(pool, store, node, config["recording.segment_seconds"], uploader)
+            return done
         finally:
             await asyncio.to_thread(store.close)
 

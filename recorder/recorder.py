@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import asyncpg
 from aiohttp import web
 
+from odsmedia import node
 from odsmedia.files import kept
 
 from .recording import RoomRecording
@@ -31,9 +32,21 @@ if TYPE_CHECKING:
     from odsmedia.rooms.room import Room
 
 
+NODE_FILE = "recorder-node"
+
+
 def local_node_id(data_dir: Path) -> str:
-    """A stable id for this node's episodes, kept in the data dir (survives restarts)."""
-    return kept(data_dir / "recorder-node", str.strip, lambda: uuid.uuid4().hex[:16])
+    """A stable id for this node's episodes, kept in the data dir (survives restarts). Each worker
+    of `serve --workers` is a node of its own: a restarted worker recovers its own episodes only,
+    never the live ones of its siblings sharing the data dir."""
+    name = NODE_FILE if node.worker_index is None else f"{NODE_FILE}-worker{node.worker_index}"
+    return kept(data_dir / name, str.strip, lambda: uuid.uuid4().hex[:16])
+
+
+def local_node_ids(data_dir: Path) -> list[str]:
+    """Every recorder node id kept in the data dir: the single process's and each worker's."""
+    return sorted({path.read_text().strip() for path in Path(data_dir).glob(NODE_FILE + "*")
+                   if path.is_file() and not path.name.endswith(".tmp")})
 
 
 class Recorder:

@@ -10,6 +10,11 @@ CORS preflights.
 WHIP needs a host bearer token; WHEP admits like the viewer page (viewer
 token, cookies, or nothing in a public room) and answers 409
 ``nothing_published`` when the room has nothing live.
+A POST that reaches a node (or worker) other than the room's origin is
+answered 307 Temporary Redirect to the same path on the origin's node URL
+(RFC 9725 section 4.5: clients follow it with the same method and body),
+with the ``room_on_other_node`` JSON body naming ``node_url`` for clients
+that do not follow redirects.
 """
 
 from __future__ import annotations
@@ -41,8 +46,13 @@ CORS = {
 }
 
 
-def _with_cors(exc: ApiError) -> ApiError:
+def _with_cors(exc: ApiError, request: web.Request | None = None) -> ApiError:
     exc.headers.update(CORS)
+    node_url = exc.extra.get("node_url")
+    if request is not None and exc.reason == "room_on_other_node" and node_url:
+        # Another node serves this room: send the player there (WHIP/WHEP load balancing).
+        exc.status = 307
+        exc.headers["Location"] = node_url.rstrip("/") + request.path_qs
     return exc
 
 
@@ -81,9 +91,13 @@ def _etag(transport: Transport) -> str:
 
 
 def _created(request: web.Request, via: str, participant: Participant, transport: Transport) -> web.Response:
+    path = f"/rooms/{request.match_info['slug']}/{via}/{transport.id}"
+    # A node with a URL of its own (a worker of `serve --workers`) names itself: the session lives
+    # here, and a DELETE or PATCH sent to the shared port could land on another worker.
+    node_url = request.app[CONFIG]["http.node_url"]
+    location = node_url.rstrip("/") + path if node_url else path
     response = web.Response(status=201, text=transport.local_sdp(), content_type="application/sdp",
-                            headers={**CORS, "Location": f"/rooms/{request.match_info['slug']}/{via}/{transport.id}",
-                                     "ETag": _etag(transport)})
+                            headers={**CORS, "Location": location, "ETag": _etag(transport)})
     for link in _ice_links(request, participant):
         response.headers.add("Link", link)
     return response
@@ -111,7 +125,7 @@ async def whip_post(request: web.Request) -> web.Response:
             raise
         return _created(request, "whip", participant, transport)
     except ApiError as exc:
-        raise _with_cors(exc) from None
+        raise _with_cors(exc, request) from None
 
 
 async def whep_post(request: web.Request) -> web.Response:
@@ -149,7 +163,7 @@ async def whep_post(request: web.Request) -> web.Response:
             view.start()
         return _created(request, "whep", participant, transport)
     except ApiError as exc:
-        raise _with_cors(exc) from None
+        raise _with_cors(exc, request) from None
 
 
 class SessionEnding:

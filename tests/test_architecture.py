@@ -25,7 +25,7 @@ CORE = {
     "odsmedia.mail", "odsmedia.mail.backends", "odsmedia.mail.message", "odsmedia.mail.templates",
 }
 # The composition root and the command line put the features together; they may import anything.
-WIRING = {"odsmedia.app", "odsmedia.cli", "odsmedia.__main__", "odsmedia.embedded", "recorder.cli"}
+WIRING = {"odsmedia.app", "odsmedia.cli", "odsmedia.__main__", "odsmedia.embedded", "odsmedia.workers", "recorder.cli"}
 
 # Feature -> the modules other features may import (table owners, the feature object and its key,
 # the types an observer or an edge is handed).  Everything else is the feature's inside.

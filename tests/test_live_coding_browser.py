@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 from aiortc import MediaStreamTrack, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
+from yarl import URL
 
 from test_studio_browser import server, until  # noqa: F401  (the fixture: `odsmedia serve` with a room)
 from testsupport.peers import peer
@@ -71,12 +72,12 @@ async def whep_receives(server) -> dict[str, int]:
                                  headers={"Content-Type": "application/sdp"}) as resp:
                 assert resp.status == 201, await resp.text()
                 answer = await resp.text()
-                location = resp.headers["Location"]
+                location = resp.url.join(URL(resp.headers["Location"]))    # absolute on a worker's own URL
             await viewer.setRemoteDescription(RTCSessionDescription(answer, "answer"))
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline and not (len(counts) == 3 and all(n >= 5 for n in counts.values())):
                 await asyncio.sleep(0.1)
-            async with http.delete(f"{server.base}{location}") as resp:
+            async with http.delete(location) as resp:
                 assert resp.status == 200
         return counts
     finally:

@@ -22,7 +22,10 @@ FAMILIES = {"ods_http_requests", "ods_http_request_duration_seconds", "ods_rooms
             "ods_authority_ended", "ods_gate_decisions", "ods_recordings_live",
             # Issue 20's dashboard families: audience, egress, forwarding latency, chat and gate timings.
             "ods_viewers", "ods_egress_bytes", "ods_forward_latency_seconds", "ods_chat_post_seconds",
-            "ods_gate_seconds"}
+            "ods_gate_seconds",
+            # Issue 18: which node/worker this is (test_workers reads it per worker) and the CPU placement
+            # publishes (a level, not a count).
+            "ods_node_info", "ods_node_cpu_percent"}
 
 
 async def scrape(client) -> dict[str, float]:

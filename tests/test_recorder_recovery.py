@@ -177,8 +177,9 @@ async def test_killed_server_with_a_whip_publisher_restarts_and_finalizes(servic
     loop = asyncio.get_running_loop()
 
     async def start_server():
-        process = subprocess.Popen(ODSMEDIA + ["serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   text=True, cwd=REPO)
+        # One process: SIGKILL is its crash (a supervisor's workers would stop cleanly without it).
+        process = subprocess.Popen(ODSMEDIA + ["serve", "--workers", "1"], env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, cwd=REPO)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             line = await loop.run_in_executor(None, process.stdout.readline)

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from odsmedia.rooms.sfu import SFU
+from testsupport.pages import frames_grow, go_live
 from testsupport.peers import cut_off
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(150)]
@@ -26,16 +27,6 @@ async def _until(page, expression: str, within: float) -> None:
         await asyncio.sleep(0.1)
 
 
-async def _frames_grow(viewer, by: int, within: float) -> int:
-    start = await viewer.evaluate("window.odsViewer.framesDecoded()")
-    deadline = time.monotonic() + within
-    now = start
-    while now < start + by and time.monotonic() < deadline:
-        await asyncio.sleep(0.25)
-        now = await viewer.evaluate("window.odsViewer.framesDecoded()")
-    return now - start
-
-
 async def test_pages_reconnect_when_their_path_dies(client, room_factory, token_factory, browser):
     room = await room_factory()
     token = await token_factory(room, "host")
@@ -44,15 +35,13 @@ async def test_pages_reconnect_when_their_path_dies(client, room_factory, token_
     try:
         host = await host_ctx.new_page()
         host.on("pageerror", lambda exc: errors.append(f"host: {exc}"))
-        await host.goto(str(client.make_url(f"/rooms/{room.slug}/host?token={token}")))
-        await host.wait_for_selector("body[data-ready='1']", timeout=10000)
-        await host.click("#golive")
-        await host.wait_for_selector("body[data-connection='connected']", timeout=20000)
+        await go_live(host, str(client.make_url(f"/rooms/{room.slug}/host?token={token}")), ready_ms=10000,
+                      connected_ms=20000)
         viewer = await viewer_ctx.new_page()
         viewer.on("pageerror", lambda exc: errors.append(f"viewer: {exc}"))
         await viewer.goto(str(client.make_url(f"/rooms/{room.slug}?name=Mover")))
         await viewer.wait_for_selector("body[data-ready='1']", timeout=10000)
-        assert await _frames_grow(viewer, 10, 30) >= 10
+        assert await frames_grow(viewer, 10, 30) >= 10
 
         # The viewer's path dies: the page sees ICE disconnected and subscribes again.
         [old] = _transports(client, room.slug, "subscribe")
@@ -64,7 +53,7 @@ async def test_pages_reconnect_when_their_path_dies(client, room_factory, token_
             await asyncio.sleep(0.1)
         assert [t.id for t in _transports(client, room.slug, "subscribe")] != [old.id]
         assert old.closed  # released by the page's unsubscribe
-        assert await _frames_grow(viewer, 10, 20) >= 10
+        assert await frames_grow(viewer, 10, 20) >= 10
 
         # The host's path dies: the host page publishes again, the viewer follows.
         [publisher] = _transports(client, room.slug, "publish")
@@ -76,7 +65,7 @@ async def test_pages_reconnect_when_their_path_dies(client, room_factory, token_
                       for t in _transports(client, room.slug, "publish")) and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         assert publisher.closed
-        assert await _frames_grow(viewer, 10, 30) >= 10
+        assert await frames_grow(viewer, 10, 30) >= 10
         assert not errors, errors
     finally:
         await host_ctx.close()

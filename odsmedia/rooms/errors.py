@@ -14,3 +14,11 @@ class SfuError(ApiError):
     @property
     def code(self) -> str:
         return self.reason
+
+
+def on_other_node(node_url: str) -> SfuError:
+    """``room_on_other_node``: the room is served by the node at ``node_url`` (409 on the socket;
+    WHIP/WHEP turn it into a 307 to that node)."""
+    err = SfuError(409, "room_on_other_node", "this room is live on another node")
+    err.extra["node_url"] = node_url
+    return err

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from recorder import episodes
 
-from .. import metrics
+from .. import metrics, node
 from ..errors import json_response
 from ..gate import Entry
 from ..keys import BUS, CONFIG, DB, GATE
@@ -23,6 +23,7 @@ from ..media import ice, udpmux
 from ..media.ice import browser_ice_servers
 from . import directory
 from .placement import Placement
+from .placement_policy import Limits
 from .relay import RelayHub
 from .sfu import SFU, Sfu
 
@@ -74,8 +75,13 @@ def setup(app: web.Application) -> None:
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         sfu.bus = app[BUS]
-        sfu.placement = Placement(app[BUS], app[CONFIG].public_url,
-                                  relay_threshold=app[CONFIG]["rooms.relay_threshold"])
+        config = app[CONFIG]
+        limits = Limits(relay_threshold=int(config.get("rooms.relay_threshold", 200)),
+                        relay_cpu_percent=config["rooms.relay_cpu_percent"],
+                        full_cpu_percent=config["rooms.full_cpu_percent"])
+        sfu.placement = Placement(app[BUS], config["http.node_url"] or config.public_url, limits=limits,
+                                  worker=node.worker_index)
+        sfu.placement.load = sfu.load
         sfu.relays = RelayHub(sfu, app[BUS])
         await sfu.relays.start()
         refresher = asyncio.create_task(sfu.placement.run(), name="room-placement")
@@ -99,6 +105,8 @@ def setup(app: web.Application) -> None:
         refresher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await refresher
+        with contextlib.suppress(Exception):
+            await sfu.placement.unregister()     # a clean stop: no redirect names this node any more
 
     async def on_shutdown(app: web.Application) -> None:
         # Before cleanup: peers and sockets close while the bus and pool still exist.

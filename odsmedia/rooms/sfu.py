@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 from aiohttp import web
 
 from ..channels import control_channel
-from .errors import SfuError
+from .errors import on_other_node
 from .participant import Participant, Writer
 from .placement import Placement, RoomOnOtherNode
 from .relay import RelayHub, RelayRoom
+from .placement_policy import Where
 from .room import Room
 from .transport import CONNECT_TIMEOUT
 
@@ -70,7 +71,7 @@ class Sfu:
         async with self._lock:
             room = self.rooms.get(record.slug)
             if isinstance(room, RelayRoom) and (participant.role == "host" or room.ended):
-                raise _elsewhere(room.origin_url)            # publishers go to the origin; an ending relay takes no one
+                raise on_other_node(room.origin_url)            # publishers go to the origin; an ending relay takes no one
             if room is None:
                 room = await self._open(record, participant)
                 held = self._held_mutes.pop(record.slug, None)
@@ -88,20 +89,28 @@ class Sfu:
 
     async def _open(self, record: "RoomRecord", participant: Participant) -> Room:
         """The room goes live here: as its origin (the claim is ours), or as a relay of the node
-        that has it when placement says this participant is served here (the one hook)."""
+        that has it, or not at all (room_on_other_node), as placement (rooms.placement_policy) says."""
         if self.placement is None:
             return Room(self, record)
         try:
-            await self.placement.claim(record.slug)
-            return Room(self, record)
-        except RoomOnOtherNode as other:
-            source = self.placement.relay_source(other, participant.role) if self.relays is not None else None
-            if source is None:
-                raise _elsewhere(other.url) from None
-            assert self.relays is not None
-            room = RelayRoom(self, record, hub=self.relays, source=source, origin_url=other.url)
-            await room.start()
-            return room
+            placed = await self.placement.place(record.slug, participant.role, relays=self.relays is not None)
+            if placed.where is Where.REDIRECT and placed.node is not None:
+                raise on_other_node(placed.node.url)
+            if placed.where is Where.ORIGIN:
+                await self.placement.claim(record.slug)
+                return Room(self, record)
+            assert placed.node is not None
+            other = RoomOnOtherNode(placed.node.node_id, placed.node.url)
+        except RoomOnOtherNode as taken:       # claimed by another node meanwhile: its origin
+            other = taken
+            placed = None
+        source = self.placement.relay_source(other, participant.role) if self.relays is not None else None
+        if source is None or (placed is None and other.viewers < self.placement.relay_threshold):
+            raise on_other_node(other.url) from None
+        assert self.relays is not None
+        room = RelayRoom(self, record, hub=self.relays, source=source, origin_url=other.url)
+        await room.start()
+        return room
 
     def audience_changed(self, room: Room) -> None:
         """An origin room's viewer count goes to the registry (coalesced), for other nodes' placement."""
@@ -122,6 +131,11 @@ class Sfu:
 
     def get(self, slug: str) -> Room | None:
         return self.rooms.get(slug)
+
+    def load(self) -> tuple[int, int]:
+        """Rooms live here and their viewers (participants that are not hosts): the node's load."""
+        viewers = sum(p.role != "host" for room in self.rooms.values() for p in room.participants.values())
+        return len(self.rooms), viewers
 
     # --- what the edges (signaling socket, WHIP, WHEP) use -----------------------------------
 
@@ -197,10 +211,6 @@ class Sfu:
             await self.room_empty(room)
 
 
-def _elsewhere(url: str) -> SfuError:
-    err = SfuError(409, "room_on_other_node", "this room is live on another node")
-    err.extra["node_url"] = url
-    return err
 
 
 SFU: web.AppKey[Sfu] = web.AppKey("sfu", Sfu)

@@ -9,6 +9,7 @@
       this.status = status;
       this.code = (body && (body.error || body.code)) || "http_" + status;
       this.plans = (body && body.plans) || [];
+      this.nodeUrl = (body && body.node_url) || "";
     }
   }
 
@@ -136,7 +137,12 @@
   // carries the same ref, or rejects with an ApiFailure-like error.
   //
   // start(makeJoin) keeps the room joined: it opens, joins, and after a drop
-  // (network blip, server restart) opens and joins again with backoff. Handlers:
+  // (network blip, server restart) opens and joins again with backoff.
+  // Placement (docs/operations.md): a node that does not serve the room answers
+  // room_on_other_node with the node_url that does; the socket follows it there
+  // (the page stays where it is). When that socket drops, the next try goes
+  // back to the page's own server, which places the room again (the node may
+  // have died and another taken the room over). Handlers:
   // joined(reply) after every join, state(text) for the status line,
   // refused(error) when the server said no (nothing to retry), close(event).
   class Signaling {
@@ -149,17 +155,23 @@
       this.attempt = 0;
       this.stopped = false;
       this.joinedOnce = false;
+      this.node = "";           // the node_url followed, "" for the page's own server
+      this.following = false;
     }
     on(type, handler) { this.handlers[type] = handler; return this; }
     emit(type, arg) { if (this.handlers[type]) this.handlers[type](arg); }
     open() {
-      const proto = location.protocol === "https:" ? "wss:" : "ws:";
-      const ws = new WebSocket(`${proto}//${location.host}/rooms/${this.slug}/ws`);
+      const base = new URL(this.node || location.origin);
+      const proto = base.protocol === "https:" ? "wss:" : "ws:";
+      const ws = new WebSocket(`${proto}//${base.host}/rooms/${this.slug}/ws`);
       this.ws = ws;
       ws.addEventListener("message", (e) => this.dispatch(JSON.parse(e.data)));
       ws.addEventListener("close", (e) => {
         for (const {reject} of this.pending.values()) reject(new ApiFailure(0, {error: "closed", message: "connection closed"}));
         this.pending.clear();
+        // Followed a redirect: go there next. Anything else: be placed again from the page's server.
+        if (!this.following) this.node = "";
+        this.following = false;
         this.emit("close", e);
         // 4001: kicked. A deliberate stop or a refusal is not retried either.
         if (this.makeJoin && !this.stopped && e.code !== 4001) this.retry();
@@ -179,7 +191,11 @@
         this.joinedOnce = true;
         this.emit("joined", joined);
       } catch (err) {
-        if (err.status && err.status >= 400 && err.status < 500 && err.status !== 408 && err.status !== 409) {
+        if (err.code === "room_on_other_node" && err.nodeUrl && this.ws && this.ws.readyState === WebSocket.OPEN) {
+          this.node = err.nodeUrl;
+          this.following = true;
+          this.ws.close();
+        } else if (err.status && err.status >= 400 && err.status < 500 && err.status !== 408 && err.status !== 409) {
           this.stopped = true;
           this.emit("refused", err);
           this.close();
@@ -206,7 +222,8 @@
       if (msg.ref != null && this.pending.has(msg.ref)) {
         const {resolve, reject} = this.pending.get(msg.ref);
         this.pending.delete(msg.ref);
-        if (msg.type === "error") reject(new ApiFailure(msg.status, {error: msg.code, message: msg.message, plans: msg.plans}));
+        if (msg.type === "error") reject(new ApiFailure(msg.status, {error: msg.code, message: msg.message, plans: msg.plans,
+                                                                     node_url: msg.node_url}));
         else resolve(msg);
         return;
       }
