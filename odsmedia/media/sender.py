@@ -229,6 +229,7 @@ async def lean_run_rtp(sender: RTCRtpSender, codec) -> None:
 from aiortc.rtp import (RTCP_PSFB_FIR, RTCP_PSFB_PLI, RTCP_RTPFB_NACK, RtcpPsfbPacket,  # noqa: E402
                         RtcpRrPacket, RtcpRtpfbPacket, RtcpSrPacket)
 
+from . import udpmux  # noqa: E402
 from .forwarder import Downstream  # noqa: E402
 from .srtp import direct_protect  # noqa: E402
 
@@ -305,12 +306,15 @@ def connect_downstream(sender: RTCRtpSender, downstream: Downstream) -> bool:
     pair = getattr(connection, _P.ICE_NOMINATED).get(1)
     if pair is None:
         return False
+    fd = -1
     if type(pair.protocol) is aioice.ice.StunProtocol:
-        sendto = pair.protocol.transport.sendto              # a plain UDP socket: write directly
+        transport = pair.protocol.transport
+        sendto = transport.sendto                              # a plain UDP socket: write directly
+        fd = udpmux.socket_fd(transport)                       # and the compiled loop may too
     else:
         protocol = pair.protocol                              # e.g. a TURN-relayed pair
 
         def sendto(data: bytes, addr: tuple[str, int]) -> None:
             asyncio.ensure_future(protocol.send_data(data, addr))
-    downstream.connect(direct_protect(srtp), sendto, pair.remote_addr)
+    downstream.connect(direct_protect(srtp), sendto, pair.remote_addr, srtp_session=srtp, fd=fd)
     return True
