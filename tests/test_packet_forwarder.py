@@ -15,6 +15,7 @@ import pytest
 from aiortc import RTCRtpHeaderExtensionParameters, RTCRtpParameters
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 
+from odsmedia import metrics
 from odsmedia.media.forwarder import Downstream, PacketFanout
 from odsmedia.media.rtp import h264_starts_keyframe, starts_keyframe, vp8_starts_keyframe
 
@@ -167,6 +168,7 @@ async def test_nacks_answered_from_history_through_each_mapping_and_passed_upstr
                           nack_repeat=60)
     rtx, rtx_wire = subscriber(fanout, ssrc=1000, mid="0")
     plain, plain_wire = subscriber(fanout, ssrc=2000, mid="0", rtx=False)
+    answered, asked = metrics.forward_nacks_answered.value, metrics.forward_nacks_upstream.value
     seq = keyframe(fanout, 7, 500, 90000)
     seq = delta(fanout, 7, seq, 93000)
     old = rtx_wire.packets[1]                                       # FU-A start, first epoch
@@ -194,6 +196,8 @@ async def test_nacks_answered_from_history_through_each_mapping_and_passed_upstr
     await rtx.retransmit((last - 1) & 0xFFFF)                       # asked again: not repeated
     await flushed(fanout)
     assert len(upstream) == 1 and fanout.nacks_upstream == 1
+    # /metrics: two answered from the history, two sequence numbers asked upstream.
+    assert (metrics.forward_nacks_answered.value - answered, metrics.forward_nacks_upstream.value - asked) == (2, 2)
     fanout.end()
 
 
