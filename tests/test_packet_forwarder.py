@@ -247,3 +247,17 @@ async def test_a_second_copy_of_an_older_packet_is_not_forwarded_again():
     delta(fanout, 7, seq, 3000)
     fanout.on_packet(7, 11, 0, 0, FU_IDR_START, None)      # the publisher retransmits one we have
     assert len(wire.packets) == 4
+
+
+def test_lean_sender_report_is_aiortcs_wire_format():
+    from aiortc.rtp import RtcpPacket, RtcpSenderInfo, RtcpSrPacket
+
+    from odsmedia.media.sender import sender_report
+
+    ours = sender_report(0xDEADBEEF, 0x0123456789ABCDEF, 0xFFFFFFF0, (1 << 32) + 5, 7_000_000_000)
+    theirs = bytes(RtcpSrPacket(ssrc=0xDEADBEEF, sender_info=RtcpSenderInfo(
+        ntp_timestamp=0x0123456789ABCDEF, rtp_timestamp=0xFFFFFFF0, packet_count=5,
+        octet_count=7_000_000_000 & 0xFFFFFFFF)))
+    assert ours == theirs
+    [parsed] = RtcpPacket.parse(ours)
+    assert (parsed.ssrc, parsed.sender_info.packet_count) == (0xDEADBEEF, 5)

@@ -10,6 +10,14 @@ number and timestamp offsets), the subscriber's header extension block
 the result is SRTP-protected with the subscriber's key and written to its
 socket.  No frame is reassembled, no payload re-packetized.
 
+Two loops do that per copy.  Subscribers that are forwarding and whose
+socket is a plain one get it from the compiled loop (media/native.py,
+media/_fanout.c: one C call per incoming packet for all of them, no Python
+object per copy); subscribers waiting for a keyframe, TURN-relayed ones,
+and every subscriber when the C module is not built, from the Python loop
+below.  Both put the same bytes on the wire (tests/test_native_forward.py).
+``relist`` sorts subscribers into the two whenever one changes state.
+
 Sequence numbers and timestamps.  A subscriber's stream is
 ``publisher + offset`` (mod 2^16, 2^32).  Offsets are set when it starts
 and again whenever it resumes: after keyframe gating (join, unmute) and
@@ -29,14 +37,13 @@ per packet per ``NACK_REPEAT``.  The publisher's retransmission then
 reaches every subscriber through the normal path (those that had it drop
 the duplicate).
 
-RTCP.  aiortc's own RTCP loop of each subscriber's sender keeps running
-(sender reports, SDES, BYE) and its RTCP handler keeps handling receiver
-reports, PLI/FIR (rebound to the publication's rate-limited keyframe
-request) and NACK (rebound to ``Downstream.retransmit``).  ``sync_reports``
-fills in what each sender report says: the publisher's latest
-(NTP, RTP) pair with the subscriber's timestamp offset applied, so audio
-and video of one publisher keep the publisher's own clock relation (lip
-sync), and the subscriber's packet and octet counts.
+RTCP.  media.sender replaces each subscriber's sender RTCP loop with a
+lean one that asks ``report_for`` at every sender report: the publisher's
+latest (NTP, RTP) pair with the subscriber's timestamp offset applied, so
+audio and video of one publisher keep the publisher's own clock relation
+(lip sync), and the subscriber's packet and octet counts.  Its RTCP handler
+keeps receiver reports' figures, answers NACKs (``Downstream.retransmit``)
+and passes PLI/FIR to the publication's rate-limited keyframe request.
 """
 
 from __future__ import annotations
@@ -60,7 +67,6 @@ MAX_JUMP = 1000              # a sequence jump beyond this is a publisher restar
 NACK_COALESCE = 0.005        # seconds subscribers' NACKs are gathered before one goes upstream
 NACK_REPEAT = 0.1            # the same packet is asked for upstream at most this often
 SEGMENTS = 4                 # rebases remembered per subscriber for NACK mapping
-REPORT_INTERVAL = 0.25       # how often sender-report figures are refreshed
 
 
 class Downstream:
@@ -69,7 +75,7 @@ class Downstream:
     __slots__ = ("fanout", "video", "ssrc", "rtx_ssrc", "pt", "rtx_pt", "rtx_seq", "seq_off", "ts_off",
                  "gated", "next_seq", "next_ts", "held_at", "segments", "first_byte", "ext", "_ext_map",
                  "_mid", "_levels", "protect", "sendto", "addr", "_packets", "_octets", "retransmitted",
-                 "resumes", "active", "configured", "report_sink", "fraction_lost", "jitter", "cumulative_lost",
+                 "resumes", "active", "configured", "fraction_lost", "jitter", "cumulative_lost",
                  "native", "_srtp_session", "_fd")
 
     def __init__(self, fanout: "PacketFanout") -> None:
@@ -106,7 +112,6 @@ class Downstream:
         self.resumes = 0
         self.active = False            # configured (negotiated) and connected (SRTP + socket)
         self.configured = False
-        self.report_sink: Callable[[tuple[int, int] | None], None] | None = None
         # From the subscriber's receiver reports (RFC 3550 6.4.1).
         self.fraction_lost = 0
         self.jitter = 0
@@ -268,7 +273,6 @@ class PacketFanout:
         self._nack_pending: set[int] = set()
         self._nack_asked: dict[int, float] = {}
         self._nack_timer: asyncio.TimerHandle | None = None
-        self._report_timer: asyncio.TimerHandle | None = None
         # What on_packet iterates (relist): native slots of forwarding subscribers, and the rest.
         self._slots: list[bytearray] = []
         self._python: list[Downstream] = []
@@ -280,8 +284,6 @@ class PacketFanout:
             # Copy on write: on_packet iterates the list without guarding against edits.
             self.downstreams = [*self.downstreams, downstream]
             self.relist()
-        if self._report_timer is None and not self.ended:
-            self._report_timer = asyncio.get_running_loop().call_later(REPORT_INTERVAL, self._report_tick)
 
     def remove(self, downstream: Downstream) -> None:
         if downstream in self.downstreams:
@@ -303,10 +305,9 @@ class PacketFanout:
         self.ended = True
         self.downstreams = []
         self.relist()
-        for timer in (self._nack_timer, self._report_timer):
-            if timer is not None:
-                timer.cancel()
-        self._nack_timer = self._report_timer = None
+        if self._nack_timer is not None:
+            self._nack_timer.cancel()
+        self._nack_timer = None
 
     # --- the hot path -----------------------------------------------------------------------
 
@@ -488,13 +489,3 @@ class PacketFanout:
         # clock by the capture-to-arrival delay, which differs between audio and video, and
         # receivers fit a line through their last reports: one bad pair skews sync for long.
         return None
-
-    def _report_tick(self) -> None:
-        self._report_timer = None
-        if self.ended:
-            return
-        for d in self.downstreams:
-            if d.report_sink is not None:
-                d.report_sink(self.report_for(d))
-        if self.downstreams:
-            self._report_timer = asyncio.get_running_loop().call_later(REPORT_INTERVAL, self._report_tick)
