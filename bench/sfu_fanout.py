@@ -808,7 +808,7 @@ def report(rows: list[dict], kbps: float, pps: int) -> None:
     counts = sorted({r["viewers"] for r in rows if r["viewers"]})
     print(f"\nclip: 1280x720 {FPS} fps H.264 42e01f at {kbps:.0f} kbit/s + Opus; {pps} RTP packets/s per viewer")
     print("\n| viewers | server | CPU per viewer (% core) | us per delivered packet | delivered pkt/s | "
-          "fps median / min | forward latency p50 / p99 (ms) | load avg (1 min) |")
+          "fps median / min | forward latency p50 / p99 / p99.9 (ms) | load avg (1 min) |")
     print("|---|---|---|---|---|---|---|---|")
 
     def med(values):
@@ -823,21 +823,25 @@ def report(rows: list[dict], kbps: float, pps: int) -> None:
             loads = [x for r in rs for x in r["load"]]
             fps = f"{med([r['fps_median'] for r in rs]):.1f} / {min(r['fps_min'] for r in rs):.1f}" \
                 if mode != "floor" else "-"
-            lat = f"{med([r['lat_p50'] for r in rs]):.1f} / {med([r['lat_p99'] for r in rs]):.1f}" \
-                if mode != "floor" else "-"
+            lat = f"{med([r['lat_p50'] for r in rs]):.1f} / {med([r['lat_p99'] for r in rs]):.1f} / " \
+                f"{med([r.get('lat_p999', float('nan')) for r in rs]):.1f}" if mode != "floor" else "-"
             print(f"| {n} | {mode} | {med([r['per_viewer'] for r in rs]):.3f} | {med([r['per_packet'] for r in rs]):.1f}"
                   f" | {med([r['pps'] for r in rs]):.0f} | {fps} | {lat} | {min(loads):.2f}-{max(loads):.2f} |")
     if "packet" in modes:
         print("\nPacket path: server CPU per delivered packet inside the fan-out loop (thread CPU clock "
-              "around PacketFanout.on_packet: header rewrite, SRTP, sendto), median over rounds:\n")
-        print("| viewers | in the loop (us) | whole server (us) | one packet's fan-out, p50 / p99 (ms) |")
-        print("|---|---|---|---|")
+              "around PacketFanout.on_packet: header rewrite, SRTP, sendto), median over rounds; the garbage "
+              "collector's pauses in the server over the window:\n")
+        print("| viewers | in the loop (us) | whole server (us) | one packet's fan-out, p50 / p99 (ms) | "
+              "GC pauses per s / longest (ms) |")
+        print("|---|---|---|---|---|")
         for n in counts:
             rs = [r for r in rows if r["mode"] == "packet" and r["viewers"] == n]
             if rs:
                 print(f"| {n} | {med([r['loop_per_packet'] for r in rs]):.1f} | {med([r['per_packet'] for r in rs]):.1f}"
                       f" | {med([r.get('span_p50', float('nan')) for r in rs]):.2f} / "
-                      f"{med([r.get('span_p99', float('nan')) for r in rs]):.2f} |")
+                      f"{med([r.get('span_p99', float('nan')) for r in rs]):.2f} | "
+                      f"{med([r.get('gc_count', 0) / r['elapsed'] for r in rs]):.1f} / "
+                      f"{max(r.get('gc_max_ms', float('nan')) for r in rs):.1f} |")
     if "packet" in modes and len(modes) > 1:
         print("\nRatios of us per delivered packet, computed within each round, median over rounds "
               "(> 1: the other costs more than the packet path):\n")
