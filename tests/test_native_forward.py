@@ -197,10 +197,17 @@ async def test_compiled_and_python_loops_send_identical_bytes(kind, codec, clock
     assert (rtx.ssrc, rtx.payload_type) == (0x2000, 110)
 
 
-async def test_counters_move_without_python_objects_per_copy():
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_counters_move_and_slots_on_one_socket_share_one_descriptor():
     keys = [os.urandom(28) for _ in range(2)]
     before = (metrics.forward_packets.value, metrics.forward_bytes.value, metrics.forward_gated_drops.value)
+    fds = open_descriptors()
     fanout, downstreams, viewers, sender, expected, _ = run("video", "H264", 90000, True, keys, (MID_URI,))
+    # Two viewer sockets, the sending socket, and one duplicate for both slots on it.
+    assert open_descriptors() == fds + 2 + 1 + 1
     got = viewers[0].received(expected)
     # 7 copies to viewer 0, 3 to the late joiner; gated: the first P slice (viewer 0) and the
     # one after the late joiner came (before its keyframe); at the restart both resume at once.
@@ -208,8 +215,10 @@ async def test_counters_move_without_python_objects_per_copy():
     assert metrics.forward_bytes.value - before[1] == sum(map(len, got)) + sum(map(len, viewers[1].received(3)))
     assert metrics.forward_gated_drops.value - before[2] == 2
     assert native.NativeSlot.counts(downstreams[0].native)[3] == 0          # no SRTP or socket errors
-    for d in downstreams:
-        d.disconnect()
+    downstreams[0].disconnect()
+    assert open_descriptors() == fds + 4                                    # the other slot still uses it
+    downstreams[1].disconnect()
     assert all(d.native is None for d in downstreams)
+    assert open_descriptors() == fds + 3                                    # the duplicate is closed
     fanout.end()
     sender.close()

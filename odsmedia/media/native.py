@@ -13,6 +13,11 @@ names the same socket, until the slot is released, whatever aioice does
 with its own), its address, SSRC, payload type, header extension blocks and
 offsets.  ``forward()`` then does per copy what the Python loop does
 (rewrite, protect, sendto) without touching a Python object.
+
+Duplicates are shared: every slot on one socket (a viewer's audio and
+video, or every subscriber on the node's one UDP port) uses one duplicate,
+counted and closed with its last slot, so the compiled loop costs at most
+one descriptor per viewer, none per subscription.
 """
 
 from __future__ import annotations
@@ -32,6 +37,31 @@ forward = _fanout.forward if _fanout is not None else None
 rebase = _fanout.rebase if _fanout is not None else None
 
 
+# Socket inode -> [duplicate descriptor, slots using it].  The inode names the socket
+# itself: while the duplicate is open the socket lives, so the inode is not reused.
+_duplicates: dict[int, list[int]] = {}
+
+
+def _dup(fd: int) -> int:
+    inode = os.fstat(fd).st_ino
+    entry = _duplicates.get(inode)
+    if entry is None:
+        entry = _duplicates[inode] = [os.dup(fd), 0]
+    entry[1] += 1
+    return entry[0]
+
+
+def _release(fd: int) -> None:
+    inode = os.fstat(fd).st_ino
+    entry = _duplicates.get(inode)
+    if entry is None or entry[0] != fd:
+        return
+    entry[1] -= 1
+    if entry[1] <= 0:
+        del _duplicates[inode]
+        os.close(fd)
+
+
 def level_position(plain: bytes, low: bytes, high: bytes) -> int:
     """Index of the audio-level byte in a subscriber's extension block (built with
     level 0x00 and 0xFF), or -1 when the block carries no level."""
@@ -46,7 +76,7 @@ def level_position(plain: bytes, low: bytes, high: bytes) -> int:
 
 
 class NativeSlot:
-    """One subscriber's slot and the socket duplicate it sends on."""
+    """One subscriber's slot and the (shared) socket duplicate it sends on."""
 
     __slots__ = ("slot", "fd", "_session")
 
@@ -59,13 +89,13 @@ class NativeSlot:
         srtp = getattr(session, private.SRTP_SESSION_HANDLE)[0]
         level_at = level_position(ext, ext_low, ext_high)
         self._session = session          # owns the libsrtp context the slot points at
-        self.fd = os.dup(fd)
+        self.fd = _dup(fd)
         try:
             self.slot = _fanout.slot(int(ffi.cast("uintptr_t", srtp)),
                                      int(ffi.cast("uintptr_t", ffi.addressof(lib, "srtp_protect"))),
                                      self.fd, addr[0], addr[1], ssrc, pt, ext, ext_low, level_at)
         except BaseException:
-            os.close(self.fd)
+            _release(self.fd)
             raise
 
     def counts(self) -> tuple[int, int, int, int]:
@@ -75,7 +105,7 @@ class NativeSlot:
 
     def close(self) -> None:
         if self.fd >= 0:
-            os.close(self.fd)
+            _release(self.fd)
             self.fd = -1
 
     def __del__(self) -> None:
