@@ -48,6 +48,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -293,7 +294,6 @@ def janus_config(folder: Path, port: int, event_loops: int | None) -> None:
 
 
 def free_port() -> int:
-    import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -598,6 +598,12 @@ class LightViewer:
         clock = time.monotonic
 
         for protocol in dtls.transport._connection._protocols:
+            # A deep receive buffer: a moment without a CPU for this process must not drop
+            # what the server sent (the kernel caps it at net.core.rmem_max).
+            sock = protocol.transport.get_extra_info("socket") if protocol.transport else None
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+
             def received(data: bytes, addr, original=protocol.datagram_received) -> None:
                 if len(data) > 12 and 127 < data[0] < 192 and not 191 < data[1] < 209:    # RTP, not RTCP
                     arrival = clock()
