@@ -115,6 +115,9 @@ async def run_mode(mode: str, ports: list[int], packets: int, pps: int) -> float
             if k % 20 == 0:
                 await asyncio.sleep(interval * 20)
         cpu = time.thread_time() - started
+        errors = sum(d.native.counts()[3] for d in fanout.downstreams if d.native is not None)
+        if errors:
+            print(f"{mode}: {errors} copies refused by the socket or SRTP", file=sys.stderr)
         fanout.end()
     sender.close()
     return cpu / copies * 1e6
