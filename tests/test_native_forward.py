@@ -222,3 +222,24 @@ async def test_counters_move_and_slots_on_one_socket_share_one_descriptor():
     assert open_descriptors() == fds + 3                                    # the duplicate is closed
     fanout.end()
     sender.close()
+
+
+async def test_a_subscriber_the_slot_cannot_hold_is_served_by_the_python_loop():
+    viewer = Viewer(os.urandom(28), (MID_URI,), first_id=1)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    fanout = PacketFanout("audio", "opus", 48000)
+    d = Downstream(fanout)
+    d.configure(ssrc=5, rtx_ssrc=6, pt=111, rtx_pt=None, ext_map=viewer.extensions, mid="0")
+    session = Session(Policy(key=viewer.key, ssrc_type=Policy.SSRC_ANY_OUTBOUND,
+                             srtp_profile=Policy.SRTP_PROFILE_AEAD_AES_128_GCM))
+    port = viewer.sock.getsockname()[1]
+    # A host name, not a numeric address: the C slot refuses it; the socket's sendto resolves it.
+    d.connect(direct_protect(session), sender.sendto, ("localhost", port), srtp_session=session, fd=sender.fileno())
+    assert d.native is None and d.active
+    fanout.add(d)
+    fanout.on_packet(3, 1, 960, 0, b"opus" * 20, None)
+    [data] = viewer.received(1)
+    assert RtpPacket.parse(viewer.inbound.unprotect(data)).payload == b"opus" * 20
+    d.disconnect()
+    fanout.end()
+    sender.close()

@@ -140,11 +140,17 @@ class Downstream:
         self.active = self.configured and self.protect is not None
         self._release_native()
         if self.active and self._srtp_session is not None and self._fd >= 0 and native.available:
-            self.native = NativeSlot(self._srtp_session, self._fd, self.addr,   # type: ignore[arg-type]
-                                     ssrc=self.ssrc, pt=self.pt, ext=self.ext,
-                                     ext_low=extension_block(self._ext_map, self._mid, 0x00),
-                                     ext_high=extension_block(self._ext_map, self._mid, 0xFF))
-            native.rebase(self.native.slot, self.seq_off, self.ts_off)  # type: ignore[misc]
+            try:
+                self.native = NativeSlot(self._srtp_session, self._fd, self.addr,   # type: ignore[arg-type]
+                                         ssrc=self.ssrc, pt=self.pt, ext=self.ext,
+                                         ext_low=extension_block(self._ext_map, self._mid, 0x00),
+                                         ext_high=extension_block(self._ext_map, self._mid, 0xFF))
+            except (OSError, ValueError):
+                # (an address or extension block the slot cannot hold): the Python loop serves it.
+                log.warning("compiled send loop refused a subscriber; it is served by the Python loop",
+                            exc_info=True)
+            else:
+                native.rebase(self.native.slot, self.seq_off, self.ts_off)  # type: ignore[misc]
         self.fanout.relist()
 
     def _release_native(self) -> None:

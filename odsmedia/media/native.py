@@ -52,7 +52,10 @@ def _dup(fd: int) -> int:
 
 
 def _release(fd: int) -> None:
-    inode = os.fstat(fd).st_ino
+    try:
+        inode = os.fstat(fd).st_ino
+    except OSError:
+        return
     entry = _duplicates.get(inode)
     if entry is None or entry[0] != fd:
         return
@@ -89,6 +92,7 @@ class NativeSlot:
         srtp = getattr(session, private.SRTP_SESSION_HANDLE)[0]
         level_at = level_position(ext, ext_low, ext_high)
         self._session = session          # owns the libsrtp context the slot points at
+        self.fd = -1
         self.fd = _dup(fd)
         try:
             self.slot = _fanout.slot(int(ffi.cast("uintptr_t", srtp)),
@@ -96,6 +100,7 @@ class NativeSlot:
                                      self.fd, addr[0], addr[1], ssrc, pt, ext, ext_low, level_at)
         except BaseException:
             _release(self.fd)
+            self.fd = -1
             raise
 
     def counts(self) -> tuple[int, int, int, int]:
