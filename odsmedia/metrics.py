@@ -64,6 +64,23 @@ egress_bytes = Tally()
 # Figures of pipes already closed (media.pipe adds them), so the pipe counters never go down.
 PIPE_FIGURES = ("packets", "bytes", "lost", "nacks")
 retired_pipes: dict[str, dict[str, int]] = {d: dict.fromkeys(PIPE_FIGURES, 0) for d in ("out", "in")}
+# The packet forward path (media.forwarder).  Bumped once per incoming packet by the
+# number of copies (the compiled loop) or once per copy (the Python loop); read at scrape.
+forward_packets = Tally()          # RTP copies handed to subscribers' sockets
+forward_bytes = Tally()            # their bytes on the wire (SRTP included)
+forward_nacks_answered = Tally()   # subscriber NACKs answered from the publication's history
+forward_nacks_upstream = Tally()   # lost sequence numbers asked of the publisher (coalesced)
+forward_gated_drops = Tally()      # copies not sent: the subscriber waits for a keyframe
+FORWARD_COUNTERS = (
+    ("ods_forward_packets", "RTP packets the packet path handed to subscribers' sockets", forward_packets),
+    ("ods_forward_bytes", "Bytes (SRTP included) the packet path handed to subscribers' sockets", forward_bytes),
+    ("ods_forward_nacks_answered", "Subscriber NACKs answered from a publication's packet history",
+     forward_nacks_answered),
+    ("ods_forward_nacks_upstream", "Lost sequence numbers passed upstream to the publisher (coalesced NACKs)",
+     forward_nacks_upstream),
+    ("ods_forward_gated_drops", "Packets not forwarded to a subscriber waiting for a keyframe (join, unmute, "
+                                "publisher restart)", forward_gated_drops),
+)
 
 
 class LiveCollector:
@@ -105,6 +122,8 @@ class LiveCollector:
         yield from self._relay_figures()
         yield CounterMetricFamily("ods_egress_bytes", "Media bytes sent to subscribers (RTP payload and headers)",
                                   value=egress_bytes.value)
+        for name, text, tally in FORWARD_COUNTERS:
+            yield CounterMetricFamily(name, text, value=tally.value)
 
 
     def _relay_figures(self) -> Iterator:

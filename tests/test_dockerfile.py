@@ -14,3 +14,5 @@ def test_dockerfile_shape():
     # Every package the wheel needs is copied into the build stage.
     for package in ("odsmedia", "signaling", "recorder", "web"):
         assert f"COPY {package} ./{package}" in text
+    # setup.py (the compiled send loop) and a compiler to build it.
+    assert "setup.py" in text and "gcc" in text

@@ -25,7 +25,10 @@ FAMILIES = {"ods_http_requests", "ods_http_request_duration_seconds", "ods_rooms
             "ods_gate_seconds",
             # Issue 18: which node/worker this is (test_workers reads it per worker) and the CPU placement
             # publishes (a level, not a count).
-            "ods_node_info", "ods_node_cpu_percent"}
+            "ods_node_info", "ods_node_cpu_percent",
+            # Issue 15's packet-path counters (NACK counters move in test_sfu_packet_path's loss tests).
+            "ods_forward_packets", "ods_forward_bytes", "ods_forward_nacks_answered", "ods_forward_nacks_upstream",
+            "ods_forward_gated_drops"}
 
 
 async def scrape(client) -> dict[str, float]:
@@ -56,7 +59,8 @@ async def test_every_family_moves_with_a_real_action(aiohttp_client, service_url
     viewer = await peers.viewer(client, room, decode=False)
     await viewer.subscribe()
     gauges = ("ods_rooms_live", "ods_participants", "ods_publications", "ods_subscriptions", "ods_recordings_live",
-              "ods_viewers", "ods_egress_bytes", "ods_forward_latency_seconds")
+              "ods_viewers", "ods_egress_bytes", "ods_forward_latency_seconds", "ods_forward_packets",
+              "ods_forward_bytes")
     deadline = asyncio.get_running_loop().time() + 30
     while True:   # the recording starts once media flows: poll the scrape with a deadline
         live = await scrape(client)

@@ -15,6 +15,7 @@ import pytest
 from aiortc import RTCRtpHeaderExtensionParameters, RTCRtpParameters
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 
+from odsmedia import metrics
 from odsmedia.media.forwarder import Downstream, PacketFanout
 from odsmedia.media.rtp import h264_starts_keyframe, starts_keyframe, vp8_starts_keyframe
 
@@ -167,6 +168,7 @@ async def test_nacks_answered_from_history_through_each_mapping_and_passed_upstr
                           nack_repeat=60)
     rtx, rtx_wire = subscriber(fanout, ssrc=1000, mid="0")
     plain, plain_wire = subscriber(fanout, ssrc=2000, mid="0", rtx=False)
+    answered, asked = metrics.forward_nacks_answered.value, metrics.forward_nacks_upstream.value
     seq = keyframe(fanout, 7, 500, 90000)
     seq = delta(fanout, 7, seq, 93000)
     old = rtx_wire.packets[1]                                       # FU-A start, first epoch
@@ -194,6 +196,8 @@ async def test_nacks_answered_from_history_through_each_mapping_and_passed_upstr
     await rtx.retransmit((last - 1) & 0xFFFF)                       # asked again: not repeated
     await flushed(fanout)
     assert len(upstream) == 1 and fanout.nacks_upstream == 1
+    # /metrics: two answered from the history, two sequence numbers asked upstream.
+    assert (metrics.forward_nacks_answered.value - answered, metrics.forward_nacks_upstream.value - asked) == (2, 2)
     fanout.end()
 
 
@@ -243,3 +247,17 @@ async def test_a_second_copy_of_an_older_packet_is_not_forwarded_again():
     delta(fanout, 7, seq, 3000)
     fanout.on_packet(7, 11, 0, 0, FU_IDR_START, None)      # the publisher retransmits one we have
     assert len(wire.packets) == 4
+
+
+def test_lean_sender_report_is_aiortcs_wire_format():
+    from aiortc.rtp import RtcpPacket, RtcpSenderInfo, RtcpSrPacket
+
+    from odsmedia.media.sender import sender_report
+
+    ours = sender_report(0xDEADBEEF, 0x0123456789ABCDEF, 0xFFFFFFF0, (1 << 32) + 5, 7_000_000_000)
+    theirs = bytes(RtcpSrPacket(ssrc=0xDEADBEEF, sender_info=RtcpSenderInfo(
+        ntp_timestamp=0x0123456789ABCDEF, rtp_timestamp=0xFFFFFFF0, packet_count=5,
+        octet_count=7_000_000_000 & 0xFFFFFFFF)))
+    assert ours == theirs
+    [parsed] = RtcpPacket.parse(ours)
+    assert (parsed.ssrc, parsed.sender_info.packet_count) == (0xDEADBEEF, 5)

@@ -2,10 +2,12 @@
  * send the same packets to N loopback UDP destinations with one plain
  * sendto() each, nothing else (no SRTP, no header rewrite, no event loop).
  *
- *   sendfloor N PPS SIZE SECONDS [per-destination]  ->  one JSON line on stdout
+ *   sendfloor N PPS SIZE SECONDS [per-destination|sendmmsg]  ->  one JSON line on stdout
  *
  * With "per-destination" every destination gets its own sending socket, as
- * every subscriber's ICE pair has its own socket in aiortc/aioice.
+ * every subscriber's ICE pair has its own socket in aiortc/aioice.  With
+ * "sendmmsg" one socket sends all N copies of a packet in one sendmmsg()
+ * call (what one shared UDP port, media.udp_port, would allow).
  *
  * A child process owns the N destination sockets and drains them, so the
  * packets are delivered (loopback delivery is charged to the sender, as it
@@ -33,8 +35,8 @@ static double now(void) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 5 && !(argc == 6 && strcmp(argv[5], "per-destination") == 0)) {
-        fprintf(stderr, "usage: sendfloor N PPS SIZE SECONDS [per-destination]\n");
+    if (argc != 5 && !(argc == 6 && (strcmp(argv[5], "per-destination") == 0 || strcmp(argv[5], "sendmmsg") == 0))) {
+        fprintf(stderr, "usage: sendfloor N PPS SIZE SECONDS [per-destination|sendmmsg]\n");
         return 2;
     }
     int n = atoi(argv[1]), pps = atoi(argv[2]), size = atoi(argv[3]);
@@ -70,13 +72,22 @@ int main(int argc, char **argv) {
         }
         _exit(0);
     }
-    int per_destination = argc == 6;
+    int per_destination = argc == 6 && strcmp(argv[5], "per-destination") == 0;
+    int batch = argc == 6 && strcmp(argv[5], "sendmmsg") == 0;
     int *tx = calloc(n, sizeof(int));
     for (int i = 0; i < n; i++)
         tx[i] = (per_destination || i == 0) ? socket(AF_INET, SOCK_DGRAM, 0) : tx[0];
     char *packet = malloc(size);
     memset(packet, 0xAB, size);
     packet[0] = (char)0x80;
+    struct iovec iov = {packet, (size_t)size};
+    struct mmsghdr *msgs = calloc(n, sizeof(struct mmsghdr));
+    for (int i = 0; i < n; i++) {
+        msgs[i].msg_hdr.msg_name = &dst[i];
+        msgs[i].msg_hdr.msg_namelen = sizeof dst[i];
+        msgs[i].msg_hdr.msg_iov = &iov;
+        msgs[i].msg_hdr.msg_iovlen = 1;
+    }
     struct rusage before, after;
     getrusage(RUSAGE_SELF, &before);
     double start = now(), interval = 1.0 / pps;
@@ -87,6 +98,17 @@ int main(int argc, char **argv) {
         if (due > t) {
             struct timespec ts = {(time_t)(due - t), (long)((due - t - (time_t)(due - t)) * 1e9)};
             nanosleep(&ts, NULL);
+        }
+        if (batch) {
+            int done = 0;
+            while (done < n) {
+                int r = sendmmsg(tx[0], msgs + done, n - done, 0);
+                if (r <= 0) { errors += n - done; break; }
+                done += r;
+            }
+            sent += done;
+            k++;
+            continue;
         }
         for (int i = 0; i < n; i++) {
             if (sendto(tx[i], packet, size, 0, (struct sockaddr *)&dst[i], sizeof dst[i]) == size) sent++;

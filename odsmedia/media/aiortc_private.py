@@ -59,6 +59,10 @@ SENDER_RTP_TIMESTAMP = _S + "rtp_timestamp"
 SENDER_OCTET_COUNT = _S + "octet_count"
 SENDER_PACKET_COUNT = _S + "packet_count"
 SENDER_RUN_RTP = "_run_rtp"                       # replaced per sender: lean loop / packet path
+SENDER_RUN_RTCP = "_run_rtcp"                     # replaced per sender on the packet path (lean reports)
+SENDER_RTCP_STARTED = _S + "rtcp_started"         # stop() waits on both events
+SENDER_RTCP_EXITED = _S + "rtcp_exited"
+SENDER_CNAME = _S + "cname"                       # SDES CNAME in every report
 SENDER_RETRANSMIT = "_retransmit"                 # replaced per sender on the packet path
 SENDER_SEND_KEYFRAME = "_send_keyframe"           # viewer PLI/FIR -> ask the publisher
 SENDER_HANDLE_RTCP = "_handle_rtcp_packet"        # replaced per sender on the packet path
@@ -68,7 +72,8 @@ SENDER_ENABLED = "_enabled"                       # the frame path's loop skips 
 SENDER_ATTRS = (SENDER_ENABLED, SENDER_ENCODER, SENDER_TRACK, SENDER_MID, SENDER_EXTENSIONS_MAP, SENDER_RTX_PAYLOAD_TYPE,
                 SENDER_RTX_SEQUENCE, SENDER_RTP_TASK, SENDER_RTP_STARTED, SENDER_RTP_EXITED, SENDER_RTP_HISTORY,
                 SENDER_NTP_TIMESTAMP, SENDER_RTP_TIMESTAMP, SENDER_OCTET_COUNT, SENDER_PACKET_COUNT,
-                SENDER_RUN_RTP, SENDER_RETRANSMIT, SENDER_SEND_KEYFRAME, SENDER_HANDLE_RTCP, SENDER_RTX_SSRC, SENDER_SSRC)
+                SENDER_RUN_RTP, SENDER_RETRANSMIT, SENDER_SEND_KEYFRAME, SENDER_HANDLE_RTCP, SENDER_RTX_SSRC, SENDER_SSRC,
+                SENDER_RUN_RTCP, SENDER_RTCP_STARTED, SENDER_RTCP_EXITED, SENDER_CNAME)
 
 # --- RTCDtlsTransport -------------------------------------------------------------------------
 _D = "_RTCDtlsTransport__"

@@ -10,6 +10,14 @@ number and timestamp offsets), the subscriber's header extension block
 the result is SRTP-protected with the subscriber's key and written to its
 socket.  No frame is reassembled, no payload re-packetized.
 
+Two loops do that per copy.  Subscribers that are forwarding and whose
+socket is a plain one get it from the compiled loop (media/native.py,
+media/_fanout.c: one C call per incoming packet for all of them, no Python
+object per copy); subscribers waiting for a keyframe, TURN-relayed ones,
+and every subscriber when the C module is not built, from the Python loop
+below.  Both put the same bytes on the wire (tests/test_native_forward.py).
+``relist`` sorts subscribers into the two whenever one changes state.
+
 Sequence numbers and timestamps.  A subscriber's stream is
 ``publisher + offset`` (mod 2^16, 2^32).  Offsets are set when it starts
 and again whenever it resumes: after keyframe gating (join, unmute) and
@@ -29,14 +37,13 @@ per packet per ``NACK_REPEAT``.  The publisher's retransmission then
 reaches every subscriber through the normal path (those that had it drop
 the duplicate).
 
-RTCP.  aiortc's own RTCP loop of each subscriber's sender keeps running
-(sender reports, SDES, BYE) and its RTCP handler keeps handling receiver
-reports, PLI/FIR (rebound to the publication's rate-limited keyframe
-request) and NACK (rebound to ``Downstream.retransmit``).  ``sync_reports``
-fills in what each sender report says: the publisher's latest
-(NTP, RTP) pair with the subscriber's timestamp offset applied, so audio
-and video of one publisher keep the publisher's own clock relation (lip
-sync), and the subscriber's packet and octet counts.
+RTCP.  media.sender replaces each subscriber's sender RTCP loop with a
+lean one that asks ``report_for`` at every sender report: the publisher's
+latest (NTP, RTP) pair with the subscriber's timestamp offset applied, so
+audio and video of one publisher keep the publisher's own clock relation
+(lip sync), and the subscriber's packet and octet counts.  Its RTCP handler
+keeps receiver reports' figures, answers NACKs (``Downstream.retransmit``)
+and passes PLI/FIR to the publication's rate-limited keyframe request.
 """
 
 from __future__ import annotations
@@ -45,9 +52,12 @@ import asyncio
 import logging
 import random
 import time
-from typing import Callable
+from typing import Any, Callable
 
+from .. import metrics as tally
 from ..metrics import FORWARD_SAMPLE_MASK, egress_bytes as egress, forward_latency
+from . import native
+from .native import NativeSlot
 from .rtp import HEADER, RTX_OSN, extension_block, starts_keyframe
 
 log = logging.getLogger("odsmedia.sfu")
@@ -57,7 +67,6 @@ MAX_JUMP = 1000              # a sequence jump beyond this is a publisher restar
 NACK_COALESCE = 0.005        # seconds subscribers' NACKs are gathered before one goes upstream
 NACK_REPEAT = 0.1            # the same packet is asked for upstream at most this often
 SEGMENTS = 4                 # rebases remembered per subscriber for NACK mapping
-REPORT_INTERVAL = 0.25       # how often sender-report figures are refreshed
 
 
 class Downstream:
@@ -65,8 +74,9 @@ class Downstream:
 
     __slots__ = ("fanout", "video", "ssrc", "rtx_ssrc", "pt", "rtx_pt", "rtx_seq", "seq_off", "ts_off",
                  "gated", "next_seq", "next_ts", "held_at", "segments", "first_byte", "ext", "_ext_map",
-                 "_mid", "_levels", "protect", "sendto", "addr", "packets", "octets", "retransmitted",
-                 "resumes", "active", "configured", "report_sink", "fraction_lost", "jitter", "cumulative_lost")
+                 "_mid", "_levels", "protect", "sendto", "addr", "_packets", "_octets", "retransmitted",
+                 "resumes", "active", "configured", "fraction_lost", "jitter", "cumulative_lost",
+                 "native", "_srtp_session", "_fd")
 
     def __init__(self, fanout: "PacketFanout") -> None:
         self.fanout = fanout
@@ -92,13 +102,16 @@ class Downstream:
         self.protect: Callable[[bytes], bytes] | None = None
         self.sendto: Callable[..., None] | None = None
         self.addr: tuple[str, int] | None = None
-        self.packets = 0
-        self.octets = 0
+        # The compiled loop's slot (media.native), when built and the socket is a plain one.
+        self.native: NativeSlot | None = None
+        self._srtp_session: Any = None
+        self._fd = -1
+        self._packets = 0              # sent by the Python loop (the native slot counts its own)
+        self._octets = 0
         self.retransmitted = 0
         self.resumes = 0
         self.active = False            # configured (negotiated) and connected (SRTP + socket)
         self.configured = False
-        self.report_sink: Callable[[tuple[int, int] | None], None] | None = None
         # From the subscriber's receiver reports (RFC 3550 6.4.1).
         self.fraction_lost = 0
         self.jitter = 0
@@ -109,18 +122,62 @@ class Downstream:
     def configure(self, *, ssrc: int, rtx_ssrc: int, pt: int, rtx_pt: int | None, ext_map, mid: str | None) -> None:
         self.ssrc, self.rtx_ssrc, self.pt, self.rtx_pt = ssrc, rtx_ssrc, pt, rtx_pt
         self._ext_map, self._mid = ext_map, mid
+        self._levels = {}
         self.ext = extension_block(ext_map, mid)
         self.first_byte = 0x90 if self.ext else 0x80
         self.configured = True
-        self.active = self.protect is not None
+        self._activate()
 
-    def connect(self, protect: Callable[[bytes], bytes], sendto: Callable[..., None], addr: tuple[str, int]) -> None:
+    def connect(self, protect: Callable[[bytes], bytes], sendto: Callable[..., None], addr: tuple[str, int], *,
+                srtp_session: Any = None, fd: int = -1) -> None:
+        """The subscriber's SRTP and socket.  With the pylibsrtp session and the socket's
+        file descriptor too, the compiled loop serves it (when built); else the Python loop."""
         self.protect, self.sendto, self.addr = protect, sendto, addr
-        self.active = self.configured
+        self._srtp_session, self._fd = srtp_session, fd
+        self._activate()
+
+    def _activate(self) -> None:
+        self.active = self.configured and self.protect is not None
+        self._release_native()
+        if self.active and self._srtp_session is not None and self._fd >= 0 and native.available:
+            try:
+                self.native = NativeSlot(self._srtp_session, self._fd, self.addr,   # type: ignore[arg-type]
+                                         ssrc=self.ssrc, pt=self.pt, ext=self.ext,
+                                         ext_low=extension_block(self._ext_map, self._mid, 0x00),
+                                         ext_high=extension_block(self._ext_map, self._mid, 0xFF))
+            except (OSError, ValueError):
+                # (an address or extension block the slot cannot hold): the Python loop serves it.
+                log.warning("compiled send loop refused a subscriber; it is served by the Python loop",
+                            exc_info=True)
+            else:
+                native.rebase(self.native.slot, self.seq_off, self.ts_off)  # type: ignore[misc]
+        self.fanout.relist()
+
+    def _release_native(self) -> None:
+        slot = self.native
+        if slot is not None:
+            packets, octets, _, _ = slot.counts()
+            self._packets += packets
+            self._octets += octets
+            self.native = None
+            self.fanout.relist()          # out of the loop's list before its socket duplicate closes
+            slot.close()
 
     def disconnect(self) -> None:
         self.active = False
         self.fanout.remove(self)
+        self._release_native()
+
+    @property
+    def packets(self) -> int:
+        """RTP packets forwarded to this subscriber (sender reports, getStats)."""
+        slot = self.native
+        return self._packets + (slot.counts()[0] if slot is not None else 0)
+
+    @property
+    def octets(self) -> int:
+        slot = self.native
+        return self._octets + (slot.counts()[1] if slot is not None else 0)
 
     def ext_with_level(self, level: int) -> bytes:
         block = self._levels.get(level)
@@ -139,6 +196,7 @@ class Downstream:
         self.next_ts = (last_ts + self.ts_off) & 0xFFFFFFFF
         self.held_at = at
         self.gated = True
+        self.fanout.relist()
 
     def resume(self, seq: int, ts: int, now: float, epoch: int, clock_rate: int) -> None:
         ticks = max(1, int((now - self.held_at) * clock_rate))
@@ -150,6 +208,9 @@ class Downstream:
             del segments[0]
         self.gated = False
         self.resumes += 1
+        if self.native is not None:
+            native.rebase(self.native.slot, self.seq_off, self.ts_off)  # type: ignore[misc]
+        self.fanout.relist()
 
     def lookup(self, out_seq: int) -> tuple[int, int, int] | None:
         """Subscriber sequence number -> (epoch, publisher sequence number, ts_off)."""
@@ -183,6 +244,7 @@ class Downstream:
         else:
             data = HEADER.pack(self.first_byte, mbit | self.pt, out_seq, out_ts, self.ssrc) + ext + payload
         self.retransmitted += 1
+        tally.forward_nacks_answered.value += 1
         self.sendto(self.protect(data), self.addr)   # type: ignore[misc]
 
 
@@ -217,7 +279,9 @@ class PacketFanout:
         self._nack_pending: set[int] = set()
         self._nack_asked: dict[int, float] = {}
         self._nack_timer: asyncio.TimerHandle | None = None
-        self._report_timer: asyncio.TimerHandle | None = None
+        # What on_packet iterates (relist): native slots of forwarding subscribers, and the rest.
+        self._slots: list[bytearray] = []
+        self._python: list[Downstream] = []
 
     # --- subscribers ------------------------------------------------------------------------
 
@@ -225,12 +289,12 @@ class PacketFanout:
         if downstream not in self.downstreams:
             # Copy on write: on_packet iterates the list without guarding against edits.
             self.downstreams = [*self.downstreams, downstream]
-        if self._report_timer is None and not self.ended:
-            self._report_timer = asyncio.get_running_loop().call_later(REPORT_INTERVAL, self._report_tick)
+            self.relist()
 
     def remove(self, downstream: Downstream) -> None:
         if downstream in self.downstreams:
             self.downstreams = [d for d in self.downstreams if d is not downstream]
+            self.relist()
 
     def hold(self, downstream: Downstream) -> None:
         """Resume this subscriber at the next keyframe (after unmute, or on demand)."""
@@ -246,10 +310,10 @@ class PacketFanout:
     def end(self) -> None:
         self.ended = True
         self.downstreams = []
-        for timer in (self._nack_timer, self._report_timer):
-            if timer is not None:
-                timer.cancel()
-        self._nack_timer = self._report_timer = None
+        self.relist()
+        if self._nack_timer is not None:
+            self._nack_timer.cancel()
+        self._nack_timer = None
 
     # --- the hot path -----------------------------------------------------------------------
 
@@ -284,10 +348,26 @@ class PacketFanout:
         self._history[seq & (HISTORY_SIZE - 1)] = (seq, epoch, ts, marker, payload, level)
         if self.paused:
             return
+        # Subscribers waiting for a keyframe and those without a native slot, in Python.
+        python = self._python
+        if python:
+            self._python_loop(python, seq, ts, marker, payload, level, now, epoch)
+        # Everyone else in one call: rewrite, SRTP and sendto per copy in C (media.native).
+        slots = self._slots
+        if slots:
+            sent = native.forward(slots, payload, seq, ts, marker, -1 if level is None else level)  # type: ignore[misc]
+            tally.forward_packets.value += len(slots)
+            tally.forward_bytes.value += sent
+            egress.value += sent
+            if not self.received & FORWARD_SAMPLE_MASK:  # one incoming packet in 16: its last copy's time
+                forward_latency.observe(time.monotonic() - now)
+
+    def _python_loop(self, downstreams: list[Downstream], seq: int, ts: int, marker: int, payload: bytes,
+                     level: int | None, now: float, epoch: int) -> None:
         key: bool | None = None
         mbit = 0x80 if marker else 0
         pack = HEADER.pack
-        for d in self.downstreams:
+        for d in downstreams:
             if d.gated:
                 if not d.active:
                     continue
@@ -295,21 +375,44 @@ class PacketFanout:
                     if key is None:
                         key = self._opens_keyframe(seq, ts, payload)
                     if not key:
+                        tally.forward_gated_drops.value += 1
                         continue
                 d.resume(seq, ts, now, epoch, self.clock_rate)
-            data = pack(d.first_byte, mbit | d.pt, (seq + d.seq_off) & 0xFFFF, (ts + d.ts_off) & 0xFFFFFFFF,
-                        d.ssrc) + (d.ext if level is None else d.ext_with_level(level)) + payload
-            d.packets += 1
-            d.octets += len(payload)
+                if d.native is not None:
+                    continue                             # resumed into the native list: sent there
+            if level is None:
+                first, ext = d.first_byte, d.ext
+            else:
+                ext = d.ext_with_level(level)
+                first = 0x90 if ext else 0x80
+            data = pack(first, mbit | d.pt, (seq + d.seq_off) & 0xFFFF, (ts + d.ts_off) & 0xFFFFFFFF,
+                        d.ssrc) + ext + payload
+            d._packets += 1
+            d._octets += len(payload)
             try:                                         # (free in 3.11 unless it raises)
                 data = d.protect(data)   # type: ignore[misc]
                 d.sendto(data, d.addr)   # type: ignore[misc]
             except Exception:
                 self._failed(d)
                 continue
-            egress.value += len(data)
-            if not d.packets & FORWARD_SAMPLE_MASK:      # one packet in 16 per viewer: its time in the server
+            sent = len(data)
+            egress.value += sent
+            tally.forward_packets.value += 1
+            tally.forward_bytes.value += sent
+            if not d._packets & FORWARD_SAMPLE_MASK:     # one packet in 16 per viewer: its time in the server
                 forward_latency.observe(time.monotonic() - now)
+
+    def relist(self) -> None:
+        """Sort subscribers into the native list (forwarding, with a slot) and the Python
+        one (gated, or no slot); called on every change of either (copy on write)."""
+        slots, python = [], []
+        if not self.ended:
+            for d in self.downstreams:
+                if d.native is not None and d.active and not d.gated:
+                    slots.append(d.native.slot)
+                else:
+                    python.append(d)
+        self._slots, self._python = slots, python
 
     def _failed(self, d: Downstream) -> None:
         # One subscriber's SRTP or socket failed: it leaves, the others go on.
@@ -371,6 +474,7 @@ class PacketFanout:
             for s in lost:
                 asked[s] = now
             self.nacks_upstream += 1
+            tally.forward_nacks_upstream.value += len(lost)
             self.send_nack(self.ssrc, lost)
 
     # --- RTCP sender reports ----------------------------------------------------------------
@@ -391,13 +495,3 @@ class PacketFanout:
         # clock by the capture-to-arrival delay, which differs between audio and video, and
         # receivers fit a line through their last reports: one bad pair skews sync for long.
         return None
-
-    def _report_tick(self) -> None:
-        self._report_timer = None
-        if self.ended:
-            return
-        for d in self.downstreams:
-            if d.report_sink is not None:
-                d.report_sink(self.report_for(d))
-        if self.downstreams:
-            self._report_timer = asyncio.get_running_loop().call_later(REPORT_INTERVAL, self._report_tick)

@@ -168,7 +168,9 @@ class PipeSource:
         # bit is fixed per Downstream, and a level block must not pass for payload.
         self.downstream.ext = EMPTY_EXTENSIONS
         self.downstream.first_byte = 0x90
-        self.downstream.report_sink = self._report
+        # Sender reports on the subscribers' schedule (sender.py's lean loop): the relay's
+        # fan-out takes the publisher's clock pair from them, for its own viewers' lip sync.
+        self._report_timer: asyncio.TimerHandle | None = None
         self.endpoint: _Endpoint | None = None
         self.local: tuple[str, int] | None = None
         self.last_heard = time.monotonic()      # the relay's last RTCP (its heartbeat included)
@@ -188,7 +190,18 @@ class PipeSource:
         self.downstream.connect(self.crypto.protect, send, self.remote)
         self.fanout.add(self.downstream)
         self.request_keyframe("relay_joined")
+        self._schedule_report()
         return self.local
+
+    def _schedule_report(self) -> None:
+        # Randomized over [0.5, 1.5] s, as every sender's reports (RFC 3550 6.2).
+        self._report_timer = asyncio.get_running_loop().call_later(0.5 + random.random(), self._report_tick)
+
+    def _report_tick(self) -> None:
+        if self.closed:
+            return
+        self._report(self.fanout.report_for(self.downstream))
+        self._schedule_report()
 
     def _report(self, values: tuple[int, int] | None) -> None:
         if values is None or self.closed or self.endpoint is None or self.endpoint.transport is None:
@@ -228,6 +241,8 @@ class PipeSource:
         if self.closed:
             return
         self.closed = True
+        if self._report_timer is not None:
+            self._report_timer.cancel()
         _retire(self.stats, "out")
         self.downstream.disconnect()
         if self.endpoint is not None and self.endpoint.transport is not None:

@@ -14,6 +14,7 @@ frame what aiortc does per packet (see below).
 
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 from aiortc import RTCRtpSender
@@ -24,6 +25,7 @@ from . import aiortc_private as private
 from .frame import MediaFrame
 
 ENCODER_ATTR = private.SENDER_ENCODER
+log = logging.getLogger("odsmedia.sfu")
 
 
 class Packer:
@@ -222,17 +224,33 @@ async def lean_run_rtp(sender: RTCRtpSender, codec) -> None:
 # ``install_downstream`` replaces its ``_run_rtp`` with a task that only
 # reads the negotiated parameters into the Downstream and waits to be
 # cancelled by ``stop()``, and its ``_retransmit`` with the Downstream's
-# (history per publication, not per sender).  aiortc's RTCP loop and RTCP
-# handler stay: sender reports get their figures from the PacketFanout
-# (``report_sink``), PLI/FIR go through ``on_keyframe_request``.
+# (history per publication, not per sender).  Its RTCP loop (``_run_rtcp``)
+# and handler are replaced by lean ones: a sender report (+ SDES CNAME) every
+# 0.5-1.5 s as aiortc times it, packed with struct and written to the
+# subscriber's socket directly, with the figures the PacketFanout gives at
+# that moment (``report_for``) -- aiortc's loop builds RtcpPacket objects and
+# goes through four coroutines per report, and needed the figures pushed to
+# it four times a second; PLI/FIR go through ``on_keyframe_request``.
+# ``run_rtcp`` mirrors ``RTCRtpSender._run_rtcp`` of aiortc 1.16.0 (SR,
+# SDES, BYE on stop; started/exited events that ``stop()`` waits on).
+
+import random  # noqa: E402
 
 from aiortc.rtp import (RTCP_PSFB_FIR, RTCP_PSFB_PLI, RTCP_RTPFB_NACK, RtcpPsfbPacket,  # noqa: E402
-                        RtcpRrPacket, RtcpRtpfbPacket, RtcpSrPacket)
+                        RtcpRrPacket, RtcpRtpfbPacket, RtcpSdesPacket, RtcpSourceInfo, RtcpSrPacket)
 
+from . import udpmux  # noqa: E402
 from .forwarder import Downstream  # noqa: E402
 from .srtp import direct_protect  # noqa: E402
 
 _P = private
+RTCP_SR = struct.Struct("!BBHLQLLL")       # V=2 RC=0, PT 200, length 6, SSRC, NTP, RTP, packets, octets
+RTCP_BYE = struct.Struct("!BBHL")          # V=2 SC=1, PT 203, length 1, SSRC
+
+
+def sender_report(ssrc: int, ntp: int, rtp: int, packets: int, octets: int) -> bytes:
+    """An RTCP SR without report blocks, as aiortc's RtcpSrPacket serializes it."""
+    return RTCP_SR.pack(0x80, 200, 6, ssrc, ntp, rtp, packets & 0xFFFFFFFF, octets & 0xFFFFFFFF)
 
 
 def install_downstream(sender: RTCRtpSender, downstream: Downstream) -> None:
@@ -258,18 +276,52 @@ def install_downstream(sender: RTCRtpSender, downstream: Downstream) -> None:
             getattr(sender, _P.SENDER_RTP_EXITED).set()
 
     reported = [0, 0]
+    clock_pair = [0, 0]           # the last (NTP, RTP) pair: kept while the fanout has none
 
-    def report(values: tuple[int, int] | None) -> None:
+    def report() -> bytes:
+        """This moment's sender report (aiortc's fields and getStats counters updated too)."""
+        values = downstream.fanout.report_for(downstream)
         if values is not None:
+            clock_pair[0], clock_pair[1] = values
             setattr(sender, _P.SENDER_NTP_TIMESTAMP, values[0])
             setattr(sender, _P.SENDER_RTP_TIMESTAMP, values[1])
-        setattr(sender, _P.SENDER_PACKET_COUNT, downstream.packets)
-        setattr(sender, _P.SENDER_OCTET_COUNT, downstream.octets)
+        sent_packets, sent_octets = downstream.packets, downstream.octets
+        setattr(sender, _P.SENDER_PACKET_COUNT, sent_packets)
+        setattr(sender, _P.SENDER_OCTET_COUNT, sent_octets)
         # getStats' transport counters (SRTP adds a 10-byte tag per packet).
-        packets, octets = downstream.packets - reported[0], downstream.octets - reported[1]
-        reported[0], reported[1] = downstream.packets, downstream.octets
+        packets, octets = sent_packets - reported[0], sent_octets - reported[1]
+        reported[0], reported[1] = sent_packets, sent_octets
         setattr(dtls, _P.DTLS_TX_PACKETS, getattr(dtls, _P.DTLS_TX_PACKETS) + packets)
         setattr(dtls, _P.DTLS_TX_BYTES, getattr(dtls, _P.DTLS_TX_BYTES) + octets + packets * (12 + len(downstream.ext) + 10))
+        return sender_report(downstream.ssrc, clock_pair[0], clock_pair[1], sent_packets, sent_octets)
+
+    def send_rtcp(payload: bytes) -> None:
+        # Only once connected (before that there is nothing to report): SRTCP, then the socket.
+        srtp = getattr(dtls, _P.DTLS_TX_SRTP)
+        if downstream.active and srtp is not None and downstream.sendto is not None:
+            downstream.sendto(srtp.protect_rtcp(payload), downstream.addr)
+
+    async def run_rtcp() -> None:
+        getattr(sender, _P.SENDER_RTCP_STARTED).set()
+        cname = getattr(sender, _P.SENDER_CNAME)
+        sdes = bytes(RtcpSdesPacket(chunks=[RtcpSourceInfo(ssrc=getattr(sender, _P.SENDER_SSRC),
+                                                           items=[(1, cname.encode("utf8"))])])) if cname else b""
+        try:
+            while True:
+                # Randomized over [0.5, 1.5] x the interval, as aiortc (RFC 3550 6.2).
+                await asyncio.sleep(0.5 + random.random())
+                try:
+                    send_rtcp(report() + sdes)
+                except Exception:                      # one failed report must not end the loop
+                    log.exception("sender report failed")
+        except asyncio.CancelledError:
+            pass
+        finally:
+            try:
+                send_rtcp(RTCP_BYE.pack(0x81, 203, 1, downstream.ssrc))
+            except Exception:
+                log.exception("RTCP BYE failed")
+            getattr(sender, _P.SENDER_RTCP_EXITED).set()
 
     async def handle_rtcp(packet) -> None:
         # aiortc's handler, leaner: receiver reports only update three figures (no stats
@@ -290,9 +342,9 @@ def install_downstream(sender: RTCRtpSender, downstream: Downstream) -> None:
             getattr(sender, _P.SENDER_SEND_KEYFRAME)()
 
     setattr(sender, _P.SENDER_RUN_RTP, run_rtp)
+    setattr(sender, _P.SENDER_RUN_RTCP, run_rtcp)
     setattr(sender, _P.SENDER_RETRANSMIT, downstream.retransmit)
     setattr(sender, _P.SENDER_HANDLE_RTCP, handle_rtcp)
-    downstream.report_sink = report
 
 
 def connect_downstream(sender: RTCRtpSender, downstream: Downstream) -> bool:
@@ -305,12 +357,15 @@ def connect_downstream(sender: RTCRtpSender, downstream: Downstream) -> bool:
     pair = getattr(connection, _P.ICE_NOMINATED).get(1)
     if pair is None:
         return False
+    fd = -1
     if type(pair.protocol) is aioice.ice.StunProtocol:
-        sendto = pair.protocol.transport.sendto              # a plain UDP socket: write directly
+        transport = pair.protocol.transport
+        sendto = transport.sendto                              # a plain UDP socket: write directly
+        fd = udpmux.socket_fd(transport)                       # and the compiled loop may too
     else:
         protocol = pair.protocol                              # e.g. a TURN-relayed pair
 
         def sendto(data: bytes, addr: tuple[str, int]) -> None:
             asyncio.ensure_future(protocol.send_data(data, addr))
-    downstream.connect(direct_protect(srtp), sendto, pair.remote_addr)
+    downstream.connect(direct_protect(srtp), sendto, pair.remote_addr, srtp_session=srtp, fd=fd)
     return True

@@ -191,6 +191,20 @@ class UdpMuxSet:
         return max((len(m.by_ufrag) for m in self.muxes.values()), default=0)
 
 
+def socket_fd(transport: Any) -> int:
+    """The file descriptor under a server connection's datagram transport (the node's shared
+    socket for a muxed one), or -1 when there is none to write to directly."""
+    if isinstance(transport, _MuxTransport):
+        transport = transport._mux.transport
+        if transport is None:
+            return -1
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    try:
+        return sock.fileno() if sock is not None else -1
+    except (OSError, ValueError):
+        return -1
+
+
 _active: UdpMuxSet | None = None
 
 
