@@ -110,6 +110,13 @@ async def test_viewers_on_origin_and_relays_play_every_frame(make_nodes, peers, 
     assert {node: len(served.pipes) for node, served in hub(a).served[room.slug].items()} == {hub(b).node_id: 2}
     assert {node: len(served.pipes) for node, served in hub(b).served[room.slug].items()} == {hub(c).node_id: 2}
     assert hub(a).rebuilds == hub(b).rebuilds == hub(c).rebuilds == 0
+    # Sender reports travel down the tree: each relay's fan-out holds the publisher's clock pair
+    # (its own viewers' reports carry it, for lip sync), the NTP side as the publisher sent it.
+    relayed = [(pub.kind, pub.fanout) for node in (b, c) for pub in sfu(node).get(room.slug).publications.values()]
+    await wait_for(lambda: all(f._sr is not None for _, f in relayed), 15, "sender reports on both relays")
+    origin_ntp = {pub.kind: pub.fanout._sr[0] >> 32 for pub in sfu(a).get(room.slug).publications.values()}
+    for kind, fanout in relayed:
+        assert abs(origin_ntp[kind] - (fanout._sr[0] >> 32)) <= 5, kind     # seconds: reports come every ~1 s
     # A publisher is always sent to the origin.
     host_on_b = await peers.client(b, room, role="host", join=False)
     await host_on_b.send({"type": "join", "token": await peers.mint(room, "host")})
