@@ -1,17 +1,21 @@
 """Documented messages, closes and methods no other test reached (see test_contract_coverage.py):
 signaling `unsubscribe`, trickle `candidate`, `publish.sources` and their refusals; the chat
-`ping` and the first-frame closes; WHIP OPTIONS on a session URL."""
+`ping` and the first-frame closes; WHIP OPTIONS on a session URL; the negotiation timeout, a
+publication ending mid-negotiation and the transport cap."""
 
 from __future__ import annotations
 
 import asyncio
 
 import aiohttp
+import aioice
 import pytest
 from aiortc import RTCSessionDescription
 
 import odsmedia.chat.socket as chat_socket
+import odsmedia.rooms.transport as transport_module
 import signaling.ws as signaling_ws
+from odsmedia.rooms.room import MAX_PARTICIPANT_TRANSPORTS
 from odsmedia.rooms.sfu import SFU
 from testsupport.peers import SignalingError, whip_offer
 
@@ -160,3 +164,75 @@ async def test_a_chat_ban_removes_the_person_from_the_media_and_keeps_them_out(c
     # And the gate keeps them out of the room's media.
     again = await peers.client(client, room, join=False)
     assert await refused(again, {"type": "join", "token": token}) == (403, "banned")
+
+
+class StalledGathering:
+    """ICE gathering that waits until released: what a host whose interfaces answer slowly
+    does to the server (aioice's own gathering, only held back)."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.release = asyncio.Event()
+        self.stalled = asyncio.Event()
+        gather = aioice.Connection.gather_candidates
+        stall = self
+
+        async def gather_candidates(connection) -> None:
+            if not stall.release.is_set():
+                stall.stalled.set()
+                await stall.release.wait()
+            await gather(connection)
+
+        monkeypatch.setattr(aioice.Connection, "gather_candidates", gather_candidates)
+
+
+async def test_negotiation_that_outlasts_its_bound_is_refused_and_leaves_nothing(client, peers, room_factory,
+                                                                                monkeypatch):
+    monkeypatch.setattr(transport_module, "NEGOTIATION_TIMEOUT", 0.5)   # 10 s in production; the path is the same
+    room = await room_factory()
+    host = await peers.host(client, room)
+    await host.publish(fps=5, audio=False)
+    viewer = await peers.viewer(client, room, decode=False)
+    stall = StalledGathering(monkeypatch)
+    assert await refused(viewer.client, {"type": "subscribe"}) == (504, "negotiation_timeout")
+    assert stall.stalled.is_set()
+    participant = next(p for p in client.server.app[SFU].get(room.slug).participants.values()
+                       if p.id == viewer.client.joined["participant"]["id"])
+    assert participant.transports == {}                                  # nothing half-made
+    stall.release.set()
+    offered = await viewer.client.request({"type": "subscribe"})         # and the next try works
+    assert list(participant.transports) == [offered["transport"]]
+
+
+async def test_a_publication_that_ends_during_negotiation_is_not_subscribed(client, peers, room_factory,
+                                                                           monkeypatch):
+    room = await room_factory()
+    host = await peers.host(client, room)
+    published = await host.publish(fps=5, audio=False)
+    viewer = await peers.viewer(client, room, decode=False)
+    stall = StalledGathering(monkeypatch)
+    subscribing = asyncio.ensure_future(refused(viewer.client, {"type": "subscribe"}))
+    await asyncio.wait_for(stall.stalled.wait(), 10)                     # the server is negotiating
+    reply = await host.client.request({"type": "unpublish", "transport": published["transport"]})
+    assert reply["for"] == "unpublish"
+    stall.release.set()
+    assert await asyncio.wait_for(subscribing, 15) == (409, "publication_ended")
+    participant = next(p for p in client.server.app[SFU].get(room.slug).participants.values()
+                       if p.id == viewer.client.joined["participant"]["id"])
+    assert participant.transports == {}
+    assert await refused(viewer.client, {"type": "subscribe"}) == (409, "nothing_published")
+
+
+async def test_the_seventeenth_transport_of_a_participant_is_refused(client, peers, room_factory):
+    room = await room_factory()
+    host = await peers.host(client, room)
+    await host.publish(fps=5, audio=False)
+    viewer = await peers.viewer(client, room, decode=False)
+    # Offers left unanswered hold their transports (until the connect timeout releases them).
+    offered = [(await viewer.client.request({"type": "subscribe"}))["transport"]
+               for _ in range(MAX_PARTICIPANT_TRANSPORTS)]
+    assert len(set(offered)) == MAX_PARTICIPANT_TRANSPORTS == 16
+    assert await refused(viewer.client, {"type": "subscribe"}) == (429, "too_many_transports")
+    # Closing one makes room for one.
+    await viewer.client.request({"type": "unsubscribe", "transport": offered[0]})
+    assert (await viewer.client.request({"type": "subscribe"}))["transport"] not in offered
+    assert await refused(viewer.client, {"type": "subscribe"}) == (429, "too_many_transports")
