@@ -202,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=1200.0, help="seconds for the whole run")
     parser.add_argument("--only", default="", help="mutate only functions whose name contains this")
     parser.add_argument("--report", type=Path, help="write the mutants and outcomes here (JSON)")
+    parser.add_argument("--survivors-of", type=Path,
+                        help="run only the mutants that survived in this earlier report (e.g. with more tests)")
     args = parser.parse_args(argv)
 
     source = (ROOT / args.module).read_text()
@@ -214,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
         baseline = time.monotonic() - started
         timeout = 3 * baseline + 30
         mutants = [(m, text) for m, text in mutations(source) if args.only in m.function]
+        if args.survivors_of:
+            earlier = json.loads(args.survivors_of.read_text())["mutants"]
+            survived = {(m["line"], m["function"], m["what"]) for m in earlier if m["outcome"] == "survived"}
+            mutants = [(m, text) for m, text in mutants if (m.line, m.function, m.what) in survived]
         target = tree / args.module
         try:
             for mutant, text in mutants:
