@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import datetime, timezone
+
+import pytest
+
+from odsmedia.auth import accounts
+from odsmedia.errors import ApiError
+from odsmedia.gate import Admission, Entitlement, Entry, Gate, Identity, TokenGrant
+from odsmedia.rooms import directory
+from odsmedia.rooms.directory import RoomRecord
 from test_chat_support import ChatSocket
 
 
@@ -35,3 +45,76 @@ async def test_a_sanctioned_person_casts_no_vote(client, room_factory, token_fac
     assert reply["type"] == "ack" and reply["votes"] == 1
     for sock in (host, viewer, other_host):
         await sock.close()
+
+
+def test_identity_kind_and_subject_for_each_way_in():
+    """gate.Identity: the kind and subject each identity has (mutants returning None or
+    flipping an `is not None` survived: only chat and moderation tests read them)."""
+    expires = datetime.now(timezone.utc)
+    operator_token = TokenGrant(token_id=7, room_id=1, role="host", account_id=None, expires_at=expires)
+    account_token = TokenGrant(token_id=8, room_id=1, role="viewer", account_id=5, expires_at=expires)
+    seen = {name: (identity.kind, identity.subject) for name, identity in {
+        "nobody": Identity(),
+        "anonymous": Identity(anon_id="c0ffee"),
+        "account": Identity(account_id=5, session_id=3),
+        "operator token": Identity(token=operator_token),
+        "account token": Identity(account_id=5, token=account_token),
+    }.items()}
+    assert seen == {"nobody": ("none", "none"), "anonymous": ("anonymous", "v:c0ffee"),
+                    "account": ("account", "a:5"), "operator token": ("token", "t:7"),
+                    "account token": ("token", "a:5")}
+    room = RoomRecord(id=1, slug="r", title="R", access_policy="public", access_plans=(), owner_id=None)
+    assert {role: Admission(room, Identity(), role).is_moderator for role in ("viewer", "moderator", "host")} == \
+        {"viewer": False, "moderator": True, "host": True}
+
+
+async def test_a_malformed_or_unknown_bearer_is_401_with_a_challenge(client, room_factory, token_factory):
+    """RFC 6750: a 401 for a bearer token says how to authenticate (WWW-Authenticate); a 403 does not."""
+    room, other = await room_factory(), await room_factory()
+    for authorization in ("Basic dXNlcjpwdw==", "Bearer ", "Bearer ods_not_a_token"):
+        resp = await client.post(f"/rooms/{room.slug}/whep", data="v=0\r\n",
+                                 headers={"Authorization": authorization, "Content-Type": "application/sdp"})
+        assert (resp.status, (await resp.json())["error"]) == (401, "invalid_token"), authorization
+        assert resp.headers["WWW-Authenticate"] == 'Bearer realm="odsmedia"'
+    resp = await client.post(f"/rooms/{room.slug}/whep", data="v=0\r\n",
+                             headers={"Authorization": f"Bearer {await token_factory(other, 'viewer')}",
+                                      "Content-Type": "application/sdp"})
+    assert (resp.status, (await resp.json())["error"]) == (403, "token_wrong_room")
+    assert "WWW-Authenticate" not in resp.headers
+
+
+async def test_plan_rooms_ask_the_entitlement_checker_and_pass_on_its_reason(db, room_factory):
+    """gate.Gate.decide for a room sold by plan: the checker's yes admits (mutants returning
+    None from decide survived), its no refuses with its reason and plans, or the room's."""
+    paying, lapsed, unexplained = [
+        (await accounts.create_verified(db, f"plan-{uuid.uuid4().hex[:10]}@example.org")).id for _ in range(3)]
+    room = await room_factory("plans", plans=("pro", "team"))
+    answers = {paying: Entitlement(True), lapsed: Entitlement(False, "payment_past_due", ("pro",)),
+               unexplained: Entitlement(False)}
+    asked: list[int] = []
+
+    async def checker(account_id: int, asked_room) -> Entitlement:
+        assert asked_room.id == room.id
+        asked.append(account_id)
+        return answers[account_id]
+
+    gate = Gate(db, entitlements=checker)
+    record = await directory.require(db, room.slug)
+
+    def asking(account_id):   # the identity a session cookie resolves to, asking to enter
+        return Admission(record, Identity(account_id=account_id), "viewer")
+
+    admitted = await gate.reconsider(asking(paying), Entry.JOIN)
+    assert (admitted.room.id, admitted.role, admitted.identity.account_id) == (room.id, "viewer", paying)
+    refusals = {}
+    for account in (lapsed, unexplained):
+        with pytest.raises(ApiError) as refused:
+            await gate.reconsider(asking(account), Entry.PLAY)
+        refusals[account] = (refused.value.status, refused.value.reason, refused.value.extra["plans"])
+    assert refusals == {lapsed: (402, "payment_past_due", ["pro"]),
+                        unexplained: (402, "plan_required", ["pro", "team"])}
+    assert asked == [paying, lapsed, unexplained]
+    with pytest.raises(ApiError) as refused:                       # no account: sign in first
+        await gate.reconsider(asking(None), Entry.JOIN)
+    assert (refused.value.status, refused.value.reason, refused.value.extra["plans"]) == \
+        (401, "sign_in_required", ["pro", "team"])
