@@ -202,8 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=1200.0, help="seconds for the whole run")
     parser.add_argument("--only", default="", help="mutate only functions whose name contains this")
     parser.add_argument("--report", type=Path, help="write the mutants and outcomes here (JSON)")
-    parser.add_argument("--survivors-of", type=Path,
-                        help="run only the mutants that survived in this earlier report (e.g. with more tests)")
+    parser.add_argument("--rerun-of", type=Path,
+                        help="run only the mutants that survived or were not reached in this earlier report "
+                             "(after adding tests, or to finish a run the budget cut short)")
     args = parser.parse_args(argv)
 
     source = (ROOT / args.module).read_text()
@@ -214,12 +215,13 @@ def main(argv: list[str] | None = None) -> int:
         basetemp = Path(work) / "pytest"
         covered = covered_lines(tree, args.module, args.tests, basetemp)
         baseline = time.monotonic() - started
-        timeout = 3 * baseline + 30
+        timeout = 1.5 * baseline + 20      # the baseline ran under coverage, slower than a mutant's run
         mutants = [(m, text) for m, text in mutations(source) if args.only in m.function]
-        if args.survivors_of:
-            earlier = json.loads(args.survivors_of.read_text())["mutants"]
-            survived = {(m["line"], m["function"], m["what"]) for m in earlier if m["outcome"] == "survived"}
-            mutants = [(m, text) for m, text in mutants if (m.line, m.function, m.what) in survived]
+        if args.rerun_of:
+            earlier = json.loads(args.rerun_of.read_text())["mutants"]
+            again = {(m["line"], m["function"], m["what"]) for m in earlier
+                     if m["outcome"] in ("survived", "not run (budget)")}
+            mutants = [(m, text) for m, text in mutants if (m.line, m.function, m.what) in again]
         target = tree / args.module
         try:
             for mutant, text in mutants:
