@@ -8,6 +8,9 @@ from datetime import datetime, timezone
 import pytest
 
 from odsmedia.auth import accounts
+from odsmedia.billing.plans import Catalog
+from odsmedia.billing.webhooks import (MAX_EPOCH, MAX_QUANTITY, MAX_TEXT, InvalidEvent, _invoice_subscription,
+                                       apply, parse_subscription)
 from odsmedia.errors import ApiError
 from odsmedia.gate import Admission, Entitlement, Entry, Gate, Identity, TokenGrant
 from odsmedia.rooms import directory
@@ -118,3 +121,94 @@ async def test_plan_rooms_ask_the_entitlement_checker_and_pass_on_its_reason(db,
         await gate.reconsider(asking(None), Entry.JOIN)
     assert (refused.value.status, refused.value.reason, refused.value.extra["plans"]) == \
         (401, "sign_in_required", ["pro", "team"])
+
+
+def _subscription_object(**fields) -> dict:
+    obj = {"id": "sub_k1", "customer": "cus_k1", "status": "active",
+           "items": {"data": [{"price": {"id": "price_k"}, "quantity": 3, "current_period_end": 1_800_000_000}]}}
+    obj.update(fields)
+    return obj
+
+
+def _item(**fields) -> dict:
+    return {"items": {"data": [{"price": {"id": "price_k"}, **fields}]}}
+
+
+def test_webhook_fields_are_refused_exactly_past_their_bounds():
+    """billing.webhooks field checks at their edges: the last value allowed passes, the first past it
+    is InvalidEvent (mutants moving a bound by one, or dropping the bool check, survived)."""
+    assert parse_subscription(_subscription_object(status="a" * MAX_TEXT)).status == "a" * MAX_TEXT
+    accepted = {
+        "quantity 0": (_item(quantity=0), "quantity", 0),
+        "quantity max": (_item(quantity=MAX_QUANTITY), "quantity", MAX_QUANTITY),
+        "no quantity": (_item(), "quantity", 1),
+        "period at the epoch": (_item(current_period_end=0), "current_period_end",
+                                datetime(1970, 1, 1, tzinfo=timezone.utc)),
+        "period at the last second": (_item(current_period_end=MAX_EPOCH), "current_period_end",
+                                      datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone.utc)),
+    }
+    for name, (fields, attribute, expected) in accepted.items():
+        assert getattr(parse_subscription(_subscription_object(**fields)), attribute) == expected, name
+    refused = {
+        "status too long": {"status": "a" * (MAX_TEXT + 1)},
+        "status with NUL": {"status": "act\x00ive"},
+        "quantity below 0": _item(quantity=-1),
+        "quantity past max": _item(quantity=MAX_QUANTITY + 1),
+        "quantity a bool": _item(quantity=True),
+        "quantity a float": _item(quantity=2.0),
+        "period before the epoch": _item(current_period_end=-1),
+        "period past the last second": _item(current_period_end=MAX_EPOCH + 1),
+        "period a bool": _item(current_period_end=True),
+        "period a string": _item(current_period_end="soon"),
+        "no status": {"status": None},
+        "customer an object without id": {"customer": {"object": "customer"}},
+        "customer empty": {"customer": ""},
+    }
+    accepted_anyway = []
+    for name, fields in refused.items():
+        try:
+            parse_subscription(_subscription_object(**fields))
+        except InvalidEvent:
+            continue
+        accepted_anyway.append(name)
+    assert accepted_anyway == []
+
+
+def test_webhook_references_and_older_shapes_are_read():
+    """Expanded objects stand for their id; the period and price are found where older API
+    versions put them; an invoice names its subscription directly or through its parent."""
+    expanded = parse_subscription(_subscription_object(customer={"id": "cus_k2", "object": "customer"},
+                                                       cancel_at_period_end=1))
+    assert (expanded.customer, expanded.cancel_at_period_end) == ("cus_k2", True)
+    legacy = parse_subscription({"id": "sub_k3", "customer": "cus_k3", "status": "past_due",
+                                 "plan": {"id": "price_legacy"}, "quantity": 4, "current_period_end": 1_800_000_000})
+    assert (legacy.price, legacy.quantity, legacy.status, legacy.cancel_at_period_end) == \
+        ("price_legacy", 4, "past_due", False)
+    assert legacy.current_period_end == datetime.fromtimestamp(1_800_000_000, timezone.utc)
+    assert parse_subscription(_subscription_object(items=None)).price == ""
+    assert _invoice_subscription({"subscription": {"id": "sub_k4"}}) == "sub_k4"
+    assert _invoice_subscription({"parent": {"subscription_details": {"subscription": "sub_k5"}}}) == "sub_k5"
+    assert _invoice_subscription({"parent": {"type": "quote_details"}}) is None
+
+
+async def test_an_event_nested_past_the_limit_is_refused_whole(db):
+    """billing.webhooks: nesting is walked to depth 32 and no further; NUL is found in keys as in values."""
+    def nested(levels: int) -> dict:
+        inner: object = "leaf"
+        for _ in range(levels):
+            inner = {"k": inner}
+        return {"id": f"evt_{uuid.uuid4().hex[:16]}", "type": "customer.updated", "created": 1_800_000_000,
+                "data": {"object": {"id": "cus_k6", "deep": inner}}}
+
+    catalog = Catalog({}, {})
+    # event (0) -> data (1) -> object (2) -> deep (3), one more per level: the leaf may be at 32.
+    deepest_allowed = 32 - 3
+    assert (await apply(db, nested(deepest_allowed), catalog, grace_seconds=1.0)).ignored
+    with pytest.raises(InvalidEvent):
+        await apply(db, nested(deepest_allowed + 1), catalog, grace_seconds=1.0)
+    for odd in ({"data": {"object": {"k\x00": 1}}}, {"data": {"object": {"list": ["a", ["b\x00"]]}}},
+                {"created": True}, {"data": {"object": "cus_k7"}}, {"id": 17}):
+        event = {"id": f"evt_{uuid.uuid4().hex[:16]}", "type": "customer.updated", "created": 1_800_000_000,
+                 "data": {"object": {"id": "cus_k7"}}, **odd}
+        with pytest.raises(InvalidEvent):
+            await apply(db, event, catalog, grace_seconds=1.0)
