@@ -93,7 +93,7 @@ def exercised(name: str, source: str) -> bool:
         calls = re.findall(rf"(?:{call})[^\n]*", source)
         path = path.split("?", 1)[0]
         if path == "whip session":
-            return any("location" in c.lower() or "/whip/" in c for c in calls)
+            return any("whip" in c.lower() for c in calls)   # a call on a WHIP session URL, not a WHEP one
         # The last fixed segment of the route (e.g. "whip", "episodes", "index.m3u8").
         words = [w for w in re.split(r"[/{}]", path) if w and not w.startswith(("slug", "id", "init", "NNNNN"))]
         marker = words[-1] if words else ""

@@ -112,12 +112,12 @@ async def test_whip_session_url_answers_options(client, room_factory, token_fact
     try:
         resp = await client.post(f"/rooms/{room.slug}/whip", data=offer, headers={**host, **SDP})
         assert resp.status == 201
-        location = resp.headers["Location"]
-        resp = await client.options(location)
+        whip_location = resp.headers["Location"]
+        resp = await client.options(whip_location)
         assert resp.status == 204
         assert resp.headers["Access-Control-Allow-Origin"] == "*"
         assert {"DELETE", "OPTIONS"} <= {m.strip() for m in resp.headers["Access-Control-Allow-Methods"].split(",")}
-        assert (await client.delete(location, headers=host)).status == 200
+        assert (await client.delete(whip_location, headers=host)).status == 200
     finally:
         await pc.close()
 
@@ -236,3 +236,38 @@ async def test_the_seventeenth_transport_of_a_participant_is_refused(client, pee
     await viewer.client.request({"type": "unsubscribe", "transport": offered[0]})
     assert (await viewer.client.request({"type": "subscribe"}))["transport"] not in offered
     assert await refused(viewer.client, {"type": "subscribe"}) == (429, "too_many_transports")
+
+
+async def test_whip_session_url_takes_trickled_candidates_with_patch(client, room_factory, token_factory):
+    """RFC 9725 4.3 on the publishing side: a WHIP offer without candidates, then a PATCH of
+    its candidates on the session URL (If-Match: the ETag) reaches the server's ICE agent."""
+    room = await room_factory()
+    host = {"Authorization": f"Bearer {await token_factory(room, 'host')}"}
+    pc, offer = await whip_offer()
+    try:
+        lines = offer.splitlines()
+        candidates = [line for line in lines if line.startswith("a=candidate:")]
+        ufrag = next(line for line in lines if line.startswith("a=ice-ufrag:"))
+        mid = next(line for line in lines if line.startswith("a=mid:"))
+        bare = "\r\n".join(line for line in lines if not line.startswith(("a=candidate:", "a=end-of-candidates")))
+        resp = await client.post(f"/rooms/{room.slug}/whip", data=bare + "\r\n", headers={**host, **SDP})
+        assert resp.status == 201, await resp.text()
+        whip_location, etag = resp.headers["Location"], resp.headers["ETag"]
+        [transport] = [t for p in client.server.app[SFU].get(room.slug).participants.values()
+                       for t in p.transports.values() if t.id == whip_location.rsplit("/", 1)[1]]
+        connection = transport.pc.getTransceivers()[0].receiver.transport.transport._connection
+
+        def host_candidates() -> set[tuple[str, int]]:
+            return {(c.host, c.port) for c in connection.remote_candidates if c.type == "host"}
+
+        assert candidates and host_candidates() == set()
+        frag = "\r\n".join([ufrag, mid, *candidates]) + "\r\n"
+        trickle = {"Content-Type": "application/trickle-ice-sdpfrag"}
+        stale = await client.patch(whip_location, data=frag, headers={**host, **trickle, "If-Match": '"stale"'})
+        assert stale.status == 412
+        resp = await client.patch(whip_location, data=frag, headers={**host, **trickle, "If-Match": etag})
+        assert (resp.status, resp.headers["ETag"]) == (204, etag)
+        assert host_candidates() == {(line.split()[4], int(line.split()[5])) for line in candidates}
+        assert (await client.delete(whip_location, headers=host)).status == 200
+    finally:
+        await pc.close()
