@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import datetime, timezone
 
 import pytest
 
+from odsmedia import metrics
 from odsmedia.auth import accounts
 from odsmedia.billing.plans import Catalog
 from odsmedia.billing.webhooks import (MAX_EPOCH, MAX_QUANTITY, MAX_TEXT, InvalidEvent, _invoice_subscription,
@@ -15,6 +17,7 @@ from odsmedia.errors import ApiError
 from odsmedia.gate import Admission, Entitlement, Entry, Gate, Identity, TokenGrant
 from odsmedia.rooms import directory
 from odsmedia.rooms.directory import RoomRecord
+from test_billing import bclient, billing_env, deliver, event, stripe_api, subscription  # noqa: F401
 from test_chat_support import ChatSocket
 
 
@@ -74,7 +77,8 @@ def test_identity_kind_and_subject_for_each_way_in():
 async def test_a_malformed_or_unknown_bearer_is_401_with_a_challenge(client, room_factory, token_factory):
     """RFC 6750: a 401 for a bearer token says how to authenticate (WWW-Authenticate); a 403 does not."""
     room, other = await room_factory(), await room_factory()
-    for authorization in ("Basic dXNlcjpwdw==", "Bearer ", "Bearer ods_not_a_token"):
+    real = await token_factory(room, "viewer")
+    for authorization in ("Basic dXNlcjpwdw==", f"Basic {real}", "Bearer ", "Bearer ods_not_a_token"):
         resp = await client.post(f"/rooms/{room.slug}/whep", data="v=0\r\n",
                                  headers={"Authorization": authorization, "Content-Type": "application/sdp"})
         assert (resp.status, (await resp.json())["error"]) == (401, "invalid_token"), authorization
@@ -121,6 +125,23 @@ async def test_plan_rooms_ask_the_entitlement_checker_and_pass_on_its_reason(db,
         await gate.reconsider(asking(None), Entry.JOIN)
     assert (refused.value.status, refused.value.reason, refused.value.extra["plans"]) == \
         (401, "sign_in_required", ["pro", "team"])
+    # A moderator of the room enters without a plan (the checker is not asked).
+    moderator = (await accounts.create_verified(db, f"plan-{uuid.uuid4().hex[:10]}@example.org")).id
+    await directory.add_member(db, room.id, moderator, "moderator")
+    admitted = await gate.reconsider(asking(moderator), Entry.PLAY)
+    assert admitted.role == "moderator" and asked == [paying, lapsed, unexplained]
+    # A public room: nobody at all may watch, not chat.
+    public = await directory.require(db, (await room_factory()).slug)
+    nobody = Admission(public, Identity(), "viewer")
+    assert (await gate.reconsider(nobody, Entry.JOIN)).role == "viewer"
+    with pytest.raises(ApiError) as refused:
+        await gate.reconsider(nobody, Entry.CHAT)
+    assert (refused.value.status, refused.value.reason) == (401, "sign_in_required")
+    # Each decision's latency is what it took (a run of this test, not the clock's reading).
+    latency = metrics.gate_latency.labels("join")
+    before = latency._sum.get()
+    await gate.reconsider(nobody, Entry.JOIN)
+    assert 0 <= latency._sum.get() - before < 5
 
 
 def _subscription_object(**fields) -> dict:
@@ -212,3 +233,27 @@ async def test_an_event_nested_past_the_limit_is_refused_whole(db):
                  "data": {"object": {"id": "cus_k7"}}, **odd}
         with pytest.raises(InvalidEvent):
             await apply(db, event, catalog, grace_seconds=1.0)
+
+
+async def test_invoice_events_defer_to_what_the_subscription_already_says(bclient, db):  # noqa: F811
+    """billing.webhooks._invoice_event: an invoice for a subscription never seen, canceled, or
+    older than its state is ignored and writes nothing (the whole `or` chain as `and` survived)."""
+    customer, sub_id, t = f"cus_{uuid.uuid4().hex[:10]}", f"sub_{uuid.uuid4().hex[:12]}", time.time()
+
+    def invoice(kind: str, subscription_id: str, created: float) -> bytes:
+        return event(kind, {"id": f"in_{uuid.uuid4().hex[:8]}", "object": "invoice", "customer": customer,
+                            "subscription": subscription_id}, created=created)
+
+    status, body = await deliver(bclient, invoice("invoice.payment_failed", "sub_never_seen", t))
+    assert (status, body["ignored"]) == (200, True)
+    assert await db.fetchval("SELECT count(*) FROM subscriptions WHERE subscription_id = 'sub_never_seen'") == 0
+    assert (await deliver(bclient, event("customer.subscription.created", subscription(sub_id, customer),
+                                         created=t)))[0] == 200
+    status, body = await deliver(bclient, invoice("invoice.payment_failed", sub_id, t - 60))   # older
+    assert (status, body["ignored"]) == (200, True)
+    status, body = await deliver(bclient, invoice("invoice.payment_failed", sub_id, t))        # same second
+    assert (status, body["ignored"]) == (200, True)
+    assert await db.fetchval("SELECT status FROM subscriptions WHERE subscription_id = $1", sub_id) == "active"
+    status, body = await deliver(bclient, invoice("invoice.payment_failed", sub_id, t + 60))   # newer: applies
+    assert (status, body["ignored"]) == (200, False)
+    assert await db.fetchval("SELECT status FROM subscriptions WHERE subscription_id = $1", sub_id) == "past_due"
