@@ -125,6 +125,11 @@ async def test_plan_rooms_ask_the_entitlement_checker_and_pass_on_its_reason(db,
         await gate.reconsider(asking(None), Entry.JOIN)
     assert (refused.value.status, refused.value.reason, refused.value.extra["plans"]) == \
         (401, "sign_in_required", ["pro", "team"])
+    # Without a checker (billing not configured) a plan room needs a plan, and says which.
+    with pytest.raises(ApiError) as refused:
+        await Gate(db).reconsider(asking(paying), Entry.JOIN)
+    assert (refused.value.status, refused.value.reason, refused.value.extra["plans"]) == \
+        (402, "plan_required", ["pro", "team"])
     # A moderator of the room enters without a plan (the checker is not asked).
     moderator = (await accounts.create_verified(db, f"plan-{uuid.uuid4().hex[:10]}@example.org")).id
     await directory.add_member(db, room.id, moderator, "moderator")
