@@ -105,7 +105,7 @@ class Admission:
 @dataclass(frozen=True)
 class Entitlement:
     allowed: bool
-    reason: str = ""          # machine-readable, e.g. "plan_required", "past_due_expired"
+    reason: str = ""          # machine-readable, e.g. "plan_required", "payment_past_due"
     plans: tuple[str, ...] = ()
 
 

@@ -15,6 +15,7 @@ from odsmedia.analytics import policy
 from test_analytics_pages import synthetic_session
 from odsmedia.auth.service import AUTH
 from test_auth import mails_to, sign_in
+from test_auth_browser import sign_in_page
 
 pytestmark = pytest.mark.browser
 
@@ -30,12 +31,11 @@ def config(service_urls, tmp_path):
                        ODS_REDIS_PREFIX=f"{service_urls.prefix}{uuid.uuid4().hex[:8]}:")
 
 
-async def signed_in_page(browser, client, viewport):
-    """A browser page carrying the session the magic-link flow gave the test client."""
+async def signed_in_page(browser, client, viewport, address: str):
+    """A browser page signed in as ``address`` through the sign-in pages."""
     context = await browser.new_context(viewport=viewport)
-    await context.add_cookies([{"name": c.key, "value": c.value, "url": str(client.make_url("/"))}
-                               for c in client.session.cookie_jar])
     page = await context.new_page()
+    await sign_in_page(page, client, address)
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     # Failed loads are caught by URL below ("Failed to load resource" names none; the
@@ -61,7 +61,7 @@ async def test_host_reads_the_report_on_a_phone_and_a_desktop(client, db, browse
     room = await room_factory(owner_id=host["id"], title="Live coding")
     episode = await synthetic_session(db, room)
     for name, viewport in (("report-phone", PHONE), ("report-desktop", DESKTOP)):
-        page, errors = await signed_in_page(browser, client, viewport)
+        page, errors = await signed_in_page(browser, client, viewport, host["email"])
         resp = await page.goto(str(client.make_url(f"/episodes/{episode}/report")))
         assert resp.status == 200
         assert await page.text_content("#report-title") == "Building an SFU"
@@ -91,7 +91,7 @@ async def test_operator_sees_the_service_exports_csv_and_deletes_an_account(clie
     await db.execute("INSERT INTO operators (account_id) VALUES ($1)", operator["id"])
     room = await room_factory()
     episode = await synthetic_session(db, room, length=120)
-    page, errors = await signed_in_page(browser, client, DESKTOP)
+    page, errors = await signed_in_page(browser, client, DESKTOP, operator["email"])
     resp = await page.goto(str(client.make_url("/operator")))
     assert resp.status == 200
     assert await page.locator("#chart-days svg").count() == 1 and await page.locator("#chart-watch svg").count() == 1
@@ -133,7 +133,7 @@ async def test_a_material_policy_change_shows_a_notice_until_acknowledged(client
     [mail] = [m for m in mails_to(client.app[AUTH].config, account["email"])
               if m["X-ODS-Template"] == "policy_changed"]
     assert version in mail["Subject"]
-    page, errors = await signed_in_page(browser, client, PHONE)
+    page, errors = await signed_in_page(browser, client, PHONE, account["email"])
     await page.goto(str(client.make_url("/account")))
     await page.wait_for_selector("#policy-notice", timeout=5000)
     assert version in await page.text_content("#policy-notice")

@@ -98,8 +98,8 @@ async def admit(client, slug: str, entry: str = "join", headers: dict | None = N
         if first.type == WSMsgType.TEXT and first.json()["type"] == "error":
             body = first.json()
             closing = await ws.receive(timeout=10)
-            assert closing.type in (WSMsgType.CLOSE, WSMsgType.CLOSED), closing
-            return ws.close_code - 4000, body
+            assert closing.type == WSMsgType.CLOSE, closing    # the server's close frame and its code
+            return closing.data - 4000, body
         assert first.json()["type"] == "welcome", first.data
         await ws.send_json({"type": "post", "kind": "message", "text": "admitted?", "ref": 1})
         while (reply := await ws.receive_json(timeout=10)).get("ref") != 1:

@@ -199,11 +199,15 @@ async def test_journey_checkout_webhook_room_opens_and_closes_at_period_end(bcli
     # The person cancels in the portal: access runs to the period end, then the room closes.
     queue, unsubscribe = await control_listener(bclient, room.slug)
     try:
-        period_end = int(time.time()) + 2   # Stripe timestamps are whole seconds
+        # Stripe timestamps are whole seconds.  The period must outlast one webhook and one
+        # admission on a loaded machine (2 s did not, once); the wait below is until it ends.
+        period_end = int(time.time()) + 5
         status, _ = await deliver(bclient, event("customer.subscription.updated", subscription(
             sub_id, customer, period_end=period_end, cancel_at_period_end=True), created=t0 + 2))
         assert status == 200
+        asked_at = time.time()
         assert (await admit(bclient, room.slug))[0] == 200   # still paid for
+        assert asked_at < period_end, "the check above ran after the period ended: it proved nothing"
         body = await wait_for_status(bclient, room.slug, 402)
         assert time.time() >= period_end
         assert body["error"] == "subscription_ended" and body["plans"] == ["pro"]

@@ -9,6 +9,7 @@ import pytest
 
 from odsmedia.app import make_app
 from test_auth import sign_in
+from test_auth_browser import sign_in_page
 from test_billing import billing_env, deliver, event, stripe_api, subscription  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.browser
@@ -20,14 +21,13 @@ async def test_plans_checkout_account_and_org_pages(aiohttp_client, billing_env,
     _, account = await sign_in(client)
     context = await browser.new_context()
     base = str(client.make_url("/")).rstrip("/")
-    jar = client.session.cookie_jar.filter_cookies(client.make_url("/"))
-    await context.add_cookies([{"name": k, "value": m.value, "url": base} for k, m in jar.items()])
     # Stripe's hosted pages are not reachable from here: answer them locally.
     await context.route("https://checkout.stripe.test/**", lambda route: route.fulfill(body="stripe checkout"))
     await context.route("https://billing.stripe.test/**", lambda route: route.fulfill(body="stripe portal"))
     page = await context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await sign_in_page(page, client, account["email"])
 
     # A paid room tells the person why they cannot enter.
     room = await room_factory("plans", plans=("pro",))

@@ -148,16 +148,24 @@ async def test_browser_viewer_plays_the_packet_path_in_sync(client, room_factory
                     and stats["video"].get("estimatedPlayoutTimestamp"):
                 break
             await asyncio.sleep(0.25)
-        first = stats
-        await asyncio.sleep(4)
-        last = await viewer.evaluate(INBOUND_STATS)
         live = client.server.app[SFU].get(room.slug)
+
+        def received() -> int:   # video pictures the server got from the host page
+            return sum(p.frames for p in live.publications.values() if p.kind == "video")
+
+        first, received_before = stats, received()
+        await asyncio.sleep(4)   # a window to count frames in: its length is what is measured over
+        last, received_after = await viewer.evaluate(INBOUND_STATS), received()
         subscriptions = [s for p in live.participants.values() for tr in p.transports.values()
                          for s in getattr(tr, "subscriptions", [])]
         assert subscriptions and all(s.downstream is not None and s.downstream.packets for s in subscriptions)
         video, audio = last["video"], last["audio"]
         decoded = video["framesDecoded"] - first["video"]["framesDecoded"]
-        assert decoded >= 4 * 15, last                             # ~the fake camera's rate, not a trickle
+        # The viewer decodes what the host sends, not a trickle of it.  Compared with what reached
+        # the server in the same window (a starved machine slows the camera and the decoder alike,
+        # so a fixed rate failed under load); the slack is the frames in flight at the window's ends.
+        forwarded = received_after - received_before
+        assert forwarded >= 20 and decoded >= forwarded - 15, (forwarded, decoded, last)
         assert video["packetsLost"] == 0 and audio["packetsLost"] == 0, last
         for s in (video, audio):
             # (mean over the session; NetEq grows it when a starved machine delivers in bursts)
@@ -166,8 +174,8 @@ async def test_browser_viewer_plays_the_packet_path_in_sync(client, room_factory
         # it only from sender reports, so this proves both streams' reports map onto the one
         # publisher clock: a missing or wrong timestamp offset puts them seconds to hours apart.
         # The bound is loose on purpose: on a starved machine Chromium's renderer falls hundreds
-        # of ms behind its own sync target (seen: 50-90 ms quiet, 200-450 ms at load 10+); the
-        # 40 ms alignment of the reports themselves is asserted with aiortc viewers
+        # of ms behind its own sync target (seen: 50-90 ms quiet, 200-450 ms at load 10+); that
+        # the reports carry the publisher's timeline exactly is asserted with aiortc viewers
         # (test_sfu_packet_path.py).  The best of several samples: video's figure moves a frame
         # at a time.
         skews = []

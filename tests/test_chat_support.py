@@ -44,11 +44,19 @@ class ChatSocket:
         return sock
 
     async def _read(self) -> None:
-        async for msg in self.ws:
+        while True:
+            msg = await self.ws.receive()
             if msg.type == aiohttp.WSMsgType.TEXT:
                 self.events.append(orjson.loads(msg.data))
                 self._changed.set()
-        self.closed_code = self.ws.close_code
+            elif msg.type == aiohttp.WSMsgType.CLOSE:
+                # The code the server's close frame carries; ws.close_code becomes 1006 when the
+                # client's close reply meets a connection the server already closed.
+                self.closed_code = msg.data
+                break
+            elif msg.type in (aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                self.closed_code = self.ws.close_code
+                break
         self._changed.set()
 
     async def wait(self, predicate: Callable[[Event], bool], timeout: float = 5.0) -> Event:

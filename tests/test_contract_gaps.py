@@ -1,17 +1,21 @@
 """Documented messages, closes and methods no other test reached (see test_contract_coverage.py):
 signaling `unsubscribe`, trickle `candidate`, `publish.sources` and their refusals; the chat
-`ping` and the first-frame closes; WHIP OPTIONS on a session URL."""
+`ping` and the first-frame closes; WHIP OPTIONS on a session URL; the negotiation timeout, a
+publication ending mid-negotiation and the transport cap."""
 
 from __future__ import annotations
 
 import asyncio
 
 import aiohttp
+import aioice
 import pytest
 from aiortc import RTCSessionDescription
 
 import odsmedia.chat.socket as chat_socket
+import odsmedia.rooms.transport as transport_module
 import signaling.ws as signaling_ws
+from odsmedia.rooms.room import MAX_PARTICIPANT_TRANSPORTS
 from odsmedia.rooms.sfu import SFU
 from testsupport.peers import SignalingError, whip_offer
 
@@ -91,14 +95,14 @@ async def test_chat_ping_and_refused_first_frames(client, room_factory, monkeypa
     async with client.ws_connect(url) as ws:
         await ws.send_str("{not json")
         assert (await ws.receive_json(timeout=10))["error"] == "invalid_json"
-        assert (await ws.receive(timeout=10)).type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
-        assert ws.close_code == 4400
+        closing = await ws.receive(timeout=10)
+        assert (closing.type, closing.data) == (aiohttp.WSMsgType.CLOSE, 4400)   # the server's close frame
     # No join in time: refused and closed with 4408.
     monkeypatch.setattr(chat_socket, "JOIN_TIMEOUT", 0.3)
     async with client.ws_connect(url) as ws:
         assert (await ws.receive_json(timeout=10))["error"] == "join_timeout"
-        assert (await ws.receive(timeout=10)).type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
-        assert ws.close_code == 4408
+        closing = await ws.receive(timeout=10)
+        assert (closing.type, closing.data) == (aiohttp.WSMsgType.CLOSE, 4408)   # the server's close frame
 
 
 async def test_whip_session_url_answers_options(client, room_factory, token_factory):
@@ -108,12 +112,12 @@ async def test_whip_session_url_answers_options(client, room_factory, token_fact
     try:
         resp = await client.post(f"/rooms/{room.slug}/whip", data=offer, headers={**host, **SDP})
         assert resp.status == 201
-        location = resp.headers["Location"]
-        resp = await client.options(location)
+        whip_location = resp.headers["Location"]
+        resp = await client.options(whip_location)
         assert resp.status == 204
         assert resp.headers["Access-Control-Allow-Origin"] == "*"
         assert {"DELETE", "OPTIONS"} <= {m.strip() for m in resp.headers["Access-Control-Allow-Methods"].split(",")}
-        assert (await client.delete(location, headers=host)).status == 200
+        assert (await client.delete(whip_location, headers=host)).status == 200
     finally:
         await pc.close()
 
@@ -156,7 +160,114 @@ async def test_a_chat_ban_removes_the_person_from_the_media_and_keeps_them_out(c
     kicked = await target.next_event("kicked", timeout=15)
     assert (kicked["reason"], kicked["banned"]) == ("spam", True)
     await asyncio.wait_for(target.closed.wait(), 10)
-    assert target.ws.close_code == 4001
+    assert target.close_code == 4001
     # And the gate keeps them out of the room's media.
     again = await peers.client(client, room, join=False)
     assert await refused(again, {"type": "join", "token": token}) == (403, "banned")
+
+
+class StalledGathering:
+    """ICE gathering that waits until released: what a host whose interfaces answer slowly
+    does to the server (aioice's own gathering, only held back)."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.release = asyncio.Event()
+        self.stalled = asyncio.Event()
+        gather = aioice.Connection.gather_candidates
+        stall = self
+
+        async def gather_candidates(connection) -> None:
+            if not stall.release.is_set():
+                stall.stalled.set()
+                await stall.release.wait()
+            await gather(connection)
+
+        monkeypatch.setattr(aioice.Connection, "gather_candidates", gather_candidates)
+
+
+async def test_negotiation_that_outlasts_its_bound_is_refused_and_leaves_nothing(client, peers, room_factory,
+                                                                                monkeypatch):
+    monkeypatch.setattr(transport_module, "NEGOTIATION_TIMEOUT", 0.5)   # 10 s in production; the path is the same
+    room = await room_factory()
+    host = await peers.host(client, room)
+    await host.publish(fps=5, audio=False)
+    viewer = await peers.viewer(client, room, decode=False)
+    stall = StalledGathering(monkeypatch)
+    assert await refused(viewer.client, {"type": "subscribe"}) == (504, "negotiation_timeout")
+    assert stall.stalled.is_set()
+    participant = next(p for p in client.server.app[SFU].get(room.slug).participants.values()
+                       if p.id == viewer.client.joined["participant"]["id"])
+    assert participant.transports == {}                                  # nothing half-made
+    stall.release.set()
+    offered = await viewer.client.request({"type": "subscribe"})         # and the next try works
+    assert list(participant.transports) == [offered["transport"]]
+
+
+async def test_a_publication_that_ends_during_negotiation_is_not_subscribed(client, peers, room_factory,
+                                                                           monkeypatch):
+    room = await room_factory()
+    host = await peers.host(client, room)
+    published = await host.publish(fps=5, audio=False)
+    viewer = await peers.viewer(client, room, decode=False)
+    stall = StalledGathering(monkeypatch)
+    subscribing = asyncio.ensure_future(refused(viewer.client, {"type": "subscribe"}))
+    await asyncio.wait_for(stall.stalled.wait(), 10)                     # the server is negotiating
+    reply = await host.client.request({"type": "unpublish", "transport": published["transport"]})
+    assert reply["for"] == "unpublish"
+    stall.release.set()
+    assert await asyncio.wait_for(subscribing, 15) == (409, "publication_ended")
+    participant = next(p for p in client.server.app[SFU].get(room.slug).participants.values()
+                       if p.id == viewer.client.joined["participant"]["id"])
+    assert participant.transports == {}
+    assert await refused(viewer.client, {"type": "subscribe"}) == (409, "nothing_published")
+
+
+async def test_the_seventeenth_transport_of_a_participant_is_refused(client, peers, room_factory):
+    room = await room_factory()
+    host = await peers.host(client, room)
+    await host.publish(fps=5, audio=False)
+    viewer = await peers.viewer(client, room, decode=False)
+    # Offers left unanswered hold their transports (until the connect timeout releases them).
+    offered = [(await viewer.client.request({"type": "subscribe"}))["transport"]
+               for _ in range(MAX_PARTICIPANT_TRANSPORTS)]
+    assert len(set(offered)) == MAX_PARTICIPANT_TRANSPORTS == 16
+    assert await refused(viewer.client, {"type": "subscribe"}) == (429, "too_many_transports")
+    # Closing one makes room for one.
+    await viewer.client.request({"type": "unsubscribe", "transport": offered[0]})
+    assert (await viewer.client.request({"type": "subscribe"}))["transport"] not in offered
+    assert await refused(viewer.client, {"type": "subscribe"}) == (429, "too_many_transports")
+
+
+async def test_whip_session_url_takes_trickled_candidates_with_patch(client, room_factory, token_factory):
+    """RFC 9725 4.3 on the publishing side: a WHIP offer without candidates, then a PATCH of
+    its candidates on the session URL (If-Match: the ETag) reaches the server's ICE agent."""
+    room = await room_factory()
+    host = {"Authorization": f"Bearer {await token_factory(room, 'host')}"}
+    pc, offer = await whip_offer()
+    try:
+        lines = offer.splitlines()
+        candidates = [line for line in lines if line.startswith("a=candidate:")]
+        ufrag = next(line for line in lines if line.startswith("a=ice-ufrag:"))
+        mid = next(line for line in lines if line.startswith("a=mid:"))
+        bare = "\r\n".join(line for line in lines if not line.startswith(("a=candidate:", "a=end-of-candidates")))
+        resp = await client.post(f"/rooms/{room.slug}/whip", data=bare + "\r\n", headers={**host, **SDP})
+        assert resp.status == 201, await resp.text()
+        whip_location, etag = resp.headers["Location"], resp.headers["ETag"]
+        [transport] = [t for p in client.server.app[SFU].get(room.slug).participants.values()
+                       for t in p.transports.values() if t.id == whip_location.rsplit("/", 1)[1]]
+        connection = transport.pc.getTransceivers()[0].receiver.transport.transport._connection
+
+        def host_candidates() -> set[tuple[str, int]]:
+            return {(c.host, c.port) for c in connection.remote_candidates if c.type == "host"}
+
+        assert candidates and host_candidates() == set()
+        frag = "\r\n".join([ufrag, mid, *candidates]) + "\r\n"
+        trickle = {"Content-Type": "application/trickle-ice-sdpfrag"}
+        stale = await client.patch(whip_location, data=frag, headers={**host, **trickle, "If-Match": '"stale"'})
+        assert stale.status == 412
+        resp = await client.patch(whip_location, data=frag, headers={**host, **trickle, "If-Match": etag})
+        assert (resp.status, resp.headers["ETag"]) == (204, etag)
+        assert host_candidates() == {(line.split()[4], int(line.split()[5])) for line in candidates}
+        assert (await client.delete(whip_location, headers=host)).status == 200
+    finally:
+        await pc.close()

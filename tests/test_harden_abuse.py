@@ -46,8 +46,8 @@ async def test_chat_sockets_per_network_are_capped_with_a_typed_refusal(aiohttp_
         refusal = await ws.receive_json(timeout=5)
         assert refusal["error"] == "rate_limited" and refusal["limit"] == "chat_sockets"
         assert refusal["retry_after"] > 0
-        await ws.receive(timeout=5)
-        assert ws.close_code == 4429
+        closing = await ws.receive(timeout=5)
+        assert (closing.type.name, closing.data) == ("CLOSE", 4429)
         assert await refusals(client, "chat_sockets") == before + 1
         # A socket that ends gives its place back.
         await socks[0].close()

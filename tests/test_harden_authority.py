@@ -175,7 +175,9 @@ async def closed_with(ws: aiohttp.ClientWebSocketResponse, timeout: float = REAU
         msg = await ws.receive(timeout=remaining)
         if msg.type == aiohttp.WSMsgType.TEXT:
             events.append(msg.json())
-        elif msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
+        elif msg.type == aiohttp.WSMsgType.CLOSE:
+            return msg.data, events            # the server's close frame (ws.close_code may read 1006)
+        elif msg.type in (aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
             return ws.close_code, events
 
 

@@ -131,11 +131,11 @@ async def test_headers_that_are_not_utf8_are_refused_cleanly(client, room_factor
         (b"POST /api/me HTTP/1.1\r\nHost: " + host + b"\r\nCookie: ods_session=abc\r\nX-CSRF-Token: \xff\xff\r\n"
          b"Content-Length: 0\r\nConnection: close\r\n\r\n", 403),
         (b"POST /billing/webhook HTTP/1.1\r\nHost: " + host + b"\r\nStripe-Signature: t=1,v1=\xff\xfe\r\n"
-         b"Content-Length: 2\r\nConnection: close\r\n\r\n{}", (400, 503)),
+         b"Content-Length: 2\r\nConnection: close\r\n\r\n{}", 503),   # no webhook secret in this config
     ]
     for head, expected in cases:
         status, data = await raw_request(client, head)
-        assert status in (expected if isinstance(expected, tuple) else (expected,)), data[:400]
+        assert status == expected, data[:400]
         assert b'"error"' in data or status == 200, data[:400]
     assert (await client.get("/healthz")).status == 200
 

@@ -125,12 +125,10 @@ async def test_account_page_deletes_the_account(client, db, browser):
     from test_auth import sign_in
 
     _, account = await sign_in(client)
+    from test_auth_browser import sign_in_page
+
     page = await browser.new_page()
-    # Hand the signed-in cookies of the test client to the browser.
-    await page.context.add_cookies([
-        {"name": c.key, "value": c.value, "url": str(client.make_url("/"))}
-        for c in client.session.cookie_jar
-    ])
+    await sign_in_page(page, client, account["email"])
     await page.goto(str(client.make_url("/account")))
     await page.wait_for_selector("#account:not([hidden])", timeout=5000)
     assert await page.get_attribute("#export", "href") == "/api/me/export"

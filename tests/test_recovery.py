@@ -13,6 +13,7 @@ from odsmedia.app import make_app
 from odsmedia.media import ice
 from odsmedia.rooms.sfu import SFU
 from testsupport.peers import cut_off
+from testsupport.ports import free_port
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -58,7 +59,8 @@ async def test_a_viewer_moving_to_another_address_keeps_watching(aiohttp_client,
     """The viewer's network changes (127.0.0.1 -> 127.0.0.2): it resubscribes from the new
     address, as the pages do on ICE disconnected, and the counter gap stays under 3 s."""
     fps = 15
-    c = await aiohttp_client(make_app(make_config(service_urls, tmp_path / "d", ODS_MEDIA_UDP_PORT="18791",
+    udp_port = free_port(udp=True, tcp=False)
+    c = await aiohttp_client(make_app(make_config(service_urls, tmp_path / "d", ODS_MEDIA_UDP_PORT=str(udp_port),
                                                   ODS_ICE_CONSENT_TIMEOUT="3")))
     room = await room_factory()
     publisher = await peers.host(c, room)
@@ -84,7 +86,7 @@ async def test_a_viewer_moving_to_another_address_keeps_watching(aiohttp_client,
     await asyncio.wait_for(new.connected.wait(), 20)
     connection = new.pc.getTransceivers()[0].sender.transport.transport._connection
     [pair] = connection._nominated.values()
-    assert pair.remote_addr[0] == "127.0.0.2" and pair.local_candidate.port == 18791
+    assert pair.remote_addr[0] == "127.0.0.2" and pair.local_candidate.port == udp_port
 
     deadline = time.monotonic() + 15
     while len(received.counters) < seen_before + fps and time.monotonic() < deadline:

@@ -13,6 +13,7 @@ from aiortc.mediastreams import MediaStreamError
 from odsmedia.media.frame import MediaFrame, h264_is_keyframe, is_keyframe
 from odsmedia.rooms.participant import Participant
 from odsmedia.rooms.publication import Publication
+from odsmedia.rooms.sfu import SFU
 from odsmedia.rooms.subscription import Subscription
 
 H264 = RTCRtpCodecParameters(mimeType="video/H264", clockRate=90000, payloadType=102,
@@ -97,8 +98,14 @@ async def test_subscription_starts_at_keyframe_and_slow_one_resyncs_without_hold
 async def test_late_joiner_gets_a_frame_quickly(client, peers, room_factory):
     room = await room_factory()
     publisher = await peers.host(client, room)
-    await publisher.publish(fps=15, audio=False)
-    await asyncio.sleep(5)                # the point of the test: join 5 s into the stream
+    reply = await publisher.publish(fps=15, audio=False)
+    # The point of the test: join far into the stream, past the first keyframe's GOP.  Awaited
+    # on what the server received (40 pictures), not a fixed time a loaded machine may stretch.
+    publication = client.server.app[SFU].get(room.slug).publications[reply["publications"][0]["id"]]
+    deadline = time.monotonic() + 30
+    while publication.frames < 40:
+        assert time.monotonic() < deadline, publication.frames
+        await asyncio.sleep(0.05)
     viewer = await peers.viewer(client, room)
     started = time.monotonic()
     await viewer.subscribe()

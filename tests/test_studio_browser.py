@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
 import subprocess
 import time
 
@@ -18,6 +17,7 @@ import pytest
 
 from conftest import ODSMEDIA, REPO, odsmedia_env, unique_slug
 from test_cli import run_cli
+from testsupport.ports import free_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
 
@@ -40,12 +40,6 @@ async def frames_decoded(page, timeout: float = 30.0) -> int:
         if decoded > 0 or loop.time() > deadline:
             return decoded
         await asyncio.sleep(0.1)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:

@@ -21,12 +21,15 @@ from odsmedia.media.coturn import CoturnConfig, LocalCoturn, binary
 from odsmedia.media.turn import rest_credential
 from odsmedia.rooms.sfu import SFU
 from testsupport.peers import SignalingClient
+from testsupport.ports import free_port
 
 SECRET = "turn-test-secret-0123456789"
-TURN_PORT = 18701
-
-
-TLS_PORT = 18703
+# Ports of this run's coturn (parallel runs on one machine must not meet: a client of one
+# reaching the other's coturn fails its TLS handshake on the other's certificate).
+TURN_PORT = free_port(udp=True)
+TLS_PORT = free_port(udp=True)
+_RELAY = free_port(udp=True, tcp=False)      # a kernel-chosen start (below 61000): the range is ours alone
+RELAY_PORTS = (_RELAY, _RELAY + 50)
 
 
 def _self_signed(directory) -> tuple[str, str]:
@@ -62,7 +65,7 @@ def coturn(tmp_path_factory):
         pytest.fail("turnserver is missing; scripts/test installs it (apt-get install coturn)")
     workdir = tmp_path_factory.mktemp("coturn")
     cert, pkey = _self_signed(workdir)
-    server = LocalCoturn(CoturnConfig(secret=SECRET, port=TURN_PORT, min_port=18710, max_port=18760,
+    server = LocalCoturn(CoturnConfig(secret=SECRET, port=TURN_PORT, min_port=RELAY_PORTS[0], max_port=RELAY_PORTS[1],
                                       allow_loopback_peers=True, realm="odsmedia.test",
                                       tls_port=TLS_PORT, cert=cert, pkey=pkey),
                          workdir)
@@ -93,7 +96,7 @@ async def test_coturn_relays_over_tls_with_the_same_credentials(coturn):
     relay, _ = await _allocate(fresh.username, fresh.password, "tcp", tls=context)
     try:
         host, port = relay.get_extra_info("sockname")
-        assert host == "127.0.0.1" and 18710 <= port <= 18760
+        assert host == "127.0.0.1" and RELAY_PORTS[0] <= port <= RELAY_PORTS[1]
     finally:
         relay.close()
     expired = rest_credential(SECRET, "PAtlsold", -5)
@@ -109,7 +112,7 @@ async def test_coturn_accepts_fresh_credentials_and_refuses_expired_ones(coturn)
         relay, _ = await _allocate(fresh.username, fresh.password, transport)
         try:
             host, port = relay.get_extra_info("sockname")
-            assert host == "127.0.0.1" and 18710 <= port <= 18760
+            assert host == "127.0.0.1" and RELAY_PORTS[0] <= port <= RELAY_PORTS[1]
         finally:
             relay.close()
     expired = rest_credential(SECRET, "PAold", -5)
@@ -243,10 +246,11 @@ def test_dev_starts_a_local_coturn_when_asked(service_urls, tmp_path):
     from conftest import odsmedia_env
     from test_cli import _start
 
-    env = odsmedia_env(service_urls, tmp_path / "d", ODS_HTTP_PORT="0", ODS_ICE_DEV_COTURN_PORT="18702")
+    port = free_port(udp=True)
+    env = odsmedia_env(service_urls, tmp_path / "d", ODS_HTTP_PORT="0", ODS_ICE_DEV_COTURN_PORT=str(port))
     proc, base = _start(env, "dev")
     try:
-        with socket.create_connection(("127.0.0.1", 18702), timeout=2):
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
             pass  # coturn listens
         secret = json.loads((tmp_path / "d" / "coturn.json").read_text())["secret"]
         assert len(secret) >= 32
@@ -259,4 +263,4 @@ def test_dev_starts_a_local_coturn_when_asked(service_urls, tmp_path):
         assert proc.wait(timeout=60) == 0
     # coturn went with it.
     with pytest.raises(OSError):
-        socket.create_connection(("127.0.0.1", 18702), timeout=1).close()
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()

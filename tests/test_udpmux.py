@@ -13,8 +13,9 @@ from conftest import make_config
 from odsmedia.app import make_app
 from odsmedia.media import udpmux
 from odsmedia.rooms.sfu import SFU
+from testsupport.ports import free_port
 
-UDP_PORT = 18790
+UDP_PORT = free_port(udp=True, tcp=False)   # one per run: parallel runs must not share it
 
 
 def test_the_mux_names_its_aioice_privates_in_aiortc_private():

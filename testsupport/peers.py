@@ -129,6 +129,9 @@ class SignalingClient:
         self._pending: dict[Any, asyncio.Future[dict[str, Any]]] = {}
         self._reader: asyncio.Task[None] | None = None
         self.closed = asyncio.Event()
+        # The code of the server's close frame (the client's ws.close_code reads 1006 when its
+        # close reply meets a connection the server has already closed).
+        self.close_code: int | None = None
 
     async def connect(self) -> None:
         self.ws = await self.session.ws_connect(self.url, timeout=aiohttp.ClientWSTimeout(ws_close=2))
@@ -137,7 +140,10 @@ class SignalingClient:
     async def _read(self) -> None:
         assert self.ws is not None
         try:
-            async for msg in self.ws:
+            while True:
+                msg = await self.ws.receive()
+                if msg.type == aiohttp.WSMsgType.CLOSE:
+                    self.close_code = msg.data
                 if msg.type != aiohttp.WSMsgType.TEXT:
                     break
                 message = msg.json()

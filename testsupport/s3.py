@@ -25,6 +25,8 @@ from collections import Counter
 import aiohttp
 from aiohttp import web
 
+from .ports import free_port
+
 CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing-key",
     "AWS_SECRET_ACCESS_KEY": "testing-secret",
@@ -36,12 +38,6 @@ CREDENTIALS = {
 }
 
 _HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "server", "date"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class MotoServer:

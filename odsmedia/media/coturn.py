@@ -100,12 +100,15 @@ class LocalCoturn:
         self.process = subprocess.Popen([exe, "-c", str(conf), "--pidfile", str(self.workdir / "turnserver.pid")],
                                         stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         logfile.close()
+        # Started means every listener answers: coturn opens the TLS port after the plain
+        # one, and a client trying TLS in between is refused.
+        ports = [self.config.port] + ([self.config.tls_port] if self.config.tls_port else [])
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"turnserver exited: {self.log_path.read_text(errors='replace')[-2000:]}")
-            if _tcp_answers(self.config.listen_ip, self.config.port):
-                log.info("coturn listening on %s:%d", self.config.listen_ip, self.config.port)
+            if all(_tcp_answers(self.config.listen_ip, port) for port in ports):
+                log.info("coturn listening on %s:%s", self.config.listen_ip, ",".join(map(str, ports)))
                 return
             time.sleep(0.05)
         self.stop()
