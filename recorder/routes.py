@@ -309,7 +309,14 @@ async def get_live_playlist(request: web.Request) -> web.Response:
         finally:
             metrics.blocking_requests.dec()
     if not live.segments:
-        raise ApiError(404, "playlist_not_ready", "the episode has no part yet")
+        # A player that arrives as the session starts (the listing names the episode as soon as
+        # the recording opens; its first part can wait for the sources' sender reports) gets
+        # the first playlist once it lists a whole segment, as a blocking reload for it would:
+        # an error, or a playlist of parts alone, is fatal to hls.js (levelEmptyError).
+        try:
+            await live.wait_for(live.first_msn, None)
+        except PlaylistTimeout:
+            raise ApiError(404, "playlist_not_ready", "the episode has no part yet") from None
     body = access.carry_token(live.render(skip=wanted.skip)).encode()
     # Blocking responses name a future state, so they may be cached longer; a plain
     # reload must go stale within a part (RFC 8216bis 6.2.5.3 / Apple's CDN guidance).

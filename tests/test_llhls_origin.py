@@ -144,3 +144,32 @@ async def test_blocking_reload_client_receives_every_part_in_order(aiohttp_clien
     count = re.search(r"^ods_recorder_llhls_part_publish_seconds_count (\S+)$", exposition, re.M)
     assert count and float(count.group(1)) >= len(order)
     assert re.search(r"^ods_recorder_llhls_blocking_requests 0\.0$", exposition, re.M)
+
+
+async def test_first_playlist_asked_before_the_first_part_waits_for_it(aiohttp_client, service_urls,
+                                                                       room_factory, tmp_path):
+    """A player that arrives as the session starts (the listing already names the episode) gets
+    the first playlist once it lists a whole segment, not a 404 or a playlist of parts alone,
+    both fatal to hls.js."""
+    from conftest import make_config
+    from odsmedia.app import make_app
+
+    room = await room_factory()
+    config = make_config(service_urls, tmp_path / "data", ODS_RECORDING_SEGMENT_SECONDS="2",
+                         ODS_RECORDING_PART_SECONDS="0.5", ODS_RECORDING_RECONNECT_GRACE="0")
+    client = await aiohttp_client(make_app(config))
+    recording = client.app[RECORDER].recording_for(room.id, room.slug)
+    sinks = {"video": recording.add_track("video"), "audio": recording.add_track("audio")}
+    feeder = asyncio.create_task(feed_sinks(sinks, SyntheticSession(3.0, gop_seconds=1.0, jitter=0.0).frames))
+    await recording.created.wait()
+    assert recording.live is not None and not recording.live.segments     # asked before any part
+    response = await client.get(f"/episodes/{recording.episode_id}/live.m3u8")
+    assert response.status == 200, await response.text()
+    text = await response.text()
+    parts = parse_parts(text)
+    assert parts and parts[0][:2] == (1, 0) and parts[0][3]               # the first part, a keyframe
+    assert "#EXTINF:" in text          # a whole first segment: a playlist of parts alone fails hls.js
+    await feeder
+    for sink in sinks.values():
+        sink.on_end()
+    await asyncio.wait_for(recording.done.wait(), 30)

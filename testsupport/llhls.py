@@ -54,6 +54,8 @@ class LlHlsClient:
             status, body = await self._get(self.playlist_url, {"_HLS_msn": str(msn), "_HLS_part": str(part)})
             self.reloads += 1
             if status == 503:
+                if not self.parts:
+                    continue                 # the first part is late (sources wait for sender reports): ask again
                 return                       # nothing more is coming
             assert status == 200, (status, body[:200])
             text = body.decode()
