@@ -13,6 +13,8 @@ from odsmedia.auth import accounts
 from odsmedia.billing.plans import Catalog
 from odsmedia.billing.webhooks import (MAX_EPOCH, MAX_QUANTITY, MAX_TEXT, InvalidEvent, _invoice_subscription,
                                        apply, parse_subscription)
+from odsmedia.chat import store as chat_store
+from odsmedia.chat.items import ChatError
 from odsmedia.errors import ApiError
 from odsmedia.gate import Admission, Entitlement, Entry, Gate, Identity, TokenGrant
 from odsmedia.rooms import directory
@@ -262,3 +264,55 @@ async def test_invoice_events_defer_to_what_the_subscription_already_says(bclien
     status, body = await deliver(bclient, invoice("invoice.payment_failed", sub_id, t + 60))   # newer: applies
     assert (status, body["ignored"]) == (200, False)
     assert await db.fetchval("SELECT status FROM subscriptions WHERE subscription_id = $1", sub_id) == "past_due"
+
+
+async def test_chat_store_refusals_counts_and_deletion_events_exactly(db, room_factory):
+    """chat.store mutants that survived the chat selection: a deleted item still answerable or
+    votable (``or`` -> ``and`` in _require_live), a banned voter's refusal, the account-deletion
+    counts, the default role of a post, and deletions grouped per seq (events_of)."""
+    room = await room_factory()
+    assert await chat_store.slow_mode(db, room.id) == 0
+    assert await chat_store.room_states(db, [room.id]) == {}
+    post = chat_store.post
+    q = await post(db, room.id, kind="question", author="v:101", author_name="Asker", text="why?")
+    assert q.author_role == "viewer"
+    for refused in (chat_store.upvote(db, room.id, 999, "v:voter"), chat_store.mark_answered(db, room.id, 999)):
+        with pytest.raises(ChatError) as caught:
+            await refused
+        assert caught.value.reason == "item_not_found"
+
+    await chat_store.ban(db, room.id, "v:banned", by="a:1", reason="")
+    with pytest.raises(ChatError) as caught:
+        await chat_store.upvote(db, room.id, q.id, "v:banned")
+    assert caught.value.reason == "banned"
+    assert (await chat_store.upvote(db, room.id, q.id, "v:voter")).votes == 1
+
+    await chat_store.delete(db, room.id, q.id, "a:1")
+    for refused in (chat_store.upvote(db, room.id, q.id, "v:other"), chat_store.mark_answered(db, room.id, q.id),
+                    chat_store.delete(db, room.id, q.id, "a:1")):
+        with pytest.raises(ChatError) as caught:
+            await refused
+        assert caught.value.reason == "item_not_found"
+
+    a, b, c, d = [await post(db, room.id, kind="message", author="v:102", author_name="P", text=t)
+                  for t in ("a", "b", "c", "d")]
+    after = await chat_store.last_seq(db, room.id)
+    await chat_store.delete(db, room.id, a.id, "a:1")
+    await chat_store.delete(db, room.id, b.id, "a:1")
+    seq, ids = await chat_store.clear(db, room.id, "a:1")
+    assert ids == [c.id, d.id]
+    live = await post(db, room.id, kind="message", author="v:102", author_name="P", text="e")
+    events = chat_store.events_of(await chat_store.changes_after(db, room.id, after))
+    assert [(e["type"], e["seq"], e.get("ids")) for e in events] == [
+        ("deleted", after + 1, [a.id]), ("deleted", after + 2, [b.id]), ("deleted", seq, [c.id, d.id]),
+        ("item", live.id, None)]
+    await chat_store.set_slow_mode(db, room.id, 7)
+    assert await chat_store.room_states(db, [room.id]) == {room.id: (live.id, 7)}
+
+    for text in ("one", "two"):
+        await post(db, room.id, kind="message", author="v:103", author_name="L", text=text)
+    other = await post(db, room.id, kind="question", author="v:102", author_name="P", text="how?")
+    await chat_store.upvote(db, room.id, other.id, "v:103")
+    async with db.acquire() as conn, conn.transaction():
+        assert await chat_store.forget_author(conn, "v:103") == (2, 1)
+    assert await chat_store.forget_author(db, "v:nobody") == (0, 0)
