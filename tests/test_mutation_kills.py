@@ -281,6 +281,15 @@ async def test_chat_store_refusals_counts_and_deletion_events_exactly(db, room_f
             await refused
         assert caught.value.reason == "item_not_found"
 
+    m = await post(db, room.id, kind="message", author="v:104", author_name="N" * 81, text="not a question")
+    assert m.author_name == "N" * 80
+    with pytest.raises(ChatError) as caught:
+        await chat_store.mark_answered(db, room.id, m.id)
+    assert caught.value.reason == "not_a_question"
+    # Resuming from cursor 0 is a resume (everything since), not a reset to history.
+    snap = await chat_store.snapshot(db, room.id, after=0, history=1)
+    assert (snap.reset, [i.id for i in snap.items], snap.cursor) == (False, [q.id, m.id], m.id)
+
     await chat_store.ban(db, room.id, "v:banned", by="a:1", reason="")
     with pytest.raises(ChatError) as caught:
         await chat_store.upvote(db, room.id, q.id, "v:banned")
@@ -300,11 +309,11 @@ async def test_chat_store_refusals_counts_and_deletion_events_exactly(db, room_f
     await chat_store.delete(db, room.id, a.id, "a:1")
     await chat_store.delete(db, room.id, b.id, "a:1")
     seq, ids = await chat_store.clear(db, room.id, "a:1")
-    assert ids == [c.id, d.id]
+    assert ids == [m.id, c.id, d.id]
     live = await post(db, room.id, kind="message", author="v:102", author_name="P", text="e")
     events = chat_store.events_of(await chat_store.changes_after(db, room.id, after))
     assert [(e["type"], e["seq"], e.get("ids")) for e in events] == [
-        ("deleted", after + 1, [a.id]), ("deleted", after + 2, [b.id]), ("deleted", seq, [c.id, d.id]),
+        ("deleted", after + 1, [a.id]), ("deleted", after + 2, [b.id]), ("deleted", seq, [m.id, c.id, d.id]),
         ("item", live.id, None)]
     await chat_store.set_slow_mode(db, room.id, 7)
     assert await chat_store.room_states(db, [room.id]) == {room.id: (live.id, 7)}
@@ -316,3 +325,7 @@ async def test_chat_store_refusals_counts_and_deletion_events_exactly(db, room_f
     async with db.acquire() as conn, conn.transaction():
         assert await chat_store.forget_author(conn, "v:103") == (2, 1)
     assert await chat_store.forget_author(db, "v:nobody") == (0, 0)
+    exported = await chat_store.export(db, "v:102")
+    assert sorted(exported) == ["chat_items", "chat_sanctions", "chat_votes"]
+    assert [i["body"] for i in exported["chat_items"]] == ["", "", "", "", "e", "how?"]
+
