@@ -329,3 +329,13 @@ async def test_chat_store_refusals_counts_and_deletion_events_exactly(db, room_f
     assert sorted(exported) == ["chat_items", "chat_sanctions", "chat_votes"]
     assert [i["body"] for i in exported["chat_items"]] == ["", "", "", "", "e", "how?"]
 
+
+
+async def test_a_guest_posts_past_the_generic_plan_of_one_connection(db, room_factory):
+    """Found during the chat.store mutation run: from a connection's sixth execution of the post
+    statement on, Postgres may use a generic plan that casts a guest's ``v:`` id to bigint."""
+    room = await room_factory()
+    async with db.acquire() as conn:
+        items = [await chat_store.post(conn, room.id, kind="message", author="v:guest_Ab-1", author_name="G",
+                                       text=f"m{i}") for i in range(8)]
+    assert [i.text for i in items] == [f"m{i}" for i in range(8)]
