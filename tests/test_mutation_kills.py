@@ -339,3 +339,25 @@ async def test_a_guest_posts_past_the_generic_plan_of_one_connection(db, room_fa
         items = [await chat_store.post(conn, room.id, kind="message", author="v:guest_Ab-1", author_name="G",
                                        text=f"m{i}") for i in range(8)]
     assert [i.text for i in items] == [f"m{i}" for i in range(8)]
+
+
+async def test_moderation_reasons_are_bounded_and_answers_acknowledged(client, room_factory, token_factory, db):
+    """chat.moderation mutants that survived the moderation selection: the ``or`` chain of
+    ``_reason`` as ``and`` (every reason accepted) and ``answer`` acknowledging nothing."""
+    room = await room_factory()
+    host = await ChatSocket.open(client, chat(room), token=await token_factory(room, "host"))
+    viewer = await ChatSocket.open(client, chat(room), token=await token_factory(room, "viewer"))
+    target = viewer.welcome["you"]["subject"]
+    for reason in ("x" * 201, "bell\x07", 12):
+        reply = await host.request({"type": "timeout", "target": target, "minutes": 1, "reason": reason})
+        assert (reply["type"], reply["error"]) == ("error", "invalid_reason"), reason
+    assert await db.fetchval("SELECT count(*) FROM chat_sanctions WHERE room_id = $1", room.id) == 0
+    reply = await host.request({"type": "timeout", "target": target, "minutes": 1, "reason": " " + "x" * 199})
+    assert reply["type"] == "ack" and reply["target"] == target
+    assert await db.fetchval("SELECT reason FROM chat_sanctions WHERE room_id = $1", room.id) == "x" * 199
+
+    question = (await host.post("why?", kind="question"))["id"]
+    reply = await host.request({"type": "answer", "id": question})
+    assert (reply["type"], reply["id"]) == ("ack", question)
+    for sock in (host, viewer):
+        await sock.close()
