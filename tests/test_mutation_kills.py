@@ -343,7 +343,8 @@ async def test_a_guest_posts_past_the_generic_plan_of_one_connection(db, room_fa
 
 async def test_moderation_reasons_are_bounded_and_answers_acknowledged(client, room_factory, token_factory, db):
     """chat.moderation mutants that survived the moderation selection: the ``or`` chain of
-    ``_reason`` as ``and`` (every reason accepted) and ``answer`` acknowledging nothing."""
+    ``_reason`` as ``and`` (every reason accepted), ``answer``/``delete`` acknowledging without
+    the id, the lowest id moved by one, an unknown item's delete not refused as item_not_found."""
     room = await room_factory()
     host = await ChatSocket.open(client, chat(room), token=await token_factory(room, "host"))
     viewer = await ChatSocket.open(client, chat(room), token=await token_factory(room, "viewer"))
@@ -357,7 +358,15 @@ async def test_moderation_reasons_are_bounded_and_answers_acknowledged(client, r
     assert await db.fetchval("SELECT reason FROM chat_sanctions WHERE room_id = $1", room.id) == "x" * 199
 
     question = (await host.post("why?", kind="question"))["id"]
+    assert question == 1   # the lowest id allowed
     reply = await host.request({"type": "answer", "id": question})
+    assert (reply["type"], reply["id"]) == ("ack", question)
+    for kind in ("answer", "delete"):
+        reply = await host.request({"type": kind, "id": 0})
+        assert (reply["type"], reply["error"]) == ("error", "invalid_id"), kind
+    reply = await host.request({"type": "delete", "id": 999})
+    assert (reply["type"], reply["error"]) == ("error", "item_not_found")
+    reply = await host.request({"type": "delete", "id": question})
     assert (reply["type"], reply["id"]) == ("ack", question)
     for sock in (host, viewer):
         await sock.close()
