@@ -368,5 +368,7 @@ async def test_moderation_reasons_are_bounded_and_answers_acknowledged(client, r
     assert (reply["type"], reply["error"]) == ("error", "item_not_found")
     reply = await host.request({"type": "delete", "id": question})
     assert (reply["type"], reply["id"]) == ("ack", question)
+    reply = await host.request({"type": "ban", "target": target})
+    assert (reply["type"], reply["target"]) == ("ack", target)
     for sock in (host, viewer):
         await sock.close()
