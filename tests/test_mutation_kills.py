@@ -289,6 +289,11 @@ async def test_chat_store_refusals_counts_and_deletion_events_exactly(db, room_f
     # Resuming from cursor 0 is a resume (everything since), not a reset to history.
     snap = await chat_store.snapshot(db, room.id, after=0, history=1)
     assert (snap.reset, [i.id for i in snap.items], snap.cursor) == (False, [q.id, m.id], m.id)
+    # Exactly resume_limit changes are resumed; one more and the client starts over from history.
+    snap = await chat_store.snapshot(db, room.id, after=0, history=1, resume_limit=2)
+    assert (snap.reset, [i.id for i in snap.items]) == (False, [q.id, m.id])
+    snap = await chat_store.snapshot(db, room.id, after=0, history=1, resume_limit=1)
+    assert (snap.reset, [i.id for i in snap.items]) == (True, [m.id])
 
     await chat_store.ban(db, room.id, "v:banned", by="a:1", reason="")
     with pytest.raises(ChatError) as caught:
