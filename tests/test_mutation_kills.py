@@ -361,6 +361,8 @@ async def test_moderation_reasons_are_bounded_and_answers_acknowledged(client, r
     reply = await host.request({"type": "timeout", "target": target, "minutes": 1, "reason": " " + "x" * 199})
     assert reply["type"] == "ack" and reply["target"] == target
     assert await db.fetchval("SELECT reason FROM chat_sanctions WHERE room_id = $1", room.id) == "x" * 199
+    reply = await host.request({"type": "end_timeout", "target": target})
+    assert (reply["type"], reply["target"]) == ("ack", target)
 
     question = (await host.post("why?", kind="question"))["id"]
     assert question == 1   # the lowest id allowed
