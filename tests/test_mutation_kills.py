@@ -368,6 +368,12 @@ async def test_moderation_reasons_are_bounded_and_answers_acknowledged(client, r
     assert question == 1   # the lowest id allowed
     reply = await host.request({"type": "answer", "id": question})
     assert (reply["type"], reply["id"]) == ("ack", question)
+    assert await db.fetchval("SELECT answered_at IS NOT NULL FROM chat_items WHERE room_id = $1 AND id = $2",
+                             room.id, question) is True
+    me = host.welcome["you"]["subject"]
+    for attempt in ({"type": "end_timeout", "target": me}, {"type": "mute", "target": me, "source": "microphone"}):
+        reply = await host.request(attempt)
+        assert (reply["type"], reply["error"]) == ("error", "invalid_target"), attempt
     for kind in ("answer", "delete"):
         reply = await host.request({"type": kind, "id": 0})
         assert (reply["type"], reply["error"]) == ("error", "invalid_id"), kind
