@@ -13,6 +13,8 @@ from odsmedia.auth import accounts
 from odsmedia.billing.plans import Catalog
 from odsmedia.billing.webhooks import (MAX_EPOCH, MAX_QUANTITY, MAX_TEXT, InvalidEvent, _invoice_subscription,
                                        apply, parse_subscription)
+from odsmedia.chat import store as chat_store
+from odsmedia.chat.items import ChatError
 from odsmedia.errors import ApiError
 from odsmedia.gate import Admission, Entitlement, Entry, Gate, Identity, TokenGrant
 from odsmedia.rooms import directory
@@ -262,3 +264,124 @@ async def test_invoice_events_defer_to_what_the_subscription_already_says(bclien
     status, body = await deliver(bclient, invoice("invoice.payment_failed", sub_id, t + 60))   # newer: applies
     assert (status, body["ignored"]) == (200, False)
     assert await db.fetchval("SELECT status FROM subscriptions WHERE subscription_id = $1", sub_id) == "past_due"
+
+
+async def test_chat_store_refusals_counts_and_deletion_events_exactly(db, room_factory):
+    """chat.store mutants that survived the chat selection: a deleted item still answerable or
+    votable (``or`` -> ``and`` in _require_live), a banned voter's refusal, the account-deletion
+    counts, the default role of a post, and deletions grouped per seq (events_of)."""
+    room = await room_factory()
+    assert await chat_store.slow_mode(db, room.id) == 0
+    assert await chat_store.room_states(db, [room.id]) == {}
+    post = chat_store.post
+    q = await post(db, room.id, kind="question", author="v:101", author_name="Asker", text="why?")
+    assert q.author_role == "viewer"
+    for refused in (chat_store.upvote(db, room.id, 999, "v:voter"), chat_store.mark_answered(db, room.id, 999)):
+        with pytest.raises(ChatError) as caught:
+            await refused
+        assert caught.value.reason == "item_not_found"
+
+    m = await post(db, room.id, kind="message", author="v:104", author_name="N" * 81, text="not a question")
+    assert m.author_name == "N" * 80
+    with pytest.raises(ChatError) as caught:
+        await chat_store.mark_answered(db, room.id, m.id)
+    assert caught.value.reason == "not_a_question"
+    # Resuming from cursor 0 is a resume (everything since), not a reset to history.
+    snap = await chat_store.snapshot(db, room.id, after=0, history=1)
+    assert (snap.reset, [i.id for i in snap.items], snap.cursor) == (False, [q.id, m.id], m.id)
+    # Exactly resume_limit changes are resumed; one more and the client starts over from history.
+    snap = await chat_store.snapshot(db, room.id, after=0, history=1, resume_limit=2)
+    assert (snap.reset, [i.id for i in snap.items]) == (False, [q.id, m.id])
+    snap = await chat_store.snapshot(db, room.id, after=0, history=1, resume_limit=1)
+    assert (snap.reset, [i.id for i in snap.items]) == (True, [m.id])
+
+    await chat_store.ban(db, room.id, "v:banned", by="a:1", reason="")
+    with pytest.raises(ChatError) as caught:
+        await chat_store.upvote(db, room.id, q.id, "v:banned")
+    assert caught.value.reason == "banned"
+    assert (await chat_store.upvote(db, room.id, q.id, "v:voter")).votes == 1
+
+    await chat_store.delete(db, room.id, q.id, "a:1")
+    for refused in (chat_store.upvote(db, room.id, q.id, "v:other"), chat_store.mark_answered(db, room.id, q.id),
+                    chat_store.delete(db, room.id, q.id, "a:1")):
+        with pytest.raises(ChatError) as caught:
+            await refused
+        assert caught.value.reason == "item_not_found"
+
+    a, b, c, d = [await post(db, room.id, kind="message", author="v:102", author_name="P", text=t)
+                  for t in ("a", "b", "c", "d")]
+    after = await chat_store.last_seq(db, room.id)
+    await chat_store.delete(db, room.id, a.id, "a:1")
+    await chat_store.delete(db, room.id, b.id, "a:1")
+    seq, ids = await chat_store.clear(db, room.id, "a:1")
+    assert ids == [m.id, c.id, d.id]
+    live = await post(db, room.id, kind="message", author="v:102", author_name="P", text="e")
+    events = chat_store.events_of(await chat_store.changes_after(db, room.id, after))
+    assert [(e["type"], e["seq"], e.get("ids")) for e in events] == [
+        ("deleted", after + 1, [a.id]), ("deleted", after + 2, [b.id]), ("deleted", seq, [m.id, c.id, d.id]),
+        ("item", live.id, None)]
+    await chat_store.set_slow_mode(db, room.id, 7)
+    assert await chat_store.room_states(db, [room.id]) == {room.id: (live.id, 7)}
+
+    for text in ("one", "two"):
+        await post(db, room.id, kind="message", author="v:103", author_name="L", text=text)
+    other = await post(db, room.id, kind="question", author="v:102", author_name="P", text="how?")
+    await chat_store.upvote(db, room.id, other.id, "v:103")
+    async with db.acquire() as conn, conn.transaction():
+        assert await chat_store.forget_author(conn, "v:103") == (2, 1)
+    assert await chat_store.forget_author(db, "v:nobody") == (0, 0)
+    exported = await chat_store.export(db, "v:102")
+    assert sorted(exported) == ["chat_items", "chat_sanctions", "chat_votes"]
+    assert [i["body"] for i in exported["chat_items"]] == ["", "", "", "", "e", "how?"]
+
+
+
+async def test_a_guest_posts_past_the_generic_plan_of_one_connection(db, room_factory):
+    """Found during the chat.store mutation run: from a connection's sixth execution of the post
+    statement on, Postgres may use a generic plan that casts a guest's ``v:`` id to bigint."""
+    room = await room_factory()
+    async with db.acquire() as conn:
+        items = [await chat_store.post(conn, room.id, kind="message", author="v:guest_Ab-1", author_name="G",
+                                       text=f"m{i}") for i in range(8)]
+    assert [i.text for i in items] == [f"m{i}" for i in range(8)]
+
+
+async def test_moderation_reasons_are_bounded_and_answers_acknowledged(client, room_factory, token_factory, db):
+    """chat.moderation mutants that survived the moderation selection: the ``or`` chain of
+    ``_reason`` as ``and`` (every reason accepted), ``answer``/``delete`` acknowledging without
+    the id, the lowest id moved by one, an unknown item's delete not refused as item_not_found."""
+    room = await room_factory()
+    host = await ChatSocket.open(client, chat(room), token=await token_factory(room, "host"))
+    viewer = await ChatSocket.open(client, chat(room), token=await token_factory(room, "viewer"))
+    target = viewer.welcome["you"]["subject"]
+    for reason in ("x" * 201, "bell\x07", 12):
+        reply = await host.request({"type": "timeout", "target": target, "minutes": 1, "reason": reason})
+        assert (reply["type"], reply["error"]) == ("error", "invalid_reason"), reason
+    assert await db.fetchval("SELECT count(*) FROM chat_sanctions WHERE room_id = $1", room.id) == 0
+    reply = await host.request({"type": "timeout", "target": target, "minutes": 1, "reason": " " + "x" * 199})
+    assert reply["type"] == "ack" and reply["target"] == target
+    assert await db.fetchval("SELECT reason FROM chat_sanctions WHERE room_id = $1", room.id) == "x" * 199
+    reply = await host.request({"type": "end_timeout", "target": target})
+    assert (reply["type"], reply["target"]) == ("ack", target)
+
+    question = (await host.post("why?", kind="question"))["id"]
+    assert question == 1   # the lowest id allowed
+    reply = await host.request({"type": "answer", "id": question})
+    assert (reply["type"], reply["id"]) == ("ack", question)
+    assert await db.fetchval("SELECT answered_at IS NOT NULL FROM chat_items WHERE room_id = $1 AND id = $2",
+                             room.id, question) is True
+    me = host.welcome["you"]["subject"]
+    for attempt in ({"type": "end_timeout", "target": me}, {"type": "mute", "target": me, "source": "microphone"}):
+        reply = await host.request(attempt)
+        assert (reply["type"], reply["error"]) == ("error", "invalid_target"), attempt
+    for kind in ("answer", "delete"):
+        reply = await host.request({"type": kind, "id": 0})
+        assert (reply["type"], reply["error"]) == ("error", "invalid_id"), kind
+    reply = await host.request({"type": "delete", "id": 999})
+    assert (reply["type"], reply["error"]) == ("error", "item_not_found")
+    reply = await host.request({"type": "delete", "id": question})
+    assert (reply["type"], reply["id"]) == ("ack", question)
+    reply = await host.request({"type": "ban", "target": target})
+    assert (reply["type"], reply["target"]) == ("ack", target)
+    for sock in (host, viewer):
+        await sock.close()

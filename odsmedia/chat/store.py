@@ -25,20 +25,20 @@ _NEXT_SEQ = """
     ON CONFLICT (room_id) DO UPDATE SET last_seq = chat_rooms.last_seq + 1
     RETURNING last_seq"""
 
-# One statement per post: refuse (no row, no seq taken) when the author has a
-# running timeout or ban, or its account was deleted or its (operator) token revoked
-# (the socket is closed within auth.reauth_interval; nothing is stored meanwhile), take the room's next seq, stamp the live episode offset.
+# One statement per post: refuse (no row, no seq taken) when the author has a running timeout or ban, or its account
+# was deleted or its token revoked (the socket closes within auth.reauth_interval), take the room's next seq, stamp the
+# live episode offset. The id casts sit in CASE: a generic plan may cast 'v:x' to bigint before testing the LIKE.
 _POST = """
     WITH blocked AS (
            SELECT 1 FROM chat_sanctions
            WHERE room_id = $1 AND subject = $3 AND (until IS NULL OR until > now())
            UNION ALL
            SELECT 1 WHERE $3 LIKE 'a:%' AND NOT EXISTS (
-               SELECT 1 FROM accounts WHERE id = substr($3, 3)::bigint)
+               SELECT 1 FROM accounts WHERE id = CASE WHEN $3 LIKE 'a:%' THEN substr($3, 3)::bigint END)
            UNION ALL
            SELECT 1 WHERE $3 LIKE 't:%' AND NOT EXISTS (
-               SELECT 1 FROM api_tokens WHERE id = substr($3, 3)::bigint AND revoked_at IS NULL
-                                              AND expires_at > now())),
+               SELECT 1 FROM api_tokens WHERE id = CASE WHEN $3 LIKE 't:%' THEN substr($3, 3)::bigint END
+                                              AND revoked_at IS NULL AND expires_at > now())),
          s AS (
            INSERT INTO chat_rooms (room_id, last_seq) SELECT $1, 1 WHERE NOT EXISTS (SELECT 1 FROM blocked)
            ON CONFLICT (room_id) DO UPDATE SET last_seq = chat_rooms.last_seq + 1
