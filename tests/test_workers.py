@@ -343,13 +343,14 @@ RELAYS = importlib.util.find_spec("odsmedia.rooms.relay") is not None
 async def test_a_relayed_viewer_page_plays_again_from_another_node_when_its_relay_dies(service_urls, tmp_path,
                                                                                         room_factory, token_factory,
                                                                                         browser):
-    """The origin is crowded (CPU past a 1 % limit), so a viewer page opened on the shared port
+    """The origin is crowded (CPU past a 1 % limit; it records, which keeps it there on a quiet
+    machine), so a viewer page opened on the shared port
     ends up on the other worker, served as a relay whichever worker took its socket. That worker
     is SIGKILLed: the page is placed again through the shared port and plays from the origin."""
     prefix = f"{service_urls.prefix}{uuid.uuid4().hex[:8]}:"
     data = tmp_path / "data"
     env = odsmedia_env(service_urls, data, ODS_HTTP_PORT="0", ODS_REDIS_PREFIX=prefix, ODS_LOG_FORMAT="text",
-                       ODS_ROOMS_RELAY_THRESHOLD="0", ODS_ROOMS_RELAY_CPU_PERCENT="1", ODS_RECORDING_ENABLED="false")
+                       ODS_ROOMS_RELAY_THRESHOLD="0", ODS_ROOMS_RELAY_CPU_PERCENT="1")
     cluster = Cluster(env, data, prefix, service_urls.redis_url)
     room = await room_factory()
     token = await token_factory(room, "host")
@@ -369,12 +370,19 @@ async def test_a_relayed_viewer_page_plays_again_from_another_node_when_its_rela
 
         viewer = await viewer_ctx.new_page()
         viewer.on("pageerror", lambda exc: errors.append(f"viewer: {exc}"))
-        await viewer.goto(f"{cluster.url}/rooms/{room.slug}?name=Relayed")
-        await viewer.wait_for_selector("body[data-ready='1']", timeout=20000)
-        assert await frames_grow(viewer, 10, 30) >= 10
-        async with aiohttp.ClientSession() as session:
-            _, text = await _get(session, relay.url + "/metrics")
-        assert re.search(r"^ods_relayed_publications [1-9]", text, re.M), "the viewer is not on the relay"
+        # The shared port hands the page to either worker; on the origin, whether it is sent to the
+        # relay depends on the CPU figure the origin last published, which a quiet machine can take
+        # under 1 % again: a reload is another placement, until the relay serves it (bounded).
+        for attempt in range(8):
+            await viewer.goto(f"{cluster.url}/rooms/{room.slug}?name=Relayed")
+            await viewer.wait_for_selector("body[data-ready='1']", timeout=20000)
+            assert await frames_grow(viewer, 10, 30) >= 10
+            async with aiohttp.ClientSession() as session:
+                _, text = await _get(session, relay.url + "/metrics")
+            if re.search(r"^ods_relayed_publications [1-9]", text, re.M):
+                break
+        else:
+            raise AssertionError("the viewer was never placed on the relay in 8 page loads")
 
         await _kill_and_play_again(cluster, relay, viewer)
         assert await frames_grow(viewer, 10, 20) >= 10
