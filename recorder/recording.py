@@ -242,10 +242,16 @@ class RoomRecording:
             return
         if sink.waiting_keyframe:
             if not frame.keyframe or pts < 0:
+                # Ask again (the publication rate-limits it): the keyframe asked for at attach is
+                # often captured just before the episode's time zero and dropped here, and a
+                # publisher's next one may be many seconds away, long enough for the audio to
+                # open the episode without picture.
+                sink.request_keyframe("recorder")
                 return
             sink.waiting_keyframe = False
         elif pts < 0:
             sink.waiting_keyframe = True
+            sink.request_keyframe("recorder")
             return
         if pts >= rendition.next_keyframe_request * frame.clock_rate:
             # Every rendition asks on the same grid, so their segments end near the same times.

@@ -318,3 +318,31 @@ def _beeps(onsets: list[float], at_cam: dict[int, float]):
         second = round(c / 15)
         if 15 * second in at_cam:
             yield onset, second
+
+
+async def test_a_keyframe_captured_before_time_zero_is_asked_for_again(db, room_factory, tmp_path):
+    """The microphone's first frame sets the episode's time zero; by the publisher's sender reports
+    the camera's first keyframe was captured 0.1 s before it, so it cannot be recorded.  The
+    recorder asks for another keyframe at once (the publication rate-limits the requests) instead
+    of waiting for the publisher's next one, which may be long enough for the audio to open the
+    episode without picture."""
+    room = await room_factory()
+    recorder = Recorder(db, LocalStorage(tmp_path), node="node-a", segment_seconds=1.0, reconnect_grace=0)
+    recording = recorder.recording_for(room.id, room.slug)
+    session = SyntheticSession(1.0, gop_seconds=1.0, jitter=0.0)
+    audio = next(f for f in session.frames if f.kind == "audio")
+    keyframe = next(f for f in session.frames if f.kind == "video")
+    assert keyframe.keyframe and keyframe.timestamp == 0 and audio.timestamp == 0
+    requests: list[str] = []
+    microphone = recording.add_track("audio", source="microphone", publisher="host",
+                                     sender_report=lambda: ((NTP_BASE << 32) + (1 << 32) // 10, 0))
+    camera = recording.add_track("video", requests.append, source="camera", publisher="host",
+                                 sender_report=first_frame_report())
+    assert requests == ["recorder"]                       # asked once as the camera attached
+    microphone.on_frame(dataclasses.replace(audio, arrival=100.0))
+    camera.on_frame(dataclasses.replace(keyframe, arrival=100.05))
+    assert requests == ["recorder", "recorder"]           # dropped before time zero: asked again
+    for sink in (microphone, camera):
+        sink.on_end()
+    await asyncio.wait_for(recording.done.wait(), 30)
+    await recorder.close()
