@@ -120,6 +120,11 @@ def make_config(service_urls: ServiceUrls, data_dir: Path, **overrides: str) -> 
         "ODS_SECRET_KEY": "test-secret-key-0123456789-abcdefghijklmnop",
         "ODS_HTTP_PORT": "0",
         "ODS_LOG_FORMAT": "text",
+        # Apps in one test process all read that process's CPU, so a busy test run would make
+        # every in-process node "full" or "busy" at random and redirect joins; CPU placement is
+        # tested with real processes (test_workers) and as a pure policy (test_placement_policy).
+        "ODS_ROOMS_RELAY_CPU_PERCENT": "100000",
+        "ODS_ROOMS_FULL_CPU_PERCENT": "100000",
     }
     env.update(overrides)
     return configmod.load(environ=env, dev=True)
