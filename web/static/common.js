@@ -294,6 +294,20 @@
     if (chat) chat.dataset.room = slug;
   }
 
+  // hls.js (vendored) is fetched only where the browser cannot play HLS itself: the live
+  // viewer's low-latency mode and the replay page. Resolves either way; the caller checks
+  // window.Hls and reports when HLS cannot play here.
+  function loadHlsJs() {
+    if (window.Hls) return Promise.resolve();
+    return new Promise((resolve) => {
+      const script = document.createElement("script");
+      script.src = "/static/vendor/hls.light.min.js";
+      script.onload = resolve;
+      script.onerror = resolve;
+      document.head.appendChild(script);
+    });
+  }
+
   // Drag a picture-in-picture figure (one with class "pip") anywhere over its stage: the
   // live viewer's camera over the screen, and the replay page's the same way.
   function draggablePip(figure, stage) {
@@ -316,7 +330,7 @@
   }
 
   window.ODS = {ApiFailure, fetchJSON, api, csrfToken, loadRoom, escapeHTML, el, showRefusal, roomSlug, Signaling, gatheringComplete,
-                onIceLost, setChatRoom, pageToken, forgetToken, guestName, setGuestName, backoff, draggablePip};
+                onIceLost, setChatRoom, pageToken, forgetToken, guestName, setGuestName, backoff, draggablePip, loadHlsJs};
 
   // A material change of the privacy policy: signed-in people see a notice on every
   // page until they acknowledge it (the acknowledgement is recorded with the version).

@@ -89,25 +89,13 @@
     section.dataset.state = "loaded";
   }
 
-  // hls.js is fetched only when the browser cannot play HLS itself.
-  function loadHlsJs() {
-    if (window.Hls) return Promise.resolve();
-    return new Promise((resolve) => {
-      const script = document.createElement("script");
-      script.src = "/static/vendor/hls.light.min.js";
-      script.onload = resolve;
-      script.onerror = resolve;   // attach() then reports that HLS cannot play here
-      document.head.appendChild(script);
-    });
-  }
-
   async function attach(video, url, report = true) {
     const forceHlsJs = new URLSearchParams(location.search).get("player") === "hlsjs";
     if (!forceHlsJs && video.canPlayType("application/vnd.apple.mpegurl")) {
       video.src = url;
       return "native";
     }
-    await loadHlsJs();
+    await window.ODS.loadHlsJs();
     if (window.Hls && window.Hls.isSupported()) {
       // No worker: the page's CSP allows no blob: scripts.
       const hls = new window.Hls({enableWorker: false});

@@ -238,18 +238,6 @@
     $("switch-mode").textContent = mode === "real-time" ? "Switch to low-latency HLS" : "Switch to real-time";
   }
 
-  // hls.js (vendored) only where the browser cannot play HLS itself.
-  function loadHlsJs() {
-    if (window.Hls) return Promise.resolve();
-    return new Promise((resolve) => {
-      const script = document.createElement("script");
-      script.src = "/static/vendor/hls.light.min.js";
-      script.onload = resolve;
-      script.onerror = resolve;
-      document.head.appendChild(script);
-    });
-  }
-
   async function startHls(why) {
     if (state.mode === "low-latency") return;
     setMode("low-latency");
@@ -278,7 +266,7 @@
       video.src = `/episodes/${live.id}/live.m3u8`;
       state.hlsPlayer = "native";
     } else {
-      await loadHlsJs();
+      await ODS.loadHlsJs();
       if (!window.Hls || !window.Hls.isSupported()) { status("This browser can play neither WebRTC nor HLS."); return; }
       // No worker: the page's CSP allows no blob: scripts.
       const hls = new window.Hls({lowLatencyMode: true, enableWorker: false, xhrSetup: withHlsToken});
