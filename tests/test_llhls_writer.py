@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-from recorder.clock import TrackClock
-from recorder.hls import HlsWriter, Sample
 from recorder.storage import LocalStorage
+from test_recorder_writer import record
 from testsupport.synthetic import SyntheticSession, read_segment
 
 
 def record_parts(storage, frames, *, segment_seconds, part_seconds):
-    segments, parts = [], []
-    writer = HlsWriter(storage, "ep", segment_seconds=segment_seconds, on_segment=segments.append,
-                       on_part=parts.append, part_seconds=part_seconds, queue_size=4096)
-    writer.start()
-    clocks: dict = {}
-    epoch = frames[0].arrival
-    for frame in frames:
-        clock = clocks.setdefault(frame.kind, TrackClock())
-        assert writer.put(Sample(frame.kind, frame.codec, frame.data, clock.pts(frame, epoch),
-                                 frame.clock_rate, frame.keyframe))
-    writer.finish()
-    writer.join(30)
-    assert writer.error is None and not writer.thread.is_alive()
+    parts = []
+    _, segments = record(storage, frames, segment_seconds=segment_seconds, on_part=parts.append,
+                         part_seconds=part_seconds)
     return segments, parts
 
 

@@ -17,11 +17,13 @@ from recorder.storage import LocalStorage, StorageError
 from testsupport.synthetic import SyntheticSession, read_segment
 
 
-def record(storage, frames, *, segment_seconds=2.0, key="ep", queue_size=4096, clocks=None, epoch=None):
-    """Feed MediaFrames through the arrival-time clock into a writer; returns (writer, segments)."""
+def record(storage, frames, *, segment_seconds=2.0, key="ep", queue_size=4096, clocks=None, epoch=None,
+           **options):
+    """Feed MediaFrames through the arrival-time clock into a writer (``options``: more HlsWriter
+    arguments, e.g. LL-HLS parts); returns (writer, segments)."""
     segments = []
     writer = HlsWriter(storage, key, segment_seconds=segment_seconds, on_segment=segments.append,
-                       queue_size=queue_size)
+                       queue_size=queue_size, **options)
     writer.start()
     clocks = clocks if clocks is not None else {}
     epoch = frames[0].arrival if epoch is None else epoch
