@@ -76,7 +76,7 @@ def setup(app: web.Application) -> None:
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         sfu.bus = app[BUS]
         config = app[CONFIG]
-        limits = Limits(relay_threshold=int(config.get("rooms.relay_threshold", 200)),
+        limits = Limits(relay_threshold=config["rooms.relay_threshold"],
                         relay_cpu_percent=config["rooms.relay_cpu_percent"],
                         full_cpu_percent=config["rooms.full_cpu_percent"])
         sfu.placement = Placement(app[BUS], config["http.node_url"] or config.public_url, limits=limits,
