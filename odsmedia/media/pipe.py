@@ -45,12 +45,13 @@ from typing import Callable
 
 from aiortc import RTCRtpHeaderExtensionParameters, RTCRtpParameters
 from aiortc.rtp import (RTCP_PSFB_FIR, RTCP_PSFB_PLI, RTCP_RTPFB_NACK, HeaderExtensionsMap, RtcpByePacket,
-                        RtcpPacket, RtcpPsfbPacket, RtcpRrPacket, RtcpRtpfbPacket, RtcpSenderInfo, RtcpSrPacket,
+                        RtcpPacket, RtcpPsfbPacket, RtcpRrPacket, RtcpRtpfbPacket, RtcpSrPacket,
                         is_rtcp)
 from pylibsrtp import Policy, Session
 
 from ..metrics import PIPE_FIGURES, retired_pipes
 from .forwarder import HISTORY_SIZE, Downstream, PacketFanout
+from .sender import sender_report
 from .srtp import direct_protect
 
 AUDIO_LEVEL_ID = 1
@@ -207,10 +208,8 @@ class PipeSource:
         if values is None or self.closed or self.endpoint is None or self.endpoint.transport is None:
             return
         d = self.downstream
-        report = RtcpSrPacket(ssrc=self.ssrc, sender_info=RtcpSenderInfo(
-            ntp_timestamp=values[0], rtp_timestamp=values[1], packet_count=d.packets & 0xFFFFFFFF,
-            octet_count=d.octets & 0xFFFFFFFF))
-        self.endpoint.transport.sendto(self.crypto.protect_rtcp(bytes(report)), self.remote)
+        report = sender_report(self.ssrc, values[0], values[1], d.packets, d.octets)
+        self.endpoint.transport.sendto(self.crypto.protect_rtcp(report), self.remote)
 
     def _datagram(self, data: bytes, addr: tuple) -> None:
         if self.closed or addr[:2] != self.remote or not is_rtcp(data):
