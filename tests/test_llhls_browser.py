@@ -27,6 +27,10 @@ async def test_viewer_page_plays_ll_hls_when_the_webrtc_cap_is_zero(aiohttp_clie
         await page.wait_for_function(
             "() => { const v = document.getElementById('hls-video'); return v && v.currentTime > 1.0; }",
             timeout=60000)
+        # The page says so once the picture moves.
+        await page.wait_for_function(
+            "() => document.getElementById('status').textContent.startsWith('Watching in low-latency mode')",
+            timeout=30000)
         state = await page.evaluate("""() => {
             const v = document.getElementById('hls-video');
             return {player: window.odsViewer.hlsPlayer, width: v.videoWidth, error: v.error && v.error.code,
@@ -35,8 +39,45 @@ async def test_viewer_page_plays_ll_hls_when_the_webrtc_cap_is_zero(aiohttp_clie
         }""")
         assert state["player"] == "hls.js" and state["lowLatency"] is True and not state["error"]
         assert state["width"] > 0 and state["src"].endswith("/live.m3u8")
-        assert "low-latency" in await page.text_content("#status")
         # No WebRTC transport was made for this viewer.
+        assert await page.evaluate("() => window.odsViewer.transports.size") == 0
+    finally:
+        await page.close()
+
+
+async def test_a_viewer_in_low_latency_mode_before_the_host_goes_live_plays_once_it_is(
+        aiohttp_client, service_urls, tmp_path, peers, room_factory, browser):
+    # The viewer chooses low-latency mode while nothing is live: the page says so and keeps
+    # looking (a growing pause, at most 10 s), then plays once the host's recording is live.
+    config = make_config(service_urls, tmp_path / "data", ODS_RECORDING_SEGMENT_SECONDS="2",
+                         ODS_RECORDING_PART_SECONDS="0.5")
+    client = await aiohttp_client(make_app(config))
+    room = await room_factory()
+    page = await browser.new_page()
+    try:
+        await page.goto(str(client.make_url(f"/rooms/{room.slug}?name=Early")))
+        await page.click("#switch-mode")
+        await page.wait_for_function(
+            "() => document.getElementById('status').textContent.includes('not available yet')", timeout=15000)
+        assert await page.text_content("#mode") == "low-latency"
+        assert "Trying again in" in await page.text_content("#status")
+        publisher = await peers.host(client, room)
+        await publisher.publish(fps=15)
+        await page.wait_for_function(
+            "() => { const v = document.getElementById('hls-video'); return v && v.currentTime > 1.0; }",
+            timeout=60000)
+        # The page says so once the picture moves.
+        await page.wait_for_function(
+            "() => document.getElementById('status').textContent.startsWith('Watching in low-latency mode')",
+            timeout=30000)
+        state = await page.evaluate("""() => {
+            const v = document.getElementById('hls-video');
+            return {player: window.odsViewer.hlsPlayer, width: v.videoWidth, error: v.error && v.error.code,
+                    attempts: window.odsViewer.hlsAttempts};
+        }""")
+        assert state["player"] == "hls.js" and state["width"] > 0 and not state["error"]
+        assert state["attempts"] == 0                    # reset by playback
+        assert await page.text_content("#status") == "Watching in low-latency mode (a few seconds behind)."
         assert await page.evaluate("() => window.odsViewer.transports.size") == 0
     finally:
         await page.close()

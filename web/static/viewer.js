@@ -245,13 +245,37 @@
     for (const id of [...state.transports.keys()]) endTransport(id);
     for (const id of [...state.figures.keys()]) dropFigure(id);
     state.pendingIds.clear();
-    status("Low-latency mode (" + why + "): finding the live stream…");
+    state.hlsWhy = why;
+    state.hlsAttempts = 0;
+    playHls();
+  }
+
+  // No live stream yet (the host has not started, or its recording is still opening), or the
+  // player gave up: look again after a growing pause, as the real-time path rejoins, for as
+  // long as the page stays in low-latency mode.
+  function retryHls(message) {
+    clearTimeout(state.hlsRetry);
+    dropHlsPlayer();
+    const wait = Math.min(10, 2 ** Math.min(state.hlsAttempts++, 4));
+    status(`${message} Trying again in ${wait} s…`);
+    state.hlsRetry = setTimeout(() => { if (state.mode === "low-latency") playHls(); }, wait * 1000);
+  }
+
+  function dropHlsPlayer() {
+    if (state.hls) { state.hls.destroy(); state.hls = null; }
+    const video = $("hls-video");
+    if (video) video.remove();
+  }
+
+  async function playHls() {
+    status("Low-latency mode (" + state.hlsWhy + "): finding the live stream…");
     let live = null;
     try {
       const body = await ODS.fetchJSON(`/rooms/${slug}/episodes?limit=1`, {headers: listingHeaders()});
       live = (body.episodes || []).find((e) => e.status === "live");
-    } catch (e) { /* reported below */ }
-    if (!live) { status("Low-latency mode: the live stream is not available yet."); return; }
+    } catch (e) { /* looked for again below */ }
+    if (state.mode !== "low-latency") return;
+    if (!live) { retryHls("Low-latency mode: the live stream is not available yet."); return; }
     // A gated room's playlist URL carries a short-lived token (so a CDN can serve it without
     // our cookie); hls.js puts the newest token on every request and the page renews it.
     const url = live.live_playlist || `/episodes/${live.id}/live.m3u8`;
@@ -261,23 +285,46 @@
     video.muted = !state.audible;
     $("videos").replaceChildren(video);
     $("offline").hidden = true;
+    // Said once the picture moves: half a second of media time past where the player put it
+    // (hls.js seeks to the live edge first, and a seek alone does not play).
+    let from = null;
+    const moving = () => {
+      if (from === null) from = video.currentTime;
+      if (video.currentTime < from + 0.5) return;
+      video.removeEventListener("timeupdate", moving);
+      state.hlsAttempts = 0;
+      status("Watching in low-latency mode (a few seconds behind).");
+    };
+    video.addEventListener("timeupdate", moving);
     if (video.canPlayType("application/vnd.apple.mpegurl") && !window.MediaSource) {
       // Native HLS cannot swap tokens: the same-origin URL, admitted by the cookie each time.
+      video.addEventListener("error", () => { if ($("hls-video") === video) retryHls("Playback failed."); });
       video.src = `/episodes/${live.id}/live.m3u8`;
       state.hlsPlayer = "native";
     } else {
       await ODS.loadHlsJs();
       if (!window.Hls || !window.Hls.isSupported()) { status("This browser can play neither WebRTC nor HLS."); return; }
+      if (state.mode !== "low-latency" || $("hls-video") !== video) return;
       // No worker: the page's CSP allows no blob: scripts.
       const hls = new window.Hls({lowLatencyMode: true, enableWorker: false, xhrSetup: withHlsToken});
-      hls.on(window.Hls.Events.ERROR, (_e, data) => { if (data.fatal) status("Playback failed: " + data.details); });
+      let mediaRecovered = false;
+      hls.on(window.Hls.Events.ERROR, (_e, data) => {
+        if (!data.fatal || state.hls !== hls) return;
+        // A decoding hiccup is recovered in place once; anything else starts over.
+        if (data.type === window.Hls.ErrorTypes.MEDIA_ERROR && !mediaRecovered) {
+          mediaRecovered = true;
+          hls.recoverMediaError();
+          return;
+        }
+        retryHls("Playback failed (" + data.details + ").");
+      });
       hls.loadSource(url);
       hls.attachMedia(video);
       state.hls = hls;
       state.hlsPlayer = "hls.js";
     }
     video.play().catch(() => {});
-    status("Watching in low-latency mode (a few seconds behind).");
+    status("Low-latency mode: loading the live stream…");
   }
 
   // The listing is admitted like the page: its ?token= (kept for the tab), else the cookies.
@@ -312,10 +359,9 @@
 
   function stopHls() {
     clearTimeout(state.hlsRenewal);
+    clearTimeout(state.hlsRetry);
     state.hlsToken = null;
-    if (state.hls) { state.hls.destroy(); state.hls = null; }
-    const video = $("hls-video");
-    if (video) video.remove();
+    dropHlsPlayer();
     setMode("real-time");
     queueSubscribe([...state.publications.keys()]);
   }
