@@ -21,12 +21,12 @@ import signaling.ws as signaling_ws
 from odsmedia.rooms.participant import OUTBOX_LIMIT
 from odsmedia.rooms.room import MAX_PARTICIPANT_TRANSPORTS
 from odsmedia.rooms.sfu import SFU
-from testsupport.peers import SignalingError, whip_offer
+from testsupport.peers import SignalingError, peer, whip_offer
 from testsupport.rawws import CLOSE, PING, RawWebSocket, server_socket
 
 pytestmark = pytest.mark.timeout(120)
 SDP = {"Content-Type": "application/sdp"}
-LOOPBACK_CANDIDATE = "candidate:1 1 udp 2130706431 127.0.0.1 9 typ host"
+TRICKLED = "candidate:1 1 udp 2130706431 127.0.0.1 9 typ host"   # a valid host candidate nobody listens on
 
 
 async def refused(client, message: dict) -> tuple[int, str]:
@@ -39,6 +39,7 @@ async def test_sources_candidates_and_unsubscribe_over_signaling(client, peers, 
     room = await room_factory()
     host = await peers.host(client, room)
     pc, offer = await whip_offer()
+    answering = None
     try:
         # A source outside the documented four is refused, and nothing is published.
         assert await refused(host.client, {"type": "publish", "sdp": offer, "sources": {"0": "webcam"}}) == \
@@ -50,37 +51,54 @@ async def test_sources_candidates_and_unsubscribe_over_signaling(client, peers, 
         assert sources == {"video": "screen", "audio": "microphone"}
         publisher_transport = answer["transport"]
 
-        viewer = await peers.viewer(client, room, decode=False)
-        offered = await viewer.subscribe()
+        # A viewer answers without candidates (as a browser's trickle answer does), then trickles them.
+        viewer = await peers.client(client, room)
+        offered = await viewer.request({"type": "subscribe"})
         assert offered["publications"] and offered["transport"]
         transport = offered["transport"]
+        answering = peer()
+        await answering.setRemoteDescription(RTCSessionDescription(offered["sdp"], "offer"))
+        await answering.setLocalDescription(await answering.createAnswer())
+        lines = answering.localDescription.sdp.splitlines()
+        bare = "\r\n".join(line for line in lines if not line.startswith(("a=candidate:", "a=end-of-candidates")))
+        await viewer.request({"type": "answer", "transport": transport, "sdp": bare + "\r\n"})
         # A second answer to a transport that is no longer waiting for one.
-        assert await refused(viewer.client, {"type": "answer", "transport": transport,
-                                             "sdp": viewer.pcs[0].localDescription.sdp}) == (409, "unexpected_answer")
-        # Trickle: a well-formed candidate gets no reply (the next request's reply comes first);
-        # the end-of-candidates null is accepted too; a malformed one is refused.
-        for candidate in ({"candidate": LOOPBACK_CANDIDATE, "sdpMid": "0", "sdpMLineIndex": 0}, None):
-            await viewer.client.send({"type": "candidate", "transport": transport, "candidate": candidate})
-        assert (await viewer.client.request({"type": "ping"}))["type"] == "pong"
-        while not viewer.client.events.empty():
-            assert viewer.client.events.get_nowait()["type"] != "error"
-        # The candidate reached the server's ICE agent for that transport.
+        assert await refused(viewer, {"type": "answer", "transport": transport, "sdp": bare + "\r\n"}) == \
+            (409, "unexpected_answer")
         [server_transport] = [t for p in client.server.app[SFU].get(room.slug).participants.values()
                               for t in p.transports.values() if t.id == transport]
-        connection = server_transport.pc.getTransceivers()[0].receiver.transport.transport._connection
-        assert ("127.0.0.1", 9) in {(c.host, c.port) for c in connection.remote_candidates}
-        assert await refused(viewer.client, {"type": "candidate", "transport": transport,
+        connection = server_transport.pc.getTransceivers()[0].sender.transport.transport._connection
+
+        def host_candidates() -> set[tuple[str, int]]:
+            return {(c.host, c.port) for c in connection.remote_candidates if c.type == "host"}
+
+        # (The client's own checks may already have taught the server its address, as a
+        # peer-reflexive candidate: the trickled one is at another port so it is not a duplicate.)
+        assert host_candidates() == set()
+        # Trickle: a well-formed candidate gets no reply (the next request's reply comes first) and
+        # reaches the server's ICE agent; the end-of-candidates null is accepted too.
+        for candidate in ({"candidate": TRICKLED, "sdpMid": "0", "sdpMLineIndex": 0}, None):
+            await viewer.send({"type": "candidate", "transport": transport, "candidate": candidate})
+        assert (await viewer.request({"type": "ping"}))["type"] == "pong"
+        while not viewer.events.empty():
+            assert viewer.events.get_nowait()["type"] != "error"
+        assert host_candidates() == {("127.0.0.1", 9)}
+        await asyncio.wait_for(server_transport.connected.wait(), 20)   # an answer without candidates connects
+        # A malformed one is refused.
+        assert await refused(viewer, {"type": "candidate", "transport": transport,
                                              "candidate": {"candidate": "candidate:garbage", "sdpMid": "0"}}) == \
             (400, "invalid_candidate")
         # unsubscribe needs a subscriber transport; then the transport is gone.
         assert await refused(host.client, {"type": "unsubscribe", "transport": publisher_transport}) == \
             (409, "wrong_transport")
-        reply = await viewer.client.request({"type": "unsubscribe", "transport": transport})
+        reply = await viewer.request({"type": "unsubscribe", "transport": transport})
         assert reply == {"type": "ok", "ref": reply["ref"], "for": "unsubscribe", "transport": transport}
-        assert await refused(viewer.client, {"type": "unsubscribe", "transport": transport}) == \
+        assert await refused(viewer, {"type": "unsubscribe", "transport": transport}) == \
             (404, "unknown_transport")
     finally:
         await pc.close()
+        if answering is not None:
+            await answering.close()
 
 
 async def test_a_signaling_reader_that_stops_reading_is_closed_with_4008(client, peers, room_factory,
