@@ -130,18 +130,19 @@ async def test_viewers_on_origin_and_relays_play_every_frame(make_nodes, peers, 
     assert metrics['ods_relay_pipes{direction="in"}'] == metrics['ods_relay_pipes{direction="out"}'] == 4
     assert metrics['ods_relay_pipe_packets_total{direction="in"}'] > 0
     # Each packet carries at least its 12-byte RTP header.
-    assert metrics['ods_relay_pipe_bytes_total{direction="in"}'] >= 12 * metrics['ods_relay_pipe_packets_total{direction="in"}']
+    assert metrics['ods_relay_pipe_bytes_total{direction="in"}'] >= \
+        12 * metrics['ods_relay_pipe_packets_total{direction="in"}']
     assert metrics['ods_relay_pipe_lost_total{direction="in"}'] == 0
     await whep.close()
 
 
-@pytest.mark.parametrize("srtp", ["false", "true"])
 async def scrape(node) -> dict[str, float]:
     """The ods_* samples on a node's /metrics (nodes in this process share one registry)."""
     text = await (await node.get("/metrics")).text()
     return {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines() if line.startswith("ods_")}
 
 
+@pytest.mark.parametrize("srtp", ["false", "true"])
 async def test_pipe_loss_is_repaired_by_nacks_to_the_origin(make_nodes, peers, room_factory, srtp):
     """5% of the video packets on the pipe A -> B never arrive (a deterministic drop hook): B's
     viewers NACK, B asks A up the pipe, A answers from its one history; B's viewer misses no frame.
