@@ -130,13 +130,13 @@ async def test_account_page_deletes_the_account(client, db, browser):
     page = await browser.new_page()
     await sign_in_page(page, client, account["email"])
     await page.goto(str(client.make_url("/account")))
-    await page.wait_for_selector("#account:not([hidden])", timeout=5000)
+    await page.wait_for_selector("#account:not([hidden])", timeout=15000)
     assert await page.get_attribute("#export", "href") == "/api/me/export"
     await page.fill("#delete-confirm", "someone-else@example.test")
     await page.click("#delete-account")
-    await page.wait_for_selector("#error:not([hidden])", timeout=5000)
+    await page.wait_for_selector("#error:not([hidden])", timeout=15000)
     assert await db.fetchval("SELECT count(*) FROM accounts WHERE id = $1", account["id"]) == 1
     await page.fill("#delete-confirm", account["email"])
     await page.click("#delete-account")
-    await page.wait_for_url("**/?deleted=1", timeout=5000)
+    await page.wait_for_url("**/?deleted=1", timeout=15000)
     assert await db.fetchval("SELECT count(*) FROM accounts WHERE id = $1", account["id"]) == 0

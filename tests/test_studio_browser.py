@@ -256,7 +256,7 @@ async def test_a_signed_in_owner_hosts_from_the_home_page_with_one_name(client, 
         await sign_in_page(page, client, address)
         await page.fill("#display-name", "Ada Owner")
         await page.click("#name-form button")
-        await page.wait_for_selector("#name-status:has-text('Saved')", timeout=5000)
+        await page.wait_for_selector("#name-status:has-text('Saved')", timeout=15000)
         account = {"id": await db.fetchval("SELECT id FROM accounts WHERE email = $1", address)}
         room = await room_factory(title="Ada's room", owner_id=account["id"], policy="signed-in")
         await page.goto(str(client.make_url("/")))
