@@ -312,7 +312,7 @@ async def test_private_room_replay_beacon_needs_admission(browser_client, db, ro
     start = datetime.now(timezone.utc) - timedelta(hours=1)
     episode = await _episode(db, room, start, start + timedelta(seconds=30))
     resp = await browser_client.post("/api/analytics/replay", json={"episode": episode, "play": True})
-    assert resp.status == 401
+    assert (resp.status, (await resp.json())["error"]) == (401, "sign_in_required")
     await browser_client.app[AUDIENCE_RECORDER].flush()
     assert await db.fetchval("SELECT count(*) FROM analytics_episodes WHERE episode_id = $1", episode) == 0
 

@@ -398,7 +398,7 @@ async def test_every_entry_refuses_the_unentitled(bclient, aiohttp_client, room_
     # A viewer token minted by the unentitled account does not get around the plan.
     viewer = await token_factory(room, role="viewer", account_id=account["id"])
     status, body = await admit(anon, room.slug, "join", headers={"Authorization": f"Bearer {viewer}"})
-    assert status == 402
+    assert (status, body["error"]) == (402, "plan_required")
     # The room's host is always admitted.
     owned = await room_factory("plans", plans=("pro",), owner_id=account["id"])
     # Past the gate each entry point does its own work: nothing is live (WHEP), the
@@ -410,7 +410,7 @@ async def test_every_entry_refuses_the_unentitled(bclient, aiohttp_client, room_
 
 async def test_checkout_and_portal_refusals(bclient, aiohttp_client, billing_env, db):
     resp = await bclient.post("/billing/checkout", json={"plan": "pro"})
-    assert resp.status == 401
+    assert (resp.status, (await resp.json())["error"]) == (401, "not_signed_in")
     csrf, account = await sign_in(bclient)
     h = {"X-CSRF-Token": csrf}
     assert (await bclient.post("/billing/checkout", json={"plan": "pro"})).status == 403   # no CSRF token

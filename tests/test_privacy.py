@@ -32,7 +32,7 @@ def test_forwarded_for_only_from_trusted_proxies():
 
 async def test_request_log_keeps_region_never_the_address(client, db):
     resp = await client.get("/api/does-not-exist")
-    assert resp.status == 404
+    assert (resp.status, (await resp.json())["error"]) == (404, "not_found")
     request_log = client.app[REQUEST_LOG]
     assert await request_log.flush(db) >= 1
     rows = await db.fetch("SELECT * FROM request_logs WHERE route = 'unmatched' ORDER BY at DESC LIMIT 5")
@@ -89,7 +89,7 @@ async def test_export_and_delete_account(client, db, room_factory):
 
     # Deletion needs the CSRF header and an explicit confirmation; neither half-deletes anything.
     resp = await client.delete("/api/me", json={"confirm_email": account["email"]})
-    assert resp.status == 403
+    assert (resp.status, (await resp.json())["error"]) == (403, "csrf_failed")
     resp = await client.delete("/api/me", json={}, headers={"X-CSRF-Token": csrf})
     assert resp.status == 400 and (await resp.json())["error"] == "confirmation_required"
     assert await db.fetchval("SELECT count(*) FROM accounts WHERE id = $1", account["id"]) == 1

@@ -150,7 +150,7 @@ async def test_segment_names_are_checked_against_the_episode(app_client, room_fa
     resp = await app_client.get(f"/episodes/{other}/00001-0.m4s")
     assert resp.status == 200
     resp = await app_client.get("/episodes/abc")
-    assert resp.status == 404
+    assert (resp.status, (await resp.json())["error"]) == (404, "not_found")
 
 
 async def test_replay_goes_through_the_room_gate(app_client, room_factory, token_factory):
@@ -181,7 +181,7 @@ async def test_delete_needs_host_or_moderator_and_removes_rows_and_files(app_cli
     assert resp.status == 403 and (await resp.json())["error"] == "not_a_moderator"
     viewer = await token_factory(room, role="viewer")
     resp = await app_client.delete(f"/episodes/{episode_id}", headers={"Authorization": f"Bearer {viewer}"})
-    assert resp.status == 403
+    assert (resp.status, (await resp.json())["error"]) == (403, "not_a_moderator")
     assert folder.exists()
 
     host = await token_factory(room, role="host")

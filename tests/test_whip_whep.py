@@ -39,7 +39,7 @@ async def test_whip_refusals_and_cors(client, room_factory, token_factory):
         assert resp.status == 403 and (await resp.json())["error"] == "not_a_publisher"
         host = {"Authorization": f"Bearer {await token_factory(room, 'host')}"}
         resp = await client.post(url, data=offer, headers={**host, "Content-Type": "text/plain"})
-        assert resp.status == 415
+        assert (resp.status, (await resp.json())["error"]) == (415, "unsupported_media_type")
         resp = await client.post(url, data="v=0\r\nthis is not sdp", headers={**host, **SDP})
         body = await resp.json()
         assert resp.status == 400 and body["error"] == "invalid_sdp" and body["message"]
@@ -104,7 +104,7 @@ async def test_whip_publish_then_whep_play_then_delete(client, room_factory, tok
         assert (await client.delete(whip_location, headers=host)).status == 200
         assert client.server.app[SFU].get(room.slug) is None
         resp = await client.post(f"/rooms/{room.slug}/whep", data=viewer.localDescription.sdp, headers=SDP)
-        assert resp.status == 409
+        assert (resp.status, (await resp.json())["error"]) == (409, "nothing_published")
     finally:
         for task in tasks:
             task.cancel()
