@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from aiohttp import WSMsgType
 
-from conftest import make_config
+from conftest import make_config, refusal
 from odsmedia.app import make_app
 from odsmedia.auth.service import AUTH
 
@@ -247,7 +247,7 @@ async def test_rate_limit_per_address(aiohttp_client, service_urls, tmp_path):
     assert (await resp.json())["error"] == "rate_limited"
     assert 0 < int(resp.headers["Retry-After"]) <= 900
     # Case does not dodge it; another address is unaffected.
-    assert (await client.post("/auth/magic-link", json={"email": address.upper()})).status == 429
+    assert await refusal(client.post("/auth/magic-link", json={"email": address.upper()})) == (429, "rate_limited")
     assert (await client.post("/auth/magic-link", json={"email": new_email()})).status == 202
     await client.server.app[AUTH].drain()
     assert len(mails_to(config, address)) == 2
@@ -336,7 +336,7 @@ async def test_session_idle_and_absolute_expiry(aiohttp_client, service_urls, tm
     assert (await client.get("/api/me")).status == 200
     await db.execute("UPDATE sessions SET expires_at = now() - interval '1 second' WHERE account_id = $1",
                      account["id"])
-    assert (await client.get("/api/me")).status == 401
+    assert await refusal(client.get("/api/me")) == (401, "not_signed_in")
 
 
 async def test_sign_out_and_revocation(client, aiohttp_client, db):
@@ -352,12 +352,12 @@ async def test_sign_out_and_revocation(client, aiohttp_client, db):
     other_id = next(s["id"] for s in listed if not s["current"])
     resp = await client.delete(f"/api/sessions/{other_id}", headers={"X-CSRF-Token": csrf})
     assert resp.status == 204
-    assert (await other.get("/api/me")).status == 401
-    assert (await client.delete(f"/api/sessions/{other_id}", headers={"X-CSRF-Token": csrf})).status == 404
+    assert await refusal(other.get("/api/me")) == (401, "not_signed_in")
+    assert await refusal(client.delete(f"/api/sessions/{other_id}", headers={"X-CSRF-Token": csrf})) == (404, "session_not_found")
 
     resp = await client.post("/auth/sign-out", headers={"X-CSRF-Token": csrf})
     assert resp.status == 200
-    assert (await client.get("/api/me")).status == 401
+    assert await refusal(client.get("/api/me")) == (401, "not_signed_in")
     # Replaying the old cookie value does not bring the session back.
     replay = await client.get("/api/me", cookies={"ods_session": stolen})
     assert (replay.status, (await replay.json())["error"]) == (401, "not_signed_in")

@@ -3,6 +3,7 @@
 from datetime import datetime, timedelta, timezone
 
 
+from conftest import refusal
 from odsmedia.privacy.requestlog import REQUEST_LOG
 from odsmedia.privacy import retention
 from odsmedia.privacy.region import client_ip, region_of
@@ -104,7 +105,7 @@ async def test_export_and_delete_account(client, db, room_factory):
     assert question["votes"] == 0 and question["changed_seq"] == 4 and question["body"] == "why?"
     assert await db.fetchval("SELECT count(*) FROM magic_links WHERE email = $1", account["email"]) == 0
     # The session is gone with it.
-    assert (await client.get("/api/me")).status == 401
+    assert await refusal(client.get("/api/me")) == (401, "not_signed_in")
 
 
 async def test_delete_refused_while_subscription_runs(client, db):

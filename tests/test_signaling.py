@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from conftest import refusal
 from odsmedia.keys import BUS
 from odsmedia.rooms.sfu import SFU
 from testsupport.peers import SignalingClient, SignalingError
@@ -172,7 +173,7 @@ async def test_room_info_and_participants_api(client, peers, room_factory):
     assert resp.status == 200
     assert body["title"] == "Info room" and body["live"] is False and body["publications"] == 0
     assert body["ice_servers"] == []
-    assert (await client.get("/api/rooms/no-such-room-here")).status == 404
+    assert await refusal(client.get("/api/rooms/no-such-room-here")) == (404, "room_not_found")
     publisher = await peers.host(client, room, name="Hosty")
     await publisher.publish(fps=10)
     body = await (await client.get(f"/api/rooms/{room.slug}")).json()
