@@ -148,6 +148,14 @@ async def client(aiohttp_client, config):
     return await aiohttp_client(make_app(config))
 
 
+async def refusal(request) -> tuple[int, str | None]:
+    """(HTTP status, the JSON body's machine-readable ``error``) of an aiohttp client request:
+    what a refusal is asserted by (None when the body is not JSON or names no error)."""
+    resp = await request
+    body = await resp.json() if resp.content_type == "application/json" else {}
+    return resp.status, body.get("error") if isinstance(body, dict) else None
+
+
 def unique_slug(prefix: str = "room") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 

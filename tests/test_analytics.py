@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 import orjson
 import pytest
 
-from conftest import make_config
+from conftest import make_config, refusal
 from odsmedia.analytics import store
 from odsmedia.analytics.events import AUDIENCE_RECORDER, AudienceRecorder
 from odsmedia.analytics.replay import BEACON_GUARD
@@ -312,7 +312,7 @@ async def test_private_room_replay_beacon_needs_admission(browser_client, db, ro
     start = datetime.now(timezone.utc) - timedelta(hours=1)
     episode = await _episode(db, room, start, start + timedelta(seconds=30))
     resp = await browser_client.post("/api/analytics/replay", json={"episode": episode, "play": True})
-    assert resp.status == 401
+    assert (resp.status, (await resp.json())["error"]) == (401, "sign_in_required")
     await browser_client.app[AUDIENCE_RECORDER].flush()
     assert await db.fetchval("SELECT count(*) FROM analytics_episodes WHERE episode_id = $1", episode) == 0
 
@@ -439,8 +439,8 @@ async def test_opted_out_requests_are_logged_for_security_but_left_out_of_the_re
 
     client = browser_client
     route = f"/api/nothing-here-{uuid.uuid4().hex[:6]}"
-    assert (await client.get(route)).status == 404
-    assert (await client.get(route, headers={"Sec-GPC": "1"})).status == 404
+    assert await refusal(client.get(route)) == (404, "not_found")
+    assert await refusal(client.get(route, headers={"Sec-GPC": "1"})) == (404, "not_found")
     await client.app[REQUEST_LOG].flush(db)
     rows = await db.fetch("SELECT counted FROM request_logs WHERE route = 'unmatched' ORDER BY at DESC LIMIT 2")
     assert sorted(r["counted"] for r in rows) == [False, True]

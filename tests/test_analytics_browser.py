@@ -109,14 +109,14 @@ async def test_operator_sees_the_service_exports_csv_and_deletes_an_account(clie
     await page.fill("#delete-email", someone["email"])
     await page.fill("#delete-reason", "under-16 report")
     await page.click("#delete-account")
-    await page.wait_for_selector("#delete-status[data-state=deleted]", timeout=5000)
+    await page.wait_for_selector("#delete-status[data-state=deleted]", timeout=15000)
     assert await db.fetchval("SELECT count(*) FROM accounts WHERE id = $1", someone["id"]) == 0
     assert await db.fetchval("SELECT reason FROM account_deletions WHERE account_id = $1",
                              someone["id"]) == "under-16 report"
     await page.fill("#delete-email", someone["email"])
     await page.fill("#delete-reason", "again")
     await page.click("#delete-account")
-    await page.wait_for_selector("#delete-status[data-state=failed]", timeout=5000)
+    await page.wait_for_selector("#delete-status[data-state=failed]", timeout=15000)
     assert "no account" in await page.text_content("#delete-status")
     await page.set_viewport_size(PHONE)
     await shot(page, tmp_path, "operator-phone")
@@ -135,11 +135,11 @@ async def test_a_material_policy_change_shows_a_notice_until_acknowledged(client
     assert version in mail["Subject"]
     page, errors = await signed_in_page(browser, client, PHONE, account["email"])
     await page.goto(str(client.make_url("/account")))
-    await page.wait_for_selector("#policy-notice", timeout=5000)
+    await page.wait_for_selector("#policy-notice", timeout=15000)
     assert version in await page.text_content("#policy-notice")
     await shot(page, tmp_path, "policy-notice-phone")
     await page.click("#policy-ack")
-    await page.wait_for_selector("#policy-notice", state="detached", timeout=5000)
+    await page.wait_for_selector("#policy-notice", state="detached", timeout=15000)
     assert await db.fetchval("SELECT version FROM policy_acknowledgements WHERE account_id = $1",
                              account["id"]) == version
     await page.goto(str(client.make_url("/privacy")))

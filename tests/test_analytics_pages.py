@@ -143,7 +143,10 @@ async def test_reports_are_for_the_host_and_operators_only(client, db, room_fact
     # A room token for a viewer is not enough; a host token is.
     viewer = await token_factory(room, "viewer")
     resp = await client.get(f"/episodes/{episode}/report", headers={"Authorization": f"Bearer {viewer}"})
-    assert resp.status == 403
+    assert resp.status == 403 and resp.headers["Content-Type"].startswith("text/html")   # the page says it
+    resp = await client.get(f"/episodes/{episode}/report.csv?table=highlights",
+                            headers={"Authorization": f"Bearer {viewer}"})
+    assert (resp.status, (await resp.json())["error"]) == (403, "not_the_host")
     host = await token_factory(room, "host")
     resp = await client.get(f"/episodes/{episode}/report", headers={"Authorization": f"Bearer {host}"})
     assert resp.status == 200
@@ -212,7 +215,7 @@ async def test_operator_deletes_an_account_on_request_with_an_audit_row(client, 
     resp = await client.post(url, json={"email": other["email"]}, headers=headers)
     assert resp.status == 400 and (await resp.json())["error"] == "reason_required"
     resp = await client.post(url, json={"email": "nobody@example.test", "reason": "x"}, headers=headers)
-    assert resp.status == 404
+    assert (resp.status, (await resp.json())["error"]) == (404, "account_not_found")
     resp = await client.post(url, json={"email": operator["email"], "reason": "x"}, headers=headers)
     assert resp.status == 409 and (await resp.json())["error"] == "own_account"
     assert await db.fetchval("SELECT count(*) FROM accounts WHERE id = $1", other["id"]) == 1
@@ -275,7 +278,7 @@ async def test_a_material_policy_change_mails_once_and_asks_for_acknowledgement(
     notice = (await (await client.get("/api/policy/notice")).json())["notice"]
     assert notice["version"] == version
     resp = await client.post("/api/policy/acknowledge", json={"version": "nope"}, headers={"X-CSRF-Token": csrf})
-    assert resp.status == 404
+    assert (resp.status, (await resp.json())["error"]) == (404, "unknown_version")
     resp = await client.post("/api/policy/acknowledge", json={"version": version}, headers={"X-CSRF-Token": csrf})
     assert resp.status == 200
     assert (await (await client.get("/api/policy/notice")).json()) == {"notice": None}

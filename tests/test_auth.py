@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from aiohttp import WSMsgType
 
-from conftest import make_config
+from conftest import make_config, refusal
 from odsmedia.app import make_app
 from odsmedia.auth.service import AUTH
 
@@ -247,7 +247,7 @@ async def test_rate_limit_per_address(aiohttp_client, service_urls, tmp_path):
     assert (await resp.json())["error"] == "rate_limited"
     assert 0 < int(resp.headers["Retry-After"]) <= 900
     # Case does not dodge it; another address is unaffected.
-    assert (await client.post("/auth/magic-link", json={"email": address.upper()})).status == 429
+    assert await refusal(client.post("/auth/magic-link", json={"email": address.upper()})) == (429, "rate_limited")
     assert (await client.post("/auth/magic-link", json={"email": new_email()})).status == 202
     await client.server.app[AUTH].drain()
     assert len(mails_to(config, address)) == 2
@@ -294,7 +294,7 @@ async def test_csrf_rejection(client, db):
         resp = await client.patch("/api/me", json={"display_name": "Mallory"}, headers=headers)
         assert resp.status == 403 and (await resp.json())["error"] == "csrf_failed", headers
         resp = await client.post("/auth/sign-out", headers=headers)
-        assert resp.status == 403
+        assert (resp.status, (await resp.json())["error"]) == (403, "csrf_failed")
     assert await db.fetchval("SELECT display_name FROM accounts WHERE id = $1", account["id"]) == before
     assert (await client.get("/api/me")).status == 200  # still signed in
     resp = await client.patch("/api/me", json={"display_name": "Alice"}, headers={"X-CSRF-Token": csrf})
@@ -304,7 +304,7 @@ async def test_csrf_rejection(client, db):
         resp = await client.post("/auth/magic-link", json={"email": new_email()}, headers=headers)
         assert resp.status == 403 and (await resp.json())["error"] == "cross_origin"
         resp = await client.post("/auth/confirm", json={"token": "x.y"}, headers=headers)
-        assert resp.status == 403
+        assert (resp.status, (await resp.json())["error"]) == (403, "cross_origin")
 
 
 async def test_me_requires_session_and_validates(client):
@@ -331,12 +331,12 @@ async def test_session_idle_and_absolute_expiry(aiohttp_client, service_urls, tm
     await db.execute("UPDATE sessions SET last_seen_at = now() - interval '15 days' WHERE account_id = $1",
                      account["id"])
     resp = await client.get("/api/me")
-    assert resp.status == 401
+    assert (resp.status, (await resp.json())["error"]) == (401, "not_signed_in")
     await sign_in(client, account["email"])
     assert (await client.get("/api/me")).status == 200
     await db.execute("UPDATE sessions SET expires_at = now() - interval '1 second' WHERE account_id = $1",
                      account["id"])
-    assert (await client.get("/api/me")).status == 401
+    assert await refusal(client.get("/api/me")) == (401, "not_signed_in")
 
 
 async def test_sign_out_and_revocation(client, aiohttp_client, db):
@@ -352,15 +352,15 @@ async def test_sign_out_and_revocation(client, aiohttp_client, db):
     other_id = next(s["id"] for s in listed if not s["current"])
     resp = await client.delete(f"/api/sessions/{other_id}", headers={"X-CSRF-Token": csrf})
     assert resp.status == 204
-    assert (await other.get("/api/me")).status == 401
-    assert (await client.delete(f"/api/sessions/{other_id}", headers={"X-CSRF-Token": csrf})).status == 404
+    assert await refusal(other.get("/api/me")) == (401, "not_signed_in")
+    assert await refusal(client.delete(f"/api/sessions/{other_id}", headers={"X-CSRF-Token": csrf})) == (404, "session_not_found")
 
     resp = await client.post("/auth/sign-out", headers={"X-CSRF-Token": csrf})
     assert resp.status == 200
-    assert (await client.get("/api/me")).status == 401
+    assert await refusal(client.get("/api/me")) == (401, "not_signed_in")
     # Replaying the old cookie value does not bring the session back.
     replay = await client.get("/api/me", cookies={"ods_session": stolen})
-    assert replay.status == 401
+    assert (replay.status, (await replay.json())["error"]) == (401, "not_signed_in")
     rows = await db.fetch("SELECT kind, region FROM session_events WHERE account_id = $1 ORDER BY id",
                           account["id"])
     assert [r["kind"] for r in rows] == ["sign_in", "sign_in", "revoked", "sign_out"]
@@ -449,7 +449,7 @@ async def test_api_tokens_listed_and_revoked_by_owner(gate_client, aiohttp_clien
     stranger = await aiohttp_client(gate_client.server)
     s_csrf, _ = await sign_in(stranger)
     resp = await stranger.delete(f"/api/tokens/{minted['id']}", headers={"X-CSRF-Token": s_csrf})
-    assert resp.status == 404
+    assert (resp.status, (await resp.json())["error"]) == (404, "token_not_found")
     # A viewer of someone else's room cannot mint a host token for it.
     resp = await stranger.post("/api/tokens", json={"room": owned.slug, "role": "host"},
                                headers={"X-CSRF-Token": s_csrf})

@@ -29,19 +29,19 @@ async def sign_in_page(page, client, address: str) -> None:
     await page.goto(str(client.make_url("/signin")))
     await page.fill("#email", address)
     await page.click("#send")
-    await page.wait_for_selector("#status:not([hidden])", timeout=5000)
+    await page.wait_for_selector("#status:not([hidden])", timeout=15000)
     await auth.drain()
     mails = mails_to(auth.config, address)
     assert len(mails) == sent + 1
     await page.goto(str(client.make_url(LINK.search(mails[-1].get_content()).group(0))))
     await page.click("#signin")
     # (A selector, not wait_for_function: the pages' CSP refuses the eval that would need.)
-    await page.wait_for_selector("#account:not([hidden]), #age-box:not([hidden])", timeout=5000)
+    await page.wait_for_selector("#account:not([hidden]), #age-box:not([hidden])", timeout=15000)
     if not page.url.endswith("/account"):
         await page.check("#age")
         await page.click("#signin")
-        await page.wait_for_url("**/account", timeout=5000)
-    await page.wait_for_selector("#account:not([hidden])", timeout=5000)
+        await page.wait_for_url("**/account", timeout=15000)
+    await page.wait_for_selector("#account:not([hidden])", timeout=15000)
 
 
 async def test_sign_in_through_the_pages(client, config, db, browser):
@@ -52,7 +52,7 @@ async def test_sign_in_through_the_pages(client, config, db, browser):
     await page.goto(str(client.make_url("/signin")))
     await page.fill("#email", address)
     await page.click("#send")
-    await page.wait_for_selector("#status:not([hidden])", timeout=5000)
+    await page.wait_for_selector("#status:not([hidden])", timeout=15000)
     assert "Check your inbox" in await page.text_content("#status")
 
     await client.server.app[AUTH].drain()
@@ -69,21 +69,21 @@ async def test_sign_in_through_the_pages(client, config, db, browser):
 
     # First sign-in: the age question appears, then the account page.
     await page.click("#signin")
-    await page.wait_for_selector("#age-box:not([hidden])", timeout=5000)
+    await page.wait_for_selector("#age-box:not([hidden])", timeout=15000)
     await page.check("#age")
     await page.click("#signin")
-    await page.wait_for_url("**/account", timeout=5000)
-    await page.wait_for_selector("#account:not([hidden])", timeout=5000)
+    await page.wait_for_url("**/account", timeout=15000)
+    await page.wait_for_selector("#account:not([hidden])", timeout=15000)
     assert await page.text_content("#email") == address
     assert "ods_session" not in await page.evaluate("document.cookie")  # HttpOnly
 
     # Change the name (a CSRF-protected PATCH from the page's script), then sign out.
     await page.fill("#display-name", "Browser Person")
     await page.click("#name-form button")
-    await page.wait_for_selector("#name-status:has-text('Saved')", timeout=5000)
+    await page.wait_for_selector("#name-status:has-text('Saved')", timeout=15000)
     assert await db.fetchval("SELECT display_name FROM accounts WHERE email = $1", address) == "Browser Person"
     await page.click("#sign-out")
-    await page.wait_for_url("**/signin", timeout=5000)
+    await page.wait_for_url("**/signin", timeout=15000)
     await page.goto(str(client.make_url("/account")))
-    await page.wait_for_selector("#signed-out:not([hidden])", timeout=5000)
+    await page.wait_for_selector("#signed-out:not([hidden])", timeout=15000)
     assert errors == []

@@ -13,7 +13,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from conftest import make_config
+from conftest import make_config, refusal
 from odsmedia.app import make_app
 from odsmedia.bus import Bus
 from odsmedia.auth.service import AUTH
@@ -398,7 +398,7 @@ async def test_every_entry_refuses_the_unentitled(bclient, aiohttp_client, room_
     # A viewer token minted by the unentitled account does not get around the plan.
     viewer = await token_factory(room, role="viewer", account_id=account["id"])
     status, body = await admit(anon, room.slug, "join", headers={"Authorization": f"Bearer {viewer}"})
-    assert status == 402
+    assert (status, body["error"]) == (402, "plan_required")
     # The room's host is always admitted.
     owned = await room_factory("plans", plans=("pro",), owner_id=account["id"])
     # Past the gate each entry point does its own work: nothing is live (WHEP), the
@@ -410,10 +410,10 @@ async def test_every_entry_refuses_the_unentitled(bclient, aiohttp_client, room_
 
 async def test_checkout_and_portal_refusals(bclient, aiohttp_client, billing_env, db):
     resp = await bclient.post("/billing/checkout", json={"plan": "pro"})
-    assert resp.status == 401
+    assert (resp.status, (await resp.json())["error"]) == (401, "not_signed_in")
     csrf, account = await sign_in(bclient)
     h = {"X-CSRF-Token": csrf}
-    assert (await bclient.post("/billing/checkout", json={"plan": "pro"})).status == 403   # no CSRF token
+    assert await refusal(bclient.post("/billing/checkout", json={"plan": "pro"})) == (403, "csrf_failed")   # no CSRF token
     resp = await bclient.post("/billing/checkout", json={"plan": "gold"}, headers=h)
     assert resp.status == 400 and (await resp.json())["error"] == "unknown_plan"
     resp = await bclient.post("/billing/portal", headers=h)
@@ -488,4 +488,4 @@ async def test_concurrent_adds_cannot_both_take_the_last_seat(bclient, db):
     for bad, reason in (({"email": "nope"}, "invalid_email"), ({"email": admin["email"]}, "already_member")):
         resp = await bclient.post(f"/api/orgs/{org['id']}/members", json=bad, headers=h)
         assert (await resp.json())["error"] == reason
-    assert (await bclient.get("/api/orgs/999999999")).status == 404
+    assert await refusal(bclient.get("/api/orgs/999999999")) == (404, "org_not_found")

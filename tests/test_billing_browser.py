@@ -32,43 +32,43 @@ async def test_plans_checkout_account_and_org_pages(aiohttp_client, billing_env,
     # A paid room tells the person why they cannot enter.
     room = await room_factory("plans", plans=("pro",))
     await page.goto(f"{base}/rooms/{room.slug}")
-    await page.wait_for_selector("#refusal:not([hidden])", timeout=5000)
+    await page.wait_for_selector("#refusal:not([hidden])", timeout=15000)
     assert await page.get_attribute("#refusal", "data-status") == "402"
     assert "See plans" in await page.text_content("#refusal")
 
     await page.goto(f"{base}/plans")
     await page.click("[data-plan=pro] button")
-    await page.wait_for_url("https://checkout.stripe.test/**", timeout=5000)
+    await page.wait_for_url("https://checkout.stripe.test/**", timeout=15000)
     assert stripe_api.last("/v1/checkout/sessions")["line_items[0][price]"] == "price_pro_monthly"
 
     customer = await db.fetchval("SELECT customer_id FROM billing_customers WHERE account_id = $1", account["id"])
     await deliver(client, event("customer.subscription.created",
                                 subscription(f"sub_{uuid.uuid4().hex[:12]}", customer), created=time.time()))
     await page.goto(f"{base}/account?checkout=success")
-    await page.wait_for_selector("#plan:has-text('active')", timeout=5000)
+    await page.wait_for_selector("#plan:has-text('active')", timeout=15000)
     assert "Pro" in await page.text_content("#plan")
     await page.click("#portal")
-    await page.wait_for_url("https://billing.stripe.test/**", timeout=5000)
+    await page.wait_for_url("https://billing.stripe.test/**", timeout=15000)
 
     # Organization: created from the plans page, seats bought, members managed on its page.
     await page.goto(f"{base}/plans")
-    await page.wait_for_selector("#org-create:not([hidden])", timeout=5000)
+    await page.wait_for_selector("#org-create:not([hidden])", timeout=15000)
     await page.fill("#org-name", "Acme Browsers")
     await page.click("#org-form button")
-    await page.wait_for_url("**/orgs/*", timeout=5000)
+    await page.wait_for_url("**/orgs/*", timeout=15000)
     org_id = int(page.url.rsplit("/", 1)[1])
     org_customer = f"cus_{uuid.uuid4().hex[:10]}"
     await db.execute("INSERT INTO billing_customers (customer_id, org_id) VALUES ($1, $2)", org_customer, org_id)
     await deliver(client, event("customer.subscription.created", subscription(
         f"sub_{uuid.uuid4().hex[:12]}", org_customer, price="price_team_seat", quantity=2), created=time.time()))
     await page.reload()
-    await page.wait_for_selector("#seats:has-text('1 of 2')", timeout=5000)
+    await page.wait_for_selector("#seats:has-text('1 of 2')", timeout=15000)
     await page.fill("#member-email", f"m-{uuid.uuid4().hex[:6]}@example.test")
     await page.click("#add-form button")
-    await page.wait_for_selector("#seats:has-text('2 of 2')", timeout=5000)
+    await page.wait_for_selector("#seats:has-text('2 of 2')", timeout=15000)
     await page.fill("#member-email", f"m-{uuid.uuid4().hex[:6]}@example.test")
     await page.click("#add-form button")
-    await page.wait_for_selector("#error:not([hidden])", timeout=5000)
+    await page.wait_for_selector("#error:not([hidden])", timeout=15000)
     assert "seats" in await page.text_content("#error")
     assert errors == []
     await context.close()

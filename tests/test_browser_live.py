@@ -56,7 +56,7 @@ async def test_host_page_to_viewer_page(client, room_factory, token_factory, bro
         assert await viewer.evaluate(f"{video}.volume") == 0.25
         await host_ctx.grant_permissions(["clipboard-read", "clipboard-write"], origin=str(client.make_url("/"))[:-1])
         await host.click("#share")
-        await host.wait_for_selector("#share-status:has-text('copied')", timeout=5000)
+        await host.wait_for_selector("#share-status:has-text('copied')", timeout=15000)
         assert await host.evaluate("navigator.clipboard.readText()") == str(client.make_url(f"/rooms/{room.slug}"))
 
         # Stop: the viewer page learns that nobody is live.

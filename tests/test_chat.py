@@ -14,6 +14,7 @@ import pytest
 from conftest import ODSMEDIA, make_config, odsmedia_env
 from odsmedia.app import make_app
 from test_chat_support import ChatSocket
+from testsupport.rawws import CLOSE, PING, RawWebSocket
 
 
 @pytest.fixture
@@ -354,8 +355,6 @@ async def test_a_reader_that_stops_reading_is_dropped_and_resumes_without_loss(a
                                                                               token_factory):
     """Slow-consumer protection: a socket that stops reading costs the server at most
     MAX_BACKLOG_BYTES; it is closed with 4008 too_slow and its resume loses nothing."""
-    import base64
-    import os as _os
     import socket
 
     import orjson
@@ -367,32 +366,9 @@ async def test_a_reader_that_stops_reading_is_dropped_and_resumes_without_loss(a
     viewer_token = await token_factory(room, "viewer")
 
     # A raw WebSocket client with a tiny receive buffer that will stop reading.
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", client.port))
-    reader, writer = await asyncio.open_connection(sock=sock)
-    key = base64.b64encode(_os.urandom(16)).decode()
-    writer.write(f"GET {chat(room)} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
-    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 101")
-
-    def masked(payload: bytes, opcode: int = 1) -> bytes:
-        mask = _os.urandom(4)
-        return (bytes([0x80 | opcode, 0x80 | len(payload)]) + mask
-                + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
-
-    async def frame() -> tuple[int, bytes]:
-        head = await reader.readexactly(2)
-        n = head[1] & 0x7F
-        if n == 126:
-            n = int.from_bytes(await reader.readexactly(2), "big")
-        elif n == 127:
-            n = int.from_bytes(await reader.readexactly(8), "big")
-        return head[0] & 0x0F, await reader.readexactly(n)
-
-    writer.write(masked(orjson.dumps({"type": "join", "token": viewer_token})))
-    opcode, payload = await asyncio.wait_for(frame(), 5)
+    raw = await RawWebSocket.open(client.port, chat(room))
+    raw.send_json({"type": "join", "token": viewer_token})
+    opcode, payload = await raw.frame(5)
     assert orjson.loads(payload)["type"] == "welcome"
 
     assert orjson.loads(payload)["settings"]["max_length"] == 4000  # capped to what the schema holds
@@ -418,10 +394,10 @@ async def test_a_reader_that_stops_reading_is_dropped_and_resumes_without_loss(a
     assert len(acks) * len(text) > MAX_BACKLOG_BYTES     # it was the backlog bound that ended it
     seen: list[int] = []
     while True:
-        opcode, payload = await asyncio.wait_for(frame(), 10)
-        if opcode == 8:
+        opcode, payload = await raw.frame(10)
+        if opcode == CLOSE:
             break
-        if opcode == 9:
+        if opcode == PING:
             continue   # the server's heartbeat ping (30 s without a word from this client), unanswered
         event = orjson.loads(payload)
         if event["type"] == "item":
@@ -429,8 +405,7 @@ async def test_a_reader_that_stops_reading_is_dropped_and_resumes_without_loss(a
     assert int.from_bytes(payload[:2], "big") == 4008 and payload[2:] == b"too_slow"
     assert slow.closed
     assert seen == sorted(seen) and len(seen) < len(acks)  # it was cut off before the end
-    writer.write(masked(payload[:2], opcode=8))
-    writer.close()
+    raw.close(payload[:2])
 
     back = await ChatSocket.open(client, chat(room), token=viewer_token, after=seen[-1] if seen else 0)
     assert [i["id"] for i in back.welcome["items"]] == [a["id"] for a in acks if a["id"] > (seen[-1] if seen else 0)]

@@ -1,4 +1,5 @@
-"""`odsmedia migrate`, `config` and `episode finalize` run for real, as an operator runs them."""
+"""`odsmedia migrate`, `config` (and `config --docs`) and `episode finalize` run for real, as an
+operator runs them."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from conftest import _with_database, odsmedia_env, unique_slug
+from conftest import REPO, _with_database, odsmedia_env, unique_slug
+from odsmedia import config as configmod
 from recorder import episodes
 from recorder.recorder import local_node_id
 from test_cli import run_cli
@@ -53,6 +55,13 @@ def test_config_masks_every_secret(service_urls, tmp_path):
     shown = json.loads(out.stdout)
     assert shown["billing.stripe_secret_key"] == "***" and shown["secret.key"] == "***"
     assert shown["http.trusted_proxies"] == [] and shown["storage.backend"] == "local"   # the rest is shown
+
+
+def test_config_docs_prints_the_table_docs_configuration_md_carries(service_urls, tmp_path):
+    out = run_cli(odsmedia_env(service_urls, tmp_path), "config", "--docs")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == configmod.markdown_table()
+    assert out.stdout.startswith("|") and out.stdout in (REPO / "docs" / "configuration.md").read_text()
 
 
 async def test_episode_finalize_closes_what_this_node_left_live(service_urls, tmp_path, db, room_factory):

@@ -135,7 +135,7 @@ async def test_only_a_host_of_the_room_invites_lists_or_revokes(client, db, room
         resp = await client.delete(f"/api/rooms/{slug}/invitations/{inv}", headers=bearer(token))
         assert resp.status == 404 and (await resp.json())["error"] == "invitation_not_found"
     resp = await client.get(f"/api/rooms/{room.slug}/invitations", headers=bearer(await token_factory(room, "viewer")))
-    assert resp.status == 403
+    assert (resp.status, (await resp.json())["error"]) == (403, "not_the_host")
     assert await db.fetchval("SELECT count(*) FROM api_tokens WHERE room_id = $1 AND purpose = 'invitation'",
                              room.id) == 1
 

@@ -109,11 +109,11 @@ async def test_a_host_invites_a_co_host_and_viewers_see_the_screen_and_both_came
 
         # Swap a camera onto the stage with its own button, then back with the stage's Swap button.
         await viewer.click("#videos figure[data-participant].pip >> nth=0 >> .pip-swap")
-        await viewer.wait_for_selector("#videos figure.screen.pip", timeout=5000)
+        await viewer.wait_for_selector("#videos figure.screen.pip", timeout=15000)
         assert await viewer.locator("#videos figure.pip").count() == 2
         await viewer.click("#swap")
         await viewer.click("#swap")
-        await viewer.wait_for_selector("#videos figure.screen.large", timeout=5000)
+        await viewer.wait_for_selector("#videos figure.screen.large", timeout=15000)
         # Hide one PiP by its own button; "Show picture-in-picture" brings it back.
         await viewer.click("#videos figure[data-participant].pip >> nth=0 >> .pip-hide")
         assert await viewer.locator("#videos figure.pip-hidden").count() == 1

@@ -1,4 +1,5 @@
-"""Every contract docs/protocol.md and docs/recording.md state is exercised by some test.
+"""Every contract docs/protocol.md and docs/recording.md state is exercised by some test,
+and every command `odsmedia --help` lists is run by some test.
 
 The tables are parsed from the docs, so a message type, error code, close code or
 HTTP method added there without a test fails here.  "Exercised" is a static scan:
@@ -11,8 +12,11 @@ There is no list of excused gaps: a documented contract with no test fails.
 
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
+
+from odsmedia.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOCOL = (ROOT / "docs" / "protocol.md").read_text()
@@ -124,3 +128,61 @@ def test_a_documented_code_no_test_names_fails_the_check():
     for name in ("signaling error code_only_the_docs_know", "chat error code_only_the_docs_know", "close 4999",
                  "signaling request request_only_the_docs_know", "http PATCH /rooms/{slug}/nowhere"):
         assert not exercised(name, source), name
+
+
+def cli_commands() -> set[tuple[str, ...]]:
+    """Every runnable command path of the CLI: ("migrate",), ("room", "create"), ..."""
+    def walk(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> set[tuple[str, ...]]:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            return {path}
+        return {p for action in subs for name, child in action.choices.items() for p in walk(child, (*path, name))}
+    return walk(build_parser(), ())
+
+
+# A line that starts the CLI: the module (conftest.ODSMEDIA), test_cli.run_cli or a server start helper.
+INVOCATION = re.compile(r"ODSMEDIA|\brun_cli\b|\b_start\(")
+
+
+def cli_invocations(source: str) -> set[tuple[str, ...]]:
+    """Each run of consecutive string literals on a line that invokes the CLI, and its prefixes."""
+    runs: set[tuple[str, ...]] = set()
+    for line in source.splitlines():
+        if INVOCATION.search(line):
+            words = re.findall(r"""["']([a-z][a-z-]*)["']""", line)
+            runs |= {tuple(words[i:j]) for i in range(len(words)) for j in range(i + 1, min(i + 2, len(words)) + 1)}
+    return runs
+
+
+def test_every_cli_command_is_run_by_a_test():
+    commands = cli_commands()
+    assert {("migrate",), ("config",), ("episode", "finalize"), ("room", "create"), ("policy", "publish")} <= commands
+    assert len(commands) > 15
+    run = cli_invocations(other_test_sources())
+    assert sorted(c for c in commands if c not in run) == [], "a CLI command no test runs"
+
+
+def test_a_cli_command_no_test_runs_fails_the_check():
+    run = cli_invocations(other_test_sources())
+    assert ("episode", "finalize") in run
+    assert ("episode", "command-only-the-cli-knows") not in run and ("command-only-the-cli-knows",) not in run
+    # A name in a line that does not start the CLI does not count.
+    assert not cli_invocations('frames = ["episode", "finalize"]')
+
+
+def metric_families() -> set[str]:
+    """Every ods_* family a node's /metrics can carry: the app's, the recorder's and the relays'."""
+    from prometheus_client import REGISTRY
+
+    import odsmedia.app  # noqa: F401  (registers the app's families and the live collector)
+    import recorder.metrics  # noqa: F401
+    return {family.name for family in REGISTRY.collect() if family.name.startswith("ods_")}
+
+
+def test_every_metric_family_is_named_by_a_test():
+    families = metric_families()
+    assert {"ods_http_requests", "ods_recorder_uploads", "ods_relay_pipe_rebuilds", "ods_node_info"} <= families
+    source = other_test_sources()
+    # A sample's name: the family's, or with the suffix a counter or histogram gives it.
+    named = {f for f in families if re.search(rf"\b{f}(?:_total|_count|_sum|_bucket)?\b", source)}
+    assert sorted(families - named) == [], "a metric family no test names"

@@ -1,27 +1,32 @@
 """Documented messages, closes and methods no other test reached (see test_contract_coverage.py):
-signaling `unsubscribe`, trickle `candidate`, `publish.sources` and their refusals; the chat
+signaling `unsubscribe`, trickle `candidate`, `publish.sources` and their refusals; the signaling
+4008 close of a reader that stopped reading; the chat
 `ping` and the first-frame closes; WHIP OPTIONS on a session URL; the negotiation timeout, a
 publication ending mid-negotiation and the transport cap."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import aiohttp
 import aioice
+import orjson
 import pytest
 from aiortc import RTCSessionDescription
 
 import odsmedia.chat.socket as chat_socket
 import odsmedia.rooms.transport as transport_module
 import signaling.ws as signaling_ws
+from odsmedia.rooms.participant import OUTBOX_LIMIT
 from odsmedia.rooms.room import MAX_PARTICIPANT_TRANSPORTS
 from odsmedia.rooms.sfu import SFU
-from testsupport.peers import SignalingError, whip_offer
+from testsupport.peers import SignalingError, peer, whip_offer
+from testsupport.rawws import CLOSE, PING, RawWebSocket, server_socket
 
 pytestmark = pytest.mark.timeout(120)
 SDP = {"Content-Type": "application/sdp"}
-LOOPBACK_CANDIDATE = "candidate:1 1 udp 2130706431 127.0.0.1 9 typ host"
+TRICKLED = "candidate:1 1 udp 2130706431 127.0.0.1 9 typ host"   # a valid host candidate nobody listens on
 
 
 async def refused(client, message: dict) -> tuple[int, str]:
@@ -34,6 +39,7 @@ async def test_sources_candidates_and_unsubscribe_over_signaling(client, peers, 
     room = await room_factory()
     host = await peers.host(client, room)
     pc, offer = await whip_offer()
+    answering = None
     try:
         # A source outside the documented four is refused, and nothing is published.
         assert await refused(host.client, {"type": "publish", "sdp": offer, "sources": {"0": "webcam"}}) == \
@@ -45,32 +51,97 @@ async def test_sources_candidates_and_unsubscribe_over_signaling(client, peers, 
         assert sources == {"video": "screen", "audio": "microphone"}
         publisher_transport = answer["transport"]
 
-        viewer = await peers.viewer(client, room, decode=False)
-        offered = await viewer.subscribe()
+        # A viewer answers without candidates (as a browser's trickle answer does), then trickles them.
+        viewer = await peers.client(client, room)
+        offered = await viewer.request({"type": "subscribe"})
         assert offered["publications"] and offered["transport"]
         transport = offered["transport"]
+        answering = peer()
+        await answering.setRemoteDescription(RTCSessionDescription(offered["sdp"], "offer"))
+        await answering.setLocalDescription(await answering.createAnswer())
+        lines = answering.localDescription.sdp.splitlines()
+        bare = "\r\n".join(line for line in lines if not line.startswith(("a=candidate:", "a=end-of-candidates")))
+        await viewer.request({"type": "answer", "transport": transport, "sdp": bare + "\r\n"})
         # A second answer to a transport that is no longer waiting for one.
-        assert await refused(viewer.client, {"type": "answer", "transport": transport,
-                                             "sdp": viewer.pcs[0].localDescription.sdp}) == (409, "unexpected_answer")
-        # Trickle: a well-formed candidate gets no reply (the next request's reply comes first);
-        # the end-of-candidates null is accepted too; a malformed one is refused.
-        for candidate in ({"candidate": LOOPBACK_CANDIDATE, "sdpMid": "0", "sdpMLineIndex": 0}, None):
-            await viewer.client.send({"type": "candidate", "transport": transport, "candidate": candidate})
-        assert (await viewer.client.request({"type": "ping"}))["type"] == "pong"
-        while not viewer.client.events.empty():
-            assert viewer.client.events.get_nowait()["type"] != "error"
-        assert await refused(viewer.client, {"type": "candidate", "transport": transport,
+        assert await refused(viewer, {"type": "answer", "transport": transport, "sdp": bare + "\r\n"}) == \
+            (409, "unexpected_answer")
+        [server_transport] = [t for p in client.server.app[SFU].get(room.slug).participants.values()
+                              for t in p.transports.values() if t.id == transport]
+        connection = server_transport.pc.getTransceivers()[0].sender.transport.transport._connection
+
+        def host_candidates() -> set[tuple[str, int]]:
+            return {(c.host, c.port) for c in connection.remote_candidates if c.type == "host"}
+
+        # (The client's own checks may already have taught the server its address, as a
+        # peer-reflexive candidate: the trickled one is at another port so it is not a duplicate.)
+        assert host_candidates() == set()
+        # Trickle: a well-formed candidate gets no reply (the next request's reply comes first) and
+        # reaches the server's ICE agent; the end-of-candidates null is accepted too.
+        for candidate in ({"candidate": TRICKLED, "sdpMid": "0", "sdpMLineIndex": 0}, None):
+            await viewer.send({"type": "candidate", "transport": transport, "candidate": candidate})
+        assert (await viewer.request({"type": "ping"}))["type"] == "pong"
+        while not viewer.events.empty():
+            assert viewer.events.get_nowait()["type"] != "error"
+        assert host_candidates() == {("127.0.0.1", 9)}
+        await asyncio.wait_for(server_transport.connected.wait(), 20)   # an answer without candidates connects
+        # A malformed one is refused.
+        assert await refused(viewer, {"type": "candidate", "transport": transport,
                                              "candidate": {"candidate": "candidate:garbage", "sdpMid": "0"}}) == \
             (400, "invalid_candidate")
         # unsubscribe needs a subscriber transport; then the transport is gone.
         assert await refused(host.client, {"type": "unsubscribe", "transport": publisher_transport}) == \
             (409, "wrong_transport")
-        reply = await viewer.client.request({"type": "unsubscribe", "transport": transport})
+        reply = await viewer.request({"type": "unsubscribe", "transport": transport})
         assert reply == {"type": "ok", "ref": reply["ref"], "for": "unsubscribe", "transport": transport}
-        assert await refused(viewer.client, {"type": "unsubscribe", "transport": transport}) == \
+        assert await refused(viewer, {"type": "unsubscribe", "transport": transport}) == \
             (404, "unknown_transport")
     finally:
         await pc.close()
+        if answering is not None:
+            await answering.close()
+
+
+async def test_a_signaling_reader_that_stops_reading_is_closed_with_4008(client, peers, room_factory,
+                                                                         token_factory):
+    """A participant whose socket stops reading costs the server at most OUTBOX_LIMIT queued
+    events: then the server gives up on it, closes with 4008 and it leaves the room."""
+    room = await room_factory()
+    host = await peers.host(client, room)
+    [video] = [p["id"] for p in (await host.publish(fps=5, audio=False))["publications"]]
+    slow = await RawWebSocket.open(client.port, f"/rooms/{room.slug}/ws")
+    slow.send_json({"type": "join", "ref": 1, "token": await token_factory(room, "viewer")})
+    opcode, payload = await slow.frame()
+    joined = orjson.loads(payload)
+    assert (opcode, joined["type"]) == (1, "joined")
+    participant = client.server.app[SFU].get(room.slug).participants[joined["participant"]["id"]]
+    # The server's send buffer is pinned small (as an operator's net.ipv4.tcp_wmem would): Linux
+    # autotunes it to megabytes, which this reader would take a long time to fill.
+    server_socket(client.server, slow.local_port).setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    closes: list[int] = []
+    close_socket = participant.close_socket
+    participant.close_socket = lambda code: (closes.append(code), close_socket(code))   # observed, passed on
+
+    # The reader stops; the host toggles its mute, and each toggle is an event for everyone.
+    sent = 0
+    while not closes:
+        assert sent < 40 * OUTBOX_LIMIT, "the server kept queueing for a reader that stopped"
+        for _ in range(50):
+            await host.client.send({"type": "mute" if sent % 2 == 0 else "unmute", "publication": video})
+            sent += 1
+        await host.client.request({"type": "ping"})   # the host's requests are handled in order
+    assert closes == [4008] and sent > OUTBOX_LIMIT
+
+    # Reading again, it gets what was on the wire before the cut, then the close.
+    seen = []
+    while (frame := await slow.frame())[0] != CLOSE:
+        if frame[0] != PING:
+            seen.append(orjson.loads(frame[1])["type"])
+    assert int.from_bytes(frame[1][:2], "big") == 4008
+    assert set(seen) <= {"track_muted", "track_unmuted"} and 0 < len(seen) < sent
+    slow.close(frame[1][:2])
+    left = await host.client.next_event("participant_left", timeout=15)
+    assert left["participant"] == participant.id
+    assert participant.id not in client.server.app[SFU].get(room.slug).participants
 
 
 async def test_signaling_join_timeout_closes_the_socket(client, room_factory, monkeypatch):
@@ -80,7 +151,7 @@ async def test_signaling_join_timeout_closes_the_socket(client, room_factory, mo
         error = await ws.receive_json(timeout=10)
         assert (error["type"], error["code"], error["status"]) == ("error", "join_timeout", 408)
         closing = await ws.receive(timeout=10)
-        assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+        assert (closing.type, closing.data) == (aiohttp.WSMsgType.CLOSE, 1000)   # the server's close frame
 
 
 async def test_chat_ping_and_refused_first_frames(client, room_factory, monkeypatch):
@@ -264,7 +335,7 @@ async def test_whip_session_url_takes_trickled_candidates_with_patch(client, roo
         frag = "\r\n".join([ufrag, mid, *candidates]) + "\r\n"
         trickle = {"Content-Type": "application/trickle-ice-sdpfrag"}
         stale = await client.patch(whip_location, data=frag, headers={**host, **trickle, "If-Match": '"stale"'})
-        assert stale.status == 412
+        assert (stale.status, (await stale.json())["error"]) == (412, "etag_mismatch")
         resp = await client.patch(whip_location, data=frag, headers={**host, **trickle, "If-Match": etag})
         assert (resp.status, resp.headers["ETag"]) == (204, etag)
         assert host_candidates() == {(line.split()[4], int(line.split()[5])) for line in candidates}

@@ -38,14 +38,14 @@ async def test_next_after_sign_in_never_leaves_the_origin(client, config, browse
         await page.goto(f"{origin}/signin?next={raw_next}")
         await page.fill("#email", address)
         await page.click("#send")
-        await page.wait_for_selector("#status:not([hidden])", timeout=5000)
+        await page.wait_for_selector("#status:not([hidden])", timeout=15000)
         await client.server.app[AUTH].drain()
         link = LINK.search(mails_to(config, address)[-1].get_content()).group(0)
         await page.goto(str(client.make_url(link)))
         await page.click("#signin")
         if i == 0:
-            await page.wait_for_selector("#age-box:not([hidden])", timeout=5000)
+            await page.wait_for_selector("#age-box:not([hidden])", timeout=15000)
             await page.check("#age")
             await page.click("#signin")
-        await page.wait_for_url(origin + landing, timeout=5000)
+        await page.wait_for_url(origin + landing, timeout=15000)
     assert not [url for url in visited if "evil.example" in url.split("?", 1)[0].split("#", 1)[0]]

@@ -134,12 +134,12 @@ async def test_host_shares_screen_camera_and_voice_and_every_viewer_plays_both_v
 
         # Swap and hide work on the late viewer's page.
         await late.click("#swap")
-        await late.wait_for_selector("#videos figure.screen.pip", timeout=5000)
+        await late.wait_for_selector("#videos figure.screen.pip", timeout=15000)
         await late.click("#hide-pip")
         assert await late.is_hidden("#videos figure.screen")
         await late.click("#hide-pip")
         await late.click("#swap")
-        await late.wait_for_selector("#videos figure.screen:not(.pip)", timeout=5000)
+        await late.wait_for_selector("#videos figure.screen:not(.pip)", timeout=15000)
 
         # A WHEP player gets the screen, the camera and audio.
         counts = await whep_receives(server)

@@ -50,9 +50,12 @@ async def test_moderator_mute_from_another_node_stops_frames_at_an_aiortc_viewer
         assert event == {"type": "track_muted", "publication": video, "by": "moderator"}
         assert not live.publications[video].forwarding
         frames = watcher.video().frames
-        # Frames stop: poll a while and see at most the one or two already in flight.
-        deadline = time.monotonic() + 0.6
-        while time.monotonic() < deadline:
+        # Frames stop: while the SFU receives the publisher's next 9 frames (0.6 s of them),
+        # the viewer gets at most the one or two already in flight.
+        publication = live.publications[video]
+        until, deadline = publication.frames + 9, time.monotonic() + 10
+        while publication.frames < until:
+            assert time.monotonic() < deadline, "the publisher's frames stopped reaching the SFU"
             await asyncio.sleep(0.05)
         assert watcher.video().frames <= frames + 2
         with pytest.raises(SignalingError) as exc:

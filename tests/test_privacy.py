@@ -3,6 +3,7 @@
 from datetime import datetime, timedelta, timezone
 
 
+from conftest import refusal
 from odsmedia.privacy.requestlog import REQUEST_LOG
 from odsmedia.privacy import retention
 from odsmedia.privacy.region import client_ip, region_of
@@ -32,7 +33,7 @@ def test_forwarded_for_only_from_trusted_proxies():
 
 async def test_request_log_keeps_region_never_the_address(client, db):
     resp = await client.get("/api/does-not-exist")
-    assert resp.status == 404
+    assert (resp.status, (await resp.json())["error"]) == (404, "not_found")
     request_log = client.app[REQUEST_LOG]
     assert await request_log.flush(db) >= 1
     rows = await db.fetch("SELECT * FROM request_logs WHERE route = 'unmatched' ORDER BY at DESC LIMIT 5")
@@ -89,7 +90,7 @@ async def test_export_and_delete_account(client, db, room_factory):
 
     # Deletion needs the CSRF header and an explicit confirmation; neither half-deletes anything.
     resp = await client.delete("/api/me", json={"confirm_email": account["email"]})
-    assert resp.status == 403
+    assert (resp.status, (await resp.json())["error"]) == (403, "csrf_failed")
     resp = await client.delete("/api/me", json={}, headers={"X-CSRF-Token": csrf})
     assert resp.status == 400 and (await resp.json())["error"] == "confirmation_required"
     assert await db.fetchval("SELECT count(*) FROM accounts WHERE id = $1", account["id"]) == 1
@@ -104,7 +105,7 @@ async def test_export_and_delete_account(client, db, room_factory):
     assert question["votes"] == 0 and question["changed_seq"] == 4 and question["body"] == "why?"
     assert await db.fetchval("SELECT count(*) FROM magic_links WHERE email = $1", account["email"]) == 0
     # The session is gone with it.
-    assert (await client.get("/api/me")).status == 401
+    assert await refusal(client.get("/api/me")) == (401, "not_signed_in")
 
 
 async def test_delete_refused_while_subscription_runs(client, db):
@@ -130,13 +131,13 @@ async def test_account_page_deletes_the_account(client, db, browser):
     page = await browser.new_page()
     await sign_in_page(page, client, account["email"])
     await page.goto(str(client.make_url("/account")))
-    await page.wait_for_selector("#account:not([hidden])", timeout=5000)
+    await page.wait_for_selector("#account:not([hidden])", timeout=15000)
     assert await page.get_attribute("#export", "href") == "/api/me/export"
     await page.fill("#delete-confirm", "someone-else@example.test")
     await page.click("#delete-account")
-    await page.wait_for_selector("#error:not([hidden])", timeout=5000)
+    await page.wait_for_selector("#error:not([hidden])", timeout=15000)
     assert await db.fetchval("SELECT count(*) FROM accounts WHERE id = $1", account["id"]) == 1
     await page.fill("#delete-confirm", account["email"])
     await page.click("#delete-account")
-    await page.wait_for_url("**/?deleted=1", timeout=5000)
+    await page.wait_for_url("**/?deleted=1", timeout=15000)
     assert await db.fetchval("SELECT count(*) FROM accounts WHERE id = $1", account["id"]) == 0

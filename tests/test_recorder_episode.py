@@ -7,6 +7,7 @@ import sys
 import time
 
 import pytest
+from prometheus_client import REGISTRY
 
 from recorder import episodes
 from recorder.recorder import Recorder
@@ -150,6 +151,8 @@ async def test_writer_backlog_drops_video_until_the_next_keyframe(db, room_facto
     recording = recorder.recording_for(room.id, room.slug)
     requests = KeyframeRequests()
     sink = recording.add_track("video", requests)
+    dropped = ("ods_recorder_dropped_frames_total", {"kind": "video"})
+    dropped_before = REGISTRY.get_sample_value(*dropped) or 0.0    # process-wide: compare with its start
     # A burst faster than the writer thread gets the GIL: the 8-slot queue overflows.
     session = SyntheticSession(3.0, audio=False, gop_seconds=0.5)
     burst, rest = session.frames[:40], session.frames[40:]
@@ -161,6 +164,7 @@ async def test_writer_backlog_drops_video_until_the_next_keyframe(db, room_facto
     finally:
         sys.setswitchinterval(interval)
     assert recording.writer.dropped > 0
+    assert REGISTRY.get_sample_value(*dropped) - dropped_before == recording.writer.dropped   # on /metrics too
     assert requests.reasons.count("recorder") >= 2   # start, and after the first drop
     await wait_for(recording.writer.queue.empty, what="writer to catch up")
     for frame in rest:

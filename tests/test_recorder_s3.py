@@ -22,11 +22,12 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import pytest
 from aiobotocore.session import get_session
+from prometheus_client import REGISTRY
 
 from conftest import ODSMEDIA, REPO, make_config, odsmedia_env
 from odsmedia.app import make_app
 from odsmedia.config import ConfigError
-from recorder import episodes, metrics
+from recorder import episodes
 from recorder.recorder import RECORDER
 from recorder.routes import PURGER
 from testsupport.s3 import CREDENTIALS, MotoServer, S3Gate
@@ -108,6 +109,11 @@ async def record(app, room, seconds: float = 3.0, screen: bool = False) -> tuple
     return recording.episode_id, video_frames
 
 
+def sample(name: str) -> float:
+    """A sample of this process's /metrics registry (process-wide: tests compare with a start)."""
+    return REGISTRY.get_sample_value(name) or 0.0
+
+
 async def poll(predicate, timeout: float = 30.0, step: float = 0.05):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -138,6 +144,7 @@ async def test_record_on_node_a_replay_from_node_b(aiohttp_client, service_urls,
     node_a = await aiohttp_client(make_app(s3_config(service_urls, tmp_path / "a", gate, bucket)))
     node_b = await aiohttp_client(make_app(s3_config(service_urls, tmp_path / "b", gate, bucket)))
     room = await room_factory()
+    uploaded_before = (sample("ods_recorder_uploads_total"), sample("ods_recorder_upload_bytes_total"))
     episode_id, video_frames = await record(node_a.app, room, 3.0)
 
     db = node_a.app[RECORDER].db
@@ -172,6 +179,10 @@ async def test_record_on_node_a_replay_from_node_b(aiohttp_client, service_urls,
             assert objects[f"{PREFIX}{episode.storage_key}/{row.name}"] == etag
             counters += [c for _, c in read_segment(init, data).video]
     assert counters == list(range(video_frames))
+    # Uploads on /metrics: each object once, every byte of it.
+    assert (sample("ods_recorder_uploads_total") - uploaded_before[0],
+            sample("ods_recorder_upload_bytes_total") - uploaded_before[1]) == \
+        (len(objects), len(init) + sum(r.size_bytes for r in rows))
 
     # Proxy mode on a third node: bytes through the node, with Range and ETag.
     node_c = await aiohttp_client(make_app(s3_config(service_urls, tmp_path / "c", gate, bucket,
@@ -209,7 +220,8 @@ async def test_bucket_refusing_writes_delays_listing_but_loses_nothing(
     client = await aiohttp_client(make_app(s3_config(service_urls, tmp_path / "data", gate, bucket)))
     recorder = client.app[RECORDER]
     room = await room_factory()
-    backlog = metrics.upload_backlog._value.get()     # process-wide gauge: compare with its start
+    backlog = sample("ods_recorder_upload_backlog")
+    failures = sample("ods_recorder_upload_failures_total")
     gate.refuse_writes = True
     recording = recorder.recording_for(room.id, room.slug, room.title)
     sinks, video_frames = feed(recording, 4.0)
@@ -218,12 +230,16 @@ async def test_bucket_refusing_writes_delays_listing_but_loses_nothing(
 
     async def spooled():
         names = [p.name for p in spool.iterdir() if p.name.endswith(".m4s")] if spool.exists() else []
-        return len(names) >= 3 and gate.refused >= 2
+        # (The uploader sees a failure once the S3 client has given up its own retries of the 503.)
+        return len(names) >= 3 and gate.refused >= 2 and sample("ods_recorder_upload_failures_total") > failures
 
     # The writer goes on into the spool while the bucket refuses: nothing is listed meanwhile.
     await poll(spooled)
     assert len(recording.listed) == 0
-    assert metrics.upload_backlog._value.get() - backlog >= 3
+    assert sample("ods_recorder_upload_backlog") - backlog >= 3
+    # Each failure the uploader counted was a refusal at the gate (which can count more: the S3
+    # client retries a 503 itself first).
+    assert 1 <= sample("ods_recorder_upload_failures_total") - failures <= gate.refused
     assert await recorder.db.fetchval("SELECT count(*) FROM segments WHERE episode_id = $1",
                                       recording.episode_id) == 0
     assert await bucket_objects(moto, bucket) == {}
@@ -235,7 +251,7 @@ async def test_bucket_refusing_writes_delays_listing_but_loses_nothing(
         sink.on_end()
     await asyncio.wait_for(recording.done.wait(), 60)
     assert recording.status == "ready"
-    assert metrics.upload_backlog._value.get() == backlog
+    assert sample("ods_recorder_upload_backlog") == backlog
     rows = await episodes.segments(recorder.db, recording.episode_id)
     assert [r.seq for r in rows] == list(range(1, len(rows) + 1)) and len(rows) == 4
     objects = await bucket_objects(moto, bucket)
@@ -318,8 +334,10 @@ async def test_deletion_leaves_no_object(aiohttp_client, service_urls, db, room_
     assert len(under(await bucket_objects(moto, bucket), third)) == 3
     assert await queued(third) == 1 and gate.refused >= 1
     gate.refuse_writes = False
+    purged = sample("ods_recorder_purged_total")
     await purger.run_once()
     assert under(await bucket_objects(moto, bucket), third) == [] and await queued(third) == 0
+    assert sample("ods_recorder_purged_total") - purged >= 1      # (other tests' queued rows may go too)
 
     # Retention: an episode that ended longer ago than recording.retention_days goes with its media.
     await db.execute("UPDATE episodes SET ended_at = now() - interval '3 days' WHERE id = $1", second)

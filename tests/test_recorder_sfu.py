@@ -52,7 +52,12 @@ async def test_whip_publisher_is_recorded_to_a_ready_episode(aiohttp_client, ser
         camera = next(p for p in live_room.publications.values() if p.kind == "video")
         muted_at = len(recording.listed)
         live_room.set_muted(camera, True, by="moderator")
-        await asyncio.sleep(1.0)   # the mute lasts a while in media time; no event to wait for
+        # The mute lasts a second of media: fifteen frames the publisher sends meanwhile
+        # reach the SFU and go nowhere.
+        until = camera.frames + 15
+        while camera.frames < until:
+            assert time.monotonic() < deadline, "the publisher's frames stopped reaching the SFU"
+            await asyncio.sleep(0.05)
         live_room.set_muted(camera, False, by="moderator")
         while len(recording.listed) < muted_at + 3:
             assert time.monotonic() < deadline, "the recorder listed nothing after unmute"
@@ -95,7 +100,8 @@ async def test_whip_publisher_is_recorded_to_a_ready_episode(aiohttp_client, ser
     assert all(b > a for a, b in zip(counters, counters[1:]))
     # Loopback: every frame reaches the recording except those sent while muted (one gap).
     gaps = [(a, b) for a, b in zip(counters, counters[1:]) if b != a + 1]
-    assert len(gaps) == 1 and 5 <= gaps[0][1] - gaps[0][0] <= 60
+    # (At least the 15 frames that reached the SFU while muted are missing.)
+    assert len(gaps) == 1 and 16 <= gaps[0][1] - gaps[0][0] <= 60
     # ... and the recording resumed on a keyframe, not on frames referring to skipped ones.
     assert gaps[0][1] in keyframes
 

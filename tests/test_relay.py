@@ -125,13 +125,21 @@ async def test_viewers_on_origin_and_relays_play_every_frame(make_nodes, peers, 
 
     # The three nodes share this process's registry: B and C relay two publications each, A and B
     # feed two pipes each.
-    metrics = {line.split(" ")[0]: float(line.split(" ")[1]) for line in
-               (await (await b.get("/metrics")).text()).splitlines() if line.startswith("ods_")}
+    metrics = await scrape(b)
     assert metrics["ods_relayed_publications"] == 4
     assert metrics['ods_relay_pipes{direction="in"}'] == metrics['ods_relay_pipes{direction="out"}'] == 4
     assert metrics['ods_relay_pipe_packets_total{direction="in"}'] > 0
+    # Each packet carries at least its 12-byte RTP header.
+    assert metrics['ods_relay_pipe_bytes_total{direction="in"}'] >= \
+        12 * metrics['ods_relay_pipe_packets_total{direction="in"}']
     assert metrics['ods_relay_pipe_lost_total{direction="in"}'] == 0
     await whep.close()
+
+
+async def scrape(node) -> dict[str, float]:
+    """The ods_* samples on a node's /metrics (nodes in this process share one registry)."""
+    text = await (await node.get("/metrics")).text()
+    return {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines() if line.startswith("ods_")}
 
 
 @pytest.mark.parametrize("srtp", ["false", "true"])
@@ -159,6 +167,7 @@ async def test_pipe_loss_is_repaired_by_nacks_to_the_origin(make_nodes, peers, r
     publisher = await peers.host(a, room)
     await publisher.publish(fps=30, width=640, height=360, audio=False)
     on_b = await playing(peers, b, room, "on b")
+    before = await scrape(b)
     viewing[0] = True
     start = len(on_b.video().counters)
     await wait_for(lambda: len(on_b.video().counters) - start >= 150, 60, "150 frames on b")
@@ -172,6 +181,11 @@ async def test_pipe_loss_is_repaired_by_nacks_to_the_origin(make_nodes, peers, r
     assert sink.stats.nacks >= len(dropped) - 2          # asked up the pipe
     assert source.downstream.retransmitted >= len(dropped) - 2    # answered by the origin's history
     assert hub(b).rebuilds == 0
+    # And on /metrics: sequence numbers asked up the pipe (in) and answered by the origin (out).
+    after = await scrape(b)
+    for direction in ("in", "out"):
+        name = f'ods_relay_pipe_nacks_total{{direction="{direction}"}}'
+        assert after[name] - before[name] >= len(dropped) - 2, direction
 
 
 async def test_stalled_pipe_is_rebuilt(make_nodes, peers, room_factory):
@@ -185,8 +199,10 @@ async def test_stalled_pipe_is_rebuilt(make_nodes, peers, room_factory):
     relay = sfu(b).get(room.slug)
     publication = next(iter(relay.publications.values()))
     stalled = publication.pipe
+    rebuilt_before = (await scrape(b))["ods_relay_pipe_rebuilds_total"]
     stalled.drop = lambda seq: True                    # nothing gets through any more
     await wait_for(lambda: publication.rebuilds == 1, 15, "the pipe rebuilt")
+    assert (await scrape(b))["ods_relay_pipe_rebuilds_total"] == rebuilt_before + 1
     assert publication.pipe is not stalled and stalled.closed
     before = len(on_b.video().counters)
     await wait_for(lambda: len(on_b.video().counters) - before >= 15, 30, "frames after the rebuild")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import quote
 
 import pytest
 
@@ -77,10 +78,12 @@ async def test_replay_page_shows_gate_refusal(app_client, room_factory, browser)
     base = str(app_client.make_url("/")).rstrip("/")
     page = await browser.new_page()
     try:
-        await page.goto(f"{base}/episodes/{episode_id}/watch")
-        await page.wait_for_selector("#refusal[data-status='401']")
-        await page.goto(f"{base}/rooms/{room.slug}/episodes")
-        await page.wait_for_selector("#refusal[data-status='401']")
+        for path in (f"/episodes/{episode_id}/watch", f"/rooms/{room.slug}/episodes"):
+            await page.goto(base + path)
+            # The gate's status and reason, said in words, with the way forward.
+            await page.wait_for_selector("#refusal[data-status='401'][data-code='sign_in_required']")
+            assert await page.text_content("#refusal strong") == "Sign in to enter this room."
+            assert await page.get_attribute("#refusal a", "href") == "/signin?next=" + quote(path, safe="")
     finally:
         await page.close()
 

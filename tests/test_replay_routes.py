@@ -33,8 +33,15 @@ async def record(app, room, seconds=3.0):
     return recording.episode_id
 
 
+async def recorder_samples(client) -> dict[str, float]:
+    text = await (await client.get("/metrics")).text()
+    return {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+            if line.startswith("ods_recorder_")}
+
+
 async def test_list_metadata_playlist_and_segments(app_client, room_factory):
     room = await room_factory(title="Replays")
+    before = await recorder_samples(app_client)
     first = await record(app_client.app, room, 2.0)
     second = await record(app_client.app, room, 3.0)
 
@@ -60,9 +67,15 @@ async def test_list_metadata_playlist_and_segments(app_client, room_factory):
     resp = await app_client.get(f"/episodes/{second}/index.m3u8", headers={"If-None-Match": etag})
     assert resp.status == 304
 
-    resp = await app_client.get("/metrics")
-    exposition = await resp.text()
-    assert "ods_recorder_segments_total" in exposition and 'ods_recorder_episodes_total{status="ready"}' in exposition
+    # The recorder's families moved by exactly these two episodes (2 + 3 one-second segments).
+    after = await recorder_samples(app_client)
+    rows = [*await episodes.segments(app_client.app[RECORDER].db, first),
+            *await episodes.segments(app_client.app[RECORDER].db, second)]
+    moved = {name: after[name] - before.get(name, 0.0) for name in after}
+    assert len(rows) == 5
+    assert moved["ods_recorder_segments_total"] == moved["ods_recorder_listing_seconds_count"] == len(rows)
+    assert moved["ods_recorder_segment_bytes_total"] == sum(r.size_bytes for r in rows)
+    assert moved['ods_recorder_episodes_total{status="ready"}'] == 2
 
     names = [l for l in text.splitlines() if l and not l.startswith("#")]
     assert len(names) == 3
@@ -137,7 +150,7 @@ async def test_segment_names_are_checked_against_the_episode(app_client, room_fa
     resp = await app_client.get(f"/episodes/{other}/00001-0.m4s")
     assert resp.status == 200
     resp = await app_client.get("/episodes/abc")
-    assert resp.status == 404
+    assert (resp.status, (await resp.json())["error"]) == (404, "not_found")
 
 
 async def test_replay_goes_through_the_room_gate(app_client, room_factory, token_factory):
@@ -168,7 +181,7 @@ async def test_delete_needs_host_or_moderator_and_removes_rows_and_files(app_cli
     assert resp.status == 403 and (await resp.json())["error"] == "not_a_moderator"
     viewer = await token_factory(room, role="viewer")
     resp = await app_client.delete(f"/episodes/{episode_id}", headers={"Authorization": f"Bearer {viewer}"})
-    assert resp.status == 403
+    assert (resp.status, (await resp.json())["error"]) == (403, "not_a_moderator")
     assert folder.exists()
 
     host = await token_factory(room, role="host")
@@ -209,10 +222,9 @@ async def test_live_episode_cannot_be_deleted_and_serves_an_event_playlist(app_c
 
 async def test_cli_lists_and_deletes_episodes(app_client, room_factory, service_urls, tmp_path):
     import json
-    import subprocess
-    import sys
 
-    from conftest import REPO, odsmedia_env
+    from conftest import odsmedia_env
+    from test_cli import run_cli
 
     room = await room_factory()
     episode_id = await record(app_client.app, room, 1.5)
@@ -220,17 +232,13 @@ async def test_cli_lists_and_deletes_episodes(app_client, room_factory, service_
     folder = recorder.storage.root / (await episodes.get(recorder.db, episode_id)).storage_key
     env = odsmedia_env(service_urls, tmp_path / "data")
 
-    def run(*args):
-        return subprocess.run([sys.executable, "-m", "odsmedia", "episode", *args], cwd=REPO, env=env,
-                              capture_output=True, text=True, timeout=60)
-
-    listed = await asyncio.to_thread(run, "list", room.slug)
+    listed = await asyncio.to_thread(run_cli, env, "episode", "list", room.slug)
     assert listed.returncode == 0, listed.stderr
     assert [json.loads(line)["id"] for line in listed.stdout.splitlines()] == [episode_id]
-    deleted = await asyncio.to_thread(run, "delete", str(episode_id))
+    deleted = await asyncio.to_thread(run_cli, env, "episode", "delete", str(episode_id))
     assert deleted.returncode == 0, deleted.stderr
     assert await episodes.get(recorder.db, episode_id) is None and not folder.exists()
-    again = await asyncio.to_thread(run, "delete", str(episode_id))
+    again = await asyncio.to_thread(run_cli, env, "episode", "delete", str(episode_id))
     assert again.returncode == 1 and "no episode" in again.stderr
 
 

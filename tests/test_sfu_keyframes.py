@@ -161,6 +161,7 @@ async def test_viewer_pli_reaches_the_publisher_rate_limited(client, peers, room
     deadline = time.monotonic() + 5
     while publication.keyframes_requested < before + 2 and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
+    # The rate limit is the feature: one whole interval more, in which a third request would show.
     await asyncio.sleep(publication._pli_interval)
     # ... becomes one request now and one trailing request, not five.
     assert before + 1 <= publication.keyframes_requested <= before + 2

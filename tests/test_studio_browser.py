@@ -242,21 +242,23 @@ async def test_home_lists_public_rooms_live_first_and_errors_are_pages(client, b
     assert icon.status == 200 and icon.headers["Content-Type"] == "image/svg+xml"
 
 
-async def test_a_signed_in_owner_hosts_from_the_home_page_with_one_name(client, browser, room_factory):
+async def test_a_signed_in_owner_hosts_from_the_home_page_with_one_name(client, browser, db, room_factory):
     """The session cookie is the identity of both sockets: the owner is Host in the people list and in chat,
-    under the account's name."""
-    from test_auth import sign_in
+    under the account's name.  The browser signs in through the pages and names itself on the
+    account page; no session is handed to it."""
+    from test_auth import new_email
+    from test_auth_browser import sign_in_page
 
-    csrf, account = await sign_in(client)
-    resp = await client.patch("/api/me", json={"display_name": "Ada Owner"}, headers={"X-CSRF-Token": csrf})
-    assert resp.status == 200, await resp.text()
-    room = await room_factory(title="Ada's room", owner_id=account["id"], policy="signed-in")
-    session = client.session.cookie_jar.filter_cookies(client.make_url("/"))["ods_session"]
+    address = new_email()
     context = await browser.new_context(viewport={"width": 1280, "height": 800})
     try:
-        await context.add_cookies([{"name": "ods_session", "value": session.value,
-                                    "url": str(client.make_url("/"))}])
         page = await context.new_page()
+        await sign_in_page(page, client, address)
+        await page.fill("#display-name", "Ada Owner")
+        await page.click("#name-form button")
+        await page.wait_for_selector("#name-status:has-text('Saved')", timeout=15000)
+        account = {"id": await db.fetchval("SELECT id FROM accounts WHERE email = $1", address)}
+        room = await room_factory(title="Ada's room", owner_id=account["id"], policy="signed-in")
         await page.goto(str(client.make_url("/")))
         await page.click(f"#mine li[data-room='{room.slug}'] a:text-is('Host')")
         await page.wait_for_url(f"**/rooms/{room.slug}/host")
@@ -267,7 +269,9 @@ async def test_a_signed_in_owner_hosts_from_the_home_page_with_one_name(client, 
         await page.wait_for_selector(".chat-list li .badge-host", timeout=10000)
         assert await page.text_content(".chat-list li .chat-name") == "Ada Owner"
         assert await page.is_enabled("#golive")
-        snapshot = await (await client.get(f"/api/rooms/{room.slug}/participants")).json()
+        # Asked with the browser's own session (the room admits only the signed-in).
+        snapshot = await (await context.request.get(str(client.make_url(f"/api/rooms/{room.slug}/participants")),
+                                                    headers={"Accept": "application/json"})).json()
         assert [(p["name"], p["role"], p["subject"]) for p in snapshot["participants"]] == [
             ("Ada Owner", "host", f"a:{account['id']}")]
     finally:

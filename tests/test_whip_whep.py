@@ -9,6 +9,7 @@ import pytest
 from aiortc import MediaStreamTrack, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
+from conftest import refusal
 from odsmedia.rooms.sfu import SFU
 from testsupport.peers import peer, read_counter, whip_offer
 
@@ -39,7 +40,7 @@ async def test_whip_refusals_and_cors(client, room_factory, token_factory):
         assert resp.status == 403 and (await resp.json())["error"] == "not_a_publisher"
         host = {"Authorization": f"Bearer {await token_factory(room, 'host')}"}
         resp = await client.post(url, data=offer, headers={**host, "Content-Type": "text/plain"})
-        assert resp.status == 415
+        assert (resp.status, (await resp.json())["error"]) == (415, "unsupported_media_type")
         resp = await client.post(url, data="v=0\r\nthis is not sdp", headers={**host, **SDP})
         body = await resp.json()
         assert resp.status == 400 and body["error"] == "invalid_sdp" and body["message"]
@@ -97,14 +98,14 @@ async def test_whip_publish_then_whep_play_then_delete(client, room_factory, tok
 
         # Someone else cannot end the publisher's session.
         other = {"Authorization": f"Bearer {await token_factory(room, 'host')}"}
-        assert (await client.delete(whip_location, headers=other)).status == 403
-        assert (await client.patch(whep_location, data="a=candidate:x")).status == 415
+        assert await refusal(client.delete(whip_location, headers=other)) == (403, "not_your_session")
+        assert await refusal(client.patch(whep_location, data="a=candidate:x")) == (415, "unsupported_media_type")
         assert (await client.delete(whep_location)).status == 200
-        assert (await client.delete(whep_location)).status == 404
+        assert await refusal(client.delete(whep_location)) == (404, "unknown_session")
         assert (await client.delete(whip_location, headers=host)).status == 200
         assert client.server.app[SFU].get(room.slug) is None
         resp = await client.post(f"/rooms/{room.slug}/whep", data=viewer.localDescription.sdp, headers=SDP)
-        assert resp.status == 409
+        assert (resp.status, (await resp.json())["error"]) == (409, "nothing_published")
     finally:
         for task in tasks:
             task.cancel()
@@ -152,12 +153,12 @@ async def test_whep_trickles_candidates_with_patch_and_refuses_ice_restart(clien
         frag = "\r\n".join([ufrag, mid, *candidates]) + "\r\n"
         trickle = {"Content-Type": "application/trickle-ice-sdpfrag"}
 
-        assert (await client.patch(location, data=frag, headers={**trickle, "If-Match": '"stale"'})).status == 412
+        assert await refusal(client.patch(location, data=frag, headers={**trickle, "If-Match": '"stale"'})) == (412, "etag_mismatch")
         resp = await client.patch(location, data=frag.replace(ufrag, "a=ice-ufrag:n3wU"),
                                   headers={**trickle, "If-Match": "*"})
         assert resp.status == 422 and (await resp.json())["error"] == "ice_restart_not_supported"
-        assert (await client.patch(location, data=frag, headers=SDP)).status == 415
-        assert (await client.patch(location + "x", data=frag, headers=trickle)).status == 404
+        assert await refusal(client.patch(location, data=frag, headers=SDP)) == (415, "unsupported_media_type")
+        assert await refusal(client.patch(location + "x", data=frag, headers=trickle)) == (404, "unknown_session")
         session = location.rsplit("/", 1)[1]
         [transport] = [t for p in client.server.app[SFU].get(room.slug).participants.values()
                        for t in p.transports.values() if t.id == session]
