@@ -24,19 +24,7 @@ async def test_viewer_page_plays_ll_hls_when_the_webrtc_cap_is_zero(aiohttp_clie
         # The page says which mode it is in.
         await page.wait_for_function("() => document.getElementById('mode').textContent === 'low-latency'",
                                      timeout=30000)
-        await page.wait_for_function(
-            "() => { const v = document.getElementById('hls-video'); return v && v.currentTime > 1.0; }",
-            timeout=60000)
-        # The page says so once the picture moves.
-        await page.wait_for_function(
-            "() => document.getElementById('status').textContent.startsWith('Watching in low-latency mode')",
-            timeout=30000)
-        state = await page.evaluate("""() => {
-            const v = document.getElementById('hls-video');
-            return {player: window.odsViewer.hlsPlayer, width: v.videoWidth, error: v.error && v.error.code,
-                    src: window.odsViewer.hls && window.odsViewer.hls.url,
-                    lowLatency: window.odsViewer.hls && window.odsViewer.hls.config.lowLatencyMode};
-        }""")
+        state = await hls_playing(page)
         assert state["player"] == "hls.js" and state["lowLatency"] is True and not state["error"]
         assert state["width"] > 0 and state["src"].endswith("/live.m3u8")
         # No WebRTC transport was made for this viewer.
@@ -63,21 +51,27 @@ async def test_a_viewer_in_low_latency_mode_before_the_host_goes_live_plays_once
         assert "Trying again in" in await page.text_content("#status")
         publisher = await peers.host(client, room)
         await publisher.publish(fps=15)
-        await page.wait_for_function(
-            "() => { const v = document.getElementById('hls-video'); return v && v.currentTime > 1.0; }",
-            timeout=60000)
-        # The page says so once the picture moves.
-        await page.wait_for_function(
-            "() => document.getElementById('status').textContent.startsWith('Watching in low-latency mode')",
-            timeout=30000)
-        state = await page.evaluate("""() => {
-            const v = document.getElementById('hls-video');
-            return {player: window.odsViewer.hlsPlayer, width: v.videoWidth, error: v.error && v.error.code,
-                    attempts: window.odsViewer.hlsAttempts};
-        }""")
+        state = await hls_playing(page)
         assert state["player"] == "hls.js" and state["width"] > 0 and not state["error"]
         assert state["attempts"] == 0                    # reset by playback
         assert await page.text_content("#status") == "Watching in low-latency mode (a few seconds behind)."
         assert await page.evaluate("() => window.odsViewer.transports.size") == 0
     finally:
         await page.close()
+
+
+async def hls_playing(page) -> dict:
+    """Waits until the page's HLS picture has played a second and the page says it is watching;
+    returns what the player holds."""
+    await page.wait_for_function(
+        "() => { const v = document.getElementById('hls-video'); return v && v.currentTime > 1.0; }",
+        timeout=60000)
+    await page.wait_for_function(
+        "() => document.getElementById('status').textContent.startsWith('Watching in low-latency mode')",
+        timeout=30000)
+    return await page.evaluate("""() => {
+        const v = document.getElementById('hls-video'), hls = window.odsViewer.hls;
+        return {player: window.odsViewer.hlsPlayer, width: v.videoWidth, error: v.error && v.error.code,
+                src: hls && hls.url, lowLatency: hls && hls.config.lowLatencyMode,
+                attempts: window.odsViewer.hlsAttempts};
+    }""")
