@@ -74,6 +74,9 @@ async def test_a_host_invites_a_co_host_and_viewers_see_the_screen_and_both_came
         cohost.on("pageerror", lambda exc: errors.append(f"co-host: {exc}"))
         await cohost.goto(link)
         await cohost.wait_for_selector("#invitation:not([hidden])", timeout=15000)
+        await cohost.wait_for_selector("section#chat[data-state='connected']", timeout=15000)
+        # Not in the room yet: the page counts nobody rather than claim "0 watching".
+        assert await cohost.text_content("#viewer-count") == ""
         await cohost.fill("#cohost-name", "Grace")
         await cohost.click("#accept-invite")
         # The page reloads holding its own host token: the same host studio, as a host of this room.

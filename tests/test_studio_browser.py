@@ -115,6 +115,10 @@ async def test_host_chats_as_host_and_a_moderator_deletes_and_mutes_the_camera(s
         await host.click("#golive")
         await host.wait_for_selector("body[data-connection='connected']", timeout=30000)
         await host.wait_for_selector("#live-badge:not([hidden])")
+        # The camera preview spans the host's stage (the viewer's two-cameras grid is not the host's).
+        widths = await host.evaluate("[document.getElementById('preview').getBoundingClientRect().width,"
+                                     " document.querySelector('.stage .videos').getBoundingClientRect().width]")
+        assert widths[0] >= widths[1] - 1, widths
 
         # A guest watches; the host's message carries the host badge and the same name as the people list.
         await viewer.goto(f"{server.base}/rooms/{server.slug}?name=Grace")
@@ -161,6 +165,8 @@ async def test_host_chats_as_host_and_a_moderator_deletes_and_mutes_the_camera(s
         box = await viewer.wait_for_selector("#refusal:not([hidden])", timeout=10000)
         assert await box.get_attribute("data-code") == "kicked"
         assert not await viewer.is_visible("section.stage")
+        # Out of the room, the header keeps no count from before.
+        assert await viewer.text_content("#viewer-count") == "" and not await viewer.is_visible("#live-badge")
         await until(host, "![...document.querySelectorAll('#people .person-name')].some(e => e.textContent === 'Grace')")
         assert errors == [], errors
     finally:

@@ -563,6 +563,8 @@
     state.people = new ODS.PeopleList($("people"), {
       status, hideSelf: true,
       onChange: (people) => {
+        // Nothing counted before this page joins (an invitation not yet accepted): "0 watching" would be wrong.
+        if (!people.me) return;
         const n = people.viewers();
         $("viewer-count").textContent = n === 1 ? "1 watching" : n + " watching";
       },

@@ -122,7 +122,9 @@
     fig.figure.dataset.cameraOff = camOff ? "1" : "0";
     fig.camOff.hidden = !camOff;
     const off = screen ? "Screen off" : "Camera off";
-    fig.camOff.textContent = video && video.muted_by === "moderator" ? off + " (muted by a moderator)" : off;
+    // Who turned it off is its own element: a small picture-in-picture has room for "Camera off" only.
+    if (video && video.muted_by === "moderator") fig.camOff.replaceChildren(off, " ", ODS.el("span", {class: "why"}, "(muted by a moderator)"));
+    else fig.camOff.textContent = off;
     fig.micOff.hidden = !(audio && audio.muted);
   }
 
@@ -448,6 +450,9 @@
   // Refused or removed: nothing here will play, so nothing says it will.
   function stopChat() {
     document.querySelector("section.stage").hidden = true;
+    // Out of the room: a count from before would go stale in the header.
+    $("viewer-count").textContent = "";
+    $("live-badge").hidden = true;
     const chat = $("chat");
     chat.dataset.stopped = "1";
     if (chat.odsChat) chat.odsChat.stop();
