@@ -85,6 +85,10 @@ async def test_moderator_controls_show_for_moderators_and_act(site, browser, roo
         assert (await viewer.post("can I talk?"))["error"] == "timed_out"
         await page.click(".chat-modbar button[title='Running timeouts and bans']")
         target = viewer.welcome["you"]["subject"]
+        # Listed by the name they chat under, not by their subject id.
+        spoke_as = await page.text_content(".chat-list li .chat-name")
+        await page.wait_for_selector(f".chat-sanctions li[data-target='{target}']", timeout=15000)
+        assert await page.text_content(f".chat-sanctions li[data-target='{target}'] .chat-name") == spoke_as != target
         await page.click(f".chat-sanctions li[data-target='{target}'] button")
         lifted = await viewer.wait(lambda e: e["type"] == "sanction_lifted")
         assert lifted["target"] == target and lifted["sanction"] == "timeout"
@@ -94,6 +98,34 @@ async def test_moderator_controls_show_for_moderators_and_act(site, browser, roo
     finally:
         await page.close()
         await viewer.close()
+
+
+async def test_a_timed_out_viewer_is_told_until_when_and_the_notice_goes_when_lifted(site, browser, room_factory,
+                                                                                     token_factory):
+    client = site
+    room = await room_factory()
+    mod = await ChatSocket.open(client, f"/rooms/{room.slug}/chat", token=await token_factory(room, "moderator"))
+    page = await browser.new_page()
+    try:
+        await page.goto(str(client.make_url(f"/rooms/{room.slug}?token={await token_factory(room, 'viewer')}")))
+        await page.wait_for_selector('section#chat[data-state="connected"]', timeout=10000)
+        target = await page.evaluate("document.querySelector('section#chat').odsChat.you.subject")
+        reply = await mod.request({"type": "timeout", "target": target, "minutes": 10})
+        until_local = await page.evaluate(
+            f"new Date({reply['until']!r}).toLocaleTimeString([], {{hour: '2-digit', minute: '2-digit'}})")
+        expected = f"You are timed out until {until_local}."
+        await until(page, f"document.querySelector('.chat-status').textContent === {expected!r}")
+        # Posting anyway gets the same sentence (the server's refusal carries the time, not its text).
+        await page.evaluate("document.querySelector('.chat-status').textContent = ''")
+        await page.fill(".chat-input", "can I talk?")
+        await page.press(".chat-input", "Enter")
+        await until(page, f"document.querySelector('.chat-status').textContent === {expected!r}")
+        assert await page.input_value(".chat-input") == "can I talk?"
+        assert (await mod.request({"type": "end_timeout", "target": target}))["type"] == "ack"
+        await until(page, "document.querySelector('.chat-status').textContent === ''")
+    finally:
+        await page.close()
+        await mod.close()
 
 
 async def test_replay_shows_chat_in_sync_with_the_video_and_jumps_to_highlights(

@@ -163,6 +163,25 @@ async def test_timeout_blocks_posting_until_lifted_on_every_node(aiohttp_client,
         await sock.close()
 
 
+async def test_sanctions_name_whom_they_hold_by_their_latest_chat_name(client, room_factory, token_factory, db):
+    room = await room_factory()
+    mod = await ChatSocket.open(client, chat(room), token=await token_factory(room, "moderator"))
+    talker = await ChatSocket.open(client, chat(room), token=await token_factory(room, "viewer"))
+    quiet = await ChatSocket.open(client, chat(room), token=await token_factory(room, "viewer"))
+    posted = await talker.post("hello")
+    rude = await talker.post("something rude")
+    assert (await mod.request({"type": "delete", "id": rude["id"]}))["type"] == "ack"   # a tombstone keeps no name
+    spoke_as = next(e for e in talker.events if e["type"] == "item" and e["item"]["id"] == posted["id"])["item"]["name"]
+    assert spoke_as
+    for target in (talker.welcome["you"]["subject"], quiet.welcome["you"]["subject"]):
+        assert (await mod.request({"type": "timeout", "target": target, "minutes": 5}))["type"] == "ack"
+    listed = (await mod.request({"type": "sanctions"}))["sanctions"]
+    assert [(x["target"], x["name"]) for x in listed] == [
+        (quiet.welcome["you"]["subject"], None), (talker.welcome["you"]["subject"], spoke_as)]
+    for sock in (mod, talker, quiet):
+        await sock.close()
+
+
 async def test_ban_disconnects_refuses_reentry_and_publishes_control(client, room_factory, token_factory, db,
                                                                      control):
     room = await room_factory()

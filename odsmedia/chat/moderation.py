@@ -182,7 +182,7 @@ class Moderation:
         """The room's running timeouts and bans, newest first (for lifting them)."""
         self.require_moderator(actor)
         rows = await store.running_sanctions(self.db, room.id)
-        return {"sanctions": [{"target": r["subject"], "sanction": r["kind"],
+        return {"sanctions": [{"target": r["subject"], "name": r["name"], "sanction": r["kind"],
                                "until": r["until"].isoformat() if r["until"] else None,
                                "by": r["by_subject"], "reason": r["reason"],
                                "since": r["created_at"].isoformat()} for r in rows]}

@@ -326,9 +326,15 @@ async def lift_sanction(db: Db, room_id: int, subject: str, kind: str) -> bool:
 
 
 async def running_sanctions(db: Db, room_id: int, limit: int = 500) -> list[asyncpg.Record]:
+    # name: what the person last posted as in this room (NULL if nothing kept), so a moderator
+    # lifting a sanction sees a name and not a subject id.
     return await db.fetch(
-        """SELECT subject, kind, until, by_subject, reason, created_at FROM chat_sanctions
-           WHERE room_id = $1 AND (until IS NULL OR until > now()) ORDER BY created_at DESC LIMIT $2""",
+        """SELECT s.subject, s.kind, s.until, s.by_subject, s.reason, s.created_at,
+                  (SELECT c.author_name FROM chat_items c
+                    WHERE c.author = s.subject AND c.room_id = s.room_id AND c.author_name <> ''
+                    ORDER BY c.id DESC LIMIT 1) AS name
+           FROM chat_sanctions s
+           WHERE s.room_id = $1 AND (s.until IS NULL OR s.until > now()) ORDER BY s.created_at DESC LIMIT $2""",
         room_id, limit)
 
 

@@ -49,6 +49,12 @@
 
   const ROLE_BADGE = { host: "Host", moderator: "Mod" };
 
+  // "You are timed out until 4:34 PM." from the ISO time the server sends (its own text has no time).
+  function timedOut(until) {
+    const d = new Date(until);
+    return "You are timed out" + (until && !isNaN(d) ? " until " + d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }) : "") + ".";
+  }
+
   function timeOfDay(iso) {
     const d = new Date(iso);
     return isNaN(d) ? "" : d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
@@ -270,7 +276,9 @@
         const li = el("li", "chat-sanction");
         li.dataset.target = x.target;
         const what = x.sanction === "ban" ? "banned" : "timed out until " + new Date(x.until).toLocaleTimeString();
-        li.append(el("span", "chat-name", x.target), el("span", "", " " + what + (x.reason ? " (" + x.reason + ")" : "") + " "));
+        const name = el("span", "chat-name", x.name || x.target);
+        name.title = x.target;
+        li.append(name, el("span", "", " " + what + (x.reason ? " (" + x.reason + ")" : "") + " "));
         li.appendChild(button(x.sanction === "ban" ? "Unban" : "End timeout", "", () => {
           this.send({ type: x.sanction === "ban" ? "unban" : "end_timeout", target: x.target }, () => li.remove());
         }));
@@ -333,7 +341,13 @@
         this.renderAll();
         break;
       case "sanction":
-        if (this.you && event.target === this.you.subject) this.showError("you are timed out until " + event.until);
+        if (this.you && event.target === this.you.subject) this.showError(timedOut(event.until));
+        break;
+      case "sanction_lifted":
+        if (this.you && event.target === this.you.subject && event.sanction === "timeout") {
+          this.status.textContent = "";
+          this.status.classList.remove("chat-error");
+        }
         break;
       case "kicked":
       case "banned":
@@ -355,6 +369,7 @@
           this.failures.delete(event.ref);
           fail(new Error(event.message || event.error));
         }
+        if (event.error === "timed_out") { this.showError(timedOut(event.until)); break; }
         this.showError(event.message + (event.retry_after ? " (retry in " + event.retry_after + " s)" : ""));
         break;
     }
