@@ -70,12 +70,21 @@ async def test_sign_in_through_the_pages(client, config, db, browser):
     # First sign-in: the age question appears, then the account page.
     await page.click("#signin")
     await page.wait_for_selector("#age-box:not([hidden])", timeout=15000)
+    # A question for a newcomer, not an error: no error's red.
+    assert "Confirm your age" in await page.text_content("#error")
+    assert await page.get_attribute("#error", "class") in ("", None)
     await page.check("#age")
     await page.click("#signin")
     await page.wait_for_url("**/account", timeout=15000)
     await page.wait_for_selector("#account:not([hidden])", timeout=15000)
     assert await page.text_content("#email") == address
     assert "ods_session" not in await page.evaluate("document.cookie")  # HttpOnly
+    # Signed in, the home page offers the account, not a second sign-in (no rooms of one's own needed).
+    await page.goto(str(client.make_url("/")))
+    await page.wait_for_selector("#account-link:text-is('Account')", timeout=15000)
+    assert await page.get_attribute("#account-link", "href") == "/account"
+    await page.goto(str(client.make_url("/account")))
+    await page.wait_for_selector("#account:not([hidden])", timeout=15000)
 
     # Change the name (a CSRF-protected PATCH from the page's script), then sign out.
     await page.fill("#display-name", "Browser Person")

@@ -44,6 +44,8 @@ document.addEventListener("DOMContentLoaded", () => {
         location.assign(next);
         return;
       }
+      // A first sign-in asks one more thing: said plainly, not in an error's red.
+      error.classList.toggle("error", body.error !== "age_confirmation_required");
       if (body.error === "age_confirmation_required") {
         ageBox.hidden = false;
         error.textContent = "Welcome! Confirm your age to create your account.";

@@ -25,7 +25,8 @@
       $("rooms-status").textContent = body.rooms.length ? "" : "No public rooms yet.";
       $("mine-section").hidden = body.mine.length === 0;
       $("mine").replaceChildren(...body.mine.map((r) => roomItem(r, true)));
-      if (body.mine.length) { $("account-link").textContent = "Account"; $("account-link").href = "/account"; }
+      // Signed in (the session's readable CSRF cookie) or owning rooms: the way in is the account page.
+      if (body.mine.length || ODS.csrfToken()) { $("account-link").textContent = "Account"; $("account-link").href = "/account"; }
     } catch (err) {
       $("rooms-status").textContent = "Could not load rooms: " + err.message;
     }
