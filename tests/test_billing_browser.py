@@ -35,6 +35,9 @@ async def test_plans_checkout_account_and_org_pages(aiohttp_client, billing_env,
     await page.wait_for_selector("#refusal:not([hidden])", timeout=15000)
     assert await page.get_attribute("#refusal", "data-status") == "402"
     assert "See plans" in await page.text_content("#refusal")
+    # By the plan's name from the catalog, not its code.
+    await page.wait_for_selector("#refusal .plan-names:text-is('Pro')", timeout=15000)
+    assert "Subscribe to Pro to watch." in await page.text_content("#refusal")
 
     await page.goto(f"{base}/plans")
     await page.click("[data-plan=pro] button")

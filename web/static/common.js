@@ -64,23 +64,36 @@
     const here = encodeURIComponent(location.pathname + location.search);
     let title;
     const plans = failure.plans || [];
-    if (failure.status === 401 && plans.length) {
-      // A plan room asked a visitor to sign in: say what it takes, not "members".
+    let text = el("span", {}, failure.message || "");
+    if ((failure.status === 401 || failure.status === 402) && plans.length) {
+      // A plan room: say what it takes (by the plans' names), not "members" or the gate's wording.
       title = "This room is for subscribers.";
-      failure = {...failure, message: "Sign in, then subscribe to " + plans.join(" or ") + " to watch."};
+      const names = el("span", {class: "plan-names"}, plans.join(" or "));
+      planLabels(plans, names);
+      text = el("span", {}, failure.status === 401 ? "Sign in, then subscribe to " : "Subscribe to ");
+      text.append(names, " to watch.");
     } else if (failure.status === 401) title = "Sign in to enter this room.";
     else if (failure.status === 402) title = "This room is for subscribers.";
     else if (failure.status === 403) title = "You are not allowed in here.";
     else if (failure.status === 404) title = "This room does not exist.";
     else title = "Something went wrong.";
-    box.append(el("strong", {}, title), " ", el("span", {}, failure.message || ""));
+    box.append(el("strong", {}, title), " ", text);
     if (failure.status === 401) {
       box.append(" ", el("a", {href: "/signin?next=" + here}, "Sign in"));
       if (plans.length) box.append(" ", el("a", {href: "/plans?next=" + here}, "See plans"));
     } else if (failure.status === 402) {
-      if (plans.length) box.append(" ", el("span", {}, "Plans: " + plans.join(", ") + "."));
       box.append(" ", el("a", {href: "/plans?next=" + here}, "See plans"));
     }
+  }
+
+  // The gate names plans by code ("pro"); the catalog has the names people read ("Pro").
+  // Fills them in when the catalog answers; the codes stay otherwise.
+  async function planLabels(codes, target) {
+    try {
+      const {plans} = await fetchJSON("/api/plans");
+      const label = new Map(plans.map((p) => [p.code, p.label || p.code]));
+      target.textContent = codes.map((c) => label.get(c) || c).join(" or ");
+    } catch (_) { /* keep the codes */ }
   }
 
   function roomSlug() {

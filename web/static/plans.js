@@ -40,7 +40,8 @@ document.addEventListener("DOMContentLoaded", async () => {
   }
   for (const plan of plans) {
     const card = el("section", undefined, {class: "panel", "data-plan": plan.code});
-    card.append(el("h3", plan.label), el("p", plan.description || ""));
+    card.append(el("h3", plan.label));
+    if (plan.description) card.append(el("p", plan.description));
     const form = el("form");
     let orgSelect, seats;
     if (plan.seats) {
