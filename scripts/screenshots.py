@@ -4,7 +4,8 @@ Starts `odsmedia dev` (embedded services under a temporary data dir unless
 DATABASE_URL/REDIS_URL are set), goes live from the host page with Chromium's
 fake camera, chats as host, guest and moderator, invites a co-host who
 shares a screen (the viewer page with two cameras + screen), records a short episode,
-then photographs the pages as people see them:
+then photographs the pages as people see them, each video once it shows decoded,
+advancing frames (not the black box before the first frame):
 
     .venv/bin/python scripts/screenshots.py [--out docs/screenshots] [--port 0]
 """
@@ -57,6 +58,22 @@ async def until(page, expression: str, timeout: float = 30.0) -> None:
         await asyncio.sleep(0.1)
 
 
+# Every shown <video> (display:none PiPs aside) has a decoded picture and its clock moves: what a
+# person sees once playback has started, not the black box before the first frame is decoded.
+PLAYING = """(async (selector) => {
+  const videos = [...document.querySelectorAll(selector)].filter((v) => v.offsetParent !== null);
+  if (!videos.length) return false;
+  const before = videos.map((v) => v.currentTime);
+  await new Promise((resolve) => setTimeout(resolve, 250));
+  return videos.every((v, i) => v.videoWidth > 0 && v.currentTime > before[i]);
+})"""
+
+
+async def playing(page, selector: str = "video", timeout: float = 30.0) -> None:
+    """Wait until every visible video matching `selector` shows decoded frames that advance."""
+    await until(page, PLAYING + f"({json.dumps(selector)})", timeout)
+
+
 async def post(page, text: str, kind: str = "message") -> None:
     """Post from the page's own form and wait until the item is on the page."""
     before = await page.evaluate("document.querySelectorAll('.chat-list li').length")
@@ -66,7 +83,7 @@ async def post(page, text: str, kind: str = "message") -> None:
     await until(page, f"document.querySelectorAll('.chat-list li').length > {before}")
 
 
-async def shoot(browser, url: str, out: Path, name: str, ready: str, setup=None) -> None:
+async def shoot(browser, url: str, out: Path, name: str, ready: str, setup=None, videos: str | None = None) -> None:
     for size, (width, height) in SIZES.items():
         context = await browser.new_context(viewport={"width": width, "height": height},
                                             is_mobile=size == "phone", has_touch=size == "phone")
@@ -75,7 +92,9 @@ async def shoot(browser, url: str, out: Path, name: str, ready: str, setup=None)
         await page.wait_for_selector(ready, timeout=30000)
         if setup is not None:
             await setup(page)
-        await asyncio.sleep(1.0)   # let video frames and fonts settle
+        if videos is not None:
+            await playing(page, videos)
+        await page.evaluate("document.fonts.ready.then(() => true)")
         await page.screenshot(path=str(out / f"{name}-{size}.png"))
         await context.close()
 
@@ -107,15 +126,16 @@ async def main(out: Path, env: dict[str, str]) -> None:
             await asyncio.sleep(1)
 
             await shoot(browser, base + "/", out, "home", "#rooms li")
-            await shoot(browser, base + "/rooms/demo", out, "viewer", "body[data-connection='connected']")
+            await shoot(browser, base + "/rooms/demo", out, "viewer", "body[data-connection='connected']",
+                        videos="#videos video")
             await shoot(browser, f"{base}/rooms/demo?token={mod_token}", out, "moderator",
-                        "section#chat[data-role='moderator']")
+                        "section#chat[data-role='moderator']", videos="#videos video")
 
             async def questions(page):
                 await page.click(".chat-tabs button[data-filter='question']")
 
             await shoot(browser, base + "/rooms/demo", out, "viewer-questions", "section#chat[data-state='connected']",
-                        questions)
+                        questions, videos="#videos video")
             # Co-hosting: the host invites Grace from the host page; she joins as co-host with camera
             # and screen, and viewers see her screen large with both cameras as labelled PiPs.
             await host.click("#invite-cohost")
@@ -133,8 +153,12 @@ async def main(out: Path, env: dict[str, str]) -> None:
             await cohost.click("#share-screen")
             await until(cohost, "window.odsHost.screen.pc && window.odsHost.screen.pc.connectionState === 'connected'")
             await host.wait_for_selector("#invitations li[data-status='accepted']", timeout=30000)
+            async def three_figures(page):
+                # The screen and both cameras, not whichever subscription answered first.
+                await until(page, "document.querySelectorAll('#videos figure').length === 3")
+
             await shoot(browser, base + "/rooms/demo", out, "viewer-cohost",
-                        "#videos.has-screen figure.screen.large")
+                        "#videos.has-screen figure.screen.large", three_figures, videos="#videos video")
             # A second invitation, open: what the invited person sees (the host page keeps showing the link).
             await host.click("#invite-cohost")
             await until(host, "document.getElementById('invite-link').value.includes('#invite=')")
@@ -143,7 +167,7 @@ async def main(out: Path, env: dict[str, str]) -> None:
             # The host page itself, live (the one already open, at both sizes).
             for size, (width, height) in SIZES.items():
                 await host.set_viewport_size({"width": width, "height": height})
-                await asyncio.sleep(1.0)
+                await playing(host, ".stage video")
                 await host.screenshot(path=str(out / f"host-{size}.png"))
             await cohost.click("#stop")
             await cohost_ctx.close()
@@ -162,10 +186,20 @@ async def main(out: Path, env: dict[str, str]) -> None:
             await shoot(browser, base + "/rooms/demo/episodes", out, "episodes", "#episode-list li")
             if episode is not None:
                 async def paused(page):
-                    await until(page, "document.querySelector('#video').readyState >= 2")
-                    await page.evaluate("document.querySelector('#video').pause()")
+                    # Paused just after the last chat item, so the replayed chat shows them all.
+                    await page.evaluate("""(() => {
+                      const items = document.querySelector('section#chat').odsChat.items;
+                      const video = document.querySelector('#video');
+                      video.pause();
+                      video.currentTime = items.length ? items[items.length - 1].offset + 1 : 3;
+                    })()""")
+                    # Both pictures (the screen and its camera PiP) decoded at that moment, past the spinner.
+                    await until(page, "[...document.querySelectorAll('#videos video')].filter((v) => v.offsetParent)"
+                                      ".every((v) => !v.seeking && v.readyState >= 3 && v.videoWidth > 0)")
+                    # Chromium's native controls fade their loading spinner out after the seek: no event says when.
+                    await asyncio.sleep(1.5)
 
-                await shoot(browser, f"{base}/episodes/{episode}/watch?t=3", out, "replay",
+                await shoot(browser, f"{base}/episodes/{episode}/watch", out, "replay",
                             "section#chat[data-state='loaded']", paused)
             await shoot(browser, base + "/signin", out, "signin", "form")
             await shoot(browser, base + "/plans", out, "plans", "#plans")
