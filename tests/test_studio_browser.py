@@ -112,9 +112,13 @@ async def test_host_chats_as_host_and_a_moderator_deletes_and_mutes_the_camera(s
         await host.press(".chat-input", "Enter")
         await host.wait_for_selector(".chat-list li .badge-host", timeout=10000)
         assert await host.text_content(".chat-list li .chat-name") == "Host"
+        # Before going live the stage says what will be there, not a black box.
+        assert await host.text_content("#preview-idle") == "Your camera shows here when you go live."
+        assert await host.is_visible("#preview-idle")
         await host.click("#golive")
         await host.wait_for_selector("body[data-connection='connected']", timeout=30000)
         await host.wait_for_selector("#live-badge:not([hidden])")
+        assert await host.is_hidden("#preview-idle")
         # The camera preview spans the host's stage (the viewer's two-cameras grid is not the host's).
         widths = await host.evaluate("[document.getElementById('preview').getBoundingClientRect().width,"
                                      " document.querySelector('.stage .videos').getBoundingClientRect().width]")

@@ -116,6 +116,9 @@
   function showPreviews() {
     const main = state.streams.get("main");
     $("preview").srcObject = main && main.getVideoTracks().length ? main : null;
+    // No camera picture (not live yet, or live without the camera): say so instead of a black box.
+    $("preview-idle").hidden = !!(main && main.getVideoTracks().length);
+    $("preview-idle").textContent = main ? "Live without the camera." : "Your camera shows here when you go live.";
     $("preview").closest("figure").hidden = !!state.streams.get("screen") && !(main && main.getVideoTracks().length);
     const screen = state.streams.get("screen");
     $("preview-screen").srcObject = screen || null;
