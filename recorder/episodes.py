@@ -196,12 +196,25 @@ async def rendition_stats(db: asyncpg.Pool | asyncpg.Connection, episode_id: int
     return {r["rendition"]: RenditionStats(r["start"], int(r["peak"]), int(r["average"])) for r in rows}
 
 
-def main_rendition(renditions: list[Rendition]) -> Rendition | None:
-    """What a player shows large: the (first) screen share, else the first rendition."""
+# A screen share that starts later than this after the episode's first picture does not lead:
+# its playlist begins where it began, so a player driven by it could not reach what came before
+# (a host who opens with the camera and shares the screen a minute in).  Two seconds cover the
+# sources' own start (each waits up to 2 s for its first sender report).
+SCREEN_LEAD_SECONDS = 2.0
+
+
+def main_rendition(renditions: list[Rendition], starts: dict[str, float] | None = None) -> Rendition | None:
+    """What a player shows large and is driven by: the (first) screen share when it starts with
+    the episode (``starts``: each rendition's first segment's offset), else the rendition that
+    starts first (the first rendition on a tie)."""
+    if not renditions:
+        return None
+    starts = starts or {}
+    first = min(renditions, key=lambda r: (starts.get(r.rendition, 0.0), r.rendition != ""))
     screens = sorted((r for r in renditions if r.source == "screen"), key=lambda r: (len(r.label), r.label))
-    if screens:
+    if screens and starts.get(screens[0].rendition, 0.0) - starts.get(first.rendition, 0.0) <= SCREEN_LEAD_SECONDS:
         return screens[0]
-    return next((r for r in renditions if not r.rendition), renditions[0] if renditions else None)
+    return first
 
 
 async def segments(db: asyncpg.Pool | asyncpg.Connection, episode_id: int,

@@ -196,6 +196,26 @@ async def test_episode_api_and_multivariant_playlist_name_screen_and_camera(app_
         assert resp.status == 401 and (await resp.json())["error"] == "sign_in_required", path
 
 
+async def test_a_screen_shared_well_into_the_episode_does_not_lead_it(app_client, room_factory, token_factory):
+    # The host opened with the camera and shared the screen 2.5 s in: a player driven by the
+    # screen's playlist could not reach the first 2.5 s, so the camera leads (large, the
+    # replay page's clock and controls, the multivariant playlist's main variant) and the
+    # screen is the other picture from its offset on.
+    room = await room_factory(policy="signed-in")
+    episode_id = await record_camera_then_screen(app_client.app, room, screen_after=2.5)
+    viewer = {"Authorization": f"Bearer {await token_factory(room, role='viewer')}"}
+    meta = await (await app_client.get(f"/episodes/{episode_id}", headers=viewer)).json()
+    renditions = {r["name"]: r for r in meta["renditions"]}
+    assert (renditions["camera"]["main"], renditions["camera"]["offset"]) == (True, 0.0)
+    assert renditions["screen"]["main"] is False
+    assert renditions["screen"]["offset"] == pytest.approx(2.5, abs=0.02)
+    lines = (await (await app_client.get(f"/episodes/{episode_id}/master.m3u8", headers=viewer)).text()).splitlines()
+    assert lines[3] == '#EXT-X-MEDIA:TYPE=VIDEO,GROUP-ID="sources",NAME="camera",DEFAULT=YES,AUTOSELECT=YES'
+    assert lines[4] == ('#EXT-X-MEDIA:TYPE=VIDEO,GROUP-ID="sources",NAME="screen",DEFAULT=NO,AUTOSELECT=NO,'
+                        'URI="screen.m3u8"')
+    assert lines[6:] == ["index.m3u8"]
+
+
 class BeepTrack(MediaStreamTrack):
     """Microphone stand-in: 20 ms frames, silent except a 1 kHz beep on every whole second
     (from 1 s) of the shared capture clock, so a reader finds when each second was captured."""

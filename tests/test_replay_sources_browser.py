@@ -180,3 +180,31 @@ async def test_chromium_host_screen_and_camera_are_recorded_as_two_renditions(
         assert state["main"] == renditions["screen"].width and 0 < state["pip"] <= renditions["camera"].width
     finally:
         await page.close()
+
+
+async def test_a_screen_shared_late_leaves_the_whole_episode_in_reach(app_client, room_factory, browser):
+    # Camera from 0, screen from 4 s: the camera drives the page (its player spans the whole
+    # episode), the screen is the picture-in-picture, hidden until its moment.
+    room = await room_factory(title="Late share")
+    recording = app_client.app[RECORDER].recording_for(room.id, room.slug, room.title)
+    await record_sources(recording, {
+        "camera": SyntheticSession(8.0, width=320, height=180, gop_seconds=1.0, seed=1),
+        "screen": SyntheticSession(4.0, audio=False, width=640, height=360, gop_seconds=1.0,
+                                   first_index=1000, seed=2, arrival0=1004.0)})
+    assert recording.status == "ready"
+    page = await browser.new_page()
+    try:
+        await page.goto(str(app_client.make_url(f"/episodes/{recording.episode_id}/watch")))
+        await page.wait_for_selector("#main-figure.camera[data-source='camera']:not(.pip)")
+        await page.wait_for_selector("#pip-figure.pip[data-source='screen'][data-absent='1']", state="attached")
+        assert await page.is_hidden("#pip-figure")               # nothing shared yet
+        assert await page.get_attribute("#chat", "data-video-offset") == "0"
+        await page.wait_for_function("() => document.getElementById('video').duration > 7.5", timeout=30000)
+        # Past the share's start the screen shows, on the episode's clock.
+        await page.evaluate("() => { document.getElementById('video').currentTime = 5.0; }")
+        await page.wait_for_selector("#pip-figure[data-absent='0']", timeout=30000)
+        await page.wait_for_function(
+            "() => Math.abs(document.getElementById('pip-video').currentTime"
+            " - (document.getElementById('video').currentTime - 4.0)) < 0.3", timeout=30000)
+    finally:
+        await page.close()
