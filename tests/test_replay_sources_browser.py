@@ -198,6 +198,7 @@ async def test_a_screen_shared_late_leaves_the_whole_episode_in_reach(app_client
         await page.wait_for_selector("#main-figure.camera[data-source='camera']:not(.pip)")
         await page.wait_for_selector("#pip-figure.pip[data-source='screen'][data-absent='1']", state="attached")
         assert await page.is_hidden("#pip-figure")               # nothing shared yet
+        assert await page.text_content("#pip-figure figcaption") == "Screen"
         assert await page.get_attribute("#chat", "data-video-offset") == "0"
         await page.wait_for_function("() => document.getElementById('video').duration > 7.5", timeout=30000)
         # Past the share's start the screen shows, on the episode's clock.

@@ -292,8 +292,9 @@
       mainFigure.classList.add(main.source === "screen" ? "screen" : "camera");
       mainFigure.dataset.source = main.source;
       pipFigure.dataset.source = second.source;
-      pipFigure.querySelector("figcaption").textContent = second.source === "camera" ? "Camera" : second.name;
-      pip.setAttribute("aria-label", second.source === "camera" ? "Camera" : second.name);
+      const label = {camera: "Camera", screen: "Screen"}[second.source] || second.name;
+      pipFigure.querySelector("figcaption").textContent = label;
+      pip.setAttribute("aria-label", label);
       pipFigure.hidden = false;
       await attach(pip, second.playlist, false);
       pip.muted = true;      // the main rendition carries the same audio
