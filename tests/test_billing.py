@@ -422,13 +422,14 @@ async def test_checkout_and_portal_refusals(bclient, aiohttp_client, billing_env
     resp = await bclient.post("/billing/portal", headers=h)
     assert resp.status == 200 and (await resp.json())["url"] == "https://billing.stripe.test/p/session/bps_1"
     plans = await (await bclient.get("/api/plans")).json()
-    assert [p["code"] for p in plans["plans"]] == ["pro", "team"]
+    assert [p["code"] for p in plans["plans"]] == ["pro", "team"] and plans["checkout"] is True
 
     unconfigured = make_app(billing_env(STRIPE_SECRET_KEY="", STRIPE_WEBHOOK_SECRET=""))
     other = await aiohttp_client(unconfigured)
     o_csrf, _ = await sign_in(other)
     resp = await other.post("/billing/checkout", json={"plan": "pro"}, headers={"X-CSRF-Token": o_csrf})
     assert resp.status == 503 and (await resp.json())["error"] == "billing_unavailable"
+    assert (await (await other.get("/api/plans")).json())["checkout"] is False     # and the plans page says so
     payload = event("invoice.paid", {"id": "in_x", "subscription": "sub_x"})
     assert (await deliver(other, payload))[0] == 503
 

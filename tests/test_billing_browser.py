@@ -75,3 +75,18 @@ async def test_plans_checkout_account_and_org_pages(aiohttp_client, billing_env,
     assert "seats" in await page.text_content("#error")
     assert errors == []
     await context.close()
+
+
+async def test_the_plans_page_says_when_nothing_can_be_bought(aiohttp_client, billing_env, browser):  # noqa: F811
+    # No Stripe key: the catalog is shown, but no button leads to a 503.
+    client = await aiohttp_client(make_app(billing_env(STRIPE_SECRET_KEY="", STRIPE_WEBHOOK_SECRET="")))
+    page = await browser.new_page()
+    try:
+        await page.goto(str(client.make_url("/plans")))
+        await page.wait_for_selector("#no-checkout", timeout=15000)
+        assert await page.text_content("#no-checkout") == (
+            "Subscriptions are not open on this server yet: no payment provider is set up.")
+        assert await page.is_disabled("[data-plan=pro] button")
+    finally:
+        await page.close()
+

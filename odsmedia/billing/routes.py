@@ -62,7 +62,11 @@ def _org_id(raw: object) -> int:
 # ---- plans, checkout, portal ------------------------------------------------------------------
 
 async def list_plans(request: web.Request) -> web.Response:
-    return json_response({"plans": [p.public() for p in service(request.app).catalog.plans.values()]})
+    # ``checkout``: whether buying works here (a Stripe key is set), so the plans page can say
+    # so instead of offering buttons that answer 503 billing_unavailable.
+    svc = service(request.app)
+    return json_response({"plans": [p.public() for p in svc.catalog.plans.values()],
+                          "checkout": svc.gateway.configured})
 
 
 async def checkout(request: web.Request) -> web.Response:

@@ -29,7 +29,7 @@ document.addEventListener("DOMContentLoaded", async () => {
     notice.textContent = "Checkout canceled; nothing was charged.";
     notice.hidden = false;
   }
-  const [{plans}, me] = await Promise.all([
+  const [{plans, checkout}, me] = await Promise.all([
     fetch("/api/plans").then((r) => r.json()),
     fetch("/api/me", {credentials: "same-origin"}).then((r) => (r.ok ? r.json() : null)),
   ]);
@@ -37,6 +37,10 @@ document.addEventListener("DOMContentLoaded", async () => {
   const box = document.getElementById("plans");
   if (!plans.length) {
     box.append(el("p", "No plans are on sale on this server. Every public room is free to watch.", {class: "muted", id: "no-plans"}));
+  }
+  if (plans.length && !checkout) {
+    box.append(el("p", "Subscriptions are not open on this server yet: no payment provider is set up.",
+                  {class: "muted", id: "no-checkout"}));
   }
   for (const plan of plans) {
     const card = el("section", undefined, {class: "panel", "data-plan": plan.code});
@@ -52,6 +56,7 @@ document.addEventListener("DOMContentLoaded", async () => {
       form.append(orgSelect, " seats ", seats, " ");
     }
     const buy = el("button", plan.seats ? "Buy seats" : "Subscribe", {type: "submit", class: "primary"});
+    buy.disabled = !checkout;
     form.append(buy);
     form.addEventListener("submit", async (event) => {
       event.preventDefault();
