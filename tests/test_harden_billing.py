@@ -8,7 +8,8 @@ import uuid
 import orjson
 import pytest
 
-from test_auth import sign_in
+from odsmedia.auth.service import AUTH
+from test_auth import mails_to, sign_in
 from test_billing import bclient, billing_env, deliver, event, sign, stripe_api, subscription  # noqa: F401
 
 
@@ -93,3 +94,24 @@ async def test_same_second_unpaid_does_not_override_active(bclient, db):
                                  subscription(sub_id, customer, status="past_due", period_end=period + 30 * 86400),
                                  created=t))
     assert await db.fetchval("SELECT status FROM subscriptions WHERE subscription_id = $1", sub_id) == "past_due"
+
+
+async def test_a_cancellation_in_the_same_second_as_an_update_is_not_lost(bclient, db):
+    """Found in the mutation run (docs/testing.md): a `customer.subscription.deleted` in the same
+    second and period as an `active` update ranked below it and was ignored, leaving the
+    subscription active for good and its owner unmailed.  Canceled is terminal: it wins the tie."""
+    _, account = await sign_in(bclient)
+    customer = f"cus_{uuid.uuid4().hex[:10]}"
+    await db.execute("INSERT INTO billing_customers (customer_id, account_id) VALUES ($1, $2)", customer, account["id"])
+    t, period = time.time() - 50, time.time() + 86400
+    for first, second in (("active", "canceled"), ("canceled", "active")):   # either arrival order
+        sub_id = f"sub_{uuid.uuid4().hex[:12]}"
+        for status in (first, second):
+            kind = "customer.subscription.deleted" if status == "canceled" else "customer.subscription.updated"
+            code, body = await deliver(bclient, event(kind, subscription(sub_id, customer, status=status,
+                                                                         period_end=period), created=t))
+            assert (code, body["ignored"]) == (200, status == "active" and first == "canceled"), (first, status)
+        assert await db.fetchval("SELECT status FROM subscriptions WHERE subscription_id = $1", sub_id) == "canceled"
+    await bclient.server.app[AUTH].drain()
+    assert [m["X-ODS-Template"] for m in mails_to(bclient.server.app[AUTH].config, account["email"])
+            if m["X-ODS-Template"] != "magic_link"] == ["subscription_canceled"] * 2

@@ -8,7 +8,8 @@ is terminal (Stripe never revives a canceled subscription).  Per-subscription
 advisory locks serialize concurrent deliveries for the same subscription.
 
 Two events for one subscription with the same ``created`` second are ordered
-by Stripe's own state: the later billing period wins, and within one period
+by Stripe's own state: ``canceled`` comes last (nothing follows it), then
+the later billing period wins, and within one period
 the state further along the paying side of Stripe's lifecycle (active or
 trialing over past_due over unpaid/paused/incomplete).  Stripe sends a
 payment's ``active`` in the same second as the failure state it replaces,
@@ -205,6 +206,9 @@ def _stale(old: asyncpg.Record | None, at: datetime, new: SubscriptionState) -> 
         return True
     if old["state_at"] != at:
         return old["state_at"] > at
+    if new.status == "canceled":
+        # Terminal: whatever else Stripe sent in that second came before it.
+        return False
     # Same second: Stripe's own state orders them (module docstring).
     never = datetime.min.replace(tzinfo=timezone.utc)
     return (new.current_period_end or never, STATUS_RANK.get(new.status, 0)) < \
