@@ -47,6 +47,7 @@ class Mutant:
     what: str
     outcome: str = "pending"    # killed | survived | timeout | uncovered | error
     seconds: float = 0.0
+    statement: int = 0          # first line of the statement it is in (what coverage reports)
 
 
 def _docstring_nodes(tree: ast.AST) -> set[int]:
@@ -81,11 +82,26 @@ def _functions(tree: ast.AST) -> dict[int, str]:
     return owner
 
 
+def _statements(tree: ast.AST) -> dict[int, int]:
+    """id(node) -> the first line of the innermost statement holding it."""
+    first: dict[int, int] = {}
+
+    def visit(node: ast.AST, line: int) -> None:
+        for child in ast.iter_child_nodes(node):
+            here = child.lineno if isinstance(child, ast.stmt) else line
+            first[id(child)] = here
+            visit(child, here)
+
+    visit(tree, 0)
+    return first
+
+
 def mutations(source: str) -> list[tuple[Mutant, str]]:
     """Every mutant of ``source`` with its mutated source text."""
     tree = ast.parse(source)
     docstrings = _docstring_nodes(tree)
     owner = _functions(tree)
+    statement = _statements(tree)
     out: list[tuple[Mutant, str]] = []
     points: list[tuple[int, str, int, object]] = []   # (node position in walk order, description, line, change)
     nodes = list(ast.walk(tree))
@@ -134,7 +150,8 @@ def mutations(source: str) -> list[tuple[Mutant, str]]:
         if kind == "not":
             mutated = _drop_uadd(mutated)
         ast.fix_missing_locations(mutated)
-        out.append((Mutant(index, line, owner[id(nodes[position])], what), ast.unparse(mutated)))
+        out.append((Mutant(index, line, owner[id(nodes[position])], what, statement=statement[id(nodes[position])]),
+                    ast.unparse(mutated)))
     return out
 
 
@@ -188,11 +205,12 @@ def covered_lines(tree: Path, module: str, tests: list[str], basetemp: Path) -> 
     return set(next(iter(files.values()))["executed_lines"]) if files else set()
 
 
-def _covered(source: str, line: int, covered: set[int] | None) -> bool:
-    """A mutant on a multi-line statement counts as covered when any line of it ran."""
+def _covered(mutant: Mutant, covered: set[int] | None) -> bool:
+    """Coverage reports a multi-line statement on its first line, however far below it the
+    mutant sits (a guess of a few lines above missed keyword arguments deep in a call)."""
     if covered is None:
         return True
-    return any(n in covered for n in range(line - 5, line + 1))   # the statement may start above
+    return mutant.statement in covered or mutant.line in covered
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         target = tree / args.module
         try:
             for mutant, text in mutants:
-                if not _covered(source, mutant.line, covered):
+                if not _covered(mutant, covered):
                     mutant.outcome = "uncovered"
                     continue
                 if time.monotonic() - started > args.budget:
