@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from datetime import datetime, timezone
@@ -10,6 +11,7 @@ import pytest
 
 from odsmedia import metrics
 from odsmedia.auth import accounts
+from odsmedia.auth.service import AUTH
 from odsmedia.billing.plans import Catalog
 from odsmedia.billing.webhooks import (MAX_EPOCH, MAX_QUANTITY, MAX_TEXT, InvalidEvent, _invoice_subscription,
                                        apply, parse_subscription)
@@ -19,8 +21,10 @@ from odsmedia.errors import ApiError
 from odsmedia.gate import Admission, Entitlement, Entry, Gate, Identity, TokenGrant
 from odsmedia.rooms import directory
 from odsmedia.rooms.directory import RoomRecord
+from test_auth import mails_to
 from test_billing import bclient, billing_env, deliver, event, stripe_api, subscription  # noqa: F401
 from test_chat_support import ChatSocket
+from test_moderation import control  # noqa: F401
 
 
 def chat(room) -> str:
@@ -385,3 +389,295 @@ async def test_moderation_reasons_are_bounded_and_answers_acknowledged(client, r
     assert (reply["type"], reply["target"]) == ("ack", target)
     for sock in (host, viewer):
         await sock.close()
+
+
+# ---- third pass: chat.moderation's notices and billing.webhooks' branches, exactly ----------------
+
+async def test_moderation_notices_acks_and_sanction_list_key_by_key(client, room_factory, token_factory, db,
+                                                                    control):  # noqa: F811
+    """chat.moderation: every notice, ack, control message and the sanctions list compared whole
+    (mutants renaming or dropping one key survived where tests read only some); set_role on the
+    room's owner, a co-host member and an unknown account; lifting a sanction that is not there."""
+    listen, next_message = control
+    owner, cohost, member = [(await accounts.create_verified(db, f"mod-{uuid.uuid4().hex[:10]}@example.org")).id
+                             for _ in range(3)]
+    room = await room_factory(owner_id=owner)
+    await directory.add_member(db, room.id, cohost, "host")
+    await listen(room.slug)
+    host = await ChatSocket.open(client, chat(room), token=await token_factory(room, "host"))   # an operator's token
+    watcher, viewer, spammer = [await ChatSocket.open(client, chat(room), token=await token_factory(room, "viewer"))
+                                for _ in range(3)]
+    me, target, other = (s.welcome["you"]["subject"] for s in (host, viewer, spammer))
+    used: set[int] = set()
+
+    async def notice(sock: ChatSocket, kind: str) -> dict:
+        """The next `kind` notice this socket got, without its delivery id."""
+        got = await sock.wait(lambda e: e["type"] == kind and id(e) not in used)
+        used.add(id(got))
+        return {k: v for k, v in got.items() if k != "notice"}
+
+    async def ack(message: dict) -> dict:
+        reply = await host.request(message)
+        assert reply["type"] == "ack", (message, reply)
+        return {k: v for k, v in reply.items() if k not in ("type", "ref")}
+
+    async def error(message: dict) -> str:
+        reply = await host.request(message)
+        assert reply["type"] == "error", (message, reply)
+        return reply["error"]
+
+    timed = await ack({"type": "timeout", "target": target, "minutes": 1, "reason": "calm down"})
+    until = timed["until"]
+    assert timed == {"target": target, "until": until}
+    assert await notice(watcher, "sanction") == {"type": "sanction", "sanction": "timeout", "target": target,
+                                                 "until": until, "by": me}
+    assert await ack({"type": "ban", "target": other}) == {"target": other}
+    banned = {"type": "banned", "target": other, "by": me, "error": "banned",
+              "message": "you are banned from this room"}
+    assert await notice(spammer, "banned") == banned and await notice(watcher, "banned") == banned
+    assert await spammer.wait_closed() == 4403
+    assert await next_message() == {"action": "ban", "target": other, "by": me, "reason": ""}
+    since = {r["subject"]: r["created_at"].isoformat()
+             for r in await db.fetch("SELECT subject, created_at FROM chat_sanctions WHERE room_id = $1", room.id)}
+    assert await ack({"type": "sanctions"}) == {"sanctions": [   # newest first
+        {"target": other, "sanction": "ban", "until": None, "by": me, "reason": "", "since": since[other]},
+        {"target": target, "sanction": "timeout", "until": until, "by": me, "reason": "calm down",
+         "since": since[target]}]}
+
+    for lift, kind, subject in (("end_timeout", "timeout", target), ("unban", "ban", other)):
+        assert await ack({"type": lift, "target": subject}) == {"target": subject}
+        assert await notice(watcher, "sanction_lifted") == {"type": "sanction_lifted", "sanction": kind,
+                                                            "target": subject, "by": me}
+        assert await error({"type": lift, "target": subject}) == "not_sanctioned"
+    assert await ack({"type": "sanctions"}) == {"sanctions": []}
+
+    assert await ack({"type": "slow_mode", "seconds": 3600}) == {"slow_mode": 3600}
+    assert await notice(watcher, "settings") == {"type": "settings", "slow_mode": 3600, "by": me}
+    assert await error({"type": "slow_mode", "seconds": 3601}) == "invalid_seconds"
+    assert await ack({"type": "slow_mode", "seconds": 0}) == {"slow_mode": 0}
+
+    assert await ack({"type": "mute", "target": target, "source": "microphone"}) == \
+        {"target": target, "source": "microphone"}
+    assert await next_message() == {"action": "mute", "target": target, "source": "microphone", "by": me}
+
+    # The owner and a co-host member hold the host role for good; an unknown account cannot be promoted.
+    for attempt in ({"type": "promote", "target": f"a:{owner}"}, {"type": "promote", "target": f"a:{cohost}"},
+                    {"type": "demote", "target": f"a:{cohost}"}, {"type": "promote", "target": "a:999999999999"}):
+        assert await error(attempt) == "invalid_target", attempt
+    for kind, role in (("promote", "moderator"), ("demote", "viewer")):
+        assert await ack({"type": kind, "target": f"a:{member}"}) == {"target": f"a:{member}", "role": role}
+        assert await next_message() == {"action": "role", "target": f"a:{member}", "role": role, "by": me}
+    assert {r["account_id"]: r["role"] for r in await db.fetch(
+        "SELECT account_id, role FROM room_members WHERE room_id = $1", room.id)} == {cohost: "host"}
+
+    assert await ack({"type": "kick", "target": target}) == {"target": target}
+    kicked = {"type": "kicked", "target": target, "by": me, "error": "kicked", "message": "removed by a moderator"}
+    assert await notice(viewer, "kicked") == kicked and await notice(watcher, "kicked") == kicked
+    assert await viewer.wait_closed() == 4003
+    assert await next_message() == {"action": "kick", "target": target, "by": me, "reason": ""}
+    assert [(r["action"], r["target"]) for r in await db.fetch(
+        "SELECT action, target FROM moderation_actions WHERE room_id = $1 ORDER BY id", room.id)] == [
+        ("timeout", target), ("ban", other), ("end_timeout", target), ("unban", other), ("slow_mode", ""),
+        ("slow_mode", ""), ("mute", target), ("promote", f"a:{member}"), ("demote", f"a:{member}"),
+        ("kick", target)]
+    for sock in (host, watcher):
+        await sock.close()
+
+
+async def _payer(db) -> tuple[str, str]:
+    """A Stripe customer mapped to a fresh account: (customer id, the account's address)."""
+    address = f"payer-{uuid.uuid4().hex[:10]}@example.org"
+    account = await accounts.create_verified(db, address)
+    customer = f"cus_{uuid.uuid4().hex[:10]}"
+    await db.execute("INSERT INTO billing_customers (customer_id, account_id) VALUES ($1, $2)", customer, account.id)
+    return customer, address
+
+
+async def _notices(client, address: str) -> list[tuple[str, str]]:
+    """(template, the date the mail names) of each billing notice mailed to ``address``."""
+    await client.server.app[AUTH].drain()
+    found = []
+    for mail in mails_to(client.server.app[AUTH].config, address):
+        day = re.search(r"(?:ends\s+on|continues\s+until) (\S+?)[.\s]", mail.get_content())
+        found.append((mail["X-ODS-Template"], day.group(1)))
+    return sorted(found)
+
+
+def _day(ts: float) -> str:
+    return datetime.fromtimestamp(int(ts), timezone.utc).date().isoformat()
+
+
+def _at(ts: float) -> datetime:
+    return datetime.fromtimestamp(int(ts), timezone.utc)
+
+
+async def test_a_cancellation_is_mailed_once_with_the_day_access_ends(bclient, db):  # noqa: F811
+    """billing.webhooks._subscription_event: subscription_canceled is mailed when a subscription
+    starts canceling or is canceled, once (mutants of `was_canceling` and of the notice's condition
+    survived), naming the period's last day, or "now" without a period end."""
+    customer, address = await _payer(db)
+    t, period = time.time() - 3600, time.time() + 20 * 86400
+
+    async def send(kind: str, sub_id: str, created: float, no_period: bool = False, **fields) -> bool:
+        obj = subscription(sub_id, customer, period_end=period, **fields)
+        if no_period:
+            obj["current_period_end"] = None
+        status, body = await deliver(bclient, event(kind, obj, created=created))
+        assert status == 200, body
+        return body["ignored"]
+
+    first, second = f"sub_{uuid.uuid4().hex[:12]}", f"sub_{uuid.uuid4().hex[:12]}"
+    assert await send("customer.subscription.created", first, t) is False
+    assert await _notices(bclient, address) == []
+    assert await send("customer.subscription.updated", first, t + 1, cancel_at_period_end=True) is False
+    assert await send("customer.subscription.updated", first, t + 2, cancel_at_period_end=True) is False
+    assert await send("customer.subscription.deleted", first, t + 3, status="canceled") is False
+    assert await _notices(bclient, address) == [("subscription_canceled", _day(period))]
+    assert await send("customer.subscription.created", second, t) is False
+    assert await send("customer.subscription.deleted", second, t + 1, no_period=True, status="canceled") is False
+    # A canceled subscription takes Stripe's newer word (still canceled) without a second notice.
+    assert await send("customer.subscription.updated", second, t + 2, no_period=True, status="canceled") is False
+    assert await db.fetchval("SELECT state_at FROM subscriptions WHERE subscription_id = $1", second) == _at(t + 2)
+    assert await _notices(bclient, address) == [("subscription_canceled", _day(period)),
+                                                ("subscription_canceled", "now")]
+
+
+async def test_invoices_move_each_status_as_stripe_does_and_mail_the_grace_day(bclient, db):  # noqa: F811
+    """billing.webhooks._invoice_event per status of the subscription, and past_due_since kept from
+    the first failure (mutants of the status lists, the grace sum and the clock's start survived)."""
+    grace, t0 = 3 * 86400, time.time() - 10 * 86400
+
+    async def subscribed(status: str) -> tuple[str, str, str]:
+        customer, address = await _payer(db)
+        sub_id = f"sub_{uuid.uuid4().hex[:12]}"
+        status_code, body = await deliver(bclient, event("customer.subscription.created",
+                                                         subscription(sub_id, customer, status=status), created=t0))
+        assert (status_code, body["ignored"]) == (200, False)
+        return sub_id, customer, address
+
+    async def invoice(kind: str, sub_id: str | None, customer: str, created: float) -> bool:
+        obj = {"id": f"in_{uuid.uuid4().hex[:8]}", "object": "invoice", "customer": customer}
+        if sub_id:
+            obj["subscription"] = sub_id
+        status, body = await deliver(bclient, event(kind, obj, created=created))
+        assert status == 200, body
+        return body["ignored"]
+
+    async def row(sub_id: str) -> tuple:
+        r = await db.fetchrow("SELECT status, past_due_since, state_at FROM subscriptions WHERE subscription_id = $1",
+                              sub_id)
+        return r["status"], r["past_due_since"], r["state_at"]
+
+    lone_customer, lone_address = await _payer(db)
+    for kind in ("invoice.paid", "invoice.payment_failed"):   # a one-off invoice: no subscription to change
+        assert await invoice(kind, None, lone_customer, t0) is True
+    assert await db.fetchval("SELECT count(*) FROM subscriptions WHERE customer_id = $1", lone_customer) == 0
+
+    trialing = await subscribed("trialing")
+    assert await invoice("invoice.payment_failed", trialing[0], trialing[1], t0 + 86400) is False
+    assert await row(trialing[0]) == ("past_due", _at(t0 + 86400), _at(t0 + 86400))
+    assert await _notices(bclient, trialing[2]) == [("payment_failed", _day(t0 + 86400 + grace))]
+
+    # Past due from the start (no row before): the grace clock starts then, and later failures keep it.
+    late = await subscribed("past_due")
+    assert await row(late[0]) == ("past_due", _at(t0), _at(t0))
+    assert await invoice("invoice.payment_failed", late[0], late[1], t0 + 2 * 86400) is False
+    assert await row(late[0]) == ("past_due", _at(t0), _at(t0 + 2 * 86400))
+    assert await _notices(bclient, late[2]) == [("payment_failed", _day(t0 + grace))]
+    await deliver(bclient, event("customer.subscription.updated", subscription(late[0], late[1], status="past_due"),
+                                 created=t0 + 3 * 86400))
+    assert await row(late[0]) == ("past_due", _at(t0), _at(t0 + 3 * 86400))
+    await deliver(bclient, event("customer.subscription.updated", subscription(late[0], late[1]),
+                                 created=t0 + 4 * 86400))
+    assert await row(late[0]) == ("active", None, _at(t0 + 4 * 86400))
+
+    for status in ("unpaid", "incomplete"):
+        sub_id, customer, _ = await subscribed(status)
+        assert await invoice("invoice.paid", sub_id, customer, t0 + 86400) is False
+        assert await row(sub_id) == ("active", None, _at(t0 + 86400)), status
+    paying = await subscribed("active")                      # paid while active: nothing to change
+    assert await invoice("invoice.paid", paying[0], paying[1], t0 + 86400) is False
+    assert await row(paying[0]) == ("active", None, _at(t0))
+    ended = await subscribed("canceled")
+    for kind in ("invoice.paid", "invoice.payment_failed"):
+        assert await invoice(kind, ended[0], ended[1], t0 + 86400) is True
+    assert await row(ended[0]) == ("canceled", None, _at(t0))
+    for address in (lone_address, paying[2], ended[2]):
+        assert [n for n in await _notices(bclient, address) if n[0] == "payment_failed"] == []
+
+
+async def test_checkout_completed_records_what_was_bought_and_never_overwrites(bclient, db):  # noqa: F811
+    """billing.webhooks._checkout_completed: the row a paid, free or unpaid checkout stands for
+    (plan, seats, status), the mapping of an organization's checkout, and a subscription already
+    mirrored left alone (mutants of each check survived)."""
+    def checkout(customer: str | None, sub_id: str, **fields) -> bytes:
+        obj = {"id": f"cs_{uuid.uuid4().hex[:10]}", "object": "checkout.session", "mode": "subscription",
+               "subscription": sub_id, **fields}
+        if customer is not None:
+            obj["customer"] = customer
+        return event("checkout.session.completed", obj)
+
+    async def row(sub_id: str) -> tuple | None:
+        r = await db.fetchrow("""SELECT plan, price_id, status, quantity, current_period_end, cancel_at_period_end,
+                                        past_due_since FROM subscriptions WHERE subscription_id = $1""", sub_id)
+        return tuple(r) if r else None
+
+    nobody = f"sub_{uuid.uuid4().hex[:12]}"
+    assert (await deliver(bclient, checkout(None, nobody, payment_status="paid")))[1]["ignored"] is True
+    assert await row(nobody) is None
+
+    bought = {
+        "free team, 7 seats": ({"payment_status": "no_payment_required", "metadata": {"plan": "team", "seats": "7"}},
+                               ("team", "price_team_seat", "active", 7, None, False, None)),
+        "unpaid, seats a number": ({"payment_status": "unpaid", "metadata": {"plan": "pro", "seats": 5}},
+                                   ("pro", "price_pro_monthly", "incomplete", 1, None, False, None)),
+        "nine digits of seats": ({"payment_status": "paid", "metadata": {"plan": "team", "seats": "123456789"}},
+                                 ("team", "price_team_seat", "active", 123456789, None, False, None)),
+        "ten digits of seats": ({"payment_status": "paid", "metadata": {"plan": "team", "seats": "1234567890"}},
+                                ("team", "price_team_seat", "active", 1, None, False, None)),
+        "no metadata": ({"payment_status": "paid"}, (None, "", "active", 1, None, False, None)),
+    }
+    got = {}
+    for name, (fields, _) in bought.items():
+        customer, sub_id = f"cus_{uuid.uuid4().hex[:10]}", f"sub_{uuid.uuid4().hex[:12]}"
+        status, body = await deliver(bclient, checkout(customer, sub_id, **fields))   # no client_reference_id
+        assert (status, body["ignored"]) == (200, False), (name, body)
+        got[name] = await row(sub_id)
+        assert await db.fetchval("SELECT count(*) FROM billing_customers WHERE customer_id = $1", customer) == 0
+    assert got == {name: expected for name, (_, expected) in bought.items()}
+
+    org = await db.fetchval("INSERT INTO organizations (name) VALUES ('Checkout Org') RETURNING id")
+    for reference, mapped in ((f"o:{org}", org), ("a:" + "9" * 19, None)):
+        customer = f"cus_{uuid.uuid4().hex[:10]}"
+        status, _ = await deliver(bclient, checkout(customer, f"sub_{uuid.uuid4().hex[:12]}",
+                                                    client_reference_id=reference, payment_status="paid"))
+        assert status == 200, reference
+        assert await db.fetchval("SELECT org_id FROM billing_customers WHERE customer_id = $1", customer) == mapped
+
+    # The subscription's own events came first: the checkout does not overwrite them.
+    customer, sub_id = f"cus_{uuid.uuid4().hex[:10]}", f"sub_{uuid.uuid4().hex[:12]}"
+    period = int(time.time()) + 86400
+    await deliver(bclient, event("customer.subscription.created", subscription(
+        sub_id, customer, status="past_due", quantity=3, period_end=period, cancel_at_period_end=True)))
+    before = await row(sub_id)
+    assert before[:6] == ("pro", "price_pro_monthly", "past_due", 3, _at(period), True)
+    status, body = await deliver(bclient, checkout(customer, sub_id, payment_status="paid",
+                                                   metadata={"plan": "team", "seats": "9"}))
+    assert (status, body["ignored"]) == (200, False)
+    assert await row(sub_id) == before
+
+
+async def test_nesting_through_lists_is_bounded_like_objects(db):
+    """billing.webhooks._walk_text: a list counts one level like an object (its `depth + 1` moved
+    survived: only objects were nested deeply)."""
+    def nested(levels: int) -> dict:
+        inner: object = "leaf"
+        for _ in range(levels):
+            inner = [inner]
+        return {"id": f"evt_{uuid.uuid4().hex[:16]}", "type": "customer.updated", "created": 1_800_000_000,
+                "data": {"object": {"id": "cus_k8", "deep": inner}}}
+
+    catalog = Catalog({}, {})
+    assert (await apply(db, nested(32 - 3), catalog, grace_seconds=1.0)).ignored
+    with pytest.raises(InvalidEvent):
+        await apply(db, nested(32 - 3 + 1), catalog, grace_seconds=1.0)
