@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 import pytest
 
 from odsmedia import metrics
-from odsmedia.auth import accounts
+from odsmedia.auth import accounts, tokens
 from odsmedia.auth.service import AUTH
 from odsmedia.billing.plans import Catalog
 from odsmedia.billing.webhooks import (MAX_EPOCH, MAX_QUANTITY, MAX_TEXT, InvalidEvent, _invoice_subscription,
@@ -21,7 +21,7 @@ from odsmedia.errors import ApiError
 from odsmedia.gate import Admission, Entitlement, Entry, Gate, Identity, TokenGrant
 from odsmedia.rooms import directory
 from odsmedia.rooms.directory import RoomRecord
-from test_auth import mails_to
+from test_auth import mails_to, sign_in
 from test_billing import bclient, billing_env, deliver, event, stripe_api, subscription  # noqa: F401
 from test_chat_support import ChatSocket
 from test_moderation import control  # noqa: F401
@@ -681,3 +681,57 @@ async def test_nesting_through_lists_is_bounded_like_objects(db):
     assert (await apply(db, nested(32 - 3), catalog, grace_seconds=1.0)).ignored
     with pytest.raises(InvalidEvent):
         await apply(db, nested(32 - 3 + 1), catalog, grace_seconds=1.0)
+
+
+async def test_token_and_invitation_listings_key_by_key_and_their_retention(client, db, room_factory):
+    """auth.tokens: GET /api/tokens and a room's invitations compared whole (tests read a few
+    keys), every invitation status (open, accepted, revoked, expired), and the retention count."""
+    csrf, account = await sign_in(client)
+    room = await room_factory(owner_id=account["id"])
+    resp = await client.post("/api/tokens", json={"room": room.slug, "role": "moderator", "ttl": "1h", "label": "Bot"},
+                             headers={"X-CSRF-Token": csrf})
+    assert resp.status == 201, await resp.text()
+    minted = await resp.json()
+
+    async def times(token_id: int) -> dict:
+        row = await db.fetchrow("SELECT created_at, expires_at, used_at, revoked_at FROM api_tokens WHERE id = $1",
+                                token_id)
+        return {k: (v.isoformat() if v is not None else None) for k, v in row.items()}
+
+    made = await times(minted["id"])
+    listed = {"id": minted["id"], "room": room.slug, "role": "moderator", "purpose": "access", "label": "Bot",
+              "created_at": made["created_at"], "expires_at": made["expires_at"], "last_used_at": None,
+              "revoked_at": None, "active": True}
+    assert minted == {**listed, "token": minted["token"]}
+    assert (await (await client.get("/api/tokens")).json()) == {"tokens": [listed]}
+
+    host = {"Authorization": f"Bearer {(await tokens.mint(db, room_id=room.id, role='host', ttl_seconds=600))[0]}"}
+    invited = {}
+    for label in ("open", "accepted", "revoked", "expired"):
+        resp = await client.post(f"/api/rooms/{room.slug}/invitations", json={"label": label}, headers=host)
+        assert resp.status == 201
+        invited[label] = await resp.json()
+    resp = await client.post("/api/invitations/accept", json={"invitation": invited["accepted"]["invitation"],
+                                                               "name": "Grace"}, headers={"X-CSRF-Token": csrf})
+    assert resp.status == 201, await resp.text()
+    cohost = (await resp.json())["subject"]
+    resp = await client.delete(f"/api/rooms/{room.slug}/invitations/{invited['revoked']['id']}", headers=host)
+    assert resp.status == 204
+    await db.execute("UPDATE api_tokens SET expires_at = now() - interval '1 second' WHERE id = $1",
+                     invited["expired"]["id"])
+    cohosts = {"accepted": {"subject": cohost, "name": "Grace", "active": True}}
+    expected = [{"id": invited[label]["id"], "label": label, "status": label, **await times(invited[label]["id"]),
+                 "cohost": cohosts.get(label)} for label in ("expired", "revoked", "accepted", "open")]
+    resp = await client.get(f"/api/rooms/{room.slug}/invitations", headers=host)
+    assert (await resp.json()) == {"invitations": expected}
+
+    # Retention: a token expired or revoked over a week ago goes; one expired six days ago stays.
+    aged = {}
+    for name, change in (("expired", "expires_at = now() - interval '8 days'"),
+                         ("revoked", "revoked_at = now() - interval '8 days'"),
+                         ("recent", "expires_at = now() - interval '6 days'")):
+        _, aged[name] = await tokens.mint(db, room_id=room.id, role="viewer", ttl_seconds=60)
+        await db.execute(f"UPDATE api_tokens SET {change} WHERE id = $1", aged[name])
+    assert await tokens.expire(db) == 2
+    assert [r["id"] for r in await db.fetch("SELECT id FROM api_tokens WHERE id = ANY($1::bigint[])",
+                                            list(aged.values()))] == [aged["recent"]]
