@@ -703,7 +703,12 @@ async def test_token_and_invitation_listings_key_by_key_and_their_retention(clie
               "created_at": made["created_at"], "expires_at": made["expires_at"], "last_used_at": None,
               "revoked_at": None, "active": True}
     assert minted == {**listed, "token": minted["token"]}
+    assert re.fullmatch(r"ods_[A-Za-z0-9_-]{43}", minted["token"])   # 32 random bytes, as documented
     assert (await (await client.get("/api/tokens")).json()) == {"tokens": [listed]}
+    # The shortest lifetime the API accepts (any positive ttl) mints, rather than failing in mint.
+    resp = await client.post("/api/tokens", json={"room": room.slug, "role": "viewer", "ttl": 1},
+                             headers={"X-CSRF-Token": csrf})
+    assert resp.status == 201, await resp.text()
 
     host = {"Authorization": f"Bearer {(await tokens.mint(db, room_id=room.id, role='host', ttl_seconds=600))[0]}"}
     invited = {}
