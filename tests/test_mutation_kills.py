@@ -709,6 +709,12 @@ async def test_token_and_invitation_listings_key_by_key_and_their_retention(clie
     resp = await client.post("/api/tokens", json={"room": room.slug, "role": "viewer", "ttl": 1},
                              headers={"X-CSRF-Token": csrf})
     assert resp.status == 201, await resp.text()
+    short = await resp.json()
+    # The person's data export lists them (tokens.export returning nothing survived: no test read it).
+    exported = (await (await client.get("/api/me/export")).json())["api_tokens"]
+    assert [(t["id"], t["room"], t["role"], t["purpose"], t["label"], t["revoked_at"]) for t in exported] == [
+        (minted["id"], room.slug, "moderator", "access", "Bot", None),
+        (short["id"], room.slug, "viewer", "access", "", None)]
 
     host = {"Authorization": f"Bearer {(await tokens.mint(db, room_id=room.id, role='host', ttl_seconds=600))[0]}"}
     invited = {}
