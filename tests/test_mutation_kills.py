@@ -408,6 +408,8 @@ async def test_moderation_notices_acks_and_sanction_list_key_by_key(client, room
     watcher, viewer, spammer = [await ChatSocket.open(client, chat(room), token=await token_factory(room, "viewer"))
                                 for _ in range(3)]
     me, target, other = (s.welcome["you"]["subject"] for s in (host, viewer, spammer))
+    name = viewer.welcome["you"]["name"]
+    assert name and (await viewer.post("hello"))["type"] == "ack"   # the sanctions list names who posted
     used: set[int] = set()
 
     async def notice(sock: ChatSocket, kind: str) -> dict:
@@ -440,8 +442,9 @@ async def test_moderation_notices_acks_and_sanction_list_key_by_key(client, room
     since = {r["subject"]: r["created_at"].isoformat()
              for r in await db.fetch("SELECT subject, created_at FROM chat_sanctions WHERE room_id = $1", room.id)}
     assert await ack({"type": "sanctions"}) == {"sanctions": [   # newest first
-        {"target": other, "sanction": "ban", "until": None, "by": me, "reason": "", "since": since[other]},
-        {"target": target, "sanction": "timeout", "until": until, "by": me, "reason": "calm down",
+        {"target": other, "name": None, "sanction": "ban", "until": None, "by": me, "reason": "",
+         "since": since[other]},
+        {"target": target, "name": name, "sanction": "timeout", "until": until, "by": me, "reason": "calm down",
          "since": since[target]}]}
 
     for lift, kind, subject in (("end_timeout", "timeout", target), ("unban", "ban", other)):
