@@ -203,16 +203,20 @@ async def rendition_stats(db: asyncpg.Pool | asyncpg.Connection, episode_id: int
 SCREEN_LEAD_SECONDS = 2.0
 
 
-def main_rendition(renditions: list[Rendition], starts: dict[str, float] | None = None) -> Rendition | None:
+def main_rendition(renditions: list[Rendition], stats: dict[str, RenditionStats]) -> Rendition | None:
     """What a player shows large and is driven by: the (first) screen share when it starts with
-    the episode (``starts``: each rendition's first segment's offset), else the rendition that
+    the episode (``stats``: each rendition's first segment's offset), else the rendition that
     starts first (the first rendition on a tie)."""
     if not renditions:
         return None
-    starts = starts or {}
-    first = min(renditions, key=lambda r: (starts.get(r.rendition, 0.0), r.rendition != ""))
+
+    def start(r: Rendition) -> float:
+        s = stats.get(r.rendition)
+        return s.start if s is not None else 0.0
+
+    first = min(renditions, key=lambda r: (start(r), r.rendition != ""))
     screens = sorted((r for r in renditions if r.source == "screen"), key=lambda r: (len(r.label), r.label))
-    if screens and starts.get(screens[0].rendition, 0.0) - starts.get(first.rendition, 0.0) <= SCREEN_LEAD_SECONDS:
+    if screens and start(screens[0]) - start(first) <= SCREEN_LEAD_SECONDS:
         return screens[0]
     return first
 

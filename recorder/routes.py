@@ -184,7 +184,7 @@ async def _renditions(request: web.Request, episode: Episode) -> list[dict]:
     listed = await episodes.renditions(db, episode.id)
     stats = await episodes.rendition_stats(db, episode.id)
     listed = [r for r in listed if r.rendition in stats]
-    main = main_rendition(listed, {r: s.start for r, s in stats.items()})
+    main = main_rendition(listed, stats)
     zero = stats[""].start if "" in stats else min((s.start for s in stats.values()), default=0.0)
     return [{
         "name": r.label, "source": r.source, "main": r is main,
@@ -222,7 +222,7 @@ async def get_master(request: web.Request) -> web.Response:
         return VideoRendition(name=r.label, uri=r.playlist, codecs=codecs, width=r.width, height=r.height,
                               peak_bps=s.peak_bps if s else 1, average_bps=s.average_bps if s else 1)
 
-    main = main_rendition(listed, {r: s.start for r, s in stats.items()})
+    main = main_rendition(listed, stats)
     assert main is not None
     body = render_multivariant(declared(main), [declared(r) for r in listed if r is not main])
     return _playlist_response(request, access, body)

@@ -49,15 +49,15 @@
 
   const ROLE_BADGE = { host: "Host", moderator: "Mod" };
 
-  // "You are timed out until 4:34 PM." from the ISO time the server sends (its own text has no time).
-  function timedOut(until) {
-    const d = new Date(until);
-    return "You are timed out" + (until && !isNaN(d) ? " until " + d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" }) : "") + ".";
-  }
-
   function timeOfDay(iso) {
     const d = new Date(iso);
     return isNaN(d) ? "" : d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  }
+
+  // "You are timed out until 4:34 PM." from the ISO time the server sends (its own text has no time).
+  function timedOut(until) {
+    const at = until ? timeOfDay(until) : "";
+    return "You are timed out" + (at ? " until " + at : "") + ".";
   }
 
   function renderItem(item, actions, live) {
