@@ -657,6 +657,7 @@ async def measure(mode: str, info: dict, viewers: int, args, clip_path: str, tmp
         await asyncio.sleep(args.warmup)
         before_loop = await fanout_stats(info)
         before_cpu = sum(server.cpu_times()[:2])
+        before_split, before_switches = server.cpu_times()[:2], server.num_ctx_switches()
         before = [(v.packets, v.frames) for v in peers]
         for v in peers:
             v.sample = True
@@ -664,6 +665,8 @@ async def measure(mode: str, info: dict, viewers: int, args, clip_path: str, tmp
         await asyncio.sleep(args.seconds)
         elapsed = time.monotonic() - started
         cpu = (sum(server.cpu_times()[:2]) - before_cpu) / elapsed
+        split = [(a - b) / elapsed for a, b in zip(server.cpu_times()[:2], before_split)]
+        switches = [(a - b) / elapsed for a, b in zip(server.num_ctx_switches(), before_switches)]
         after_loop = await fanout_stats(info)
         loop = (after_loop["fanout_cpu"] - before_loop["fanout_cpu"]) / elapsed if after_loop else float("nan")
         span = after_loop["spans"] if after_loop and after_loop["spans"][0] is not None else [float("nan")] * 2
@@ -699,7 +702,7 @@ async def measure(mode: str, info: dict, viewers: int, args, clip_path: str, tmp
             "pps": sum(a[0] - b[0] for a, b in zip(after, before)) / elapsed,
             "fps_median": statistics.median(fps) if fps else float("nan"), "fps_min": min(fps, default=float("nan")),
             "lat_p50": pct(latency, 0.5), "lat_p99": pct(latency, 0.99), "lat_p999": pct(latency, 0.999),
-            "load": load}
+            "load": load, "user": split[0], "system": split[1], "switches": switches}
 
 
 def measure_floor(binary: Path, viewers: int, pps: int, size: int, seconds: float) -> dict:
@@ -847,10 +850,12 @@ def report(rows: list[dict], kbps: float, pps: int) -> None:
     if "packet" in modes:
         print("\nPacket path: server CPU per delivered packet inside the fan-out loop (thread CPU clock "
               "around PacketFanout.on_packet: header rewrite, SRTP, sendto), median over rounds; the garbage "
-              "collector's pauses in the server over the window:\n")
+              "collector's pauses in the server over the window; the server's kernel (system) share of its "
+              "CPU, and the times a second it was preempted (involuntary context switches: each loopback send "
+              "can wake a viewer that takes the server's core):\n")
         print("| viewers | in the loop (us) | whole server (us) | one packet's fan-out, p50 / p99 (ms) | "
-              "GC pauses per s / longest (ms) |")
-        print("|---|---|---|---|---|")
+              "GC pauses per s / longest (ms) | system share of CPU | preempted per s |")
+        print("|---|---|---|---|---|---|---|")
         for n in counts:
             rs = [r for r in rows if r["mode"] == "packet" and r["viewers"] == n]
             if rs:
@@ -858,7 +863,9 @@ def report(rows: list[dict], kbps: float, pps: int) -> None:
                       f" | {med([r.get('span_p50', float('nan')) for r in rs]):.2f} / "
                       f"{med([r.get('span_p99', float('nan')) for r in rs]):.2f} | "
                       f"{med([r.get('gc_count', 0) / r['elapsed'] for r in rs]):.1f} / "
-                      f"{max(r.get('gc_max_ms', float('nan')) for r in rs):.1f} |")
+                      f"{max(r.get('gc_max_ms', float('nan')) for r in rs):.1f} | "
+                      f"{med([r['system'] / r['cpu'] if r.get('cpu') and 'system' in r else float('nan') for r in rs]):.0%} | "
+                      f"{med([r['switches'][1] if 'switches' in r else float('nan') for r in rs]):.0f} |")
     if "packet" in modes and len(modes) > 1:
         print("\nRatios of us per delivered packet, computed within each round, median over rounds "
               "(> 1: the other costs more than the packet path):\n")
