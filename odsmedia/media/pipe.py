@@ -50,6 +50,7 @@ from aiortc.rtp import (RTCP_PSFB_FIR, RTCP_PSFB_PLI, RTCP_RTPFB_NACK, HeaderExt
 from pylibsrtp import Policy, Session
 
 from ..metrics import PIPE_FIGURES, retired_pipes
+from . import reports
 from .forwarder import HISTORY_SIZE, Downstream, PacketFanout
 from .sender import sender_report
 from .srtp import direct_protect
@@ -169,9 +170,6 @@ class PipeSource:
         # bit is fixed per Downstream, and a level block must not pass for payload.
         self.downstream.ext = EMPTY_EXTENSIONS
         self.downstream.first_byte = 0x90
-        # Sender reports on the subscribers' schedule (sender.py's lean loop): the relay's
-        # fan-out takes the publisher's clock pair from them, for its own viewers' lip sync.
-        self._report_timer: asyncio.TimerHandle | None = None
         self.endpoint: _Endpoint | None = None
         self.local: tuple[str, int] | None = None
         self.last_heard = time.monotonic()      # the relay's last RTCP (its heartbeat included)
@@ -191,25 +189,21 @@ class PipeSource:
         self.downstream.connect(self.crypto.protect, send, self.remote)
         self.fanout.add(self.downstream)
         self.request_keyframe("relay_joined")
-        self._schedule_report()
+        # Sender reports as every subscriber's (media.reports): the relay's fan-out takes the
+        # publisher's clock pair from them, for its own viewers' lip sync.
+        reports.CLOCK.add(self, self._report, self._send_report)
         return self.local
 
-    def _schedule_report(self) -> None:
-        # Randomized over [0.5, 1.5] s, as every sender's reports (RFC 3550 6.2).
-        self._report_timer = asyncio.get_running_loop().call_later(0.5 + random.random(), self._report_tick)
-
-    def _report_tick(self) -> None:
-        if self.closed:
-            return
-        self._report(self.fanout.report_for(self.downstream))
-        self._schedule_report()
-
-    def _report(self, values: tuple[int, int] | None) -> None:
-        if values is None or self.closed or self.endpoint is None or self.endpoint.transport is None:
-            return
+    def _report(self) -> bytes:
+        values = self.fanout.report_for(self.downstream)
+        if values is None or self.closed:
+            return b""
         d = self.downstream
-        report = sender_report(self.ssrc, values[0], values[1], d.packets, d.octets)
-        self.endpoint.transport.sendto(self.crypto.protect_rtcp(report), self.remote)
+        return sender_report(self.ssrc, values[0], values[1], d.packets, d.octets)
+
+    def _send_report(self, report: bytes) -> None:
+        if self.endpoint is not None and self.endpoint.transport is not None:
+            self.endpoint.transport.sendto(self.crypto.protect_rtcp(report), self.remote)
 
     def _datagram(self, data: bytes, addr: tuple) -> None:
         if self.closed or addr[:2] != self.remote or not is_rtcp(data):
@@ -240,8 +234,7 @@ class PipeSource:
         if self.closed:
             return
         self.closed = True
-        if self._report_timer is not None:
-            self._report_timer.cancel()
+        reports.CLOCK.remove(self, self._report)
         _retire(self.stats, "out")
         self.downstream.disconnect()
         if self.endpoint is not None and self.endpoint.transport is not None:

@@ -225,21 +225,21 @@ async def lean_run_rtp(sender: RTCRtpSender, codec) -> None:
 # reads the negotiated parameters into the Downstream and waits to be
 # cancelled by ``stop()``, and its ``_retransmit`` with the Downstream's
 # (history per publication, not per sender).  Its RTCP loop (``_run_rtcp``)
-# and handler are replaced by lean ones: a sender report (+ SDES CNAME) every
-# 0.5-1.5 s as aiortc times it, packed with struct and written to the
-# subscriber's socket directly, with the figures the PacketFanout gives at
-# that moment (``report_for``) -- aiortc's loop builds RtcpPacket objects and
-# goes through four coroutines per report, and needed the figures pushed to
-# it four times a second; PLI/FIR go through ``on_keyframe_request``.
-# ``run_rtcp`` mirrors ``RTCRtpSender._run_rtcp`` of aiortc 1.16.0 (SR,
-# SDES, BYE on stop; started/exited events that ``stop()`` waits on).
-
-import random  # noqa: E402
+# and handler are replaced by lean ones: a sender report (+ SDES CNAME) once a
+# second from the process's one report clock (media.reports: the audio and
+# video senders of a transport in one compound packet, no timer per sender),
+# packed with struct and written to the subscriber's socket directly, with the
+# figures the PacketFanout gives at that moment (``report_for``) -- aiortc's
+# loop builds RtcpPacket objects and goes through four coroutines per report,
+# and needed the figures pushed to it four times a second; PLI/FIR go through
+# ``on_keyframe_request``.  ``run_rtcp`` keeps the contract of
+# ``RTCRtpSender._run_rtcp`` of aiortc 1.16.0 (BYE on stop; started/exited
+# events that ``stop()`` waits on).
 
 from aiortc.rtp import (RTCP_PSFB_FIR, RTCP_PSFB_PLI, RTCP_RTPFB_NACK, RtcpPsfbPacket,  # noqa: E402
                         RtcpRrPacket, RtcpRtpfbPacket, RtcpSdesPacket, RtcpSourceInfo, RtcpSrPacket)
 
-from . import udpmux  # noqa: E402
+from . import reports, udpmux  # noqa: E402
 from .forwarder import Downstream  # noqa: E402
 from .srtp import direct_protect  # noqa: E402
 
@@ -306,17 +306,18 @@ def install_downstream(sender: RTCRtpSender, downstream: Downstream) -> None:
         cname = getattr(sender, _P.SENDER_CNAME)
         sdes = bytes(RtcpSdesPacket(chunks=[RtcpSourceInfo(ssrc=getattr(sender, _P.SENDER_SSRC),
                                                            items=[(1, cname.encode("utf8"))])])) if cname else b""
+
+        def scheduled_report() -> bytes:
+            return report() + sdes if downstream.active else b""
+
+        # The transport's senders report together, once a second, from the one clock.
+        reports.CLOCK.add(dtls, scheduled_report, send_rtcp)
         try:
-            while True:
-                # Randomized over [0.5, 1.5] x the interval, as aiortc (RFC 3550 6.2).
-                await asyncio.sleep(0.5 + random.random())
-                try:
-                    send_rtcp(report() + sdes)
-                except Exception:                      # one failed report must not end the loop
-                    log.exception("sender report failed")
+            await asyncio.get_running_loop().create_future()     # until stop() cancels
         except asyncio.CancelledError:
             pass
         finally:
+            reports.CLOCK.remove(dtls, scheduled_report)
             try:
                 send_rtcp(RTCP_BYE.pack(0x81, 203, 1, downstream.ssrc))
             except Exception:
