@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 
@@ -207,5 +208,86 @@ async def test_a_screen_shared_late_leaves_the_whole_episode_in_reach(app_client
         await page.wait_for_function(
             "() => Math.abs(document.getElementById('pip-video').currentTime"
             " - (document.getElementById('video').currentTime - 4.0)) < 0.3", timeout=30000)
+    finally:
+        await page.close()
+
+
+READ_COUNTERS = """(ids) => ids.map((id) => {
+    const video = document.getElementById(id);
+    const c = document.createElement("canvas");
+    c.width = video.videoWidth; c.height = video.videoHeight;
+    const g = c.getContext("2d");
+    g.drawImage(video, 0, 0);
+    const row = g.getImageData(0, Math.floor(c.height / 2), 18 * 16, 1).data;
+    let n = 0;
+    for (let bit = 0; bit < 18; bit++) n = n * 2 + (row[(bit * 16 + 8) * 4] > 128 ? 1 : 0);
+    return {n, paused: video.paused, t: video.currentTime, frames: video.getVideoPlaybackQuality().totalVideoFrames};
+})"""
+
+COHOST_AFTER = 1.0      # the co-host's camera joined this long after the host's
+
+
+async def test_a_cohosts_camera_is_a_second_picture_in_picture_in_step(app_client, room_factory, browser):
+    # The host's camera and screen, and a co-host's camera: the recorder keeps three renditions
+    # (camera, screen, camera-2); the replay shows the screen large and both cameras as PiPs,
+    # stacked, each showing its own source's frames on the episode's clock.
+    room = await room_factory(title="Pairing session")
+    recording = app_client.app[RECORDER].recording_for(room.id, room.slug, room.title)
+    await record_sources(recording, {
+        "camera": SyntheticSession(12.0, width=320, height=180, gop_seconds=1.0, seed=1),
+        "screen": SyntheticSession(12.0 - SCREEN_AFTER, audio=False, width=640, height=360, gop_seconds=1.0,
+                                   first_index=1000, seed=2, arrival0=1000.0 + SCREEN_AFTER),
+        "camera@cohost": SyntheticSession(12.0 - COHOST_AFTER, audio=False, width=320, height=180, gop_seconds=1.0,
+                                          first_index=2000, seed=3, arrival0=1000.0 + COHOST_AFTER)})
+    assert recording.status == "ready"
+    offsets = {r["name"]: r["offset"] for r in
+               (await (await app_client.get(f"/episodes/{recording.episode_id}")).json())["renditions"]}
+    assert offsets["camera-2"] == pytest.approx(COHOST_AFTER, abs=0.02)
+    page = await browser.new_page()
+    try:
+        await page.goto(str(app_client.make_url(f"/episodes/{recording.episode_id}/watch")))
+        await page.wait_for_selector("#main-figure.screen[data-source='screen']:not(.pip)")
+        await page.wait_for_selector("#pip-figure.pip[data-rendition='camera']")
+        await page.wait_for_selector("#pip-figure-2.pip[data-rendition='camera-2']")
+        assert await page.text_content("#pip-figure-2 figcaption") == "Camera 2"
+        await page.wait_for_function(
+            "() => ['video', 'pip-video', 'pip-video-2'].every((id) => document.getElementById(id).currentTime > 1)",
+            timeout=30000)
+        # A PiP that starts behind the main player's clock catches up (5% faster, docs/recording.md):
+        # sample once both follow it within 40 ms.
+        await page.wait_for_function(
+            """([a, b]) => { const t = document.getElementById('video').currentTime;
+                 return Math.abs(document.getElementById('pip-video').currentTime - (t + a)) < 0.04
+                     && Math.abs(document.getElementById('pip-video-2').currentTime - (t + b)) < 0.04; }""",
+            arg=[offsets["screen"] - offsets["camera"], offsets["screen"] - offsets["camera-2"]], timeout=30000)
+        # Stacked up the right edge, the second above the first, not over it.
+        first, second = await page.locator("#pip-figure").bounding_box(), await page.locator("#pip-figure-2").bounding_box()
+        assert second["y"] + second["height"] <= first["y"] + 1 and abs(second["x"] - first["x"]) < 2, (first, second)
+
+        # In step: at episode time T the screen shows 1000 + 30 (T - 0.5), the co-host's camera
+        # 2000 + 30 (T - 1.0): the co-host's counter is the screen's, 1000 on and 15 frames back
+        # (bounds as in the two-source test above).
+        samples = []
+        for _ in range(8):
+            main, camera, cohost = await page.evaluate(READ_COUNTERS, ["video", "pip-video", "pip-video-2"])
+            if not (main["paused"] or camera["paused"] or cohost["paused"]):
+                samples.append((main["n"], camera["n"], cohost["n"]))
+            await page.wait_for_timeout(200)       # spread the samples over playback (not a sync wait)
+        assert len(samples) >= 6, samples
+        assert all(1000 <= m < 2000 and c < 1000 and 2000 <= k < 3000 for m, c, k in samples), samples
+        skews = [(k - 2000) - (m - 1000 - 15) for m, _, k in samples]
+        assert sorted(map(abs, skews))[len(skews) // 2] <= 2, (skews, samples)
+        assert max(map(abs, skews)) <= 6, (skews, samples)
+
+        # "Hide" hides every picture-in-picture; "Swap" exchanges the screen with the first.
+        await page.click("#hide-pip")
+        assert await page.is_hidden("#pip-figure") and await page.is_hidden("#pip-figure-2")
+        await page.click("#hide-pip")
+        await page.click("#swap")
+        await page.wait_for_selector("#main-figure.pip")
+        await page.wait_for_selector("#pip-figure:not(.pip)")
+        await page.wait_for_selector("#pip-figure-2.pip")
+        if os.environ.get("ODS_TEST_SCREENSHOTS"):
+            await page.screenshot(path=os.path.join(os.environ["ODS_TEST_SCREENSHOTS"], "replay-cohost.png"))
     finally:
         await page.close()

@@ -233,18 +233,21 @@ async def record_sources(recording, sessions: dict[str, SyntheticSession], *, se
                          publisher: str = "") -> None:
     """Feed one publisher's sources to ``recording`` as separate publications, in arrival order,
     end them and wait for the episode: each session's video under its source name (camera,
-    screen), its audio as the microphone.  ``sender_reports`` maps a source to its publication's
-    sender-report callable (absent: a track placed by arrival)."""
-    sinks: dict[tuple[str, str], object] = {}
+    screen), its audio as the microphone.  A key ``SOURCE@NAME`` is another publisher's source
+    (a co-host's camera: ``camera@cohost``).  ``sender_reports`` maps a source to its
+    publication's sender-report callable (absent: a track placed by arrival)."""
+    sinks: dict[tuple[str, str, str], object] = {}
     tagged = []
-    for source, session in sessions.items():
+    for key, session in sessions.items():
+        source, _, who = key.partition("@")
+        who = who or publisher
         for frame in session.frames:
             name = source if frame.kind == "video" else "microphone"
-            if (frame.kind, name) not in sinks:
-                sinks[(frame.kind, name)] = recording.add_track(
-                    frame.kind, source=name, publisher=publisher,
+            if (frame.kind, name, who) not in sinks:
+                sinks[(frame.kind, name, who)] = recording.add_track(
+                    frame.kind, source=name, publisher=who,
                     sender_report=(sender_reports or {}).get(name))
-            tagged.append((frame, sinks[(frame.kind, name)]))
+            tagged.append((frame, sinks[(frame.kind, name, who)]))
     for frame, sink in sorted(tagged, key=lambda pair: pair[0].arrival):
         sink.on_frame(frame)
     for sink in sinks.values():

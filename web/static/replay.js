@@ -6,7 +6,8 @@
 //   ?t=SECONDS starts the episode at that moment (search results link there).
 // An episode with a screen share and a camera plays like the live page: the main
 // rendition (the screen, with the audio) large, the camera a picture-in-picture
-// that follows the main player's clock (docs/recording.md, "Replay layout").
+// that follows the main player's clock, and every further camera (a co-host's)
+// another picture-in-picture above it (docs/recording.md, "Replay layout").
 // Runs before chat.js (script order): it tells the chat section which episode
 // it replays, or removes it on the list page.
 "use strict";
@@ -210,19 +211,24 @@
     setInterval(correct, 250);
   }
 
-  // The live viewer's layout controls, on the replay's two figures.
-  function layOut(mainFigure, pipFigure) {
+  // The live viewer's layout controls, on the replay's figures: "swap" exchanges the main
+  // picture with the first picture-in-picture, "hide" hides every picture-in-picture; the
+  // small ones stack up the stage's right edge (live.css's --pip-slot) until dragged.
+  function layOut(mainFigure, pipFigures) {
     const stage = document.getElementById("videos");
+    const first = pipFigures[0];
     const state = {swapped: false, hidden: false};
     function apply() {
       stage.classList.add("has-screen");
-      mainFigure.classList.toggle("pip", state.swapped);
-      pipFigure.classList.toggle("pip", !state.swapped);
-      const small = state.swapped ? mainFigure : pipFigure;
-      const large = state.swapped ? pipFigure : mainFigure;
+      const large = state.swapped ? first : mainFigure;
+      const small = [state.swapped ? mainFigure : first, ...pipFigures.slice(1)];
+      large.classList.remove("pip", "pip-hidden");
       large.style.left = large.style.top = large.style.right = large.style.bottom = "";
-      mainFigure.classList.toggle("pip-hidden", state.hidden && small === mainFigure);
-      pipFigure.classList.toggle("pip-hidden", state.hidden && small === pipFigure);
+      small.forEach((figure, slot) => {
+        figure.classList.add("pip");
+        figure.classList.toggle("pip-hidden", state.hidden);
+        figure.style.setProperty("--pip-slot", String(slot));
+      });
       stage.prepend(large);
       const hide = document.getElementById("hide-pip");
       hide.textContent = state.hidden ? "Show picture-in-picture" : "Hide picture-in-picture";
@@ -231,10 +237,16 @@
     }
     document.getElementById("swap").addEventListener("click", () => { state.swapped = !state.swapped; apply(); });
     document.getElementById("hide-pip").addEventListener("click", () => { state.hidden = !state.hidden; apply(); });
-    window.ODS.draggablePip(mainFigure, stage);
-    window.ODS.draggablePip(pipFigure, stage);
+    for (const figure of [mainFigure, ...pipFigures]) window.ODS.draggablePip(figure, stage);
     document.getElementById("layout-controls").hidden = false;
     apply();
+  }
+
+  // "camera" -> "Camera", "camera-2" (a co-host's, or a second camera) -> "Camera 2".
+  function sourceLabel(rendition) {
+    const [source, n] = rendition.name.split(/-(?=\d+$)/);
+    const word = {camera: "Camera", screen: "Screen"}[source] || source;
+    return n ? `${word} ${n}` : word;
   }
 
   async function watchPage(id) {
@@ -284,22 +296,38 @@
     }
     countAudience(video, id);
     showChapters(video, episode, shift);
-    const second = main && (renditions.find((r) => !r.main && r.source === "camera") || renditions.find((r) => !r.main));
-    if (second) {
+    // Every other video source plays as a picture-in-picture: the camera first (a
+    // screen-and-camera session's one), then the rest (a co-host's camera-2, ...).
+    const others = main ? renditions.filter((r) => !r.main) : [];
+    others.sort((a, b) => (b.name === "camera") - (a.name === "camera"));
+    if (others.length) {
       const mainFigure = document.getElementById("main-figure");
-      const pipFigure = document.getElementById("pip-figure");
-      const pip = document.getElementById("pip-video");
       mainFigure.classList.add(main.source === "screen" ? "screen" : "camera");
       mainFigure.dataset.source = main.source;
-      pipFigure.dataset.source = second.source;
-      const label = {camera: "Camera", screen: "Screen"}[second.source] || second.name;
-      pipFigure.querySelector("figcaption").textContent = label;
-      pip.setAttribute("aria-label", label);
-      pipFigure.hidden = false;
-      await attach(pip, second.playlist, false);
-      pip.muted = true;      // the main rendition carries the same audio
-      layOut(mainFigure, pipFigure);
-      follow(video, pip, second.offset - main.offset, pipFigure);
+      const template = document.getElementById("pip-figure");
+      const figures = [];
+      for (const [i, other] of others.entries()) {
+        // The page's one PiP figure is the first; each further source gets a copy of it.
+        const figure = i === 0 ? template : template.cloneNode(true);
+        const pip = figure.querySelector("video");
+        if (i > 0) {
+          figure.id = `pip-figure-${i + 1}`;
+          pip.id = `pip-video-${i + 1}`;
+          figure.removeAttribute("style");
+          template.parentElement.append(figure);
+        }
+        figure.dataset.source = other.source;
+        figure.dataset.rendition = other.name;
+        const label = sourceLabel(other);
+        figure.querySelector("figcaption").textContent = label;
+        pip.setAttribute("aria-label", label);
+        figure.hidden = false;
+        await attach(pip, other.playlist, false);
+        pip.muted = true;      // the main rendition carries the session's audio
+        follow(video, pip, other.offset - main.offset, figure);
+        figures.push(figure);
+      }
+      layOut(mainFigure, figures);
     }
     video.muted = true;   // muted autoplay is allowed everywhere; the controls unmute
     video.play().catch(() => { status.textContent = "Press play to start."; });
