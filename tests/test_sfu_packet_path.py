@@ -159,6 +159,20 @@ async def test_loss_to_one_viewer_is_repaired_by_nack_and_reports_keep_av_sync(c
         await handle_rtp_data(data, arrival_time_ms)
 
     dtls._handle_rtp_data = lossy_receive
+    # The viewer's RTCP (its NACKs, its reports) is handled as it reaches the server
+    # (media.feedback): none of it goes through aiortc's receive task there.
+    live = client.server.app[SFU].get(room.slug)
+    server_transport = next(tr for p in live.participants.values() if p.name == "lossy"
+                            for tr in p.transports.values() if isinstance(tr, SubscriberTransport))
+    server_dtls = server_transport.pc.getTransceivers()[0].sender.transport
+    through_aiortc: list[bytes] = []
+    handle_rtcp_data = server_dtls._handle_rtcp_data
+
+    async def counted(data: bytes) -> None:
+        through_aiortc.append(data)
+        await handle_rtcp_data(data)
+
+    server_dtls._handle_rtcp_data = counted
     answered = metrics.forward_nacks_answered.value
     start = {id(v): len(v.video().counters) for v in viewers}
     await wait_for(lambda: all(len(v.video().counters) - start[id(v)] >= 150 for v in viewers), 60,
@@ -171,6 +185,7 @@ async def test_loss_to_one_viewer_is_repaired_by_nack_and_reports_keep_av_sync(c
     assert metrics.forward_nacks_answered.value - answered >= lossy_video.retransmitted   # on /metrics too
     # The lossy viewer's receiver reports say so; the others report nothing lost.
     await wait_for(lambda: lossy_video.cumulative_lost > 0, 5, "a receiver report with the loss")
+    assert through_aiortc == []
     for name in ("clean 1", "clean 2"):
         for subscription in server_subscriptions(client, room.slug, name):
             assert subscription.downstream.retransmitted == 0   # nobody else saw a repair

@@ -81,7 +81,8 @@ DTLS_TX_SRTP = "_tx_srtp"                         # pylibsrtp.Session, set once 
 DTLS_STATE = "_state"
 DTLS_TX_BYTES = _D + "tx_bytes"                   # getStats' transport counters
 DTLS_TX_PACKETS = _D + "tx_packets"
-DTLS_ATTRS = (DTLS_TX_SRTP, DTLS_STATE, DTLS_TX_BYTES, DTLS_TX_PACKETS)
+DTLS_RX_SRTP = "_rx_srtp"                         # its receive session: subscribers' SRTCP unprotected on arrival
+DTLS_ATTRS = (DTLS_TX_SRTP, DTLS_RX_SRTP, DTLS_STATE, DTLS_TX_BYTES, DTLS_TX_PACKETS)
 
 # --- RTCIceTransport -> aioice Connection -----------------------------------------------------
 ICE_CONNECTION = "_connection"                    # RTCIceTransport -> aioice.Connection
@@ -94,6 +95,8 @@ ICE_MODULE_ATTRS = ("get_host_addresses", "validate_remote_candidate", "StunProt
 # aioice.Connection: the mux replaces where host sockets are made, routes by the local ufrag,
 # and adds its per-connection protocol to the sockets close() closes (an instance list).
 ICE_CONNECTION_ATTRS = ("get_component_candidates", "local_username")
+# Where StunProtocol hands a non-STUN datagram (-> the receive queue); media.feedback goes first.
+ICE_DATA_RECEIVED = "data_received"
 ICE_CONNECTION_PROTOCOLS = "_protocols"
 # aioice.StunProtocol: the mux hands it datagrams and a transport of its own.
 ICE_STUN_PROTOCOL_ATTRS = ("connection_made", "connection_lost", "datagram_received")
@@ -117,7 +120,7 @@ def missing_module_level() -> list[str]:
     import pylibsrtp._binding
 
     out = [f"aioice.ice.{n}" for n in missing(aioice.ice, ICE_MODULE_ATTRS)]
-    out += [f"aioice.ice.Connection.{n}" for n in missing(aioice.ice.Connection, ICE_CONNECTION_ATTRS)]
+    out += [f"aioice.ice.Connection.{n}" for n in missing(aioice.ice.Connection, ICE_CONNECTION_ATTRS + (ICE_DATA_RECEIVED,))]
     if not hasattr(aioice.ice.Connection(ice_controlling=False), ICE_CONNECTION_PROTOCOLS):
         out.append(f"aioice.ice.Connection.{ICE_CONNECTION_PROTOCOLS}")
     out += [f"aioice.ice.StunProtocol.{n}" for n in missing(aioice.ice.StunProtocol, ICE_STUN_PROTOCOL_ATTRS)]

@@ -222,7 +222,11 @@ class Downstream:
     # --- loss repair ------------------------------------------------------------------------
 
     async def retransmit(self, out_seq: int) -> None:
-        """Answer one NACKed sequence number (replaces RTCRtpSender._retransmit)."""
+        """RTCRtpSender._retransmit's replacement (aiortc awaits it)."""
+        self.resend(out_seq)
+
+    def resend(self, out_seq: int) -> None:
+        """Answer one NACKed sequence number from the publication's history, or ask upstream."""
         found = self.lookup(out_seq)
         if found is None or not self.active:
             return

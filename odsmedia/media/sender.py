@@ -338,7 +338,7 @@ def install_downstream(sender: RTCRtpSender, downstream: Downstream) -> None:
                     downstream.cumulative_lost = block.packets_lost
         elif isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
             for seq in packet.lost:
-                await downstream.retransmit(seq)
+                downstream.resend(seq)
         elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
             getattr(sender, _P.SENDER_SEND_KEYFRAME)()
 

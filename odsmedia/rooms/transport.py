@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from functools import partial
 from typing import TYPE_CHECKING, Awaitable, Callable
 
 from aiortc import RTCPeerConnection, RTCSessionDescription, sdp
 from aiortc.sdp import candidate_from_sdp
 
 from ..channels import SOURCES
-from ..media import codecs, ice, udpmux
+from ..media import codecs, feedback, ice, udpmux
 from ..media.receiver import (frame_timestamp_origin, send_nack, send_pli, tap, tap_packets,
                               tap_sender_reports)
 from ..media.sender import (connect_downstream, install_downstream, install_lean_loop, install_packer,
@@ -29,6 +30,7 @@ from .publication import Publication
 from .subscription import Subscription
 
 if TYPE_CHECKING:
+    from ..media.forwarder import Downstream
     from .participant import Participant
 
 log = logging.getLogger("odsmedia.sfu")
@@ -326,6 +328,19 @@ class SubscriberTransport(Transport):
                         log.warning("subscriber transport connected without SRTP or a nominated pair")
                         continue
                 subscription.start()
+            if self._packet and self.subscriptions:
+                # The viewer's RTCP is handled as it arrives (media.feedback), not through aiortc's
+                # receive task; the transport is one bundle, so any sender's DTLS transport is it.
+                sender = self._sender_of(self.subscriptions[0])
+                if sender is not None:
+                    feedback.install(sender.transport, self._feedback_target)
+
+    def _feedback_target(self, ssrc: int) -> "tuple[Downstream, Callable[[], None]] | None":
+        for subscription in self.subscriptions:
+            downstream = subscription.downstream
+            if downstream is not None and downstream.ssrc == ssrc:
+                return downstream, partial(subscription.publication.request_keyframe, "viewer_pli")
+        return None
 
     def ended(self) -> bool:
         return all(s.publication.ended for s in self.subscriptions)
