@@ -46,24 +46,19 @@ async def seed_chat(db, room, episode_id: int) -> None:
     await db.execute("INSERT INTO chat_rooms (room_id, last_seq) VALUES ($1, 1)", room.id)
 
 
-# Both pictures read back in the page: each synthetic frame draws its index as 18 white/black
-# 16-pixel columns (testsupport/counter.py); the shipped page's two <video>s are drawn to a canvas.
-READ_BOTH = """() => {
-    const read = (video) => {
-        const c = document.createElement("canvas");
-        c.width = video.videoWidth; c.height = video.videoHeight;
-        const g = c.getContext("2d");
-        g.drawImage(video, 0, 0);
-        const row = g.getImageData(0, Math.floor(c.height / 2), 18 * 16, 1).data;
-        let n = 0;
-        for (let bit = 0; bit < 18; bit++) n = n * 2 + (row[(bit * 16 + 8) * 4] > 128 ? 1 : 0);
-        return n;
-    };
-    const main = document.getElementById("video"), pip = document.getElementById("pip-video");
-    return {main: read(main), pip: read(pip), mainTime: main.currentTime, pipTime: pip.currentTime,
-            mainPaused: main.paused, pipPaused: pip.paused, mainFrames: main.getVideoPlaybackQuality().totalVideoFrames,
-            pipFrames: pip.getVideoPlaybackQuality().totalVideoFrames};
-}"""
+# The pictures read back in the page: each synthetic frame draws its index as 18 white/black
+# 16-pixel columns (testsupport/counter.py); the shipped page's <video>s, by id, are drawn to a canvas.
+READ_COUNTERS = """(ids) => ids.map((id) => {
+    const video = document.getElementById(id);
+    const c = document.createElement("canvas");
+    c.width = video.videoWidth; c.height = video.videoHeight;
+    const g = c.getContext("2d");
+    g.drawImage(video, 0, 0);
+    const row = g.getImageData(0, Math.floor(c.height / 2), 18 * 16, 1).data;
+    let n = 0;
+    for (let bit = 0; bit < 18; bit++) n = n * 2 + (row[(bit * 16 + 8) * 4] > 128 ? 1 : 0);
+    return {n, paused: video.paused, t: video.currentTime, frames: video.getVideoPlaybackQuality().totalVideoFrames};
+})"""
 
 
 async def test_replay_shows_screen_with_camera_pip_in_sync_with_chat(app_client, room_factory, db, browser):
@@ -93,9 +88,10 @@ async def test_replay_shows_screen_with_camera_pip_in_sync_with_chat(app_client,
         # camera drifting from the screen.  Measured on an idle run: 0-2 frames.
         samples = []
         for _ in range(8):
-            state = await page.evaluate(READ_BOTH)
-            if not state["mainPaused"] and not state["pipPaused"]:
-                samples.append(state)
+            main, pip = await page.evaluate(READ_COUNTERS, ["video", "pip-video"])
+            if not main["paused"] and not pip["paused"]:
+                samples.append({"main": main["n"], "pip": pip["n"], "mainTime": main["t"], "pipTime": pip["t"],
+                                "mainFrames": main["frames"], "pipFrames": pip["frames"]})
             await page.wait_for_timeout(200)       # spread the samples over playback (not a sync wait)
         assert len(samples) >= 6, samples
         skews = [(s["pip"] - (s["main"] - 1000)) - 15 for s in samples]
@@ -212,17 +208,7 @@ async def test_a_screen_shared_late_leaves_the_whole_episode_in_reach(app_client
         await page.close()
 
 
-READ_COUNTERS = """(ids) => ids.map((id) => {
-    const video = document.getElementById(id);
-    const c = document.createElement("canvas");
-    c.width = video.videoWidth; c.height = video.videoHeight;
-    const g = c.getContext("2d");
-    g.drawImage(video, 0, 0);
-    const row = g.getImageData(0, Math.floor(c.height / 2), 18 * 16, 1).data;
-    let n = 0;
-    for (let bit = 0; bit < 18; bit++) n = n * 2 + (row[(bit * 16 + 8) * 4] > 128 ? 1 : 0);
-    return {n, paused: video.paused, t: video.currentTime, frames: video.getVideoPlaybackQuality().totalVideoFrames};
-})"""
+
 
 COHOST_AFTER = 1.0      # the co-host's camera joined this long after the host's
 
