@@ -1,4 +1,5 @@
-"""Subscribers' RTCP walked in place (media.feedback.dispatch), against aiortc's own serializer.
+"""Subscribers' RTCP walked in place (media.feedback.dispatch), against aiortc's own serializer,
+and what the installed hook takes (authentic SRTCP) and leaves to aiortc (the rest).
 
 End to end (a real viewer's NACKs and receiver reports handled on arrival, none through
 aiortc's receive task) is in test_sfu_packet_path.py.
@@ -6,11 +7,14 @@ aiortc's receive task) is in test_sfu_packet_path.py.
 
 from __future__ import annotations
 
+from aioice import Connection
 from aiortc.rtp import (RTCP_PSFB_PLI, RTCP_RTPFB_NACK, RtcpByePacket, RtcpPsfbPacket, RtcpReceiverInfo,
                         RtcpRrPacket, RtcpRtpfbPacket, RtcpSdesPacket, RtcpSenderInfo, RtcpSourceInfo,
                         RtcpSrPacket, pack_remb_fci)
+from pylibsrtp import Policy, Session
 
-from odsmedia.media.feedback import dispatch
+from odsmedia.media import aiortc_private as private
+from odsmedia.media.feedback import dispatch, install
 
 OURS, OTHER = 0x1111, 0x2222
 
@@ -73,3 +77,39 @@ def test_a_truncated_compound_stops_where_it_stops_making_sense():
     dispatch(nack + pli[:-2], lambda ssrc: (stream, stream.keyframe) if ssrc == OURS else None)
     assert stream.resent == [7] and stream.keyframes == 0        # the cut PLI is not acted on
     dispatch(b"\x80", lambda ssrc: None)                          # shorter than a header: nothing
+
+
+def test_only_authentic_srtcp_is_taken_and_the_rest_goes_on_to_aiortc():
+    # A transport's receive side as install() finds it: aioice's connection (its queue is
+    # what aiortc reads) and, once DTLS is up, the SRTP session; here a pair of sessions
+    # under one key, the viewer's to protect and the server's to unprotect.
+    key = bytes(range(30))
+    viewer = Session(policy=Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
+    connection = Connection(ice_controlling=True)
+
+    class Ice:
+        _connection = connection
+
+    class Dtls:
+        transport = Ice()
+        _rx_srtp = None
+
+    dtls = Dtls()
+    stream = Stream()
+    install(dtls, lambda ssrc: (stream, stream.keyframe) if ssrc == OURS else None)
+    pli = bytes(RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=9, media_ssrc=OURS))
+
+    def arrive(data: bytes) -> None:
+        getattr(connection, private.ICE_DATA_RECEIVED)(data, 1)
+
+    arrive(viewer.protect_rtcp(pli))             # before DTLS is up: aiortc's way (the queue)
+    assert connection._queue.qsize() == 1 and stream.keyframes == 0
+    dtls._rx_srtp = Session(policy=Policy(key=key, ssrc_type=Policy.SSRC_ANY_INBOUND))
+    arrive(viewer.protect_rtcp(pli))             # now taken here
+    assert stream.keyframes == 1 and connection._queue.qsize() == 1
+    forged = bytearray(viewer.protect_rtcp(pli))
+    forged[-1] ^= 1
+    arrive(bytes(forged))                        # not authentic: dropped, as aiortc drops it
+    arrive(b"\x16\xfe\xfd" + bytes(20))          # a DTLS record: aiortc's way
+    arrive(b"")                                  # nothing at all: aiortc's way, no exception here
+    assert stream.keyframes == 1 and connection._queue.qsize() == 3

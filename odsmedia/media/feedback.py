@@ -9,7 +9,9 @@ viewer that costs more than the reports it answers.  ``install`` puts a
 handler in front of that queue on a transport that only subscribes: SRTCP is
 unprotected on arrival with the transport's receive session and walked in
 place (``dispatch``); anything else (DTLS records, anything that is not RTCP)
-takes aiortc's way.
+takes aiortc's way.  (The server side's getStats of such a transport then
+counts only what took aiortc's way in its received bytes and packets; nothing
+in the server reads them.)
 
 Publishing transports keep aiortc's path: their RTCP (the publisher's sender
 reports) goes to aiortc's receivers, and SRTCP cannot be unprotected twice
@@ -95,7 +97,7 @@ def install(dtls: "RTCDtlsTransport", find: Find) -> None:
 
     def data_received(data: bytes, component: int) -> None:
         srtp = getattr(dtls, private.DTLS_RX_SRTP)
-        if srtp is None or not 127 < data[0] < 192 or not is_rtcp(data):
+        if srtp is None or not is_rtcp(data) or not 127 < data[0] < 192:      # (is_rtcp checks the length)
             queue(data, component)
             return
         try:
