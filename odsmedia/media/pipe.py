@@ -196,7 +196,7 @@ class PipeSource:
 
     def _report(self) -> bytes:
         values = self.fanout.report_for(self.downstream)
-        if values is None or self.closed:
+        if values is None:
             return b""
         d = self.downstream
         return sender_report(self.ssrc, values[0], values[1], d.packets, d.octets)
@@ -217,18 +217,10 @@ class PipeSource:
             if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
                 self.stats.nacks += len(packet.lost)
                 for seq in packet.lost:
-                    self._retransmit(seq)
+                    self.downstream.resend(seq)
             elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
                 self.stats.plis += 1
                 self.request_keyframe("relay_pli")
-
-    def _retransmit(self, seq: int) -> None:
-        # Downstream.retransmit is a coroutine only because aiortc awaits its _retransmit; it never suspends.
-        coro = self.downstream.retransmit(seq)
-        try:
-            coro.send(None)
-        except StopIteration:
-            pass
 
     def close(self) -> None:
         if self.closed:

@@ -325,6 +325,8 @@ def install_downstream(sender: RTCRtpSender, downstream: Downstream) -> None:
             getattr(sender, _P.SENDER_RTCP_EXITED).set()
 
     async def handle_rtcp(packet) -> None:
+        # Once the transport is connected, media.feedback takes the viewer's RTCP before
+        # aiortc's receive task; this handles what comes before that, the same way.
         # aiortc's handler, leaner: receiver reports only update three figures (no stats
         # objects, no datetimes), NACKs go to the publication's history, PLI/FIR to the
         # publisher (rate-limited there).  REMB is not acted on: one publisher encoding

@@ -313,7 +313,6 @@
         if (i > 0) {
           figure.id = `pip-figure-${i + 1}`;
           pip.id = `pip-video-${i + 1}`;
-          figure.removeAttribute("style");
           template.parentElement.append(figure);
         }
         figure.dataset.source = other.source;
