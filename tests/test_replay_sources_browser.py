@@ -275,5 +275,8 @@ async def test_a_cohosts_camera_is_a_second_picture_in_picture_in_step(app_clien
         await page.wait_for_selector("#pip-figure-2.pip")
         if os.environ.get("ODS_TEST_SCREENSHOTS"):
             await page.screenshot(path=os.path.join(os.environ["ODS_TEST_SCREENSHOTS"], "replay-cohost.png"))
+            await page.click("#swap")                  # back to the screen large, on a phone
+            await page.set_viewport_size({"width": 390, "height": 844})
+            await page.screenshot(path=os.path.join(os.environ["ODS_TEST_SCREENSHOTS"], "replay-cohost-phone.png"))
     finally:
         await page.close()
